@@ -1,0 +1,129 @@
+//! The 5-tuple key and the flow hash that picks a Maglev slot.
+//!
+//! Both sides must compute the same slot for a flow, so the hash is a fixed,
+//! endian-independent function of the key's bytes (murmur3-style rounds).
+
+/// Address family tags used in map keys. Our own values, not the OS's
+/// `AF_*`, so the layout never depends on the platform.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers the data plane understands.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// A flow as the load balancer sees it, client to VIP.
+///
+/// Addresses are in network byte order; an IPv4 address fills the first four
+/// bytes and the rest stay zero. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+const SEED: u32 = 0x9e37_79b9;
+
+#[inline(always)]
+fn word(addr: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([
+        addr[i * 4],
+        addr[i * 4 + 1],
+        addr[i * 4 + 2],
+        addr[i * 4 + 3],
+    ])
+}
+
+#[inline(always)]
+fn round(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finalize(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The hash that places a flow on a VIP's Maglev ring.
+///
+/// With `affinity` only the client address counts, so every connection of a
+/// client lands on the same backend.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, affinity: bool) -> u32 {
+    let mut h = SEED ^ key.family as u32;
+    h = round(h, word(&key.src, 0));
+    h = round(h, word(&key.src, 1));
+    h = round(h, word(&key.src, 2));
+    h = round(h, word(&key.src, 3));
+    if !affinity {
+        h = round(h, word(&key.dst, 0));
+        h = round(h, word(&key.dst, 1));
+        h = round(h, word(&key.dst, 2));
+        h = round(h, word(&key.dst, 3));
+        h = round(h, ((key.sport as u32) << 16) | key.dport as u32);
+        h = round(h, key.proto as u32);
+    }
+    finalize(h)
+}
+
+/// The ring slot a hash selects on a ring of `ring_size` slots (0 if empty).
+#[inline(always)]
+pub fn maglev_slot(hash: u32, ring_size: u32) -> u32 {
+    hash.checked_rem(ring_size).unwrap_or(0)
+}
+
+/// Index into the flat ring array: each VIP owns two rings (double buffer),
+/// `table` 0 or 1, of `ring_size` slots each.
+#[inline(always)]
+pub fn ring_index(vip_id: u32, table: u32, slot: u32, ring_size: u32) -> u32 {
+    (vip_id * 2 + (table & 1)) * ring_size + slot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_ignores_everything_but_the_client_address() {
+        let mut a = FlowKey {
+            family: FAMILY_V4,
+            proto: PROTO_TCP,
+            sport: 1000,
+            dport: 80,
+            ..Default::default()
+        };
+        a.src[..4].copy_from_slice(&[198, 51, 100, 7]);
+        let mut b = a;
+        b.sport = 2000;
+        b.dport = 443;
+        assert_eq!(flow_hash(&a, true), flow_hash(&b, true));
+        assert_ne!(flow_hash(&a, false), flow_hash(&b, false));
+    }
+
+    #[test]
+    fn slot_of_empty_ring_is_zero() {
+        assert_eq!(maglev_slot(12345, 0), 0);
+        assert_eq!(maglev_slot(65538, 65537), 1);
+    }
+}

@@ -1,0 +1,180 @@
+//! Map names, keys and values shared by the XDP programs and the control plane.
+//!
+//! Sizes given here are the compiled-in defaults; the control plane resizes
+//! the maps at load time from its configuration.
+
+/// Map names, as they appear in the object file and under the pin directory.
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_RINGS: &str = "RINGS";
+pub const MAP_CONNS: &str = "CONNS";
+pub const MAP_FRAGS: &str = "FRAGS";
+pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
+pub const MAP_VIP_STATS: &str = "VIP_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
+pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+
+/// Program names in the object file.
+pub const PROG_LB: &str = "lb";
+pub const PROG_DECAP: &str = "lb_decap";
+
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Maglev ring size M: a prime, so every backend's permutation covers the ring.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
+pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 14;
+/// Two rings (double buffer) per VIP.
+pub const DEFAULT_RING_ENTRIES: u32 = DEFAULT_MAX_VIPS * 2 * DEFAULT_RING_SIZE;
+pub const MAX_TX_PORTS: u32 = 64;
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// A ring slot that holds no backend (the VIP has none in service).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Global configuration, the single entry of `LB_CONFIG`.
+///
+/// The program forwards nothing until `ring_size` is non-zero, so a freshly
+/// loaded program passes all traffic to the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Slots per Maglev ring (M).
+    pub ring_size: u32,
+    /// `CFG_F_*` bits.
+    pub flags: u32,
+    /// Outer source of IPv6 encapsulation.
+    pub outer_src_v6: [u8; 16],
+    /// Outer source of IPv4 encapsulation.
+    pub outer_src_v4: [u8; 4],
+    /// Next-hop MAC when the FIB is not used, or its neighbour is unresolved.
+    pub gateway_mac: [u8; 6],
+    /// Largest L3 packet the egress link carries; 0 disables the check.
+    pub mtu: u16,
+    /// Without `CFG_F_NEXTHOP_FIB`: 0 sends back out of the ingress interface
+    /// (XDP_TX), anything else redirects to that ifindex through `TX_PORTS`.
+    pub egress_ifindex: u32,
+}
+
+/// Resolve next hops with `bpf_fib_lookup` (route + neighbour of the kernel).
+pub const CFG_F_NEXTHOP_FIB: u32 = 1;
+
+/// A virtual service: address, port (0 for a port-less VIP), protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into the rings and the per-VIP counters.
+    pub vip_id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// Which of the VIP's two rings is live (0 or 1). The control plane fills
+    /// the other ring, then flips this, so no packet sees a half-written ring.
+    pub active_ring: u32,
+    pub _pad: u32,
+}
+
+/// Hash on the client address only: all of a client's flows share a backend.
+pub const VIP_F_AFFINITY: u32 = 1;
+/// The VIP serves every port of its address (its key has port 0).
+pub const VIP_F_PORTLESS: u32 = 1 << 1;
+/// L2 direct server return: rewrite the destination MAC only, no tunnel.
+pub const VIP_F_L2_DSR: u32 = 1 << 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub family: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    /// Backend's MAC for L2 DSR; all zero means "ask the FIB".
+    pub mac: [u8; 6],
+}
+
+/// The slot holds a configured backend (a zeroed entry is a hole).
+pub const BACKEND_F_ACTIVE: u8 = 1;
+/// Failed its health checks: established flows move away from it.
+pub const BACKEND_F_DOWN: u8 = 1 << 1;
+/// Draining: kept for established flows, absent from the rings.
+pub const BACKEND_F_DRAINING: u8 = 1 << 2;
+
+/// Connection table value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub backend_id: u32,
+    pub vip_id: u32,
+    /// `bpf_ktime_get_coarse_ns` at the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+/// Identifies the fragments of one datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Where the first fragment of a datagram went; later fragments follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    pub backend_id: u32,
+    pub vip_id: u32,
+    pub vip_flags: u32,
+    pub _pad: u32,
+}
+
+/// Per-VIP and per-backend traffic counters (per CPU in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub dropped: u64,
+}
+
+/// An address the decapsulation program accepts tunnels for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapAddr {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    use crate::FlowKey;
+    // SAFETY: all of these are #[repr(C)] plain data with no padding holes
+    // that the kernel could leave uninitialised (explicit _pad fields).
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for DecapAddr {}
+    unsafe impl aya::Pod for FlowKey {}
+}

@@ -1,0 +1,89 @@
+//! Why a packet got its verdict: the names operators read in `lbctl stats`
+//! and in metrics.
+//!
+//! Every packet the load balancer sees is counted under exactly one verdict
+//! reason. Event reasons are counted in addition, for things worth knowing
+//! (a connection-table hit, a fragment) that are not verdicts.
+
+macro_rules! reasons {
+    ($enum:ident, $count:ident { $($variant:ident = $name:literal, $kind:ident, $doc:literal;)* }) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $enum {
+            $(#[doc = $doc] $variant,)*
+        }
+        impl $enum {
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
+            /// The counter's name: stable, snake_case, shown to operators.
+            pub const fn name(self) -> &'static str {
+                match self { $($enum::$variant => $name,)* }
+            }
+            pub const fn kind(self) -> ReasonKind {
+                match self { $($enum::$variant => ReasonKind::$kind,)* }
+            }
+            pub const fn help(self) -> &'static str {
+                match self { $($enum::$variant => $doc,)* }
+            }
+        }
+        pub const $count: u32 = $enum::ALL.len() as u32;
+    };
+}
+
+/// What a reason's counter means for the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReasonKind {
+    /// Sent on to a backend.
+    Forwarded,
+    /// Handed to the kernel untouched (XDP_PASS).
+    Passed,
+    /// Dropped (XDP_DROP).
+    Dropped,
+    /// Not a verdict: counted in addition to one.
+    Event,
+}
+
+reasons!(Reason, REASON_COUNT {
+    Tx = "tx", Forwarded, "forwarded back out of the ingress interface (XDP_TX)";
+    Redirect = "redirect", Forwarded, "forwarded to another interface (XDP_REDIRECT)";
+    PassNotIp = "pass_not_ip", Passed, "not IPv4 or IPv6 (ARP, stacked VLANs, ...)";
+    PassNotConfigured = "pass_not_configured", Passed, "no configuration written yet";
+    PassShortFrame = "pass_short_frame", Passed, "frame shorter than its Ethernet/VLAN header";
+    PassBadIpHeader = "pass_bad_ip_header", Passed, "truncated IP header, bad version, IHL or length";
+    PassBadL4Header = "pass_bad_l4_header", Passed, "truncated TCP/UDP/ICMP header";
+    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain too long or unknown";
+    PassNonVip = "pass_non_vip", Passed, "not addressed to a VIP";
+    PassFragUntracked = "pass_frag_untracked", Passed, "non-first fragment whose first fragment was not seen";
+    DropNoBackend = "drop_no_backend", Dropped, "VIP has no backend in service";
+    DropBackendDown = "drop_backend_down", Dropped, "ring still points at a backend marked down";
+    DropTooBig = "drop_too_big", Dropped, "encapsulated packet would exceed the MTU";
+    DropNoRoute = "drop_no_route", Dropped, "no next hop (FIB lookup failed, no gateway MAC)";
+    DropNoTxPort = "drop_no_tx_port", Dropped, "egress interface not in the TX port map";
+    DropEncapFailed = "drop_encap_failed", Dropped, "could not grow the packet headroom";
+    ConnHit = "conn_hit", Event, "connection table hit";
+    ConnMiss = "conn_miss", Event, "connection table miss: backend chosen from the ring";
+    ConnRescheduled = "conn_rescheduled", Event, "entry's backend was down: flow moved";
+    SynNotTracked = "syn_not_tracked", Event, "TCP SYN: not entered until the handshake's ACK (SYN-flood guard)";
+    NewFlow = "new_flow", Event, "new flow (TCP SYN, or first UDP packet)";
+    IcmpTooBig = "icmp_too_big", Event, "ICMP too-big about a VIP flow, sent to that flow's backend";
+    Fragment = "fragment", Event, "IP fragment of VIP traffic";
+});
+
+reasons!(DecapReason, DECAP_REASON_COUNT {
+    Decapsulated = "decapsulated", Passed, "outer header stripped, inner packet passed up";
+    PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet";
+    PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS";
+    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header";
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_are_dense_indices() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+        assert_eq!(REASON_COUNT as usize, Reason::ALL.len());
+    }
+}

@@ -1,0 +1,129 @@
+//! The load balancer's packet path, start to verdict:
+//! parse -> (fragment | ICMP too-big | vip -> conntrack -> maglev) -> forward.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    Reason,
+    flow::{PROTO_ICMP, PROTO_ICMPV6},
+    maps::{LbConfig, VipMeta},
+    stats::ReasonKind,
+};
+
+use crate::{
+    conntrack, forward, fragment, icmp,
+    maglev::{self, Chosen},
+    maps::{CONNS, LB_CONFIG, SCRATCH},
+    parse::{self, Fragment, Parsed},
+    stats, vip,
+};
+
+/// Where a VIP packet goes.
+struct Target {
+    vip: VipMeta,
+    chosen: Chosen,
+    new_flow: bool,
+}
+
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> Reason {
+    let cfg = match LB_CONFIG.get(0) {
+        Some(cfg) if cfg.ring_size != 0 => cfg,
+        _ => return Reason::PassNotConfigured,
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Reason::PassNotConfigured;
+    };
+    // SAFETY: a per-CPU map value, ours for this program run.
+    let p = unsafe { &mut (*scratch).parsed };
+    if let Err(reason) = parse::parse(ctx, p) {
+        return reason;
+    }
+    let target = match find_target(ctx, p, cfg) {
+        Ok(t) => t,
+        Err((reason, None)) => return reason,
+        Err((reason, Some(vip_id))) => {
+            stats::vip_dropped(vip_id);
+            return reason;
+        }
+    };
+    if let Fragment::First(id) = p.fragment {
+        fragment::remember(p, id, &target.vip, target.chosen.id);
+    }
+    let out = forward::Outgoing {
+        l2: &p.l2,
+        flow: &p.flow,
+        ip_len: p.ip_len,
+        tos: p.tos,
+    };
+    let reason = forward::forward(ctx, cfg, target.vip.flags, &target.chosen.backend, &out);
+    if reason.kind() == ReasonKind::Forwarded {
+        stats::forwarded(
+            target.vip.vip_id,
+            target.chosen.id,
+            p.ip_len,
+            target.new_flow,
+        );
+    } else {
+        stats::vip_dropped(target.vip.vip_id);
+    }
+    reason
+}
+
+/// The VIP and backend for a parsed packet; on failure the reason and, when
+/// the packet was for a VIP, that VIP's id.
+#[inline(always)]
+fn find_target(
+    ctx: &XdpContext,
+    p: &Parsed,
+    cfg: &LbConfig,
+) -> Result<Target, (Reason, Option<u32>)> {
+    if p.fragment != Fragment::None {
+        stats::event(Reason::Fragment);
+    }
+    if let Fragment::Later(id) = p.fragment {
+        let (vip, chosen) = fragment::follow(p, id).map_err(|r| (r, None))?;
+        return Ok(Target {
+            vip,
+            chosen,
+            new_flow: false,
+        });
+    }
+    if p.flow.proto == PROTO_ICMP || p.flow.proto == PROTO_ICMPV6 {
+        return too_big_target(ctx, p, cfg);
+    }
+    let vip = vip::lookup(&p.flow).ok_or((Reason::PassNonVip, None))?;
+    let selected = conntrack::select(&p.flow, p.tcp_flags, &vip, cfg.ring_size)
+        .map_err(|r| (r, Some(vip.vip_id)))?;
+    Ok(Target {
+        vip,
+        chosen: selected.chosen,
+        new_flow: selected.new_flow,
+    })
+}
+
+/// An ICMP too-big goes where its flow goes: the connection entry's
+/// backend, else the ring's. It never creates an entry.
+#[inline(always)]
+fn too_big_target(
+    ctx: &XdpContext,
+    p: &Parsed,
+    cfg: &LbConfig,
+) -> Result<Target, (Reason, Option<u32>)> {
+    let flow = match icmp::too_big_flow(ctx, p).map_err(|r| (r, None))? {
+        Some(flow) => flow,
+        None => return Err((Reason::PassNonVip, None)),
+    };
+    let vip = vip::lookup(&flow).ok_or((Reason::PassNonVip, None))?;
+    stats::event(Reason::IcmpTooBig);
+    // SAFETY: copied out at once.
+    let pinned = unsafe { CONNS.get(&flow) }.map(|e| e.backend_id);
+    let chosen = match pinned.map(maglev::backend) {
+        Some(Ok(chosen)) => chosen,
+        _ => maglev::pick(&flow, &vip, cfg.ring_size).map_err(|r| (r, Some(vip.vip_id)))?,
+    };
+    Ok(Target {
+        vip,
+        chosen,
+        new_flow: false,
+    })
+}

@@ -1,0 +1,78 @@
+//! The connection table: an established flow stays on its backend whatever
+//! the rings do, unless that backend is down or removed.
+//!
+//! A TCP SYN is not entered: the flow is entered by the first packet after
+//! it (the handshake's ACK). Spoofed SYNs from a flood therefore never
+//! occupy the LRU and cannot evict real clients' connections; the SYN and
+//! its ACK pick the same backend from the ring unless the ring changed in
+//! the round trip between them.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use lb_common::{
+    FlowKey, Reason,
+    flow::PROTO_TCP,
+    maps::{ConnEntry, VipMeta},
+};
+
+use crate::{
+    maglev::{self, Chosen},
+    maps::CONNS,
+    parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
+    stats,
+};
+
+/// Refresh an entry's timestamp at most this often, to spare cache lines.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+pub struct Selected {
+    pub chosen: Chosen,
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+pub fn select(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    vip: &VipMeta,
+    ring_size: u32,
+) -> Result<Selected, Reason> {
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(entry) = CONNS.get_ptr_mut(flow) {
+        // SAFETY: a map value pointer, valid for this program run.
+        let entry = unsafe { &mut *entry };
+        if let Ok(chosen) = maglev::backend(entry.backend_id) {
+            stats::event(Reason::ConnHit);
+            if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+                entry.last_seen_ns = now;
+            }
+            return Ok(Selected {
+                chosen,
+                new_flow: false,
+            });
+        }
+        stats::event(Reason::ConnRescheduled);
+    } else {
+        stats::event(Reason::ConnMiss);
+    }
+    let chosen = maglev::pick(flow, vip, ring_size)?;
+    let is_tcp = flow.proto == PROTO_TCP;
+    let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    if syn_only {
+        stats::event(Reason::SynNotTracked);
+    } else {
+        let entry = ConnEntry {
+            backend_id: chosen.id,
+            vip_id: vip.vip_id,
+            last_seen_ns: now,
+        };
+        // A full table evicts its least recently used entry; a failed insert
+        // only costs this flow its pinning, so the packet is still sent.
+        let _ = CONNS.insert(flow, &entry, 0);
+    }
+    let new_flow = syn_only || !is_tcp;
+    if new_flow {
+        stats::event(Reason::NewFlow);
+    }
+    Ok(Selected { chosen, new_flow })
+}

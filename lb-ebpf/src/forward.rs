@@ -1,0 +1,279 @@
+//! Sending a packet on to its backend: the next hop, then either IP-in-IP
+//! encapsulation (DSR across routers) or L2 DSR (only the destination MAC
+//! changes), then XDP_TX or a devmap redirect.
+//!
+//! Everything that can fail is decided before the packet is touched, so a
+//! dropped packet is dropped as it arrived.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibLookup,
+    },
+    helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use lb_common::{
+    FlowKey, Reason,
+    flow::{FAMILY_V4, PROTO_IPIP, PROTO_IPV6, flow_hash},
+    maps::{Backend, CFG_F_NEXTHOP_FIB, LbConfig, VIP_F_L2_DSR},
+};
+
+use crate::{
+    maps::{SCRATCH, TX_PORTS},
+    packet,
+    parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+/// TTL / hop limit of the outer header.
+const OUTER_TTL: u8 = 64;
+const ZERO_MAC: [u8; 6] = [0; 6];
+
+/// The packet about to be forwarded.
+pub struct Outgoing<'a> {
+    pub l2: &'a L2,
+    pub flow: &'a FlowKey,
+    /// Length of the IP packet we carry (header included).
+    pub ip_len: u16,
+    pub tos: u8,
+}
+
+struct NextHop {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    /// 0: out of the ingress interface.
+    ifindex: u32,
+}
+
+/// Forward `out` to `backend` the way the VIP's flags ask.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    vip_flags: u32,
+    backend: &Backend,
+    out: &Outgoing,
+) -> Reason {
+    if vip_flags & VIP_F_L2_DSR != 0 {
+        let hop = match next_hop(ctx, cfg, out.l2, backend, out.ip_len) {
+            Ok(hop) => hop,
+            Err(reason) => return reason,
+        };
+        if !packet::write(ctx, 0, hop.dmac) || !packet::write(ctx, 6, hop.smac) {
+            return Reason::DropEncapFailed;
+        }
+        return send(ctx, hop.ifindex);
+    }
+    let overhead = if backend.family == FAMILY_V4 {
+        IPV4_HDR_LEN
+    } else {
+        IPV6_HDR_LEN
+    };
+    let outer_len = out.ip_len as u32 + overhead as u32;
+    if outer_len > u16::MAX as u32 || (cfg.mtu != 0 && outer_len > cfg.mtu as u32) {
+        return Reason::DropTooBig;
+    }
+    let hop = match next_hop(ctx, cfg, out.l2, backend, outer_len as u16) {
+        Ok(hop) => hop,
+        Err(reason) => return reason,
+    };
+    // SAFETY: the helper checks the headroom and fails cleanly without it.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+        return Reason::DropEncapFailed;
+    }
+    let written = if backend.family == FAMILY_V4 {
+        write_l2(ctx, out.l2, &hop, ETH_P_IPV4) && write_outer_v4(ctx, out, cfg, backend)
+    } else {
+        write_l2(ctx, out.l2, &hop, ETH_P_IPV6) && write_outer_v6(ctx, out, cfg, backend)
+    };
+    if !written {
+        return Reason::DropEncapFailed;
+    }
+    send(ctx, hop.ifindex)
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, ifindex: u32) -> Reason {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        return Reason::Tx;
+    }
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(_) => Reason::Redirect,
+        Err(_) => Reason::DropNoTxPort,
+    }
+}
+
+/// Where the frame goes next: the backend's own MAC when configured (same
+/// link), else the kernel's FIB, else the configured gateway.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    l2: &L2,
+    backend: &Backend,
+    tot_len: u16,
+) -> Result<NextHop, Reason> {
+    let configured = |dmac: [u8; 6]| NextHop {
+        dmac,
+        smac: l2.dst_mac,
+        ifindex: cfg.egress_ifindex,
+    };
+    if backend.mac != ZERO_MAC {
+        return Ok(configured(backend.mac));
+    }
+    if cfg.flags & CFG_F_NEXTHOP_FIB != 0 {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return Err(Reason::DropNoRoute);
+        };
+        // SAFETY: a per-CPU map value, ours for this run; all-zero is valid.
+        let fib = unsafe {
+            let fib = core::ptr::addr_of_mut!((*scratch).fib);
+            core::ptr::write_bytes(fib, 0, 1);
+            &mut *fib
+        };
+        fib.ifindex = ctx.ingress_ifindex() as u32;
+        fib.__bindgen_anon_1.tot_len = tot_len;
+        if backend.family == FAMILY_V4 {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(first4(&cfg.outer_src_v4));
+            fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(first4(&backend.addr));
+        } else {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_3.ipv6_src = words(&cfg.outer_src_v6);
+            fib.__bindgen_anon_4.ipv6_dst = words(&backend.addr);
+        }
+        // SAFETY: `fib` is a valid, fully initialised parameter block.
+        let rc = unsafe {
+            bpf_fib_lookup(
+                ctx.ctx as *mut _,
+                fib as *mut FibLookup,
+                core::mem::size_of::<FibLookup>() as i32,
+                0,
+            )
+        };
+        match rc as u32 {
+            BPF_FIB_LKUP_RET_SUCCESS => {
+                return Ok(NextHop {
+                    dmac: fib.dmac,
+                    smac: fib.smac,
+                    ifindex: fib.ifindex,
+                });
+            }
+            BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::DropTooBig),
+            BPF_FIB_LKUP_RET_NO_NEIGH if cfg.gateway_mac != ZERO_MAC => {}
+            _ => return Err(Reason::DropNoRoute),
+        }
+    }
+    if cfg.gateway_mac != ZERO_MAC {
+        return Ok(configured(cfg.gateway_mac));
+    }
+    Err(Reason::DropNoRoute)
+}
+
+#[inline(always)]
+fn first4(a: &[u8]) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes(first4(&a[0..4])),
+        u32::from_ne_bytes(first4(&a[4..8])),
+        u32::from_ne_bytes(first4(&a[8..12])),
+        u32::from_ne_bytes(first4(&a[12..16])),
+    ]
+}
+
+/// The link header in front of the outer IP header, VLAN tag kept.
+#[inline(always)]
+fn write_l2(ctx: &XdpContext, l2: &L2, hop: &NextHop, ether_type: u16) -> bool {
+    let Some(eth) = packet::header::<[u8; 12]>(ctx, 0) else {
+        return false;
+    };
+    eth[..6].copy_from_slice(&hop.dmac);
+    eth[6..].copy_from_slice(&hop.smac);
+    match l2.vlan {
+        Some(tag) => {
+            packet::write(ctx, 12, tag) && packet::write(ctx, 16, ether_type.to_be_bytes())
+        }
+        None => packet::write(ctx, 12, ether_type.to_be_bytes()),
+    }
+}
+
+/// Outer IPv4: DF set (we never fragment), DSCP/ECN copied from the inner
+/// header, protocol 4 (IPv4 inside) or 41 (IPv6 inside).
+#[inline(always)]
+fn write_outer_v4(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Backend) -> bool {
+    let Some(h) = packet::header::<[u8; IPV4_HDR_LEN]>(ctx, out.l2.len()) else {
+        return false;
+    };
+    let len = (out.ip_len + IPV4_HDR_LEN as u16).to_be_bytes();
+    h[0] = 0x45;
+    h[1] = out.tos;
+    h[2] = len[0];
+    h[3] = len[1];
+    h[4] = 0;
+    h[5] = 0;
+    h[6] = 0x40;
+    h[7] = 0;
+    h[8] = OUTER_TTL;
+    h[9] = if out.flow.family == FAMILY_V4 {
+        PROTO_IPIP
+    } else {
+        PROTO_IPV6
+    };
+    h[10] = 0;
+    h[11] = 0;
+    h[12..16].copy_from_slice(&cfg.outer_src_v4);
+    h[16..20].copy_from_slice(&backend.addr[..4]);
+    let check = ipv4_checksum(h).to_be_bytes();
+    h[10] = check[0];
+    h[11] = check[1];
+    true
+}
+
+/// Outer IPv6: traffic class copied, flow label from the flow hash so that
+/// receivers spread tunnels of different flows across queues.
+#[inline(always)]
+fn write_outer_v6(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Backend) -> bool {
+    let Some(h) = packet::header::<[u8; IPV6_HDR_LEN]>(ctx, out.l2.len()) else {
+        return false;
+    };
+    let label = flow_hash(out.flow, false) & 0x000f_ffff;
+    let len = out.ip_len.to_be_bytes();
+    let tc = out.tos;
+    h[0] = 0x60 | (tc >> 4);
+    h[1] = (tc << 4) | ((label >> 16) as u8 & 0x0f);
+    h[2] = (label >> 8) as u8;
+    h[3] = label as u8;
+    h[4] = len[0];
+    h[5] = len[1];
+    h[6] = if out.flow.family == FAMILY_V4 {
+        PROTO_IPIP
+    } else {
+        PROTO_IPV6
+    };
+    h[7] = OUTER_TTL;
+    h[8..24].copy_from_slice(&cfg.outer_src_v6);
+    h[24..40].copy_from_slice(&backend.addr);
+    true
+}
+
+/// RFC 1071 checksum of a 20-byte IPv4 header whose checksum field is zero.
+#[inline(always)]
+pub fn ipv4_checksum(h: &[u8; IPV4_HDR_LEN]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_HDR_LEN {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

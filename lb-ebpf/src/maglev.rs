@@ -1,0 +1,49 @@
+//! Backend choice for a flow without a connection entry: the flow hash picks
+//! a slot on the VIP's live Maglev ring, which names a backend.
+
+use lb_common::{
+    FlowKey, Reason,
+    flow::{flow_hash, maglev_slot, ring_index},
+    maps::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, Backend, NO_BACKEND, VIP_F_AFFINITY, VipMeta},
+};
+
+use crate::maps::{BACKENDS, RINGS};
+
+/// A backend chosen for a packet, with its map entry.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    pub id: u32,
+    pub backend: Backend,
+}
+
+/// The backend behind `id`, if it is configured and not down.
+#[inline(always)]
+pub fn backend(id: u32) -> Result<Chosen, Reason> {
+    let backend = match BACKENDS.get(id) {
+        Some(b) => *b,
+        None => return Err(Reason::DropNoBackend),
+    };
+    if backend.flags & BACKEND_F_ACTIVE == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    if backend.flags & BACKEND_F_DOWN != 0 {
+        return Err(Reason::DropBackendDown);
+    }
+    Ok(Chosen { id, backend })
+}
+
+/// Look the flow up on the VIP's live ring.
+#[inline(always)]
+pub fn pick(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Reason> {
+    let hash = flow_hash(flow, vip.flags & VIP_F_AFFINITY != 0);
+    let slot = maglev_slot(hash, ring_size);
+    let index = ring_index(vip.vip_id, vip.active_ring, slot, ring_size);
+    let id = match RINGS.get(index) {
+        Some(id) => *id,
+        None => return Err(Reason::DropNoBackend),
+    };
+    if id == NO_BACKEND {
+        return Err(Reason::DropNoBackend);
+    }
+    backend(id)
+}

@@ -1,0 +1,48 @@
+//! The XDP programs: `lb`, the load balancer on the LB host's NIC, and
+//! `lb_decap`, which strips our tunnel header on a backend.
+//!
+//! The packet path reads top to bottom through the modules:
+//! parse -> vip -> conntrack -> maglev -> forward (encap / l2) -> stats,
+//! with icmp and fragment handling branching off after parse.
+#![no_std]
+#![no_main]
+
+mod balancer;
+mod conntrack;
+mod decap;
+mod forward;
+mod fragment;
+mod icmp;
+mod maglev;
+mod maps;
+mod packet;
+mod parse;
+mod stats;
+mod vip;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+/// The load balancer. Every packet leaves through `stats::verdict`, which
+/// counts the reason and maps it to the XDP action.
+#[xdp]
+pub fn lb(ctx: XdpContext) -> u32 {
+    let reason = balancer::process(&ctx);
+    stats::verdict(reason)
+}
+
+/// The backend-side tunnel terminator.
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    let reason = decap::process(&ctx);
+    stats::decap_verdict(reason)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,64 @@
+//! The BPF maps. Names come from lb-common so userspace finds them; sizes
+//! are defaults the control plane overrides at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    FlowKey,
+    maps::*,
+    stats::{DECAP_REASON_COUNT, REASON_COUNT},
+};
+
+#[map(name = "LB_CONFIG")]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Two Maglev rings per VIP, flattened: see `lb_common::flow::ring_index`.
+#[map(name = "RINGS")]
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, 0);
+
+#[map(name = "CONNS")]
+pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
+
+#[map(name = "FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FRAG_ENTRIES, 0);
+
+#[map(name = "GLOBAL_STATS")]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<FlowStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Interfaces we may redirect to, keyed by ifindex.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map(name = "DECAP_ADDRS")]
+pub static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+#[map(name = "DECAP_STATS")]
+pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_REASON_COUNT, 0);
+
+/// Per-CPU working memory for one packet: the parsed headers and the FIB
+/// lookup's parameter block would not fit on the 512-byte BPF stack next to
+/// the rest of the packet path.
+pub struct Scratch {
+    pub parsed: crate::parse::Parsed,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,221 @@
+//! Ethernet (one 802.1Q/802.1ad tag), IPv4 (with options), IPv6 (with a
+//! short extension-header chain), TCP, UDP and ICMP headers, read into a
+//! `Parsed` summary. Anything we cannot read gets a `Pass*` reason: traffic
+//! we cannot classify belongs to the kernel.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    FlowKey, Reason,
+    flow::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
+
+use crate::packet::{self, header, read};
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const IPV6_EXT_HOP_BY_HOP: u8 = 0;
+const IPV6_EXT_ROUTING: u8 = 43;
+const IPV6_EXT_FRAGMENT: u8 = 44;
+const IPV6_EXT_DEST_OPTS: u8 = 60;
+/// Extension headers we walk before giving up on a packet.
+const IPV6_MAX_EXT_HEADERS: usize = 4;
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// The link-layer header, kept to rebuild it in front of a tunnel header.
+#[derive(Clone, Copy)]
+pub struct L2 {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// TPID and TCI of the VLAN tag, as on the wire; `None` when untagged.
+    pub vlan: Option<[u8; 4]>,
+}
+
+impl L2 {
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        if self.vlan.is_some() {
+            EthHdr::LEN + 4
+        } else {
+            EthHdr::LEN
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    None,
+    /// Offset 0 with more to follow: carries the L4 header.
+    First(u32),
+    /// Offset > 0: no L4 header; follows its first fragment.
+    Later(u32),
+}
+
+pub struct Parsed {
+    pub l2: L2,
+    /// Length of the whole IP packet (header included), from its header.
+    pub ip_len: u16,
+    /// IPv4 TOS or IPv6 traffic class (DSCP and ECN).
+    pub tos: u8,
+    pub flow: FlowKey,
+    pub l4_off: usize,
+    pub fragment: Fragment,
+    pub tcp_flags: u8,
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+pub fn parse_l2(ctx: &XdpContext) -> Result<(L2, u16), Reason> {
+    let eth: &EthHdr = header(ctx, 0).ok_or(Reason::PassShortFrame)?;
+    let ether_type = u16::from_be(eth.ether_type);
+    let mut l2 = L2 {
+        dst_mac: eth.dst_addr,
+        src_mac: eth.src_addr,
+        vlan: None,
+    };
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let tag: [u8; 6] = read(ctx, 12).ok_or(Reason::PassShortFrame)?;
+        l2.vlan = Some([tag[0], tag[1], tag[2], tag[3]]);
+        return Ok((l2, be16([tag[4], tag[5]])));
+    }
+    Ok((l2, ether_type))
+}
+
+/// Parse headers up to L4 into `p` (scratch memory: every field is
+/// written). Non-first fragments stop at L3.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
+    let (l2, ether_type) = parse_l2(ctx)?;
+    let l3 = l2.len();
+    p.l2 = l2;
+    p.ip_len = 0;
+    p.tos = 0;
+    p.flow = FlowKey::default();
+    p.l4_off = 0;
+    p.fragment = Fragment::None;
+    p.tcp_flags = 0;
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3, p)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, p)?,
+        _ => return Err(Reason::PassNotIp),
+    }
+    if let Fragment::Later(_) = p.fragment {
+        return Ok(());
+    }
+    parse_l4(ctx, p)
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason> {
+    let ip: &Ipv4Hdr = header(ctx, l3).ok_or(Reason::PassBadIpHeader)?;
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let tot_len = be16(ip.tot_len);
+    if ip.vihl >> 4 != 4
+        || ihl < Ipv4Hdr::LEN
+        || (tot_len as usize) < ihl
+        || l3 + tot_len as usize > packet::len(ctx)
+    {
+        return Err(Reason::PassBadIpHeader);
+    }
+    p.ip_len = tot_len;
+    p.tos = ip.tos;
+    p.flow.family = FAMILY_V4;
+    p.flow.proto = ip.proto;
+    p.flow.src[..4].copy_from_slice(&ip.src_addr);
+    p.flow.dst[..4].copy_from_slice(&ip.dst_addr);
+    p.l4_off = l3 + ihl;
+    let frags = be16(ip.frags);
+    let more_fragments = frags & 0x2000 != 0;
+    let offset = frags & 0x1fff;
+    let id = be16(ip.id) as u32;
+    p.fragment = if offset != 0 {
+        Fragment::Later(id)
+    } else if more_fragments {
+        Fragment::First(id)
+    } else {
+        Fragment::None
+    };
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason> {
+    let ip: &Ipv6Hdr = header(ctx, l3).ok_or(Reason::PassBadIpHeader)?;
+    let payload_len = be16(ip.payload_len);
+    if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len as usize > packet::len(ctx) {
+        return Err(Reason::PassBadIpHeader);
+    }
+    p.ip_len = (Ipv6Hdr::LEN as u16).saturating_add(payload_len);
+    p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
+    p.flow.family = FAMILY_V6;
+    p.flow.src = ip.src_addr;
+    p.flow.dst = ip.dst_addr;
+    let mut next = ip.next_hdr;
+    let mut off = l3 + Ipv6Hdr::LEN;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
+                let h: [u8; 2] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            IPV6_EXT_FRAGMENT => {
+                let h: [u8; 8] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
+                next = h[0];
+                let offset_flags = be16([h[2], h[3]]);
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                p.fragment = if offset_flags >> 3 != 0 {
+                    Fragment::Later(id)
+                } else if offset_flags & 1 != 0 {
+                    Fragment::First(id)
+                } else {
+                    // An atomic fragment (RFC 6946): a whole datagram.
+                    Fragment::None
+                };
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    if matches!(
+        next,
+        IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+    ) {
+        return Err(Reason::PassIpv6ExtHeaders);
+    }
+    p.flow.proto = next;
+    p.l4_off = off;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
+    match p.flow.proto {
+        PROTO_TCP => {
+            // Ports, and the flags byte at offset 13 of a 20-byte header.
+            let h: &[u8; 20] = header(ctx, p.l4_off).ok_or(Reason::PassBadL4Header)?;
+            p.flow.sport = be16([h[0], h[1]]);
+            p.flow.dport = be16([h[2], h[3]]);
+            p.tcp_flags = h[13];
+        }
+        PROTO_UDP => {
+            let h: [u8; 8] = read(ctx, p.l4_off).ok_or(Reason::PassBadL4Header)?;
+            p.flow.sport = be16([h[0], h[1]]);
+            p.flow.dport = be16([h[2], h[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let _: [u8; 8] = read(ctx, p.l4_off).ok_or(Reason::PassBadL4Header)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! The control plane of the load balancer: loading the XDP programs, writing
+//! their maps, building Maglev tables, and (in `lbd`/`lbctl`) the daemon and
+//! CLI around them.
+
+pub mod addr;
+pub mod datapath;
+pub mod maglev;
+pub mod maps;
+
+/// The compiled eBPF object holding the `lb` and `lb_decap` programs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -1,0 +1,246 @@
+//! Typed handles on the data plane's maps, and the only code that writes
+//! them. Rings are published by filling the VIP's inactive ring and then
+//! flipping its `active_ring`, so a packet sees either the old ring or the
+//! new one, never a mix.
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        xdp::XdpMapError,
+    },
+};
+use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0}: this kernel does not support the requested operation")]
+    Unsupported(&'static str),
+    #[error("VIP {0:?} is not in the VIP map")]
+    UnknownVip(VipKey),
+    #[error("ring has {got} slots, the data plane was loaded with {want}")]
+    RingSize { got: usize, want: u32 },
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+    T::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// All maps of a loaded data plane.
+pub struct Maps {
+    config: Array<MapData, LbConfig>,
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    backends: Array<MapData, Backend>,
+    rings: Array<MapData, u32>,
+    conns: HashMap<MapData, FlowKey, ConnEntry>,
+    frags: HashMap<MapData, FragKey, FragEntry>,
+    global_stats: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, FlowStats>,
+    backend_stats: PerCpuArray<MapData, FlowStats>,
+    tx_ports: DevMapHash<MapData>,
+    decap_addrs: HashMap<MapData, DecapAddr, u32>,
+    decap_stats: PerCpuArray<MapData, u64>,
+    ring_size: u32,
+}
+
+impl Maps {
+    /// Take the maps out of `ebpf` (the programs stay there).
+    pub fn take(ebpf: &mut Ebpf, ring_size: u32) -> Result<Self, MapsError> {
+        Ok(Self {
+            config: take(ebpf, MAP_CONFIG)?,
+            vips: take(ebpf, MAP_VIPS)?,
+            backends: take(ebpf, MAP_BACKENDS)?,
+            rings: take(ebpf, MAP_RINGS)?,
+            conns: take(ebpf, MAP_CONNS)?,
+            frags: take(ebpf, MAP_FRAGS)?,
+            global_stats: take(ebpf, MAP_GLOBAL_STATS)?,
+            vip_stats: take(ebpf, MAP_VIP_STATS)?,
+            backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            tx_ports: take(ebpf, MAP_TX_PORTS)?,
+            decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
+            decap_stats: take(ebpf, MAP_DECAP_STATS)?,
+            ring_size,
+        })
+    }
+
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
+    /// Write the global configuration. With `ring_size` non-zero this turns
+    /// forwarding on.
+    pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
+        self.config.set(0, config, 0).map_err(err(MAP_CONFIG))
+    }
+
+    pub fn config(&self) -> Result<LbConfig, MapsError> {
+        self.config.get(&0, 0).map_err(err(MAP_CONFIG))
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))
+    }
+
+    pub fn vip(&self, key: &VipKey) -> Result<Option<VipMeta>, MapsError> {
+        match self.vips.get(key, 0) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapsError::Map {
+                name: MAP_VIPS,
+                source,
+            }),
+        }
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        match self.vips.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapsError::Map {
+                name: MAP_VIPS,
+                source,
+            }),
+        }
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        self.backends.set(id, backend, 0).map_err(err(MAP_BACKENDS))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend, MapsError> {
+        self.backends.get(&id, 0).map_err(err(MAP_BACKENDS))
+    }
+
+    /// Make the VIP at `key` serve `ring` (one backend id per slot): the
+    /// inactive ring is filled, then the VIP flips to it.
+    pub fn publish_ring(&mut self, key: &VipKey, ring: &[u32]) -> Result<(), MapsError> {
+        if ring.len() != self.ring_size as usize {
+            return Err(MapsError::RingSize {
+                got: ring.len(),
+                want: self.ring_size,
+            });
+        }
+        let mut meta = self.vip(key)?.ok_or(MapsError::UnknownVip(*key))?;
+        let next = (meta.active_ring + 1) & 1;
+        for (slot, id) in ring.iter().enumerate() {
+            let index = ring_index(meta.vip_id, next, slot as u32, self.ring_size);
+            self.rings.set(index, id, 0).map_err(err(MAP_RINGS))?;
+        }
+        meta.active_ring = next;
+        self.set_vip(key, &meta)
+    }
+
+    /// The backend id in `slot` of the VIP's live ring.
+    pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> Result<u32, MapsError> {
+        let index = ring_index(meta.vip_id, meta.active_ring, slot, self.ring_size);
+        self.rings.get(&index, 0).map_err(err(MAP_RINGS))
+    }
+
+    pub fn conn(&self, flow: &FlowKey) -> Result<Option<ConnEntry>, MapsError> {
+        match self.conns.get(flow, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapsError::Map {
+                name: MAP_CONNS,
+                source,
+            }),
+        }
+    }
+
+    /// Number of entries in the connection table (walks it: not for hot paths).
+    pub fn conn_count(&self) -> usize {
+        self.conns.keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn frag(&self, key: &FragKey) -> Result<Option<FragEntry>, MapsError> {
+        match self.frags.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapsError::Map {
+                name: MAP_FRAGS,
+                source,
+            }),
+        }
+    }
+
+    /// Allow redirects to `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| match e {
+                XdpMapError::MapError(source) => MapsError::Map {
+                    name: MAP_TX_PORTS,
+                    source,
+                },
+                XdpMapError::ChainedProgramNotSupported => MapsError::Unsupported(MAP_TX_PORTS),
+            })
+    }
+
+    /// Accept tunnels addressed to `addr` (on a backend).
+    pub fn add_decap_addr(&mut self, addr: std::net::IpAddr) -> Result<(), MapsError> {
+        let (bytes, family) = crate::addr::to_map(addr);
+        let key = DecapAddr {
+            addr: bytes,
+            family,
+            _pad: [0; 3],
+        };
+        self.decap_addrs
+            .insert(key, 1, 0)
+            .map_err(err(MAP_DECAP_ADDRS))
+    }
+
+    /// Sum over CPUs of the counter for `reason`.
+    pub fn reason_count(&self, reason: Reason) -> Result<u64, MapsError> {
+        let values = self
+            .global_stats
+            .get(&(reason as u32), 0)
+            .map_err(err(MAP_GLOBAL_STATS))?;
+        Ok(values.iter().sum())
+    }
+
+    pub fn decap_count(&self, reason: DecapReason) -> Result<u64, MapsError> {
+        let values = self
+            .decap_stats
+            .get(&(reason as u32), 0)
+            .map_err(err(MAP_DECAP_STATS))?;
+        Ok(values.iter().sum())
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
+        let values = self.vip_stats.get(&vip_id, 0).map_err(err(MAP_VIP_STATS))?;
+        Ok(sum(&values))
+    }
+
+    pub fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError> {
+        let values = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(err(MAP_BACKEND_STATS))?;
+        Ok(sum(&values))
+    }
+}
+
+fn sum(values: &PerCpuValues<FlowStats>) -> FlowStats {
+    values
+        .iter()
+        .fold(FlowStats::default(), |acc, s| FlowStats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+            new_flows: acc.new_flows + s.new_flows,
+            dropped: acc.dropped + s.dropped,
+        })
+}

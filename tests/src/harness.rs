@@ -1,0 +1,205 @@
+//! The data plane loaded with small maps, configured the way the golden
+//! tests expect, and run on single packets through BPF_PROG_TEST_RUN.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::{
+    FlowKey, Reason,
+    flow::{flow_hash, maglev_slot},
+    maps::*,
+    stats::DecapReason,
+};
+use lb_userspace::{
+    addr::to_map,
+    datapath::{Datapath, MapSizes},
+    maglev::{self, MaglevBackend},
+    maps::Maps,
+};
+
+use crate::packets::{GATEWAY_MAC, OUTER_SRC_V4, OUTER_SRC_V6};
+
+/// Ring size used by the tests: a small prime keeps loading fast.
+pub const RING: u32 = 251;
+pub const MTU: u16 = 1500;
+
+/// The verdict and the bytes the program left in the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    pub data: Vec<u8>,
+}
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// A backend to configure.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendSpec {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+    pub weight: u32,
+    pub flags: u8,
+}
+
+impl BackendSpec {
+    pub fn new(id: u32, addr: &str) -> Self {
+        Self {
+            id,
+            addr: addr.parse().expect("backend address"),
+            mac: [0; 6],
+            weight: 1,
+            flags: BACKEND_F_ACTIVE,
+        }
+    }
+
+    pub fn with_mac(mut self, mac: [u8; 6]) -> Self {
+        self.mac = mac;
+        self
+    }
+
+    pub fn entry(&self) -> Backend {
+        let (addr, family) = to_map(self.addr);
+        Backend {
+            addr,
+            family,
+            flags: self.flags,
+            mac: self.mac,
+        }
+    }
+}
+
+/// A data plane for one test.
+pub struct Lb {
+    pub dp: Datapath,
+    pub maps: Maps,
+    next_vip_id: u32,
+}
+
+pub fn vip_key(addr: &str, port: u16, proto: u8) -> VipKey {
+    let (addr, family) = to_map(addr.parse().expect("VIP address"));
+    VipKey {
+        addr,
+        port,
+        proto,
+        family,
+    }
+}
+
+impl Lb {
+    /// Loaded, with the standard configuration written (gateway next hop,
+    /// XDP_TX, MTU 1500), and no VIP.
+    pub fn new() -> Self {
+        let sizes = MapSizes {
+            max_vips: 8,
+            max_backends: 64,
+            ring_size: RING,
+            conn_entries: 1024,
+            frag_entries: 64,
+        };
+        let mut dp = Datapath::load(sizes).expect("load the eBPF programs (are we root?)");
+        let mut maps = Maps::take(&mut dp.ebpf, RING).expect("maps");
+        maps.set_config(&Self::standard_config()).expect("config");
+        Self {
+            dp,
+            maps,
+            next_vip_id: 0,
+        }
+    }
+
+    pub fn standard_config() -> LbConfig {
+        let mut outer_src_v4 = [0u8; 4];
+        outer_src_v4.copy_from_slice(&to_map(OUTER_SRC_V4.parse().unwrap()).0[..4]);
+        LbConfig {
+            ring_size: RING,
+            flags: 0,
+            outer_src_v6: to_map(OUTER_SRC_V6.parse().unwrap()).0,
+            outer_src_v4,
+            gateway_mac: GATEWAY_MAC,
+            mtu: MTU,
+            egress_ifindex: 0,
+        }
+    }
+
+    /// Add a VIP served by `backends` (written to the backend map too).
+    pub fn add_vip(&mut self, key: VipKey, flags: u32, backends: &[BackendSpec]) -> VipMeta {
+        let meta = VipMeta {
+            vip_id: self.next_vip_id,
+            flags,
+            active_ring: 0,
+            _pad: 0,
+        };
+        self.next_vip_id += 1;
+        self.maps.set_vip(&key, &meta).expect("vip");
+        self.set_backends(&key, backends);
+        self.maps.vip(&key).unwrap().unwrap()
+    }
+
+    /// Write the backends and publish the VIP's ring built from them
+    /// (backends flagged down or draining get no slots).
+    pub fn set_backends(&mut self, key: &VipKey, backends: &[BackendSpec]) {
+        for b in backends {
+            self.maps.set_backend(b.id, &b.entry()).expect("backend");
+        }
+        let members: Vec<MaglevBackend> = backends
+            .iter()
+            .filter(|b| b.flags & (BACKEND_F_DOWN | BACKEND_F_DRAINING) == 0)
+            .map(|b| MaglevBackend {
+                id: b.id,
+                addr: b.addr,
+                weight: b.weight,
+            })
+            .collect();
+        let ring = maglev::build(&members, RING);
+        self.maps.publish_ring(key, &ring).expect("ring");
+    }
+
+    /// The backend the live ring gives `flow`, as userspace computes it.
+    pub fn ring_backend(&self, key: &VipKey, flow: &FlowKey) -> u32 {
+        let meta = self.maps.vip(key).unwrap().unwrap();
+        let hash = flow_hash(flow, meta.flags & VIP_F_AFFINITY != 0);
+        self.maps.ring_slot(&meta, maglev_slot(hash, RING)).unwrap()
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        run(self.dp.lb().expect("lb program"), frame)
+    }
+
+    pub fn run_decap(&mut self, frame: &[u8]) -> Outcome {
+        run(self.dp.decap().expect("decap program"), frame)
+    }
+
+    pub fn count(&self, reason: Reason) -> u64 {
+        self.maps.reason_count(reason).expect("stats")
+    }
+
+    pub fn decap_count(&self, reason: DecapReason) -> u64 {
+        self.maps.decap_count(reason).expect("stats")
+    }
+}
+
+impl Default for Lb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn run(prog: &mut aya::programs::Xdp, frame: &[u8]) -> Outcome {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    Outcome {
+        action: result.return_value,
+        data: out,
+    }
+}

@@ -1,0 +1,7 @@
+//! Shared helpers for the integration tests: a loaded data plane driven
+//! through BPF_PROG_TEST_RUN, packet builders, and network namespaces that
+//! clean up after themselves.
+
+pub mod harness;
+pub mod netns;
+pub mod packets;

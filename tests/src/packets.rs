@@ -1,0 +1,244 @@
+//! Packet builders for the tests: IP packets from etherparse, framed with
+//! Ethernet (and optionally a VLAN tag) by hand so expected outputs can be
+//! composed from the same parts. Addresses are documentation ranges.
+
+use etherparse::{
+    IpDscp, IpEcn, IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
+    TcpHeader,
+};
+use lb_common::{
+    FlowKey,
+    flow::{PROTO_IPIP, PROTO_IPV6},
+};
+
+pub const CLIENT_V4: &str = "203.0.113.7";
+pub const CLIENT_V6: &str = "2001:db8:c::7";
+pub const VIP_V4: &str = "198.51.100.10";
+pub const VIP_V6: &str = "2001:db8:100::10";
+pub const OUTER_SRC_V4: &str = "198.51.100.2";
+pub const OUTER_SRC_V6: &str = "2001:db8:100::2";
+pub const BACKEND_V4: [&str; 3] = ["198.51.100.101", "198.51.100.102", "198.51.100.103"];
+pub const BACKEND_V6: [&str; 3] = ["2001:db8:200::1", "2001:db8:200::2", "2001:db8:200::3"];
+
+/// The upstream router that hands client packets to the LB.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+/// The LB's own interface.
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The configured next hop towards the backends.
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+pub fn backend_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, i]
+}
+
+pub const ETH_IPV4: u16 = 0x0800;
+pub const ETH_IPV6: u16 = 0x86dd;
+
+pub fn v4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>()
+        .expect("IPv4 address")
+        .octets()
+}
+
+pub fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>()
+        .expect("IPv6 address")
+        .octets()
+}
+
+/// Ethernet header (+ optional 802.1Q tag with `vlan` id) and payload.
+pub fn frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan: Option<u16>,
+    ether_type: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(18 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    if let Some(id) = vlan {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+    }
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A client packet as it reaches the LB: router -> LB MAC.
+pub fn to_lb(ip_packet: &[u8]) -> Vec<u8> {
+    frame(
+        LB_MAC,
+        ROUTER_MAC,
+        None,
+        ether_type_of(ip_packet),
+        ip_packet,
+    )
+}
+
+pub fn ether_type_of(ip_packet: &[u8]) -> u16 {
+    if ip_packet[0] >> 4 == 6 {
+        ETH_IPV6
+    } else {
+        ETH_IPV4
+    }
+}
+
+/// TCP flags for the builders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tcp {
+    Syn,
+    Ack,
+    SynAck,
+}
+
+fn tcp_header(sport: u16, dport: u16, flags: Tcp) -> TcpHeader {
+    let mut h = TcpHeader::new(sport, dport, 1000, 64240);
+    match flags {
+        Tcp::Syn => h.syn = true,
+        Tcp::Ack => {
+            h.ack = true;
+            h.acknowledgment_number = 1;
+        }
+        Tcp::SynAck => {
+            h.syn = true;
+            h.ack = true;
+        }
+    }
+    h
+}
+
+/// An IPv4 TCP packet with `payload`.
+pub fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, flags: Tcp, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(v4(src), v4(dst), 64).tcp_header(tcp_header(sport, dport, flags));
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build");
+    out
+}
+
+pub fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, flags: Tcp, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(v6(src), v6(dst), 64).tcp_header(tcp_header(sport, dport, flags));
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build");
+    out
+}
+
+pub fn udp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(v4(src), v4(dst), 64).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build");
+    out
+}
+
+pub fn udp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(v6(src), v6(dst), 64).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build");
+    out
+}
+
+/// An IPv4 UDP packet from an explicit header (options, TOS, fragments).
+pub fn udp4_with(header: Ipv4Header, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ip(IpHeaders::Ipv4(header, Default::default())).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build");
+    out
+}
+
+/// An IPv6 UDP packet with a given traffic class.
+pub fn udp6_tc(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    traffic_class: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let h = Ipv6Header {
+        traffic_class,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: 0,
+        next_header: IpNumber::UDP,
+        hop_limit: 64,
+        source: v6(src),
+        destination: v6(dst),
+    };
+    let b = PacketBuilder::ip(IpHeaders::Ipv6(h, Default::default())).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("build");
+    out
+}
+
+/// A 20-byte IPv4 header (no options) for `udp4_with`.
+pub fn ipv4_header(src: &str, dst: &str, dscp: u8, ecn: u8) -> Ipv4Header {
+    let mut h = Ipv4Header::new(0, 64, IpNumber::UDP, v4(src), v4(dst)).expect("header");
+    h.dscp = IpDscp::try_new(dscp).expect("dscp");
+    h.ecn = IpEcn::try_new(ecn).expect("ecn");
+    h
+}
+
+/// The outer IPv4 header the LB puts in front of `inner`.
+pub fn outer_v4(src: &str, dst: &str, inner: &[u8]) -> Vec<u8> {
+    let (proto, tos) = if inner[0] >> 4 == 4 {
+        (PROTO_IPIP, inner[1])
+    } else {
+        (PROTO_IPV6, (inner[0] << 4) | (inner[1] >> 4))
+    };
+    let mut h =
+        Ipv4Header::new(inner.len() as u16, 64, IpNumber(proto), v4(src), v4(dst)).expect("outer");
+    h.dont_fragment = true;
+    h.identification = 0;
+    h.dscp = IpDscp::try_new(tos >> 2).unwrap();
+    h.ecn = IpEcn::try_new(tos & 3).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    h.to_bytes().to_vec()
+}
+
+/// The outer IPv6 header the LB puts in front of `inner`, whose flow is `flow`.
+pub fn outer_v6(src: &str, dst: &str, inner: &[u8], flow: &FlowKey) -> Vec<u8> {
+    let (next, tc) = if inner[0] >> 4 == 4 {
+        (PROTO_IPIP, inner[1])
+    } else {
+        (PROTO_IPV6, (inner[0] << 4) | (inner[1] >> 4))
+    };
+    let label = lb_common::flow_hash(flow, false) & 0xfffff;
+    let h = Ipv6Header {
+        traffic_class: tc,
+        flow_label: Ipv6FlowLabel::try_new(label).unwrap(),
+        payload_length: inner.len() as u16,
+        next_header: IpNumber(next),
+        hop_limit: 64,
+        source: v6(src),
+        destination: v6(dst),
+    };
+    h.to_bytes().to_vec()
+}
+
+/// `a` followed by `b`.
+pub fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut v = a.to_vec();
+    v.extend_from_slice(b);
+    v
+}
+
+/// The flow key the data plane derives from an IP packet (no extension
+/// headers, no options), for computing expected backends.
+pub fn flow_of(ip_packet: &[u8]) -> FlowKey {
+    let mut k = FlowKey::default();
+    let (l4, proto) = if ip_packet[0] >> 4 == 4 {
+        k.family = 4;
+        k.src[..4].copy_from_slice(&ip_packet[12..16]);
+        k.dst[..4].copy_from_slice(&ip_packet[16..20]);
+        (((ip_packet[0] & 0xf) as usize) * 4, ip_packet[9])
+    } else {
+        k.family = 6;
+        k.src.copy_from_slice(&ip_packet[8..24]);
+        k.dst.copy_from_slice(&ip_packet[24..40]);
+        (40, ip_packet[6])
+    };
+    k.proto = proto;
+    k.sport = u16::from_be_bytes([ip_packet[l4], ip_packet[l4 + 1]]);
+    k.dport = u16::from_be_bytes([ip_packet[l4 + 2], ip_packet[l4 + 3]]);
+    k
+}
