@@ -166,11 +166,11 @@ impl Lb {
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
-        run(self.dp.lb().expect("lb program"), frame)
+        run_frame(self.dp.lb().expect("lb program"), frame)
     }
 
     pub fn run_decap(&mut self, frame: &[u8]) -> Outcome {
-        run(self.dp.decap().expect("decap program"), frame)
+        run_frame(self.dp.decap().expect("decap program"), frame)
     }
 
     pub fn count(&self, reason: Reason) -> u64 {
@@ -188,7 +188,8 @@ impl Default for Lb {
     }
 }
 
-fn run(prog: &mut aya::programs::Xdp, frame: &[u8]) -> Outcome {
+/// Run `prog` once on `frame` through BPF_PROG_TEST_RUN.
+pub fn run_frame(prog: &mut aya::programs::Xdp, frame: &[u8]) -> Outcome {
     let mut out = vec![0u8; frame.len() + 256];
     let result = prog
         .test_run(TestRunOptions {

@@ -1,1 +1,109 @@
-fn main() {}
+//! Developer workflows: `cargo xtask setup | build | test | demo`.
+//!
+//! Every command first runs `setup`, which installs what building the eBPF
+//! program needs, idempotently, and says what it does. xtask itself depends
+//! on nothing of ours, so it builds on a machine that has nothing yet.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo the XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain (apt packages, bpf-linker, linked rustup toolchain).
+    Setup,
+    /// Build everything in release mode (the binaries embed the eBPF object).
+    Build,
+    /// Check formatting and lints, then run all tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo (needs root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            cargo(&["build", "--release", "--workspace"])
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            require_root("the tests load XDP programs and create network namespaces")?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            let mut test = vec!["test", "--workspace"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+        Cmd::Demo => {
+            setup::run()?;
+            require_root("the demo loads XDP programs and creates network namespaces")?;
+            cargo(&[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "lb-tests",
+                "--example",
+                "demo",
+            ])
+        }
+    }
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Run cargo (the one that runs us) in the workspace root.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
