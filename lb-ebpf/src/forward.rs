@@ -63,10 +63,14 @@ pub fn forward(
             Ok(hop) => hop,
             Err(reason) => return reason,
         };
+        let egress = match egress(ctx, hop.ifindex) {
+            Ok(egress) => egress,
+            Err(reason) => return reason,
+        };
         if !packet::write(ctx, 0, hop.dmac) || !packet::write(ctx, 6, hop.smac) {
             return Reason::DropEncapFailed;
         }
-        return send(ctx, hop.ifindex);
+        return send(egress);
     }
     let overhead = if backend.family == FAMILY_V4 {
         IPV4_HDR_LEN
@@ -81,6 +85,10 @@ pub fn forward(
         Ok(hop) => hop,
         Err(reason) => return reason,
     };
+    let egress = match egress(ctx, hop.ifindex) {
+        Ok(egress) => egress,
+        Err(reason) => return reason,
+    };
     // SAFETY: the helper checks the headroom and fails cleanly without it.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Reason::DropEncapFailed;
@@ -93,17 +101,37 @@ pub fn forward(
     if !written {
         return Reason::DropEncapFailed;
     }
-    send(ctx, hop.ifindex)
+    send(egress)
+}
+
+/// Out of the ingress interface, or redirected to another one.
+#[derive(Clone, Copy)]
+enum Egress {
+    Tx,
+    Redirect(u32),
+}
+
+/// Where `ifindex` (0: the ingress interface) is reached from XDP; an
+/// interface missing from `TX_PORTS` is refused before the packet changes.
+#[inline(always)]
+fn egress(ctx: &XdpContext, ifindex: u32) -> Result<Egress, Reason> {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        return Ok(Egress::Tx);
+    }
+    match TX_PORTS.get_ifindex(ifindex) {
+        Some(_) => Ok(Egress::Redirect(ifindex)),
+        None => Err(Reason::DropNoTxPort),
+    }
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, ifindex: u32) -> Reason {
-    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
-        return Reason::Tx;
-    }
-    match TX_PORTS.redirect(ifindex, 0) {
-        Ok(_) => Reason::Redirect,
-        Err(_) => Reason::DropNoTxPort,
+fn send(egress: Egress) -> Reason {
+    match egress {
+        Egress::Tx => Reason::Tx,
+        Egress::Redirect(ifindex) => match TX_PORTS.redirect(ifindex, 0) {
+            Ok(_) => Reason::Redirect,
+            Err(_) => Reason::DropNoTxPort,
+        },
     }
 }
 

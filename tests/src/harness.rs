@@ -24,10 +24,31 @@ pub const RING: u32 = 251;
 pub const MTU: u16 = 1500;
 
 /// The verdict and the bytes the program left in the frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub action: u32,
     pub data: Vec<u8>,
+}
+
+/// Hex dump, 16 bytes a line with offsets, so a failed comparison shows
+/// which header field differs.
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.action {
+            XDP_ABORTED => "XDP_ABORTED",
+            XDP_DROP => "XDP_DROP",
+            XDP_PASS => "XDP_PASS",
+            XDP_TX => "XDP_TX",
+            XDP_REDIRECT => "XDP_REDIRECT",
+            _ => "?",
+        };
+        writeln!(f, "{name} ({}), {} bytes:", self.action, self.data.len())?;
+        for (i, line) in self.data.chunks(16).enumerate() {
+            let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(f, "  {:04x}: {}", i * 16, hex.join(" "))?;
+        }
+        Ok(())
+    }
 }
 
 pub const XDP_ABORTED: u32 = 0;
@@ -167,6 +188,32 @@ impl Lb {
 
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
         run_frame(self.dp.lb().expect("lb program"), frame)
+    }
+
+    /// Run the LB program as if `frame` arrived on interface `ifindex` (of
+    /// the calling thread's network namespace), so FIB lookups use it.
+    pub fn run_on(&mut self, ifindex: u32, frame: &[u8]) -> Outcome {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let prog = self.dp.lb().expect("lb program");
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN with an ingress interface");
+        out.truncate(result.data_size_out as usize);
+        Outcome {
+            action: result.return_value,
+            data: out,
+        }
     }
 
     pub fn run_decap(&mut self, frame: &[u8]) -> Outcome {

@@ -1,0 +1,325 @@
+//! Next hops from the kernel FIB (`CFG_F_NEXTHOP_FIB`): the program asks
+//! `bpf_fib_lookup` for the route and neighbour of the backend, as if the
+//! packet had arrived on a veth in a namespace the test builds.
+
+use lb_common::{
+    Reason,
+    flow::PROTO_TCP,
+    maps::{CFG_F_NEXTHOP_FIB, LbConfig},
+};
+use lb_tests::{
+    harness::*,
+    netns::{Netns, veth},
+    packets::*,
+};
+
+const ROUTER_V4: &str = "192.0.2.1";
+const ROUTER_V6: &str = "2001:db8:ffff::1";
+const ROUTER_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const OTHER_ROUTER_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+fn ifindex(ns: &Netns, dev: &str) -> u32 {
+    ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A namespace with uplink `up0` (where packets arrive and, by default,
+/// leave), forwarding on, routes to the backends via a router whose
+/// neighbour entry is permanent.
+struct Site {
+    ns: Netns,
+    _peer: Netns,
+}
+
+impl Site {
+    fn new() -> Self {
+        let ns = Netns::new("fib");
+        let peer = Netns::new("fibpeer");
+        veth(&ns, "up0", &peer, "peer0");
+        for s in [
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ] {
+            ns.exec(&["sysctl", "-q", "-w", s]);
+        }
+        ns.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", "up0"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:ffff::2/64",
+            "dev",
+            "up0",
+            "nodad",
+        ]);
+        ns.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            ROUTER_V4,
+            "lladdr",
+            &mac_text(ROUTER_NEIGH_MAC),
+            "dev",
+            "up0",
+            "nud",
+            "permanent",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            ROUTER_V6,
+            "lladdr",
+            &mac_text(ROUTER_NEIGH_MAC),
+            "dev",
+            "up0",
+            "nud",
+            "permanent",
+        ]);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.96/28",
+            "via",
+            ROUTER_V4,
+            "dev",
+            "up0",
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "2001:db8:200::/64",
+            "via",
+            ROUTER_V6,
+            "dev",
+            "up0",
+        ]);
+        Self { ns, _peer: peer }
+    }
+}
+
+fn fib_lb() -> Lb {
+    let mut lb = Lb::new();
+    let config = LbConfig {
+        flags: CFG_F_NEXTHOP_FIB,
+        ..Lb::standard_config()
+    };
+    lb.maps.set_config(&config).unwrap();
+    lb
+}
+
+#[test]
+fn golden_fib_next_hop_uses_kernel_route_and_neighbour_ipv4() {
+    let site = Site::new();
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let inner = tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Syn, b"");
+    let up = ifindex(&site.ns, "up0");
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    let our_mac = mac_of(&site.ns, "up0");
+    let outer = outer_v4(OUTER_SRC_V4, BACKEND_V4[0], &inner);
+    let expected = frame(
+        ROUTER_NEIGH_MAC,
+        our_mac,
+        None,
+        ETH_IPV4,
+        &cat(&outer, &inner),
+    );
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_fib_next_hop_uses_kernel_route_and_neighbour_ipv6() {
+    let site = Site::new();
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V6[0])],
+    );
+    let inner = tcp6(CLIENT_V6, 40000, VIP_V6, 443, Tcp::Syn, b"");
+    let up = ifindex(&site.ns, "up0");
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    let outer = outer_v6(OUTER_SRC_V6, BACKEND_V6[0], &inner, &flow_of(&inner));
+    let expected = frame(
+        ROUTER_NEIGH_MAC,
+        mac_of(&site.ns, "up0"),
+        None,
+        ETH_IPV6,
+        &cat(&outer, &inner),
+    );
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_fib_unresolved_neighbour_falls_back_to_gateway_mac() {
+    let site = Site::new();
+    // A route via a router the kernel has no neighbour entry for.
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.120/32",
+        "via",
+        "192.0.2.9",
+        "dev",
+        "up0",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "198.51.100.120")],
+    );
+    let inner = tcp4(CLIENT_V4, 40001, VIP_V4, 80, Tcp::Syn, b"");
+    let up = ifindex(&site.ns, "up0");
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    let outer = outer_v4(OUTER_SRC_V4, "198.51.100.120", &inner);
+    let expected = frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV4, &cat(&outer, &inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_fib_without_route_or_gateway_drops_no_route() {
+    let site = Site::new();
+    let mut lb = Lb::new();
+    let config = LbConfig {
+        flags: CFG_F_NEXTHOP_FIB,
+        gateway_mac: [0; 6],
+        ..Lb::standard_config()
+    };
+    lb.maps.set_config(&config).unwrap();
+    // 203.0.113.200 has no route in the site namespace.
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "203.0.113.200")],
+    );
+    let frame_in = to_lb(&tcp4(CLIENT_V4, 40002, VIP_V4, 80, Tcp::Syn, b""));
+    let up = ifindex(&site.ns, "up0");
+    let out = site.ns.enter(|| lb.run_on(up, &frame_in));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_DROP,
+            data: frame_in
+        }
+    );
+    assert_eq!(lb.count(Reason::DropNoRoute), 1);
+    assert_eq!(lb.maps.vip_stats(0).unwrap().dropped, 1);
+}
+
+#[test]
+fn golden_fib_route_via_other_interface_redirects_through_devmap() {
+    let site = Site::new();
+    let other = Netns::new("fibother");
+    veth(&site.ns, "down0", &other, "other0");
+    site.ns
+        .exec(&["ip", "addr", "add", "192.0.2.129/25", "dev", "down0"]);
+    site.ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.130",
+        "lladdr",
+        &mac_text(OTHER_ROUTER_NEIGH_MAC),
+        "dev",
+        "down0",
+        "nud",
+        "permanent",
+    ]);
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.122/32",
+        "via",
+        "192.0.2.130",
+        "dev",
+        "down0",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "198.51.100.122")],
+    );
+    let inner = tcp4(CLIENT_V4, 40004, VIP_V4, 80, Tcp::Syn, b"");
+    let up = ifindex(&site.ns, "up0");
+    let down = ifindex(&site.ns, "down0");
+
+    // Not allowed as an egress port yet: dropped, counted, untouched.
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_DROP,
+            data: to_lb(&inner)
+        }
+    );
+    assert_eq!(lb.count(Reason::DropNoTxPort), 1);
+
+    site.ns.enter(|| lb.maps.add_tx_port(down)).unwrap();
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    let outer = outer_v4(OUTER_SRC_V4, "198.51.100.122", &inner);
+    let expected = frame(
+        OTHER_ROUTER_NEIGH_MAC,
+        mac_of(&site.ns, "down0"),
+        None,
+        ETH_IPV4,
+        &cat(&outer, &inner),
+    );
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_REDIRECT,
+            data: expected
+        }
+    );
+    assert_eq!(lb.count(Reason::Redirect), 1);
+}
