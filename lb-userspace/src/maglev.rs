@@ -140,6 +140,54 @@ mod tests {
     }
 
     #[test]
+    fn weights_are_honoured_proportionally() {
+        let m = 65537;
+        let mut b = backends(3);
+        for (i, w) in [1, 2, 3].into_iter().enumerate() {
+            b[i].weight = w;
+        }
+        let counts = slot_counts(&build(&b, m));
+        let total_weight = 6.0;
+        for (i, w) in [1.0, 2.0, 3.0].into_iter().enumerate() {
+            let share = counts[&(i as u32)] as f64 / m as f64;
+            let want = w / total_weight;
+            assert!(
+                (share - want).abs() < 0.005,
+                "backend {i}: share {share:.4}, want {want:.4}"
+            );
+        }
+    }
+
+    /// Removing one of N backends must move its own slots, and few others.
+    #[test]
+    fn removing_a_backend_moves_few_other_slots() {
+        let m = 65537;
+        for n in [5u32, 10, 50, 100] {
+            let all = backends(n);
+            let before = build(&all, m);
+            let removed = n / 2;
+            let rest: Vec<MaglevBackend> =
+                all.iter().copied().filter(|b| b.id != removed).collect();
+            let after = build(&rest, m);
+            let extra = before
+                .iter()
+                .zip(&after)
+                .filter(|(old, new)| **old != removed && old != new)
+                .count();
+            let extra_share = extra as f64 / m as f64;
+            // The NSDI paper reports a few percent at most; we hold 2% of M.
+            println!(
+                "n={n}: {extra} extra slots moved ({:.3}% of M)",
+                extra_share * 100.0
+            );
+            assert!(
+                extra_share < 0.02,
+                "n={n}: {extra} slots ({extra_share:.4} of M) moved needlessly"
+            );
+        }
+    }
+
+    #[test]
     fn no_weight_means_no_backend() {
         assert!(build(&[], 13).iter().all(|id| *id == NO_BACKEND));
         let mut b = backends(2);
