@@ -3,6 +3,7 @@
 //! CLI around them.
 
 pub mod addr;
+pub mod config;
 pub mod datapath;
 pub mod maglev;
 pub mod maps;

@@ -1,0 +1,841 @@
+//! lbd's configuration file: its JSON shape, defaults, and validation.
+//!
+//! Every field is documented here, once; the configuration reference is
+//! generated from these definitions. A rejected file gets an error naming
+//! the field path and the reason (`vips[2].backends[0].weight: 0 is out of
+//! range 1..=1000`), and nothing of it is applied.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Largest backend weight; weights are relative, so this bounds the ratio.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// The whole configuration of one lbd.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Interfaces the load balancer program attaches to (at least one).
+    pub interfaces: Vec<Interface>,
+    /// Outer source addresses of IP-in-IP tunnels, per family. Required for
+    /// each family of backend that a tunnel-mode VIP has.
+    #[serde(default)]
+    pub tunnel_source: TunnelSource,
+    /// How the next hop towards backends is found.
+    #[serde(default)]
+    pub next_hop: NextHop,
+    /// Largest IP packet (bytes) the path to the backends carries; a packet
+    /// that would exceed it once encapsulated is dropped and counted
+    /// (`drop_too_big`). Default 1500.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Sizes of the data plane's tables.
+    #[serde(default)]
+    pub tables: Tables,
+    /// Where maps and the XDP link are pinned, so forwarding survives lbd
+    /// restarts. Default `/sys/fs/bpf/lbd`.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// The local control socket `lbctl` talks to.
+    #[serde(default)]
+    pub control: Control,
+    /// The virtual services.
+    #[serde(default)]
+    pub vips: Vec<Vip>,
+}
+
+/// An interface to attach the load balancer to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Interface name, e.g. `eth0`.
+    pub name: String,
+    /// `native` (driver mode, the fast path; default) or `generic` (skb
+    /// mode: works on any device, much slower). lbd falls back from native
+    /// to generic with a warning if the driver refuses native mode.
+    #[serde(default)]
+    pub mode: AttachMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    #[default]
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSource {
+    /// Source of IPv4 outer headers; an address of this host.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Source of IPv6 outer headers; an address of this host.
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextHop {
+    /// Ask the kernel's routing table and neighbour cache (`bpf_fib_lookup`)
+    /// for each backend's next hop. Default true. Needs IP forwarding on.
+    #[serde(default = "yes")]
+    pub fib: bool,
+    /// Next-hop MAC used when `fib` is off, or when the kernel has not
+    /// resolved the neighbour yet.
+    #[serde(default)]
+    pub gateway_mac: Option<Mac>,
+    /// Without `fib`: send out of this interface (XDP_REDIRECT) instead of
+    /// the one the packet came in on (XDP_TX).
+    #[serde(default)]
+    pub egress_interface: Option<String>,
+}
+
+impl Default for NextHop {
+    fn default() -> Self {
+        Self {
+            fib: true,
+            gateway_mac: None,
+            egress_interface: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tables {
+    /// Maglev table size M per VIP: a prime, at least 100 x the largest
+    /// backend count for even spread. Default 65537.
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    /// Connection-table entries (LRU). Default 1048576.
+    #[serde(default = "default_conn_entries")]
+    pub conn_entries: u32,
+    /// Most VIPs. Default 64.
+    #[serde(default = "default_max_vips")]
+    pub max_vips: u32,
+    /// Most backends over all VIPs. Default 4096.
+    #[serde(default = "default_max_backends")]
+    pub max_backends: u32,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            ring_size: default_ring_size(),
+            conn_entries: default_conn_entries(),
+            max_vips: default_max_vips(),
+            max_backends: default_max_backends(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Path of the Unix control socket. Default `/run/lbd/lbd.sock`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Group allowed to use the socket (mode 0660); without it the socket
+    /// is root's only (mode 0600).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            group: None,
+        }
+    }
+}
+
+/// A virtual service.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    /// Optional label shown by `lbctl` and in metrics.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The service address clients connect to.
+    pub address: IpAddr,
+    /// The service port; 0 serves every port of the address (port-less).
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// `ipip` (IP-in-IP tunnel to the backend, which runs the decap
+    /// program; default) or `l2_dsr` (backend on the same link, only the
+    /// destination MAC changes).
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// Send all connections of a client address to the same backend.
+    #[serde(default)]
+    pub affinity: bool,
+    /// How backends are checked; default: not at all.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// Seconds a draining backend keeps its established flows before it is
+    /// cut off. Default 300.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_s: u64,
+    /// The backends.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    #[default]
+    Ipip,
+    L2Dsr,
+}
+
+/// A backend of a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The backend's address (tunnel destination, health-check target).
+    pub address: IpAddr,
+    /// Relative share of new flows, 1..=1000. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// `active` (default), `drain` (no new flows; established ones go on
+    /// until they end or the VIP's drain timeout) or `disabled` (no flows).
+    #[serde(default)]
+    pub state: AdminState,
+    /// The backend's MAC when it is on the LB's link: overrides the next
+    /// hop (required for `l2_dsr` when the kernel cannot resolve it).
+    #[serde(default)]
+    pub mac: Option<Mac>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    #[default]
+    Active,
+    Drain,
+    Disabled,
+}
+
+/// Health checking of a VIP's backends. `rise` and `fall` have HAProxy's
+/// meaning: a backend goes up after `rise` consecutive successes and down
+/// after `fall` consecutive failures.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `none` (default: backends count as up), `tcp` (connect), `http`
+    /// (GET, 2xx/3xx is up) or `udp` (send `payload`, expect a reply).
+    #[serde(rename = "type", default)]
+    pub kind: CheckKind,
+    /// Port to check; default the VIP's port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// HTTP: request path. Default `/`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// HTTP: Host header. Default the backend address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// UDP: datagram to send.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// UDP: the reply must start with this; default any reply.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Milliseconds between checks. Default 1000.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Milliseconds before a check counts as failed. Default 500.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Successes in a row to come up. Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures in a row to go down. Default 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::None,
+            port: None,
+            path: None,
+            host: None,
+            payload: None,
+            expect: None,
+            interval_ms: default_interval(),
+            timeout_ms: default_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    #[default]
+    None,
+    Tcp,
+    Http,
+    Udp,
+}
+
+/// A MAC address written `02:00:5e:00:53:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || {
+            format!("{s:?} is not a MAC address (expected six hex bytes like 02:00:5e:00:53:01)")
+        };
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/lbd")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/lbd/lbd.sock")
+}
+fn default_ring_size() -> u32 {
+    lb_common::maps::DEFAULT_RING_SIZE
+}
+fn default_conn_entries() -> u32 {
+    lb_common::maps::DEFAULT_CONN_ENTRIES
+}
+fn default_max_vips() -> u32 {
+    lb_common::maps::DEFAULT_MAX_VIPS
+}
+fn default_max_backends() -> u32 {
+    lb_common::maps::DEFAULT_MAX_BACKENDS
+}
+fn default_drain_timeout() -> u64 {
+    300
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    500
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// One problem in a configuration: where, and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `vips[2].backends[0].address`.
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+/// A configuration was rejected; nothing of it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.problems.iter().map(Problem::to_string).collect();
+        write!(f, "{}", lines.join("; "))
+    }
+}
+
+impl ConfigError {
+    fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                path: path.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let reason = if inner.is_syntax() || inner.is_eof() {
+                format!(
+                    "invalid JSON at line {} column {}: {inner}",
+                    inner.line(),
+                    inner.column()
+                )
+            } else {
+                // serde_json appends " at line L column C"; the path says where.
+                let text = inner.to_string();
+                match text.rfind(" at line ") {
+                    Some(i) => text[..i].to_string(),
+                    None => text,
+                }
+            };
+            ConfigError::one(path, reason)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one("", format!("reading {}: {e}", path.display())))?;
+        Self::from_json(&text)
+    }
+
+    /// Everything serde cannot check: ranges, uniqueness, consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |path: String, reason: String| problems.push(Problem { path, reason });
+
+        if self.interfaces.is_empty() {
+            bad(
+                "interfaces".into(),
+                "at least one interface is needed".into(),
+            );
+        }
+        let mut names = HashSet::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ']) {
+                bad(
+                    format!("interfaces[{i}].name"),
+                    format!("{:?} is not an interface name", iface.name),
+                );
+            }
+            if !names.insert(&iface.name) {
+                bad(
+                    format!("interfaces[{i}].name"),
+                    format!("{:?} is listed twice", iface.name),
+                );
+            }
+        }
+        if !self.next_hop.fib && self.next_hop.gateway_mac.is_none() {
+            bad(
+                "next_hop.gateway_mac".into(),
+                "required when next_hop.fib is false".into(),
+            );
+        }
+        if !(576..=9216).contains(&self.mtu) {
+            bad(
+                "mtu".into(),
+                format!("{} is out of range 576..=9216", self.mtu),
+            );
+        }
+        let t = &self.tables;
+        if t.ring_size < 7 || !is_prime(t.ring_size) {
+            bad(
+                "tables.ring_size".into(),
+                format!("{} is not a prime of at least 7", t.ring_size),
+            );
+        }
+        if (t.max_vips as u64) * 2 * (t.ring_size as u64) > u32::MAX as u64 {
+            bad(
+                "tables.ring_size".into(),
+                format!(
+                    "{} x 2 x {} VIPs exceeds the ring map's size limit",
+                    t.ring_size, t.max_vips
+                ),
+            );
+        }
+        for (field, value) in [
+            ("conn_entries", t.conn_entries),
+            ("max_vips", t.max_vips),
+            ("max_backends", t.max_backends),
+        ] {
+            if value == 0 {
+                bad(format!("tables.{field}"), "must be at least 1".into());
+            }
+        }
+        if self.vips.len() > t.max_vips as usize {
+            bad(
+                "vips".into(),
+                format!(
+                    "{} VIPs exceed tables.max_vips = {}",
+                    self.vips.len(),
+                    t.max_vips
+                ),
+            );
+        }
+        let mut vip_keys = HashSet::new();
+        let mut backend_count = 0usize;
+        for (v, vip) in self.vips.iter().enumerate() {
+            let at = format!("vips[{v}]");
+            if !usable(&vip.address) {
+                bad(
+                    format!("{at}.address"),
+                    format!("{} cannot be a service address", vip.address),
+                );
+            }
+            if !vip_keys.insert((vip.address, vip.port, vip.protocol)) {
+                bad(
+                    at.clone(),
+                    format!(
+                        "duplicate VIP {}:{}/{:?}",
+                        vip.address, vip.port, vip.protocol
+                    )
+                    .to_lowercase(),
+                );
+            }
+            if vip.drain_timeout_s > 86_400 {
+                bad(
+                    format!("{at}.drain_timeout_s"),
+                    format!("{} is more than a day", vip.drain_timeout_s),
+                );
+            }
+            check_health(&vip.health_check, &format!("{at}.health_check"), &mut bad);
+            let mut addrs = HashSet::new();
+            for (b, backend) in vip.backends.iter().enumerate() {
+                let bat = format!("{at}.backends[{b}]");
+                backend_count += 1;
+                if !usable(&backend.address) {
+                    bad(
+                        format!("{bat}.address"),
+                        format!("{} cannot be a backend address", backend.address),
+                    );
+                }
+                if !addrs.insert(backend.address) {
+                    bad(
+                        format!("{bat}.address"),
+                        format!("{} is listed twice in this VIP", backend.address),
+                    );
+                }
+                if !(1..=MAX_WEIGHT).contains(&backend.weight) {
+                    bad(
+                        format!("{bat}.weight"),
+                        format!("{} is out of range 1..={MAX_WEIGHT}", backend.weight),
+                    );
+                }
+                if vip.forwarding == Forwarding::Ipip {
+                    match backend.address {
+                        IpAddr::V4(_) if self.tunnel_source.ipv4.is_none() => bad(
+                            format!("{bat}.address"),
+                            "an IPv4 tunnel needs tunnel_source.ipv4".into(),
+                        ),
+                        IpAddr::V6(_) if self.tunnel_source.ipv6.is_none() => bad(
+                            format!("{bat}.address"),
+                            "an IPv6 tunnel needs tunnel_source.ipv6".into(),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+            if vip.backends.len() as u64 * 10 > t.ring_size as u64 {
+                bad(
+                    format!("{at}.backends"),
+                    format!(
+                        "{} backends are too many for tables.ring_size {}",
+                        vip.backends.len(),
+                        t.ring_size
+                    ),
+                );
+            }
+        }
+        if backend_count > t.max_backends as usize {
+            bad(
+                "vips".into(),
+                format!(
+                    "{backend_count} backends in all exceed tables.max_backends = {}",
+                    t.max_backends
+                ),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+fn check_health(h: &HealthCheck, at: &str, bad: &mut impl FnMut(String, String)) {
+    if h.kind == CheckKind::None {
+        return;
+    }
+    if !(100..=3_600_000).contains(&h.interval_ms) {
+        bad(
+            format!("{at}.interval_ms"),
+            format!("{} is out of range 100..=3600000", h.interval_ms),
+        );
+    }
+    if h.timeout_ms < 10 || h.timeout_ms > h.interval_ms {
+        bad(
+            format!("{at}.timeout_ms"),
+            format!(
+                "{} must be at least 10 and at most interval_ms ({})",
+                h.timeout_ms, h.interval_ms
+            ),
+        );
+    }
+    for (field, value) in [("rise", h.rise), ("fall", h.fall)] {
+        if !(1..=100).contains(&value) {
+            bad(
+                format!("{at}.{field}"),
+                format!("{value} is out of range 1..=100"),
+            );
+        }
+    }
+    let only = |field: &str, set: bool, kind: CheckKind| {
+        (set && h.kind != kind).then(|| field.to_string())
+    };
+    let misplaced = [
+        only("path", h.path.is_some(), CheckKind::Http),
+        only("host", h.host.is_some(), CheckKind::Http),
+        only("payload", h.payload.is_some(), CheckKind::Udp),
+        only("expect", h.expect.is_some(), CheckKind::Udp),
+    ];
+    for field in misplaced.into_iter().flatten() {
+        bad(
+            format!("{at}.{field}"),
+            format!("does not apply to a {:?} check", h.kind).to_lowercase(),
+        );
+    }
+    if let Some(path) = &h.path
+        && !path.starts_with('/')
+    {
+        bad(format!("{at}.path"), format!("{path:?} must start with /"));
+    }
+    if h.kind == CheckKind::Udp && h.payload.as_deref().unwrap_or("").is_empty() {
+        bad(
+            format!("{at}.payload"),
+            "a udp check needs a payload to send".into(),
+        );
+    }
+}
+
+/// An address that can be a service or backend: not unspecified, loopback,
+/// multicast or broadcast.
+fn usable(addr: &IpAddr) -> bool {
+    let special = match addr {
+        IpAddr::V4(a) => a.is_broadcast(),
+        IpAddr::V6(_) => false,
+    };
+    !(addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || special)
+}
+
+fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = n as u64;
+    (2..)
+        .take_while(|d| d * d <= n)
+        .all(|d| !n.is_multiple_of(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "interfaces": [{"name": "eth0"}],
+        "tunnel_source": {"ipv4": "198.51.100.2", "ipv6": "2001:db8::2"},
+        "vips": [{
+            "address": "198.51.100.10", "port": 80, "protocol": "tcp",
+            "health_check": {"type": "http", "path": "/healthz", "interval_ms": 500, "timeout_ms": 200},
+            "backends": [
+                {"address": "198.51.100.101", "weight": 2},
+                {"address": "2001:db8::101", "state": "drain", "mac": "02:00:5e:00:53:01"}
+            ]
+        }]
+    }"#;
+
+    fn problem(text: &str) -> String {
+        Config::from_json(text)
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert_eq!(c.interfaces[0].mode, AttachMode::Native);
+        assert_eq!(c.tables.ring_size, 65537);
+        assert!(c.next_hop.fib);
+        assert_eq!(c.vips[0].backends[1].state, AdminState::Drain);
+        assert_eq!(
+            c.vips[0].backends[1].mac,
+            Some(Mac([2, 0, 0x5e, 0, 0x53, 1]))
+        );
+        assert_eq!(c.vips[0].health_check.rise, 2);
+        // Serialising and parsing again gives the same configuration.
+        let again = Config::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_address_names_its_path() {
+        let text = GOOD.replace("198.51.100.101", "10.0.0.300");
+        assert_eq!(
+            problem(&text),
+            "vips[0].backends[0].address: invalid IP address syntax"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let text = GOOD.replace("\"weight\": 2", "\"wieght\": 2");
+        let msg = problem(&text);
+        assert!(
+            msg.starts_with("vips[0].backends[0].wieght: unknown field `wieght`, expected one of"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn weight_out_of_range() {
+        let text = GOOD.replace("\"weight\": 2", "\"weight\": 0");
+        assert_eq!(
+            problem(&text),
+            "vips[0].backends[0].weight: 0 is out of range 1..=1000"
+        );
+    }
+
+    #[test]
+    fn duplicate_vip() {
+        let c = Config::from_json(GOOD).unwrap();
+        let mut twice = c.clone();
+        twice.vips.push(c.vips[0].clone());
+        let msg = twice.validate().unwrap_err().to_string();
+        assert_eq!(msg, "vips[1]: duplicate vip 198.51.100.10:80/tcp");
+    }
+
+    #[test]
+    fn tunnel_needs_a_source_of_the_backend_family() {
+        let text = GOOD.replace(r#", "ipv6": "2001:db8::2""#, "");
+        assert_eq!(
+            problem(&text),
+            "vips[0].backends[1].address: an IPv6 tunnel needs tunnel_source.ipv6"
+        );
+    }
+
+    #[test]
+    fn syntax_error_gives_line_and_column() {
+        let msg = problem("{\n \"interfaces\": [,]\n}");
+        assert!(msg.contains("invalid JSON at line 2"), "{msg}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = GOOD
+            .replace("\"weight\": 2", "\"weight\": 5000")
+            .replace("\"timeout_ms\": 200", "\"timeout_ms\": 900")
+            .replace("\"ring_size\": 65537", "");
+        let err = Config::from_json(&text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "vips[0].health_check.timeout_ms",
+                "vips[0].backends[0].weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn mac_syntax() {
+        assert!("02:00:5e:00:53:01".parse::<Mac>().is_ok());
+        for bad in [
+            "02:00:5e:00:53",
+            "02:00:5e:00:53:0g",
+            "0200.5e00.5301",
+            "2:0:5e:0:53:1",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ring_size_must_be_prime() {
+        let mut c = Config::from_json(GOOD).unwrap();
+        c.tables.ring_size = 65536;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "tables.ring_size: 65536 is not a prime of at least 7"
+        );
+    }
+}
