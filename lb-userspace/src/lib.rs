@@ -5,6 +5,8 @@
 pub mod addr;
 pub mod config;
 pub mod datapath;
+pub mod ids;
+pub mod image;
 pub mod maglev;
 pub mod maps;
 

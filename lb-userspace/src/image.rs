@@ -1,0 +1,273 @@
+//! The data plane's desired contents, computed from the configuration, the
+//! id allocation and each backend's health and drain state. `sync` writes
+//! the difference between two images to the maps.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    flow::{PROTO_TCP, PROTO_UDP},
+    maps::*,
+};
+
+use crate::{
+    addr::to_map,
+    config::{AdminState, Config, Forwarding, Protocol},
+    ids::{BackendKey, IdError, Ids, VipKeyOrd},
+    maglev::MaglevBackend,
+};
+
+/// What the daemon knows about a backend beyond its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// Passing its health checks (always true without checks).
+    pub healthy: bool,
+    /// Draining for longer than the VIP's drain timeout: cut off.
+    pub drain_expired: bool,
+}
+
+impl Default for BackendStatus {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            drain_expired: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipImage {
+    pub id: u32,
+    pub flags: u32,
+    /// The backends that get new flows, with their weights: the Maglev
+    /// table is built from these (sorted, so equal sets compare equal).
+    pub members: Vec<MaglevBackend>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub config: LbConfig,
+    pub vips: BTreeMap<VipKeyOrd, VipImage>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKeyOrd {
+    let (addr, family) = to_map(address);
+    let proto = match protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    VipKeyOrd {
+        addr,
+        port,
+        proto,
+        family,
+    }
+}
+
+/// The global configuration entry.
+pub fn lb_config(config: &Config, egress_ifindex: u32) -> LbConfig {
+    let mut outer_src_v4 = [0u8; 4];
+    if let Some(a) = config.tunnel_source.ipv4 {
+        outer_src_v4 = a.octets();
+    }
+    LbConfig {
+        ring_size: config.tables.ring_size,
+        flags: if config.next_hop.fib {
+            CFG_F_NEXTHOP_FIB
+        } else {
+            0
+        },
+        outer_src_v6: config
+            .tunnel_source
+            .ipv6
+            .map(|a| a.octets())
+            .unwrap_or_default(),
+        outer_src_v4,
+        gateway_mac: config.next_hop.gateway_mac.map(|m| m.0).unwrap_or_default(),
+        mtu: config.mtu,
+        egress_ifindex,
+    }
+}
+
+/// Compute the image of `config`, allocating ids for new VIPs and backends.
+pub fn build(
+    config: &Config,
+    ids: &mut Ids,
+    status: impl Fn(&BackendKey) -> BackendStatus,
+    egress_ifindex: u32,
+) -> Result<Image, IdError> {
+    let mut vips = BTreeMap::new();
+    let mut backends = BTreeMap::new();
+    for vip in &config.vips {
+        let key = vip_key(vip.address, vip.port, vip.protocol);
+        let vip_id = ids.vip_or_new(key)?;
+        let mut flags = 0;
+        if vip.affinity {
+            flags |= VIP_F_AFFINITY;
+        }
+        if vip.port == 0 {
+            flags |= VIP_F_PORTLESS;
+        }
+        if vip.forwarding == Forwarding::L2Dsr {
+            flags |= VIP_F_L2_DSR;
+        }
+        let mut members = Vec::new();
+        for b in &vip.backends {
+            let bkey = BackendKey {
+                vip: key,
+                addr: b.address,
+            };
+            let id = ids.backend_or_new(bkey)?;
+            let st = status(&bkey);
+            let mut bflags = BACKEND_F_ACTIVE;
+            let down = !st.healthy
+                || b.state == AdminState::Disabled
+                || (b.state == AdminState::Drain && st.drain_expired);
+            if down {
+                bflags |= BACKEND_F_DOWN;
+            }
+            if b.state == AdminState::Drain {
+                bflags |= BACKEND_F_DRAINING;
+            }
+            let (addr, family) = to_map(b.address);
+            backends.insert(
+                id,
+                Backend {
+                    addr,
+                    family,
+                    flags: bflags,
+                    mac: b.mac.map(|m| m.0).unwrap_or_default(),
+                    ..Default::default()
+                },
+            );
+            if !down && b.state == AdminState::Active {
+                members.push(MaglevBackend {
+                    id,
+                    addr: b.address,
+                    weight: b.weight,
+                });
+            }
+        }
+        members.sort_by_key(|m| (m.addr, m.id));
+        vips.insert(
+            key,
+            VipImage {
+                id: vip_id,
+                flags,
+                members,
+            },
+        );
+    }
+    Ok(Image {
+        config: lb_config(config, egress_ifindex),
+        vips,
+        backends,
+    })
+}
+
+/// Ids in `ids` that `image` no longer uses.
+pub fn unused(ids: &Ids, image: &Image) -> (Vec<VipKeyOrd>, Vec<BackendKey>) {
+    let used_backends: BTreeSet<u32> = image.backends.keys().copied().collect();
+    let vips = ids
+        .vips()
+        .filter(|(k, _)| !image.vips.contains_key(k))
+        .map(|(k, _)| *k)
+        .collect();
+    let backends = ids
+        .backends()
+        .filter(|(_, id)| !used_backends.contains(id))
+        .map(|(k, _)| *k)
+        .collect();
+    (vips, backends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"{
+        "interfaces": [{"name": "eth0"}],
+        "tunnel_source": {"ipv4": "198.51.100.2"},
+        "vips": [{
+            "address": "198.51.100.10", "port": 0, "protocol": "udp", "affinity": true,
+            "backends": [
+                {"address": "198.51.100.101", "weight": 3},
+                {"address": "198.51.100.102", "state": "drain"},
+                {"address": "198.51.100.103", "state": "disabled"},
+                {"address": "198.51.100.104"}
+            ]
+        }]
+    }"#;
+
+    #[test]
+    fn flags_and_members_follow_state_and_health() {
+        let config = Config::from_json(CONFIG).unwrap();
+        let mut ids = Ids::new(4, 16);
+        let sick: IpAddr = "198.51.100.104".parse().unwrap();
+        let image = build(
+            &config,
+            &mut ids,
+            |k| BackendStatus {
+                healthy: k.addr != sick,
+                drain_expired: false,
+            },
+            0,
+        )
+        .unwrap();
+        let vip = image.vips.values().next().unwrap();
+        assert_eq!(vip.flags, VIP_F_AFFINITY | VIP_F_PORTLESS);
+        let members: Vec<String> = vip
+            .members
+            .iter()
+            .map(|m| format!("{}x{}", m.addr, m.weight))
+            .collect();
+        assert_eq!(members, ["198.51.100.101x3"]);
+        let flags: Vec<u8> = image.backends.values().map(|b| b.flags).collect();
+        assert_eq!(
+            flags,
+            [
+                BACKEND_F_ACTIVE,
+                BACKEND_F_ACTIVE | BACKEND_F_DRAINING,
+                BACKEND_F_ACTIVE | BACKEND_F_DOWN,
+                BACKEND_F_ACTIVE | BACKEND_F_DOWN,
+            ]
+        );
+        assert_eq!(image.config.outer_src_v4, [198, 51, 100, 2]);
+        assert_eq!(image.config.flags, CFG_F_NEXTHOP_FIB);
+    }
+
+    #[test]
+    fn expired_drain_cuts_the_backend_off() {
+        let config = Config::from_json(CONFIG).unwrap();
+        let mut ids = Ids::new(4, 16);
+        let image = build(
+            &config,
+            &mut ids,
+            |_| BackendStatus {
+                healthy: true,
+                drain_expired: true,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            image.backends[&1].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_DRAINING | BACKEND_F_DOWN
+        );
+    }
+
+    #[test]
+    fn removed_backends_free_their_ids() {
+        let mut config = Config::from_json(CONFIG).unwrap();
+        let mut ids = Ids::new(4, 16);
+        build(&config, &mut ids, |_| BackendStatus::default(), 0).unwrap();
+        config.vips[0].backends.truncate(1);
+        let image = build(&config, &mut ids, |_| BackendStatus::default(), 0).unwrap();
+        let (vips, backends) = unused(&ids, &image);
+        assert!(vips.is_empty());
+        assert_eq!(backends.len(), 3);
+    }
+}
