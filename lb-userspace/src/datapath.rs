@@ -1,9 +1,15 @@
 //! Loading the eBPF object: map sizes chosen at load time, the two programs
 //! loaded into the kernel, and attaching them to interfaces.
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::maps::*;
 
@@ -45,6 +51,23 @@ pub enum DatapathError {
     MissingProgram(&'static str),
     #[error("ring size {0} is too large: {1} VIPs x 2 rings x {0} slots overflow the ring map")]
     RingTooLarge(u32, u32),
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pinned link {path}: {reason}")]
+    PinnedLink { path: PathBuf, reason: String },
+}
+
+/// How the load balancer ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Native (driver) mode, or the generic fallback.
+    pub native: bool,
+    /// An existing pinned link was updated in place (restart/upgrade)
+    /// rather than a new attachment made.
+    pub replaced: bool,
 }
 
 /// The loaded programs and their maps.
@@ -57,20 +80,46 @@ impl Datapath {
     /// Load the object with `sizes` and load both programs into the kernel
     /// (which runs the verifier on them). Nothing is attached yet.
     pub fn load(sizes: MapSizes) -> Result<Self, DatapathError> {
+        Self::load_with(sizes, None)
+    }
+
+    /// Load with every map pinned under `pin_dir`: maps already pinned
+    /// there are reused, contents and all (a restarted lbd keeps the
+    /// connection table), and new ones are created and pinned.
+    pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<Self, DatapathError> {
+        std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+            path: pin_dir.to_path_buf(),
+            source,
+        })?;
+        Self::load_with(sizes, Some(pin_dir))
+    }
+
+    /// Whether a previous lbd left pinned maps in `pin_dir`.
+    pub fn has_pinned_state(pin_dir: &Path) -> bool {
+        pin_dir.join(MAP_CONNS).exists()
+    }
+
+    fn load_with(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
         let ring_entries = sizes
             .max_vips
             .checked_mul(2)
             .and_then(|n| n.checked_mul(sizes.ring_size))
             .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(MAP_VIPS, sizes.max_vips)
             .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
             .map_max_entries(MAP_BACKENDS, sizes.max_backends)
             .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
             .map_max_entries(MAP_RINGS, ring_entries)
             .map_max_entries(MAP_CONNS, sizes.conn_entries)
-            .map_max_entries(MAP_FRAGS, sizes.frag_entries)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(MAP_FRAGS, sizes.frag_entries);
+        if let Some(dir) = pin_dir {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [PROG_LB, PROG_DECAP] {
             let prog = xdp_program(&mut ebpf, name)?;
             prog.load()
@@ -100,6 +149,109 @@ impl Datapath {
         prog.attach(iface, mode)
             .map_err(|source| DatapathError::Program { name, source })
     }
+}
+
+/// Maps that outlive lbd: everything but per-packet scratch space.
+pub const PINNED_MAPS: [&str; 12] = [
+    MAP_CONFIG,
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_RINGS,
+    MAP_CONNS,
+    MAP_FRAGS,
+    MAP_GLOBAL_STATS,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_TX_PORTS,
+    MAP_DECAP_ADDRS,
+    MAP_DECAP_STATS,
+];
+
+/// Where the XDP link of `iface` is pinned.
+pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link_{iface}"))
+}
+
+impl Datapath {
+    /// Attach the load balancer to `iface` through a pinned link, so it
+    /// keeps forwarding when lbd exits. If a link is already pinned there
+    /// (lbd restarted or upgraded), the program is swapped in place
+    /// atomically (`bpf_link_update`): no packet goes unprocessed.
+    /// With `prefer_native`, native mode is tried first and generic mode
+    /// is the fallback (the caller warns); otherwise generic mode is used.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        pin_dir: &Path,
+        prefer_native: bool,
+    ) -> Result<Attached, DatapathError> {
+        let path = link_pin_path(pin_dir, iface);
+        let bad = |reason: String| DatapathError::PinnedLink {
+            path: path.clone(),
+            reason,
+        };
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| bad(e.to_string()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bad(e.to_string()))?;
+            let native = !link_is_generic(iface);
+            self.lb()?
+                .attach_to_link(link)
+                .map_err(|source| DatapathError::Program {
+                    name: PROG_LB,
+                    source,
+                })?;
+            return Ok(Attached {
+                native,
+                replaced: true,
+            });
+        }
+        let mut native = prefer_native;
+        let first = if prefer_native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        let id = match self.lb()?.attach(iface, first) {
+            Ok(id) => id,
+            Err(_) if prefer_native => {
+                native = false;
+                self.lb()?
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|source| DatapathError::Program {
+                        name: PROG_LB,
+                        source,
+                    })?
+            }
+            Err(source) => {
+                return Err(DatapathError::Program {
+                    name: PROG_LB,
+                    source,
+                });
+            }
+        };
+        let link = self
+            .lb()?
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                name: PROG_LB,
+                source,
+            })?;
+        let fd_link = FdLink::try_from(link).map_err(|e| bad(e.to_string()))?;
+        fd_link.pin(&path).map_err(|e| bad(e.to_string()))?;
+        Ok(Attached {
+            native,
+            replaced: false,
+        })
+    }
+}
+
+/// Whether `iface` runs its XDP program in generic (skb) mode.
+fn link_is_generic(iface: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["-details", "link", "show", iface])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("xdpgeneric"))
+        .unwrap_or(false)
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {

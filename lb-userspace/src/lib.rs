@@ -9,6 +9,7 @@ pub mod ids;
 pub mod image;
 pub mod maglev;
 pub mod maps;
+pub mod sync;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -128,20 +128,47 @@ impl Maps {
     /// Make the VIP at `key` serve `ring` (one backend id per slot): the
     /// inactive ring is filled, then the VIP flips to it.
     pub fn publish_ring(&mut self, key: &VipKey, ring: &[u32]) -> Result<(), MapsError> {
+        let mut meta = self.vip(key)?.ok_or(MapsError::UnknownVip(*key))?;
+        let next = (meta.active_ring + 1) & 1;
+        self.fill_ring(meta.vip_id, next, ring)?;
+        meta.active_ring = next;
+        self.set_vip(key, &meta)
+    }
+
+    /// Write `ring` into table `table` (0 or 1) of VIP `vip_id`. Only for a
+    /// table no VIP entry points at yet; `publish_ring` otherwise.
+    pub fn fill_ring(&mut self, vip_id: u32, table: u32, ring: &[u32]) -> Result<(), MapsError> {
         if ring.len() != self.ring_size as usize {
             return Err(MapsError::RingSize {
                 got: ring.len(),
                 want: self.ring_size,
             });
         }
-        let mut meta = self.vip(key)?.ok_or(MapsError::UnknownVip(*key))?;
-        let next = (meta.active_ring + 1) & 1;
         for (slot, id) in ring.iter().enumerate() {
-            let index = ring_index(meta.vip_id, next, slot as u32, self.ring_size);
+            let index = ring_index(vip_id, table, slot as u32, self.ring_size);
             self.rings.set(index, id, 0).map_err(err(MAP_RINGS))?;
         }
-        meta.active_ring = next;
-        self.set_vip(key, &meta)
+        Ok(())
+    }
+
+    /// Every VIP entry.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError> {
+        self.vips
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err(MAP_VIPS))
+    }
+
+    /// Every backend entry in use (flagged active), with its id.
+    pub fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError> {
+        let mut out = Vec::new();
+        for (id, b) in self.backends.iter().enumerate() {
+            let b = b.map_err(err(MAP_BACKENDS))?;
+            if b.flags & BACKEND_F_ACTIVE != 0 {
+                out.push((id as u32, b));
+            }
+        }
+        Ok(out)
     }
 
     /// The backend id in `slot` of the VIP's live ring.

@@ -1,0 +1,108 @@
+//! Writing an image to the maps: only what differs from the image applied
+//! before, in an order where no packet can see a reference to something not
+//! written yet.
+//!
+//! 1. Backends that are new or changed (so rings may name them).
+//! 2. Rings: a new VIP's table is filled before its VIP entry exists; a
+//!    changed VIP's inactive table is filled, then the VIP flips to it.
+//! 3. VIP entries that are new or changed; removed VIPs are deleted.
+//! 4. Removed backends are cleared (their flows get rescheduled).
+//! 5. The global configuration, last on first apply: forwarding starts
+//!    only once everything it needs is in place.
+
+use std::time::{Duration, Instant};
+
+use lb_common::maps::{Backend, VipMeta};
+
+use crate::{
+    image::Image,
+    maglev,
+    maps::{Maps, MapsError},
+};
+
+/// What one apply did, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub backends_written: usize,
+    pub backends_cleared: usize,
+    pub vips_written: usize,
+    pub vips_removed: usize,
+    pub rings_rebuilt: usize,
+    pub config_written: bool,
+    pub elapsed: Duration,
+}
+
+/// Bring the maps from `old` (what they hold; `None` for empty maps, or
+/// unknown rings after adoption) to `new`.
+pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncReport, MapsError> {
+    let started = Instant::now();
+    let mut report = SyncReport::default();
+
+    for (id, backend) in &new.backends {
+        if old.and_then(|o| o.backends.get(id)) != Some(backend) {
+            maps.set_backend(*id, backend)?;
+            report.backends_written += 1;
+        }
+    }
+
+    for (key, vip) in &new.vips {
+        let before = old.and_then(|o| o.vips.get(key));
+        let members_changed = before.is_none_or(|b| b.members != vip.members);
+        let live = maps.vip(&(*key).into())?;
+        match live {
+            // Already serving (from before, or adopted): flip rings.
+            Some(meta) if meta.vip_id == vip.id => {
+                if members_changed {
+                    let ring = maglev::build(&vip.members, maps.ring_size());
+                    maps.publish_ring(&(*key).into(), &ring)?;
+                    report.rings_rebuilt += 1;
+                }
+                if meta.flags != vip.flags {
+                    maps.set_vip(
+                        &(*key).into(),
+                        &VipMeta {
+                            flags: vip.flags,
+                            ..meta
+                        },
+                    )?;
+                    report.vips_written += 1;
+                }
+            }
+            // New (or its id changed): table 0 first, then the entry.
+            _ => {
+                let ring = maglev::build(&vip.members, maps.ring_size());
+                maps.fill_ring(vip.id, 0, &ring)?;
+                report.rings_rebuilt += 1;
+                let meta = VipMeta {
+                    vip_id: vip.id,
+                    flags: vip.flags,
+                    active_ring: 0,
+                    _pad: 0,
+                };
+                maps.set_vip(&(*key).into(), &meta)?;
+                report.vips_written += 1;
+            }
+        }
+    }
+
+    for (key, _) in maps.vips()? {
+        if !new.vips.contains_key(&key.into()) {
+            maps.remove_vip(&key)?;
+            report.vips_removed += 1;
+        }
+    }
+
+    for (id, _) in maps.backends()? {
+        if !new.backends.contains_key(&id) {
+            maps.set_backend(id, &Backend::default())?;
+            report.backends_cleared += 1;
+        }
+    }
+
+    if old.map(|o| o.config) != Some(new.config) || maps.config()? != new.config {
+        maps.set_config(&new.config)?;
+        report.config_written = true;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
