@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod ids;
 pub mod image;

@@ -1,0 +1,264 @@
+//! The control protocol between `lbctl` and `lbd`: one JSON request per
+//! line on a Unix socket, one JSON reply per line.
+//!
+//! Replies are `{"ok": true, "data": ...}` or `{"ok": false, "error":
+//! "..."}`; an error is one line a person can act on. A request larger than
+//! `MAX_REQUEST_BYTES`, or not valid JSON, gets an error reply and the
+//! connection is closed; the daemon carries on.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+use crate::config::{BackendConfig, Protocol, Vip};
+
+/// Largest request accepted (a whole configuration fits comfortably).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// A client must send its request within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which VIP a request is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipRef {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for VipRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        match self.address {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Daemon, attachment and table state.
+    Status,
+    VipList,
+    VipAdd {
+        vip: Vip,
+    },
+    VipDel {
+        vip: VipRef,
+    },
+    BackendList {
+        vip: Option<VipRef>,
+    },
+    BackendAdd {
+        vip: VipRef,
+        backend: BackendConfig,
+    },
+    BackendDel {
+        vip: VipRef,
+        address: IpAddr,
+    },
+    BackendDrain {
+        vip: VipRef,
+        address: IpAddr,
+    },
+    BackendUndrain {
+        vip: VipRef,
+        address: IpAddr,
+    },
+    BackendWeight {
+        vip: VipRef,
+        address: IpAddr,
+        weight: u32,
+    },
+    /// Counters per VIP and backend (the client computes rates).
+    Stats,
+    /// Which backend a flow goes to, and why.
+    Flow {
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        protocol: Protocol,
+    },
+    /// Replace the whole configuration with `text` (JSON).
+    Apply {
+        text: String,
+    },
+    ConfigDump,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn data(data: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            data: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach lbd at {path}: {source} (is lbd running? are you root?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to lbd: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("lbd sent a reply that is not valid: {0}")]
+    BadReply(#[from] serde_json::Error),
+    #[error("lbd closed the connection without replying")]
+    NoReply,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Send one request and wait for its reply (the `lbctl` side).
+pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut reader = BufReader::new(read);
+    let mut reply = String::new();
+    if reader.read_line(&mut reply).await? == 0 {
+        return Err(ClientError::NoReply);
+    }
+    let reply: Reply = serde_json::from_str(&reply)?;
+    if reply.ok {
+        Ok(reply.data.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ClientError::Refused(
+            reply
+                .error
+                .unwrap_or_else(|| "lbd refused the request".into()),
+        ))
+    }
+}
+
+/// Read one request line of at most `MAX_REQUEST_BYTES` (the daemon side).
+/// `Err` carries the reply to send before closing.
+pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Request>, Reply> {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, read_line_limited(reader, &mut buf)).await;
+    match read {
+        Err(_) => Err(Reply::error(format!(
+            "no complete request within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(Reply::error(format!("reading request: {e}"))),
+        Ok(Ok(false)) if buf.is_empty() => Ok(None),
+        Ok(Ok(_)) if buf.len() > MAX_REQUEST_BYTES => Err(Reply::error(format!(
+            "request larger than {MAX_REQUEST_BYTES} bytes"
+        ))),
+        Ok(Ok(_)) => serde_json::from_slice(&buf)
+            .map(Some)
+            .map_err(|e| Reply::error(format!("malformed request: {e}"))),
+    }
+}
+
+/// Read up to a newline, keeping at most one byte more than the limit.
+/// Returns whether a newline ended the line.
+async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(false);
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = (MAX_REQUEST_BYTES + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        reader.consume(take);
+        if done {
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            return Ok(true);
+        }
+        if buf.len() > MAX_REQUEST_BYTES {
+            return Ok(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let r = Request::BackendDrain {
+            vip: VipRef {
+                address: "198.51.100.10".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            address: "198.51.100.101".parse().unwrap(),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.starts_with(r#"{"cmd":"backend_drain""#), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_requests_get_errors() {
+        let mut r = BufReader::new(&b"{\"cmd\":\"nope\"}\n"[..]);
+        let e = read_request(&mut r).await.unwrap_err();
+        assert!(
+            e.error
+                .unwrap()
+                .starts_with("malformed request: unknown variant `nope`")
+        );
+
+        let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        let mut r = BufReader::new(&big[..]);
+        let e = read_request(&mut r).await.unwrap_err();
+        assert!(e.error.unwrap().starts_with("request larger than"));
+
+        let mut r = BufReader::new(&b"{\"cmd\":\"status\"}\n"[..]);
+        assert_eq!(read_request(&mut r).await.unwrap(), Some(Request::Status));
+        let mut r = BufReader::new(&b""[..]);
+        assert_eq!(read_request(&mut r).await.unwrap(), None);
+    }
+}
