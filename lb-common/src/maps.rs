@@ -101,6 +101,9 @@ pub struct Backend {
     pub flags: u8,
     /// Backend's MAC for L2 DSR; all zero means "ask the FIB".
     pub mac: [u8; 6],
+    /// The VIP this backend serves: lets a restarted control plane recover
+    /// its id allocation from the pinned maps.
+    pub vip_id: u32,
 }
 
 /// The slot holds a configured backend (a zeroed entry is a hole).

@@ -140,7 +140,7 @@ pub fn build(
                     family,
                     flags: bflags,
                     mac: b.mac.map(|m| m.0).unwrap_or_default(),
-                    ..Default::default()
+                    vip_id,
                 },
             );
             if !down && b.state == AdminState::Active {

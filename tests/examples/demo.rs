@@ -79,6 +79,7 @@ fn main() -> anyhow::Result<()> {
                 family,
                 flags: BACKEND_F_ACTIVE,
                 mac: [0; 6],
+                vip_id: 0,
             },
         )?;
         members.push(MaglevBackend {

@@ -90,6 +90,7 @@ impl BackendSpec {
             family,
             flags: self.flags,
             mac: self.mac,
+            vip_id: 0,
         }
     }
 }
