@@ -3,5 +3,6 @@
 //! clean up after themselves.
 
 pub mod harness;
+pub mod lbd;
 pub mod netns;
 pub mod packets;

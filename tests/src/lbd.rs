@@ -1,0 +1,180 @@
+//! Running the real `lbd` and `lbctl` binaries for control-plane tests:
+//! lbd runs inside a namespace the test creates, with its own pin
+//! directory and control socket, and is killed and unpinned on drop.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::netns::Netns;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Path of a binary of this workspace, built by `cargo test --workspace`
+/// next to the test executables' directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test --workspace` (or `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// Where one lbd instance keeps its files.
+pub struct Paths {
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Paths {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("lbt-{tag}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            socket: dir.join("lbd.sock"),
+            config: dir.join("lbd.json"),
+            dir,
+        }
+    }
+}
+
+/// A running lbd.
+pub struct Lbd {
+    pub paths: Paths,
+    pub ns: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Lbd {
+    /// Write `config` (JSON, with `pin_dir` and `control.socket` filled in
+    /// by us) and start lbd in namespace `ns`; waits until it answers.
+    pub fn start(ns: &Netns, paths: Paths, mut config: serde_json::Value) -> Self {
+        config["pin_dir"] = paths.pin_dir.display().to_string().into();
+        config["control"] = serde_json::json!({ "socket": paths.socket.display().to_string() });
+        std::fs::write(&paths.config, serde_json::to_vec_pretty(&config).unwrap())
+            .expect("write config");
+        let log = paths.dir.join(format!(
+            "lbd-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut lbd = Self {
+            paths,
+            ns: ns.name.clone(),
+            child: None,
+            log,
+        };
+        lbd.spawn();
+        lbd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(binary("lbd"))
+            .arg("--config")
+            .arg(&self.paths.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start lbd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ctl(&["status"]).status.success() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("lbd exited ({status}) during startup:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lbd did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run lbctl against this lbd.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(binary("lbctl"))
+            .arg("--socket")
+            .arg(&self.paths.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lbctl")
+    }
+
+    /// Run lbctl with `--json`, expect success, parse the reply.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(
+            out.status.success(),
+            "lbctl {}: {}\nlbd log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("lbctl --json output")
+    }
+
+    /// SIGKILL, no chance to clean up: what a crash looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // `ip netns exec` execs lbd, so the child is lbd itself.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start lbd again with the same configuration file.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Lbd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = Command::new(binary("lbd"))
+            .arg("--config")
+            .arg(&self.paths.config)
+            .arg("--teardown")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.paths.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.paths.dir);
+    }
+}
