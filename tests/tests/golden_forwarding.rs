@@ -1,7 +1,7 @@
 //! Golden packets for the forwarding paths: exact output bytes for IPv4 and
 //! IPv6, TCP and UDP, IP-in-IP and L2 DSR.
 
-use lb_common::{Reason, flow::*, maps::*};
+use lb_common::{Reason, flow::*};
 use lb_tests::{harness::*, packets::*};
 
 fn one_backend_v4() -> BackendSpec {

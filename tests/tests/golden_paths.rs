@@ -1,0 +1,767 @@
+//! Golden packets for every forwarding path and for how flows keep (or
+//! change) their backend: exact verdicts, whole output frames, counters.
+
+use lb_common::{Reason, flow::*, maps::*};
+use lb_tests::{
+    harness::*,
+    netns::{Netns, veth},
+    packets::*,
+};
+
+fn three_v4() -> Vec<BackendSpec> {
+    (0..3)
+        .map(|i| BackendSpec::new(i as u32 + 1, BACKEND_V4[i]))
+        .collect()
+}
+
+fn three_v6() -> Vec<BackendSpec> {
+    (0..3)
+        .map(|i| BackendSpec::new(i as u32 + 1, BACKEND_V6[i]))
+        .collect()
+}
+
+fn addr_of(backends: &[BackendSpec], id: u32) -> String {
+    backends
+        .iter()
+        .find(|b| b.id == id)
+        .expect("backend id")
+        .addr
+        .to_string()
+}
+
+/// The encapsulated frame the LB sends for `inner` to backend `to`.
+fn tunnelled(inner: &[u8], to: &str) -> Vec<u8> {
+    if to.contains(':') {
+        let outer = outer_v6(OUTER_SRC_V6, to, inner, &flow_of(inner));
+        frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV6, &cat(&outer, inner))
+    } else {
+        frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            None,
+            ETH_IPV4,
+            &cat(&outer_v4(OUTER_SRC_V4, to, inner), inner),
+        )
+    }
+}
+
+#[test]
+fn golden_ipv4_udp_to_vip_is_encapsulated_ipip() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let inner = udp4(CLIENT_V4, 5353, VIP_V4, 53, b"query");
+    let out = lb.run(&to_lb(&inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&inner, BACKEND_V4[0])
+        }
+    );
+    assert_eq!(lb.count(Reason::NewFlow), 1);
+    assert_eq!(lb.count(Reason::ConnMiss), 1);
+}
+
+#[test]
+fn golden_ipv6_tcp_syn_to_vip_is_encapsulated_ip6ip6_with_flow_label() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V6[0])],
+    );
+    let inner = tcp6(CLIENT_V6, 40000, VIP_V6, 443, Tcp::Syn, b"");
+    let out = lb.run(&to_lb(&inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&inner, BACKEND_V6[0])
+        }
+    );
+}
+
+#[test]
+fn golden_ipv6_udp_to_vip_is_encapsulated_ip6ip6() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V6[1])],
+    );
+    let inner = udp6(CLIENT_V6, 50000, VIP_V6, 443, b"quic initial");
+    let out = lb.run(&to_lb(&inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&inner, BACKEND_V6[1])
+        }
+    );
+}
+
+#[test]
+fn golden_ipv4_vip_with_ipv6_backend_is_ipv4_in_ipv6() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V6[0])],
+    );
+    let inner = tcp4(CLIENT_V4, 40001, VIP_V4, 80, Tcp::Syn, b"");
+    let out = lb.run(&to_lb(&inner));
+    let outer = outer_v6(OUTER_SRC_V6, BACKEND_V6[0], &inner, &flow_of(&inner));
+    assert_eq!(outer[6], PROTO_IPIP, "next header 4: IPv4 inside");
+    let expected = frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV6, &cat(&outer, &inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_ipv6_vip_with_ipv4_backend_is_ipv6_in_ipv4() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[2])],
+    );
+    let inner = tcp6(CLIENT_V6, 40002, VIP_V6, 443, Tcp::Syn, b"");
+    let out = lb.run(&to_lb(&inner));
+    let outer = outer_v4(OUTER_SRC_V4, BACKEND_V4[2], &inner);
+    assert_eq!(outer[9], PROTO_IPV6, "protocol 41: IPv6 inside");
+    let expected = frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV4, &cat(&outer, &inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_l2_dsr_ipv4_tcp_rewrites_only_the_destination_mac() {
+    let mut lb = Lb::new();
+    let backend = BackendSpec::new(1, BACKEND_V4[0]).with_mac(backend_mac(1));
+    lb.add_vip(vip_key(VIP_V4, 80, PROTO_TCP), VIP_F_L2_DSR, &[backend]);
+    let inner = tcp4(CLIENT_V4, 40003, VIP_V4, 80, Tcp::Syn, b"");
+    let out = lb.run(&to_lb(&inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: frame(backend_mac(1), LB_MAC, None, ETH_IPV4, &inner)
+        }
+    );
+}
+
+#[test]
+fn golden_l2_dsr_ipv6_udp_rewrites_only_the_destination_mac() {
+    let mut lb = Lb::new();
+    let backend = BackendSpec::new(1, BACKEND_V6[0]).with_mac(backend_mac(2));
+    lb.add_vip(vip_key(VIP_V6, 53, PROTO_UDP), VIP_F_L2_DSR, &[backend]);
+    let inner = udp6(CLIENT_V6, 5300, VIP_V6, 53, b"q");
+    let out = lb.run(&to_lb(&inner));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: frame(backend_mac(2), LB_MAC, None, ETH_IPV6, &inner)
+        }
+    );
+}
+
+#[test]
+fn golden_dscp_and_ecn_are_copied_to_the_outer_ipv4_header() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    // DSCP 46 (EF), ECN ECT(0).
+    let inner = udp4_with(ipv4_header(CLIENT_V4, VIP_V4, 46, 2), 5353, 53, b"voice");
+    let out = lb.run(&to_lb(&inner));
+    let expected = tunnelled(&inner, BACKEND_V4[0]);
+    assert_eq!(expected[15], (46 << 2) | 2);
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_traffic_class_is_copied_to_the_outer_ipv6_header() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V6, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V6[0])],
+    );
+    let inner = udp6_tc(CLIENT_V6, 5353, VIP_V6, 53, 0xb9, b"tc");
+    let out = lb.run(&to_lb(&inner));
+    let expected = tunnelled(&inner, BACKEND_V6[0]);
+    assert_eq!((expected[14] & 0x0f, expected[15] >> 4), (0x0b, 0x09));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_backend_mac_overrides_the_gateway_in_tunnel_mode() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0]).with_mac(backend_mac(9))],
+    );
+    let inner = tcp4(CLIENT_V4, 40004, VIP_V4, 80, Tcp::Syn, b"");
+    let out = lb.run(&to_lb(&inner));
+    let expected = frame(
+        backend_mac(9),
+        LB_MAC,
+        None,
+        ETH_IPV4,
+        &cat(&outer_v4(OUTER_SRC_V4, BACKEND_V4[0], &inner), &inner),
+    );
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: expected
+        }
+    );
+}
+
+#[test]
+fn golden_configured_egress_interface_redirects_through_the_devmap() {
+    let ns = Netns::new("egress");
+    let peer = Netns::new("egresspeer");
+    veth(&ns, "in0", &peer, "pin0");
+    veth(&ns, "out0", &peer, "pout0");
+    let index = |dev: &str| -> u32 {
+        ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (ingress, egress) = (index("in0"), index("out0"));
+    let mut lb = Lb::new();
+    lb.maps
+        .set_config(&LbConfig {
+            egress_ifindex: egress,
+            ..Lb::standard_config()
+        })
+        .unwrap();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let inner = tcp4(CLIENT_V4, 40005, VIP_V4, 80, Tcp::Syn, b"");
+    // The egress interface is not allowed yet: dropped untouched.
+    let out = ns.enter(|| lb.run_on(ingress, &to_lb(&inner)));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_DROP,
+            data: to_lb(&inner)
+        }
+    );
+    assert_eq!(lb.count(Reason::DropNoTxPort), 1);
+    ns.enter(|| lb.maps.add_tx_port(egress)).unwrap();
+    let out = ns.enter(|| lb.run_on(ingress, &to_lb(&inner)));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_REDIRECT,
+            data: tunnelled(&inner, BACKEND_V4[0])
+        }
+    );
+    assert_eq!(lb.count(Reason::Redirect), 1);
+}
+
+#[test]
+fn golden_no_gateway_mac_and_no_fib_drops_no_route_untouched() {
+    let mut lb = Lb::new();
+    lb.maps
+        .set_config(&LbConfig {
+            gateway_mac: [0; 6],
+            ..Lb::standard_config()
+        })
+        .unwrap();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let frame_in = to_lb(&tcp4(CLIENT_V4, 40006, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(
+        lb.run(&frame_in),
+        Outcome {
+            action: XDP_DROP,
+            data: frame_in
+        }
+    );
+    assert_eq!(lb.count(Reason::DropNoRoute), 1);
+    assert_eq!(lb.maps.vip_stats(0).unwrap().dropped, 1);
+}
+
+#[test]
+fn golden_packet_too_big_to_encapsulate_is_dropped_and_counted() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    // 1481 + 20 > 1500: too big; 1480 + 20 fits exactly.
+    let big = tcp4(CLIENT_V4, 40007, VIP_V4, 80, Tcp::Ack, &[0x55; 1441]);
+    assert_eq!(big.len(), 1481);
+    let frame_in = to_lb(&big);
+    assert_eq!(
+        lb.run(&frame_in),
+        Outcome {
+            action: XDP_DROP,
+            data: frame_in
+        }
+    );
+    assert_eq!(lb.count(Reason::DropTooBig), 1);
+    let fits = tcp4(CLIENT_V4, 40008, VIP_V4, 80, Tcp::Ack, &[0x55; 1440]);
+    assert_eq!(
+        lb.run(&to_lb(&fits)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&fits, BACKEND_V4[0])
+        }
+    );
+}
+
+#[test]
+fn golden_vip_and_backend_counters_count_packets_bytes_and_new_flows() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(5, BACKEND_V4[0])],
+    );
+    let syn = tcp4(CLIENT_V4, 40009, VIP_V4, 80, Tcp::Syn, b"");
+    let ack = tcp4(
+        CLIENT_V4,
+        40009,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    for f in [&syn, &ack, &ack] {
+        assert_eq!(lb.run(&to_lb(f)).action, XDP_TX);
+    }
+    let want = FlowStats {
+        packets: 3,
+        bytes: (syn.len() + 2 * ack.len()) as u64,
+        new_flows: 1,
+        dropped: 0,
+    };
+    assert_eq!(lb.maps.vip_stats(0).unwrap(), want);
+    assert_eq!(lb.maps.backend_stats(5).unwrap(), want);
+    assert_eq!(
+        (lb.count(Reason::ConnMiss), lb.count(Reason::ConnHit)),
+        (2, 1)
+    );
+}
+
+/// A client port whose ring answer changes when `removed` leaves.
+fn port_that_moves(
+    lb: &mut Lb,
+    key: &VipKey,
+    make: impl Fn(u16) -> Vec<u8>,
+    backends: &[BackendSpec],
+    removed: u32,
+) -> (u16, u32, u32) {
+    let remaining: Vec<BackendSpec> = backends
+        .iter()
+        .copied()
+        .filter(|b| b.id != removed)
+        .collect();
+    for port in 20000..30000 {
+        let flow = flow_of(&make(port));
+        lb.set_backends(key, backends);
+        let before = lb.ring_backend(key, &flow);
+        if before != removed {
+            continue;
+        }
+        lb.set_backends(key, &remaining);
+        let after = lb.ring_backend(key, &flow);
+        lb.set_backends(key, backends);
+        return (port, before, after);
+    }
+    panic!("no client port maps to backend {removed}");
+}
+
+#[test]
+fn golden_established_ipv4_tcp_flow_keeps_its_backend_after_a_table_change() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"data");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 2);
+    let ack = make(port);
+    // Established: the ACK enters the flow.
+    assert_eq!(
+        lb.run(&to_lb(&ack)).data,
+        tunnelled(&ack, &addr_of(&backends, owner))
+    );
+    // The backend leaves the ring (drained), so the ring now says `other`...
+    let mut drained = backends.clone();
+    drained[1].flags |= BACKEND_F_DRAINING;
+    lb.set_backends(&key, &drained);
+    assert_eq!(lb.ring_backend(&key, &flow_of(&ack)), other);
+    // ...but the flow stays.
+    assert_eq!(
+        lb.run(&to_lb(&ack)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&ack, &addr_of(&backends, owner))
+        }
+    );
+    assert_eq!(lb.count(Reason::ConnHit), 1);
+}
+
+#[test]
+fn golden_established_ipv6_tcp_flow_keeps_its_backend_after_a_table_change() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V6, 443, PROTO_TCP);
+    let backends = three_v6();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| tcp6(CLIENT_V6, p, VIP_V6, 443, Tcp::Ack, b"tls");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 3);
+    let ack = make(port);
+    lb.run(&to_lb(&ack));
+    let mut two = backends.clone();
+    two.truncate(2);
+    lb.set_backends(&key, &two);
+    assert_eq!(lb.ring_backend(&key, &flow_of(&ack)), other);
+    // Backend 3 is still configured (just not in the ring): flow kept.
+    assert_eq!(
+        lb.run(&to_lb(&ack)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&ack, &addr_of(&backends, owner))
+        }
+    );
+}
+
+#[test]
+fn golden_established_udp_flow_keeps_its_backend_after_a_table_change() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 443, PROTO_UDP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| udp4(CLIENT_V4, p, VIP_V4, 443, b"quic");
+    let (port, owner, _) = port_that_moves(&mut lb, &key, make, &backends, 1);
+    let dgram = make(port);
+    lb.run(&to_lb(&dgram));
+    assert!(
+        lb.maps.conn(&flow_of(&dgram)).unwrap().is_some(),
+        "first UDP packet enters the flow"
+    );
+    let mut drained = backends.clone();
+    drained[0].flags |= BACKEND_F_DRAINING;
+    lb.set_backends(&key, &drained);
+    assert_eq!(
+        lb.run(&to_lb(&dgram)).data,
+        tunnelled(&dgram, &addr_of(&backends, owner))
+    );
+}
+
+#[test]
+fn golden_tcp_syn_is_not_entered_in_the_connection_table_but_its_ack_is() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    lb.add_vip(key, 0, &three_v4());
+    let syn = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Syn, b"");
+    let ack = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Ack, b"");
+    lb.run(&to_lb(&syn));
+    assert_eq!(lb.maps.conn(&flow_of(&syn)).unwrap(), None);
+    assert_eq!(
+        (lb.count(Reason::SynNotTracked), lb.count(Reason::NewFlow)),
+        (1, 1)
+    );
+    lb.run(&to_lb(&ack));
+    let entry = lb
+        .maps
+        .conn(&flow_of(&ack))
+        .unwrap()
+        .expect("ACK enters the flow");
+    assert_eq!(entry.backend_id, lb.ring_backend(&key, &flow_of(&ack)));
+    assert_eq!(lb.count(Reason::NewFlow), 1, "the ACK is not a new flow");
+}
+
+#[test]
+fn golden_established_flow_moves_when_its_backend_is_marked_down() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 2);
+    let ack = make(port);
+    assert_eq!(
+        lb.run(&to_lb(&ack)).data,
+        tunnelled(&ack, &addr_of(&backends, owner))
+    );
+    let mut down = backends.clone();
+    down[1].flags |= BACKEND_F_DOWN;
+    lb.set_backends(&key, &down);
+    assert_eq!(
+        lb.run(&to_lb(&ack)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&ack, &addr_of(&backends, other))
+        }
+    );
+    assert_eq!(lb.count(Reason::ConnRescheduled), 1);
+    assert_eq!(
+        lb.maps.conn(&flow_of(&ack)).unwrap().unwrap().backend_id,
+        other,
+        "entry rewritten"
+    );
+}
+
+#[test]
+fn golden_removed_backend_flow_is_rescheduled_not_blackholed() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, _, other) = port_that_moves(&mut lb, &key, make, &backends, 3);
+    let ack = make(port);
+    lb.run(&to_lb(&ack));
+    // Removal: out of the ring, entry cleared.
+    lb.set_backends(&key, &backends[..2]);
+    lb.maps.set_backend(3, &Backend::default()).unwrap();
+    assert_eq!(
+        lb.run(&to_lb(&ack)).data,
+        tunnelled(&ack, &addr_of(&backends, other))
+    );
+    assert_eq!(lb.count(Reason::ConnRescheduled), 1);
+}
+
+#[test]
+fn golden_affinity_sends_every_port_of_a_client_to_one_backend() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, VIP_F_AFFINITY, &backends);
+    let first = tcp4(CLIENT_V4, 1024, VIP_V4, 80, Tcp::Syn, b"");
+    let owner = lb.ring_backend(&key, &flow_of(&first));
+    for port in (1024..65000).step_by(997) {
+        let syn = tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Syn, b"");
+        assert_eq!(
+            lb.run(&to_lb(&syn)).data,
+            tunnelled(&syn, &addr_of(&backends, owner)),
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn golden_without_affinity_one_clients_ports_spread_over_backends() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let mut reached = std::collections::BTreeSet::new();
+    for port in (1024..65000).step_by(997) {
+        let syn = tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Syn, b"");
+        let want = lb.ring_backend(&key, &flow_of(&syn));
+        assert_eq!(
+            lb.run(&to_lb(&syn)).data,
+            tunnelled(&syn, &addr_of(&backends, want))
+        );
+        reached.insert(want);
+    }
+    assert_eq!(reached.len(), 3);
+}
+
+#[test]
+fn golden_portless_vip_serves_every_port_of_its_address() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 0, PROTO_UDP),
+        VIP_F_PORTLESS,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    for port in [1, 53, 443, 65535] {
+        let d = udp4(CLIENT_V4, 5000, VIP_V4, port, b"x");
+        assert_eq!(
+            lb.run(&to_lb(&d)),
+            Outcome {
+                action: XDP_TX,
+                data: tunnelled(&d, BACKEND_V4[0])
+            },
+            "port {port}"
+        );
+    }
+    // Same address, other protocol: not this VIP.
+    let t = to_lb(&tcp4(CLIENT_V4, 5000, VIP_V4, 443, Tcp::Syn, b""));
+    assert_eq!(
+        lb.run(&t),
+        Outcome {
+            action: XDP_PASS,
+            data: t
+        }
+    );
+}
+
+#[test]
+fn golden_port_zero_key_without_the_portless_flag_matches_nothing() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 0, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let f = to_lb(&udp4(CLIENT_V4, 5000, VIP_V4, 53, b"x"));
+    assert_eq!(
+        lb.run(&f),
+        Outcome {
+            action: XDP_PASS,
+            data: f
+        }
+    );
+    assert_eq!(lb.count(Reason::PassNonVip), 1);
+}
+
+#[test]
+fn golden_other_port_of_a_vip_address_passes_untouched() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let f = to_lb(&tcp4(CLIENT_V4, 40011, VIP_V4, 22, Tcp::Syn, b""));
+    assert_eq!(
+        lb.run(&f),
+        Outcome {
+            action: XDP_PASS,
+            data: f
+        }
+    );
+    assert_eq!(lb.count(Reason::PassNonVip), 1);
+}
+
+#[test]
+fn golden_ring_slot_of_a_backend_marked_down_drops_backend_down() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    lb.add_vip(key, 0, &[BackendSpec::new(1, BACKEND_V4[0])]);
+    // Marked down before the control plane rebuilt the ring.
+    let mut down = BackendSpec::new(1, BACKEND_V4[0]);
+    down.flags |= BACKEND_F_DOWN;
+    lb.maps.set_backend(1, &down.entry()).unwrap();
+    let f = to_lb(&tcp4(CLIENT_V4, 40012, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(
+        lb.run(&f),
+        Outcome {
+            action: XDP_DROP,
+            data: f
+        }
+    );
+    assert_eq!(lb.count(Reason::DropBackendDown), 1);
+    assert_eq!(lb.maps.vip_stats(0).unwrap().dropped, 1);
+}
+
+#[test]
+fn golden_vip_without_backends_drops_no_backend() {
+    let mut lb = Lb::new();
+    lb.add_vip(vip_key(VIP_V6, 443, PROTO_TCP), 0, &[]);
+    let f = to_lb(&tcp6(CLIENT_V6, 40013, VIP_V6, 443, Tcp::Syn, b""));
+    assert_eq!(
+        lb.run(&f),
+        Outcome {
+            action: XDP_DROP,
+            data: f
+        }
+    );
+    assert_eq!(lb.count(Reason::DropNoBackend), 1);
+}
+
+#[test]
+fn golden_non_vip_ipv4_and_ipv6_pass_byte_identical() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    for f in [
+        to_lb(&tcp4(CLIENT_V4, 40014, "198.51.100.99", 80, Tcp::Syn, b"")),
+        to_lb(&udp6(CLIENT_V6, 40014, "2001:db8:100::99", 53, b"x")),
+    ] {
+        assert_eq!(
+            lb.run(&f),
+            Outcome {
+                action: XDP_PASS,
+                data: f
+            }
+        );
+    }
+    assert_eq!(lb.count(Reason::PassNonVip), 2);
+}
+
+#[test]
+fn golden_arp_passes_untouched() {
+    let mut lb = Lb::new();
+    let mut arp = vec![0u8; 28];
+    arp[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    let f = frame([0xff; 6], ROUTER_MAC, None, 0x0806, &arp);
+    assert_eq!(
+        lb.run(&f),
+        Outcome {
+            action: XDP_PASS,
+            data: f
+        }
+    );
+    assert_eq!(lb.count(Reason::PassNotIp), 1);
+}
+
+#[test]
+fn golden_unconfigured_program_passes_everything() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    lb.maps.set_config(&LbConfig::default()).unwrap();
+    let f = to_lb(&tcp4(CLIENT_V4, 40015, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(
+        lb.run(&f),
+        Outcome {
+            action: XDP_PASS,
+            data: f
+        }
+    );
+    assert_eq!(lb.count(Reason::PassNotConfigured), 1);
+}
