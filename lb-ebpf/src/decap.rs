@@ -42,7 +42,13 @@ pub fn process(ctx: &XdpContext) -> DecapReason {
             let ihl = ((ip.vihl & 0x0f) as usize) * 4;
             // A fragmented tunnel packet cannot be stripped piecewise.
             let fragmented = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
-            if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || fragmented {
+            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+            if ip.vihl >> 4 != 4
+                || ihl < Ipv4Hdr::LEN
+                || fragmented
+                || tot_len < ihl
+                || l3 + tot_len > packet::len(ctx)
+            {
                 return DecapReason::PassMalformed;
             }
             ours.family = FAMILY_V4;
@@ -56,6 +62,10 @@ pub fn process(ctx: &XdpContext) -> DecapReason {
             if ip.next_hdr != PROTO_IPIP && ip.next_hdr != PROTO_IPV6 {
                 return DecapReason::PassNotTunnel;
             }
+            let payload = u16::from_be_bytes(ip.payload_len) as usize;
+            if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > packet::len(ctx) {
+                return DecapReason::PassMalformed;
+            }
             ours.family = FAMILY_V6;
             ours.addr = ip.dst_addr;
             (Ipv6Hdr::LEN, ip.next_hdr, (ip.vcf[1] >> 4) & ECN_MASK)
@@ -67,14 +77,9 @@ pub fn process(ctx: &XdpContext) -> DecapReason {
         return DecapReason::PassNotOurAddress;
     }
     let inner = l3 + outer_len;
-    // Two bytes, not one: a one-byte bounds check compiles to a comparison
-    // form the verifier does not track.
-    let Some(first) = read::<[u8; 2]>(ctx, inner) else {
-        return DecapReason::PassMalformed;
-    };
-    let inner_type = match (inner_proto, first[0] >> 4) {
-        (PROTO_IPIP, 4) => ETH_P_IPV4,
-        (PROTO_IPV6, 6) => ETH_P_IPV6,
+    let inner_type = match inner_proto {
+        PROTO_IPIP if inner_ipv4_fits(ctx, inner) => ETH_P_IPV4,
+        PROTO_IPV6 if inner_ipv6_fits(ctx, inner) => ETH_P_IPV6,
         _ => return DecapReason::PassMalformed,
     };
     if outer_ecn == ECN_CE && !mark_ce(ctx, inner, inner_type) {
@@ -108,6 +113,27 @@ pub fn process(ctx: &XdpContext) -> DecapReason {
         return DecapReason::PassMalformed;
     }
     DecapReason::Decapsulated
+}
+
+/// The inner IPv4 header at `off` is whole, and so is the packet it heads:
+/// the kernel gets nothing we would not have forwarded.
+#[inline(always)]
+fn inner_ipv4_fits(ctx: &XdpContext, off: usize) -> bool {
+    let Some(ip) = header::<Ipv4Hdr>(ctx, off) else {
+        return false;
+    };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    ip.vihl >> 4 == 4 && ihl >= Ipv4Hdr::LEN && tot_len >= ihl && off + tot_len <= packet::len(ctx)
+}
+
+#[inline(always)]
+fn inner_ipv6_fits(ctx: &XdpContext, off: usize) -> bool {
+    let Some(ip) = header::<Ipv6Hdr>(ctx, off) else {
+        return false;
+    };
+    let payload = u16::from_be_bytes(ip.payload_len) as usize;
+    ip.vcf[0] >> 4 == 6 && off + Ipv6Hdr::LEN + payload <= packet::len(ctx)
 }
 
 /// Set ECN CE in the inner header at `off` if it is ECN-capable.

@@ -17,7 +17,7 @@ fn key(p: &Parsed, id: u32) -> FragKey {
         src: p.flow.src,
         dst: p.flow.dst,
         id,
-        proto: p.flow.proto,
+        proto: p.frag_proto,
         family: p.flow.family,
         _pad: [0; 2],
     }

@@ -66,6 +66,10 @@ pub struct Parsed {
     pub l4_off: usize,
     pub fragment: Fragment,
     pub tcp_flags: u8,
+    /// Protocol that keys fragment tracking: the IPv4 protocol, or the
+    /// next header named by the IPv6 fragment header (the same in every
+    /// fragment of a datagram, unlike what follows it).
+    pub frag_proto: u8,
 }
 
 #[inline(always)]
@@ -103,6 +107,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
     p.l4_off = 0;
     p.fragment = Fragment::None;
     p.tcp_flags = 0;
+    p.frag_proto = 0;
     match ether_type {
         ETH_P_IPV4 => parse_ipv4(ctx, l3, p)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3, p)?,
@@ -130,6 +135,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     p.tos = ip.tos;
     p.flow.family = FAMILY_V4;
     p.flow.proto = ip.proto;
+    p.frag_proto = ip.proto;
     p.flow.src[..4].copy_from_slice(&ip.src_addr);
     p.flow.dst[..4].copy_from_slice(&ip.dst_addr);
     p.l4_off = l3 + ihl;
@@ -161,6 +167,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     p.flow.dst = ip.dst_addr;
     let mut next = ip.next_hdr;
     let mut off = l3 + Ipv6Hdr::LEN;
+    let mut later = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
@@ -171,9 +178,11 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
             IPV6_EXT_FRAGMENT => {
                 let h: [u8; 8] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
                 next = h[0];
+                p.frag_proto = h[0];
                 let offset_flags = be16([h[2], h[3]]);
                 let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 p.fragment = if offset_flags >> 3 != 0 {
+                    later = true;
                     Fragment::Later(id)
                 } else if offset_flags & 1 != 0 {
                     Fragment::First(id)
@@ -182,14 +191,20 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
                     Fragment::None
                 };
                 off += 8;
+                // What follows in a later fragment is payload, not headers.
+                if later {
+                    break;
+                }
             }
             _ => break,
         }
     }
-    if matches!(
-        next,
-        IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
-    ) {
+    if !later
+        && matches!(
+            next,
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+        )
+    {
         return Err(Reason::PassIpv6ExtHeaders);
     }
     p.flow.proto = next;
@@ -199,6 +214,17 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
 
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
+    // Bound by the IP packet, not the frame: Ethernet padding after a
+    // short packet is not a header.
+    let end = p.l2.len() + p.ip_len as usize;
+    let need = match p.flow.proto {
+        PROTO_TCP => 20,
+        PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
+        _ => 0,
+    };
+    if p.l4_off + need > end {
+        return Err(Reason::PassBadL4Header);
+    }
     match p.flow.proto {
         PROTO_TCP => {
             // Ports, and the flags byte at offset 13 of a 20-byte header.
