@@ -6,6 +6,7 @@ pub mod addr;
 pub mod config;
 pub mod control;
 pub mod datapath;
+pub mod health;
 pub mod ids;
 pub mod image;
 pub mod maglev;
