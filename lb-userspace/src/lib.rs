@@ -5,12 +5,14 @@
 pub mod addr;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod health;
 pub mod ids;
 pub mod image;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod sync;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.

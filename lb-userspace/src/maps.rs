@@ -188,9 +188,10 @@ impl Maps {
         }
     }
 
-    /// Number of entries in the connection table (walks it: not for hot paths).
-    pub fn conn_count(&self) -> usize {
-        self.conns.keys().filter(|k| k.is_ok()).count()
+    /// Number of entries in the connection table, counting at most
+    /// `limit` (each one is a syscall).
+    pub fn conn_count(&self, limit: usize) -> usize {
+        self.conns.keys().take(limit).filter(|k| k.is_ok()).count()
     }
 
     pub fn frag(&self, key: &FragKey) -> Result<Option<FragEntry>, MapsError> {

@@ -85,8 +85,10 @@ impl Lbd {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(&self.log).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
+        // nsenter, not `ip netns exec`: the latter gives lbd a private
+        // mount namespace with its own /sys, so its pins would vanish with it.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
             .arg(binary("lbd"))
             .arg("--config")
             .arg(&self.paths.config)
@@ -149,7 +151,7 @@ impl Lbd {
     /// SIGKILL, no chance to clean up: what a crash looks like.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // `ip netns exec` execs lbd, so the child is lbd itself.
+            // nsenter execs lbd, so the child is lbd itself.
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -1,0 +1,628 @@
+//! lbctl: the operator's CLI for lbd, over its control socket.
+//!
+//! Human-readable tables by default, `--json` for scripts. Any failure
+//! exits non-zero with a one-line reason on stderr.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration};
+
+use clap::{Parser, Subcommand};
+use lb_userspace::{
+    config::{AdminState, BackendConfig, CheckKind, Forwarding, HealthCheck, Mac, Protocol, Vip},
+    control::{self, Request, VipRef},
+};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(version, about = "Control the lbd load balancer daemon")]
+struct Cli {
+    /// lbd's control socket.
+    #[arg(long, global = true, default_value = "/run/lbd/lbd.sock")]
+    socket: PathBuf,
+    /// Print the daemon's JSON reply instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Daemon, attachment and table state.
+    Status,
+    /// Virtual services.
+    Vip {
+        #[command(subcommand)]
+        command: VipCmd,
+    },
+    /// Backends of virtual services.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCmd,
+    },
+    /// Packet and flow rates per VIP and backend, over `--interval` seconds.
+    Stats {
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+    /// Which backend a flow goes to, and why.
+    Flow {
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        protocol: ProtoArg,
+    },
+    /// Replace the running configuration with a file (validated first).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// The running configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the running configuration as JSON.
+    Dump,
+}
+
+#[derive(Subcommand)]
+enum VipCmd {
+    List,
+    /// Add a VIP, e.g. `lbctl vip add 198.51.100.10:80/tcp --check http`.
+    Add {
+        vip: VipArg,
+        #[arg(long)]
+        name: Option<String>,
+        /// ipip or l2_dsr.
+        #[arg(long, default_value = "ipip")]
+        forwarding: ForwardingArg,
+        /// All connections of a client go to one backend.
+        #[arg(long)]
+        affinity: bool,
+        /// none, tcp, http or udp.
+        #[arg(long, default_value = "none")]
+        check: CheckArg,
+        #[arg(long)]
+        check_port: Option<u16>,
+        #[arg(long)]
+        check_path: Option<String>,
+        #[arg(long)]
+        check_payload: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        check_interval_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        check_timeout_ms: u64,
+        #[arg(long, default_value_t = 2)]
+        rise: u32,
+        #[arg(long, default_value_t = 3)]
+        fall: u32,
+        #[arg(long, default_value_t = 300)]
+        drain_timeout_s: u64,
+    },
+    Del {
+        vip: VipArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Backends of every VIP, or of one.
+    List {
+        vip: Option<VipArg>,
+    },
+    Add {
+        vip: VipArg,
+        address: IpAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long)]
+        mac: Option<Mac>,
+        /// Add it draining (no new flows).
+        #[arg(long)]
+        drain: bool,
+    },
+    Del {
+        vip: VipArg,
+        address: IpAddr,
+    },
+    /// No new flows; established flows go on until they end or the drain timeout.
+    Drain {
+        vip: VipArg,
+        address: IpAddr,
+    },
+    Undrain {
+        vip: VipArg,
+        address: IpAddr,
+    },
+    Weight {
+        vip: VipArg,
+        address: IpAddr,
+        weight: u32,
+    },
+}
+
+/// A VIP written `198.51.100.10:80/tcp` or `[2001:db8::10]:443/udp`.
+#[derive(Clone, Copy, Debug)]
+struct VipArg(VipRef);
+
+impl FromStr for VipArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a VIP (expected ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.10:80/tcp)"
+            )
+        };
+        let (sock, proto) = s.rsplit_once('/').ok_or_else(bad)?;
+        let protocol = proto.parse::<ProtoArg>().map_err(|_| bad())?.0;
+        let sock: std::net::SocketAddr = sock.parse().map_err(|_| bad())?;
+        Ok(VipArg(VipRef {
+            address: sock.ip(),
+            port: sock.port(),
+            protocol,
+        }))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ProtoArg(Protocol);
+
+impl FromStr for ProtoArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(ProtoArg(Protocol::Tcp)),
+            "udp" => Ok(ProtoArg(Protocol::Udp)),
+            _ => Err(format!("{s:?} is not a protocol (tcp or udp)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ForwardingArg(Forwarding);
+
+impl FromStr for ForwardingArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipip" => Ok(ForwardingArg(Forwarding::Ipip)),
+            "l2_dsr" => Ok(ForwardingArg(Forwarding::L2Dsr)),
+            _ => Err(format!("{s:?} is not a forwarding mode (ipip or l2_dsr)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CheckArg(CheckKind);
+
+impl FromStr for CheckArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(CheckArg(CheckKind::None)),
+            "tcp" => Ok(CheckArg(CheckKind::Tcp)),
+            "http" => Ok(CheckArg(CheckKind::Http)),
+            "udp" => Ok(CheckArg(CheckKind::Udp)),
+            _ => Err(format!(
+                "{s:?} is not a check type (none, tcp, http or udp)"
+            )),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(cli: &Cli, request: Request) -> Result<Value, String> {
+    control::call(&cli.socket, &request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run(cli: &Cli) -> Result<(), String> {
+    let (request, render): (Request, fn(&Value)) = match &cli.command {
+        Cmd::Status => (Request::Status, print_status),
+        Cmd::Vip {
+            command: VipCmd::List,
+        } => (Request::VipList, print_vips),
+        Cmd::Vip {
+            command:
+                VipCmd::Add {
+                    vip,
+                    name,
+                    forwarding,
+                    affinity,
+                    check,
+                    check_port,
+                    check_path,
+                    check_payload,
+                    check_interval_ms,
+                    check_timeout_ms,
+                    rise,
+                    fall,
+                    drain_timeout_s,
+                },
+        } => {
+            let v = Vip {
+                name: name.clone(),
+                address: vip.0.address,
+                port: vip.0.port,
+                protocol: vip.0.protocol,
+                forwarding: forwarding.0,
+                affinity: *affinity,
+                health_check: HealthCheck {
+                    kind: check.0,
+                    port: *check_port,
+                    path: check_path.clone(),
+                    payload: check_payload.clone(),
+                    interval_ms: *check_interval_ms,
+                    timeout_ms: *check_timeout_ms,
+                    rise: *rise,
+                    fall: *fall,
+                    ..HealthCheck::default()
+                },
+                drain_timeout_s: *drain_timeout_s,
+                backends: Vec::new(),
+            };
+            (Request::VipAdd { vip: v }, print_done)
+        }
+        Cmd::Vip {
+            command: VipCmd::Del { vip },
+        } => (Request::VipDel { vip: vip.0 }, print_done),
+        Cmd::Backend {
+            command: BackendCmd::List { vip },
+        } => (
+            Request::BackendList {
+                vip: vip.map(|v| v.0),
+            },
+            print_backends,
+        ),
+        Cmd::Backend {
+            command:
+                BackendCmd::Add {
+                    vip,
+                    address,
+                    weight,
+                    mac,
+                    drain,
+                },
+        } => {
+            let backend = BackendConfig {
+                address: *address,
+                weight: *weight,
+                state: if *drain {
+                    AdminState::Drain
+                } else {
+                    AdminState::Active
+                },
+                mac: *mac,
+            };
+            (
+                Request::BackendAdd {
+                    vip: vip.0,
+                    backend,
+                },
+                print_done,
+            )
+        }
+        Cmd::Backend {
+            command: BackendCmd::Del { vip, address },
+        } => (
+            Request::BackendDel {
+                vip: vip.0,
+                address: *address,
+            },
+            print_done,
+        ),
+        Cmd::Backend {
+            command: BackendCmd::Drain { vip, address },
+        } => (
+            Request::BackendDrain {
+                vip: vip.0,
+                address: *address,
+            },
+            print_done,
+        ),
+        Cmd::Backend {
+            command: BackendCmd::Undrain { vip, address },
+        } => (
+            Request::BackendUndrain {
+                vip: vip.0,
+                address: *address,
+            },
+            print_done,
+        ),
+        Cmd::Backend {
+            command:
+                BackendCmd::Weight {
+                    vip,
+                    address,
+                    weight,
+                },
+        } => (
+            Request::BackendWeight {
+                vip: vip.0,
+                address: *address,
+                weight: *weight,
+            },
+            print_done,
+        ),
+        Cmd::Stats { interval } => return stats(cli, *interval).await,
+        Cmd::Flow {
+            src,
+            sport,
+            dst,
+            dport,
+            protocol,
+        } => (
+            Request::Flow {
+                src: *src,
+                sport: *sport,
+                dst: *dst,
+                dport: *dport,
+                protocol: protocol.0,
+            },
+            print_flow,
+        ),
+        Cmd::Apply { file } => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("reading {}: {e}", file.display()))?;
+            (Request::Apply { text }, print_done)
+        }
+        Cmd::Config {
+            command: ConfigCmd::Dump,
+        } => (Request::ConfigDump, print_json),
+    };
+    let reply = call(cli, request).await?;
+    if cli.json {
+        print_json(&reply)
+    } else {
+        render(&reply)
+    }
+    Ok(())
+}
+
+/// Two samples `interval` seconds apart; rates from their difference.
+async fn stats(cli: &Cli, interval: f64) -> Result<(), String> {
+    if !(0.1..=60.0).contains(&interval) {
+        return Err(format!("--interval {interval} is out of range 0.1..=60"));
+    }
+    let a = call(cli, Request::Stats).await?;
+    tokio::time::sleep(Duration::from_secs_f64(interval)).await;
+    let b = call(cli, Request::Stats).await?;
+    let dt = (b["time_s"].as_f64().unwrap_or(0.0) - a["time_s"].as_f64().unwrap_or(0.0)).max(1e-3);
+    let rate = |x: &Value, y: &Value, field: &str| {
+        (y[field]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(x[field].as_u64().unwrap_or(0))) as f64
+            / dt
+    };
+    let mut vips = Vec::new();
+    for (x, y) in a["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(b["vips"].as_array().into_iter().flatten())
+    {
+        vips.push(serde_json::json!({
+            "vip": y["vip"], "packets_per_s": rate(x, y, "packets"), "bits_per_s": 8.0 * rate(x, y, "bytes"),
+            "new_flows_per_s": rate(x, y, "new_flows"), "dropped_per_s": rate(x, y, "dropped"), "packets": y["packets"],
+        }));
+    }
+    let mut backends = Vec::new();
+    for (x, y) in a["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(b["backends"].as_array().into_iter().flatten())
+    {
+        backends.push(serde_json::json!({
+            "vip": y["vip"], "backend": y["address"], "packets_per_s": rate(x, y, "packets"),
+            "bits_per_s": 8.0 * rate(x, y, "bytes"), "new_flows_per_s": rate(x, y, "new_flows"), "packets": y["packets"],
+        }));
+    }
+    let out = serde_json::json!({ "interval_s": dt, "vips": vips, "backends": backends, "counters": b["counters"] });
+    if cli.json {
+        print_json(&out);
+        return Ok(());
+    }
+    table(
+        &["VIP", "PKT/S", "BIT/S", "NEW/S", "DROP/S", "PACKETS"],
+        vips.iter().map(|v| {
+            vec![
+                s(&v["vip"]),
+                num(&v["packets_per_s"]),
+                num(&v["bits_per_s"]),
+                num(&v["new_flows_per_s"]),
+                num(&v["dropped_per_s"]),
+                s(&v["packets"]),
+            ]
+        }),
+    );
+    println!();
+    table(
+        &["VIP", "BACKEND", "PKT/S", "BIT/S", "NEW/S", "PACKETS"],
+        backends.iter().map(|v| {
+            vec![
+                s(&v["vip"]),
+                s(&v["backend"]),
+                num(&v["packets_per_s"]),
+                num(&v["bits_per_s"]),
+                num(&v["new_flows_per_s"]),
+                s(&v["packets"]),
+            ]
+        }),
+    );
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn num(v: &Value) -> String {
+    let x = v.as_f64().unwrap_or(0.0);
+    match x {
+        x if x >= 1e9 => format!("{:.1}G", x / 1e9),
+        x if x >= 1e6 => format!("{:.1}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_done(v: &Value) {
+    let ms = v["elapsed_ms"].as_f64().unwrap_or(0.0);
+    println!(
+        "applied ({} table(s) rebuilt, {ms:.1} ms)",
+        v["rings_rebuilt"]
+    );
+}
+
+fn print_status(v: &Value) {
+    println!(
+        "lbd {}  up {} s  config {}",
+        s(&v["version"]),
+        v["uptime_s"],
+        s(&v["config"])
+    );
+    for i in v["interfaces"].as_array().into_iter().flatten() {
+        println!("interface {}: XDP {} mode", s(&i["name"]), s(&i["mode"]));
+    }
+    println!(
+        "vips {}  backends {} ({} healthy)  maglev table {} slots  connections {}/{}  table rebuilds {}",
+        v["vips"],
+        v["backends"],
+        v["backends_up"],
+        v["ring_size"],
+        v["connection_entries"],
+        v["connection_table_size"],
+        v["table_rebuilds"]
+    );
+    if let Some(c) = v["counters"].as_object() {
+        println!("counters:");
+        for (k, n) in c {
+            println!("  {k:<22} {n}");
+        }
+    }
+}
+
+fn print_vips(v: &Value) {
+    table(
+        &[
+            "VIP",
+            "NAME",
+            "FORWARDING",
+            "AFFINITY",
+            "BACKENDS",
+            "HEALTHY",
+            "IN TABLE",
+        ],
+        v.as_array().into_iter().flatten().map(|r| {
+            let addr = s(&r["address"]);
+            let vip = if addr.contains(':') {
+                format!("[{addr}]:{}/{}", r["port"], s(&r["protocol"]))
+            } else {
+                format!("{addr}:{}/{}", r["port"], s(&r["protocol"]))
+            };
+            vec![
+                vip,
+                s(&r["name"]),
+                s(&r["forwarding"]),
+                s(&r["affinity"]),
+                s(&r["backends"]),
+                s(&r["healthy"]),
+                s(&r["in_table"]),
+            ]
+        }),
+    );
+}
+
+fn print_backends(v: &Value) {
+    table(
+        &[
+            "VIP",
+            "BACKEND",
+            "WEIGHT",
+            "STATE",
+            "HEALTH",
+            "IN TABLE",
+            "LAST CHECK",
+            "DRAIN LEFT",
+        ],
+        v.as_array().into_iter().flatten().map(|r| {
+            let drain = r["drain_remaining_s"]
+                .as_u64()
+                .map(|x| format!("{x} s"))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                s(&r["vip"]),
+                s(&r["address"]),
+                s(&r["weight"]),
+                s(&r["state"]),
+                s(&r["health"]),
+                s(&r["in_table"]),
+                s(&r["last_check"]),
+                drain,
+            ]
+        }),
+    );
+}
+
+fn print_flow(v: &Value) {
+    println!("backend {}: {}", s(&v["backend"]), s(&v["reason"]));
+}

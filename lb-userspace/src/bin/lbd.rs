@@ -1,0 +1,114 @@
+//! lbd: the load balancer daemon. See `lb_userspace::daemon`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use lb_userspace::{
+    config::Config,
+    daemon::{self, ControlMsg, Daemon},
+    metrics,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(version, about = "XDP Maglev load balancer daemon")]
+struct Args {
+    /// Configuration file (JSON); see docs for every field.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Detach the program and remove everything pinned, then exit
+    /// (forwarding stops; established connections are lost).
+    #[arg(long)]
+    teardown: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("lbd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
+    if args.teardown {
+        return daemon::teardown(&config);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args, config))
+}
+
+async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let mut daemon = Daemon::start(config, args.config.clone(), health_tx).context("starting")?;
+    let (socket, group) = daemon.control_socket();
+    let listener = daemon::bind_control(&socket, group.as_deref())?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    tokio::spawn(daemon::serve_control(listener, ctl_tx));
+    if let Some(addr) = args.metrics {
+        let m = daemon.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+        info!(%addr, "metrics endpoint up");
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    info!(socket = %socket.display(), "lbd ready");
+    loop {
+        tokio::select! {
+            Some((req, reply)) = ctl_rx.recv() => {
+                let _ = reply.send(daemon.handle(req));
+            }
+            Some(ev) = health_rx.recv() => daemon.on_health(ev),
+            _ = hup.recv() => daemon.reload(),
+            _ = tick.tick() => daemon.on_tick(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    info!("lbd exiting; the program stays attached and keeps forwarding");
+    Ok(())
+}

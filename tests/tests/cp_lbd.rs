@@ -1,0 +1,405 @@
+//! lbd and lbctl against the real kernel: lbd attached natively to a veth
+//! in a namespace the test creates, client traffic from a second namespace.
+
+use std::{
+    net::{TcpListener, UdpSocket},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    lbd::{Lbd, Paths},
+    netns::{Netns, veth},
+};
+use serde_json::{Value, json};
+
+const VIP: &str = "198.51.100.10";
+const VIP_REF: &str = "198.51.100.10:53/udp";
+const CLIENT: &str = "203.0.113.7";
+const B1: &str = "198.51.100.101";
+const B2: &str = "198.51.100.102";
+const B3: &str = "198.51.100.103";
+
+/// An LB namespace (lb0) and a client namespace (cl0) joined by a veth; the
+/// client routes the VIP to the LB, the LB's tunnels come back to the
+/// client's MAC (its "gateway"), where they are simply dropped.
+struct Site {
+    lb: Netns,
+    client: Netns,
+    client_mac: String,
+}
+
+impl Site {
+    fn new() -> Self {
+        let lb = Netns::new("cplb");
+        let client = Netns::new("cpcl");
+        veth(&lb, "lb0", &client, "cl0");
+        let lb_mac = lb
+            .exec(&["cat", "/sys/class/net/lb0/address"])
+            .trim()
+            .to_string();
+        let client_mac = client
+            .exec(&["cat", "/sys/class/net/cl0/address"])
+            .trim()
+            .to_string();
+        client.exec(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "cl0"]);
+        client.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "cl0"]);
+        client.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            VIP,
+            "lladdr",
+            &lb_mac,
+            "dev",
+            "cl0",
+            "nud",
+            "permanent",
+        ]);
+        // Backends answer health checks from inside the LB namespace.
+        for b in [B1, B2, B3] {
+            lb.exec(&["ip", "addr", "add", &format!("{b}/32"), "dev", "lo"]);
+        }
+        Self {
+            lb,
+            client,
+            client_mac,
+        }
+    }
+
+    fn config(&self, backends: &[&str], check: Value) -> Value {
+        json!({
+            "interfaces": [{"name": "lb0"}],
+            "tunnel_source": {"ipv4": "198.51.100.2"},
+            "next_hop": {"fib": false, "gateway_mac": self.client_mac},
+            "tables": {"ring_size": 4093, "conn_entries": 4096, "max_vips": 8, "max_backends": 64},
+            "vips": [{
+                "address": VIP, "port": 53, "protocol": "udp",
+                "health_check": check,
+                "backends": backends.iter().map(|b| json!({"address": b})).collect::<Vec<_>>(),
+            }],
+        })
+    }
+
+    /// Send `n` UDP datagrams to the VIP from distinct client ports.
+    fn send_flows(&self, ports: std::ops::Range<u16>) {
+        self.client.enter(|| {
+            for port in ports {
+                let s = UdpSocket::bind((CLIENT, port)).expect("bind client port");
+                s.send_to(b"query", (VIP, 53)).expect("send");
+            }
+        });
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn counter(lbd: &Lbd, name: &str) -> u64 {
+    lbd.json(&["status"])["counters"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn cp_every_lbctl_verb_changes_the_running_state() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("verbs"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["interfaces"][0]["mode"], "native", "{status}");
+    assert_eq!(status["vips"], 1);
+    assert_eq!(status["backends"], 2);
+
+    let vips = lbd.json(&["vip", "list"]);
+    assert_eq!(vips[0]["address"], VIP);
+    assert_eq!(vips[0]["in_table"], 2);
+
+    lbd.json(&["backend", "add", VIP_REF, B3, "--weight", "3"]);
+    let list = lbd.json(&["backend", "list", VIP_REF]);
+    let weights: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [1, 1, 3]);
+
+    lbd.json(&["backend", "weight", VIP_REF, B1, "5"]);
+    assert_eq!(lbd.json(&["backend", "list"])[0]["weight"], 5);
+
+    lbd.json(&["backend", "drain", VIP_REF, B2]);
+    let b2 = &lbd.json(&["backend", "list"])[1];
+    assert_eq!(
+        (b2["state"].as_str(), b2["in_table"].as_bool()),
+        (Some("drain"), Some(false)),
+        "{b2}"
+    );
+    assert!(b2["drain_remaining_s"].as_u64().is_some());
+    lbd.json(&["backend", "undrain", VIP_REF, B2]);
+    assert_eq!(lbd.json(&["backend", "list"])[1]["in_table"], true);
+
+    lbd.json(&["backend", "del", VIP_REF, B3]);
+    assert_eq!(lbd.json(&["backend", "list"]).as_array().unwrap().len(), 2);
+
+    lbd.json(&[
+        "vip",
+        "add",
+        "198.51.100.11:80/tcp",
+        "--affinity",
+        "--name",
+        "web",
+    ]);
+    lbd.json(&["backend", "add", "198.51.100.11:80/tcp", B3]);
+    let vips = lbd.json(&["vip", "list"]);
+    assert_eq!(vips[1]["name"], "web");
+    assert_eq!(vips[1]["affinity"], true);
+
+    // Traffic, then stats and flow.
+    site.send_flows(40000..40020);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    let stats = lbd.json(&["stats", "--interval", "0.2"]);
+    assert_eq!(stats["vips"][0]["packets"], 20, "{stats}");
+    let flow = lbd.json(&["flow", CLIENT, "40000", VIP, "53", "udp"]);
+    assert!(
+        flow["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("connection entry"),
+        "{flow}"
+    );
+    let backend = flow["backend"].as_str().unwrap();
+    assert!([B1, B2].contains(&backend), "{flow}");
+    let fresh = lbd.json(&["flow", CLIENT, "1", VIP, "53", "udp"]);
+    assert!(
+        fresh["reason"].as_str().unwrap().starts_with("table slot"),
+        "{fresh}"
+    );
+
+    // config dump -> apply -f round trip, after deleting the second VIP.
+    lbd.json(&["vip", "del", "198.51.100.11:80/tcp"]);
+    let dump = lbd.json(&["config", "dump"]);
+    assert_eq!(dump["vips"].as_array().unwrap().len(), 1);
+    let file = lbd.paths.dir.join("dump.json");
+    std::fs::write(&file, serde_json::to_vec(&dump).unwrap()).unwrap();
+    lbd.json(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(lbd.json(&["config", "dump"]), dump);
+
+    // Human-readable output is a table with a header.
+    let text = lbd.ctl(&["backend", "list"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).starts_with("VIP"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn cp_bad_configs_and_calls_are_rejected_and_change_nothing() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("bad"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    let file = lbd.paths.dir.join("bad.json");
+    let cases: [(Value, &str); 4] = [
+        (
+            json!({"weight": 0}),
+            "vips[0].backends[0].weight: 0 is out of range 1..=1000",
+        ),
+        (
+            json!({"address": "10.0.0.300"}),
+            "vips[0].backends[0].address: invalid IP address syntax",
+        ),
+        (
+            json!({"wieght": 2}),
+            "vips[0].backends[0].wieght: unknown field `wieght`",
+        ),
+        (
+            json!({"address": B2}),
+            "vips[0].backends[1].address: 198.51.100.102 is listed twice in this VIP",
+        ),
+    ];
+    for (patch, message) in cases {
+        let mut bad = before.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            bad["vips"][0]["backends"][0][k] = v.clone();
+        }
+        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let out = lbd.ctl(&["apply", "-f", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {bad}");
+        assert!(err.contains(message), "expected {message:?} in {err:?}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(
+            lbd.json(&["config", "dump"]),
+            before,
+            "state changed after {message}"
+        );
+    }
+    // Bad CLI calls: unknown VIP, unknown backend, bad weight.
+    for (args, message) in [
+        (
+            vec!["backend", "drain", "198.51.100.99:53/udp", B1],
+            "no VIP 198.51.100.99:53/udp",
+        ),
+        (
+            vec!["backend", "del", VIP_REF, B3],
+            "has no backend 198.51.100.103",
+        ),
+        (
+            vec!["backend", "weight", VIP_REF, B1, "0"],
+            "weight: 0 is out of range",
+        ),
+    ] {
+        let out = lbd.ctl(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "expected {message:?} in {err:?}");
+    }
+    assert_eq!(lbd.json(&["config", "dump"]), before);
+    assert!(lbd.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn cp_control_socket_refuses_a_non_root_user() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("perm"),
+        site.config(&[B1], json!({"type": "none"})),
+    );
+    let mode = std::fs::metadata(&lbd.paths.socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o600);
+    // The temp dir must be traversable for the test; the socket itself is not.
+    let _ = Command::new("chmod")
+        .arg("755")
+        .arg(&lbd.paths.dir)
+        .status();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(lb_tests::lbd::binary("lbctl"))
+        .arg("--socket")
+        .arg(&lbd.paths.socket)
+        .arg("status")
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(lbd.ctl(&["status"]).status.success(), "root still gets in");
+}
+
+#[test]
+fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("restart"),
+        site.config(&[B1, B2, B3], json!({"type": "none"})),
+    );
+    site.send_flows(41000..41050);
+    wait_for("50 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 50
+    });
+    let conns_before = lbd.json(&["status"])["connection_entries"]
+        .as_u64()
+        .unwrap();
+    assert!(conns_before >= 50, "{conns_before}");
+    let owners: Vec<Value> = (41000..41050)
+        .map(|p| lbd.json(&["flow", CLIENT, &p.to_string(), VIP, "53", "udp"])["backend"].clone())
+        .collect();
+
+    lbd.kill();
+    // With lbd dead the program still forwards (the pinned link holds it).
+    site.send_flows(41050..41060);
+    std::thread::sleep(Duration::from_millis(300));
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["adopted_running_data_plane"], true);
+    assert_eq!(status["interfaces"][0]["replaced_existing_program"], true);
+    assert!(
+        status["counters"]["tx"].as_u64().unwrap() >= 60,
+        "forwarded while lbd was down: {status}"
+    );
+    assert!(status["connection_entries"].as_u64().unwrap() >= conns_before + 10);
+
+    // Every established flow is still pinned to the same backend, even
+    // after the table changes.
+    lbd.json(&["backend", "weight", VIP_REF, B1, "7"]);
+    for (i, p) in (41000..41050).enumerate() {
+        let flow = lbd.json(&["flow", CLIENT, &p.to_string(), VIP, "53", "udp"]);
+        assert!(
+            flow["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("connection entry"),
+            "{flow}"
+        );
+        assert_eq!(flow["backend"], owners[i], "flow from port {p} moved");
+    }
+    site.send_flows(41060..41070);
+    wait_for("packets after the restart", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 70
+    });
+}
+
+#[test]
+fn cp_failed_health_checks_take_a_backend_out_and_back() {
+    let site = Site::new();
+    // TCP checks on port 8053 of each backend address, fast.
+    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3});
+    let listeners: Vec<TcpListener> = site.lb.enter(|| {
+        [B1, B2]
+            .iter()
+            .map(|b| TcpListener::bind((*b, 8053)).expect("listen"))
+            .collect()
+    });
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("health"),
+        site.config(&[B1, B2], check),
+    );
+    let health = |i: usize| {
+        lbd.json(&["backend", "list"])[i]["health"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    wait_for("both backends up", Duration::from_secs(5), || {
+        health(0) == "up" && health(1) == "up"
+    });
+
+    drop(listeners);
+    let down_at = Instant::now();
+    wait_for("B1 down", Duration::from_secs(5), || health(0) == "down");
+    // fall x interval = 300 ms, plus scheduling slack.
+    assert!(
+        down_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        down_at.elapsed()
+    );
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 0);
+    let b = &lbd.json(&["backend", "list"])[0];
+    assert!(b["last_check"].as_str().unwrap().contains("refused"), "{b}");
+
+    let _back = site
+        .lb
+        .enter(|| TcpListener::bind((B1, 8053)).expect("listen again"));
+    wait_for("B1 up again", Duration::from_secs(5), || health(0) == "up");
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 1);
+}
