@@ -40,7 +40,7 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     maps::Maps,
-    metrics::Metrics,
+    metrics::{InterfaceLabels, Metrics},
     sync::{self, SyncReport},
 };
 
@@ -209,6 +209,14 @@ impl Daemon {
         }
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
+        for (name, a) in &attachments {
+            let mode = if a.native { "native" } else { "generic" };
+            let labels = InterfaceLabels {
+                interface: name.clone(),
+                mode: mode.into(),
+            };
+            metrics.attached.get_or_create(&labels).set(1);
+        }
         let mut daemon = Self {
             config,
             config_path,
@@ -640,9 +648,9 @@ impl Daemon {
                     _ => "down",
                 };
                 let drain_left = self.drain_started.get(&bkey).map(|since| {
-                    Duration::from_secs(v.drain_timeout_s)
-                        .saturating_sub(since.elapsed())
-                        .as_secs()
+                    let left =
+                        Duration::from_secs(v.drain_timeout_s).saturating_sub(since.elapsed());
+                    left.as_secs_f64().ceil() as u64
                 });
                 rows.push(json!({
                     "vip": vref.to_string(),

@@ -59,12 +59,23 @@ pub struct Lbd {
     pub ns: String,
     child: Option<Child>,
     log: PathBuf,
+    args: Vec<String>,
 }
 
 impl Lbd {
     /// Write `config` (JSON, with `pin_dir` and `control.socket` filled in
     /// by us) and start lbd in namespace `ns`; waits until it answers.
-    pub fn start(ns: &Netns, paths: Paths, mut config: serde_json::Value) -> Self {
+    pub fn start(ns: &Netns, paths: Paths, config: serde_json::Value) -> Self {
+        Self::start_with(ns, paths, config, &[])
+    }
+
+    /// As `start`, with extra lbd arguments.
+    pub fn start_with(
+        ns: &Netns,
+        paths: Paths,
+        mut config: serde_json::Value,
+        args: &[&str],
+    ) -> Self {
         config["pin_dir"] = paths.pin_dir.display().to_string().into();
         config["control"] = serde_json::json!({ "socket": paths.socket.display().to_string() });
         std::fs::write(&paths.config, serde_json::to_vec_pretty(&config).unwrap())
@@ -73,11 +84,13 @@ impl Lbd {
             "lbd-{}.log",
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
+        let args = args.iter().map(|a| a.to_string()).collect();
         let mut lbd = Self {
             paths,
             ns: ns.name.clone(),
             child: None,
             log,
+            args,
         };
         lbd.spawn();
         lbd
@@ -92,6 +105,7 @@ impl Lbd {
             .arg(binary("lbd"))
             .arg("--config")
             .arg(&self.paths.config)
+            .args(&self.args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -403,3 +403,161 @@ fn cp_failed_health_checks_take_a_backend_out_and_back() {
     wait_for("B1 up again", Duration::from_secs(5), || health(0) == "up");
     assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 1);
 }
+
+#[test]
+fn cp_drain_timeout_cuts_the_backend_off() {
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["vips"][0]["drain_timeout_s"] = json!(1);
+    let lbd = Lbd::start(&site.lb, Paths::new("drain"), config);
+    lbd.json(&["backend", "drain", VIP_REF, B1]);
+    let b1 = &lbd.json(&["backend", "list"])[0];
+    assert_eq!(b1["state"], "drain");
+    // The backend is cut off within a tick of the timeout: down in the
+    // data plane, so even its established flows move.
+    wait_for("the drain to expire", Duration::from_secs(5), || {
+        lbd.log().contains("drain timeout expired")
+    });
+    let b1 = &lbd.json(&["backend", "list"])[0];
+    assert_eq!(
+        (b1["drain_remaining_s"].as_u64(), b1["in_table"].as_bool()),
+        (Some(0), Some(false)),
+        "{b1}"
+    );
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 1);
+    assert!(lbd.log().contains("drain timeout expired"), "{}", lbd.log());
+}
+
+#[test]
+fn cp_sighup_reloads_the_file_and_keeps_state_on_a_bad_one() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("hup"),
+        site.config(&[B1], json!({"type": "none"})),
+    );
+    let pid = lbd.pid().expect("lbd pid").to_string();
+    let mut file: Value =
+        serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap()).unwrap();
+    file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B2}]);
+    std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["backend", "list"]).as_array().unwrap().len() == 2
+    });
+
+    let good = lbd.json(&["config", "dump"]);
+    file["vips"][0]["backends"][1]["weight"] = json!(-1);
+    std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("rejection logged", Duration::from_secs(5), || {
+        lbd.log().contains("reload rejected")
+    });
+    assert!(
+        lbd.log().contains("vips[0].backends[1].weight"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(lbd.json(&["config", "dump"]), good);
+}
+
+#[test]
+fn cp_control_socket_answers_garbage_with_an_error_and_stays_up() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("garbage"),
+        site.config(&[B1], json!({"type": "none"})),
+    );
+    // A client that connects and stalls does not hold the others up.
+    let _stalled = UnixStream::connect(&lbd.paths.socket).unwrap();
+    for request in [
+        &b"{not json\n"[..],
+        b"{\"cmd\":\"reboot\"}\n",
+        b"\xff\xfe\n",
+    ] {
+        let mut s = UnixStream::connect(&lbd.paths.socket).unwrap();
+        s.write_all(request).unwrap();
+        let mut reply = String::new();
+        BufReader::new(&s).read_line(&mut reply).unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["ok"], false);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed request"),
+            "{reply}"
+        );
+    }
+    let mut big = UnixStream::connect(&lbd.paths.socket).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..5 {
+        if big.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut reply = String::new();
+    let _ = BufReader::new(&big).read_line(&mut reply);
+    assert!(reply.contains("request larger than"), "{reply}");
+    assert!(lbd.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn cp_metrics_endpoint_serves_prometheus_text() {
+    use std::io::{Read, Write};
+    let site = Site::new();
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("metrics"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    site.send_flows(43000..43010);
+    wait_for("forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 10
+    });
+    let scrape = || {
+        site.lb.enter(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            body
+        })
+    };
+    // Counters are copied once a second.
+    wait_for("metrics with the traffic", Duration::from_secs(5), || {
+        scrape().contains("lb_vip_packets_total{vip=\"198.51.100.10:53/udp\"} 10")
+    });
+    let text = scrape();
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    for needle in [
+        "lb_packets_total{reason=\"tx\",kind=\"forwarded\"} 10",
+        "lb_backend_up{vip=\"198.51.100.10:53/udp\",backend=\"198.51.100.101\"} 1",
+        "lb_attached",
+        "lb_table_rebuilds_total",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let new_flows: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("lb_backend_new_flows_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(new_flows, 10);
+}

@@ -55,6 +55,8 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // The cp_ tests run the real lbd and lbctl binaries.
+            cargo(&["build", "--bins"])?;
             // lb-ebpf is checked by clippy above and exercised through the
             // golden tests; it has no host tests of its own.
             let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
