@@ -817,6 +817,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let c = Config::from_json(include_str!("../../examples/lbd.json")).unwrap();
+        assert_eq!(c.vips.len(), 2);
+    }
+
+    #[test]
     fn mac_syntax() {
         assert!("02:00:5e:00:53:01".parse::<Mac>().is_ok());
         for bad in [
