@@ -2,7 +2,9 @@
 //! through BPF_PROG_TEST_RUN, packet builders, and network namespaces that
 //! clean up after themselves.
 
+pub mod backend_server;
 pub mod harness;
 pub mod lbd;
 pub mod netns;
 pub mod packets;
+pub mod topology;
