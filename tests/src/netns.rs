@@ -54,26 +54,32 @@ impl Netns {
 
     /// Run `f` with the calling thread inside this namespace.
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
-        use std::{fs::File, os::fd::AsRawFd};
-        let here = File::open("/proc/thread-self/ns/net").expect("current netns");
-        let there = File::open(format!("/var/run/netns/{}", self.name)).expect("test netns");
-        // SAFETY: setns on this thread only, with valid namespace fds; we
-        // switch back before returning.
-        assert_eq!(
-            unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        assert_eq!(
-            unsafe { libc::setns(here.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns back"
-        );
-        match result {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        enter_named(&self.name, f)
+    }
+}
+
+/// Run `f` with the calling thread inside the namespace called `name`
+/// (for threads that only know the name), then switch back.
+pub fn enter_named<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    use std::{fs::File, os::fd::AsRawFd};
+    let here = File::open("/proc/thread-self/ns/net").expect("current netns");
+    let there = File::open(format!("/var/run/netns/{name}")).expect("test netns");
+    // SAFETY: setns on this thread only, with valid namespace fds; we
+    // switch back before returning.
+    assert_eq!(
+        unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    assert_eq!(
+        unsafe { libc::setns(here.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns back"
+    );
+    match result {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

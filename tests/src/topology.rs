@@ -161,6 +161,7 @@ impl Topology {
         net.enter(|| pass.attach(PROG_DECAP, "p-lb", XdpMode::Driver))
             .expect("pass-through on p-lb");
 
+        let client_mac = mac(&client, "eth0");
         let mut hosts = Vec::new();
         for i in 0..backends {
             let name = format!("b{}", i + 1);
@@ -229,6 +230,23 @@ impl Topology {
             decap_maps
                 .add_decap_addr(IpAddr::V6(addr6))
                 .expect("decap address");
+            // In this lab the client shares the backends' segment (real
+            // clients sit behind a router the backends resolve). Replies
+            // to it stalled on neighbour discovery for IPv6 here; a static
+            // entry keeps the lab about the load balancer, not ND.
+            ns.exec(&[
+                "ip",
+                "-6",
+                "neigh",
+                "replace",
+                &CLIENT6.to_string(),
+                "lladdr",
+                &client_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
             let mac = mac(&ns, "eth0");
             // The LB knows its backends' MACs from the start: the FIB
             // lookup then never meets an unresolved neighbour.

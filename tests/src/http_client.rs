@@ -1,0 +1,88 @@
+//! A minimal HTTP/1.1 client for the end-to-end tests: one request per
+//! connection, bounded by timeouts, run in the caller's namespace.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+/// GET `path` from `addr:port` on a new connection; the body, trimmed.
+pub fn get(addr: IpAddr, port: u16, path: &str) -> Result<String, String> {
+    let mut s = connect(addr, port, path)?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no end of headers")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.trim().to_string())
+}
+
+fn connect(addr: IpAddr, port: u16, path: &str) -> Result<TcpStream, String> {
+    let sock = SocketAddr::new(addr, port);
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let host = if addr.is_ipv6() {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    };
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    Ok(s)
+}
+
+/// A chunked streaming response, read line by line as it arrives.
+pub struct Stream {
+    reader: BufReader<TcpStream>,
+}
+
+impl Stream {
+    pub fn open(addr: IpAddr, port: u16, path: &str) -> Result<Self, String> {
+        let s = connect(addr, port, path)?;
+        let mut reader = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            if reader
+                .read_line(&mut line)
+                .map_err(|e| format!("read headers: {e}"))?
+                == 0
+            {
+                return Err("closed before the body".into());
+            }
+            if line == "\r\n" {
+                return Ok(Self { reader });
+            }
+        }
+    }
+
+    /// The next chunk's text, or `None` at the end of the stream.
+    pub fn next_chunk(&mut self) -> Result<Option<String>, String> {
+        let mut size = String::new();
+        if self
+            .reader
+            .read_line(&mut size)
+            .map_err(|e| format!("read chunk size: {e}"))?
+            == 0
+        {
+            return Err("connection closed mid-stream".into());
+        }
+        let n = usize::from_str_radix(size.trim(), 16)
+            .map_err(|_| format!("bad chunk size {size:?}"))?;
+        let mut data = vec![0u8; n + 2];
+        self.reader
+            .read_exact(&mut data)
+            .map_err(|e| format!("read chunk: {e}"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        data.truncate(n);
+        String::from_utf8(data).map(Some).map_err(|e| e.to_string())
+    }
+}
