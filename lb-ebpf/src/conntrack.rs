@@ -11,7 +11,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
-    maps::{ConnEntry, VipMeta},
+    maps::{BACKEND_F_DRAINING, ConnEntry, VipMeta},
 };
 
 use crate::{
@@ -38,10 +38,18 @@ pub fn select(
 ) -> Result<Selected, Reason> {
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let is_tcp = flow.proto == PROTO_TCP;
+    let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if let Some(entry) = CONNS.get_ptr_mut(flow) {
         // SAFETY: a map value pointer, valid for this program run.
         let entry = unsafe { &mut *entry };
-        if let Ok(chosen) = maglev::backend(entry.backend_id) {
+        let backend = maglev::backend(entry.backend_id);
+        // A SYN on the 5-tuple of an old connection is a new connection:
+        // it must not follow the old one to a draining backend. The entry
+        // goes, so the handshake's ACK picks from the ring too.
+        if syn_only && backend.is_ok_and(|c| c.backend.flags & BACKEND_F_DRAINING != 0) {
+            let _ = CONNS.remove(flow);
+        } else if let Ok(chosen) = backend {
             stats::event(Reason::ConnHit);
             if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                 entry.last_seen_ns = now;
@@ -56,8 +64,6 @@ pub fn select(
         stats::event(Reason::ConnMiss);
     }
     let chosen = maglev::pick(flow, vip, ring_size)?;
-    let is_tcp = flow.proto == PROTO_TCP;
-    let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if syn_only {
         stats::event(Reason::SynNotTracked);
     } else {

@@ -1,141 +1,199 @@
-//! `cargo xtask demo` (data-plane stage): load the load balancer, attach it
-//! in native XDP mode to a veth in a fresh namespace, configure a VIP with
-//! three backends, push a few thousand new TCP flows from random clients
-//! through the real program (BPF_PROG_TEST_RUN), and show how they spread
-//! and what every counter says. Everything is removed at the end.
+//! `cargo xtask demo`: the load balancer in front of three backends, on a
+//! lab network of namespaces, with real HTTP traffic. It shows how flows
+//! spread, what `lbctl status` says, how fast a dead backend is taken out,
+//! and a long streaming response that survives its backend being drained.
+//! Everything it creates is removed at the end, also on failure.
 
-use std::{net::IpAddr, time::Instant};
-
-use aya::programs::XdpMode;
-use lb_common::{
-    Reason,
-    flow::PROTO_TCP,
-    maps::{BACKEND_F_ACTIVE, Backend, LbConfig, PROG_LB, VipKey, VipMeta},
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
 };
+
 use lb_tests::{
-    harness::{XDP_TX, run_frame},
-    netns::{Netns, veth},
-    packets::*,
+    backend_server::BackendServer,
+    http_client::{Stream, get},
+    lbd::{Lbd, Paths},
+    topology::{CLIENT, LB, Topology, VIP},
 };
-use lb_userspace::{
-    addr::to_map,
-    datapath::{Datapath, MapSizes},
-    maglev::{self, MaglevBackend},
-    maps::Maps,
-};
-use rand::{Rng, SeedableRng, rngs::SmallRng};
+use serde_json::json;
 
-const FLOWS: usize = 3000;
+const REQUESTS: usize = 3000;
+const VIP_REF: &str = "198.51.100.10:80/tcp";
+
+fn step(n: u32, text: &str) {
+    println!("\n[{n}/6] {text}");
+}
+
+fn bar_chart(counts: &BTreeMap<String, usize>, total: usize) {
+    for (name, n) in counts {
+        let share = *n as f64 / total as f64;
+        let percent = share * 100.0;
+        println!(
+            "    {name:<4} {n:>6}  {percent:>5.1}%  {}",
+            "█".repeat((share * 60.0).round() as usize)
+        );
+    }
+}
+
+fn requests(topo: &Topology, n: usize) -> (BTreeMap<String, usize>, usize, Duration) {
+    let started = Instant::now();
+    topo.client.enter(|| {
+        let mut counts = BTreeMap::new();
+        let mut failed = 0;
+        for _ in 0..n {
+            match get(IpAddr::V4(VIP), 80, "/") {
+                Ok(name) => *counts.entry(name).or_insert(0) += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (counts, failed, started.elapsed())
+    })
+}
 
 fn main() -> anyhow::Result<()> {
-    println!("== XDP load balancer: data-plane demo ==\n");
-    let ns = Netns::new("demo");
-    veth(&ns, "lb0", &ns, "peer0");
-    let sizes = MapSizes::default();
-    let mut dp = Datapath::load(sizes)?;
-    ns.enter(|| dp.attach(PROG_LB, "lb0", XdpMode::Driver))?;
-    println!(
-        "loaded programs `lb` and `lb_decap`; `lb` attached to lb0 in netns {} in native (driver) mode",
-        ns.name
+    println!("== lb demo: an XDP Maglev load balancer in front of three backends ==");
+    step(
+        1,
+        "building the lab network (one namespace per host, all on one bridge)",
     );
-    println!("{}", ns.exec(&["ip", "link", "show", "lb0"]).trim());
-
-    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size)?;
-    let (outer_v6, _) = to_map(OUTER_SRC_V6.parse()?);
-    maps.set_config(&LbConfig {
-        ring_size: sizes.ring_size,
-        flags: 0,
-        outer_src_v6: outer_v6,
-        outer_src_v4: v4(OUTER_SRC_V4),
-        gateway_mac: GATEWAY_MAC,
-        mtu: 1500,
-        egress_ifindex: 0,
-    })?;
-    let (vip_addr, family) = to_map(VIP_V4.parse()?);
-    let key = VipKey {
-        addr: vip_addr,
-        port: 80,
-        proto: PROTO_TCP,
-        family,
-    };
-    maps.set_vip(
-        &key,
-        &VipMeta {
-            vip_id: 0,
-            flags: 0,
-            active_ring: 0,
-            _pad: 0,
-        },
-    )?;
-    let mut members = Vec::new();
-    for (i, b) in BACKEND_V4.iter().enumerate() {
-        let addr: IpAddr = b.parse()?;
-        let (bytes, family) = to_map(addr);
-        let id = i as u32 + 1;
-        maps.set_backend(
-            id,
-            &Backend {
-                addr: bytes,
-                family,
-                flags: BACKEND_F_ACTIVE,
-                mac: [0; 6],
-                vip_id: 0,
-            },
-        )?;
-        members.push(MaglevBackend {
-            id,
-            addr,
-            weight: 1,
-        });
-    }
-    let started = Instant::now();
-    let ring = maglev::build(&members, sizes.ring_size);
-    let built = started.elapsed();
-    let started = Instant::now();
-    maps.publish_ring(&key, &ring)?;
-    println!(
-        "\nVIP {VIP_V4}:80/tcp -> {} backends, Maglev table of M={} slots built in {:.1} ms, written in {:.1} ms",
-        members.len(),
-        sizes.ring_size,
-        built.as_secs_f64() * 1e3,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    for (id, slots) in maglev::slot_counts(&ring) {
+    let topo = Topology::new(3);
+    let mut servers: Vec<Option<BackendServer>> = topo
+        .backends
+        .iter()
+        .map(|b| {
+            Some(BackendServer::start(
+                &b.ns,
+                &b.name,
+                "[::]:80".parse().unwrap(),
+                (VIP, 53).into(),
+            ))
+        })
+        .collect();
+    println!("    client {CLIENT}  ->  VIP {VIP}:80  ->  LB {LB} (XDP on eth0)");
+    for b in &topo.backends {
         println!(
-            "  backend {id} ({}) owns {slots} slots",
-            BACKEND_V4[id as usize - 1]
+            "    backend {} {} : HTTP server, lb_decap on eth0, VIP on loopback",
+            b.name, b.addr
         );
     }
 
-    println!("\nsending {FLOWS} TCP SYNs from random clients through the program ...");
-    let mut rng = SmallRng::seed_from_u64(7);
-    let prog = dp.lb()?;
-    for _ in 0..FLOWS {
-        let client = format!("203.0.113.{}", rng.random_range(1..255));
-        let syn = tcp4(
-            &client,
-            rng.random_range(1024..65535),
-            VIP_V4,
-            80,
-            Tcp::Syn,
-            b"",
+    step(
+        2,
+        "starting lbd: HTTP health checks every 200 ms, rise 2, fall 2",
+    );
+    let check = json!({"type": "http", "port": 80, "path": "/", "interval_ms": 200, "timeout_ms": 100, "rise": 2, "fall": 2});
+    let started = Instant::now();
+    let lbd = Lbd::start(
+        &topo.lb,
+        Paths::new("demo"),
+        topo.lbd_config(80, "tcp", check),
+    );
+    while lbd
+        .json(&["backend", "list"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["health"] == "up")
+        .count()
+        < 3
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "backends did not come up:\n{}",
+            lbd.log()
         );
-        let out = run_frame(prog, &to_lb(&syn));
-        anyhow::ensure!(out.action == XDP_TX, "unexpected verdict {}", out.action);
+        std::thread::sleep(Duration::from_millis(20));
     }
-    println!("\nnew flows per backend (from the per-backend counters):");
-    for m in &members {
-        let s = maps.backend_stats(m.id)?;
-        let bar = "#".repeat((s.new_flows as usize * 60) / FLOWS);
-        println!("  {:<16} {:>5}  {bar}", m.addr, s.new_flows);
+    println!(
+        "    all three backends healthy after {} ms",
+        started.elapsed().as_millis()
+    );
+
+    step(
+        3,
+        &format!(
+            "sending {REQUESTS} HTTP requests, each on a new connection from a new client port"
+        ),
+    );
+    let (counts, failed, took) = requests(&topo, REQUESTS);
+    println!(
+        "    {} answered, {failed} failed, in {:.1} s; answers per backend:",
+        REQUESTS - failed,
+        took.as_secs_f64()
+    );
+    bar_chart(&counts, REQUESTS);
+    println!(
+        "    (Maglev with equal weights: each backend owns a third of the table's 4093 slots)"
+    );
+
+    step(4, "lbctl status");
+    let out = lbd.ctl(&["status"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {line}");
     }
-    println!("\nglobal counters (non-zero):");
-    for r in Reason::ALL {
-        let n = maps.reason_count(*r)?;
-        if n > 0 {
-            println!("  {:<22} {:>6}  {}", r.name(), n, r.help());
-        }
+
+    step(5, "failover: b2's server stops");
+    servers[1] = None;
+    let stopped = Instant::now();
+    while lbd.json(&["backend", "list"])[1]["health"] != "down" {
+        anyhow::ensure!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "b2 never went down"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
-    println!("\nremoving netns {} (and the program with it)", ns.name);
+    println!(
+        "    lbd marked b2 down {} ms after it stopped (fall 2 x interval 200 ms)",
+        stopped.elapsed().as_millis()
+    );
+    let (counts, failed, _) = requests(&topo, 600);
+    println!("    600 new requests: {failed} failed; answers per backend:");
+    bar_chart(&counts, 600);
+
+    step(
+        6,
+        "draining: a 5-second token stream (like an LLM answer) while its backend is drained",
+    );
+    let mut stream = topo
+        .client
+        .enter(|| Stream::open(IpAddr::V4(VIP), 80, "/stream?tokens=50&ms=100"))
+        .map_err(anyhow::Error::msg)?;
+    let first = stream
+        .next_chunk()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default();
+    let serving = first.trim().rsplit(' ').next().unwrap_or("").to_string();
+    let addr = topo
+        .backends
+        .iter()
+        .find(|b| b.name == serving)
+        .map(|b| b.addr.to_string())
+        .unwrap_or_default();
+    println!(
+        "    stream served by {serving}; first token: {:?}",
+        first.trim()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    lbd.json(&["backend", "drain", VIP_REF, &addr]);
+    println!("    $ lbctl backend drain {VIP_REF} {addr}");
+    let (counts, failed, _) = requests(&topo, 300);
+    println!("    meanwhile, 300 new requests ({failed} failed) avoid {serving}: {counts:?}");
+    let mut tokens = 1;
+    let mut last = first;
+    while let Some(chunk) = stream.next_chunk().map_err(anyhow::Error::msg)? {
+        tokens += 1;
+        last = chunk;
+    }
+    println!(
+        "    the stream ran to its end: {tokens}/50 tokens, the last {:?}",
+        last.trim()
+    );
+
+    println!("\nteardown: stopping lbd, detaching the program, removing the namespaces");
+    drop(lbd);
+    drop(servers);
+    drop(topo);
+    println!("done.");
     Ok(())
 }

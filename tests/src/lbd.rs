@@ -185,11 +185,17 @@ impl Lbd {
 impl Drop for Lbd {
     fn drop(&mut self) {
         self.kill();
-        let _ = Command::new(binary("lbd"))
-            .arg("--config")
-            .arg(&self.paths.config)
-            .arg("--teardown")
-            .output();
+        // No `binary()` here: it asserts, and a panic while unwinding aborts.
+        let lbd = std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.parent()?.join("lbd")));
+        if let Some(lbd) = lbd {
+            let _ = Command::new(lbd)
+                .arg("--config")
+                .arg(&self.paths.config)
+                .arg("--teardown")
+                .output();
+        }
         let _ = std::fs::remove_dir_all(&self.paths.pin_dir);
         let _ = std::fs::remove_dir_all(&self.paths.dir);
     }

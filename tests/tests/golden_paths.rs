@@ -765,3 +765,42 @@ fn golden_unconfigured_program_passes_everything() {
     );
     assert_eq!(lb.count(Reason::PassNotConfigured), 1);
 }
+
+#[test]
+fn golden_new_syn_on_an_old_five_tuple_does_not_follow_it_to_a_draining_backend() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let ack = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, ack, &backends, 1);
+    // An old connection on this 5-tuple, pinned to backend 1.
+    lb.run(&to_lb(&ack(port)));
+    let mut drained = backends.clone();
+    drained[0].flags |= BACKEND_F_DRAINING;
+    lb.set_backends(&key, &drained);
+    // Its packets still go to backend 1 (established flows finish)...
+    assert_eq!(
+        lb.run(&to_lb(&ack(port))).data,
+        tunnelled(&ack(port), &addr_of(&backends, owner))
+    );
+    // ...but a new SYN on the same 5-tuple goes where the ring says, and so
+    // does the handshake's ACK after it.
+    let syn = tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Syn, b"");
+    assert_eq!(
+        lb.run(&to_lb(&syn)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&syn, &addr_of(&backends, other))
+        }
+    );
+    assert_eq!(
+        lb.maps.conn(&flow_of(&syn)).unwrap(),
+        None,
+        "the stale entry is gone"
+    );
+    assert_eq!(
+        lb.run(&to_lb(&ack(port))).data,
+        tunnelled(&ack(port), &addr_of(&backends, other))
+    );
+}

@@ -66,6 +66,8 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup::run()?;
             require_root("the demo loads XDP programs and creates network namespaces")?;
+            // The demo runs the real lbd and lbctl.
+            cargo(&["build", "--release", "--bins"])?;
             cargo(&[
                 "run",
                 "--release",
