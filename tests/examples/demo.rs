@@ -52,6 +52,8 @@ fn requests(topo: &Topology, n: usize) -> (BTreeMap<String, usize>, usize, Durat
 }
 
 fn main() -> anyhow::Result<()> {
+    // Ctrl-C removes the lab too, not only a normal end or a failure.
+    lb_tests::netns::clean_up_on_signal();
     println!("== lb demo: an XDP Maglev load balancer in front of three backends ==");
     step(
         1,

@@ -100,3 +100,62 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     a.exec(&["ip", "link", "set", a_name, "up"]);
     b.exec(&["ip", "link", "set", b_name, "up"]);
 }
+
+/// Remove everything the test helpers of process `pid` created: its lbd
+/// processes, network namespaces, pin directories and temporary files.
+/// For signal handlers, where destructors do not run.
+pub fn remove_all_of_process(pid: u32) {
+    let tag = format!("-{pid}-");
+    let ours = |name: &str| name.starts_with("lbt-") && name.contains(&tag);
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.split(['\0', '/']).any(ours)
+                && let Ok(child) = p.file_name().to_string_lossy().parse::<i32>()
+                && child as u32 != pid
+            {
+                // SAFETY: sending a signal has no memory-safety preconditions.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+            }
+        }
+    }
+    if let Ok(list) = std::fs::read_dir("/var/run/netns") {
+        for ns in list.flatten() {
+            let name = ns.file_name().to_string_lossy().into_owned();
+            if ours(&name) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+    }
+    for dir in ["/sys/fs/bpf".into(), std::env::temp_dir()] {
+        if let Ok(list) = std::fs::read_dir(&dir) {
+            for e in list.flatten() {
+                if ours(&e.file_name().to_string_lossy()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM, remove everything this process created and exit.
+/// Call before starting any thread: the signals are blocked in the caller
+/// (and so in every thread it starts) and taken by a dedicated thread.
+pub fn clean_up_on_signal() {
+    // SAFETY: plain libc signal-mask calls on valid, initialised sets.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("\ninterrupted: removing everything this run created");
+            remove_all_of_process(std::process::id());
+            std::process::exit(130);
+        });
+    }
+}
