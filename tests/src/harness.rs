@@ -238,17 +238,24 @@ impl Default for Lb {
 
 /// Run `prog` once on `frame` through BPF_PROG_TEST_RUN.
 pub fn run_frame(prog: &mut aya::programs::Xdp, frame: &[u8]) -> Outcome {
+    try_run_frame(prog, frame).expect("BPF_PROG_TEST_RUN")
+}
+
+/// As `run_frame`, but a frame the kernel refuses to run (shorter than an
+/// Ethernet header) is an error instead of a panic.
+pub fn try_run_frame(
+    prog: &mut aya::programs::Xdp,
+    frame: &[u8],
+) -> Result<Outcome, aya::programs::ProgramError> {
     let mut out = vec![0u8; frame.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    })?;
     out.truncate(result.data_size_out as usize);
-    Outcome {
+    Ok(Outcome {
         action: result.return_value,
         data: out,
-    }
+    })
 }
