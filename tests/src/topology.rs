@@ -45,12 +45,11 @@ pub struct Topology {
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<BackendHost>,
-    /// Loads of the data plane used only for their decap program: one for
-    /// the backends (their tunnel addresses), one as a pass-through on the
-    /// bridge port facing the LB (a veth receiving XDP_TX frames needs an
-    /// XDP program on its peer).
-    _decap: Datapath,
-    _decap_maps: Maps,
+    /// Loads of the data plane used only for their decap program: one per
+    /// backend (its tunnel addresses and counters), one as a pass-through
+    /// on the bridge port facing the LB (a veth receiving XDP_TX frames
+    /// needs an XDP program on its peer).
+    decap: Vec<(Datapath, Maps)>,
     _pass: Datapath,
 }
 
@@ -155,8 +154,7 @@ impl Topology {
             conn_entries: 1024,
             frag_entries: 16,
         };
-        let mut decap = Datapath::load(sizes).expect("load the decap program");
-        let mut decap_maps = Maps::take(&mut decap.ebpf, sizes.ring_size).expect("decap maps");
+        let mut decaps = Vec::new();
         let mut pass = Datapath::load(sizes).expect("load the pass-through program");
         net.enter(|| pass.attach(PROG_DECAP, "p-lb", XdpMode::Driver))
             .expect("pass-through on p-lb");
@@ -222,6 +220,8 @@ impl Topology {
                 "advmss",
                 "1420",
             ]);
+            let mut decap = Datapath::load(sizes).expect("load the decap program");
+            let mut decap_maps = Maps::take(&mut decap.ebpf, sizes.ring_size).expect("decap maps");
             ns.enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
                 .expect("decap on a backend");
             decap_maps
@@ -230,6 +230,7 @@ impl Topology {
             decap_maps
                 .add_decap_addr(IpAddr::V6(addr6))
                 .expect("decap address");
+            decaps.push((decap, decap_maps));
             // In this lab the client shares the backends' segment (real
             // clients sit behind a router the backends resolve). Replies
             // to it stalled on neighbour discovery for IPv6 here; a static
@@ -288,10 +289,17 @@ impl Topology {
             client,
             lb,
             backends: hosts,
-            _decap: decap,
-            _decap_maps: decap_maps,
+            decap: decaps,
             _pass: pass,
         }
+    }
+
+    /// Tunnel packets backend `i` has received and decapsulated so far.
+    pub fn tunnel_packets(&self, i: usize) -> u64 {
+        self.decap[i]
+            .1
+            .decap_count(lb_common::stats::DecapReason::Decapsulated)
+            .expect("decap counter")
     }
 
     /// lbd configuration for this topology: one VIP (IPv4, `port`,

@@ -504,6 +504,28 @@ fn cp_control_socket_answers_garbage_with_an_error_and_stays_up() {
             "{reply}"
         );
     }
+    // Half-written: the client gives up mid-request.
+    let mut half = UnixStream::connect(&lbd.paths.socket).unwrap();
+    half.write_all(br#"{"cmd":"sta"#).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&half).read_line(&mut reply).unwrap();
+    assert!(reply.contains("malformed request"), "{reply}");
+    // Many clients at once all get answers.
+    let socket = lbd.paths.socket.clone();
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&socket).unwrap();
+                s.write_all(b"{\"cmd\":\"vip_list\"}\n").unwrap();
+                let mut reply = String::new();
+                BufReader::new(&s).read_line(&mut reply).unwrap();
+                serde_json::from_str::<Value>(&reply).unwrap()["ok"] == true
+            })
+        })
+        .collect();
+    assert!(clients.into_iter().all(|c| c.join().unwrap()));
     let mut big = UnixStream::connect(&lbd.paths.socket).unwrap();
     let chunk = vec![b'x'; 1 << 20];
     for _ in 0..5 {
