@@ -40,6 +40,23 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     stats::decap_verdict(reason)
 }
 
+/// Benchmark floor: swap the MACs and bounce the frame, the least any XDP
+/// forwarder does. `cargo xtask bench` reports the load balancer's cost
+/// above this, measured the same way in the same run. Never attached.
+#[xdp]
+pub fn bench_floor(ctx: XdpContext) -> u32 {
+    match packet::read::<[u8; 12]>(&ctx, 0) {
+        Some(macs) => {
+            let mut swapped = [0u8; 12];
+            swapped[..6].copy_from_slice(&macs[6..]);
+            swapped[6..].copy_from_slice(&macs[..6]);
+            packet::write(&ctx, 0, swapped);
+            aya_ebpf::bindings::xdp_action::XDP_TX
+        }
+        None => aya_ebpf::bindings::xdp_action::XDP_PASS,
+    }
+}
+
 // On the host (clippy, tests) aya-ebpf links std, which brings its own.
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

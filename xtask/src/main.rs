@@ -1,4 +1,4 @@
-//! Developer workflows: `cargo xtask setup | build | test | demo`.
+//! Developer workflows: `cargo xtask setup | build | test | demo | bench`.
 //!
 //! Every command first runs `setup`, which installs what building the eBPF
 //! program needs, idempotently, and says what it does. xtask itself depends
@@ -32,6 +32,8 @@ enum Cmd {
     },
     /// Run the demo (needs root).
     Demo,
+    /// Run the benchmarks; results in target/bench/ (needs root).
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -62,6 +64,19 @@ fn main() -> Result<()> {
             let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
             test.extend(args.iter().map(String::as_str));
             cargo(&test)
+        }
+        Cmd::Bench => {
+            setup::run()?;
+            require_root("the benchmarks load XDP programs")?;
+            cargo(&[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "lb-tests",
+                "--example",
+                "bench",
+            ])
         }
         Cmd::Demo => {
             setup::run()?;
