@@ -1,0 +1,172 @@
+//! The deployment files say what they must, and the capability set they
+//! grant is enough for lbd on this kernel.
+
+use std::time::Duration;
+
+use lb_tests::{
+    lbd::binary,
+    netns::{Netns, veth},
+};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn daemonset() -> Value {
+    let text = include_str!("../../deploy/kubernetes/lbd.yaml");
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("valid YAML"))
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet")
+}
+
+fn capabilities(ds: &Value) -> Vec<String> {
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    c["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_lowercase())
+        .collect()
+}
+
+#[test]
+fn daemonset_has_host_network_bpffs_probes_and_a_minimal_capability_set() {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(capabilities(&ds), ["bpf", "net_admin", "perfmon"]);
+    let mounts = c["volumeMounts"].as_sequence().unwrap();
+    let bpffs = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/sys/fs/bpf")
+        .expect("bpffs mounted");
+    assert_eq!(bpffs["mountPropagation"], "HostToContainer");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == bpffs["name"])
+        .unwrap();
+    assert_eq!(
+        volume["hostPath"]["path"], "/sys/fs/bpf",
+        "pins must outlive the pod"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], 9464);
+    }
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--metrics", "0.0.0.0:9464"]),
+        "probes need the metrics endpoint: {args:?}"
+    );
+    // The ConfigMap's configuration is valid.
+    let text = include_str!("../../deploy/kubernetes/lbd.yaml");
+    let cm = serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ConfigMap")
+        .unwrap();
+    lb_userspace::config::Config::from_json(cm["data"]["lbd.json"].as_str().unwrap())
+        .expect("ConfigMap config");
+}
+
+#[test]
+fn systemd_unit_reloads_restarts_and_is_hardened() {
+    let unit = include_str!("../../deploy/systemd/lbd.service");
+    let get = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert!(get("ExecStart").contains("lbd --config /etc/lbd/lbd.json"));
+    assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(get("Restart"), "on-failure");
+    assert_eq!(
+        get("CapabilityBoundingSet"),
+        "CAP_BPF CAP_NET_ADMIN CAP_PERFMON"
+    );
+    assert_eq!(get("NoNewPrivileges"), "yes");
+    assert_eq!(get("ProtectSystem"), "strict");
+    assert!(get("ReadWritePaths").contains("/sys/fs/bpf"));
+}
+
+#[test]
+fn dockerfile_builds_from_source_in_two_stages() {
+    let text = include_str!("../../deploy/Dockerfile");
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(text.contains("cargo build --release --locked -p lb-userspace --bins"));
+    assert!(text.contains("COPY --from=build /src/target/release/lbd"));
+}
+
+#[test]
+fn deploy_lbd_runs_with_only_the_daemonset_capabilities() {
+    let caps: Vec<String> = capabilities(&daemonset())
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect();
+    let ns = Netns::new("caps");
+    veth(&ns, "a0", &ns, "b0");
+    let dir = std::env::temp_dir().join(format!("lbt-caps-{}-0", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pin_dir = format!("/sys/fs/bpf/lbt-caps-{}-0", std::process::id());
+    let config = serde_json::json!({
+        "interfaces": [{"name": "a0"}],
+        "tunnel_source": {"ipv4": "198.51.100.2"},
+        "next_hop": {"fib": false, "gateway_mac": "02:00:00:00:00:fe"},
+        "tables": {"ring_size": 251, "conn_entries": 1024, "max_vips": 4, "max_backends": 16},
+        "pin_dir": pin_dir,
+        "control": {"socket": dir.join("lbd.sock")},
+        "vips": [{"address": "198.51.100.10", "port": 80, "protocol": "tcp", "backends": [{"address": "198.51.100.101"}]}],
+    });
+    let path = dir.join("lbd.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    // bpffs is mounted, as on a node; only the granted capabilities remain.
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", ns.name))
+        .arg("setpriv")
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .arg(binary("lbd"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = dir.join("lbd.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut up = false;
+    while std::time::Instant::now() < deadline {
+        let out = std::process::Command::new(binary("lbctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("status")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            up = true;
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        up,
+        "lbd did not start with {caps:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
