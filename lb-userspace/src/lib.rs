@@ -14,6 +14,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod sync;
+pub mod top;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -196,6 +196,23 @@ fn cp_every_lbctl_verb_changes_the_running_state() {
     lbd.json(&["apply", "-f", file.to_str().unwrap()]);
     assert_eq!(lbd.json(&["config", "dump"]), dump);
 
+    // `top` shows every VIP and backend with rates, health, weight, state.
+    let top = lbd.ctl(&["top", "--once"]);
+    let screen = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "{top:?}");
+    assert!(
+        screen.contains("VIP / BACKEND") && screen.contains(VIP_REF),
+        "{screen}"
+    );
+    for b in [B1, B2] {
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains(b) && l.contains("unchecked") && l.contains("active")),
+            "{b} in {screen}"
+        );
+    }
+
     // Human-readable output is a table with a header.
     let text = lbd.ctl(&["backend", "list"]);
     assert!(

@@ -44,6 +44,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
+    /// Live view of every VIP and backend, refreshed every second.
+    Top {
+        /// Print one screen (rates over one second) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Which backend a flow goes to, and why.
     Flow {
         src: IpAddr,
@@ -217,7 +223,9 @@ impl FromStr for CheckArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: `top` waits for keys with block_in_place.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
@@ -371,6 +379,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
             print_done,
         ),
         Cmd::Stats { interval } => return stats(cli, *interval).await,
+        Cmd::Top { once } => return lb_userspace::top::run(&cli.socket, *once).await,
         Cmd::Flow {
             src,
             sport,
