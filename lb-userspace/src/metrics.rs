@@ -156,6 +156,23 @@ impl Default for Metrics {
     }
 }
 
+/// Every metric family lbd exports (without the `lb_` prefix and the
+/// `_total` / `_bucket` suffixes of the text format), with its type.
+pub const EXPORTED: &[(&str, &str)] = &[
+    ("table_rebuilds", "counter"),
+    ("vip_packets", "counter"),
+    ("vip_bytes", "counter"),
+    ("vip_new_flows", "counter"),
+    ("vip_dropped", "counter"),
+    ("backend_packets", "counter"),
+    ("backend_bytes", "counter"),
+    ("backend_new_flows", "counter"),
+    ("backend_up", "gauge"),
+    ("health_check_seconds", "histogram"),
+    ("packets", "counter"),
+    ("attached", "gauge"),
+];
+
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
     let p = match protocol {
         Protocol::Tcp => "tcp",
@@ -286,5 +303,50 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_list_matches_what_is_registered() {
+        let m = Metrics::default();
+        let b = BackendLabels {
+            vip: "v".into(),
+            backend: "b".into(),
+        };
+        let v = VipLabels { vip: "v".into() };
+        m.vip_packets.get_or_create(&v).inc();
+        m.vip_bytes.get_or_create(&v).inc();
+        m.vip_new_flows.get_or_create(&v).inc();
+        m.vip_dropped.get_or_create(&v).inc();
+        m.backend_packets.get_or_create(&b).inc();
+        m.backend_bytes.get_or_create(&b).inc();
+        m.backend_new_flows.get_or_create(&b).inc();
+        m.backend_up.get_or_create(&b).set(1);
+        m.check_latency.get_or_create(&b).observe(0.001);
+        m.packets
+            .get_or_create(&ReasonLabels {
+                reason: "tx".into(),
+                kind: "forwarded".into(),
+            })
+            .inc();
+        m.attached
+            .get_or_create(&InterfaceLabels {
+                interface: "eth0".into(),
+                mode: "native".into(),
+            })
+            .set(1);
+        let text = m.render();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(types, EXPORTED.len(), "{text}");
+        for (name, kind) in EXPORTED {
+            assert!(
+                text.contains(&format!("# TYPE lb_{name} {kind}")),
+                "lb_{name} {kind} missing:\n{text}"
+            );
+        }
     }
 }

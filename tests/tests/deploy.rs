@@ -170,3 +170,31 @@ fn deploy_lbd_runs_with_only_the_daemonset_capabilities() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every metric the Grafana dashboard queries is one lbd exports.
+#[test]
+fn grafana_dashboard_queries_only_metrics_lbd_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/lbd-dashboard.json")).unwrap();
+    let exported = lb_userspace::metrics::EXPORTED;
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("lb_") {
+                    names.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        // Counters are exposed as NAME_total, histograms as NAME_bucket.
+        let family = name.trim_end_matches("_total").trim_end_matches("_bucket");
+        assert!(
+            exported.iter().any(|(n, _)| format!("lb_{n}") == family),
+            "{name} is not exported"
+        );
+    }
+}
