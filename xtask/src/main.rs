@@ -76,6 +76,25 @@ fn main() -> Result<()> {
                 "lb-tests",
                 "--example",
                 "bench",
+            ])?;
+            // The packet fuzzer's longer run: ten times CI's cases, a new seed.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(1);
+            println!("xtask: packet fuzzing, 300,000 cases, FUZZ_SEED={seed}");
+            // SAFETY: single-threaded here; the variables are for the child.
+            unsafe {
+                std::env::set_var("FUZZ_CASES", "300000");
+                std::env::set_var("FUZZ_SEED", seed.to_string());
+            }
+            cargo(&[
+                "test",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--test",
+                "fuzz_packets",
             ])
         }
         Cmd::Demo => {
