@@ -1,53 +1,130 @@
-//! Health checks: probes (TCP connect, HTTP GET, UDP request/reply), the
-//! rise/fall state machine with HAProxy's meaning, and a checker task per
-//! backend that reports every result to the daemon.
+//! Health checks of backends: one probe per check kind, the rise/fall state
+//! machine, and a checker task per (VIP, backend) pair that reports every
+//! probe to the daemon.
 //!
-//! A backend goes down after `fall` failures in a row while up, and up
-//! after `rise` successes in a row while down. A backend new to lbd starts
-//! down when checks are enabled (it must prove itself before it gets
-//! traffic); one adopted from a running data plane starts in the state the
-//! data plane had, so restarting lbd never blackholes traffic.
+//! The pieces are split so that each can be tested alone: [`probe`] does one
+//! bounded exchange and says what happened, [`HealthState`] turns a stream
+//! of results into up/down decisions without any I/O or clock, and
+//! [`spawn_checker`] only schedules the two and reports.
+//!
+//! Starting state: with checks enabled, a backend starts up only if the
+//! daemon says so (`initially_up`). lbd passes `true` for backends adopted
+//! from a data plane that survived a restart, so that restarting lbd never
+//! blackholes traffic that was flowing, and `false` for newly added ones,
+//! which must pass `rise` checks before they receive any traffic. A backend
+//! without checks is always up.
 
 use std::{
-    fmt::Debug,
+    fmt, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
     sync::mpsc,
     task::JoinHandle,
-    time::MissedTickBehavior,
+    time::{Instant, MissedTickBehavior},
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{CheckKind, HealthCheck};
 
-/// Where a check goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Longest HTTP status line we read: a real one is a few dozen bytes, and a
+/// server that sends more without a line end is not speaking HTTP.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// UDP receive buffer. Only a prefix of the reply is compared, so a longer
+/// datagram being truncated does not matter; the buffer only has to hold
+/// `expect`.
+const UDP_RECV_BUF: usize = 2048;
+
+/// How much of an unexpected reply to quote in a reason: enough to
+/// recognise it in `lbctl` output, short enough to keep reasons one-liners.
+const QUOTE_LEN: usize = 40;
+
+/// Identifies the software in backend access logs, so operators can filter
+/// health checks out.
+const USER_AGENT: &str = "lbd-health-check";
+
+/// Where a check goes: the backend's address and the check port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     pub addr: IpAddr,
     pub port: u16,
+}
+
+impl Target {
+    pub fn socket_addr(self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+}
+
+impl From<SocketAddr> for Target {
+    fn from(sock: SocketAddr) -> Self {
+        Self {
+            addr: sock.ip(),
+            port: sock.port(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    /// `192.0.2.1:80`, `[2001:db8::1]:80`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.socket_addr().fmt(f)
+    }
 }
 
 /// The outcome of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeResult {
     pub success: bool,
-    /// Short and human-readable: "connected", "HTTP 503", "timeout after 500 ms".
+    /// Short and human-readable, shown by `lbctl` and in logs: "connected",
+    /// "HTTP 503", "connect refused", "timeout after 500 ms", "no UDP reply
+    /// after 500 ms".
     pub reason: String,
+    /// From the start of the probe to its verdict (success, failure or
+    /// timeout); the daemon exports it as a metric.
     pub latency: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl ProbeResult {
+    /// The result of a check of kind `none`: nothing was sent, so nothing
+    /// can fail and no time passed.
+    fn unchecked() -> Self {
+        Self {
+            success: true,
+            reason: "not checked".into(),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// A change of a backend's health state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transition {
     Up,
     Down,
 }
 
-/// Consecutive-result counting with `rise` and `fall` thresholds.
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transition::Up => "up",
+            Transition::Down => "down",
+        })
+    }
+}
+
+/// Rise/fall counting with HAProxy's meaning: an up backend goes down after
+/// `fall` failures in a row, a down one comes up after `rise` successes in a
+/// row, and a result of one kind resets the count of the other, so a flapping
+/// backend never changes state.
+///
+/// Pure and synchronous, so that the rules can be tested exhaustively
+/// without sockets or clocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthState {
     rise: u32,
@@ -58,6 +135,9 @@ pub struct HealthState {
 }
 
 impl HealthState {
+    /// `rise` and `fall` of 0 are taken as 1: configuration validation
+    /// rejects 0, and "change state after no results" has no meaning.
+    /// `initially_up`: see the module documentation for who passes what.
     pub fn new(rise: u32, fall: u32, initially_up: bool) -> Self {
         Self {
             rise: rise.max(1),
@@ -72,45 +152,62 @@ impl HealthState {
         self.up
     }
 
-    /// Record one result; returns the transition it caused, if any.
-    pub fn record(&mut self, success: bool) -> Option<Transition> {
-        if success {
-            self.failures = 0;
-            self.successes = self.successes.saturating_add(1);
-            if !self.up && self.successes >= self.rise {
-                self.up = true;
-                return Some(Transition::Up);
-            }
-        } else {
-            self.successes = 0;
-            self.failures = self.failures.saturating_add(1);
-            if self.up && self.failures >= self.fall {
-                self.up = false;
-                return Some(Transition::Down);
-            }
-        }
-        None
+    /// Successes in a row up to now (0 after a failure).
+    pub fn consecutive_successes(&self) -> u32 {
+        self.successes
     }
 
-    /// Results of the current kind in a row.
-    pub fn streak(&self) -> u32 {
-        self.successes.max(self.failures)
+    /// Failures in a row up to now (0 after a success).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Count one probe result; returns the transition it caused, if any.
+    pub fn record(&mut self, success: bool) -> Option<Transition> {
+        if success {
+            self.record_success()
+        } else {
+            self.record_failure()
+        }
+    }
+
+    fn record_success(&mut self) -> Option<Transition> {
+        self.failures = 0;
+        self.successes = self.successes.saturating_add(1);
+        if self.up || self.successes < self.rise {
+            return None;
+        }
+        self.up = true;
+        Some(Transition::Up)
+    }
+
+    fn record_failure(&mut self) -> Option<Transition> {
+        self.successes = 0;
+        self.failures = self.failures.saturating_add(1);
+        if !self.up || self.failures < self.fall {
+            return None;
+        }
+        self.up = false;
+        Some(Transition::Down)
     }
 }
 
-/// One probe of `target` as `check` says, bounded by its timeout.
+/// A probe's verdict before timing is added: `Ok(reason)` is a success,
+/// `Err(reason)` a failure.
+type Verdict = Result<String, String>;
+
+/// Probe `target` once as `check` says. The whole exchange (connect, send,
+/// receive) is bounded by `check.timeout_ms`, so a probe never takes longer
+/// than that however the backend misbehaves. Never panics and never returns
+/// an error: every problem is a failed probe with a reason.
 pub async fn probe(check: &HealthCheck, target: Target) -> ProbeResult {
+    if check.kind == CheckKind::None {
+        return ProbeResult::unchecked();
+    }
     let started = Instant::now();
-    let timeout = Duration::from_millis(check.timeout_ms);
-    let outcome = match check.kind {
-        CheckKind::None => Ok("not checked".to_string()),
-        kind => match tokio::time::timeout(timeout, run(kind, check, target)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("timeout after {} ms", check.timeout_ms)),
-        },
-    };
+    let verdict = bounded(check, target).await;
     let latency = started.elapsed();
-    match outcome {
+    match verdict {
         Ok(reason) => ProbeResult {
             success: true,
             reason,
@@ -124,69 +221,69 @@ pub async fn probe(check: &HealthCheck, target: Target) -> ProbeResult {
     }
 }
 
-async fn run(kind: CheckKind, check: &HealthCheck, target: Target) -> Result<String, String> {
-    let sock = SocketAddr::new(target.addr, target.port);
-    match kind {
-        CheckKind::None => Ok("not checked".into()),
-        CheckKind::Tcp => TcpStream::connect(sock)
-            .await
-            .map(|_| "connected".into())
-            .map_err(io_reason),
-        CheckKind::Http => http(check, target).await,
-        CheckKind::Udp => udp(check, sock).await,
-    }
-}
-
-fn io_reason(e: std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-        _ => e.to_string(),
-    }
-}
-
-async fn http(check: &HealthCheck, target: Target) -> Result<String, String> {
-    let mut stream = TcpStream::connect((target.addr, target.port))
-        .await
-        .map_err(io_reason)?;
-    let host = match &check.host {
-        Some(h) => h.clone(),
-        None if target.addr.is_ipv6() => format!("[{}]", target.addr),
-        None => target.addr.to_string(),
+/// Run the probe of `check.kind` under the check's timeout.
+async fn bounded(check: &HealthCheck, target: Target) -> Verdict {
+    let limit = Duration::from_millis(check.timeout_ms);
+    let exchange = async {
+        match check.kind {
+            CheckKind::None => Ok(ProbeResult::unchecked().reason),
+            CheckKind::Tcp => probe_tcp(target).await,
+            CheckKind::Http => probe_http(check, target).await,
+            CheckKind::Udp => probe_udp(check, target).await,
+        }
     };
-    let path = check.path.as_deref().unwrap_or("/");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lbd-health-check\r\nConnection: close\r\n\r\n"
-    );
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(verdict) => verdict,
+        // UDP has no connection: the only thing that can take time is the
+        // wait for the reply, so say so.
+        Err(_) if check.kind == CheckKind::Udp => {
+            Err(format!("no UDP reply after {} ms", check.timeout_ms))
+        }
+        Err(_) => Err(format!("timeout after {} ms", check.timeout_ms)),
+    }
+}
+
+/// TCP: the backend is up if it accepts a connection.
+async fn probe_tcp(target: Target) -> Verdict {
+    connect(target).await.map(|_| "connected".to_string())
+}
+
+async fn connect(target: Target) -> Result<TcpStream, String> {
+    TcpStream::connect(target.socket_addr())
+        .await
+        .map_err(|e| connect_reason(&e))
+}
+
+fn connect_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connect refused".into(),
+        io::ErrorKind::HostUnreachable => "host unreachable".into(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        _ => format!("connect failed: {e}"),
+    }
+}
+
+/// Reason for an error on an established exchange; `what` says which step.
+fn io_reason(what: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset => format!("{what}: connection reset"),
+        io::ErrorKind::BrokenPipe => format!("{what}: connection closed"),
+        _ => format!("{what}: {e}"),
+    }
+}
+
+/// HTTP: a plain HTTP/1.1 GET; a 2xx or 3xx status is up. Only the status
+/// line is read: headers and body say nothing more about health, and not
+/// reading them keeps the probe cheap for both sides.
+async fn probe_http(check: &HealthCheck, target: Target) -> Verdict {
+    let request = http_request(check, target.addr)?;
+    let mut stream = connect(target).await?;
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(io_reason)?;
-    // The status line is all we need; read until its end or 1 KiB.
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') && buf.len() < 1024 {
-        let n = stream.read(&mut chunk).await.map_err(io_reason)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let line = line.lines().next().unwrap_or("");
-    let mut parts = line.split_whitespace();
-    let code = match (
-        parts.next(),
-        parts.next().and_then(|c| c.parse::<u16>().ok()),
-    ) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/") => code,
-        _ => {
-            return Err(format!(
-                "not an HTTP response: {:?}",
-                line.chars().take(40).collect::<String>()
-            ));
-        }
-    };
+        .map_err(|e| io_reason("send failed", &e))?;
+    let line = read_status_line(&mut stream).await?;
+    let code = parse_status_line(&line)?;
     if (200..400).contains(&code) {
         Ok(format!("HTTP {code}"))
     } else {
@@ -194,278 +291,804 @@ async fn http(check: &HealthCheck, target: Target) -> Result<String, String> {
     }
 }
 
-async fn udp(check: &HealthCheck, target: SocketAddr) -> Result<String, String> {
-    let local: SocketAddr = if target.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await.map_err(io_reason)?;
-    socket.connect(target).await.map_err(io_reason)?;
-    let payload = check.payload.as_deref().unwrap_or("");
-    socket.send(payload.as_bytes()).await.map_err(io_reason)?;
-    let mut buf = [0u8; 2048];
-    let n = socket.recv(&mut buf).await.map_err(|e| match e.kind() {
-        // An ICMP port unreachable comes back as a refused receive.
-        std::io::ErrorKind::ConnectionRefused => "port unreachable".to_string(),
-        _ => io_reason(e),
-    })?;
-    match &check.expect {
-        Some(prefix) if !buf[..n].starts_with(prefix.as_bytes()) => {
-            Err("unexpected UDP reply".into())
-        }
-        _ => Ok(format!("UDP reply of {n} bytes")),
+/// The request bytes. `Connection: close` tells the server not to keep the
+/// connection open for another request that will never come.
+fn http_request(check: &HealthCheck, addr: IpAddr) -> Result<String, String> {
+    let path = check.path.as_deref().unwrap_or("/");
+    let host = check.host.clone().unwrap_or_else(|| host_of(addr));
+    // Configuration text goes into the request verbatim: refuse anything
+    // that would end the request line or a header early.
+    if !is_request_token(path) {
+        return Err(format!("invalid HTTP path {path:?}"));
+    }
+    if !is_request_token(&host) {
+        return Err(format!("invalid HTTP host {host:?}"));
+    }
+    Ok(format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n"
+    ))
+}
+
+/// The default Host header: the address, bracketed for IPv6 as in a URL.
+fn host_of(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
     }
 }
 
-/// What a checker reports after every probe.
-#[derive(Clone, Debug)]
+fn is_request_token(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Read up to the end of the first line (without its CR LF). Reads can end
+/// anywhere, so bytes are gathered until a line end arrives.
+async fn read_status_line(stream: &mut (impl AsyncRead + Unpin)) -> Result<String, String> {
+    let mut line = Vec::with_capacity(128);
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            break;
+        }
+        if line.len() >= MAX_STATUS_LINE {
+            return Err(format!("bad HTTP status line {}", quote(&line)));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| io_reason("read failed", &e))?;
+        if n == 0 {
+            return Err(closed_early(&line));
+        }
+        line.extend_from_slice(&chunk[..n]);
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn closed_early(partial: &[u8]) -> String {
+    if partial.is_empty() {
+        "connection closed without a response".into()
+    } else {
+        format!("connection closed in status line {}", quote(partial))
+    }
+}
+
+/// The status code of `HTTP/1.1 200 OK`: a version starting `HTTP/`, then a
+/// three-digit code, then an optional reason phrase.
+fn parse_status_line(line: &str) -> Result<u16, String> {
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    let well_formed =
+        version.starts_with("HTTP/") && code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
+    let bad = || format!("bad HTTP status line {}", quote(line.as_bytes()));
+    if !well_formed {
+        return Err(bad());
+    }
+    code.parse().map_err(|_| bad())
+}
+
+/// The start of some received bytes, quoted and escaped for a reason.
+fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let head: String = text.chars().take(QUOTE_LEN).collect();
+    format!("{head:?}")
+}
+
+/// UDP: send `payload`, and the backend is up if a reply comes back (that
+/// starts with `expect`, if set). The socket is connected so that only the
+/// backend's replies are received and an ICMP port unreachable ends the
+/// probe at once instead of waiting for the timeout.
+async fn probe_udp(check: &HealthCheck, target: Target) -> Verdict {
+    let socket = UdpSocket::bind(wildcard_of(target.addr))
+        .await
+        .map_err(|e| format!("bind failed: {e}"))?;
+    socket
+        .connect(target.socket_addr())
+        .await
+        .map_err(|e| connect_reason(&e))?;
+    let payload = check.payload.as_deref().unwrap_or_default();
+    socket
+        .send(payload.as_bytes())
+        .await
+        .map_err(|e| udp_reason("send failed", &e))?;
+    let expect = check.expect.as_deref().unwrap_or_default().as_bytes();
+    let mut buf = vec![0u8; UDP_RECV_BUF.max(expect.len())];
+    let n = socket
+        .recv(&mut buf)
+        .await
+        .map_err(|e| udp_reason("receive failed", &e))?;
+    let reply = &buf[..n];
+    if reply.starts_with(expect) {
+        Ok("UDP reply".into())
+    } else {
+        Err(format!("unexpected UDP reply {}", quote(reply)))
+    }
+}
+
+/// The unspecified address and an ephemeral port, of `addr`'s family.
+fn wildcard_of(addr: IpAddr) -> SocketAddr {
+    match addr {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// On a connected UDP socket, an ICMP port unreachable from the backend
+/// surfaces as "connection refused".
+fn udp_reason(what: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "port unreachable".into(),
+        _ => io_reason(what, e),
+    }
+}
+
+/// What a checker reports after every probe: the daemon uses `result` for
+/// metrics and `lbctl` output, and `up` (or `transition`) for forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthEvent<K> {
     pub key: K,
     pub result: ProbeResult,
+    /// The state change this probe caused, if any.
     pub transition: Option<Transition>,
-    /// State after this probe.
+    /// The state after this probe.
     pub up: bool,
 }
 
-/// Probe `target` every `check.interval_ms` until the receiver goes away.
-/// Without checks, one event (up) is sent and the task ends.
-pub fn spawn_checker<K: Clone + Debug + Send + 'static>(
+/// Check `target` every `check.interval_ms` and send a [`HealthEvent`] to
+/// `tx` after every probe, until the receiver is dropped (the daemon drops
+/// it, or aborts the handle, when the backend goes away).
+///
+/// The first probe runs at once, so a new backend's state is known within
+/// one timeout. Ticks that are missed because a probe ran long are delayed,
+/// not bunched: a slow backend is never probed in a burst.
+///
+/// For kind `none` one event is sent (up, with a transition to up if the
+/// backend was not `initially_up`) and the task ends: there is nothing to
+/// watch.
+pub fn spawn_checker<K>(
     check: HealthCheck,
     target: Target,
     key: K,
     initially_up: bool,
     tx: mpsc::Sender<HealthEvent<K>>,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    K: Clone + Send + fmt::Debug + 'static,
+{
     tokio::spawn(async move {
         if check.kind == CheckKind::None {
-            let result = ProbeResult {
-                success: true,
-                reason: "not checked".into(),
-                latency: Duration::ZERO,
-            };
-            let _ = tx
-                .send(HealthEvent {
-                    key,
-                    result,
-                    transition: None,
-                    up: true,
-                })
-                .await;
-            return;
-        }
-        let mut state = HealthState::new(check.rise, check.fall, initially_up);
-        let mut ticker = tokio::time::interval(Duration::from_millis(check.interval_ms));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let result = probe(&check, target).await;
-            let transition = state.record(result.success);
-            if let Some(t) = transition {
-                info!(
-                    backend = %target.addr,
-                    port = target.port,
-                    reason = %result.reason,
-                    streak = state.streak(),
-                    "health check: backend {}",
-                    if t == Transition::Up { "up" } else { "down" }
-                );
-            }
-            let event = HealthEvent {
-                key: key.clone(),
-                result,
-                transition,
-                up: state.is_up(),
-            };
-            if tx.send(event).await.is_err() {
-                return;
-            }
+            report_unchecked(key, initially_up, &tx).await;
+        } else {
+            run_checker(check, target, key, initially_up, tx).await;
         }
     })
 }
 
+async fn report_unchecked<K>(key: K, initially_up: bool, tx: &mpsc::Sender<HealthEvent<K>>) {
+    let event = HealthEvent {
+        key,
+        result: ProbeResult::unchecked(),
+        transition: (!initially_up).then_some(Transition::Up),
+        up: true,
+    };
+    // A dropped receiver means nobody wants this backend's state any more.
+    let _ = tx.send(event).await;
+}
+
+async fn run_checker<K: Clone + fmt::Debug>(
+    check: HealthCheck,
+    target: Target,
+    key: K,
+    initially_up: bool,
+    tx: mpsc::Sender<HealthEvent<K>>,
+) {
+    let mut state = HealthState::new(check.rise, check.fall, initially_up);
+    // A zero period would panic; validation rejects it, this keeps it so.
+    let period = Duration::from_millis(check.interval_ms.max(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let next = async {
+            ticker.tick().await;
+            probe(&check, target).await
+        };
+        // Stop as soon as the receiver goes, not only at the next send.
+        let result = tokio::select! {
+            () = tx.closed() => return,
+            result = next => result,
+        };
+        let transition = state.record(result.success);
+        log_probe(target, &key, &result, transition, &state);
+        let event = HealthEvent {
+            key: key.clone(),
+            result,
+            transition,
+            up: state.is_up(),
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Transitions at info level (they change forwarding); single results at
+/// debug level (there is one per backend per interval).
+fn log_probe<K: fmt::Debug>(
+    target: Target,
+    key: &K,
+    result: &ProbeResult,
+    transition: Option<Transition>,
+    state: &HealthState,
+) {
+    let consecutive = if result.success {
+        state.consecutive_successes()
+    } else {
+        state.consecutive_failures()
+    };
+    match transition {
+        Some(t) => info!(
+            backend = %target.addr,
+            port = target.port,
+            key = ?key,
+            state = %t,
+            reason = %result.reason,
+            consecutive,
+            latency = ?result.latency,
+            "health check: backend {t}"
+        ),
+        None => debug!(
+            backend = %target.addr,
+            port = target.port,
+            key = ?key,
+            success = result.success,
+            reason = %result.reason,
+            consecutive,
+            latency = ?result.latency,
+            "health check"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener as StdListener;
+    //! Every probe test talks to a server the test opens itself on loopback;
+    //! every wait is bounded by `PATIENCE` so a bug fails instead of hanging.
 
-    use tokio::net::TcpListener;
+    use tokio::{net::TcpListener, time::timeout};
 
     use super::*;
+
+    const LOOP4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const LOOP6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    const PATIENCE: Duration = Duration::from_secs(2);
 
     fn check(kind: CheckKind) -> HealthCheck {
         HealthCheck {
             kind,
-            timeout_ms: 200,
             interval_ms: 50,
+            timeout_ms: 100,
             rise: 2,
             fall: 3,
             ..HealthCheck::default()
         }
     }
 
-    fn local(port: u16) -> Target {
-        Target {
-            addr: IpAddr::from([127, 0, 0, 1]),
-            port,
-        }
+    fn at(addr: IpAddr, port: u16) -> Target {
+        Target { addr, port }
     }
 
-    fn free_port() -> u16 {
-        StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    /// Loopback addresses to test on: IPv6 only where the host has it
+    /// (some containers run without).
+    fn loopbacks() -> Vec<IpAddr> {
+        let v6 = std::net::TcpListener::bind((LOOP6, 0)).is_ok();
+        if !v6 {
+            eprintln!("no IPv6 loopback: testing IPv4 only");
+        }
+        [Some(LOOP4), v6.then_some(LOOP6)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// A port nothing listens on: bound, then released.
+    async fn closed_port(addr: IpAddr) -> u16 {
+        let listener = TcpListener::bind((addr, 0)).await.unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    // --- state machine ---
+
+    fn feed(state: &mut HealthState, results: &[bool]) -> Vec<Option<Transition>> {
+        results.iter().map(|&r| state.record(r)).collect()
     }
 
     #[test]
-    fn state_machine_follows_rise_and_fall() {
+    fn initial_state_is_what_the_daemon_says() {
+        assert!(HealthState::new(2, 3, true).is_up());
+        assert!(!HealthState::new(2, 3, false).is_up());
+    }
+
+    #[test]
+    fn up_backend_goes_down_after_fall_failures() {
         let mut s = HealthState::new(2, 3, true);
-        assert_eq!([false, false].map(|r| s.record(r)), [None, None]);
-        assert_eq!(s.record(true), None, "a success resets the failure count");
-        assert_eq!(
-            [false, false, false].map(|r| s.record(r)),
-            [None, None, Some(Transition::Down)]
-        );
+        assert_eq!(feed(&mut s, &[false, false]), [None, None]);
+        assert!(s.is_up());
+        assert_eq!(s.consecutive_failures(), 2);
+        assert_eq!(s.record(false), Some(Transition::Down));
         assert!(!s.is_up());
+        assert_eq!(feed(&mut s, &[false, false]), [None, None], "already down");
+        assert_eq!(s.consecutive_failures(), 5);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let mut s = HealthState::new(2, 3, true);
+        let results = [false, false, true, false, false];
+        assert_eq!(feed(&mut s, &results), [None; 5]);
+        assert!(s.is_up());
         assert_eq!(
-            [true, false, true, true].map(|r| s.record(r)),
-            [None, None, None, Some(Transition::Up)]
+            (s.consecutive_successes(), s.consecutive_failures()),
+            (0, 2)
         );
-        let mut new = HealthState::new(2, 3, false);
-        assert_eq!(new.record(true), None);
-        assert_eq!(new.record(true), Some(Transition::Up));
+        assert_eq!(s.record(false), Some(Transition::Down));
+    }
+
+    #[test]
+    fn down_backend_comes_up_after_rise_successes() {
+        let mut s = HealthState::new(2, 3, false);
+        assert_eq!(s.record(true), None);
+        assert_eq!(s.consecutive_successes(), 1);
+        assert_eq!(s.record(true), Some(Transition::Up));
+        assert!(s.is_up());
+        assert_eq!(s.record(true), None, "already up");
+    }
+
+    #[test]
+    fn a_failure_resets_the_success_count() {
+        let mut s = HealthState::new(3, 3, false);
+        let results = [true, true, false, true, true];
+        assert_eq!(feed(&mut s, &results), [None; 5]);
+        assert!(!s.is_up());
+        assert_eq!(s.record(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn full_cycle_down_and_up_again() {
+        let mut s = HealthState::new(2, 2, true);
+        let results = [true, false, false, true, false, true, true, false];
+        let expected = [
+            None,
+            None,
+            Some(Transition::Down),
+            None,
+            None,
+            None,
+            Some(Transition::Up),
+            None,
+        ];
+        assert_eq!(feed(&mut s, &results), expected);
+    }
+
+    #[test]
+    fn thresholds_of_one_act_on_every_result() {
+        let mut s = HealthState::new(1, 1, true);
+        let results = [false, true, false];
+        let expected = [
+            Some(Transition::Down),
+            Some(Transition::Up),
+            Some(Transition::Down),
+        ];
+        assert_eq!(feed(&mut s, &results), expected);
+    }
+
+    #[test]
+    fn zero_thresholds_count_as_one() {
+        let mut s = HealthState::new(0, 0, true);
+        assert_eq!(s.record(false), Some(Transition::Down));
+        assert_eq!(s.record(true), Some(Transition::Up));
+    }
+
+    // --- kind none ---
+
+    #[tokio::test]
+    async fn unchecked_backend_is_up_without_io() {
+        // TEST-NET-1, port 0: any real I/O would fail.
+        let nowhere = at(IpAddr::from([192, 0, 2, 1]), 0);
+        let r = probe(&check(CheckKind::None), nowhere).await;
+        assert_eq!(r, ProbeResult::unchecked());
+    }
+
+    // --- TCP ---
+
+    #[tokio::test]
+    async fn tcp_is_up_when_a_listener_accepts() {
+        for addr in loopbacks() {
+            let listener = TcpListener::bind((addr, 0)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let r = probe(&check(CheckKind::Tcp), at(addr, port)).await;
+            assert_eq!(
+                (r.success, r.reason.as_str()),
+                (true, "connected"),
+                "{addr}"
+            );
+        }
     }
 
     #[tokio::test]
-    async fn tcp_check_sees_listener_and_refusal() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(probe(&check(CheckKind::Tcp), local(port)).await.success);
-        let closed = free_port();
-        let r = probe(&check(CheckKind::Tcp), local(closed)).await;
-        assert_eq!(
-            (r.success, r.reason.as_str()),
-            (false, "connection refused")
-        );
+    async fn tcp_is_down_when_refused() {
+        for addr in loopbacks() {
+            let port = closed_port(addr).await;
+            let r = probe(&check(CheckKind::Tcp), at(addr, port)).await;
+            assert_eq!(
+                (r.success, r.reason.as_str()),
+                (false, "connect refused"),
+                "{addr}"
+            );
+        }
     }
 
-    async fn http_server(response: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // --- HTTP ---
+
+    /// A one-shot HTTP server: accepts one connection, reads the request
+    /// head, writes `response` and closes. Yields the request it got.
+    async fn http_server(addr: IpAddr, response: &'static [u8]) -> (u16, JoinHandle<String>) {
+        let listener = TcpListener::bind((addr, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 1024];
-            let n = s.read(&mut buf).await.unwrap();
-            s.write_all(response.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let request = read_head(&mut conn).await;
+            conn.write_all(response).await.unwrap();
+            request
         });
-        (port, task)
+        (port, server)
+    }
+
+    async fn read_head(conn: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            let n = conn.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    async fn http_probe(check: &HealthCheck, response: &'static [u8]) -> (ProbeResult, String) {
+        let (port, server) = http_server(LOOP4, response).await;
+        let r = probe(check, at(LOOP4, port)).await;
+        let request = timeout(PATIENCE, server).await.unwrap().unwrap();
+        (r, request)
     }
 
     #[tokio::test]
-    async fn http_check_sends_path_and_host_and_reads_the_status() {
-        let (port, server) = http_server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    async fn http_sends_the_configured_path_and_host() {
         let mut c = check(CheckKind::Http);
-        c.path = Some("/healthz".into());
+        c.path = Some("/healthz?full=1".into());
         c.host = Some("api.example".into());
-        let r = probe(&c, local(port)).await;
+        let (r, request) = http_probe(&c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
         assert_eq!((r.success, r.reason.as_str()), (true, "HTTP 200"));
-        let request = server.await.unwrap();
-        assert!(
-            request.starts_with("GET /healthz HTTP/1.1\r\nHost: api.example\r\n"),
-            "{request}"
+        assert_eq!(
+            request,
+            "GET /healthz?full=1 HTTP/1.1\r\nHost: api.example\r\n\
+             User-Agent: lbd-health-check\r\nConnection: close\r\n\r\n"
         );
+    }
 
-        for (response, up, reason) in [
-            ("HTTP/1.1 302 Found\r\n\r\n", true, "HTTP 302"),
+    #[tokio::test]
+    async fn http_defaults_to_slash_and_the_address_as_host() {
+        for addr in loopbacks() {
+            let (port, server) = http_server(addr, b"HTTP/1.0 204 No Content\r\n\r\n").await;
+            let r = probe(&check(CheckKind::Http), at(addr, port)).await;
+            assert!(r.success, "{addr}: {}", r.reason);
+            let request = timeout(PATIENCE, server).await.unwrap().unwrap();
+            let host = match addr {
+                IpAddr::V4(_) => "127.0.0.1",
+                IpAddr::V6(_) => "[::1]",
+            };
+            let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\n");
+            assert!(request.starts_with(&head), "{request:?}");
+            assert!(request.contains("\r\nConnection: close\r\n"), "{request:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http_2xx_and_3xx_are_up_others_down() {
+        let cases: [(&[u8], bool, &str); 5] = [
+            (b"HTTP/1.1 200 OK\r\n\r\n", true, "HTTP 200"),
             (
-                "HTTP/1.1 503 Service Unavailable\r\n\r\n",
+                b"HTTP/1.1 302 Found\r\nLocation: /\r\n\r\n",
+                true,
+                "HTTP 302",
+            ),
+            (b"HTTP/1.1 404 Not Found\r\n\r\n", false, "HTTP 404"),
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
                 false,
                 "HTTP 503",
             ),
-            (
-                "SSH-2.0-OpenSSH\r\n",
-                false,
-                "not an HTTP response: \"SSH-2.0-OpenSSH\"",
-            ),
-        ] {
-            let (port, _server) = http_server(response).await;
-            let r = probe(&check(CheckKind::Http), local(port)).await;
-            assert_eq!((r.success, r.reason.as_str()), (up, reason));
+            (b"HTTP/1.1 100 Continue\r\n\r\n", false, "HTTP 100"),
+        ];
+        for (response, success, reason) in cases {
+            let (r, _) = http_probe(&check(CheckKind::Http), response).await;
+            assert_eq!((r.success, r.reason.as_str()), (success, reason));
         }
     }
 
     #[tokio::test]
-    async fn http_check_times_out_on_a_silent_server() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn http_garbage_is_down() {
+        let cases: [(&[u8], &str); 4] = [
+            (
+                b"SSH-2.0-OpenSSH_9.6\r\n",
+                r#"bad HTTP status line "SSH-2.0-OpenSSH_9.6""#,
+            ),
+            (
+                b"HTTP/1.1 2000 OK\r\n\r\n",
+                r#"bad HTTP status line "HTTP/1.1 2000 OK""#,
+            ),
+            (b"", "connection closed without a response"),
+            (
+                b"HTTP/1.1 20",
+                r#"connection closed in status line "HTTP/1.1 20""#,
+            ),
+        ];
+        for (response, reason) in cases {
+            let (r, _) = http_probe(&check(CheckKind::Http), response).await;
+            assert_eq!((r.success, r.reason.as_str()), (false, reason));
+        }
+    }
+
+    #[tokio::test]
+    async fn http_status_line_may_arrive_in_pieces() {
+        let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let _hold = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            drop(s);
+        let _server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            read_head(&mut conn).await;
+            for piece in [&b"HTTP/1.1 2"[..], b"00 O", b"K\r\n\r\n"] {
+                conn.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         });
-        let r = probe(&check(CheckKind::Http), local(port)).await;
+        let r = probe(&check(CheckKind::Http), at(LOOP4, port)).await;
+        assert_eq!((r.success, r.reason.as_str()), (true, "HTTP 200"));
+    }
+
+    #[tokio::test]
+    async fn http_silent_server_times_out() {
+        let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and reads, never answers; held until the test ends.
+        let _server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            read_head(&mut conn).await;
+            std::future::pending::<()>().await;
+        });
+        let r = probe(&check(CheckKind::Http), at(LOOP4, port)).await;
         assert_eq!(
             (r.success, r.reason.as_str()),
-            (false, "timeout after 200 ms")
+            (false, "timeout after 100 ms")
         );
+        assert!(r.latency >= Duration::from_millis(100), "{:?}", r.latency);
+        assert!(r.latency < Duration::from_millis(500), "{:?}", r.latency);
     }
 
     #[tokio::test]
-    async fn udp_check_needs_a_matching_reply() {
-        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = server.local_addr().unwrap().port();
+    async fn http_refused_is_down() {
+        let port = closed_port(LOOP4).await;
+        let r = probe(&check(CheckKind::Http), at(LOOP4, port)).await;
+        assert_eq!((r.success, r.reason.as_str()), (false, "connect refused"));
+    }
+
+    #[tokio::test]
+    async fn http_refuses_to_send_a_broken_request() {
+        let port = closed_port(LOOP4).await;
+        let mut c = check(CheckKind::Http);
+        c.path = Some("/x HTTP/1.1\r\nX-Evil: 1".into());
+        let r = probe(&c, at(LOOP4, port)).await;
+        assert!(!r.success);
+        assert!(r.reason.starts_with("invalid HTTP path"), "{}", r.reason);
+    }
+
+    // --- UDP ---
+
+    /// A UDP server answering every datagram with `reply(datagram)`. Yields
+    /// its port and a channel of the datagrams it received.
+    async fn udp_server(
+        addr: IpAddr,
+        reply: fn(&[u8]) -> Vec<u8>,
+    ) -> (u16, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let socket = UdpSocket::bind((addr, 0)).await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let (seen_tx, seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut buf = [0u8; 64];
+            let mut buf = [0u8; 1500];
             loop {
-                let (n, from) = server.recv_from(&mut buf).await.unwrap();
-                let reply = if &buf[..n] == b"ping" {
-                    &b"pong"[..]
-                } else {
-                    &b"what"[..]
-                };
-                server.send_to(reply, from).await.unwrap();
+                let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+                let _ = seen_tx.send(buf[..n].to_vec());
+                socket.send_to(&reply(&buf[..n]), from).await.unwrap();
             }
         });
-        let mut c = check(CheckKind::Udp);
-        c.payload = Some("ping".into());
-        c.expect = Some("pong".into());
-        assert!(probe(&c, local(port)).await.success);
-        c.payload = Some("hello".into());
-        assert_eq!(probe(&c, local(port)).await.reason, "unexpected UDP reply");
-        let silent = free_port();
-        assert!(!probe(&c, local(silent)).await.success);
+        (port, seen)
+    }
+
+    fn udp_check(payload: &str, expect: Option<&str>) -> HealthCheck {
+        HealthCheck {
+            payload: Some(payload.into()),
+            expect: expect.map(Into::into),
+            ..check(CheckKind::Udp)
+        }
     }
 
     #[tokio::test]
-    async fn checker_reports_down_then_up() {
-        let listener = StdListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, mut rx) = mpsc::channel(64);
-        let _task = spawn_checker(check(CheckKind::Tcp), local(port), "b1", true, tx);
-        assert!(rx.recv().await.unwrap().up);
-        drop(listener);
-        let went_down = Instant::now();
-        loop {
-            let ev = rx.recv().await.unwrap();
-            if ev.transition == Some(Transition::Down) {
-                break;
-            }
+    async fn udp_echo_is_up() {
+        for addr in loopbacks() {
+            let (port, mut seen) = udp_server(addr, <[u8]>::to_vec).await;
+            let r = probe(&udp_check("ping", None), at(addr, port)).await;
+            assert_eq!(
+                (r.success, r.reason.as_str()),
+                (true, "UDP reply"),
+                "{addr}"
+            );
+            assert_eq!(seen.recv().await.unwrap(), b"ping");
         }
-        // fall (3) x interval (50 ms), with slack.
-        assert!(
-            went_down.elapsed() < Duration::from_millis(600),
-            "{:?}",
-            went_down.elapsed()
+    }
+
+    #[tokio::test]
+    async fn udp_reply_must_start_with_expect() {
+        let (port, _seen) = udp_server(LOOP4, |_| b"PONG v2".to_vec()).await;
+        let ok = probe(&udp_check("PING", Some("PONG")), at(LOOP4, port)).await;
+        assert_eq!((ok.success, ok.reason.as_str()), (true, "UDP reply"));
+        let bad = probe(&udp_check("PING", Some("PONG v3")), at(LOOP4, port)).await;
+        assert_eq!(
+            (bad.success, bad.reason.as_str()),
+            (false, r#"unexpected UDP reply "PONG v2""#)
         );
-        let _back = StdListener::bind(("127.0.0.1", port)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn udp_without_reply_is_down() {
+        // Bound, so no port unreachable comes back, but never read.
+        let silent = UdpSocket::bind((LOOP4, 0)).await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let r = probe(&udp_check("ping", None), at(LOOP4, port)).await;
+        assert_eq!(
+            (r.success, r.reason.as_str()),
+            (false, "no UDP reply after 100 ms")
+        );
+    }
+
+    #[tokio::test]
+    async fn udp_port_unreachable_is_down_at_once() {
+        let port = {
+            let socket = UdpSocket::bind((LOOP4, 0)).await.unwrap();
+            socket.local_addr().unwrap().port()
+        };
+        let r = probe(&udp_check("ping", None), at(LOOP4, port)).await;
+        assert_eq!((r.success, r.reason.as_str()), (false, "port unreachable"));
+        assert!(r.latency < Duration::from_millis(100), "{:?}", r.latency);
+    }
+
+    // --- checker task ---
+
+    async fn next_event<K>(rx: &mut mpsc::Receiver<HealthEvent<K>>) -> HealthEvent<K> {
+        timeout(PATIENCE, rx.recv())
+            .await
+            .expect("no health event in time")
+            .expect("checker ended")
+    }
+
+    /// Wait for `transition`; returns how many results of its kind came
+    /// in a row, ending with the one that caused it.
+    async fn streak_until<K: fmt::Debug>(
+        rx: &mut mpsc::Receiver<HealthEvent<K>>,
+        transition: Transition,
+    ) -> u32 {
+        let wanted = transition == Transition::Up;
+        let mut streak = 0;
         loop {
-            let ev = rx.recv().await.unwrap();
-            if ev.transition == Some(Transition::Up) {
-                assert!(ev.up);
-                break;
+            let ev = next_event(rx).await;
+            streak = if ev.result.success == wanted {
+                streak + 1
+            } else {
+                0
+            };
+            if let Some(t) = ev.transition {
+                assert_eq!(t, transition, "{ev:?}");
+                assert_eq!(ev.up, wanted);
+                return streak;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn checker_reports_down_then_up_again() {
+        let c = HealthCheck {
+            timeout_ms: 50,
+            ..check(CheckKind::Tcp)
+        };
+        let (interval, rise, fall) = (Duration::from_millis(50), c.rise, c.fall);
+        let slack = Duration::from_millis(250);
+        let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = spawn_checker(c, at(LOOP4, port), "web-1", true, tx);
+
+        let first = next_event(&mut rx).await;
+        assert_eq!(first.key, "web-1");
+        assert!(first.result.success && first.up && first.transition.is_none());
+
+        drop(listener);
+        let gone = Instant::now();
+        assert_eq!(streak_until(&mut rx, Transition::Down).await, fall);
+        assert!(
+            gone.elapsed() < interval * fall + slack,
+            "{:?}",
+            gone.elapsed()
+        );
+
+        // tokio sets SO_REUSEADDR, so the same port can be bound again.
+        let _back = TcpListener::bind((LOOP4, port)).await.unwrap();
+        let back = Instant::now();
+        assert_eq!(streak_until(&mut rx, Transition::Up).await, rise);
+        assert!(
+            back.elapsed() < interval * rise + slack,
+            "{:?}",
+            back.elapsed()
+        );
+
+        drop(rx);
+        timeout(PATIENCE, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn new_backend_must_pass_rise_checks() {
+        let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut rx) = mpsc::channel(16);
+        let _task = spawn_checker(check(CheckKind::Tcp), at(LOOP4, port), 7u32, false, tx);
+        let first = next_event(&mut rx).await;
+        assert!(first.result.success && !first.up && first.transition.is_none());
+        let second = next_event(&mut rx).await;
+        assert_eq!((second.transition, second.up), (Some(Transition::Up), true));
+    }
+
+    #[tokio::test]
+    async fn unchecked_backend_gets_one_event_and_the_task_ends() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let nowhere = at(IpAddr::from([192, 0, 2, 1]), 0);
+        let task = spawn_checker(check(CheckKind::None), nowhere, "b", false, tx);
+        let ev = next_event(&mut rx).await;
+        assert_eq!((ev.transition, ev.up), (Some(Transition::Up), true));
+        assert!(ev.result.success);
+        timeout(PATIENCE, task).await.unwrap().unwrap();
+        assert!(rx.recv().await.is_none(), "only one event");
+    }
+
+    #[tokio::test]
+    async fn checker_stops_when_the_receiver_is_dropped() {
+        let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let c = HealthCheck {
+            interval_ms: 60_000,
+            ..check(CheckKind::Tcp)
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = spawn_checker(c, at(LOOP4, port), "b", true, tx);
+        next_event(&mut rx).await;
+        // The next probe is a minute away: the task must not wait for it.
+        drop(rx);
+        timeout(Duration::from_millis(500), task)
+            .await
+            .expect("checker still running")
+            .unwrap();
     }
 }
