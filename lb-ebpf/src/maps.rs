@@ -2,6 +2,7 @@
 //! are defaults the control plane overrides at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -21,8 +22,10 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// Two Maglev rings per VIP, flattened: see `lb_common::flow::ring_index`.
+/// Mmapable, so the control plane writes a ring with stores, not a syscall
+/// per slot.
 #[map(name = "RINGS")]
-pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, 0);
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, BPF_F_MMAPABLE);
 
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =

@@ -13,6 +13,7 @@ pub mod image;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
+pub mod ring_memory;
 pub mod sync;
 pub mod top;
 

@@ -3,10 +3,11 @@
 //! flipping its `active_ring`, so a packet sees either the old ring or the
 //! new one, never a mix.
 
+use crate::ring_memory::RingMemory;
 use aya::{
     Ebpf,
     maps::{
-        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, DevMapHash, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
         xdp::XdpMapError,
     },
 };
@@ -25,6 +26,8 @@ pub enum MapsError {
     Unsupported(&'static str),
     #[error("VIP {0:?} is not in the VIP map")]
     UnknownVip(VipKey),
+    #[error("map RINGS: {0}")]
+    RingMemory(#[from] crate::ring_memory::RingMemoryError),
     #[error("ring has {got} slots, the data plane was loaded with {want}")]
     RingSize { got: usize, want: u32 },
 }
@@ -47,6 +50,7 @@ pub struct Maps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
+    ring_memory: RingMemory,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
     frags: HashMap<MapData, FragKey, FragEntry>,
     global_stats: PerCpuArray<MapData, u64>,
@@ -61,11 +65,14 @@ pub struct Maps {
 impl Maps {
     /// Take the maps out of `ebpf` (the programs stay there).
     pub fn take(ebpf: &mut Ebpf, ring_size: u32) -> Result<Self, MapsError> {
+        let rings: Array<MapData, u32> = take(ebpf, MAP_RINGS)?;
+        let ring_memory = RingMemory::new(rings.map())?;
         Ok(Self {
             config: take(ebpf, MAP_CONFIG)?,
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
-            rings: take(ebpf, MAP_RINGS)?,
+            rings,
+            ring_memory,
             conns: take(ebpf, MAP_CONNS)?,
             frags: take(ebpf, MAP_FRAGS)?,
             global_stats: take(ebpf, MAP_GLOBAL_STATS)?,
@@ -144,10 +151,8 @@ impl Maps {
                 want: self.ring_size,
             });
         }
-        for (slot, id) in ring.iter().enumerate() {
-            let index = ring_index(vip_id, table, slot as u32, self.ring_size);
-            self.rings.set(index, id, 0).map_err(err(MAP_RINGS))?;
-        }
+        self.ring_memory
+            .write(ring_index(vip_id, table, 0, self.ring_size), ring)?;
         Ok(())
     }
 
