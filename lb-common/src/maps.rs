@@ -63,6 +63,10 @@ pub struct LbConfig {
 
 /// Resolve next hops with `bpf_fib_lookup` (route + neighbour of the kernel).
 pub const CFG_F_NEXTHOP_FIB: u32 = 1;
+/// Some VIP is port-less: a packet that matches no (address, port) VIP is
+/// looked up once more with port 0. Without it, non-VIP traffic (most of a
+/// host's) costs one hash lookup instead of two.
+pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
 
 /// A virtual service: address, port (0 for a port-less VIP), protocol.
 #[repr(C)]

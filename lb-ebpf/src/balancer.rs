@@ -91,7 +91,7 @@ fn find_target(
     if p.flow.proto == PROTO_ICMP || p.flow.proto == PROTO_ICMPV6 {
         return too_big_target(ctx, p, cfg);
     }
-    let vip = vip::lookup(&p.flow).ok_or((Reason::PassNonVip, None))?;
+    let vip = vip::lookup(&p.flow, cfg).ok_or((Reason::PassNonVip, None))?;
     let selected = conntrack::select(&p.flow, p.tcp_flags, &vip, cfg.ring_size)
         .map_err(|r| (r, Some(vip.vip_id)))?;
     Ok(Target {
@@ -113,7 +113,7 @@ fn too_big_target(
         Some(flow) => flow,
         None => return Err((Reason::PassNonVip, None)),
     };
-    let vip = vip::lookup(&flow).ok_or((Reason::PassNonVip, None))?;
+    let vip = vip::lookup(&flow, cfg).ok_or((Reason::PassNonVip, None))?;
     stats::event(Reason::IcmpTooBig);
     // SAFETY: copied out at once.
     let pinned = unsafe { CONNS.get(&flow) }.map(|e| e.backend_id);

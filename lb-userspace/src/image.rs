@@ -79,6 +79,10 @@ pub fn lb_config(config: &Config, egress_ifindex: u32) -> LbConfig {
             CFG_F_NEXTHOP_FIB
         } else {
             0
+        } | if config.vips.iter().any(|v| v.port == 0) {
+            CFG_F_PORTLESS_VIPS
+        } else {
+            0
         },
         outer_src_v6: config
             .tunnel_source
@@ -236,7 +240,8 @@ mod tests {
             ]
         );
         assert_eq!(image.config.outer_src_v4, [198, 51, 100, 2]);
-        assert_eq!(image.config.flags, CFG_F_NEXTHOP_FIB);
+        // The one VIP is port-less, so the program must look port 0 up.
+        assert_eq!(image.config.flags, CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS);
     }
 
     #[test]

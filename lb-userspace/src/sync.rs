@@ -8,11 +8,13 @@
 //! 3. VIP entries that are new or changed; removed VIPs are deleted.
 //! 4. Removed backends are cleared (their flows get rescheduled).
 //! 5. The global configuration, last on first apply: forwarding starts
-//!    only once everything it needs is in place.
+//!    only once everything it needs is in place. One exception: a live
+//!    program is told that port-less VIPs exist (`CFG_F_PORTLESS_VIPS`)
+//!    before the first one is written, or it would not look it up.
 
 use std::time::{Duration, Instant};
 
-use lb_common::maps::{Backend, VipMeta};
+use lb_common::maps::{Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
 
 use crate::{
     image::Image,
@@ -37,6 +39,17 @@ pub struct SyncReport {
 pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncReport, MapsError> {
     let started = Instant::now();
     let mut report = SyncReport::default();
+
+    let live = maps.config()?;
+    let portless_added = new.config.flags & CFG_F_PORTLESS_VIPS != 0
+        && live.flags & CFG_F_PORTLESS_VIPS == 0
+        && live.ring_size != 0;
+    if portless_added {
+        maps.set_config(&LbConfig {
+            flags: live.flags | CFG_F_PORTLESS_VIPS,
+            ..live
+        })?;
+    }
 
     for (id, backend) in &new.backends {
         if old.and_then(|o| o.backends.get(id)) != Some(backend) {

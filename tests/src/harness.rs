@@ -156,6 +156,15 @@ impl Lb {
             _pad: 0,
         };
         self.next_vip_id += 1;
+        if flags & VIP_F_PORTLESS != 0 {
+            let config = self.maps.config().expect("config");
+            self.maps
+                .set_config(&LbConfig {
+                    flags: config.flags | CFG_F_PORTLESS_VIPS,
+                    ..config
+                })
+                .expect("config");
+        }
         self.maps.set_vip(&key, &meta).expect("vip");
         self.set_backends(&key, backends);
         self.maps.vip(&key).unwrap().unwrap()

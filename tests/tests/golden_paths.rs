@@ -634,6 +634,34 @@ fn golden_portless_vip_serves_every_port_of_its_address() {
 }
 
 #[test]
+fn golden_portless_vip_is_not_looked_up_until_the_config_says_one_exists() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 0, PROTO_UDP),
+        VIP_F_PORTLESS,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let d = to_lb(&udp4(CLIENT_V4, 5000, VIP_V4, 53, b"x"));
+    assert_eq!(lb.run(&d).action, XDP_TX);
+    // Without CFG_F_PORTLESS_VIPS the program saves the second lookup.
+    let config = lb.maps.config().unwrap();
+    lb.maps
+        .set_config(&LbConfig {
+            flags: config.flags & !CFG_F_PORTLESS_VIPS,
+            ..config
+        })
+        .unwrap();
+    assert_eq!(
+        lb.run(&d),
+        Outcome {
+            action: XDP_PASS,
+            data: d.clone()
+        }
+    );
+    assert_eq!(lb.count(Reason::PassNonVip), 1);
+}
+
+#[test]
 fn golden_port_zero_key_without_the_portless_flag_matches_nothing() {
     let mut lb = Lb::new();
     lb.add_vip(
