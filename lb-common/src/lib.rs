@@ -5,6 +5,7 @@
 //! picks; map names live here so neither side can misspell the other's.
 #![no_std]
 
+pub mod bench;
 pub mod flow;
 pub mod maps;
 pub mod stats;

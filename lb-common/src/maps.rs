@@ -20,8 +20,6 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 /// Program names in the object file.
 pub const PROG_LB: &str = "lb";
 pub const PROG_DECAP: &str = "lb_decap";
-/// Bench-only baseline program (MAC swap + XDP_TX).
-pub const PROG_BENCH_FLOOR: &str = "bench_floor";
 
 pub const DEFAULT_MAX_VIPS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;

@@ -1,5 +1,6 @@
 //! The XDP programs: `lb`, the load balancer on the LB host's NIC, and
-//! `lb_decap`, which strips our tunnel header on a backend.
+//! `lb_decap`, which strips our tunnel header on a backend. `bench` holds
+//! the programs `cargo xtask bench` measures them against.
 //!
 //! The packet path reads top to bottom through the modules:
 //! parse -> vip -> conntrack -> maglev -> forward (encap / l2) -> stats,
@@ -11,6 +12,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod balancer;
+mod bench;
 mod conntrack;
 mod decap;
 mod forward;
@@ -38,23 +40,6 @@ pub fn lb(ctx: XdpContext) -> u32 {
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     let reason = decap::process(&ctx);
     stats::decap_verdict(reason)
-}
-
-/// Benchmark floor: swap the MACs and bounce the frame, the least any XDP
-/// forwarder does. `cargo xtask bench` reports the load balancer's cost
-/// above this, measured the same way in the same run. Never attached.
-#[xdp]
-pub fn bench_floor(ctx: XdpContext) -> u32 {
-    match packet::read::<[u8; 12]>(&ctx, 0) {
-        Some(macs) => {
-            let mut swapped = [0u8; 12];
-            swapped[..6].copy_from_slice(&macs[6..]);
-            swapped[6..].copy_from_slice(&macs[..6]);
-            packet::write(&ctx, 0, swapped);
-            aya_ebpf::bindings::xdp_action::XDP_TX
-        }
-        None => aya_ebpf::bindings::xdp_action::XDP_PASS,
-    }
 }
 
 // On the host (clippy, tests) aya-ebpf links std, which brings its own.

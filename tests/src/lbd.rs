@@ -128,7 +128,7 @@ impl Lbd {
                 "lbd did not come up:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -68,6 +68,9 @@ fn main() -> Result<()> {
         Cmd::Bench => {
             setup::run()?;
             require_root("the benchmarks load XDP programs")?;
+            setup::bench_tools()?;
+            // The control-plane figures run the real lbd.
+            cargo(&["build", "--release", "--bins"])?;
             cargo(&[
                 "run",
                 "--release",

@@ -20,6 +20,8 @@ const RUNTIME_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux"];
 const DEBIAN_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// bpf-linker is built against Debian's LLVM.
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
+/// The benchmarks' traffic generator (trafgen) and the nftables reference.
+const BENCH_PACKAGES: &[&str] = &["netsniff-ng", "nftables"];
 
 pub fn run() -> Result<()> {
     let nightly = toolchain_has_rust_src("nightly");
@@ -63,6 +65,11 @@ fn toolchain_has_rust_src(toolchain: &str) -> bool {
             .join("lib/rustlib/src/rust/library/core/Cargo.toml")
             .exists()
     })
+}
+
+/// What `cargo xtask bench` needs beyond `run`.
+pub fn bench_tools() -> Result<()> {
+    apt_install(BENCH_PACKAGES)
 }
 
 fn installed(package: &str) -> bool {

@@ -1,0 +1,394 @@
+//! Forwarding rate on veth, fed by live frames: a generator program run
+//! through BPF_PROG_TEST_RUN in live-frames mode on every CPU puts frames
+//! of many flows into the LB namespace's veth, where the balancer (or, as
+//! the baseline, a plain devmap redirect) sends them out of a second veth
+//! to a sink that counts what arrives.
+//!
+//! ```text
+//!  [gen ns] gen0 ──veth──▶ lb0 [lb ns: lb or bench_redirect] lb1 ──veth──▶ be0 [sink ns: bench_sink]
+//! ```
+//!
+//! Both veths have one queue per CPU, so each CPU generates, balances and
+//! sinks its own frames in one pass (softirq on the generating CPU).
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, PerCpuArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{bench::*, flow::PROTO_UDP, maps::*};
+use lb_tests::{
+    harness::vip_key,
+    netns::{Netns, enter_named, ip},
+    packets::*,
+};
+use lb_userspace::{
+    addr::to_map,
+    datapath::{Datapath, MapSizes},
+    maglev::{self, MaglevBackend},
+    maps::Maps,
+};
+use serde_json::{Value, json};
+
+/// The UDP port of the benchmark VIP.
+pub const VIP_PORT: u16 = 8080;
+/// Distinct flows each generating CPU cycles through (256 sources x 512
+/// ports): the first pass creates connection entries, the rest are
+/// established.
+pub const FLOWS_PER_CPU: u32 = 256 * 512;
+const RUN: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+
+/// Three namespaces joined by two veth pairs with one queue per CPU.
+pub struct Lab {
+    pub generator: Netns,
+    pub lb: Netns,
+    pub sink: Netns,
+    pub lb1_ifindex: u32,
+    pub be0_mac: [u8; 6],
+    pub lb0_mac: [u8; 6],
+    pub gen0_mac: [u8; 6],
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let generator = Netns::new("bgen");
+        let lb = Netns::new("blb");
+        let sink = Netns::new("bsink");
+        let queues = cpus().to_string();
+        for (a, a_dev, b, b_dev) in [(&generator, "gen0", &lb, "lb0"), (&lb, "lb1", &sink, "be0")] {
+            ip(&[
+                "link",
+                "add",
+                a_dev,
+                "netns",
+                &a.name,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_dev,
+                "netns",
+                &b.name,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
+            ]);
+            a.exec(&["ip", "link", "set", a_dev, "up"]);
+            b.exec(&["ip", "link", "set", b_dev, "up"]);
+        }
+        Self {
+            lb1_ifindex: ifindex(&lb, "lb1"),
+            be0_mac: mac_of(&sink, "be0"),
+            lb0_mac: mac_of(&lb, "lb0"),
+            gen0_mac: mac_of(&generator, "gen0"),
+            generator,
+            lb,
+            sink,
+        }
+    }
+}
+
+pub fn cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("mac"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+pub fn ifindex(ns: &Netns, dev: &str) -> u32 {
+    ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+        .trim()
+        .parse()
+        .expect("ifindex")
+}
+
+pub fn xdp<'a>(dp: &'a mut Datapath, name: &str) -> &'a mut Xdp {
+    dp.ebpf
+        .program_mut(name)
+        .expect("program")
+        .try_into()
+        .expect("XDP program")
+}
+
+/// The balancer's maps set up for the lab: one UDP VIP with three IPv4
+/// backends, tunnelled out of lb1 to the sink's MAC.
+pub fn configure_lb(maps: &mut Maps, lab: &Lab, ring_size: u32) {
+    let (outer_v6, _) = to_map(OUTER_SRC_V6.parse().unwrap());
+    // A devmap resolves the ifindex in the writer's namespace.
+    lab.lb
+        .enter(|| maps.add_tx_port(lab.lb1_ifindex))
+        .expect("tx port");
+    maps.set_config(&LbConfig {
+        ring_size,
+        flags: 0,
+        outer_src_v6: outer_v6,
+        outer_src_v4: v4(OUTER_SRC_V4),
+        gateway_mac: lab.be0_mac,
+        mtu: 1500,
+        egress_ifindex: lab.lb1_ifindex,
+    })
+    .expect("config");
+    let key = vip_key(VIP_V4, VIP_PORT, PROTO_UDP);
+    let mut members = Vec::new();
+    for (i, addr) in BACKEND_V4.iter().enumerate() {
+        let id = i as u32 + 1;
+        let ip = addr.parse().unwrap();
+        let (a, family) = to_map(ip);
+        maps.set_backend(
+            id,
+            &Backend {
+                addr: a,
+                family,
+                flags: BACKEND_F_ACTIVE,
+                mac: [0; 6],
+                vip_id: 0,
+            },
+        )
+        .expect("backend");
+        members.push(MaglevBackend {
+            id,
+            addr: ip,
+            weight: 1,
+        });
+    }
+    maps.set_vip(
+        &key,
+        &VipMeta {
+            vip_id: 0,
+            flags: 0,
+            active_ring: 0,
+            _pad: 0,
+        },
+    )
+    .expect("vip");
+    maps.publish_ring(&key, &maglev::build(&members, ring_size))
+        .expect("ring");
+}
+
+/// Kernel-measured run time (ns) and run count of program `name`, from
+/// its fdinfo; counted only while `kernel.bpf_stats_enabled` is 1.
+pub fn prog_stats(dp: &Datapath, name: &str) -> (u64, u64) {
+    use std::os::fd::{AsFd, AsRawFd};
+    let prog: &Xdp = dp
+        .ebpf
+        .program(name)
+        .expect("program")
+        .try_into()
+        .expect("XDP program");
+    let fd = prog.fd().expect("loaded").as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("run_time_ns:"), field("run_cnt:"))
+}
+
+/// Turns the kernel's per-program run-time statistics on while alive.
+pub struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    pub fn enable() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).unwrap_or_else(|_| "0".into());
+        let _ = std::fs::write(Self::PATH, "1");
+        Self(old.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// Total of a per-CPU sink counter.
+pub fn sink_count(dp: &Datapath, slot: u32) -> u64 {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.ebpf.map(MAP_BENCH_SINK).unwrap()).expect("sink map");
+    map.get(&slot, 0).expect("sink slot").iter().sum()
+}
+
+/// Generate live frames on every CPU for `RUN`; returns frames sent.
+fn generate(dp: &Datapath, generator_ns: &str) -> u64 {
+    let prog: &Xdp = dp
+        .ebpf
+        .program(PROG_BENCH_GEN)
+        .expect("generator")
+        .try_into()
+        .expect("XDP program");
+    let frame = to_lb(&udp4(CLIENT_V4, 1024, VIP_V4, VIP_PORT, &[0u8; 18]));
+    let deadline = Instant::now() + RUN;
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..cpus())
+            .map(|cpu| {
+                let frame = &frame;
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    enter_named(generator_ns, || {
+                        let mut sent = 0u64;
+                        while Instant::now() < deadline {
+                            let repeat = 200_000;
+                            prog.test_run(TestRunOptions {
+                                data_in: Some(frame),
+                                repeat,
+                                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                                ..TestRunOptions::default()
+                            })
+                            .expect("live frames");
+                            sent += u64::from(repeat);
+                        }
+                        sent
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// Frames counted at the sink per second, in millions.
+    mpps: f64,
+    /// Share of the generated frames that reached the sink.
+    delivered: f64,
+    /// Share of the frames at the sink that were tunnelled.
+    tunnelled: f64,
+    /// The kernel's own measure of the lb0 program's run time per frame.
+    program_ns: f64,
+}
+
+/// One timed run with `program` on lb0 (with `bench_sink` there, the
+/// sink on lb0 counts: the generator-only figure).
+fn measure(dp: &mut Datapath, lab: &Lab, program: &str) -> Run {
+    let link: XdpLinkId = lab
+        .lb
+        .enter(|| xdp(dp, program).attach("lb0", XdpMode::Driver))
+        .expect("attach on lb0");
+    let (frames0, tunnelled0) = (sink_count(dp, SINK_FRAMES), sink_count(dp, SINK_TUNNELLED));
+    let (run_ns0, runs0) = prog_stats(dp, program);
+    let start = Instant::now();
+    let sent = generate(dp, &lab.generator.name);
+    let secs = start.elapsed().as_secs_f64();
+    thread::sleep(Duration::from_millis(50));
+    let frames = sink_count(dp, SINK_FRAMES) - frames0;
+    let tunnelled = sink_count(dp, SINK_TUNNELLED) - tunnelled0;
+    let (run_ns1, runs1) = prog_stats(dp, program);
+    lab.lb
+        .enter(|| xdp(dp, program).detach(link))
+        .expect("detach");
+    Run {
+        mpps: frames as f64 / secs / 1e6,
+        delivered: frames as f64 / sent.max(1) as f64,
+        tunnelled: tunnelled as f64 / frames.max(1) as f64,
+        program_ns: (run_ns1 - run_ns0) as f64 / (runs1 - runs0).max(1) as f64,
+    }
+}
+
+fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run() -> Value {
+    let lab = Lab::new();
+    let sizes = MapSizes::default();
+    let mut dp = Datapath::load(sizes).expect("load");
+    for name in [PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK] {
+        xdp(&mut dp, name).load().expect("load bench program");
+    }
+    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
+    configure_lb(&mut maps, &lab, sizes.ring_size);
+    // BENCH_FLOWS overrides the flows per CPU, to see the cache's share.
+    let flows = std::env::var("BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FLOWS_PER_CPU);
+    {
+        let mut gen_cfg: Array<_, BenchGen> =
+            Array::try_from(dp.ebpf.map_mut(MAP_BENCH_GEN).unwrap()).expect("gen map");
+        gen_cfg
+            .set(
+                0,
+                BenchGen {
+                    ifindex: ifindex(&lab.generator, "gen0"),
+                    flows,
+                    cpus: cpus() as u32,
+                    dst_mac: lab.lb0_mac,
+                    src_mac: lab.gen0_mac,
+                },
+                0,
+            )
+            .expect("gen config");
+    }
+    lab.sink
+        .enter(|| xdp(&mut dp, PROG_BENCH_SINK).attach("be0", XdpMode::Driver))
+        .expect("attach sink");
+
+    let _stats = BpfStats::enable();
+    let mut generator_only = Vec::new();
+    let mut redirect = Vec::new();
+    let mut lb = Vec::new();
+    for _ in 0..ROUNDS {
+        generator_only.push(measure(&mut dp, &lab, PROG_BENCH_SINK));
+        redirect.push(measure(&mut dp, &lab, PROG_BENCH_REDIRECT));
+        lb.push(measure(&mut dp, &lab, PROG_LB));
+    }
+    for (r, l) in redirect.iter().zip(&lb) {
+        assert!(r.mpps > 0.0 && l.mpps > 0.0, "frames reached the sink");
+        assert!(
+            l.tunnelled > 0.999,
+            "the balancer tunnelled what it forwarded: {l:?}"
+        );
+    }
+    let (g, r, l) = (
+        median(&generator_only, |x| x.mpps),
+        median(&redirect, |x| x.mpps),
+        median(&lb, |x| x.mpps),
+    );
+    json!({
+        "cpus": cpus(),
+        "flows": flows as usize * cpus(),
+        "flows_in_connection_table": maps.conn_count(usize::MAX),
+        "generator_into_drop_mpps": g,
+        "plain_redirect_mpps": r,
+        "lb_mpps": l,
+        "lb_over_redirect": l / r,
+        "plain_redirect_program_ns": median(&redirect, |x| x.program_ns),
+        "lb_program_ns": median(&lb, |x| x.program_ns),
+        "delivered_share_redirect": median(&redirect, |x| x.delivered),
+        "delivered_share_lb": median(&lb, |x| x.delivered),
+    })
+}

@@ -1,0 +1,203 @@
+//! `cargo xtask bench`: what the load balancer costs, next to baselines
+//! measured in the same run (these machines are noisy; only ratios and
+//! differences against a same-run baseline mean something).
+//!
+//! - `per_packet`: cost per packet through BPF_PROG_TEST_RUN above a floor.
+//! - `maglev`: table build time, balance and disruption.
+//! - `forwarding`: rate through the balancer on veth, fed by live frames,
+//!   against a plain devmap redirect on the same path.
+//! - `nftables`: CPU per forwarded packet against an nftables DNAT load
+//!   balancer, both fed by trafgen.
+//! - `control`: failover and restart times, lbd's memory at 100 x 100.
+//! - `memory`: kernel memory of the maps at the default sizes.
+//!
+//! Writes target/bench/bench.md and target/bench/bench.json.
+//! `BENCH_ONLY=forwarding,maglev` runs only the sections named.
+
+mod control;
+mod forwarding;
+mod maglev;
+mod memory;
+mod nftables;
+mod per_packet;
+
+use serde_json::{Map, Value, json};
+
+/// Whether section `name` runs (all do unless `BENCH_ONLY` names some).
+fn wanted(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == name))
+}
+
+fn main() -> anyhow::Result<()> {
+    println!("== lb bench ==");
+    lb_tests::netns::clean_up_on_signal();
+    let mut md = String::new();
+    let mut out = Map::new();
+    out.insert("machine".into(), machine());
+    if wanted("per_packet") {
+        let mut per = Vec::new();
+        per_packet::run(&mut per);
+        let floor = per[0].1;
+        md.push_str(
+            "## Per-packet cost (BPF_PROG_TEST_RUN, one run per call, median of 20,000)\n\n",
+        );
+        md.push_str("| Path | median ns | p10 ns | above floor ns |\n|---|---:|---:|---:|\n");
+        for (name, median, p10) in &per {
+            md.push_str(&format!(
+                "| {name} | {median:.0} | {p10:.0} | {:.0} |\n",
+                median - floor
+            ));
+        }
+        out.insert(
+            "per_packet_ns".into(),
+            per.iter()
+                .map(
+                    |(n, m, p)| json!({"path": n, "median": m, "p10": p, "above_floor": m - floor}),
+                )
+                .collect(),
+        );
+    }
+    if wanted("forwarding") {
+        let f = forwarding::run();
+        md.push_str(&format!(
+            "\n## Forwarding on veth, live frames, {} flows, {} CPUs (median of 3 runs)\n\n\
+             | Path | Mpps at the sink | ratio |\n|---|---:|---:|\n\
+             | generator into XDP_DROP on lb0 | {:.2} | |\n\
+             | plain devmap redirect lb0 -> lb1 | {:.2} | 1.00 |\n\
+             | load balancer (IP-in-IP) lb0 -> lb1 | {:.2} | {:.2} |\n\n\
+             Program run time per frame (kernel BPF stats): plain redirect {:.0} ns, load balancer {:.0} ns.\n",
+            f["flows"],
+            f["cpus"],
+            f["generator_into_drop_mpps"].as_f64().unwrap(),
+            f["plain_redirect_mpps"].as_f64().unwrap(),
+            f["lb_mpps"].as_f64().unwrap(),
+            f["lb_over_redirect"].as_f64().unwrap(),
+            f["plain_redirect_program_ns"].as_f64().unwrap(),
+            f["lb_program_ns"].as_f64().unwrap(),
+        ));
+        out.insert("forwarding".into(), f);
+    }
+    if wanted("nftables") {
+        let n = nftables::run();
+        md.push_str(&format!(
+            "\n## CPU per forwarded packet against nftables (trafgen, {} packets, {} flows)\n\n\
+             Whole-machine busy time over packets counted at the sink, minus the\n\
+             generator-only cost ({:.0} ns per packet) from the same run.\n\n\
+             | Path | CPU ns per packet | Mpps | ratio |\n|---|---:|---:|---:|\n\
+             | nftables DNAT, jhash map | {:.0} | {:.2} | 1.00 |\n\
+             | load balancer (XDP, IP-in-IP) | {:.0} | {:.2} | {:.2} |\n\
+             | plain XDP devmap redirect (reference) | {:.0} | {:.2} | {:.2} |\n\n\
+             Of the balancer's figure, its program ran {:.0} ns per packet (kernel BPF stats).\n",
+            n["packets"],
+            n["flows"],
+            n["generator_ns_per_packet"].as_f64().unwrap(),
+            n["nft_cpu_ns_per_packet"].as_f64().unwrap(),
+            n["nft_mpps"].as_f64().unwrap(),
+            n["lb_cpu_ns_per_packet"].as_f64().unwrap(),
+            n["lb_mpps"].as_f64().unwrap(),
+            n["lb_over_nft"].as_f64().unwrap(),
+            n["plain_redirect_cpu_ns_per_packet"].as_f64().unwrap(),
+            n["plain_redirect_mpps"].as_f64().unwrap(),
+            n["plain_redirect_cpu_ns_per_packet"].as_f64().unwrap()
+                / n["nft_cpu_ns_per_packet"].as_f64().unwrap(),
+            n["lb_program_ns"].as_f64().unwrap(),
+        ));
+        out.insert("nftables".into(), n);
+    }
+    if wanted("maglev") {
+        let maglev = maglev::figures();
+        md.push_str("\n## Maglev tables\n\n| M | backends | build ms | max/min slots | extra moved on removal | extra moved on join |\n|---:|---:|---:|---:|---:|---:|\n");
+        for r in maglev.as_array().unwrap() {
+            md.push_str(&format!(
+                "| {} | {} | {:.1} | {:.3} | {:.2}% | {:.2}% |\n",
+                r["m"],
+                r["n"],
+                r["build_ms"].as_f64().unwrap(),
+                r["max_over_min"].as_f64().unwrap(),
+                r["extra_moved_on_remove_pct"].as_f64().unwrap(),
+                r["extra_moved_on_join_pct"].as_f64().unwrap()
+            ));
+        }
+        out.insert("maglev".into(), maglev);
+    }
+    if wanted("control") {
+        let c = control::run();
+        md.push_str(&format!(
+            "\n## Control plane (real lbd, lab network, median of 5)\n\n\
+             | Measure | value |\n|---|---:|\n\
+             | backend death to marked down (HTTP checks, fall 2 x 200 ms) | {:.0} ms |\n\
+             | lbd restart after SIGKILL, adopting pinned state, to answering | {:.0} ms |\n\
+             | lbd start with 100 VIPs x 100 backends (M = 65537) | {:.0} ms |\n\
+             | lbd resident memory with 100 VIPs x 100 backends | {:.1} MiB |\n",
+            c["failover_ms_median"].as_f64().unwrap(),
+            c["restart_ms_median"].as_f64().unwrap(),
+            c["large"]["start_ms"].as_f64().unwrap(),
+            c["large"]["rss_mib"].as_f64().unwrap(),
+        ));
+        out.insert("control".into(), c);
+    }
+    if wanted("memory") {
+        let memory = memory::map_memory();
+        let total: u64 = memory.values().sum();
+        md.push_str(
+            "\n## Map memory at default sizes (kernel memlock)\n\n| Map | MiB |\n|---|---:|\n",
+        );
+        for (name, bytes) in &memory {
+            md.push_str(&format!(
+                "| {name} | {:.2} |\n",
+                *bytes as f64 / (1 << 20) as f64
+            ));
+        }
+        md.push_str(&format!(
+            "| total | {:.1} |\n",
+            total as f64 / (1 << 20) as f64
+        ));
+        out.insert("map_memory_bytes".into(), json!(memory));
+    }
+    md.insert_str(
+        0,
+        &format!(
+            "Machine: {}\n\n",
+            out["machine"]["summary"].as_str().unwrap_or("")
+        ),
+    );
+    println!("{md}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench.md"), &md)?;
+    std::fs::write(
+        dir.join("bench.json"),
+        serde_json::to_vec_pretty(&Value::Object(out))?,
+    )?;
+    println!("written to {}", dir.display());
+    Ok(())
+}
+
+/// What the figures were measured on.
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpus = forwarding::cpus();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1 << 20) as f64);
+    json!({
+        "cpu": cpu, "cpus": cpus, "kernel": kernel, "memory_gib": mem_gib,
+        "summary": format!("{cpu}, {cpus} CPUs, {mem_gib:.0} GiB, Linux {kernel}"),
+    })
+}

@@ -1,0 +1,214 @@
+//! Per-packet cost through BPF_PROG_TEST_RUN, one run per call so every
+//! run sees the original frame (with `repeat > 1` the kernel reruns the
+//! program on its own output), median over many calls, against a floor
+//! program (MAC swap + XDP_TX) timed the same way. The output of each timed
+//! path is checked.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_common::{
+    bench::PROG_BENCH_FLOOR,
+    flow::{PROTO_TCP, PROTO_UDP},
+    maps::*,
+};
+use lb_tests::{harness::vip_key, packets::*};
+use lb_userspace::{
+    addr::to_map,
+    datapath::{Datapath, MapSizes},
+    maglev::{self, MaglevBackend},
+    maps::Maps,
+};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+const CALLS: usize = 20_000;
+
+/// Median and 10th percentile of the kernel-measured run time (ns) of
+/// `frames`, cycled, one run per call; the verdict of every run must be
+/// `want`.
+fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32) -> (f64, f64) {
+    let mut samples = Vec::with_capacity(CALLS);
+    let mut out = vec![0u8; 2048];
+    for i in 0..CALLS {
+        let frame = &frames[i % frames.len()];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("test run");
+        assert_eq!(r.return_value, want, "verdict of case frame {i}");
+        samples.push(r.duration.as_nanos() as f64);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    (samples[samples.len() / 2], samples[samples.len() / 10])
+}
+
+fn xdp<'a>(dp: &'a mut Datapath, name: &str) -> &'a mut Xdp {
+    dp.ebpf
+        .program_mut(name)
+        .expect("program")
+        .try_into()
+        .expect("XDP program")
+}
+
+fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
+    let ip: IpAddr = addr.parse().unwrap();
+    let (a, family) = to_map(ip);
+    (
+        id,
+        Backend {
+            addr: a,
+            family,
+            flags: BACKEND_F_ACTIVE,
+            mac: [0; 6],
+            vip_id: 0,
+        },
+        MaglevBackend {
+            id,
+            addr: ip,
+            weight: 1,
+        },
+    )
+}
+
+pub fn run(results: &mut Vec<(String, f64, f64)>) {
+    let sizes = MapSizes::default();
+    let mut dp = Datapath::load(sizes).expect("load");
+    xdp(&mut dp, PROG_BENCH_FLOOR).load().expect("load floor");
+    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
+    let (outer_v6, _) = to_map(OUTER_SRC_V6.parse().unwrap());
+    maps.set_config(&LbConfig {
+        ring_size: sizes.ring_size,
+        flags: 0,
+        outer_src_v6: outer_v6,
+        outer_src_v4: v4(OUTER_SRC_V4),
+        gateway_mac: GATEWAY_MAC,
+        mtu: 1500,
+        egress_ifindex: 0,
+    })
+    .unwrap();
+    let vips = [
+        (vip_key(VIP_V4, 80, PROTO_TCP), 0, &BACKEND_V4[..]),
+        (vip_key(VIP_V4, 53, PROTO_UDP), 0, &BACKEND_V4[..]),
+        (vip_key(VIP_V6, 443, PROTO_TCP), 0, &BACKEND_V6[..]),
+        (
+            vip_key(VIP_V4, 443, PROTO_TCP),
+            VIP_F_AFFINITY,
+            &BACKEND_V4[..],
+        ),
+    ];
+    let mut id = 0;
+    for (vip_id, (key, flags, addrs)) in vips.iter().enumerate() {
+        let mut members = Vec::new();
+        for a in addrs.iter() {
+            id += 1;
+            let (id, entry, m) = backend(id, a);
+            maps.set_backend(
+                id,
+                &Backend {
+                    vip_id: vip_id as u32,
+                    ..entry
+                },
+            )
+            .unwrap();
+            members.push(m);
+        }
+        maps.set_vip(
+            key,
+            &VipMeta {
+                vip_id: vip_id as u32,
+                flags: *flags,
+                active_ring: 0,
+                _pad: 0,
+            },
+        )
+        .unwrap();
+        maps.publish_ring(key, &maglev::build(&members, sizes.ring_size))
+            .unwrap();
+    }
+    // Distinct flows from random clients: an ACK is entered in the
+    // connection table, a SYN only picks from the ring (it is never
+    // entered), so the two differ by the insert.
+    let fresh = |seed: u64, flags: Tcp| -> Vec<Vec<u8>> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        (0..CALLS)
+            .map(|i| {
+                let client = format!("203.0.113.{}", rng.random_range(1..255));
+                to_lb(&tcp4(
+                    &client,
+                    1024 + (i % 60000) as u16,
+                    VIP_V4,
+                    80,
+                    flags,
+                    b"",
+                ))
+            })
+            .collect()
+    };
+    let new_flows = fresh(1, Tcp::Ack);
+    let syns = fresh(2, Tcp::Syn);
+    let cases: Vec<(&str, Vec<Vec<u8>>, u32)> = vec![
+        ("IPv4 TCP new flow (connection-table insert)", new_flows, 3),
+        ("IPv4 TCP SYN, new flow (ring pick, no insert)", syns, 3),
+        (
+            "IPv4 TCP established",
+            vec![to_lb(&tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b""))],
+            3,
+        ),
+        (
+            "IPv6 TCP established",
+            vec![to_lb(&tcp6(CLIENT_V6, 40000, VIP_V6, 443, Tcp::Ack, b""))],
+            3,
+        ),
+        (
+            "IPv4 UDP",
+            vec![to_lb(&udp4(CLIENT_V4, 5353, VIP_V4, 53, b"query"))],
+            3,
+        ),
+        (
+            "IPv4 TCP established, affinity VIP",
+            vec![to_lb(&tcp4(CLIENT_V4, 40001, VIP_V4, 443, Tcp::Ack, b""))],
+            3,
+        ),
+        (
+            "non-VIP (XDP_PASS)",
+            vec![to_lb(&tcp4(
+                CLIENT_V4,
+                40000,
+                "198.51.100.99",
+                80,
+                Tcp::Ack,
+                b"",
+            ))],
+            2,
+        ),
+    ];
+    // Check the timed path's output once: a tunnel to a backend.
+    {
+        let prog = xdp(&mut dp, PROG_LB);
+        let mut out = vec![0u8; 2048];
+        let frame = &cases[1].1[0];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        assert_eq!(out.len(), frame.len() + 20, "encapsulated");
+        assert_eq!(&out[14 + 20..], &frame[14..], "inner packet intact");
+        assert!(
+            BACKEND_V4.iter().any(|b| v4(b) == out[30..34]),
+            "outer destination is a backend"
+        );
+    }
+    let floor = time(xdp(&mut dp, PROG_BENCH_FLOOR), &cases[1].1, 3);
+    results.push(("floor: MAC swap + XDP_TX".into(), floor.0, floor.1));
+    for (name, frames, want) in &cases {
+        let (median, p10) = time(xdp(&mut dp, PROG_LB), frames, *want);
+        results.push((name.to_string(), median, p10));
+    }
+}
