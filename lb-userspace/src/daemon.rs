@@ -202,7 +202,8 @@ impl Daemon {
                 .attach_pinned(&iface.name, &config.pin_dir, native)
                 .with_context(|| format!("attaching to {}", iface.name))?;
             if native && !attached.native {
-                warn!(interface = %iface.name, "native XDP refused by the driver: running in generic (skb) mode, which is much slower");
+                let reason = attached.native_refused.as_deref().unwrap_or("unknown");
+                warn!(interface = %iface.name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
             }
             info!(interface = %iface.name, native = attached.native, replaced = attached.replaced, "attached");
             attachments.push((iface.name.clone(), attached));

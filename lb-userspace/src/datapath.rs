@@ -60,11 +60,13 @@ pub enum DatapathError {
     PinnedLink { path: PathBuf, reason: String },
 }
 
-/// How the load balancer ended up attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a program ended up attached to an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {
     /// Native (driver) mode, or the generic fallback.
     pub native: bool,
+    /// Why native mode was refused, when generic mode is the fallback.
+    pub native_refused: Option<String>,
     /// An existing pinned link was updated in place (restart/upgrade)
     /// rather than a new attachment made.
     pub replaced: bool,
@@ -185,6 +187,18 @@ impl Datapath {
         pin_dir: &Path,
         prefer_native: bool,
     ) -> Result<Attached, DatapathError> {
+        self.attach_program_pinned(PROG_LB, iface, pin_dir, prefer_native)
+    }
+
+    /// `attach_pinned` for program `name` (`lb`, or `lb_decap` on a
+    /// backend).
+    pub fn attach_program_pinned(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        pin_dir: &Path,
+        prefer_native: bool,
+    ) -> Result<Attached, DatapathError> {
         let path = link_pin_path(pin_dir, iface);
         let bad = |reason: String| DatapathError::PinnedLink {
             path: path.clone(),
@@ -194,55 +208,61 @@ impl Datapath {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| bad(e.to_string()))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bad(e.to_string()))?;
             let native = !link_is_generic(iface);
-            self.lb()?
+            xdp_program(&mut self.ebpf, name)?
                 .attach_to_link(link)
-                .map_err(|source| DatapathError::Program {
-                    name: PROG_LB,
-                    source,
-                })?;
+                .map_err(|source| DatapathError::Program { name, source })?;
             return Ok(Attached {
                 native,
+                native_refused: None,
                 replaced: true,
             });
         }
         let mut native = prefer_native;
+        let mut native_refused = None;
         let first = if prefer_native {
             XdpMode::Driver
         } else {
             XdpMode::Skb
         };
-        let id = match self.lb()?.attach(iface, first) {
+        let id = match xdp_program(&mut self.ebpf, name)?.attach(iface, first) {
             Ok(id) => id,
-            Err(_) if prefer_native => {
+            Err(refused) if prefer_native => {
                 native = false;
-                self.lb()?
+                native_refused = Some(error_chain(&refused));
+                xdp_program(&mut self.ebpf, name)?
                     .attach(iface, XdpMode::Skb)
-                    .map_err(|source| DatapathError::Program {
-                        name: PROG_LB,
-                        source,
-                    })?
+                    .map_err(|source| DatapathError::Program { name, source })?
             }
             Err(source) => {
-                return Err(DatapathError::Program {
-                    name: PROG_LB,
-                    source,
-                });
+                return Err(DatapathError::Program { name, source });
             }
         };
-        let link = self
-            .lb()?
+        let link = xdp_program(&mut self.ebpf, name)?
             .take_link(id)
-            .map_err(|source| DatapathError::Program {
-                name: PROG_LB,
-                source,
-            })?;
+            .map_err(|source| DatapathError::Program { name, source })?;
         let fd_link = FdLink::try_from(link).map_err(|e| bad(e.to_string()))?;
         fd_link.pin(&path).map_err(|e| bad(e.to_string()))?;
         Ok(Attached {
             native,
+            native_refused,
             replaced: false,
         })
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether `iface` runs its XDP program in generic (skb) mode.

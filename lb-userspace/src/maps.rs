@@ -236,6 +236,34 @@ impl Maps {
             .map_err(err(MAP_DECAP_ADDRS))
     }
 
+    /// The addresses tunnels are accepted for (on a backend).
+    pub fn decap_addrs(&self) -> Result<Vec<std::net::IpAddr>, MapsError> {
+        let mut addrs = Vec::new();
+        for key in self.decap_addrs.keys() {
+            let key = key.map_err(err(MAP_DECAP_ADDRS))?;
+            addrs.extend(crate::addr::from_map(&key.addr, key.family));
+        }
+        addrs.sort();
+        Ok(addrs)
+    }
+
+    /// Stop accepting tunnels addressed to `addr`.
+    pub fn remove_decap_addr(&mut self, addr: std::net::IpAddr) -> Result<(), MapsError> {
+        let (bytes, family) = crate::addr::to_map(addr);
+        let key = DecapAddr {
+            addr: bytes,
+            family,
+            _pad: [0; 3],
+        };
+        match self.decap_addrs.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapsError::Map {
+                name: MAP_DECAP_ADDRS,
+                source,
+            }),
+        }
+    }
+
     /// Sum over CPUs of the counter for `reason`.
     pub fn reason_count(&self, reason: Reason) -> Result<u64, MapsError> {
         let values = self

@@ -198,3 +198,68 @@ fn grafana_dashboard_queries_only_metrics_lbd_exports() {
         );
     }
 }
+
+/// The backend unit's own commands, with its own capability set, attach
+/// lb_decap to an interface and detach it.
+#[test]
+fn deploy_lb_decap_unit_commands_attach_and_detach() {
+    let unit = include_str!("../../deploy/systemd/lb-decap.service");
+    let get = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert_eq!(get("Type"), "oneshot");
+    assert_eq!(get("RemainAfterExit"), "yes");
+    let caps: Vec<String> = get("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let env: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    // systemd's expansion: ${VAR} as one word, $VAR split on spaces.
+    let expand = |line: &str, iface: &str| -> Vec<String> {
+        let mut words = Vec::new();
+        for word in line.split_whitespace() {
+            let var = word.trim_start_matches('$').trim_matches(['{', '}']);
+            match env.iter().find(|(k, _)| k == var) {
+                Some(_) if var == "LB_DECAP_INTERFACE" => words.push(iface.to_string()),
+                Some((_, v)) => words.extend(v.split_whitespace().map(str::to_string)),
+                None => words.push(word.to_string()),
+            }
+        }
+        words
+    };
+    let ns = Netns::new("decapunit");
+    veth(&ns, "a0", &ns, "b0");
+    let pin_dir = format!("/sys/fs/bpf/lbt-decapunit-{}-0", std::process::id());
+    let run = |line: &str| {
+        let words = expand(line, "a0");
+        assert!(words[0].ends_with("/lb-decap"), "{words:?}");
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", ns.name))
+            .arg("setpriv")
+            .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+            .arg(binary("lb-decap"))
+            .args(["--pin-dir", &pin_dir])
+            .args(&words[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{words:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(get("ExecStart"));
+    let attached = ns.exec(&["ip", "-details", "link", "show", "a0"]);
+    run(get("ExecStop"));
+    let detached = ns.exec(&["ip", "-details", "link", "show", "a0"]);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    assert!(attached.contains("prog/xdp"), "{attached}");
+    assert!(!detached.contains("prog/xdp"), "{detached}");
+}

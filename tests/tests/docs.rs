@@ -621,6 +621,46 @@ fn binary(name: &str) -> PathBuf {
 }
 
 #[test]
+fn operations_doc_covers_every_lb_decap_command_with_its_usage_and_options() {
+    let mut verbs = Vec::new();
+    lbctl_verbs(&binary("lb-decap"), Vec::new(), &mut verbs);
+    assert!(
+        verbs.len() >= 4,
+        "only {} lb-decap commands found",
+        verbs.len()
+    );
+    for verb in verbs {
+        let name = format!("lb-decap {}", verb.words.join(" "));
+        assert!(
+            OPERATIONS.contains(&format!("`{name}`")),
+            "docs/operations.md does not mention `{name}`"
+        );
+        let usage = verb
+            .help
+            .lines()
+            .find(|l| l.starts_with("Usage: "))
+            .unwrap_or_else(|| panic!("{name} --help has no usage line"));
+        assert!(
+            OPERATIONS.contains(usage),
+            "docs/operations.md does not show `{name}`'s usage line\n  {usage}"
+        );
+        for line in help_section(&verb.help, "Options:") {
+            let Some(option) = line.split_whitespace().find(|w| w.starts_with("--")) else {
+                continue;
+            };
+            let option = option.trim_end_matches(',');
+            if option == "--help" || option == "--version" {
+                continue;
+            }
+            assert!(
+                OPERATIONS.contains(&format!("`{option}")),
+                "docs/operations.md does not mention option `{option}` of `{name}`"
+            );
+        }
+    }
+}
+
+#[test]
 fn operations_doc_covers_every_lbctl_verb_with_its_usage_and_options() {
     let lbctl = binary("lbctl");
     let mut verbs = Vec::new();

@@ -1,0 +1,190 @@
+//! `lb-decap`, the backend-side tool: attaches `lb_decap` through a pinned
+//! link that outlives the command, so a backend without tunnel drivers
+//! serves IP-in-IP traffic; updates in place; detaches cleanly.
+
+use std::{net::UdpSocket, process::Command, time::Duration};
+
+use aya::programs::XdpMode;
+use lb_common::{Reason, flow::PROTO_UDP, maps::PROG_LB};
+use lb_tests::{
+    harness::*,
+    lbd::binary,
+    netns::{Netns, veth},
+    packets::*,
+};
+
+fn mac_of(ns: &Netns, dev: &str) -> String {
+    ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+        .trim()
+        .to_string()
+}
+
+/// Run lb-decap in `ns` (nsenter keeps the host's bpffs, unlike
+/// `ip netns exec`); its stdout, or its stderr on failure.
+fn lb_decap(ns: &Netns, pin_dir: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", ns.name))
+        .arg(binary("lb-decap"))
+        .args(["--pin-dir", pin_dir])
+        .args(args)
+        .output()
+        .expect("run lb-decap");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn decapsulated(ns: &Netns, pin_dir: &str) -> u64 {
+    let status: serde_json::Value =
+        serde_json::from_str(&lb_decap(ns, pin_dir, &["status", "--json"]).expect("status"))
+            .expect("status JSON");
+    status["counters"]["decapsulated"]
+        .as_u64()
+        .expect("counter")
+}
+
+#[test]
+fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    veth(&lb_ns, "lb0", &backend_ns, "be0");
+    let pin_dir = format!("/sys/fs/bpf/lbt-decap-{}", std::process::id());
+    struct Unpin(String);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin_dir.clone());
+
+    // Bad input: a clear error, nothing pinned.
+    let err = lb_decap(
+        &backend_ns,
+        &pin_dir,
+        &["attach", "-i", "nosuch0", "-a", BACKEND_V4[0]],
+    )
+    .unwrap_err();
+    assert!(err.contains("no interface nosuch0"), "{err}");
+    assert!(!std::path::Path::new(&pin_dir).exists());
+
+    let out = lb_decap(
+        &backend_ns,
+        &pin_dir,
+        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+    )
+    .expect("attach");
+    assert!(out.contains("attached on be0 (native mode)"), "{out}");
+    let link = backend_ns.exec(&["ip", "-details", "link", "show", "be0"]);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+
+    // The load balancer tunnels client packets back out of lb0 to be0.
+    let mut lb = Lb::new();
+    lb_ns
+        .enter(|| lb.dp.attach(PROG_LB, "lb0", XdpMode::Driver))
+        .expect("attach lb");
+    let mut config = Lb::standard_config();
+    let be0_mac = mac_of(&backend_ns, "be0");
+    let bytes: Vec<u8> = be0_mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    config.gateway_mac = bytes.try_into().unwrap();
+    lb.maps.set_config(&config).unwrap();
+    lb.add_vip(
+        vip_key(VIP_V4, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    backend_ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{CLIENT_V4}/24"),
+        "dev",
+        "be0",
+    ]);
+    backend_ns.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "be0"]);
+    backend_ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        VIP_V4,
+        "lladdr",
+        &mac_of(&lb_ns, "lb0"),
+        "dev",
+        "be0",
+        "nud",
+        "permanent",
+    ]);
+    let send = |n: u64| {
+        backend_ns.enter(|| {
+            let socket = UdpSocket::bind((CLIENT_V4, 0)).expect("bind");
+            for _ in 0..n {
+                socket.send_to(b"hello", (VIP_V4, 53)).expect("send");
+            }
+        })
+    };
+    let wait_for = |want: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while decapsulated(&backend_ns, &pin_dir) < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        decapsulated(&backend_ns, &pin_dir)
+    };
+    // lb-decap has exited: the pinned program does the work.
+    send(5);
+    assert_eq!(wait_for(5), 5, "every tunnel stripped");
+    assert_eq!(lb.count(Reason::Tx), 5);
+
+    // Attaching again updates in place (an upgrade): counters and link kept.
+    let out = lb_decap(
+        &backend_ns,
+        &pin_dir,
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "-a",
+            BACKEND_V6[0],
+        ],
+    )
+    .expect("re-attach");
+    assert!(out.contains("updated on be0"), "{out}");
+    let status: serde_json::Value =
+        serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(
+        status["addresses"],
+        serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]])
+    );
+    assert_eq!(status["interfaces"], serde_json::json!(["be0"]));
+    send(3);
+    assert_eq!(wait_for(8), 8);
+
+    // A forgotten address is no longer ours: its tunnels pass up untouched.
+    lb_decap(&backend_ns, &pin_dir, &["forget", "-a", BACKEND_V4[0]]).expect("forget");
+    send(2);
+    std::thread::sleep(Duration::from_millis(200));
+    let status: serde_json::Value =
+        serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(status["counters"]["decapsulated"], 8);
+    assert_eq!(status["counters"]["pass_not_our_address"], 2);
+
+    lb_decap(&backend_ns, &pin_dir, &["detach", "-i", "be0"]).expect("detach");
+    let link = backend_ns.exec(&["ip", "-details", "link", "show", "be0"]);
+    assert!(!link.contains("prog/xdp"), "detached: {link}");
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "last detach unpins"
+    );
+    let err = lb_decap(&backend_ns, &pin_dir, &["detach", "-i", "be0"]).unwrap_err();
+    assert!(err.contains("not attached to be0"), "{err}");
+}
