@@ -20,7 +20,10 @@ pub const PROTO_ICMPV6: u8 = 58;
 ///
 /// Addresses are in network byte order; an IPv4 address fills the first four
 /// bytes and the rest stay zero. Ports are in host byte order.
-#[repr(C)]
+///
+/// 4-aligned (no size change) so the data plane can fill it a word at a
+/// time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],

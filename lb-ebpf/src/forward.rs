@@ -21,7 +21,7 @@ use lb_common::{
 
 use crate::{
     maps::{SCRATCH, TX_PORTS},
-    packet,
+    mem, packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
 };
 
@@ -158,11 +158,8 @@ fn next_hop(
             return Err(Reason::DropNoRoute);
         };
         // SAFETY: a per-CPU map value, ours for this run; all-zero is valid.
-        let fib = unsafe {
-            let fib = core::ptr::addr_of_mut!((*scratch).fib);
-            core::ptr::write_bytes(fib, 0, 1);
-            &mut *fib
-        };
+        let fib = unsafe { &mut *core::ptr::addr_of_mut!((*scratch).fib) };
+        mem::zero(fib);
         fib.ifindex = ctx.ingress_ifindex() as u32;
         fib.__bindgen_anon_1.tot_len = tot_len;
         if backend.family == FAMILY_V4 {

@@ -20,6 +20,7 @@ mod fragment;
 mod icmp;
 mod maglev;
 mod maps;
+mod mem;
 mod packet;
 mod parse;
 mod stats;

@@ -10,7 +10,10 @@ use lb_common::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
-use crate::packet::{self, header, read};
+use crate::{
+    mem,
+    packet::{self, header, read},
+};
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -103,7 +106,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
     p.l2 = l2;
     p.ip_len = 0;
     p.tos = 0;
-    p.flow = FlowKey::default();
+    mem::zero(&mut p.flow);
     p.l4_off = 0;
     p.fragment = Fragment::None;
     p.tcp_flags = 0;
@@ -163,8 +166,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     p.ip_len = (Ipv6Hdr::LEN as u16).saturating_add(payload_len);
     p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
     p.flow.family = FAMILY_V6;
-    p.flow.src = ip.src_addr;
-    p.flow.dst = ip.dst_addr;
+    mem::copy_addr(&mut p.flow.src, &ip.src_addr);
+    mem::copy_addr(&mut p.flow.dst, &ip.dst_addr);
     let mut next = ip.next_hdr;
     let mut off = l3 + Ipv6Hdr::LEN;
     let mut later = false;
