@@ -61,11 +61,11 @@ reasons!(Reason, REASON_COUNT {
     DropEncapFailed = "drop_encap_failed", Dropped, "could not grow the packet headroom";
     ConnHit = "conn_hit", Event, "connection table hit";
     ConnMiss = "conn_miss", Event, "connection table miss: backend chosen from the ring";
-    ConnRescheduled = "conn_rescheduled", Event, "entry's backend was down: flow moved";
+    ConnRescheduled = "conn_rescheduled", Event, "entry's backend was down or removed, or the entry was another VIP's: flow moved";
     SynNotTracked = "syn_not_tracked", Event, "TCP SYN: not entered until the handshake's ACK (SYN-flood guard)";
     NewFlow = "new_flow", Event, "new flow (TCP SYN, or first UDP packet)";
     IcmpTooBig = "icmp_too_big", Event, "ICMP too-big about a VIP flow, sent to that flow's backend";
-    Fragment = "fragment", Event, "IP fragment of VIP traffic";
+    Fragment = "fragment", Event, "IP fragment, of VIP traffic or not";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

@@ -1,5 +1,7 @@
 //! The connection table: an established flow stays on its backend whatever
-//! the rings do, unless that backend is down or removed.
+//! the rings do, unless that backend is down or removed, or the entry is
+//! stale: made for another VIP, or naming a backend id that has since been
+//! given to another VIP (ids are recycled).
 //!
 //! A TCP SYN is not entered: the flow is entered by the first packet after
 //! it (the handshake's ACK). Spoofed SYNs from a flood therefore never
@@ -43,21 +45,32 @@ pub fn select(
     if let Some(entry) = CONNS.get_ptr_mut(flow) {
         // SAFETY: a map value pointer, valid for this program run.
         let entry = unsafe { &mut *entry };
-        let backend = maglev::backend(entry.backend_id);
-        // A SYN on the 5-tuple of an old connection is a new connection:
-        // it must not follow the old one to a draining backend. The entry
-        // goes, so the handshake's ACK picks from the ring too.
-        if syn_only && backend.is_ok_and(|c| c.backend.flags & BACKEND_F_DRAINING != 0) {
-            let _ = CONNS.remove(flow);
-        } else if let Ok(chosen) = backend {
-            stats::event(Reason::ConnHit);
-            if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
-                entry.last_seen_ns = now;
+        // An entry is good only for the VIP it was made for, and only while
+        // its backend id still belongs to that VIP; otherwise it is stale
+        // and handled like one whose backend is gone.
+        let backend = if entry.vip_id == vip.vip_id {
+            maglev::backend_of_vip(entry.backend_id, vip.vip_id)
+        } else {
+            Err(Reason::DropNoBackend)
+        };
+        match backend {
+            // A SYN on the 5-tuple of an old connection is a new connection:
+            // it must not follow the old one to a draining backend. The
+            // entry goes, so the handshake's ACK picks from the ring too.
+            Ok(c) if syn_only && c.backend.flags & BACKEND_F_DRAINING != 0 => {
+                let _ = CONNS.remove(flow);
             }
-            return Ok(Selected {
-                chosen,
-                new_flow: false,
-            });
+            Ok(chosen) => {
+                stats::event(Reason::ConnHit);
+                if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+                    entry.last_seen_ns = now;
+                }
+                return Ok(Selected {
+                    chosen,
+                    new_flow: false,
+                });
+            }
+            Err(_) => {}
         }
         stats::event(Reason::ConnRescheduled);
     } else {

@@ -50,5 +50,5 @@ pub fn follow(p: &Parsed, id: u32) -> Result<(VipMeta, maglev::Chosen), Reason> 
         active_ring: 0,
         _pad: 0,
     };
-    Ok((vip, maglev::backend(entry.backend_id)?))
+    Ok((vip, maglev::backend_of_vip(entry.backend_id, entry.vip_id)?))
 }

@@ -32,6 +32,19 @@ pub fn backend(id: u32) -> Result<Chosen, Reason> {
     Ok(Chosen { id, backend })
 }
 
+/// The backend behind `id`, if it is configured, not down, and serves VIP
+/// `vip_id`. Ids are recycled: an id that a connection or fragment entry
+/// still holds may since have been freed and given to a backend of another
+/// VIP, and must not take this VIP's flow there.
+#[inline(always)]
+pub fn backend_of_vip(id: u32, vip_id: u32) -> Result<Chosen, Reason> {
+    let chosen = backend(id)?;
+    if chosen.backend.vip_id != vip_id {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(chosen)
+}
+
 /// Look the flow up on the VIP's live ring.
 #[inline(always)]
 pub fn pick(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Reason> {

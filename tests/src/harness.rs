@@ -83,14 +83,23 @@ impl BackendSpec {
         self
     }
 
+    /// The backend's map entry as a backend of VIP id 0 (the first VIP a
+    /// test adds); `entry_for` for another VIP.
     pub fn entry(&self) -> Backend {
+        self.entry_for(0)
+    }
+
+    /// The backend's map entry as a backend of VIP id `vip_id`. The data
+    /// plane follows a connection or fragment entry to a backend only if
+    /// the backend serves the packet's VIP.
+    pub fn entry_for(&self, vip_id: u32) -> Backend {
         let (addr, family) = to_map(self.addr);
         Backend {
             addr,
             family,
             flags: self.flags,
             mac: self.mac,
-            vip_id: 0,
+            vip_id,
         }
     }
 }
@@ -170,11 +179,15 @@ impl Lb {
         self.maps.vip(&key).unwrap().unwrap()
     }
 
-    /// Write the backends and publish the VIP's ring built from them
-    /// (backends flagged down or draining get no slots).
+    /// Write the backends (as backends of the VIP at `key`) and publish the
+    /// VIP's ring built from them (backends flagged down or draining get no
+    /// slots).
     pub fn set_backends(&mut self, key: &VipKey, backends: &[BackendSpec]) {
+        let vip_id = self.maps.vip(key).expect("vip").expect("VIP added").vip_id;
         for b in backends {
-            self.maps.set_backend(b.id, &b.entry()).expect("backend");
+            self.maps
+                .set_backend(b.id, &b.entry_for(vip_id))
+                .expect("backend");
         }
         let members: Vec<MaglevBackend> = backends
             .iter()

@@ -636,3 +636,60 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
         );
     }
 }
+
+#[test]
+fn golden_later_fragment_does_not_follow_a_backend_id_given_to_another_vip() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 53, PROTO_UDP);
+    lb.add_vip(key, 0, &backends_v4());
+    let whole = udp4(CLIENT_V4, 40000, VIP_V4, 53, PAYLOAD);
+    let l4 = &whole[IPV4_HLEN..];
+    let flow = flow_of(&whole);
+    let id = lb.ring_backend(&key, &flow);
+    let first = frag4(CLIENT_V4, VIP_V4, 78, 0, true, &l4[..24]);
+    let last = frag4(CLIENT_V4, VIP_V4, 78, 24, false, &l4[24..]);
+    assert_eq!(lb.run(&to_lb(&first)).data, encapsulated(id, &first, &flow));
+    // The first fragment's backend leaves, and its id goes to a backend of
+    // another VIP: the remembered id no longer means this datagram's backend.
+    let rest: Vec<BackendSpec> = backends_v4().into_iter().filter(|b| b.id != id).collect();
+    lb.set_backends(&key, &rest);
+    lb.add_vip(
+        vip_key(VIP_V6, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(id, BACKEND_V6[0])],
+    );
+    let f = to_lb(&last);
+    expect(
+        &mut lb,
+        &f,
+        XDP_DROP,
+        f.clone(),
+        &[(Reason::DropNoBackend, 1), (Reason::Fragment, 1)],
+    );
+}
+
+#[test]
+fn golden_icmp_too_big_does_not_follow_an_entry_to_a_backend_id_of_another_vip() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    lb.add_vip(key, 0, &backends_v4());
+    let ack = tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"");
+    let id = establish_then_move_ring(&mut lb, &key, &ack, &backends_v4());
+    // The entry's backend id now belongs to a backend of another VIP.
+    lb.add_vip(
+        vip_key(VIP_V6, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(id, BACKEND_V6[0])],
+    );
+    let ring = lb.ring_backend(&key, &flow_of(&ack));
+    assert_ne!(ring, id);
+    let reply = tcp4(VIP_V4, 80, CLIENT_V4, 40000, Tcp::Ack, &[0x55; 1460]);
+    let icmp = frag_needed(&reply[..IPV4_HLEN + 8]);
+    expect(
+        &mut lb,
+        &to_lb(&icmp),
+        XDP_TX,
+        encapsulated(ring, &icmp, &icmp_flow(&icmp)),
+        &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+    );
+}

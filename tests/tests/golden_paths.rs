@@ -832,3 +832,97 @@ fn golden_new_syn_on_an_old_five_tuple_does_not_follow_it_to_a_draining_backend(
         tunnelled(&ack(port), &addr_of(&backends, other))
     );
 }
+
+#[test]
+fn golden_entry_whose_backend_id_now_serves_another_vip_is_rescheduled() {
+    let mut lb = Lb::new();
+    let web = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = vec![
+        BackendSpec::new(1, BACKEND_V4[0]),
+        BackendSpec::new(2, BACKEND_V4[1]),
+    ];
+    lb.add_vip(web, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, other) = port_that_moves(&mut lb, &web, make, &backends, 1);
+    assert_eq!((owner, other), (1, 2));
+    let ack = make(port);
+    assert_eq!(
+        lb.run(&to_lb(&ack)).data,
+        tunnelled(&ack, BACKEND_V4[0]),
+        "the flow is pinned to backend 1"
+    );
+    // Backend 1 leaves the VIP, and its id is given to a backend of
+    // another VIP: the entry still names id 1.
+    lb.set_backends(&web, &backends[1..]);
+    let other_vip = lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[2])],
+    );
+    assert_eq!(lb.maps.backend(1).unwrap().vip_id, other_vip.vip_id);
+    assert_ne!(other_vip.vip_id, 0);
+    // Not to the other VIP's backend: rescheduled from this VIP's ring.
+    assert_eq!(
+        lb.run(&to_lb(&ack)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&ack, BACKEND_V4[1])
+        }
+    );
+    assert_eq!(
+        (
+            lb.count(Reason::ConnMiss),
+            lb.count(Reason::ConnHit),
+            lb.count(Reason::ConnRescheduled),
+            lb.count(Reason::Tx)
+        ),
+        (1, 0, 1, 2)
+    );
+    let entry = lb.maps.conn(&flow_of(&ack)).unwrap().expect("entry");
+    assert_eq!((entry.backend_id, entry.vip_id), (2, 0), "entry rewritten");
+    assert_eq!(lb.maps.backend_stats(1).unwrap().packets, 1);
+    // The rewritten entry holds.
+    assert_eq!(lb.run(&to_lb(&ack)).data, tunnelled(&ack, BACKEND_V4[1]));
+    assert_eq!(lb.count(Reason::ConnHit), 1);
+}
+
+#[test]
+fn golden_entry_made_for_another_vip_id_is_rescheduled() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = vec![
+        BackendSpec::new(1, BACKEND_V4[0]),
+        BackendSpec::new(2, BACKEND_V4[1]),
+    ];
+    let first = lb.add_vip(key, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, _) = port_that_moves(&mut lb, &key, make, &backends, 1);
+    assert_eq!(owner, 1);
+    let ack = make(port);
+    assert_eq!(lb.run(&to_lb(&ack)).data, tunnelled(&ack, BACKEND_V4[0]));
+    // The VIP is removed and added again: it gets a new id, and its
+    // backends come back under recycled ids. Backend 1 drains, so only an
+    // entry of the new VIP would keep a flow on it.
+    let mut again = backends.clone();
+    again[0].flags |= BACKEND_F_DRAINING;
+    let second = lb.add_vip(key, 0, &again);
+    assert_ne!(second.vip_id, first.vip_id);
+    assert_eq!(lb.maps.backend(1).unwrap().vip_id, second.vip_id);
+    assert_eq!(
+        lb.run(&to_lb(&ack)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&ack, BACKEND_V4[1])
+        }
+    );
+    assert_eq!(
+        (
+            lb.count(Reason::ConnMiss),
+            lb.count(Reason::ConnHit),
+            lb.count(Reason::ConnRescheduled)
+        ),
+        (1, 0, 1)
+    );
+    let entry = lb.maps.conn(&flow_of(&ack)).unwrap().expect("entry");
+    assert_eq!((entry.backend_id, entry.vip_id), (2, second.vip_id));
+}
