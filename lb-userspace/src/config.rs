@@ -1,9 +1,12 @@
 //! lbd's configuration file: its JSON shape, defaults, and validation.
 //!
-//! Every field is documented here, once; the configuration reference is
-//! generated from these definitions. A rejected file gets an error naming
-//! the field path and the reason (`vips[2].backends[0].weight: 0 is out of
-//! range 1..=1000`), and nothing of it is applied.
+//! Every field is documented here. The operators' reference,
+//! docs/configuration.md, is written by hand, not generated from these
+//! definitions; tests/tests/docs.rs keeps it in step with them (every field
+//! path, every default, the examples and every validation message). A
+//! rejected file gets an error naming the field path and the reason
+//! (`vips[2].backends[0].weight: 0 is out of range 1..=1000`), and nothing
+//! of it is applied.
 
 use std::{
     collections::HashSet,
@@ -162,7 +165,8 @@ impl Default for Control {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vip {
-    /// Optional label shown by `lbctl` and in metrics.
+    /// Optional label, shown by `lbctl vip list` and `lbctl config dump`.
+    /// Metrics do not use it: they name a VIP by address, port and protocol.
     #[serde(default)]
     pub name: Option<String>,
     /// The service address clients connect to.
@@ -461,10 +465,11 @@ impl Config {
         Ok(config)
     }
 
-    /// Read, parse and validate a file.
+    /// Read, parse and validate a file. The messages do not repeat the
+    /// file's name: the caller says which file it was.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::one("", format!("reading {}: {e}", path.display())))?;
+            .map_err(|e| ConfigError::one("", format!("the file cannot be read: {e}")))?;
         Self::from_json(&text)
     }
 
@@ -567,7 +572,12 @@ impl Config {
                     format!("{} is more than a day", vip.drain_timeout_s),
                 );
             }
-            check_health(&vip.health_check, &format!("{at}.health_check"), &mut bad);
+            check_health(
+                &vip.health_check,
+                vip.port,
+                &format!("{at}.health_check"),
+                &mut bad,
+            );
             let mut addrs = HashSet::new();
             for (b, backend) in vip.backends.iter().enumerate() {
                 let bat = format!("{at}.backends[{b}]");
@@ -632,10 +642,16 @@ impl Config {
     }
 }
 
-fn check_health(h: &HealthCheck, at: &str, bad: &mut impl FnMut(String, String)) {
-    if h.kind == CheckKind::None {
-        return;
-    }
+/// The health check of a VIP whose port is `vip_port`.
+///
+/// Every field is checked whatever the check's `type`, `none` included: a
+/// field the chosen type does not use is an error, and so are out-of-range
+/// values. With `none` this rejects a `path`, `port`, ... that would
+/// otherwise be silently ignored, which is what an operator wants to hear:
+/// `none` is the default type, so such a field nearly always means a
+/// forgotten or misspelt `type`, and the VIP would run without checks. It
+/// also keeps a configuration valid when its `type` is switched later.
+fn check_health(h: &HealthCheck, vip_port: u16, at: &str, bad: &mut impl FnMut(String, String)) {
     if !(100..=3_600_000).contains(&h.interval_ms) {
         bad(
             format!("{at}.interval_ms"),
@@ -659,25 +675,54 @@ fn check_health(h: &HealthCheck, at: &str, bad: &mut impl FnMut(String, String))
             );
         }
     }
-    let only = |field: &str, set: bool, kind: CheckKind| {
-        (set && h.kind != kind).then(|| field.to_string())
-    };
+    let probes = h.kind != CheckKind::None;
     let misplaced = [
-        only("path", h.path.is_some(), CheckKind::Http),
-        only("host", h.host.is_some(), CheckKind::Http),
-        only("payload", h.payload.is_some(), CheckKind::Udp),
-        only("expect", h.expect.is_some(), CheckKind::Udp),
+        ("port", h.port.is_some() && !probes),
+        ("path", h.path.is_some() && h.kind != CheckKind::Http),
+        ("host", h.host.is_some() && h.kind != CheckKind::Http),
+        ("payload", h.payload.is_some() && h.kind != CheckKind::Udp),
+        ("expect", h.expect.is_some() && h.kind != CheckKind::Udp),
     ];
-    for field in misplaced.into_iter().flatten() {
+    for (field, _) in misplaced.into_iter().filter(|(_, wrong)| *wrong) {
         bad(
             format!("{at}.{field}"),
             format!("does not apply to a {:?} check", h.kind).to_lowercase(),
         );
     }
-    if let Some(path) = &h.path
-        && !path.starts_with('/')
-    {
-        bad(format!("{at}.path"), format!("{path:?} must start with /"));
+    // Port 0 cannot be connected to: every probe would fail.
+    match h.port {
+        Some(0) if probes => bad(
+            format!("{at}.port"),
+            "0 cannot be probed: give the port the backends serve".into(),
+        ),
+        None if probes && vip_port == 0 => bad(
+            format!("{at}.port"),
+            "required for a port-less VIP (port 0): the check would probe port 0".into(),
+        ),
+        _ => {}
+    }
+    // Both go into the request verbatim; the checker refuses to send a
+    // request line or header that such characters would break.
+    if let Some(path) = &h.path {
+        if !path.starts_with('/') {
+            bad(format!("{at}.path"), format!("{path:?} must start with /"));
+        }
+        if !path.is_empty() && !is_request_token(path) {
+            bad(
+                format!("{at}.path"),
+                format!("{path:?} contains whitespace or a control character"),
+            );
+        }
+    }
+    if let Some(host) = &h.host {
+        if host.is_empty() {
+            bad(format!("{at}.host"), "must not be empty".into());
+        } else if !is_request_token(host) {
+            bad(
+                format!("{at}.host"),
+                format!("{host:?} contains whitespace or a control character"),
+            );
+        }
     }
     if h.kind == CheckKind::Udp && h.payload.as_deref().unwrap_or("").is_empty() {
         bad(
@@ -685,6 +730,13 @@ fn check_health(h: &HealthCheck, at: &str, bad: &mut impl FnMut(String, String))
             "a udp check needs a payload to send".into(),
         );
     }
+}
+
+/// Text that can go into an HTTP request line or header as it is: not
+/// empty, no whitespace, no control character. The HTTP checker sends a
+/// `path` or `host` only if it passes this.
+pub fn is_request_token(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// An address that can be a service or backend: not unspecified, loopback,
@@ -833,6 +885,136 @@ mod tests {
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+    }
+
+    /// `GOOD` with the first VIP's port and health check replaced.
+    fn with_check(port: u16, check: serde_json::Value) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["vips"][0]["port"] = port.into();
+        v["vips"][0]["health_check"] = check;
+        v.to_string()
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_json(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(Problem::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn portless_vip_check_needs_its_own_port() {
+        use serde_json::json;
+        for kind in ["tcp", "http", "udp"] {
+            let mut check = json!({"type": kind});
+            if kind == "udp" {
+                check["payload"] = "ping".into();
+            }
+            assert_eq!(
+                problems(&with_check(0, check.clone())),
+                [
+                    "vips[0].health_check.port: required for a port-less VIP (port 0): the check would probe port 0"
+                ],
+                "{kind}"
+            );
+            check["port"] = 8080.into();
+            assert_eq!(problems(&with_check(0, check.clone())), [""; 0], "{kind}");
+            // Port 0 given explicitly is no better, port-less VIP or not.
+            check["port"] = 0.into();
+            for vip_port in [0, 80] {
+                assert_eq!(
+                    problems(&with_check(vip_port, check.clone())),
+                    [
+                        "vips[0].health_check.port: 0 cannot be probed: give the port the backends serve"
+                    ],
+                    "{kind}"
+                );
+            }
+        }
+        // Without checks a port-less VIP needs no check port.
+        assert_eq!(problems(&with_check(0, json!({"type": "none"}))), [""; 0]);
+    }
+
+    #[test]
+    fn http_path_and_host_must_fit_in_a_request() {
+        use serde_json::json;
+        for path in ["/a b", "/x HTTP/1.1\r\nX-Evil: 1", "/tab\t", "/nul\u{0}"] {
+            assert_eq!(
+                problems(&with_check(80, json!({"type": "http", "path": path}))),
+                [format!(
+                    "vips[0].health_check.path: {path:?} contains whitespace or a control character"
+                )],
+            );
+        }
+        for host in ["web example", "web.example\r\nX-Evil: 1", "\u{7f}"] {
+            assert_eq!(
+                problems(&with_check(80, json!({"type": "http", "host": host}))),
+                [format!(
+                    "vips[0].health_check.host: {host:?} contains whitespace or a control character"
+                )],
+            );
+        }
+        assert_eq!(
+            problems(&with_check(80, json!({"type": "http", "host": ""}))),
+            ["vips[0].health_check.host: must not be empty"],
+        );
+        // A path that breaks both rules gets both reasons.
+        assert_eq!(
+            problems(&with_check(80, json!({"type": "http", "path": "a b"}))).len(),
+            2
+        );
+        let fine =
+            json!({"type": "http", "path": "/healthz?full=1&x=%20", "host": "[2001:db8::1]:8080"});
+        assert_eq!(problems(&with_check(80, fine)), [""; 0]);
+    }
+
+    #[test]
+    fn a_none_check_is_validated_like_any_other() {
+        use serde_json::json;
+        let cases = [
+            (
+                json!({"type": "none", "interval_ms": 50, "timeout_ms": 20}),
+                "vips[0].health_check.interval_ms: 50 is out of range 100..=3600000",
+            ),
+            (
+                json!({"type": "none", "timeout_ms": 5000}),
+                "vips[0].health_check.timeout_ms: 5000 must be at least 10 and at most interval_ms (1000)",
+            ),
+            (
+                json!({"type": "none", "fall": 0}),
+                "vips[0].health_check.fall: 0 is out of range 1..=100",
+            ),
+            (
+                json!({"type": "none", "path": "/healthz"}),
+                "vips[0].health_check.path: does not apply to a none check",
+            ),
+            // `none` is the default type: a forgotten `type` is caught too.
+            (
+                json!({"host": "web.example"}),
+                "vips[0].health_check.host: does not apply to a none check",
+            ),
+            (
+                json!({"type": "none", "payload": "ping"}),
+                "vips[0].health_check.payload: does not apply to a none check",
+            ),
+            (
+                json!({"type": "none", "expect": "pong"}),
+                "vips[0].health_check.expect: does not apply to a none check",
+            ),
+            (
+                json!({"type": "none", "port": 8080}),
+                "vips[0].health_check.port: does not apply to a none check",
+            ),
+        ];
+        for (check, message) in cases {
+            assert_eq!(
+                problems(&with_check(80, check.clone())),
+                [message],
+                "{check}"
+            );
+        }
+        assert_eq!(problems(&with_check(80, json!({"type": "none"}))), [""; 0]);
+        assert_eq!(problems(&with_check(80, json!({}))), [""; 0]);
     }
 
     #[test]

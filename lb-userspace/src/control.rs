@@ -123,30 +123,41 @@ impl Reply {
     }
 }
 
+/// Why a request to lbd failed. A cause is part of the message and is not
+/// also returned from `source()` (see `crate::errors`).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach lbd at {path}: {source} (is lbd running? are you root?)")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot reach lbd at {path}: {error} (is lbd running? are you root?)")]
+    Connect { path: String, error: std::io::Error },
     #[error("talking to lbd: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("lbd sent a reply that is not valid: {0}")]
-    BadReply(#[from] serde_json::Error),
+    BadReply(serde_json::Error),
     #[error("lbd closed the connection without replying")]
     NoReply,
     #[error("{0}")]
     Refused(String),
 }
 
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for ClientError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::BadReply(e)
+    }
+}
+
 /// Send one request and wait for its reply (the `lbctl` side).
 pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
     let stream = UnixStream::connect(socket)
         .await
-        .map_err(|source| ClientError::Connect {
+        .map_err(|error| ClientError::Connect {
             path: socket.display().to_string(),
-            source,
+            error,
         })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request)?;

@@ -39,7 +39,7 @@ use crate::{
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
-    maps::Maps,
+    maps::{Maps, MapsError},
     metrics::{InterfaceLabels, Metrics},
     sync::{self, SyncReport},
 };
@@ -185,7 +185,9 @@ impl Daemon {
             _ => 0,
         };
         let (health_records, status) = initial_health(&config, &up_before);
+        let known = ids.clone();
         let image = image::build(&config, &mut ids, |k| status(k), egress_ifindex)?;
+        clear_stats_of_new_ids(&mut maps, &ids, &known)?;
         let report = sync::apply(&mut maps, None, &image)?;
         info!(?report, "data plane written");
         for iface in &config.interfaces {
@@ -307,6 +309,8 @@ impl Daemon {
         };
         let image = image::build(&config, &mut ids, status, self.egress_ifindex)
             .map_err(|e| e.to_string())?;
+        clear_stats_of_new_ids(&mut self.maps, &ids, &self.ids)
+            .map_err(|e| format!("writing the data plane: {e}"))?;
         let report = match sync::apply(&mut self.maps, Some(&self.applied), &image) {
             Ok(r) => r,
             Err(e) => {
@@ -792,6 +796,22 @@ impl Daemon {
             self.config.control.group.clone(),
         )
     }
+}
+
+/// Zero the data plane's counters of the ids that `now` uses and `before`
+/// did not, before any map entry names them: a recycled id must not carry
+/// its last owner's packets and bytes into `lbctl stats` and the metrics.
+/// Nothing counts under a free id (no VIP or backend entry has it), so the
+/// counts start from zero.
+fn clear_stats_of_new_ids(maps: &mut Maps, now: &Ids, before: &Ids) -> Result<(), MapsError> {
+    let (vips, backends) = now.allocated_since(before);
+    for id in vips {
+        maps.clear_vip_stats(id)?;
+    }
+    for id in backends {
+        maps.clear_backend_stats(id)?;
+    }
+    Ok(())
 }
 
 fn check_for<'a>(config: &'a Config, key: &BackendKey) -> Option<&'a HealthCheck> {

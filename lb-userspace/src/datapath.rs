@@ -228,7 +228,7 @@ impl Datapath {
             Ok(id) => id,
             Err(refused) if prefer_native => {
                 native = false;
-                native_refused = Some(error_chain(&refused));
+                native_refused = Some(crate::errors::chain(&refused));
                 xdp_program(&mut self.ebpf, name)?
                     .attach(iface, XdpMode::Skb)
                     .map_err(|source| DatapathError::Program { name, source })?
@@ -248,21 +248,6 @@ impl Datapath {
             replaced: false,
         })
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether `iface` runs its XDP program in generic (skb) mode.

@@ -298,10 +298,10 @@ fn http_request(check: &HealthCheck, addr: IpAddr) -> Result<String, String> {
     let host = check.host.clone().unwrap_or_else(|| host_of(addr));
     // Configuration text goes into the request verbatim: refuse anything
     // that would end the request line or a header early.
-    if !is_request_token(path) {
+    if !crate::config::is_request_token(path) {
         return Err(format!("invalid HTTP path {path:?}"));
     }
-    if !is_request_token(&host) {
+    if !crate::config::is_request_token(&host) {
         return Err(format!("invalid HTTP host {host:?}"));
     }
     Ok(format!(
@@ -315,10 +315,6 @@ fn host_of(addr: IpAddr) -> String {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     }
-}
-
-fn is_request_token(s: &str) -> bool {
-    !s.is_empty() && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// Read up to the end of the first line (without its CR LF). Reads can end

@@ -188,6 +188,27 @@ impl Ids {
         }
     }
 
+    /// The ids in use here that were not in use in `before`: (VIP ids,
+    /// backend ids). An id can have served something else earlier, so the
+    /// caller zeroes what the data plane counted under it before it is
+    /// handed to the data plane again.
+    pub fn allocated_since(&self, before: &Ids) -> (Vec<u32>, Vec<u32>) {
+        fn new_ids<K>(now: &BTreeMap<K, u32>, before: &BTreeMap<K, u32>) -> Vec<u32> {
+            let old: std::collections::BTreeSet<u32> = before.values().copied().collect();
+            let mut ids: Vec<u32> = now
+                .values()
+                .copied()
+                .filter(|id| !old.contains(id))
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+        (
+            new_ids(&self.vips, &before.vips),
+            new_ids(&self.backends, &before.backends),
+        )
+    }
+
     pub fn vips(&self) -> impl Iterator<Item = (&VipKeyOrd, &u32)> {
         self.vips.iter()
     }
@@ -231,6 +252,31 @@ mod tests {
         assert_eq!(
             ids.backend_or_new(backend(80, 5)),
             Err(IdError::BackendsExhausted(3))
+        );
+    }
+
+    #[test]
+    fn allocated_since_names_fresh_and_reused_ids() {
+        let mut ids = Ids::new(2, 2);
+        assert_eq!(ids.vip_or_new(vip(80)), Ok(0));
+        assert_eq!(ids.backend_or_new(backend(80, 1)), Ok(0));
+        assert_eq!(ids.backend_or_new(backend(80, 2)), Ok(1));
+        let before = ids.clone();
+        assert_eq!(ids.allocated_since(&before), (vec![], vec![]));
+        // Backend 1 leaves; its id is the only one left for backend 3.
+        ids.release_backend(&backend(80, 1));
+        assert_eq!(ids.backend_or_new(backend(80, 3)), Ok(0));
+        assert_eq!(ids.vip_or_new(vip(81)), Ok(1));
+        assert_eq!(ids.allocated_since(&before), (vec![1], vec![]));
+        let released = {
+            let mut r = before.clone();
+            r.release_backend(&backend(80, 1));
+            r
+        };
+        assert_eq!(ids.allocated_since(&released), (vec![1], vec![0]));
+        assert_eq!(
+            ids.allocated_since(&Ids::new(2, 2)),
+            (vec![0, 1], vec![0, 1])
         );
     }
 

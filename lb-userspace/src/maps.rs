@@ -3,7 +3,7 @@
 //! flipping its `active_ring`, so a packet sees either the old ring or the
 //! new one, never a mix.
 
-use crate::ring_memory::RingMemory;
+use crate::{errors::chain, ring_memory::RingMemory};
 use aya::{
     Ebpf,
     maps::{
@@ -13,23 +13,33 @@ use aya::{
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
 
+/// A failed map operation. A cause is part of the message and is not also
+/// returned from `source()` (see `crate::errors`).
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("map {0} is missing from the eBPF object")]
     Missing(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    #[error("map {name}: {}", chain(.error))]
+    Map { name: &'static str, error: MapError },
     #[error("map {0}: this kernel does not support the requested operation")]
     Unsupported(&'static str),
     #[error("VIP {0:?} is not in the VIP map")]
     UnknownVip(VipKey),
     #[error("map RINGS: {0}")]
-    RingMemory(#[from] crate::ring_memory::RingMemoryError),
+    RingMemory(crate::ring_memory::RingMemoryError),
     #[error("ring has {got} slots, the data plane was loaded with {want}")]
     RingSize { got: usize, want: u32 },
+    #[error("map {name}: {error}")]
+    PerCpu {
+        name: &'static str,
+        error: std::io::Error,
+    },
+}
+
+impl From<crate::ring_memory::RingMemoryError> for MapsError {
+    fn from(e: crate::ring_memory::RingMemoryError) -> Self {
+        Self::RingMemory(e)
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -37,11 +47,11 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
-    T::try_from(map).map_err(|source| MapsError::Map { name, source })
+    T::try_from(map).map_err(|error| MapsError::Map { name, error })
 }
 
 fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
-    move |source| MapsError::Map { name, source }
+    move |error| MapsError::Map { name, error }
 }
 
 /// All maps of a loaded data plane.
@@ -107,9 +117,9 @@ impl Maps {
         match self.vips.get(key, 0) {
             Ok(meta) => Ok(Some(meta)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(MapsError::Map {
+            Err(error) => Err(MapsError::Map {
                 name: MAP_VIPS,
-                source,
+                error,
             }),
         }
     }
@@ -117,9 +127,9 @@ impl Maps {
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(MapsError::Map {
+            Err(error) => Err(MapsError::Map {
                 name: MAP_VIPS,
-                source,
+                error,
             }),
         }
     }
@@ -186,9 +196,9 @@ impl Maps {
         match self.conns.get(flow, 0) {
             Ok(entry) => Ok(Some(entry)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(MapsError::Map {
+            Err(error) => Err(MapsError::Map {
                 name: MAP_CONNS,
-                source,
+                error,
             }),
         }
     }
@@ -203,9 +213,9 @@ impl Maps {
         match self.frags.get(key, 0) {
             Ok(entry) => Ok(Some(entry)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(MapsError::Map {
+            Err(error) => Err(MapsError::Map {
                 name: MAP_FRAGS,
-                source,
+                error,
             }),
         }
     }
@@ -215,9 +225,9 @@ impl Maps {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| match e {
-                XdpMapError::MapError(source) => MapsError::Map {
+                XdpMapError::MapError(error) => MapsError::Map {
                     name: MAP_TX_PORTS,
-                    source,
+                    error,
                 },
                 XdpMapError::ChainedProgramNotSupported => MapsError::Unsupported(MAP_TX_PORTS),
             })
@@ -257,9 +267,9 @@ impl Maps {
         };
         match self.decap_addrs.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(MapsError::Map {
+            Err(error) => Err(MapsError::Map {
                 name: MAP_DECAP_ADDRS,
-                source,
+                error,
             }),
         }
     }
@@ -286,6 +296,18 @@ impl Maps {
         Ok(sum(&values))
     }
 
+    /// Zero VIP `vip_id`'s counters on every CPU. For an id about to be
+    /// given to a VIP: it must not start with what its last owner counted.
+    pub fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError> {
+        clear(&mut self.vip_stats, MAP_VIP_STATS, vip_id)
+    }
+
+    /// Zero backend `backend_id`'s counters on every CPU (see
+    /// `clear_vip_stats`).
+    pub fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        clear(&mut self.backend_stats, MAP_BACKEND_STATS, backend_id)
+    }
+
     pub fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError> {
         let values = self
             .backend_stats
@@ -293,6 +315,17 @@ impl Maps {
             .map_err(err(MAP_BACKEND_STATS))?;
         Ok(sum(&values))
     }
+}
+
+fn clear(
+    map: &mut PerCpuArray<MapData, FlowStats>,
+    name: &'static str,
+    index: u32,
+) -> Result<(), MapsError> {
+    let per_cpu = |error| MapsError::PerCpu { name, error };
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| per_cpu(error))?;
+    let zero = PerCpuValues::try_from(vec![FlowStats::default(); cpus]).map_err(per_cpu)?;
+    map.set(index, zero, 0).map_err(err(name))
 }
 
 fn sum(values: &PerCpuValues<FlowStats>) -> FlowStats {

@@ -2,15 +2,18 @@
 //!
 //! The data plane's counters live in per-CPU maps; the daemon copies their
 //! sums here once a second (`update_from`), so a scrape never touches the
-//! maps and never waits for the daemon.
+//! maps and never waits for the daemon. The per-VIP and per-backend series
+//! are those of the running configuration: a VIP or backend that leaves it
+//! loses its series at the next update.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use lb_common::Reason;
+use lb_common::{Reason, maps::FlowStats};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -24,7 +27,7 @@ use tracing::warn;
 
 use crate::{
     config::{Config, Protocol},
-    ids::{BackendKey, Ids},
+    ids::{BackendKey, Ids, VipKeyOrd},
     image,
     maps::Maps,
 };
@@ -66,6 +69,15 @@ pub struct Metrics {
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
     pub attached: Family<InterfaceLabels, Gauge>,
+    /// The per-VIP and per-backend label sets that have series, so that
+    /// those of VIPs and backends gone from the configuration can be removed.
+    series: Mutex<Series>,
+}
+
+#[derive(Default)]
+struct Series {
+    vips: HashSet<VipLabels>,
+    backends: HashSet<BackendLabels>,
 }
 
 impl Default for Metrics {
@@ -88,6 +100,7 @@ impl Default for Metrics {
             }),
             packets: Family::default(),
             attached: Family::default(),
+            series: Mutex::new(Series::default()),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,19 +203,29 @@ fn set(c: &Counter, v: u64) {
 }
 
 impl Metrics {
+    /// Record a probe of `backend`, if it is still one of `vip`'s backends
+    /// (a checker's last result can arrive after its backend was removed).
     pub fn observe_check(
         &self,
         vip: &crate::config::Vip,
         backend: std::net::IpAddr,
         latency: Duration,
     ) {
+        if !vip.backends.iter().any(|b| b.address == backend) {
+            return;
+        }
         let labels = BackendLabels {
             vip: vip_name(vip.address, vip.port, vip.protocol),
             backend: backend.to_string(),
         };
+        self.series_lock().backends.insert(labels.clone());
         self.check_latency
             .get_or_create(&labels)
             .observe(latency.as_secs_f64());
+    }
+
+    fn series_lock(&self) -> std::sync::MutexGuard<'_, Series> {
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Copy the data plane's counters (sums over CPUs) into the metrics.
@@ -213,8 +236,26 @@ impl Metrics {
         config: &Config,
         up: impl Fn(&BackendKey) -> bool,
     ) {
+        self.update(
+            config,
+            |r| maps.reason_count(r).ok(),
+            |key| ids.vip(key).and_then(|id| maps.vip_stats(id).ok()),
+            |key| ids.backend(key).and_then(|id| maps.backend_stats(id).ok()),
+            up,
+        );
+    }
+
+    /// `update_from`, with the counters read through the given functions.
+    fn update(
+        &self,
+        config: &Config,
+        reason_count: impl Fn(Reason) -> Option<u64>,
+        vip_stats: impl Fn(&VipKeyOrd) -> Option<FlowStats>,
+        backend_stats: impl Fn(&BackendKey) -> Option<FlowStats>,
+        up: impl Fn(&BackendKey) -> bool,
+    ) {
         for r in Reason::ALL {
-            if let Ok(n) = maps.reason_count(*r) {
+            if let Some(n) = reason_count(*r) {
                 let kind = format!("{:?}", r.kind()).to_lowercase();
                 set(
                     &self.packets.get_or_create(&ReasonLabels {
@@ -225,16 +266,20 @@ impl Metrics {
                 );
             }
         }
+        let mut series = self.series_lock();
+        let mut vips = HashSet::new();
+        let mut backends = HashSet::new();
         for v in &config.vips {
             let key = image::vip_key(v.address, v.port, v.protocol);
             let name = vip_name(v.address, v.port, v.protocol);
-            if let Some(Ok(s)) = ids.vip(&key).map(|id| maps.vip_stats(id)) {
-                let l = VipLabels { vip: name.clone() };
+            let l = VipLabels { vip: name.clone() };
+            if let Some(s) = vip_stats(&key) {
                 set(&self.vip_packets.get_or_create(&l), s.packets);
                 set(&self.vip_bytes.get_or_create(&l), s.bytes);
                 set(&self.vip_new_flows.get_or_create(&l), s.new_flows);
                 set(&self.vip_dropped.get_or_create(&l), s.dropped);
             }
+            vips.insert(l);
             for b in &v.backends {
                 let bkey = BackendKey {
                     vip: key,
@@ -245,13 +290,28 @@ impl Metrics {
                     backend: b.address.to_string(),
                 };
                 self.backend_up.get_or_create(&l).set(up(&bkey) as i64);
-                if let Some(Ok(s)) = ids.backend(&bkey).map(|id| maps.backend_stats(id)) {
+                if let Some(s) = backend_stats(&bkey) {
                     set(&self.backend_packets.get_or_create(&l), s.packets);
                     set(&self.backend_bytes.get_or_create(&l), s.bytes);
                     set(&self.backend_new_flows.get_or_create(&l), s.new_flows);
                 }
+                backends.insert(l);
             }
         }
+        for l in series.vips.difference(&vips) {
+            self.vip_packets.remove(l);
+            self.vip_bytes.remove(l);
+            self.vip_new_flows.remove(l);
+            self.vip_dropped.remove(l);
+        }
+        for l in series.backends.difference(&backends) {
+            self.backend_packets.remove(l);
+            self.backend_bytes.remove(l);
+            self.backend_new_flows.remove(l);
+            self.backend_up.remove(l);
+            self.check_latency.remove(l);
+        }
+        *series = Series { vips, backends };
     }
 
     /// The Prometheus text exposition.
@@ -309,6 +369,120 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(vips: serde_json::Value) -> Config {
+        let text = serde_json::json!({
+            "interfaces": [{"name": "eth0"}],
+            "tunnel_source": {"ipv4": "198.51.100.2"},
+            "vips": vips,
+        });
+        Config::from_json(&text.to_string()).unwrap()
+    }
+
+    fn two_vips() -> Config {
+        config(serde_json::json!([
+            {"address": "198.51.100.10", "port": 80, "protocol": "tcp",
+             "backends": [{"address": "198.51.100.101"}, {"address": "198.51.100.102"}]},
+            {"address": "198.51.100.11", "port": 53, "protocol": "udp",
+             "backends": [{"address": "198.51.100.111"}]},
+        ]))
+    }
+
+    /// Update with every VIP and backend at `n` packets.
+    fn update(m: &Metrics, config: &Config, n: u64) {
+        let stats = FlowStats {
+            packets: n,
+            bytes: 100 * n,
+            new_flows: 1,
+            dropped: 0,
+        };
+        m.update(
+            config,
+            |_| Some(n),
+            |_| Some(stats),
+            |_| Some(stats),
+            |_| true,
+        );
+    }
+
+    fn lines_about(text: &str, what: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(what))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn series_of_removed_vips_and_backends_are_removed() {
+        let m = Metrics::default();
+        let all = two_vips();
+        update(&m, &all, 5);
+        for v in &all.vips {
+            m.observe_check(v, v.backends[0].address, Duration::from_millis(2));
+        }
+        let text = m.render();
+        // Four VIP counters; four backend series; a histogram of 11 bounds
+        // (+Inf, sum and count make 14 lines).
+        assert_eq!(
+            lines_about(&text, "198.51.100.11:53/udp").len(),
+            4 + 4 + 14,
+            "{text}"
+        );
+        assert_eq!(lines_about(&text, "198.51.100.102\"").len(), 4, "{text}");
+
+        // The UDP VIP and one backend of the other leave the configuration.
+        let mut fewer = all.clone();
+        fewer.vips.truncate(1);
+        fewer.vips[0].backends.truncate(1);
+        update(&m, &fewer, 6);
+        let text = m.render();
+        for gone in ["198.51.100.11:53/udp", "198.51.100.111", "198.51.100.102"] {
+            assert_eq!(lines_about(&text, gone), Vec::<String>::new(), "{text}");
+        }
+        assert!(
+            text.contains("lb_vip_packets_total{vip=\"198.51.100.10:80/tcp\"} 6"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lb_backend_packets_total{vip=\"198.51.100.10:80/tcp\",backend=\"198.51.100.101\"} 6"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("lb_health_check_seconds_count{vip=\"198.51.100.10:80/tcp\",backend=\"198.51.100.101\"} 1"), "{text}");
+
+        // Back again: series from the counters as they are now (zeroed for
+        // new ids), not from the old values.
+        update(&m, &all, 0);
+        let text = m.render();
+        assert!(
+            text.contains("lb_vip_packets_total{vip=\"198.51.100.11:53/udp\"} 0"),
+            "{text}"
+        );
+        assert_eq!(
+            lines_about(
+                &text,
+                "lb_health_check_seconds_count{vip=\"198.51.100.11:53/udp\""
+            ),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_probe_of_a_removed_backend_makes_no_series() {
+        let m = Metrics::default();
+        let c = two_vips();
+        update(&m, &c, 1);
+        m.observe_check(
+            &c.vips[0],
+            "198.51.100.199".parse().unwrap(),
+            Duration::from_millis(1),
+        );
+        assert_eq!(
+            lines_about(&m.render(), "198.51.100.199"),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn exported_list_matches_what_is_registered() {

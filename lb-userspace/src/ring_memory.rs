@@ -21,16 +21,24 @@ const SLOT_STRIDE: usize = 8;
 /// `BPF_F_MMAPABLE` from the kernel's uapi (aya does not export it).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
+/// A cause is part of the message and is not also returned from
+/// `source()` (see `crate::errors`).
 #[derive(Debug, thiserror::Error)]
 pub enum RingMemoryError {
-    #[error("reading the ring map's info: {0}")]
-    Info(#[from] aya::maps::MapError),
+    #[error("reading the ring map's info: {}", crate::errors::chain(.0))]
+    Info(aya::maps::MapError),
     #[error("the ring map was not created mmapable (pinned by an older lbd?)")]
     NotMmapable,
     #[error("mapping the ring map into memory: {0}")]
     Mmap(std::io::Error),
     #[error("slots {first}..{end} are past the ring map's {slots}")]
     OutOfRange { first: u32, end: usize, slots: u32 },
+}
+
+impl From<aya::maps::MapError> for RingMemoryError {
+    fn from(e: aya::maps::MapError) -> Self {
+        Self::Info(e)
+    }
 }
 
 /// Writes slots of the ring map through short-lived mappings of just the

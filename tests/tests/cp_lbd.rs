@@ -92,6 +92,18 @@ impl Site {
     }
 }
 
+/// A valid configuration that needs no interface until lbd attaches.
+fn base_config() -> Value {
+    json!({
+        "interfaces": [{"name": "lbt-none0"}],
+        "tunnel_source": {"ipv4": "198.51.100.2"},
+        "vips": [{
+            "address": VIP, "port": 53, "protocol": "udp",
+            "backends": [{"address": B1}, {"address": B2}],
+        }],
+    })
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -288,6 +300,108 @@ fn cp_bad_configs_and_calls_are_rejected_and_change_nothing() {
     }
     assert_eq!(lbd.json(&["config", "dump"]), before);
     assert!(lbd.ctl(&["status"]).status.success());
+}
+
+/// Run `lbd` with `args` (no namespace: these fail before attaching).
+fn lbd_output(args: &[&str]) -> std::process::Output {
+    Command::new(lb_tests::lbd::binary("lbd"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run lbd")
+}
+
+#[test]
+fn cp_lbd_check_reports_a_bad_config_once_on_stderr() {
+    let paths = Paths::new("check");
+    let file = paths.config.to_str().unwrap().to_string();
+    let mut bad = base_config();
+    bad["vips"][0]["backends"][0]["weight"] = 0.into();
+    std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let problem = "vips[0].backends[0].weight: 0 is out of range 1..=1000";
+
+    let out = lbd_output(&["--config", &file, "--check"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout, "", "nothing on standard output");
+    assert_eq!(stderr, format!("lbd: {file}: {problem}\n"));
+
+    // As a JSON log line instead, still once and on standard error.
+    let out = lbd_output(&["--config", &file, "--check", "--log-json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.matches(problem).count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let line: Value = serde_json::from_str(stderr.trim()).expect("a JSON log line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(
+        line["fields"]["error"],
+        format!("{file}: {problem}"),
+        "{line}"
+    );
+
+    // A missing file: its name once.
+    let missing = format!("{file}.missing");
+    let out = lbd_output(&["--config", &missing, "--check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.matches(&missing).count(), 1, "{stderr}");
+    assert!(stderr.contains("the file cannot be read"), "{stderr}");
+
+    // A good file: "ok" on standard output, nothing else.
+    std::fs::write(&file, serde_json::to_vec(&base_config()).unwrap()).unwrap();
+    let out = lbd_output(&["--config", &file, "--check"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{file}: ok\n")
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&paths.dir);
+}
+
+#[test]
+fn cp_lbd_startup_failure_names_each_cause_once() {
+    let paths = Paths::new("startfail");
+    let mut config = base_config();
+    // Far more connection-table entries than the kernel creates a map for.
+    config["tables"] = json!({"conn_entries": 4_000_000_000u32});
+    config["pin_dir"] = paths.pin_dir.display().to_string().into();
+    config["control"] = json!({"socket": paths.socket.display().to_string()});
+    std::fs::write(&paths.config, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = lbd_output(&["--config", paths.config.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&paths.pin_dir);
+    let _ = std::fs::remove_dir_all(&paths.dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("lbd: starting: loading the data plane"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("failed to create map `CONNS`").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("map error").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -554,6 +668,78 @@ fn cp_control_socket_answers_garbage_with_an_error_and_stays_up() {
     let _ = BufReader::new(&big).read_line(&mut reply);
     assert!(reply.contains("request larger than"), "{reply}");
     assert!(lbd.ctl(&["status"]).status.success());
+}
+
+/// The metrics text lbd serves on 127.0.0.1:9464 in `site`'s LB namespace.
+fn scrape(site: &Site) -> String {
+    use std::io::{Read, Write};
+    site.lb.enter(|| {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    })
+}
+
+/// `lbctl stats`' packet count of backend `addr`, if it is listed.
+fn backend_packets(lbd: &Lbd, addr: &str) -> Option<u64> {
+    let stats = lbd.json(&["stats", "--interval", "0.1"]);
+    stats["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == addr)
+        .map(|b| b["packets"].as_u64().unwrap())
+}
+
+#[test]
+fn cp_a_removed_backend_loses_its_series_and_its_recycled_id_starts_from_zero() {
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    // Two backend ids only: a backend added after one is removed gets the
+    // removed one's id.
+    config["tables"]["max_backends"] = 2.into();
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("recycle"),
+        config,
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    site.send_flows(44000..44020);
+    wait_for("traffic on both backends", Duration::from_secs(5), || {
+        backend_packets(&lbd, B1).unwrap_or(0) > 0 && backend_packets(&lbd, B2).unwrap_or(0) > 0
+    });
+    let b1_series = format!("backend=\"{B1}\"");
+    wait_for("B1's series", Duration::from_secs(5), || {
+        scrape(&site).contains(&b1_series)
+    });
+
+    lbd.json(&["backend", "del", VIP_REF, B1]);
+    lbd.json(&["backend", "add", VIP_REF, B3]);
+    assert_eq!(
+        backend_packets(&lbd, B3),
+        Some(0),
+        "B3 inherited B1's counts"
+    );
+    // Counters are copied once a second: B3's series shows up, B1's goes.
+    let b3_series = format!("lb_backend_packets_total{{vip=\"{VIP_REF}\",backend=\"{B3}\"}} 0");
+    wait_for(
+        "B3's series, and none of B1",
+        Duration::from_secs(5),
+        || {
+            let text = scrape(&site);
+            text.contains(&b3_series) && !text.contains(&b1_series)
+        },
+    );
+    // The VIP's series goes with the VIP.
+    lbd.json(&["vip", "del", VIP_REF]);
+    let vip_series = format!("vip=\"{VIP_REF}\"");
+    wait_for(
+        "no series of the removed VIP",
+        Duration::from_secs(5),
+        || !scrape(&site).contains(&vip_series),
+    );
 }
 
 #[test]

@@ -64,3 +64,36 @@ fn cp_sync_adding_a_portless_vip_to_a_live_program_turns_its_lookup_on() {
     assert_eq!(lb.maps.config().unwrap().flags & CFG_F_PORTLESS_VIPS, 0);
     assert_eq!(lb.run(&udp).action, XDP_PASS);
 }
+
+#[test]
+fn cp_sync_clearing_an_ids_counters_zeroes_them_on_every_cpu_and_nothing_else() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 53, lb_common::flow::PROTO_UDP);
+    lb.add_vip(key, 0, &[BackendSpec::new(1, BACKEND_V4[0])]);
+    let other = lb.add_vip(
+        vip_key(VIP_V6, 53, lb_common::flow::PROTO_UDP),
+        0,
+        &[BackendSpec::new(2, BACKEND_V4[1])],
+    );
+    for port in 5000..5003 {
+        assert_eq!(
+            lb.run(&to_lb(&udp4(CLIENT_V4, port, VIP_V4, 53, b"q")))
+                .action,
+            XDP_TX
+        );
+    }
+    lb.run(&to_lb(&udp6(CLIENT_V6, 5000, VIP_V6, 53, b"q")));
+    assert_eq!(lb.maps.vip_stats(0).unwrap().packets, 3);
+    assert_eq!(lb.maps.backend_stats(1).unwrap().new_flows, 3);
+
+    lb.maps.clear_vip_stats(0).unwrap();
+    lb.maps.clear_backend_stats(1).unwrap();
+    assert_eq!(lb.maps.vip_stats(0).unwrap(), Default::default());
+    assert_eq!(lb.maps.backend_stats(1).unwrap(), Default::default());
+    // The other VIP's and backend's counters are untouched.
+    assert_eq!(lb.maps.vip_stats(other.vip_id).unwrap().packets, 1);
+    assert_eq!(lb.maps.backend_stats(2).unwrap().packets, 1);
+    // And counting goes on from zero.
+    lb.run(&to_lb(&udp4(CLIENT_V4, 5000, VIP_V4, 53, b"q")));
+    assert_eq!(lb.maps.backend_stats(1).unwrap().packets, 1);
+}

@@ -506,6 +506,15 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["vips"][0]["health_check"] = json!({"type": "tcp", "path": "/x"}),
         |v| v["vips"][0]["health_check"] = json!({"type": "http", "path": "healthz"}),
         |v| v["vips"][0]["health_check"] = json!({"type": "udp"}),
+        |v| v["vips"][0]["health_check"] = json!({"type": "none", "port": 8080}),
+        |v| {
+            v["vips"][0]["port"] = 0.into();
+            v["vips"][0]["health_check"] = json!({"type": "tcp"});
+        },
+        |v| v["vips"][0]["health_check"] = json!({"type": "tcp", "port": 0}),
+        |v| v["vips"][0]["health_check"] = json!({"type": "http", "path": "/a b"}),
+        |v| v["vips"][0]["health_check"] = json!({"type": "http", "host": "web example"}),
+        |v| v["vips"][0]["health_check"] = json!({"type": "http", "host": ""}),
         |v| v["vips"][0]["backends"][0]["address"] = "0.0.0.0".into(),
         |v| v["vips"][0]["backends"][1]["address"] = "198.51.100.101".into(),
         |v| v["vips"][0]["backends"][0]["weight"] = 0.into(),

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lb-decap: {e:#}");
+            eprintln!("lb-decap: {}", lb_userspace::errors::report(&e));
             ExitCode::FAILURE
         }
     }

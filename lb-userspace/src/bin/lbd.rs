@@ -1,13 +1,13 @@
 //! lbd: the load balancer daemon. See `lb_userspace::daemon`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use lb_userspace::{
     config::Config,
     daemon::{self, ControlMsg, Daemon},
-    metrics,
+    errors, metrics,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -38,21 +38,35 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Logs go to standard error, like the failure message below: standard
+    // output carries only what was asked for (`--check`'s "ok").
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
+    let log_json = args.log_json;
+    if log_json {
         tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .init();
     }
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("lbd: {e:#}");
+            // Said once: as a plain line, or as a log line where logs are
+            // JSON (so that a log collector parses every line).
+            let message = errors::report(&e);
+            if log_json {
+                error!(error = %message, "lbd failed");
+            } else {
+                eprintln!("lbd: {message}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
