@@ -148,11 +148,31 @@ impl Daemon {
         let mut up_before = BTreeMap::new();
         if adopted {
             let live = maps.config()?;
+            let mut differ = Vec::new();
             if live.ring_size != 0 && live.ring_size != t.ring_size {
+                differ.push(format!(
+                    "tables.ring_size is {} but the running data plane uses {}",
+                    t.ring_size, live.ring_size
+                ));
+            }
+            let (vips, backends, conns) = maps.capacities()?;
+            for (field, want, have) in [
+                ("max_vips", t.max_vips, vips),
+                ("max_backends", t.max_backends, backends),
+                ("conn_entries", t.conn_entries, conns),
+            ] {
+                if want != have {
+                    differ.push(format!(
+                        "tables.{field} is {want} but the pinned map holds {have}"
+                    ));
+                }
+            }
+            // Pinned maps keep their sizes: running on would silently use
+            // the old ones. The running program keeps forwarding meanwhile.
+            if !differ.is_empty() {
                 bail!(
-                    "tables.ring_size is {} but the running data plane uses {}: changing it needs `lbd --teardown` first (drops connections)",
-                    t.ring_size,
-                    live.ring_size
+                    "{}: table sizes change only with `lbd --teardown` first (drops connections), or revert the config",
+                    differ.join("; ")
                 );
             }
             let vips: Vec<(VipKey, _)> = maps.vips()?;
@@ -276,7 +296,12 @@ impl Daemon {
         ] {
             if !same {
                 return Err(format!(
-                    "{field}: cannot change while lbd runs; restart lbd to change it"
+                    "{field}: cannot change while lbd runs; restart lbd to change it{}",
+                    if field == "tables" {
+                        " (after `lbd --teardown`, which drops connections: pinned tables keep their sizes)"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }

@@ -786,3 +786,47 @@ fn cp_metrics_endpoint_serves_prometheus_text() {
         .sum();
     assert_eq!(new_flows, 10);
 }
+
+/// Pinned maps keep their sizes: a restart with other `tables` sizes is
+/// refused, naming each difference, and the running program keeps
+/// forwarding; with the old sizes lbd starts and adopts it again.
+#[test]
+fn cp_restart_with_other_table_sizes_is_refused_and_forwarding_goes_on() {
+    let site = Site::new();
+    let config = site.config(&[B1, B2], json!({"type": "none"}));
+    let mut lbd = Lbd::start(&site.lb, Paths::new("sizes"), config);
+    let tx_before = counter(&lbd, "tx");
+    lbd.kill();
+    let mut bigger: Value = serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap())
+        .expect("config written by the helper");
+    bigger["tables"]["conn_entries"] = json!(8192);
+    bigger["tables"]["max_backends"] = json!(128);
+    let path = lbd.paths.dir.join("bigger.json");
+    std::fs::write(&path, bigger.to_string()).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", site.lb.name))
+        .arg(lb_tests::lbd::binary("lbd"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failure = stderr
+        .lines()
+        .find(|l| l.starts_with("lbd: "))
+        .unwrap_or_else(|| panic!("no failure line in:\n{stderr}"));
+    assert_eq!(
+        failure,
+        "lbd: starting: tables.max_backends is 128 but the pinned map holds 64; \
+         tables.conn_entries is 8192 but the pinned map holds 4096: table sizes \
+         change only with `lbd --teardown` first (drops connections), or revert the config"
+    );
+    // The refused start changed nothing: the pinned program forwards, and
+    // lbd with the old sizes adopts it again.
+    site.send_flows(42000..42010);
+    std::thread::sleep(Duration::from_millis(300));
+    lbd.restart();
+    assert_eq!(lbd.json(&["status"])["adopted_running_data_plane"], true);
+    assert!(counter(&lbd, "tx") >= tx_before + 10);
+}
