@@ -128,6 +128,14 @@ impl Daemon {
         health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
     ) -> anyhow::Result<Self> {
         ensure_bpffs()?;
+        // What can fail from the host's side is checked before any map is
+        // written: a start that fails leaves a running data plane as it was.
+        for iface in &config.interfaces {
+            ifindex(&iface.name).with_context(|| format!("interfaces: {}", iface.name))?;
+        }
+        if let Some(name) = &config.control.group {
+            group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
+        }
         let t = config.tables;
         let sizes = MapSizes {
             max_vips: t.max_vips,

@@ -830,3 +830,64 @@ fn cp_restart_with_other_table_sizes_is_refused_and_forwarding_goes_on() {
     assert_eq!(lbd.json(&["status"])["adopted_running_data_plane"], true);
     assert!(counter(&lbd, "tx") >= tx_before + 10);
 }
+
+/// A start that fails on the host's side (an interface that does not
+/// exist) fails before writing anything: the running data plane keeps the
+/// configuration it had.
+#[test]
+fn cp_start_with_a_missing_interface_leaves_the_running_data_plane_as_it_was() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("noiface"),
+        site.config(&[B1], json!({"type": "none"})),
+    );
+    lbd.kill();
+    let mut broken: Value = serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap())
+        .expect("config written by the helper");
+    broken["interfaces"] = json!([{"name": "lb0"}, {"name": "nosuch0"}]);
+    broken["vips"][0]["backends"] = json!([{"address": B2}]);
+    broken["vips"].as_array_mut().unwrap().push(
+        json!({"address": VIP, "port": 80, "protocol": "tcp", "backends": [{"address": B3}]}),
+    );
+    let path = lbd.paths.dir.join("broken.json");
+    std::fs::write(&path, broken.to_string()).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", site.lb.name))
+        .arg(lb_tests::lbd::binary("lbd"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("interfaces: nosuch0: interface \"nosuch0\" does not exist"),
+        "{stderr}"
+    );
+    // Read the pinned maps directly: one VIP, backed by B1, as before.
+    let sizes = lb_userspace::datapath::MapSizes {
+        max_vips: 8,
+        max_backends: 64,
+        ring_size: 4093,
+        conn_entries: 4096,
+        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
+    };
+    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
+        .expect("open the pinned maps");
+    let maps = lb_userspace::maps::Maps::take(&mut dp.ebpf, 4093).expect("maps");
+    let vips = maps.vips().unwrap();
+    assert_eq!(vips.len(), 1, "no VIP was added");
+    let backends: Vec<_> = maps
+        .backends()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, b)| b.flags != 0)
+        .map(|(_, b)| {
+            lb_userspace::addr::from_map(&b.addr, b.family)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(backends, [B1], "the backends are the running ones");
+}
