@@ -438,9 +438,34 @@ impl ConfigError {
     }
 }
 
+/// Per-host settings given on lbd's command line, which win over the file:
+/// one configuration (a Kubernetes ConfigMap, say) serves many hosts, but
+/// each host tunnels from its own address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeOverrides {
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    pub tunnel_source_v6: Option<Ipv6Addr>,
+}
+
+impl NodeOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(a) = self.tunnel_source_v4 {
+            config.tunnel_source.ipv4 = Some(a);
+        }
+        if let Some(a) = self.tunnel_source_v6 {
+            config.tunnel_source.ipv6 = Some(a);
+        }
+    }
+}
+
 impl Config {
     /// Parse and validate JSON text.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        Self::from_json_for(text, &NodeOverrides::default())
+    }
+
+    /// Parse JSON text, apply this host's overrides, then validate.
+    pub fn from_json_for(text: &str, node: &NodeOverrides) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -461,6 +486,8 @@ impl Config {
             };
             ConfigError::one(path, reason)
         })?;
+        let mut config = config;
+        node.apply(&mut config);
         config.validate()?;
         Ok(config)
     }
@@ -468,9 +495,14 @@ impl Config {
     /// Read, parse and validate a file. The messages do not repeat the
     /// file's name: the caller says which file it was.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        Self::load_for(path, &NodeOverrides::default())
+    }
+
+    /// `load` with this host's overrides applied before validation.
+    pub fn load_for(path: &std::path::Path, node: &NodeOverrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one("", format!("the file cannot be read: {e}")))?;
-        Self::from_json(&text)
+        Self::from_json_for(&text, node)
     }
 
     /// Everything serde cannot check: ranges, uniqueness, consistency.

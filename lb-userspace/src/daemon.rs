@@ -33,7 +33,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     addr::{from_map, to_map},
-    config::{AdminState, AttachMode, CheckKind, Config, HealthCheck, Protocol, Vip},
+    config::{
+        AdminState, AttachMode, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip,
+    },
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes},
     health::{self, HealthEvent, Target},
@@ -79,6 +81,8 @@ pub struct Daemon {
     health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
     attachments: Vec<(String, Attached)>,
     adopted: bool,
+    /// Command-line settings that win over every configuration applied.
+    node: NodeOverrides,
     started: Instant,
     egress_ifindex: u32,
     pub metrics: Arc<Metrics>,
@@ -122,9 +126,12 @@ fn proto_name(p: Protocol) -> &'static str {
 
 impl Daemon {
     /// Load (or adopt) the data plane, apply `config`, attach.
+    /// Start over `config`, which already has `node` applied; later
+    /// configurations (reloads, `lbctl apply`) get `node` applied too.
     pub fn start(
         config: Config,
         config_path: PathBuf,
+        node: NodeOverrides,
         health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
     ) -> anyhow::Result<Self> {
         ensure_bpffs()?;
@@ -260,6 +267,7 @@ impl Daemon {
             health_tx,
             attachments,
             adopted,
+            node,
             started: Instant::now(),
             egress_ifindex,
             metrics,
@@ -490,7 +498,7 @@ impl Daemon {
 
     /// Re-read the configuration file (SIGHUP).
     pub fn reload(&mut self) {
-        match Config::load(&self.config_path) {
+        match Config::load_for(&self.config_path, &self.node) {
             Ok(c) => match self.apply(c) {
                 Ok(_) => info!(path = %self.config_path.display(), "reloaded"),
                 Err(e) => {
@@ -570,7 +578,7 @@ impl Daemon {
                 protocol,
             } => self.flow(src, sport, dst, dport, protocol),
             Request::Apply { text } => {
-                let config = Config::from_json(&text).map_err(|e| e.to_string())?;
+                let config = Config::from_json_for(&text, &self.node).map_err(|e| e.to_string())?;
                 let report = self.apply(config)?;
                 Ok(
                     json!({ "applied": true, "rings_rebuilt": report.rings_rebuilt, "elapsed_ms": report.elapsed.as_secs_f64() * 1e3 }),

@@ -891,3 +891,59 @@ fn cp_start_with_a_missing_interface_leaves_the_running_data_plane_as_it_was() {
         .collect();
     assert_eq!(backends, [B1], "the backends are the running ones");
 }
+
+/// `--tunnel-source-v4` wins over the file at start, on SIGHUP and on
+/// `lbctl apply`, and is what the data plane tunnels from.
+#[test]
+fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
+    const NODE: &str = "198.51.100.3";
+    let site = Site::new();
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("node"),
+        site.config(&[B1], json!({"type": "none"})),
+        &["--tunnel-source-v4", NODE],
+    );
+    let outer_source = |lbd: &Lbd| lbd.json(&["config", "dump"])["tunnel_source"]["ipv4"].clone();
+    assert_eq!(outer_source(&lbd), NODE);
+
+    // The file names another source; a reload keeps this host's.
+    let mut file: Value =
+        serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap()).unwrap();
+    file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B2}]);
+    std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
+    let pid = lbd.pid().expect("lbd pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["backend", "list"]).as_array().unwrap().len() == 2
+    });
+    assert_eq!(outer_source(&lbd), NODE);
+
+    // lbctl apply of a file with no tunnel source at all is valid here.
+    file.as_object_mut().unwrap().remove("tunnel_source");
+    let path = lbd.paths.dir.join("no-source.json");
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    lbd.json(&["apply", "-f", path.to_str().unwrap()]);
+    assert_eq!(outer_source(&lbd), NODE);
+
+    // The data plane tunnels from it (the golden tests check that the
+    // program writes LB_CONFIG's source into every outer header).
+    let sizes = lb_userspace::datapath::MapSizes {
+        max_vips: 8,
+        max_backends: 64,
+        ring_size: 4093,
+        conn_entries: 4096,
+        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
+    };
+    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
+        .expect("open the pinned maps");
+    let maps = lb_userspace::maps::Maps::take(&mut dp.ebpf, 4093).expect("maps");
+    let source: std::net::Ipv4Addr = maps.config().unwrap().outer_src_v4.into();
+    assert_eq!(source.to_string(), NODE);
+}

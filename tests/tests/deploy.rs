@@ -68,14 +68,36 @@ fn daemonset_has_host_network_bpffs_probes_and_a_minimal_capability_set() {
         args.windows(2).any(|w| w == ["--metrics", "0.0.0.0:9464"]),
         "probes need the metrics endpoint: {args:?}"
     );
+    // Each node tunnels from its own address, given by the downward API.
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--tunnel-source-v4", "$(HOST_IP)"]),
+        "{args:?}"
+    );
+    let host_ip = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOST_IP")
+        .expect("HOST_IP env");
+    assert_eq!(
+        host_ip["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
     // The ConfigMap's configuration is valid.
     let text = include_str!("../../deploy/kubernetes/lbd.yaml");
     let cm = serde_yaml::Deserializer::from_str(text)
         .map(|d| Value::deserialize(d).unwrap())
         .find(|d| d["kind"] == "ConfigMap")
         .unwrap();
-    lb_userspace::config::Config::from_json(cm["data"]["lbd.json"].as_str().unwrap())
-        .expect("ConfigMap config");
+    // Valid once the node's tunnel source is given, and only then.
+    let json = cm["data"]["lbd.json"].as_str().unwrap();
+    let node = lb_userspace::config::NodeOverrides {
+        tunnel_source_v4: Some("198.51.100.2".parse().unwrap()),
+        tunnel_source_v6: None,
+    };
+    lb_userspace::config::Config::from_json_for(json, &node).expect("ConfigMap config");
+    assert!(lb_userspace::config::Config::from_json(json).is_err());
 }
 
 #[test]

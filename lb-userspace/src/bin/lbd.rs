@@ -5,7 +5,7 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use lb_userspace::{
-    config::Config,
+    config::{Config, NodeOverrides},
     daemon::{self, ControlMsg, Daemon},
     errors, metrics,
 };
@@ -34,6 +34,22 @@ struct Args {
     /// (forwarding stops; established connections are lost).
     #[arg(long)]
     teardown: bool,
+    /// This host's IPv4 tunnel source, over the file's
+    /// tunnel_source.ipv4 (one config file for many hosts).
+    #[arg(long, value_name = "ADDR")]
+    tunnel_source_v4: Option<std::net::Ipv4Addr>,
+    /// This host's IPv6 tunnel source, over the file's tunnel_source.ipv6.
+    #[arg(long, value_name = "ADDR")]
+    tunnel_source_v6: Option<std::net::Ipv6Addr>,
+}
+
+impl Args {
+    fn node(&self) -> NodeOverrides {
+        NodeOverrides {
+            tunnel_source_v4: self.tunnel_source_v4,
+            tunnel_source_v6: self.tunnel_source_v6,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,7 +89,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)
+    let config = Config::load_for(&args.config, &args.node())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     if args.check {
         println!("{}: ok", args.config.display());
@@ -91,7 +107,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     let (health_tx, mut health_rx) = mpsc::channel(1024);
-    let mut daemon = Daemon::start(config, args.config.clone(), health_tx).context("starting")?;
+    let mut daemon =
+        Daemon::start(config, args.config.clone(), args.node(), health_tx).context("starting")?;
     let (socket, group) = daemon.control_socket();
     let listener = daemon::bind_control(&socket, group.as_deref())?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
