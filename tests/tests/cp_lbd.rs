@@ -376,8 +376,10 @@ fn cp_lbd_check_reports_a_bad_config_once_on_stderr() {
 fn cp_lbd_startup_failure_names_each_cause_once() {
     let paths = Paths::new("startfail");
     let mut config = base_config();
-    // Far more connection-table entries than the kernel creates a map for.
+    // Far more connection-table entries than the kernel creates a map for
+    // (on an interface that exists: those are checked first).
     config["tables"] = json!({"conn_entries": 4_000_000_000u32});
+    config["interfaces"] = json!([{"name": "lo"}]);
     config["pin_dir"] = paths.pin_dir.display().to_string().into();
     config["control"] = json!({"socket": paths.socket.display().to_string()});
     std::fs::write(&paths.config, serde_json::to_vec(&config).unwrap()).unwrap();
