@@ -57,6 +57,11 @@ pub struct LbConfig {
     /// Without `CFG_F_NEXTHOP_FIB`: 0 sends back out of the ingress interface
     /// (XDP_TX), anything else redirects to that ifindex through `TX_PORTS`.
     pub egress_ifindex: u32,
+    /// Source MAC of frames redirected to `egress_ifindex` with a configured
+    /// next-hop MAC: that interface's own. Zero: the ingress frame's
+    /// destination MAC (right for XDP_TX, where it is ours).
+    pub egress_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Resolve next hops with `bpf_fib_lookup` (route + neighbour of the kernel).

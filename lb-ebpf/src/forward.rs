@@ -147,7 +147,11 @@ fn next_hop(
 ) -> Result<NextHop, Reason> {
     let configured = |dmac: [u8; 6]| NextHop {
         dmac,
-        smac: l2.dst_mac,
+        smac: if cfg.egress_ifindex != 0 && cfg.egress_mac != ZERO_MAC {
+            cfg.egress_mac
+        } else {
+            l2.dst_mac
+        },
         ifindex: cfg.egress_ifindex,
     };
     if backend.mac != ZERO_MAC {

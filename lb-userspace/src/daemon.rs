@@ -84,7 +84,7 @@ pub struct Daemon {
     /// Command-line settings that win over every configuration applied.
     node: NodeOverrides,
     started: Instant,
-    egress_ifindex: u32,
+    egress: image::Egress,
     pub metrics: Arc<Metrics>,
 }
 
@@ -96,6 +96,35 @@ fn ifindex(name: &str) -> anyhow::Result<u32> {
         bail!("interface {name:?} does not exist");
     }
     Ok(index)
+}
+
+/// The MAC address of interface `name` in this network namespace (not
+/// from /sys/class/net, which shows the namespace sysfs was mounted in).
+fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    if name.len() >= libc::IFNAMSIZ {
+        bail!("interface name {name:?} is too long");
+    }
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: a valid socket and an ifreq naming the interface.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the MAC address of {name}"));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| data[i] as u8))
 }
 
 /// Mount bpffs on /sys/fs/bpf if it is not there: pinning needs it.
@@ -215,23 +244,27 @@ impl Daemon {
                 "adopted the running data plane"
             );
         }
-        let egress_ifindex = match &config.next_hop.egress_interface {
-            Some(name) if !config.next_hop.fib => ifindex(name)?,
-            _ => 0,
+        let egress = match &config.next_hop.egress_interface {
+            Some(name) if !config.next_hop.fib => image::Egress {
+                ifindex: ifindex(name)?,
+                mac: mac_address(name)?,
+            },
+            _ => image::Egress::default(),
         };
-        let (health_records, status) = initial_health(&config, &up_before);
-        let known = ids.clone();
-        let image = image::build(&config, &mut ids, |k| status(k), egress_ifindex)?;
-        clear_stats_of_new_ids(&mut maps, &ids, &known)?;
-        let report = sync::apply(&mut maps, None, &image)?;
-        info!(?report, "data plane written");
+        // Ports first: the configuration written next may redirect to them.
         for iface in &config.interfaces {
             let index = ifindex(&iface.name)?;
             maps.add_tx_port(index)?;
         }
-        if egress_ifindex != 0 {
-            maps.add_tx_port(egress_ifindex)?;
+        if egress.ifindex != 0 {
+            maps.add_tx_port(egress.ifindex)?;
         }
+        let (health_records, status) = initial_health(&config, &up_before);
+        let known = ids.clone();
+        let image = image::build(&config, &mut ids, |k| status(k), egress)?;
+        clear_stats_of_new_ids(&mut maps, &ids, &known)?;
+        let report = sync::apply(&mut maps, None, &image)?;
+        info!(?report, "data plane written");
         let mut attachments = Vec::new();
         for iface in &config.interfaces {
             let native = iface.mode == AttachMode::Native;
@@ -269,7 +302,7 @@ impl Daemon {
             adopted,
             node,
             started: Instant::now(),
-            egress_ifindex,
+            egress,
             metrics,
         };
         daemon.health = health_records;
@@ -348,8 +381,8 @@ impl Daemon {
                 drain_expired,
             }
         };
-        let image = image::build(&config, &mut ids, status, self.egress_ifindex)
-            .map_err(|e| e.to_string())?;
+        let image =
+            image::build(&config, &mut ids, status, self.egress).map_err(|e| e.to_string())?;
         clear_stats_of_new_ids(&mut self.maps, &ids, &self.ids)
             .map_err(|e| format!("writing the data plane: {e}"))?;
         let report = match sync::apply(&mut self.maps, Some(&self.applied), &image) {

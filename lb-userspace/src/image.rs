@@ -67,8 +67,18 @@ pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKeyOrd {
     }
 }
 
+/// Where packets leave when the next hop is configured, not looked up
+/// (`next_hop.egress_interface` with `fib` off); zero: back out of the
+/// interface they came in on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Egress {
+    pub ifindex: u32,
+    /// That interface's MAC, the source of the frames sent out of it.
+    pub mac: [u8; 6],
+}
+
 /// The global configuration entry.
-pub fn lb_config(config: &Config, egress_ifindex: u32) -> LbConfig {
+pub fn lb_config(config: &Config, egress: Egress) -> LbConfig {
     let mut outer_src_v4 = [0u8; 4];
     if let Some(a) = config.tunnel_source.ipv4 {
         outer_src_v4 = a.octets();
@@ -92,7 +102,9 @@ pub fn lb_config(config: &Config, egress_ifindex: u32) -> LbConfig {
         outer_src_v4,
         gateway_mac: config.next_hop.gateway_mac.map(|m| m.0).unwrap_or_default(),
         mtu: config.mtu,
-        egress_ifindex,
+        egress_ifindex: egress.ifindex,
+        egress_mac: egress.mac,
+        _pad: [0; 2],
     }
 }
 
@@ -101,7 +113,7 @@ pub fn build(
     config: &Config,
     ids: &mut Ids,
     status: impl Fn(&BackendKey) -> BackendStatus,
-    egress_ifindex: u32,
+    egress: Egress,
 ) -> Result<Image, IdError> {
     let mut vips = BTreeMap::new();
     let mut backends = BTreeMap::new();
@@ -166,7 +178,7 @@ pub fn build(
         );
     }
     Ok(Image {
-        config: lb_config(config, egress_ifindex),
+        config: lb_config(config, egress),
         vips,
         backends,
     })
@@ -218,7 +230,7 @@ mod tests {
                 healthy: k.addr != sick,
                 drain_expired: false,
             },
-            0,
+            Egress::default(),
         )
         .unwrap();
         let vip = image.vips.values().next().unwrap();
@@ -255,7 +267,7 @@ mod tests {
                 healthy: true,
                 drain_expired: true,
             },
-            0,
+            Egress::default(),
         )
         .unwrap();
         assert_eq!(
@@ -268,9 +280,21 @@ mod tests {
     fn removed_backends_free_their_ids() {
         let mut config = Config::from_json(CONFIG).unwrap();
         let mut ids = Ids::new(4, 16);
-        build(&config, &mut ids, |_| BackendStatus::default(), 0).unwrap();
+        build(
+            &config,
+            &mut ids,
+            |_| BackendStatus::default(),
+            Egress::default(),
+        )
+        .unwrap();
         config.vips[0].backends.truncate(1);
-        let image = build(&config, &mut ids, |_| BackendStatus::default(), 0).unwrap();
+        let image = build(
+            &config,
+            &mut ids,
+            |_| BackendStatus::default(),
+            Egress::default(),
+        )
+        .unwrap();
         let (vips, backends) = unused(&ids, &image);
         assert!(vips.is_empty());
         assert_eq!(backends.len(), 3);

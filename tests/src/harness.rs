@@ -153,6 +153,8 @@ impl Lb {
             gateway_mac: GATEWAY_MAC,
             mtu: MTU,
             egress_ifindex: 0,
+            egress_mac: [0; 6],
+            _pad: [0; 2],
         }
     }
 

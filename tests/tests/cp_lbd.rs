@@ -949,3 +949,38 @@ fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
     let source: std::net::Ipv4Addr = maps.config().unwrap().outer_src_v4.into();
     assert_eq!(source.to_string(), NODE);
 }
+
+/// With `next_hop.egress_interface`, lbd gives the data plane that
+/// interface's index and MAC: frames sent out of it carry its MAC.
+#[test]
+fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
+    let site = Site::new();
+    site.lb.exec(&[
+        "ip", "link", "add", "out0", "type", "veth", "peer", "name", "out1",
+    ]);
+    site.lb.exec(&["ip", "link", "set", "out0", "up"]);
+    site.lb.exec(&["ip", "link", "set", "out1", "up"]);
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["next_hop"]["egress_interface"] = json!("out0");
+    let lbd = Lbd::start(&site.lb, Paths::new("egress"), config);
+    let sizes = lb_userspace::datapath::MapSizes {
+        max_vips: 8,
+        max_backends: 64,
+        ring_size: 4093,
+        conn_entries: 4096,
+        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
+    };
+    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
+        .expect("open the pinned maps");
+    let maps = lb_userspace::maps::Maps::take(&mut dp.ebpf, 4093).expect("maps");
+    let live = maps.config().unwrap();
+    let read = |what: &str| {
+        site.lb
+            .exec(&["cat", &format!("/sys/class/net/out0/{what}")])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(live.egress_ifindex.to_string(), read("ifindex"));
+    let mac: Vec<String> = live.egress_mac.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(mac.join(":"), read("address"));
+}

@@ -26,7 +26,7 @@ fn image_of(vips: &str, ids: &mut Ids) -> Image {
             healthy: true,
             drain_expired: false,
         },
-        0,
+        image::Egress::default(),
     )
     .expect("image")
 }

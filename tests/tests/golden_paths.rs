@@ -262,10 +262,13 @@ fn golden_configured_egress_interface_redirects_through_the_devmap() {
             .unwrap()
     };
     let (ingress, egress) = (index("in0"), index("out0"));
+    // The frame leaves out0, so it carries out0's MAC as its source.
+    const OUT0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0e];
     let mut lb = Lb::new();
     lb.maps
         .set_config(&LbConfig {
             egress_ifindex: egress,
+            egress_mac: OUT0_MAC,
             ..Lb::standard_config()
         })
         .unwrap();
@@ -287,11 +290,13 @@ fn golden_configured_egress_interface_redirects_through_the_devmap() {
     assert_eq!(lb.count(Reason::DropNoTxPort), 1);
     ns.enter(|| lb.maps.add_tx_port(egress)).unwrap();
     let out = ns.enter(|| lb.run_on(ingress, &to_lb(&inner)));
+    let mut want = tunnelled(&inner, BACKEND_V4[0]);
+    want[6..12].copy_from_slice(&OUT0_MAC);
     assert_eq!(
         out,
         Outcome {
             action: XDP_REDIRECT,
-            data: tunnelled(&inner, BACKEND_V4[0])
+            data: want
         }
     );
     assert_eq!(lb.count(Reason::Redirect), 1);

@@ -143,6 +143,8 @@ pub fn configure_lb(maps: &mut Maps, lab: &Lab, ring_size: u32) {
         gateway_mac: lab.be0_mac,
         mtu: 1500,
         egress_ifindex: lab.lb1_ifindex,
+        egress_mac: [0; 6],
+        _pad: [0; 2],
     })
     .expect("config");
     let key = vip_key(VIP_V4, VIP_PORT, PROTO_UDP);

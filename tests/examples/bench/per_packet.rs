@@ -87,6 +87,8 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         gateway_mac: GATEWAY_MAC,
         mtu: 1500,
         egress_ifindex: 0,
+        egress_mac: [0; 6],
+        _pad: [0; 2],
     })
     .unwrap();
     let vips = [
