@@ -116,10 +116,8 @@ fn too_big_target(
     let vip = vip::lookup(&flow, cfg).ok_or((Reason::PassNonVip, None))?;
     stats::event(Reason::IcmpTooBig);
     // SAFETY: copied out at once.
-    let pinned = unsafe { CONNS.get(&flow) }
-        .filter(|e| e.vip_id == vip.vip_id)
-        .map(|e| e.backend_id);
-    let chosen = match pinned.map(|id| maglev::backend_of_vip(id, vip.vip_id)) {
+    let pinned = unsafe { CONNS.get(&flow) }.map(|e| conntrack::pinned_backend(e, vip.vip_id));
+    let chosen = match pinned {
         Some(Ok(chosen)) => chosen,
         _ => maglev::pick(&flow, &vip, cfg.ring_size).map_err(|r| (r, Some(vip.vip_id)))?,
     };

@@ -12,6 +12,7 @@ use aya_ebpf::{
 use lb_common::bench::{BenchGen, SINK_FRAMES, SINK_SLOTS, SINK_TUNNELLED};
 
 use crate::{
+    forward,
     maps::{LB_CONFIG, TX_PORTS},
     packet,
 };
@@ -84,13 +85,7 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     };
     ip[10] = 0;
     ip[11] = 0;
-    let mut sum = 0u32;
-    for i in 0..10 {
-        sum += u32::from(u16::from_be_bytes([ip[2 * i], ip[2 * i + 1]]));
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    packet::write(&ctx, IP_CSUM, (!(sum as u16)).to_be_bytes());
+    packet::write(&ctx, IP_CSUM, forward::ipv4_checksum(&ip).to_be_bytes());
     // SAFETY: a helper call with plain integer arguments.
     unsafe { bpf_redirect(gen_cfg.ifindex, 0) as u32 }
 }

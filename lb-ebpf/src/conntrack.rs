@@ -31,6 +31,17 @@ pub struct Selected {
     pub new_flow: bool,
 }
 
+/// The backend `entry` pins its flow to. An entry is good only for the VIP
+/// it was made for, and only while its backend id still belongs to that
+/// VIP; otherwise it is stale and treated like one whose backend is gone.
+#[inline(always)]
+pub fn pinned_backend(entry: &ConnEntry, vip_id: u32) -> Result<Chosen, Reason> {
+    if entry.vip_id != vip_id {
+        return Err(Reason::DropNoBackend);
+    }
+    maglev::backend_of_vip(entry.backend_id, vip_id)
+}
+
 #[inline(always)]
 pub fn select(
     flow: &FlowKey,
@@ -45,15 +56,7 @@ pub fn select(
     if let Some(entry) = CONNS.get_ptr_mut(flow) {
         // SAFETY: a map value pointer, valid for this program run.
         let entry = unsafe { &mut *entry };
-        // An entry is good only for the VIP it was made for, and only while
-        // its backend id still belongs to that VIP; otherwise it is stale
-        // and handled like one whose backend is gone.
-        let backend = if entry.vip_id == vip.vip_id {
-            maglev::backend_of_vip(entry.backend_id, vip.vip_id)
-        } else {
-            Err(Reason::DropNoBackend)
-        };
-        match backend {
+        match pinned_backend(entry, vip.vip_id) {
             // A SYN on the 5-tuple of an old connection is a new connection:
             // it must not follow the old one to a draining backend. The
             // entry goes, so the handshake's ACK picks from the ring too.
