@@ -43,6 +43,7 @@ use crate::{
     image::{self, BackendStatus, Image},
     maps::{Maps, MapsError},
     metrics::{InterfaceLabels, Metrics},
+    netdev,
     sync::{self, SyncReport},
 };
 
@@ -88,45 +89,6 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
 }
 
-fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        bail!("interface {name:?} does not exist");
-    }
-    Ok(index)
-}
-
-/// The MAC address of interface `name` in this network namespace (not
-/// from /sys/class/net, which shows the namespace sysfs was mounted in).
-fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    if name.len() >= libc::IFNAMSIZ {
-        bail!("interface name {name:?} is too long");
-    }
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: all-zero is a valid ifreq.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: a valid socket and an ifreq naming the interface.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reading the MAC address of {name}"));
-    }
-    // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    Ok(std::array::from_fn(|i| data[i] as u8))
-}
-
 /// Mount bpffs on /sys/fs/bpf if it is not there: pinning needs it.
 fn ensure_bpffs() -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -167,7 +129,7 @@ impl Daemon {
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
         for iface in &config.interfaces {
-            ifindex(&iface.name).with_context(|| format!("interfaces: {}", iface.name))?;
+            netdev::ifindex(&iface.name).with_context(|| format!("interfaces: {}", iface.name))?;
         }
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
@@ -246,14 +208,14 @@ impl Daemon {
         }
         let egress = match &config.next_hop.egress_interface {
             Some(name) if !config.next_hop.fib => image::Egress {
-                ifindex: ifindex(name)?,
-                mac: mac_address(name)?,
+                ifindex: netdev::ifindex(name)?,
+                mac: netdev::mac_address(name)?,
             },
             _ => image::Egress::default(),
         };
         // Ports first: the configuration written next may redirect to them.
         for iface in &config.interfaces {
-            let index = ifindex(&iface.name)?;
+            let index = netdev::ifindex(&iface.name)?;
             maps.add_tx_port(index)?;
         }
         if egress.ifindex != 0 {

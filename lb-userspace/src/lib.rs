@@ -14,6 +14,7 @@ pub mod image;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
+pub mod netdev;
 pub mod ring_memory;
 pub mod sync;
 pub mod top;

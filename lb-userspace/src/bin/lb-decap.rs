@@ -15,6 +15,7 @@ use lb_common::{maps::PROG_DECAP, stats::DecapReason};
 use lb_userspace::{
     datapath::{Datapath, MapSizes, link_pin_path},
     maps::Maps,
+    netdev,
 };
 
 #[derive(Parser)]
@@ -119,10 +120,7 @@ fn attach(
     addresses: &[IpAddr],
     native: bool,
 ) -> anyhow::Result<()> {
-    // Not /sys/class/net: sysfs shows the namespace it was mounted in.
-    let name = std::ffi::CString::new(interface).context("interface name")?;
-    // SAFETY: a valid NUL-terminated string.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+    if netdev::ifindex(interface).is_err() {
         bail!("no interface {interface} in this network namespace");
     }
     let (mut dp, mut maps) = open(pin_dir)?;
@@ -145,11 +143,7 @@ fn attach(
             "attached"
         },
         if attached.native { "native" } else { "generic" },
-        maps.decap_addrs()?
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        comma_list(&maps.decap_addrs()?)
     );
     Ok(())
 }
@@ -211,17 +205,18 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         );
     } else {
         println!("interfaces: {}", interfaces.join(", "));
-        println!(
-            "addresses:  {}",
-            addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("addresses:  {}", comma_list(&addresses));
         for (name, value) in counters {
             println!("{name:<22} {value}");
         }
     }
     Ok(())
+}
+
+fn comma_list(addresses: &[IpAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
