@@ -60,18 +60,8 @@ fn main() -> anyhow::Result<()> {
         "building the lab network (one namespace per host, all on one bridge)",
     );
     let topo = Topology::new(3);
-    let mut servers: Vec<Option<BackendServer>> = topo
-        .backends
-        .iter()
-        .map(|b| {
-            Some(BackendServer::start(
-                &b.ns,
-                &b.name,
-                "[::]:80".parse().unwrap(),
-                (VIP, 53).into(),
-            ))
-        })
-        .collect();
+    let mut servers: Vec<Option<BackendServer>> =
+        topo.backends.iter().map(|b| Some(b.serve())).collect();
     println!("    client {CLIENT}  ->  VIP {VIP}:80  ->  LB {LB} (XDP on eth0)");
     for b in &topo.backends {
         println!(

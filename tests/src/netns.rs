@@ -52,6 +52,31 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The MAC address of `dev`, as ip(8) writes it (`02:00:...`).
+    pub fn mac_text(&self, dev: &str) -> String {
+        self.exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+            .trim()
+            .to_string()
+    }
+
+    /// The MAC address of `dev`.
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let bytes: Vec<u8> = self
+            .mac_text(dev)
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).expect("mac"))
+            .collect();
+        bytes.try_into().expect("6 bytes")
+    }
+
+    /// The interface index of `dev`.
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        self.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
+            .trim()
+            .parse()
+            .expect("ifindex")
+    }
+
     /// Run `f` with the calling thread inside this namespace.
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
         enter_named(&self.name, f)

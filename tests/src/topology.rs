@@ -23,7 +23,10 @@ use lb_userspace::{
     maps::Maps,
 };
 
-use crate::netns::{Netns, veth};
+use crate::{
+    backend_server::BackendServer,
+    netns::{Netns, veth},
+};
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7);
@@ -40,6 +43,19 @@ pub struct BackendHost {
     pub mac: String,
 }
 
+impl BackendHost {
+    /// Start this backend's servers: HTTP on port 80 (IPv4 and IPv6) and
+    /// the UDP echo bound to the VIP, so replies leave with it as source.
+    pub fn serve(&self) -> BackendServer {
+        BackendServer::start(
+            &self.ns,
+            &self.name,
+            "[::]:80".parse().expect("address"),
+            (VIP, 53).into(),
+        )
+    }
+}
+
 pub struct Topology {
     pub net: Netns,
     pub client: Netns,
@@ -51,12 +67,6 @@ pub struct Topology {
     /// needs an XDP program on its peer).
     decap: Vec<(Datapath, Maps)>,
     _pass: Datapath,
-}
-
-fn mac(ns: &Netns, dev: &str) -> String {
-    ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")])
-        .trim()
-        .to_string()
 }
 
 fn sysctl(ns: &Netns, settings: &[&str]) {
@@ -159,7 +169,7 @@ impl Topology {
         net.enter(|| pass.attach(PROG_DECAP, "p-lb", XdpMode::Driver))
             .expect("pass-through on p-lb");
 
-        let client_mac = mac(&client, "eth0");
+        let client_mac = client.mac_text("eth0");
         let mut hosts = Vec::new();
         for i in 0..backends {
             let name = format!("b{}", i + 1);
@@ -248,7 +258,7 @@ impl Topology {
                 "nud",
                 "permanent",
             ]);
-            let mac = mac(&ns, "eth0");
+            let mac = ns.mac_text("eth0");
             // The LB knows its backends' MACs from the start: the FIB
             // lookup then never meets an unresolved neighbour.
             lb.exec(&[

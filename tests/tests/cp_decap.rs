@@ -13,12 +13,6 @@ use lb_tests::{
     packets::*,
 };
 
-fn mac_of(ns: &Netns, dev: &str) -> String {
-    ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")])
-        .trim()
-        .to_string()
-}
-
 /// Run lb-decap in `ns` (nsenter keeps the host's bpffs, unlike
 /// `ip netns exec`); its stdout, or its stderr on failure.
 fn lb_decap(ns: &Netns, pin_dir: &str, args: &[&str]) -> Result<String, String> {
@@ -88,12 +82,7 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
         .enter(|| lb.dp.attach(PROG_LB, "lb0", XdpMode::Driver))
         .expect("attach lb");
     let mut config = Lb::standard_config();
-    let be0_mac = mac_of(&backend_ns, "be0");
-    let bytes: Vec<u8> = be0_mac
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    config.gateway_mac = bytes.try_into().unwrap();
+    config.gateway_mac = backend_ns.mac("be0");
     lb.maps.set_config(&config).unwrap();
     lb.add_vip(
         vip_key(VIP_V4, 53, PROTO_UDP),
@@ -115,7 +104,7 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
         "replace",
         VIP_V4,
         "lladdr",
-        &mac_of(&lb_ns, "lb0"),
+        &lb_ns.mac_text("lb0"),
         "dev",
         "be0",
         "nud",

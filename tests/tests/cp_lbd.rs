@@ -34,14 +34,8 @@ impl Site {
         let lb = Netns::new("cplb");
         let client = Netns::new("cpcl");
         veth(&lb, "lb0", &client, "cl0");
-        let lb_mac = lb
-            .exec(&["cat", "/sys/class/net/lb0/address"])
-            .trim()
-            .to_string();
-        let client_mac = client
-            .exec(&["cat", "/sys/class/net/cl0/address"])
-            .trim()
-            .to_string();
+        let lb_mac = lb.mac_text("lb0");
+        let client_mac = client.mac_text("cl0");
         client.exec(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "cl0"]);
         client.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "cl0"]);
         client.exec(&[
@@ -311,6 +305,40 @@ fn lbd_output(args: &[&str]) -> std::process::Output {
         .expect("run lbd")
 }
 
+/// The configuration file the helper wrote for `lbd`.
+fn written_config(lbd: &Lbd) -> Value {
+    serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap())
+        .expect("config written by the helper")
+}
+
+/// Run lbd to its exit in the site's LB namespace, over `lbd`'s pins, with
+/// `config` written to `name` in `lbd`'s directory.
+fn lbd_once(site: &Site, lbd: &Lbd, name: &str, config: &Value) -> std::process::Output {
+    let path = lbd.paths.dir.join(name);
+    std::fs::write(&path, config.to_string()).unwrap();
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", site.lb.name))
+        .arg(lb_tests::lbd::binary("lbd"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run lbd")
+}
+
+/// The maps `lbd` pinned, opened directly (the sizes are `Site::config`'s).
+fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
+    let sizes = lb_userspace::datapath::MapSizes {
+        max_vips: 8,
+        max_backends: 64,
+        ring_size: 4093,
+        conn_entries: 4096,
+        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
+    };
+    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
+        .expect("open the pinned maps");
+    lb_userspace::maps::Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps")
+}
+
 #[test]
 fn cp_lbd_check_reports_a_bad_config_once_on_stderr() {
     let paths = Paths::new("check");
@@ -570,8 +598,7 @@ fn cp_sighup_reloads_the_file_and_keeps_state_on_a_bad_one() {
         site.config(&[B1], json!({"type": "none"})),
     );
     let pid = lbd.pid().expect("lbd pid").to_string();
-    let mut file: Value =
-        serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap()).unwrap();
+    let mut file = written_config(&lbd);
     file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B2}]);
     std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
     assert!(
@@ -799,19 +826,10 @@ fn cp_restart_with_other_table_sizes_is_refused_and_forwarding_goes_on() {
     let mut lbd = Lbd::start(&site.lb, Paths::new("sizes"), config);
     let tx_before = counter(&lbd, "tx");
     lbd.kill();
-    let mut bigger: Value = serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap())
-        .expect("config written by the helper");
+    let mut bigger = written_config(&lbd);
     bigger["tables"]["conn_entries"] = json!(8192);
     bigger["tables"]["max_backends"] = json!(128);
-    let path = lbd.paths.dir.join("bigger.json");
-    std::fs::write(&path, bigger.to_string()).unwrap();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", site.lb.name))
-        .arg(lb_tests::lbd::binary("lbd"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = lbd_once(&site, &lbd, "bigger.json", &bigger);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failure = stderr
@@ -845,22 +863,13 @@ fn cp_start_with_a_missing_interface_leaves_the_running_data_plane_as_it_was() {
         site.config(&[B1], json!({"type": "none"})),
     );
     lbd.kill();
-    let mut broken: Value = serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap())
-        .expect("config written by the helper");
+    let mut broken = written_config(&lbd);
     broken["interfaces"] = json!([{"name": "lb0"}, {"name": "nosuch0"}]);
     broken["vips"][0]["backends"] = json!([{"address": B2}]);
     broken["vips"].as_array_mut().unwrap().push(
         json!({"address": VIP, "port": 80, "protocol": "tcp", "backends": [{"address": B3}]}),
     );
-    let path = lbd.paths.dir.join("broken.json");
-    std::fs::write(&path, broken.to_string()).unwrap();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", site.lb.name))
-        .arg(lb_tests::lbd::binary("lbd"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = lbd_once(&site, &lbd, "broken.json", &broken);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -868,16 +877,7 @@ fn cp_start_with_a_missing_interface_leaves_the_running_data_plane_as_it_was() {
         "{stderr}"
     );
     // Read the pinned maps directly: one VIP, backed by B1, as before.
-    let sizes = lb_userspace::datapath::MapSizes {
-        max_vips: 8,
-        max_backends: 64,
-        ring_size: 4093,
-        conn_entries: 4096,
-        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
-    };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
-        .expect("open the pinned maps");
-    let maps = lb_userspace::maps::Maps::take(&mut dp.ebpf, 4093).expect("maps");
+    let maps = pinned_maps(&lbd);
     let vips = maps.vips().unwrap();
     assert_eq!(vips.len(), 1, "no VIP was added");
     let backends: Vec<_> = maps
@@ -910,8 +910,7 @@ fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
     assert_eq!(outer_source(&lbd), NODE);
 
     // The file names another source; a reload keeps this host's.
-    let mut file: Value =
-        serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap()).unwrap();
+    let mut file = written_config(&lbd);
     file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B2}]);
     std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
     let pid = lbd.pid().expect("lbd pid").to_string();
@@ -936,16 +935,7 @@ fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
 
     // The data plane tunnels from it (the golden tests check that the
     // program writes LB_CONFIG's source into every outer header).
-    let sizes = lb_userspace::datapath::MapSizes {
-        max_vips: 8,
-        max_backends: 64,
-        ring_size: 4093,
-        conn_entries: 4096,
-        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
-    };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
-        .expect("open the pinned maps");
-    let maps = lb_userspace::maps::Maps::take(&mut dp.ebpf, 4093).expect("maps");
+    let maps = pinned_maps(&lbd);
     let source: std::net::Ipv4Addr = maps.config().unwrap().outer_src_v4.into();
     assert_eq!(source.to_string(), NODE);
 }
@@ -963,24 +953,8 @@ fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     let mut config = site.config(&[B1], json!({"type": "none"}));
     config["next_hop"]["egress_interface"] = json!("out0");
     let lbd = Lbd::start(&site.lb, Paths::new("egress"), config);
-    let sizes = lb_userspace::datapath::MapSizes {
-        max_vips: 8,
-        max_backends: 64,
-        ring_size: 4093,
-        conn_entries: 4096,
-        frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
-    };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
-        .expect("open the pinned maps");
-    let maps = lb_userspace::maps::Maps::take(&mut dp.ebpf, 4093).expect("maps");
+    let maps = pinned_maps(&lbd);
     let live = maps.config().unwrap();
-    let read = |what: &str| {
-        site.lb
-            .exec(&["cat", &format!("/sys/class/net/out0/{what}")])
-            .trim()
-            .to_string()
-    };
-    assert_eq!(live.egress_ifindex.to_string(), read("ifindex"));
-    let mac: Vec<String> = live.egress_mac.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(mac.join(":"), read("address"));
+    assert_eq!(live.egress_ifindex, site.lb.ifindex("out0"));
+    assert_eq!(live.egress_mac, site.lb.mac("out0"));
 }

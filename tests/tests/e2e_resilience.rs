@@ -25,17 +25,7 @@ use serde_json::{Value, json};
 const VIP_REF: &str = "198.51.100.10:80/tcp";
 
 fn servers(topo: &Topology) -> Vec<Option<BackendServer>> {
-    topo.backends
-        .iter()
-        .map(|b| {
-            Some(BackendServer::start(
-                &b.ns,
-                &b.name,
-                "[::]:80".parse().unwrap(),
-                (VIP, 53).into(),
-            ))
-        })
-        .collect()
+    topo.backends.iter().map(|b| Some(b.serve())).collect()
 }
 
 fn http_check() -> Value {

@@ -25,23 +25,6 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
-fn ifindex(ns: &Netns, dev: &str) -> u32 {
-    ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A namespace with uplink `up0` (where packets arrive and, by default,
 /// leave), forwarding on, routes to the backends via a router whose
 /// neighbour entry is permanent.
@@ -141,9 +124,9 @@ fn golden_fib_next_hop_uses_kernel_route_and_neighbour_ipv4() {
         &[BackendSpec::new(1, BACKEND_V4[0])],
     );
     let inner = tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Syn, b"");
-    let up = ifindex(&site.ns, "up0");
+    let up = site.ns.ifindex("up0");
     let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
-    let our_mac = mac_of(&site.ns, "up0");
+    let our_mac = site.ns.mac("up0");
     let outer = outer_v4(OUTER_SRC_V4, BACKEND_V4[0], &inner);
     let expected = frame(
         ROUTER_NEIGH_MAC,
@@ -171,12 +154,12 @@ fn golden_fib_next_hop_uses_kernel_route_and_neighbour_ipv6() {
         &[BackendSpec::new(1, BACKEND_V6[0])],
     );
     let inner = tcp6(CLIENT_V6, 40000, VIP_V6, 443, Tcp::Syn, b"");
-    let up = ifindex(&site.ns, "up0");
+    let up = site.ns.ifindex("up0");
     let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
     let outer = outer_v6(OUTER_SRC_V6, BACKEND_V6[0], &inner, &flow_of(&inner));
     let expected = frame(
         ROUTER_NEIGH_MAC,
-        mac_of(&site.ns, "up0"),
+        site.ns.mac("up0"),
         None,
         ETH_IPV6,
         &cat(&outer, &inner),
@@ -211,7 +194,7 @@ fn golden_fib_unresolved_neighbour_falls_back_to_gateway_mac() {
         &[BackendSpec::new(1, "198.51.100.120")],
     );
     let inner = tcp4(CLIENT_V4, 40001, VIP_V4, 80, Tcp::Syn, b"");
-    let up = ifindex(&site.ns, "up0");
+    let up = site.ns.ifindex("up0");
     let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
     let outer = outer_v4(OUTER_SRC_V4, "198.51.100.120", &inner);
     let expected = frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV4, &cat(&outer, &inner));
@@ -241,7 +224,7 @@ fn golden_fib_without_route_or_gateway_drops_no_route() {
         &[BackendSpec::new(1, "203.0.113.200")],
     );
     let frame_in = to_lb(&tcp4(CLIENT_V4, 40002, VIP_V4, 80, Tcp::Syn, b""));
-    let up = ifindex(&site.ns, "up0");
+    let up = site.ns.ifindex("up0");
     let out = site.ns.enter(|| lb.run_on(up, &frame_in));
     assert_eq!(
         out,
@@ -290,8 +273,8 @@ fn golden_fib_route_via_other_interface_redirects_through_devmap() {
         &[BackendSpec::new(1, "198.51.100.122")],
     );
     let inner = tcp4(CLIENT_V4, 40004, VIP_V4, 80, Tcp::Syn, b"");
-    let up = ifindex(&site.ns, "up0");
-    let down = ifindex(&site.ns, "down0");
+    let up = site.ns.ifindex("up0");
+    let down = site.ns.ifindex("down0");
 
     // Not allowed as an egress port yet: dropped, counted, untouched.
     let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
@@ -309,7 +292,7 @@ fn golden_fib_route_via_other_interface_redirects_through_devmap() {
     let outer = outer_v4(OUTER_SRC_V4, "198.51.100.122", &inner);
     let expected = frame(
         OTHER_ROUTER_NEIGH_MAC,
-        mac_of(&site.ns, "down0"),
+        site.ns.mac("down0"),
         None,
         ETH_IPV4,
         &cat(&outer, &inner),

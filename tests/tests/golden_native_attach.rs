@@ -18,16 +18,6 @@ use lb_tests::{
     packets::*,
 };
 
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).expect("mac"))
-        .collect();
-    bytes.try_into().expect("6 bytes")
-}
-
 #[test]
 fn golden_native_xdp_attach_on_veth_forwards_and_decapsulates() {
     let lb_ns = Netns::new("lb");
@@ -51,7 +41,7 @@ fn golden_native_xdp_attach_on_veth_forwards_and_decapsulates() {
 
     // The LB tunnels to a backend behind the peer's MAC; the peer accepts
     // tunnels for that backend address.
-    let peer_mac = mac_of(&peer_ns, "peer0");
+    let peer_mac = peer_ns.mac("peer0");
     let mut config = Lb::standard_config();
     config.gateway_mac = peer_mac;
     lb.maps.set_config(&config).unwrap();
@@ -64,7 +54,7 @@ fn golden_native_xdp_attach_on_veth_forwards_and_decapsulates() {
         .add_decap_addr(BACKEND_V4[0].parse().unwrap())
         .unwrap();
 
-    let lb_mac = mac_of(&lb_ns, "lb0");
+    let lb_mac = lb_ns.mac("lb0");
     let lb_mac_text: Vec<String> = lb_mac.iter().map(|b| format!("{b:02x}")).collect();
     peer_ns.exec(&[
         "ip",

@@ -255,13 +255,7 @@ fn golden_configured_egress_interface_redirects_through_the_devmap() {
     let peer = Netns::new("egresspeer");
     veth(&ns, "in0", &peer, "pin0");
     veth(&ns, "out0", &peer, "pout0");
-    let index = |dev: &str| -> u32 {
-        ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (ingress, egress) = (index("in0"), index("out0"));
+    let (ingress, egress) = (ns.ifindex("in0"), ns.ifindex("out0"));
     // The frame leaves out0, so it carries out0's MAC as its source.
     const OUT0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0e];
     let mut lb = Lb::new();

@@ -32,8 +32,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn start(topo: &Topology, i: usize) -> BackendServer {
-    let b = &topo.backends[i];
-    BackendServer::start(&b.ns, &b.name, "[::]:80".parse().unwrap(), (VIP, 53).into())
+    topo.backends[i].serve()
 }
 
 #[test]

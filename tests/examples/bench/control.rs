@@ -8,10 +8,7 @@
 //!   answering on the control socket, the program forwarding throughout;
 //! - resident memory of lbd serving 100 VIPs x 100 backends.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use lb_tests::{
     backend_server::BackendServer,
@@ -77,18 +74,8 @@ fn large_config(topo: &Topology) -> Value {
 
 pub fn run() -> Value {
     let topo = Topology::new(3);
-    let mut servers: Vec<Option<BackendServer>> = topo
-        .backends
-        .iter()
-        .map(|b| {
-            Some(BackendServer::start(
-                &b.ns,
-                &b.name,
-                "[::]:80".parse().unwrap(),
-                (IpAddr::V4(VIP), 53).into(),
-            ))
-        })
-        .collect();
+    let mut servers: Vec<Option<BackendServer>> =
+        topo.backends.iter().map(|b| Some(b.serve())).collect();
     let check = json!({"type": "http", "port": 80, "path": "/", "interval_ms": INTERVAL_MS,
                        "timeout_ms": 100, "rise": 2, "fall": FALL});
     let mut lbd = Lbd::start(
@@ -104,13 +91,7 @@ pub fn run() -> Value {
     for _ in 0..ROUNDS {
         servers[1] = None;
         failover.push(wait_health(&lbd, 1, "down").as_secs_f64() * 1e3);
-        let b = &topo.backends[1];
-        servers[1] = Some(BackendServer::start(
-            &b.ns,
-            &b.name,
-            "[::]:80".parse().unwrap(),
-            (IpAddr::V4(VIP), 53).into(),
-        ));
+        servers[1] = Some(topo.backends[1].serve());
         wait_health(&lbd, 1, "up");
     }
 

@@ -87,10 +87,10 @@ impl Lab {
             b.exec(&["ip", "link", "set", b_dev, "up"]);
         }
         Self {
-            lb1_ifindex: ifindex(&lb, "lb1"),
-            be0_mac: mac_of(&sink, "be0"),
-            lb0_mac: mac_of(&lb, "lb0"),
-            gen0_mac: mac_of(&generator, "gen0"),
+            lb1_ifindex: lb.ifindex("lb1"),
+            be0_mac: sink.mac("be0"),
+            lb0_mac: lb.mac("lb0"),
+            gen0_mac: generator.mac("gen0"),
             generator,
             lb,
             sink,
@@ -98,25 +98,44 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The data plane with `bench_programs` loaded too, its maps set up by
+    /// `configure_lb`, and the sink counting on be0.
+    pub fn load(&self, bench_programs: &[&str]) -> (Datapath, Maps) {
+        let sizes = MapSizes::default();
+        let mut dp = Datapath::load(sizes).expect("load");
+        for name in bench_programs {
+            xdp(&mut dp, name).load().expect("load bench program");
+        }
+        let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
+        configure_lb(&mut maps, self, sizes.ring_size);
+        self.sink
+            .enter(|| xdp(&mut dp, PROG_BENCH_SINK).attach("be0", XdpMode::Driver))
+            .expect("attach sink");
+        (dp, maps)
+    }
+
+    /// Run `f` with `program` attached to lb0 (native mode), then detach it.
+    pub fn with_on_lb0<T>(
+        &self,
+        dp: &mut Datapath,
+        program: &str,
+        f: impl FnOnce(&mut Datapath) -> T,
+    ) -> T {
+        let link: XdpLinkId = self
+            .lb
+            .enter(|| xdp(dp, program).attach("lb0", XdpMode::Driver))
+            .expect("attach on lb0");
+        let result = f(dp);
+        self.lb
+            .enter(|| xdp(dp, program).detach(link))
+            .expect("detach from lb0");
+        result
+    }
+}
+
 pub fn cpus() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-pub fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let text = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).expect("mac"))
-        .collect();
-    bytes.try_into().expect("6 bytes")
-}
-
-pub fn ifindex(ns: &Netns, dev: &str) -> u32 {
-    ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])
-        .trim()
-        .parse()
-        .expect("ifindex")
 }
 
 pub fn xdp<'a>(dp: &'a mut Datapath, name: &str) -> &'a mut Xdp {
@@ -296,10 +315,10 @@ struct Run {
 /// One timed run with `program` on lb0 (with `bench_sink` there, the
 /// sink on lb0 counts: the generator-only figure).
 fn measure(dp: &mut Datapath, lab: &Lab, program: &str) -> Run {
-    let link: XdpLinkId = lab
-        .lb
-        .enter(|| xdp(dp, program).attach("lb0", XdpMode::Driver))
-        .expect("attach on lb0");
+    lab.with_on_lb0(dp, program, |dp| measure_attached(dp, lab, program))
+}
+
+fn measure_attached(dp: &Datapath, lab: &Lab, program: &str) -> Run {
     let (frames0, tunnelled0) = (sink_count(dp, SINK_FRAMES), sink_count(dp, SINK_TUNNELLED));
     let (run_ns0, runs0) = prog_stats(dp, program);
     let start = Instant::now();
@@ -309,9 +328,6 @@ fn measure(dp: &mut Datapath, lab: &Lab, program: &str) -> Run {
     let frames = sink_count(dp, SINK_FRAMES) - frames0;
     let tunnelled = sink_count(dp, SINK_TUNNELLED) - tunnelled0;
     let (run_ns1, runs1) = prog_stats(dp, program);
-    lab.lb
-        .enter(|| xdp(dp, program).detach(link))
-        .expect("detach");
     Run {
         mpps: frames as f64 / secs / 1e6,
         delivered: frames as f64 / sent.max(1) as f64,
@@ -328,13 +344,7 @@ fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
 
 pub fn run() -> Value {
     let lab = Lab::new();
-    let sizes = MapSizes::default();
-    let mut dp = Datapath::load(sizes).expect("load");
-    for name in [PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK] {
-        xdp(&mut dp, name).load().expect("load bench program");
-    }
-    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
-    configure_lb(&mut maps, &lab, sizes.ring_size);
+    let (mut dp, maps) = lab.load(&[PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK]);
     // BENCH_FLOWS overrides the flows per CPU, to see the cache's share.
     let flows = std::env::var("BENCH_FLOWS")
         .ok()
@@ -347,7 +357,7 @@ pub fn run() -> Value {
             .set(
                 0,
                 BenchGen {
-                    ifindex: ifindex(&lab.generator, "gen0"),
+                    ifindex: lab.generator.ifindex("gen0"),
                     flows,
                     cpus: cpus() as u32,
                     dst_mac: lab.lb0_mac,
@@ -357,9 +367,6 @@ pub fn run() -> Value {
             )
             .expect("gen config");
     }
-    lab.sink
-        .enter(|| xdp(&mut dp, PROG_BENCH_SINK).attach("be0", XdpMode::Driver))
-        .expect("attach sink");
 
     let mut generator_only = Vec::new();
     let mut redirect = Vec::new();

@@ -16,16 +16,12 @@
 
 use std::{io::Write, process::Command};
 
-use aya::programs::XdpMode;
 use lb_common::{bench::*, maps::PROG_LB};
 use lb_tests::{netns::Netns, packets::*};
-use lb_userspace::{
-    datapath::{Datapath, MapSizes},
-    maps::Maps,
-};
+use lb_userspace::datapath::Datapath;
 use serde_json::{Value, json};
 
-use crate::forwarding::{BpfStats, Lab, VIP_PORT, configure_lb, prog_stats, sink_count, xdp};
+use crate::forwarding::{BpfStats, Lab, VIP_PORT, prog_stats, sink_count};
 
 const PACKETS: u64 = 2_000_000;
 /// Source addresses x source ports the frames cycle through: the address's
@@ -152,57 +148,29 @@ fn nft_setup(lb: &Netns, lab: &Lab) {
 
 pub fn run() -> Value {
     let lab = Lab::new();
-    let sizes = MapSizes::default();
-    let mut dp = Datapath::load(sizes).expect("load");
-    for name in [PROG_BENCH_SINK, PROG_BENCH_REDIRECT] {
-        xdp(&mut dp, name).load().expect("load bench program");
-    }
-    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
-    configure_lb(&mut maps, &lab, sizes.ring_size);
-    lab.sink
-        .enter(|| xdp(&mut dp, PROG_BENCH_SINK).attach("be0", XdpMode::Driver))
-        .expect("attach sink");
+    let (mut dp, _maps) = lab.load(&[PROG_BENCH_SINK, PROG_BENCH_REDIRECT]);
     let config_path = std::env::temp_dir().join(format!("lbt-trafgen-{}.cfg", std::process::id()));
     std::fs::File::create(&config_path)
         .and_then(|mut f| f.write_all(trafgen_config(&lab).as_bytes()))
         .expect("trafgen config");
     let config = config_path.to_str().unwrap().to_string();
 
-    let sink_on_lb0 = lab
-        .lb
-        .enter(|| xdp(&mut dp, PROG_BENCH_SINK).attach("lb0", XdpMode::Driver))
-        .expect("attach sink on lb0");
-    let generator = send(&lab, &config, &dp, SINK_FRAMES);
-    lab.lb
-        .enter(|| xdp(&mut dp, PROG_BENCH_SINK).detach(sink_on_lb0))
-        .expect("detach");
-
-    let redirect_link = lab
-        .lb
-        .enter(|| xdp(&mut dp, PROG_BENCH_REDIRECT).attach("lb0", XdpMode::Driver))
-        .expect("attach redirect");
-    let redirect = send(&lab, &config, &dp, SINK_FRAMES);
-    lab.lb
-        .enter(|| xdp(&mut dp, PROG_BENCH_REDIRECT).detach(redirect_link))
-        .expect("detach");
-
-    let lb_link = lab
-        .lb
-        .enter(|| xdp(&mut dp, PROG_LB).attach("lb0", XdpMode::Driver))
-        .expect("attach lb");
-    let balancer = send(&lab, &config, &dp, SINK_TUNNELLED);
-    // Once more with run-time statistics on (they slow every program down,
-    // so not during the timed send): the program's own share.
-    let (run_ns0, runs0, run_ns1, runs1) = {
+    let generator = lab.with_on_lb0(&mut dp, PROG_BENCH_SINK, |dp| {
+        send(&lab, &config, dp, SINK_FRAMES)
+    });
+    let redirect = lab.with_on_lb0(&mut dp, PROG_BENCH_REDIRECT, |dp| {
+        send(&lab, &config, dp, SINK_FRAMES)
+    });
+    let (balancer, (run_ns0, runs0, run_ns1, runs1)) = lab.with_on_lb0(&mut dp, PROG_LB, |dp| {
+        let balancer = send(&lab, &config, dp, SINK_TUNNELLED);
+        // Once more with run-time statistics on (they slow every program
+        // down, so not during the timed send): the program's own share.
         let _stats = BpfStats::enable();
-        let (run_ns0, runs0) = prog_stats(&dp, PROG_LB);
-        send(&lab, &config, &dp, SINK_TUNNELLED);
-        let (run_ns1, runs1) = prog_stats(&dp, PROG_LB);
-        (run_ns0, runs0, run_ns1, runs1)
-    };
-    lab.lb
-        .enter(|| xdp(&mut dp, PROG_LB).detach(lb_link))
-        .expect("detach");
+        let (run_ns0, runs0) = prog_stats(dp, PROG_LB);
+        send(&lab, &config, dp, SINK_TUNNELLED);
+        let (run_ns1, runs1) = prog_stats(dp, PROG_LB);
+        (balancer, (run_ns0, runs0, run_ns1, runs1))
+    });
 
     nft_setup(&lab.lb, &lab);
     let nft = send(&lab, &config, &dp, SINK_FRAMES);

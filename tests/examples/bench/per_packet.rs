@@ -13,6 +13,8 @@ use lb_common::{
     maps::*,
 };
 use lb_tests::{harness::vip_key, packets::*};
+
+use crate::forwarding::xdp;
 use lb_userspace::{
     addr::to_map,
     datapath::{Datapath, MapSizes},
@@ -43,14 +45,6 @@ fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32) -> (f64, f64) {
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     (samples[samples.len() / 2], samples[samples.len() / 10])
-}
-
-fn xdp<'a>(dp: &'a mut Datapath, name: &str) -> &'a mut Xdp {
-    dp.ebpf
-        .program_mut(name)
-        .expect("program")
-        .try_into()
-        .expect("XDP program")
 }
 
 fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
