@@ -311,6 +311,19 @@ fn written_config(lbd: &Lbd) -> Value {
         .expect("config written by the helper")
 }
 
+/// Replace `lbd`'s configuration file with `config` and send it SIGHUP.
+fn write_and_sighup(lbd: &Lbd, config: &Value) {
+    std::fs::write(&lbd.paths.config, serde_json::to_vec(config).unwrap()).unwrap();
+    let pid = lbd.pid().expect("lbd pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 /// Run lbd to its exit in the site's LB namespace, over `lbd`'s pins, with
 /// `config` written to `name` in `lbd`'s directory.
 fn lbd_once(site: &Site, lbd: &Lbd, name: &str, config: &Value) -> std::process::Output {
@@ -597,31 +610,16 @@ fn cp_sighup_reloads_the_file_and_keeps_state_on_a_bad_one() {
         Paths::new("hup"),
         site.config(&[B1], json!({"type": "none"})),
     );
-    let pid = lbd.pid().expect("lbd pid").to_string();
     let mut file = written_config(&lbd);
     file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B2}]);
-    std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    write_and_sighup(&lbd, &file);
     wait_for("reload", Duration::from_secs(5), || {
         lbd.json(&["backend", "list"]).as_array().unwrap().len() == 2
     });
 
     let good = lbd.json(&["config", "dump"]);
     file["vips"][0]["backends"][1]["weight"] = json!(-1);
-    std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    write_and_sighup(&lbd, &file);
     wait_for("rejection logged", Duration::from_secs(5), || {
         lbd.log().contains("reload rejected")
     });
@@ -912,15 +910,7 @@ fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
     // The file names another source; a reload keeps this host's.
     let mut file = written_config(&lbd);
     file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B2}]);
-    std::fs::write(&lbd.paths.config, serde_json::to_vec(&file).unwrap()).unwrap();
-    let pid = lbd.pid().expect("lbd pid").to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    write_and_sighup(&lbd, &file);
     wait_for("reload", Duration::from_secs(5), || {
         lbd.json(&["backend", "list"]).as_array().unwrap().len() == 2
     });

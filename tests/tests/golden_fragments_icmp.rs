@@ -289,8 +289,11 @@ fn golden_ipv6_fragments_with_dest_opts_after_the_fragment_header_follow_the_fir
     );
 }
 
-#[test]
-fn golden_later_fragments_keep_their_backend_when_the_ring_changes() {
+/// A UDP datagram in two fragments to a VIP: the first is sent (and
+/// checked to reach the ring's backend), then that backend leaves the ring
+/// (it stays configured). Returns the balancer, the VIP, the flow, the
+/// backend's id and the last fragment, not sent yet.
+fn first_fragment_then_its_backend_leaves(datagram_id: u16) -> (Lb, VipKey, FlowKey, u32, Vec<u8>) {
     let mut lb = Lb::new();
     let key = vip_key(VIP_V4, 53, PROTO_UDP);
     lb.add_vip(key, 0, &backends_v4());
@@ -298,13 +301,17 @@ fn golden_later_fragments_keep_their_backend_when_the_ring_changes() {
     let l4 = &whole[IPV4_HLEN..];
     let flow = flow_of(&whole);
     let id = lb.ring_backend(&key, &flow);
-    let first = frag4(CLIENT_V4, VIP_V4, 77, 0, true, &l4[..24]);
-    let last = frag4(CLIENT_V4, VIP_V4, 77, 24, false, &l4[24..]);
-    let out = lb.run(&to_lb(&first));
-    assert_eq!(out.data, encapsulated(id, &first, &flow));
-    // The first fragment's backend leaves the ring (it stays configured).
+    let first = frag4(CLIENT_V4, VIP_V4, datagram_id, 0, true, &l4[..24]);
+    let last = frag4(CLIENT_V4, VIP_V4, datagram_id, 24, false, &l4[24..]);
+    assert_eq!(lb.run(&to_lb(&first)).data, encapsulated(id, &first, &flow));
     let rest: Vec<BackendSpec> = backends_v4().into_iter().filter(|b| b.id != id).collect();
     lb.set_backends(&key, &rest);
+    (lb, key, flow, id, last)
+}
+
+#[test]
+fn golden_later_fragments_keep_their_backend_when_the_ring_changes() {
+    let (mut lb, key, flow, id, last) = first_fragment_then_its_backend_leaves(77);
     assert_ne!(lb.ring_backend(&key, &flow), id);
     expect(
         &mut lb,
@@ -639,20 +646,9 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
 
 #[test]
 fn golden_later_fragment_does_not_follow_a_backend_id_given_to_another_vip() {
-    let mut lb = Lb::new();
-    let key = vip_key(VIP_V4, 53, PROTO_UDP);
-    lb.add_vip(key, 0, &backends_v4());
-    let whole = udp4(CLIENT_V4, 40000, VIP_V4, 53, PAYLOAD);
-    let l4 = &whole[IPV4_HLEN..];
-    let flow = flow_of(&whole);
-    let id = lb.ring_backend(&key, &flow);
-    let first = frag4(CLIENT_V4, VIP_V4, 78, 0, true, &l4[..24]);
-    let last = frag4(CLIENT_V4, VIP_V4, 78, 24, false, &l4[24..]);
-    assert_eq!(lb.run(&to_lb(&first)).data, encapsulated(id, &first, &flow));
     // The first fragment's backend leaves, and its id goes to a backend of
     // another VIP: the remembered id no longer means this datagram's backend.
-    let rest: Vec<BackendSpec> = backends_v4().into_iter().filter(|b| b.id != id).collect();
-    lb.set_backends(&key, &rest);
+    let (mut lb, _, _, id, last) = first_fragment_then_its_backend_leaves(78);
     lb.add_vip(
         vip_key(VIP_V6, 53, PROTO_UDP),
         0,
