@@ -89,25 +89,6 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
 }
 
-/// Mount bpffs on /sys/fs/bpf if it is not there: pinning needs it.
-fn ensure_bpffs() -> anyhow::Result<()> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        return Ok(());
-    }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-        .status()
-        .context("running mount")?;
-    if !status.success() {
-        bail!("could not mount bpffs on /sys/fs/bpf");
-    }
-    Ok(())
-}
-
 fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
@@ -125,7 +106,7 @@ impl Daemon {
         node: NodeOverrides,
         health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
     ) -> anyhow::Result<Self> {
-        ensure_bpffs()?;
+        crate::bpffs::prepare(&config.pin_dir).context("pin_dir")?;
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
         for iface in &config.interfaces {

@@ -3,6 +3,7 @@
 //! CLI around them.
 
 pub mod addr;
+pub mod bpffs;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -948,3 +948,53 @@ fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     assert_eq!(live.egress_ifindex, site.lb.ifindex("out0"));
     assert_eq!(live.egress_mac, site.lb.mac("out0"));
 }
+
+/// `ip netns exec` gives lbd a private /sys without the host's bpffs: a
+/// bpffs lbd mounted there would vanish with it and forwarding would stop
+/// when it exits. lbd and lb-decap refuse, saying what to do instead, and
+/// pin nothing.
+#[test]
+fn cp_lbd_and_lb_decap_refuse_a_private_bpffs_under_ip_netns_exec() {
+    let site = Site::new();
+    let paths = Paths::new("netnsexec");
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["pin_dir"] = paths.pin_dir.display().to_string().into();
+    config["control"] = json!({ "socket": paths.socket.display().to_string() });
+    std::fs::write(&paths.config, config.to_string()).unwrap();
+    let run = |program: &str, args: &[&str]| {
+        // Bounded: an lbd that wrongly started would otherwise run on.
+        Command::new("timeout")
+            .args(["20", "ip", "netns", "exec", &site.lb.name])
+            .arg(lb_tests::lbd::binary(program))
+            .args(args)
+            .output()
+            .expect("run under ip netns exec")
+    };
+    let lbd = run("lbd", &["--config", paths.config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&lbd.stderr);
+    assert!(!lbd.status.success(), "lbd must refuse: {stderr}");
+    assert!(
+        stderr.contains("mount namespace other than the host's") && stderr.contains("nsenter"),
+        "{stderr}"
+    );
+    assert!(!paths.pin_dir.exists(), "nothing pinned");
+
+    let decap_pins = paths.dir.join("decap-pins");
+    let decap_pins = format!(
+        "/sys/fs/bpf/{}",
+        decap_pins.file_name().unwrap().to_str().unwrap()
+    );
+    let decap = run(
+        "lb-decap",
+        &["--pin-dir", &decap_pins, "attach", "-i", "lb0", "-a", B1],
+    );
+    let stderr = String::from_utf8_lossy(&decap.stderr);
+    assert!(!decap.status.success(), "lb-decap must refuse: {stderr}");
+    assert!(
+        stderr.contains("mount namespace other than the host's"),
+        "{stderr}"
+    );
+    // lb0 carries no program: forwarding never depended on a vanishing pin.
+    let link = site.lb.exec(&["ip", "link", "show", "lb0"]);
+    assert!(!link.contains("xdp"), "{link}");
+}

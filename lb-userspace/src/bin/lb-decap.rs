@@ -108,6 +108,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
+    lb_userspace::bpffs::prepare(pin_dir)?;
     let mut dp = Datapath::load_pinned(SIZES, pin_dir)
         .with_context(|| format!("loading the data plane pinned at {}", pin_dir.display()))?;
     let maps = Maps::take(&mut dp.ebpf, SIZES.ring_size)?;
