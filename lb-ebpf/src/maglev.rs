@@ -45,7 +45,9 @@ pub fn backend_of_vip(id: u32, vip_id: u32) -> Result<Chosen, Reason> {
     Ok(chosen)
 }
 
-/// Look the flow up on the VIP's live ring.
+/// Look the flow up on the VIP's live ring. The slot's backend must serve
+/// this VIP: a ring that outlived its backends' ids (recycled to another
+/// VIP) must not send this VIP's flow to another VIP's backend.
 #[inline(always)]
 pub fn pick(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Reason> {
     let hash = flow_hash(flow, vip.flags & VIP_F_AFFINITY != 0);
@@ -58,5 +60,5 @@ pub fn pick(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Rea
     if id == NO_BACKEND {
         return Err(Reason::DropNoBackend);
     }
-    backend(id)
+    backend_of_vip(id, vip.vip_id)
 }

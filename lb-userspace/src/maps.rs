@@ -155,13 +155,20 @@ impl Maps {
         self.backends.get(&id, 0).map_err(err(MAP_BACKENDS))
     }
 
-    /// Make the VIP at `key` serve `ring` (one backend id per slot): the
-    /// inactive ring is filled, then the VIP flips to it.
-    pub fn publish_ring(&mut self, key: &VipKey, ring: &[u32]) -> Result<(), MapsError> {
+    /// Make the VIP at `key` serve `ring` (one backend id per slot) with
+    /// `flags`: the inactive ring is filled, then one write of the VIP
+    /// entry flips it to that ring and sets the flags together.
+    pub fn publish_ring(
+        &mut self,
+        key: &VipKey,
+        ring: &[u32],
+        flags: u32,
+    ) -> Result<(), MapsError> {
         let mut meta = self.vip(key)?.ok_or(MapsError::UnknownVip(*key))?;
         let next = (meta.active_ring + 1) & 1;
         self.fill_ring(meta.vip_id, next, ring)?;
         meta.active_ring = next;
+        meta.flags = flags;
         self.set_vip(key, &meta)
     }
 

@@ -63,14 +63,17 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         let members_changed = before.is_none_or(|b| b.members != vip.members);
         let live = maps.vip(&(*key).into())?;
         match live {
-            // Already serving (from before, or adopted): flip rings.
+            // Already serving (from before, or adopted): flip rings. The
+            // flip and new flags are one write, so no packet sees the new
+            // ring with the old flags, and a flags change never writes
+            // back the ring the entry named before the flip.
             Some(meta) if meta.vip_id == vip.id => {
                 if members_changed {
                     let ring = maglev::build(&vip.members, maps.ring_size());
-                    maps.publish_ring(&(*key).into(), &ring)?;
+                    maps.publish_ring(&(*key).into(), &ring, vip.flags)?;
                     report.rings_rebuilt += 1;
-                }
-                if meta.flags != vip.flags {
+                    report.vips_written += usize::from(meta.flags != vip.flags);
+                } else if meta.flags != vip.flags {
                     maps.set_vip(
                         &(*key).into(),
                         &VipMeta {
@@ -112,7 +115,9 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         }
     }
 
-    if old.map(|o| o.config) != Some(new.config) || maps.config()? != new.config {
+    // Compared with what the map holds, not with `old`: a restore over
+    // maps of unknown contents then writes only what differs.
+    if maps.config()? != new.config {
         maps.set_config(&new.config)?;
         report.config_written = true;
     }

@@ -185,7 +185,8 @@ impl Lb {
     /// VIP's ring built from them (backends flagged down or draining get no
     /// slots).
     pub fn set_backends(&mut self, key: &VipKey, backends: &[BackendSpec]) {
-        let vip_id = self.maps.vip(key).expect("vip").expect("VIP added").vip_id;
+        let meta = self.maps.vip(key).expect("vip").expect("VIP added");
+        let vip_id = meta.vip_id;
         for b in backends {
             self.maps
                 .set_backend(b.id, &b.entry_for(vip_id))
@@ -201,7 +202,9 @@ impl Lb {
             })
             .collect();
         let ring = maglev::build(&members, RING);
-        self.maps.publish_ring(key, &ring).expect("ring");
+        self.maps
+            .publish_ring(key, &ring, meta.flags)
+            .expect("ring");
     }
 
     /// The backend the live ring gives `flow`, as userspace computes it.

@@ -998,3 +998,173 @@ fn cp_lbd_and_lb_decap_refuse_a_private_bpffs_under_ip_netns_exec() {
     let link = site.lb.exec(&["ip", "link", "show", "lb0"]);
     assert!(!link.contains("xdp"), "{link}");
 }
+
+/// The VIP as lbd left it in the pinned maps and as traffic finds it: its
+/// live ring holds exactly `members`, its affinity flag is `affinity`, and
+/// fresh UDP flows from `ports` reach only `members` (all one backend with
+/// affinity: they come from one client), none dropped.
+fn assert_serves(
+    site: &Site,
+    lbd: &Lbd,
+    members: &[&str],
+    affinity: bool,
+    ports: std::ops::Range<u16>,
+) {
+    use std::collections::BTreeSet;
+    let ids: Vec<(String, u32)> = lbd
+        .json(&["backend", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| Some((b["address"].as_str()?.to_string(), b["id"].as_u64()? as u32)))
+        .collect();
+    let want: BTreeSet<u32> = ids
+        .iter()
+        .filter(|(a, _)| members.contains(&a.as_str()))
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(want.len(), members.len(), "ids of {members:?} in {ids:?}");
+    let maps = pinned_maps(lbd);
+    let key: lb_common::maps::VipKey = lb_userspace::image::vip_key(
+        VIP.parse().unwrap(),
+        53,
+        lb_userspace::config::Protocol::Udp,
+    )
+    .into();
+    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    assert_eq!(
+        meta.flags & lb_common::maps::VIP_F_AFFINITY != 0,
+        affinity,
+        "{meta:?}"
+    );
+    let ring: BTreeSet<u32> = (0..4093)
+        .map(|slot| maps.ring_slot(&meta, slot).unwrap())
+        .collect();
+    assert_eq!(ring, want, "live ring {} of the VIP", meta.active_ring);
+    drop(maps);
+
+    let all = [B1, B2, B3];
+    let packets = || all.map(|b| backend_packets(lbd, b).unwrap_or(0));
+    let before = packets();
+    let drops = counter(lbd, "drop_no_backend");
+    let n = ports.len() as u64;
+    site.send_flows(ports);
+    let mut after = before;
+    wait_for(
+        "every flow forwarded or dropped",
+        Duration::from_secs(5),
+        || {
+            after = packets();
+            let moved: u64 = after.iter().zip(before).map(|(a, b)| a - b).sum();
+            moved + counter(lbd, "drop_no_backend") - drops >= n
+        },
+    );
+    assert_eq!(counter(lbd, "drop_no_backend"), drops, "flows dropped");
+    let deltas: Vec<(&str, u64)> = all
+        .iter()
+        .zip(after.iter().zip(before))
+        .map(|(b, (a, x))| (*b, a - x))
+        .collect();
+    for (b, d) in &deltas {
+        assert!(
+            members.contains(b) || *d == 0,
+            "{b} is not a member: {deltas:?}"
+        );
+    }
+    if affinity {
+        assert!(deltas.iter().any(|(_, d)| *d == n), "affinity: {deltas:?}");
+    }
+}
+
+/// Defect: a reload that changed a VIP's members and flags together undid
+/// the ring flip: the VIP kept its old ring (removed backends' flows
+/// dropped, an added backend idle). Members and affinity now change
+/// together at a SIGHUP, at `lbctl apply`, and at a restart after the file
+/// was edited while lbd was down.
+#[test]
+fn cp_members_and_flags_changed_together_apply_at_sighup_lbctl_apply_and_restart() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("flip"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    assert_serves(&site, &lbd, &[B1, B2], false, 41000..41020);
+
+    let mut file = written_config(&lbd);
+    let backends = |list: &[&str]| {
+        json!(
+            list.iter()
+                .map(|b| json!({"address": b}))
+                .collect::<Vec<_>>()
+        )
+    };
+    file["vips"][0]["backends"] = backends(&[B2, B3]);
+    file["vips"][0]["affinity"] = json!(true);
+    write_and_sighup(&lbd, &file);
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["vip", "list"])[0]["affinity"] == json!(true)
+    });
+    assert_serves(&site, &lbd, &[B2, B3], true, 41100..41120);
+
+    file["vips"][0]["backends"] = backends(&[B1, B3]);
+    file["vips"][0]["affinity"] = json!(false);
+    let applied = lbd.paths.dir.join("apply.json");
+    std::fs::write(&applied, file.to_string()).unwrap();
+    lbd.json(&["apply", "-f", applied.to_str().unwrap()]);
+    assert_serves(&site, &lbd, &[B1, B3], false, 41200..41220);
+
+    lbd.kill();
+    file["vips"][0]["backends"] = backends(&[B1, B2]);
+    file["vips"][0]["affinity"] = json!(true);
+    std::fs::write(&lbd.paths.config, file.to_string()).unwrap();
+    lbd.restart();
+    assert_serves(&site, &lbd, &[B1, B2], true, 41300..41320);
+}
+
+/// Make a pinned map read-only for every writer from now on
+/// (BPF_MAP_FREEZE): lbd's next write to it fails.
+fn freeze_pinned_map(path: &std::path::Path) {
+    use std::os::fd::{AsFd, AsRawFd};
+    const BPF_MAP_FREEZE: libc::c_long = 22;
+    let map = aya::maps::MapData::from_pin(path).expect("pinned map");
+    let mut attr = [0u8; 128];
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    attr[..4].copy_from_slice(&fd.to_ne_bytes());
+    // SAFETY: a zeroed bpf_attr with map_fd set, of its full size.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_FREEZE, attr.as_ptr(), attr.len()) };
+    assert_eq!(rc, 0, "BPF_MAP_FREEZE: {}", std::io::Error::last_os_error());
+}
+
+/// An apply that fails half-way (here: the global configuration map
+/// refuses writes) is rolled back: the VIP serves its old members with its
+/// old flags, and the running configuration is unchanged.
+#[test]
+fn cp_a_failed_apply_restores_members_and_flags_together() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("restore"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    freeze_pinned_map(&lbd.paths.pin_dir.join(lb_common::maps::MAP_CONFIG));
+
+    let mut file = written_config(&lbd);
+    file["vips"][0]["backends"] = json!([{"address": B2}, {"address": B3}]);
+    file["vips"][0]["affinity"] = json!(true);
+    file["mtu"] = json!(1400);
+    let path = lbd.paths.dir.join("apply.json");
+    std::fs::write(&path, file.to_string()).unwrap();
+    let out = lbd.ctl(&["apply", "-f", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the apply must fail");
+    assert!(stderr.contains("LB_CONFIG"), "{stderr}");
+    assert_eq!(lbd.json(&["config", "dump"]), before);
+    assert_serves(&site, &lbd, &[B1, B2], false, 41400..41420);
+    assert!(
+        !lbd.log().contains("restoring the previous state failed"),
+        "{}",
+        lbd.log()
+    );
+}

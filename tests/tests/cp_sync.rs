@@ -1,7 +1,10 @@
 //! Writing configuration images to the real maps (`lb_userspace::sync`),
 //! checked by what the program then does with packets.
 
-use lb_common::{Reason, maps::CFG_F_PORTLESS_VIPS};
+use lb_common::{
+    Reason,
+    maps::{CFG_F_PORTLESS_VIPS, VIP_F_AFFINITY, VIP_F_L2_DSR},
+};
 use lb_tests::{harness::*, packets::*};
 use lb_userspace::{
     config::Config,
@@ -96,4 +99,126 @@ fn cp_sync_clearing_an_ids_counters_zeroes_them_on_every_cpu_and_nothing_else() 
     // And counting goes on from zero.
     lb.run(&to_lb(&udp4(CLIENT_V4, 5000, VIP_V4, 53, b"q")));
     assert_eq!(lb.maps.backend_stats(1).unwrap().packets, 1);
+}
+
+/// A TCP VIP on port 80 served by `backends` (indices into `BACKEND_V4`,
+/// each with its `backend_mac`), with `affinity` and `forwarding`.
+fn vip_json(backends: &[usize], affinity: bool, forwarding: &str) -> String {
+    let backends: Vec<String> = backends
+        .iter()
+        .map(|&i| {
+            let mac = backend_mac(i as u8)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            format!(r#"{{"address": "{}", "mac": "{mac}"}}"#, BACKEND_V4[i])
+        })
+        .collect();
+    format!(
+        r#"{{"address": "{VIP_V4}", "port": 80, "protocol": "tcp", "affinity": {affinity},
+             "forwarding": "{forwarding}", "backends": [{}]}}"#,
+        backends.join(", ")
+    )
+}
+
+/// Where the program sends a SYN from `client:port` to the VIP: the
+/// backend index, and whether it went by L2 DSR (frame unchanged but for
+/// the destination MAC) or IP-in-IP.
+fn destination(lb: &mut Lb, client: &str, port: u16) -> (usize, bool) {
+    let input = to_lb(&tcp4(client, port, VIP_V4, 80, Tcp::Syn, b""));
+    let out = lb.run(&input);
+    assert_eq!(out.action, XDP_TX, "{client}:{port} not forwarded: {out:?}");
+    let l2 = out.data.len() == input.len();
+    let index = if l2 {
+        (0..3).find(|&i| out.data[..6] == backend_mac(i as u8))
+    } else {
+        (0..3).find(|&i| out.data[30..34] == v4(BACKEND_V4[i]))
+    };
+    (index.expect("sent to a configured backend"), l2)
+}
+
+/// Defect: an apply that changed a VIP's members and its flags together
+/// wrote the flags back with the ring the entry named before the flip, so
+/// the VIP kept serving its old members. Now members, affinity and
+/// forwarding change together, in every direction, including a restore
+/// (`old` unknown, as after a failed apply or a restart).
+#[test]
+fn cp_sync_members_and_flags_changed_together_take_effect_together() {
+    let mut lb = Lb::new();
+    let mut ids = Ids::new(8, 64);
+    let key = vip_key(VIP_V4, 80, lb_common::flow::PROTO_TCP);
+    let first = image_of(&vip_json(&[0, 1], false, "ipip"), &mut ids);
+    sync::apply(&mut lb.maps, None, &first).expect("first apply");
+    let clients: Vec<String> = (1..=16).map(|i| format!("203.0.113.{i}")).collect();
+    let spread = |lb: &mut Lb| {
+        let mut seen = std::collections::BTreeMap::new();
+        for client in &clients {
+            for port in 40000..40016 {
+                let (backend, l2) = destination(lb, client, port);
+                seen.entry(client.clone())
+                    .or_insert_with(Vec::new)
+                    .push((backend, l2));
+            }
+        }
+        seen
+    };
+    for hops in spread(&mut lb).values() {
+        assert!(hops.iter().all(|&(b, l2)| b < 2 && !l2), "{hops:?}");
+    }
+
+    // Members 1 and 2, with affinity, by L2 DSR: one apply.
+    let second = image_of(&vip_json(&[1, 2], true, "l2_dsr"), &mut ids);
+    sync::apply(&mut lb.maps, Some(&first), &second).expect("second apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    assert_eq!(meta.active_ring, 1, "the ring flip stays");
+    assert_eq!(meta.flags, VIP_F_AFFINITY | VIP_F_L2_DSR);
+    let mut used = std::collections::BTreeSet::new();
+    for hops in spread(&mut lb).values() {
+        // Affinity: all of a client's flows on one backend, by L2 DSR.
+        assert!(hops.iter().all(|&h| h == hops[0]), "{hops:?}");
+        assert!(hops[0].1, "L2 DSR: {hops:?}");
+        assert_ne!(hops[0].0, 0, "backend 0 was removed: {hops:?}");
+        used.insert(hops[0].0);
+    }
+    assert_eq!(lb.count(Reason::DropNoBackend), 0);
+    assert!(
+        used.contains(&2),
+        "the added backend gets clients: {used:?}"
+    );
+
+    // The restore after a failed apply (and a restart) writes an image
+    // over maps of unknown contents: the first one comes back whole.
+    sync::apply(&mut lb.maps, None, &first).expect("restore");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    assert_eq!(meta.flags, 0);
+    for hops in spread(&mut lb).values() {
+        assert!(hops.iter().all(|&(b, l2)| b < 2 && !l2), "{hops:?}");
+    }
+    assert_eq!(lb.count(Reason::DropNoBackend), 0);
+}
+
+/// A ring slot whose backend id has since been given to another VIP's
+/// backend does not send this VIP's flow there.
+#[test]
+fn cp_sync_a_ring_slot_naming_another_vips_backend_is_not_followed() {
+    let mut lb = Lb::new();
+    let web = vip_key(VIP_V4, 80, lb_common::flow::PROTO_TCP);
+    let dns = vip_key(VIP_V4, 53, lb_common::flow::PROTO_UDP);
+    lb.add_vip(web, 0, &[BackendSpec::new(1, BACKEND_V4[0])]);
+    let other = lb.add_vip(dns, 0, &[BackendSpec::new(2, BACKEND_V4[1])]);
+    let syn = to_lb(&tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(lb.run(&syn).action, XDP_TX);
+
+    // Id 1 freed and given to a backend of the other VIP, while the web
+    // VIP's ring still names it (a ring not rewritten in time).
+    lb.maps
+        .set_backend(
+            1,
+            &BackendSpec::new(1, BACKEND_V4[2]).entry_for(other.vip_id),
+        )
+        .unwrap();
+    let out = lb.run(&syn);
+    assert_eq!(out.action, XDP_DROP, "{out:?}");
+    assert_eq!(lb.count(Reason::DropNoBackend), 1);
 }

@@ -199,7 +199,7 @@ pub fn configure_lb(maps: &mut Maps, lab: &Lab, ring_size: u32) {
         },
     )
     .expect("vip");
-    maps.publish_ring(&key, &maglev::build(&members, ring_size))
+    maps.publish_ring(&key, &maglev::build(&members, ring_size), 0)
         .expect("ring");
 }
 

@@ -121,7 +121,7 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
             },
         )
         .unwrap();
-        maps.publish_ring(key, &maglev::build(&members, sizes.ring_size))
+        maps.publish_ring(key, &maglev::build(&members, sizes.ring_size), *flags)
             .unwrap();
     }
     // Distinct flows from random clients: an ACK is entered in the
