@@ -122,6 +122,32 @@ pub const BACKEND_F_DOWN: u8 = 1 << 1;
 /// Draining: kept for established flows, absent from the rings.
 pub const BACKEND_F_DRAINING: u8 = 1 << 2;
 
+/// Whether `backend` may take a packet of VIP `vip_id`: it is configured,
+/// not down, and serves that VIP (ids are recycled: an id a ring slot or a
+/// connection entry still names may since belong to another VIP). The data
+/// plane decides with this, and `lbctl flow` explains with it.
+#[inline(always)]
+pub fn backend_serves(backend: &Backend, vip_id: u32) -> Result<(), crate::Reason> {
+    if backend.flags & BACKEND_F_ACTIVE == 0 || backend.vip_id != vip_id {
+        return Err(crate::Reason::DropNoBackend);
+    }
+    if backend.flags & BACKEND_F_DOWN != 0 {
+        return Err(crate::Reason::DropBackendDown);
+    }
+    Ok(())
+}
+
+/// Whether connection `entry` still pins its flow for VIP `vip_id` to
+/// `backend` (the entry's backend): the entry must have been made for this
+/// VIP, and its backend must serve it. Otherwise the flow is rescheduled.
+#[inline(always)]
+pub fn entry_pins(entry: &ConnEntry, vip_id: u32, backend: &Backend) -> Result<(), crate::Reason> {
+    if entry.vip_id != vip_id {
+        return Err(crate::Reason::DropNoBackend);
+    }
+    backend_serves(backend, vip_id)
+}
+
 /// Connection table value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

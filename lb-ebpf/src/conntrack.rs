@@ -13,12 +13,12 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
-    maps::{BACKEND_F_DRAINING, ConnEntry, VipMeta},
+    maps::{BACKEND_F_DRAINING, ConnEntry, VipMeta, entry_pins},
 };
 
 use crate::{
     maglev::{self, Chosen},
-    maps::CONNS,
+    maps::{BACKENDS, CONNS},
     parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
     stats,
 };
@@ -31,15 +31,20 @@ pub struct Selected {
     pub new_flow: bool,
 }
 
-/// The backend `entry` pins its flow to. An entry is good only for the VIP
-/// it was made for, and only while its backend id still belongs to that
-/// VIP; otherwise it is stale and treated like one whose backend is gone.
+/// The backend `entry` pins its flow to, if the entry still holds for VIP
+/// `vip_id` (`lb_common::maps::entry_pins`); otherwise the flow is
+/// rescheduled.
 #[inline(always)]
 pub fn pinned_backend(entry: &ConnEntry, vip_id: u32) -> Result<Chosen, Reason> {
-    if entry.vip_id != vip_id {
-        return Err(Reason::DropNoBackend);
-    }
-    maglev::backend_of_vip(entry.backend_id, vip_id)
+    let backend = match BACKENDS.get(entry.backend_id) {
+        Some(b) => *b,
+        None => return Err(Reason::DropNoBackend),
+    };
+    entry_pins(entry, vip_id, &backend)?;
+    Ok(Chosen {
+        id: entry.backend_id,
+        backend,
+    })
 }
 
 #[inline(always)]

@@ -4,7 +4,7 @@
 use lb_common::{
     FlowKey, Reason,
     flow::{flow_hash, maglev_slot, ring_index},
-    maps::{BACKEND_F_ACTIVE, BACKEND_F_DOWN, Backend, NO_BACKEND, VIP_F_AFFINITY, VipMeta},
+    maps::{Backend, NO_BACKEND, VIP_F_AFFINITY, VipMeta, backend_serves},
 };
 
 use crate::maps::{BACKENDS, RINGS};
@@ -16,33 +16,16 @@ pub struct Chosen {
     pub backend: Backend,
 }
 
-/// The backend behind `id`, if it is configured and not down.
+/// The backend behind `id`, if it may take a packet of VIP `vip_id`
+/// (`lb_common::maps::backend_serves`).
 #[inline(always)]
-pub fn backend(id: u32) -> Result<Chosen, Reason> {
+pub fn backend_of_vip(id: u32, vip_id: u32) -> Result<Chosen, Reason> {
     let backend = match BACKENDS.get(id) {
         Some(b) => *b,
         None => return Err(Reason::DropNoBackend),
     };
-    if backend.flags & BACKEND_F_ACTIVE == 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    if backend.flags & BACKEND_F_DOWN != 0 {
-        return Err(Reason::DropBackendDown);
-    }
+    backend_serves(&backend, vip_id)?;
     Ok(Chosen { id, backend })
-}
-
-/// The backend behind `id`, if it is configured, not down, and serves VIP
-/// `vip_id`. Ids are recycled: an id that a connection or fragment entry
-/// still holds may since have been freed and given to a backend of another
-/// VIP, and must not take this VIP's flow there.
-#[inline(always)]
-pub fn backend_of_vip(id: u32, vip_id: u32) -> Result<Chosen, Reason> {
-    let chosen = backend(id)?;
-    if chosen.backend.vip_id != vip_id {
-        return Err(Reason::DropNoBackend);
-    }
-    Ok(chosen)
 }
 
 /// Look the flow up on the VIP's live ring. The slot's backend must serve

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_TCP, flow_hash, maglev_slot},
-    maps::{BACKEND_F_DOWN, VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey},
+    maps::{BACKEND_F_DOWN, VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey, backend_serves, entry_pins},
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -29,7 +29,7 @@ use tokio::{
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     addr::{from_map, to_map},
@@ -50,9 +50,21 @@ use crate::{
 /// `status` counts connection entries up to this many (one syscall each).
 const CONN_COUNT_LIMIT: usize = 200_000;
 
+/// What a health checker's results are filed under: the backend, and
+/// which of its checkers sent them. A checker replaced because its check
+/// changed may have results queued still; they carry the old generation
+/// and are dropped, so they cannot flip the backend after the change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckKey {
+    pub backend: BackendKey,
+    pub generation: u64,
+}
+
 /// What the daemon knows of one backend's health.
 struct HealthRecord {
     up: bool,
+    /// The generation of the checker whose results count.
+    generation: u64,
     check: HealthCheck,
     port: u16,
     checker: Option<tokio::task::JoinHandle<()>>,
@@ -79,7 +91,9 @@ pub struct Daemon {
     applied: Image,
     health: BTreeMap<BackendKey, HealthRecord>,
     drain_started: BTreeMap<BackendKey, Instant>,
-    health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
+    health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
+    /// The generation the next checker started gets.
+    next_generation: u64,
     attachments: Vec<(String, Attached)>,
     adopted: bool,
     /// Command-line settings that win over every configuration applied.
@@ -104,7 +118,7 @@ impl Daemon {
         config: Config,
         config_path: PathBuf,
         node: NodeOverrides,
-        health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
+        health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
     ) -> anyhow::Result<Self> {
         crate::bpffs::prepare(&config.pin_dir).context("pin_dir")?;
         // What can fail from the host's side is checked before any map is
@@ -241,6 +255,7 @@ impl Daemon {
             health: BTreeMap::new(),
             drain_started: BTreeMap::new(),
             health_tx,
+            next_generation: 1,
             attachments,
             adopted,
             node,
@@ -395,12 +410,19 @@ impl Daemon {
                 addr: key.addr,
                 port,
             };
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            let check_key = CheckKey {
+                backend: key,
+                generation,
+            };
             let checker =
-                health::spawn_checker(check.clone(), target, key, up, self.health_tx.clone());
+                health::spawn_checker(check.clone(), target, check_key, up, self.health_tx.clone());
             self.health.insert(
                 key,
                 HealthRecord {
                     up,
+                    generation,
                     check,
                     port,
                     checker: Some(checker),
@@ -433,12 +455,19 @@ impl Daemon {
         self.drain_started = draining;
     }
 
-    pub fn on_health(&mut self, ev: HealthEvent<BackendKey>) {
-        if let Some(vip) = self.vip_config(&ev.key.vip) {
-            self.metrics
-                .observe_check(vip, ev.key.addr, ev.result.latency);
+    pub fn on_health(&mut self, ev: HealthEvent<CheckKey>) {
+        let key = ev.key.backend;
+        let Some(rec) = self.health.get_mut(&key) else {
+            return;
+        };
+        if rec.generation != ev.key.generation {
+            debug!(backend = %key.addr, "result of a replaced health checker ignored");
+            return;
         }
-        let Some(rec) = self.health.get_mut(&ev.key) else {
+        if let Some(vip) = self.vip_config(&key.vip) {
+            self.metrics.observe_check(vip, key.addr, ev.result.latency);
+        }
+        let Some(rec) = self.health.get_mut(&key) else {
             return;
         };
         rec.last_reason = ev.result.reason.clone();
@@ -446,7 +475,7 @@ impl Daemon {
         if rec.up != ev.up {
             rec.up = ev.up;
             rec.since = Instant::now();
-            info!(backend = %ev.key.addr, up = ev.up, reason = %ev.result.reason, "backend health changed");
+            info!(backend = %key.addr, up = ev.up, reason = %ev.result.reason, "backend health changed");
             self.reapply();
         }
     }
@@ -727,6 +756,10 @@ impl Daemon {
         )
     }
 
+    /// What the data plane does with the flow's next packet, decided the
+    /// way it decides (`lb_common::maps::entry_pins` / `backend_serves`)
+    /// over the live maps: a connection entry that the program would find
+    /// stale is reported as such, with where the flow goes instead.
     fn flow(
         &self,
         src: IpAddr,
@@ -764,19 +797,34 @@ impl Daemon {
                 .map(|(k, _)| k.addr.to_string())
                 .unwrap_or_else(|| format!("id {id}"))
         };
-        if let Ok(Some(entry)) = self.maps.conn(&flow)
-            && self
-                .applied
-                .backends
-                .get(&entry.backend_id)
-                .is_some_and(|b| b.flags & BACKEND_F_DOWN == 0)
-        {
-            return Ok(json!({
-                "backend": describe(entry.backend_id),
-                "backend_id": entry.backend_id,
-                "reason": "connection entry (established flow keeps its backend)",
-            }));
+        let backend = |id: u32| self.maps.backend(id).map_err(|e| e.to_string());
+        let mut stale = None;
+        if let Some(entry) = self.maps.conn(&flow).map_err(|e| e.to_string())? {
+            match entry_pins(&entry, vip.id, &backend(entry.backend_id)?) {
+                Ok(()) => {
+                    return Ok(json!({
+                        "backend": describe(entry.backend_id),
+                        "backend_id": entry.backend_id,
+                        "reason": "connection entry (established flow keeps its backend)",
+                    }));
+                }
+                Err(_) if entry.vip_id != vip.id => {
+                    stale = Some("its connection entry was made for another VIP".to_string());
+                }
+                Err(why) => {
+                    stale = Some(format!(
+                        "its connection entry names backend id {} ({}), which can no longer take it: {}",
+                        entry.backend_id,
+                        describe(entry.backend_id),
+                        why.help()
+                    ));
+                }
+            }
         }
+        let rescheduled = stale
+            .as_ref()
+            .map(|why| format!("; rescheduled, since {why}"))
+            .unwrap_or_default();
         let hash = flow_hash(&flow, vip.flags & VIP_F_AFFINITY != 0);
         let slot = maglev_slot(hash, self.config.tables.ring_size);
         let meta = self
@@ -789,9 +837,18 @@ impl Daemon {
             .ring_slot(&meta, slot)
             .map_err(|e| e.to_string())?;
         if id == lb_common::maps::NO_BACKEND {
-            return Ok(
-                json!({ "backend": null, "reason": format!("table slot {slot} is empty: the VIP has no backend in service") }),
-            );
+            return Ok(json!({
+                "backend": null,
+                "stale_entry": stale,
+                "reason": format!("table slot {slot} is empty: the VIP has no backend in service (drop_no_backend){rescheduled}"),
+            }));
+        }
+        if let Err(why) = backend_serves(&backend(id)?, vip.id) {
+            return Ok(json!({
+                "backend": null,
+                "stale_entry": stale,
+                "reason": format!("table slot {slot} names backend {}, which cannot take it: dropped as {} ({}){rescheduled}", describe(id), why.name(), why.help()),
+            }));
         }
         let note = if proto == PROTO_TCP {
             " (a SYN is not entered in the connection table; the handshake's ACK is)"
@@ -803,7 +860,8 @@ impl Daemon {
             "backend_id": id,
             "hash": hash,
             "slot": slot,
-            "reason": format!("table slot {slot} of {}{note}", self.config.tables.ring_size),
+            "stale_entry": stale,
+            "reason": format!("table slot {slot} of {}{note}{rescheduled}", self.config.tables.ring_size),
         }))
     }
 
@@ -866,6 +924,8 @@ fn initial_health(
                 key,
                 HealthRecord {
                     up,
+                    // No checker yet: `refresh_checkers` starts one.
+                    generation: 0,
                     check: vip.health_check.clone(),
                     port: vip.health_check.port.unwrap_or(vip.port),
                     checker: None,

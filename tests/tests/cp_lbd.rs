@@ -1168,3 +1168,43 @@ fn cp_a_failed_apply_restores_members_and_flags_together() {
         lbd.log()
     );
 }
+
+/// Defect: `lbctl flow` reported a connection entry as holding even when
+/// the data plane would find it stale (its backend id since recycled to
+/// another VIP's backend) and reschedule the flow. It now answers what the
+/// program does, and the next packet agrees.
+#[test]
+fn cp_flow_reports_a_stale_entry_as_the_data_plane_treats_it() {
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    // Two backend ids: the one B1 frees is the one B3 gets.
+    config["tables"]["max_backends"] = 2.into();
+    let lbd = Lbd::start(&site.lb, Paths::new("stale"), config);
+    site.send_flows(42000..42020);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    let on_b1 = (42000..42020)
+        .find(|p| lbd.json(&["flow", CLIENT, &p.to_string(), VIP, "53", "udp"])["backend"] == B1)
+        .expect("a flow pinned to B1");
+    let port = on_b1.to_string();
+
+    lbd.json(&["backend", "del", VIP_REF, B1]);
+    lbd.json(&["vip", "add", "198.51.100.11:53/udp"]);
+    lbd.json(&["backend", "add", "198.51.100.11:53/udp", B3]);
+    let flow = lbd.json(&["flow", CLIENT, &port, VIP, "53", "udp"]);
+    assert_eq!(flow["backend"], B2, "{flow}");
+    let reason = flow["reason"].as_str().unwrap();
+    assert!(reason.contains("rescheduled"), "{flow}");
+    assert!(flow["stale_entry"].is_string(), "{flow}");
+
+    // The data plane does what lbctl said.
+    let b2 = backend_packets(&lbd, B2).unwrap();
+    let rescheduled = counter(&lbd, "conn_rescheduled");
+    site.send_flows(on_b1..on_b1 + 1);
+    wait_for("the packet on B2", Duration::from_secs(5), || {
+        backend_packets(&lbd, B2).unwrap() == b2 + 1
+    });
+    assert_eq!(counter(&lbd, "conn_rescheduled"), rescheduled + 1);
+    assert_eq!(backend_packets(&lbd, B3), Some(0));
+}
