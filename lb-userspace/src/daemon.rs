@@ -1021,7 +1021,10 @@ async fn write_reply(
     w.write_all(&line).await
 }
 
-/// Create the control socket: owned by root, mode 0600, or 0660 with a group.
+/// Create the control socket: owned by root, mode 0600, or 0660 with a
+/// group. It is created under a umask that leaves it 0600, so no moment
+/// exists in which others could connect; the group gets it only after the
+/// owner group is set.
 pub fn bind_control(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
@@ -1030,12 +1033,20 @@ pub fn bind_control(path: &Path, group: Option<&str>) -> anyhow::Result<UnixList
     if path.exists() {
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(name) = group {
-        let gid = group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
+    let gid = match group {
+        Some(name) => {
+            Some(group_id(name).with_context(|| format!("control.group: no group {name:?}"))?)
+        }
+        None => None,
+    };
+    // SAFETY: umask only swaps this process's file-creation mask; nothing
+    // else creates files while lbd starts.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the mask.
+    unsafe { libc::umask(previous) };
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    if let Some(gid) = gid {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
         // SAFETY: valid path; uid -1 keeps the owner.
         if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
@@ -1045,6 +1056,7 @@ pub fn bind_control(path: &Path, group: Option<&str>) -> anyhow::Result<UnixList
                 std::io::Error::last_os_error()
             );
         }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     }
     Ok(listener)
 }

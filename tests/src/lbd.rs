@@ -77,7 +77,13 @@ impl Lbd {
         args: &[&str],
     ) -> Self {
         config["pin_dir"] = paths.pin_dir.display().to_string().into();
-        config["control"] = serde_json::json!({ "socket": paths.socket.display().to_string() });
+        // Keep other control settings (a group) the test gave.
+        let mut control = config
+            .get("control")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        control["socket"] = paths.socket.display().to_string().into();
+        config["control"] = control;
         std::fs::write(&paths.config, serde_json::to_vec_pretty(&config).unwrap())
             .expect("write config");
         let log = paths.dir.join(format!(

@@ -1208,3 +1208,108 @@ fn cp_flow_reports_a_stale_entry_as_the_data_plane_treats_it() {
     assert_eq!(counter(&lbd, "conn_rescheduled"), rescheduled + 1);
     assert_eq!(backend_packets(&lbd, B3), Some(0));
 }
+
+/// A group and two real users, one in it and one not, removed on drop.
+struct Accounts {
+    group: String,
+    member: String,
+    outsider: String,
+}
+
+impl Accounts {
+    fn new() -> Self {
+        let id = std::process::id();
+        let accounts = Self {
+            group: format!("lbtg{id}"),
+            member: format!("lbtm{id}"),
+            outsider: format!("lbto{id}"),
+        };
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        };
+        run(&["groupadd", &accounts.group]);
+        for (user, groups) in [
+            (&accounts.member, accounts.group.as_str()),
+            (&accounts.outsider, ""),
+        ] {
+            let mut args = vec![
+                "useradd",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ];
+            if !groups.is_empty() {
+                args.extend(["--groups", groups]);
+            }
+            args.push(user);
+            run(&args);
+        }
+        accounts
+    }
+
+    /// Run lbctl as `user`, with the groups the user database gives it.
+    fn lbctl_as(&self, user: &str, socket: &std::path::Path) -> std::process::Output {
+        Command::new("setpriv")
+            .arg(format!("--reuid={user}"))
+            .arg(format!("--regid={user}"))
+            .arg("--init-groups")
+            .arg(lb_tests::lbd::binary("lbctl"))
+            .arg("--socket")
+            .arg(socket)
+            .arg("status")
+            .output()
+            .expect("setpriv")
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        for user in [&self.member, &self.outsider] {
+            let _ = Command::new("userdel").arg(user).output();
+        }
+        let _ = Command::new("groupdel").arg(&self.group).output();
+    }
+}
+
+/// With `control.group` the socket is 0660 and owned by that group: a real
+/// non-root user in the group gets in, one outside it does not. lbd runs
+/// under a umask of 0 here: the socket's mode does not depend on it.
+#[test]
+fn cp_control_group_lets_its_members_in_and_no_one_else() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let accounts = Accounts::new();
+    let site = Site::new();
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["control"] = json!({"group": accounts.group});
+    // SAFETY: umask swaps the process's mask; lbd inherits 0 from us.
+    let previous = unsafe { libc::umask(0) };
+    let lbd = Lbd::start_with(&site.lb, Paths::new("group"), config, &[]);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let meta = std::fs::metadata(&lbd.paths.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let gid = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == accounts.group).then(|| f[2].parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(meta.gid(), gid);
+    let _ = std::fs::set_permissions(&lbd.paths.dir, std::fs::Permissions::from_mode(0o755));
+
+    let member = accounts.lbctl_as(&accounts.member, &lbd.paths.socket);
+    assert!(member.status.success(), "member refused: {member:?}");
+    assert!(
+        String::from_utf8_lossy(&member.stdout).contains("lbd"),
+        "{member:?}"
+    );
+    let outsider = accounts.lbctl_as(&accounts.outsider, &lbd.paths.socket);
+    assert!(!outsider.status.success(), "outsider let in: {outsider:?}");
+    assert!(
+        String::from_utf8_lossy(&outsider.stderr).contains("Permission denied"),
+        "{outsider:?}"
+    );
+}
