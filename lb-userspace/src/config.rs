@@ -46,6 +46,11 @@ pub struct Config {
     /// restarts. Default `/sys/fs/bpf/lbd`.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// Where lbd keeps what a restart must not lose and the pins do not
+    /// hold: edits made with `lbctl` and when each drain began. Default
+    /// `/run/lbd/state.json` (gone at reboot, like the pins).
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
     /// The local control socket `lbctl` talks to.
     #[serde(default)]
     pub control: Control,
@@ -361,6 +366,9 @@ fn default_mtu() -> u16 {
 }
 fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/lbd")
+}
+fn default_state_file() -> PathBuf {
+    PathBuf::from("/run/lbd/state.json")
 }
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/lbd/lbd.sock")

@@ -44,6 +44,7 @@ use crate::{
     maps::{Maps, MapsError},
     metrics::{InterfaceLabels, Metrics},
     netdev,
+    runtime_state::{self, StateWriter},
     sync::{self, SyncReport},
 };
 
@@ -100,6 +101,9 @@ pub struct Daemon {
     node: NodeOverrides,
     started: Instant,
     egress: image::Egress,
+    /// The configuration file's text the running configuration came from.
+    file_text: String,
+    state: StateWriter,
     pub metrics: Arc<Metrics>,
 }
 
@@ -121,6 +125,18 @@ impl Daemon {
         health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
     ) -> anyhow::Result<Self> {
         crate::bpffs::prepare(&config.pin_dir).context("pin_dir")?;
+        let adopted = Datapath::has_pinned_state(&config.pin_dir);
+        // A restart resumes lbctl's edits and drain deadlines.
+        let file_text = std::fs::read_to_string(&config_path).unwrap_or_default();
+        let state_file = config.state_file.clone();
+        let resumed = runtime_state::resume(&state_file, config, &file_text, &node, adopted);
+        if let Some(why) = &resumed.discarded {
+            warn!(state_file = %state_file.display(), why = %why, "saved runtime state not used");
+        } else if adopted {
+            info!(state_file = %state_file.display(), drains = resumed.drain_started.len(), "resuming the saved runtime state");
+        }
+        let config = resumed.config;
+        let drain_started = resumed.drain_started;
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
         for iface in &config.interfaces {
@@ -137,7 +153,6 @@ impl Daemon {
             conn_entries: t.conn_entries,
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
-        let adopted = Datapath::has_pinned_state(&config.pin_dir);
         let mut dp = Datapath::load_pinned(sizes, &config.pin_dir).with_context(|| {
             format!(
                 "loading the data plane (pins in {})",
@@ -218,7 +233,20 @@ impl Daemon {
         }
         let (health_records, status) = initial_health(&config, &up_before);
         let known = ids.clone();
-        let image = image::build(&config, &mut ids, |k| status(k), egress)?;
+        // A drain resumed from the saved state may have run out meanwhile.
+        let drain_expired = |k: &BackendKey| match (drain_started.get(k), vip_of(&config, &k.vip)) {
+            (Some(since), Some(vip)) => since.elapsed() >= Duration::from_secs(vip.drain_timeout_s),
+            _ => false,
+        };
+        let image = image::build(
+            &config,
+            &mut ids,
+            |k| BackendStatus {
+                drain_expired: drain_expired(k),
+                ..status(k)
+            },
+            egress,
+        )?;
         clear_stats_of_new_ids(&mut maps, &ids, &known)?;
         let report = sync::apply(&mut maps, None, &image)?;
         info!(?report, "data plane written");
@@ -253,7 +281,7 @@ impl Daemon {
             ids,
             applied: image,
             health: BTreeMap::new(),
-            drain_started: BTreeMap::new(),
+            drain_started,
             health_tx,
             next_generation: 1,
             attachments,
@@ -262,10 +290,13 @@ impl Daemon {
             started: Instant::now(),
             egress,
             metrics,
+            file_text,
+            state: StateWriter::new(state_file),
         };
         daemon.health = health_records;
         daemon.refresh_checkers();
         daemon.refresh_drains();
+        daemon.save_state();
         Ok(daemon)
     }
 
@@ -282,10 +313,19 @@ impl Daemon {
     }
 
     fn vip_config(&self, key: &VipKeyOrd) -> Option<&Vip> {
-        self.config
-            .vips
-            .iter()
-            .find(|v| image::vip_key(v.address, v.port, v.protocol) == *key)
+        vip_of(&self.config, key)
+    }
+
+    /// Write the runtime state (lbctl's edits, drain start times) so a
+    /// restart resumes it. A failure is logged: forwarding does not depend
+    /// on it, only what a restart remembers.
+    fn save_state(&mut self) {
+        if let Err(e) = self
+            .state
+            .save(&self.config, &self.file_text, &self.drain_started)
+        {
+            warn!(state_file = %self.config.state_file.display(), error = %e, "saving the runtime state failed: a restart would lose lbctl edits and drain times");
+        }
     }
 
     /// Make `config` the running configuration, or change nothing.
@@ -295,6 +335,7 @@ impl Daemon {
             ("interfaces", config.interfaces == self.config.interfaces),
             ("tables", config.tables == self.config.tables),
             ("pin_dir", config.pin_dir == self.config.pin_dir),
+            ("state_file", config.state_file == self.config.state_file),
             ("control", config.control == self.config.control),
             (
                 "next_hop.egress_interface",
@@ -368,6 +409,7 @@ impl Daemon {
         self.applied = image;
         self.refresh_checkers();
         self.refresh_drains();
+        self.save_state();
         info!(?report, "configuration applied");
         Ok(report)
     }
@@ -502,10 +544,22 @@ impl Daemon {
     }
 
     /// Re-read the configuration file (SIGHUP).
+    /// The file replaces the running configuration, lbctl's edits included.
     pub fn reload(&mut self) {
-        match Config::load_for(&self.config_path, &self.node) {
+        let text = match std::fs::read_to_string(&self.config_path) {
+            Ok(text) => text,
+            Err(e) => {
+                error!(path = %self.config_path.display(), error = %e, "reload rejected: the file cannot be read; running state unchanged");
+                return;
+            }
+        };
+        match Config::from_json_for(&text, &self.node) {
             Ok(c) => match self.apply(c) {
-                Ok(_) => info!(path = %self.config_path.display(), "reloaded"),
+                Ok(_) => {
+                    self.file_text = text;
+                    self.save_state();
+                    info!(path = %self.config_path.display(), "reloaded")
+                }
                 Err(e) => {
                     error!(path = %self.config_path.display(), error = %e, "reload rejected; running state unchanged")
                 }
@@ -889,6 +943,13 @@ fn clear_stats_of_new_ids(maps: &mut Maps, now: &Ids, before: &Ids) -> Result<()
     Ok(())
 }
 
+fn vip_of<'a>(config: &'a Config, key: &VipKeyOrd) -> Option<&'a Vip> {
+    config
+        .vips
+        .iter()
+        .find(|v| image::vip_key(v.address, v.port, v.protocol) == *key)
+}
+
 fn check_for<'a>(config: &'a Config, key: &BackendKey) -> Option<&'a HealthCheck> {
     config
         .vips
@@ -1081,6 +1142,9 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    // The runtime state belongs to the data plane just removed.
+    runtime_state::remove(&config.state_file)
+        .with_context(|| format!("removing {}", config.state_file.display()))?;
     info!(pin_dir = %dir.display(), "detached and unpinned");
     Ok(())
 }

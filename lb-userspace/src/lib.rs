@@ -17,6 +17,7 @@ pub mod maps;
 pub mod metrics;
 pub mod netdev;
 pub mod ring_memory;
+pub mod runtime_state;
 pub mod sync;
 pub mod top;
 

@@ -77,6 +77,7 @@ impl Lbd {
         args: &[&str],
     ) -> Self {
         config["pin_dir"] = paths.pin_dir.display().to_string().into();
+        config["state_file"] = paths.dir.join("state.json").display().to_string().into();
         // Keep other control settings (a group) the test gave.
         let mut control = config
             .get("control")

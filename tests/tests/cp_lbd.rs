@@ -1313,3 +1313,101 @@ fn cp_control_group_lets_its_members_in_and_no_one_else() {
         "{outsider:?}"
     );
 }
+
+/// The id lbd gave backend `addr`.
+fn backend_id(lbd: &Lbd, addr: &str) -> u32 {
+    lbd.json(&["backend", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .and_then(|b| b["id"].as_u64())
+        .expect("backend listed with an id") as u32
+}
+
+/// The row of backend `addr` in `lbctl backend list`.
+fn backend_row(lbd: &Lbd, addr: &str) -> Value {
+    lbd.json(&["backend", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .cloned()
+        .expect("backend listed")
+}
+
+/// A backend drained at t with a 6 s timeout is cut at t+6 s (give or
+/// take a tick) although lbd was SIGKILLed and restarted in between, and
+/// the edits made with lbctl (the drain, a weight) are still there after
+/// the restart. A SIGHUP brings back the file's contents.
+#[test]
+fn cp_drain_deadline_and_lbctl_edits_survive_sigkill_and_restart() {
+    use lb_common::maps::BACKEND_F_DOWN;
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2, B3], json!({"type": "none"}));
+    config["vips"][0]["drain_timeout_s"] = json!(6);
+    let mut lbd = Lbd::start(&site.lb, Paths::new("resume"), config);
+    lbd.json(&["backend", "weight", VIP_REF, B3, "4"]);
+    let b1 = backend_id(&lbd, B1);
+    let drained = Instant::now();
+    lbd.json(&["backend", "drain", VIP_REF, B1]);
+
+    std::thread::sleep(Duration::from_secs(3));
+    lbd.kill();
+    lbd.restart();
+    let row = backend_row(&lbd, B1);
+    assert_eq!(row["state"], "drain", "the drain was lost: {row}");
+    let left = row["drain_remaining_s"].as_u64().unwrap();
+    assert!(left <= 3, "the drain timer started over: {row}");
+    assert_eq!(
+        backend_row(&lbd, B3)["weight"],
+        4,
+        "the weight edit was lost"
+    );
+    assert!(
+        lbd.log().contains("resuming the saved runtime state"),
+        "{}",
+        lbd.log()
+    );
+
+    let down = || pinned_maps(&lbd).backend(b1).unwrap().flags & BACKEND_F_DOWN != 0;
+    assert!(!down(), "cut before its deadline");
+    wait_for("the drain deadline", Duration::from_secs(10), down);
+    let at = drained.elapsed();
+    assert!(
+        at >= Duration::from_secs(5) && at <= Duration::from_secs(8),
+        "cut {at:?} after the drain, not 6 s ± 1 tick"
+    );
+
+    // The file is the source of truth: SIGHUP returns to it.
+    write_and_sighup(&lbd, &written_config(&lbd));
+    wait_for("the file's state back", Duration::from_secs(5), || {
+        backend_row(&lbd, B1)["state"] == "active" && backend_row(&lbd, B3)["weight"] == 1
+    });
+}
+
+/// An operator who edits the file while lbd is down gets the file: the
+/// saved edits are not resumed, and lbd says why.
+#[test]
+fn cp_a_file_edited_while_lbd_was_down_wins_over_saved_edits() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("filewins"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "5"]);
+    lbd.kill();
+    let mut file = written_config(&lbd);
+    file["vips"][0]["backends"] =
+        json!([{"address": B1}, {"address": B2, "weight": 2}, {"address": B3}]);
+    std::fs::write(&lbd.paths.config, file.to_string()).unwrap();
+    lbd.restart();
+    assert_eq!(backend_row(&lbd, B2)["weight"], 2);
+    assert_eq!(backend_row(&lbd, B3)["state"], "active");
+    assert!(
+        lbd.log().contains("the configuration file changed since"),
+        "{}",
+        lbd.log()
+    );
+}
