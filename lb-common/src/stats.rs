@@ -66,6 +66,7 @@ reasons!(Reason, REASON_COUNT {
     NewFlow = "new_flow", Event, "new flow (TCP SYN, or first UDP packet)";
     IcmpTooBig = "icmp_too_big", Event, "ICMP too-big about a VIP flow, sent to that flow's backend";
     Fragment = "fragment", Event, "IP fragment, of VIP traffic or not";
+    PassIcmpQuotedFragment = "pass_icmp_quoted_fragment", Passed, "ICMP too-big quoting a non-first fragment: it holds no ports to find the flow by";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

@@ -689,3 +689,113 @@ fn golden_icmp_too_big_does_not_follow_an_entry_to_a_backend_id_of_another_vip()
         &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
     );
 }
+
+/// `ip` (an IPv6 packet) with an 8-byte extension header of type `kind`
+/// inserted after the fixed header: it takes over the fixed header's next
+/// header, and `rest` fills its last six bytes (options, or a fragment
+/// header's offset, flags and id).
+fn with_ext6(ip: &[u8], kind: u8, rest: [u8; 6]) -> Vec<u8> {
+    let mut ext = vec![ip[6], 0];
+    ext.extend_from_slice(&rest);
+    let mut out = ip[..IPV6_HLEN].to_vec();
+    out[6] = kind;
+    let payload = u16::from_be_bytes([ip[4], ip[5]]) + ext.len() as u16;
+    out[4..6].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&ip[IPV6_HLEN..]);
+    out
+}
+
+/// A destination-options header's body: one PadN option of four bytes.
+const PADN: [u8; 6] = [1, 4, 0, 0, 0, 0];
+
+/// A fragment header's body: offset (in bytes, a multiple of 8), more
+/// fragments, identification.
+fn fragment_header(offset: u16, more: bool, id: u32) -> [u8; 6] {
+    let field = (offset / 8) << 3 | more as u16;
+    let [a, b] = field.to_be_bytes();
+    let [c, d, e, f] = id.to_be_bytes();
+    [a, b, c, d, e, f]
+}
+
+#[test]
+fn golden_icmpv6_packet_too_big_quoting_extension_headers_goes_to_the_flow_backend() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V6, 53, PROTO_UDP);
+    lb.add_vip(key, 0, &backends_v6());
+    let flow = flow_of(&udp6(CLIENT_V6, 40003, VIP_V6, 53, b""));
+    let id = lb.ring_backend(&key, &flow);
+    let reply = udp6(VIP_V6, 53, CLIENT_V6, 40003, &[0x77; 1400]);
+    let first_fragment = with_ext6(&reply, 44, fragment_header(0, true, 9));
+    let cases = [
+        ("destination options", with_ext6(&reply, 60, PADN)),
+        ("a first fragment", first_fragment.clone()),
+        (
+            "destination options, then a first fragment",
+            with_ext6(&first_fragment, 60, PADN),
+        ),
+    ];
+    for (what, quoted) in cases {
+        // The headers, the UDP header and a little payload.
+        let icmp = packet_too_big(&quoted[..IPV6_HLEN + 16 + 8 + 32]);
+        let before = counts(&lb);
+        let out = lb.run(&to_lb(&icmp));
+        assert_eq!(
+            (out, moved(&before, &counts(&lb))),
+            (
+                Outcome {
+                    action: XDP_TX,
+                    data: encapsulated(id, &icmp, &icmp_flow(&icmp)),
+                },
+                vec![(Reason::Tx, 1), (Reason::IcmpTooBig, 1)]
+            ),
+            "{what}"
+        );
+    }
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+}
+
+#[test]
+fn golden_icmp_too_big_quoting_a_later_fragment_is_passed_not_matched_by_its_payload() {
+    let mut lb = Lb::new();
+    let key4 = vip_key(VIP_V4, 53, PROTO_UDP);
+    lb.add_vip(key4, 0, &backends_v4());
+    lb.add_vip(vip_key(VIP_V6, 53, PROTO_UDP), 0, &backends_v6());
+    // A later fragment of a reply VIP:53 -> client whose first payload bytes
+    // read like the ports 53 -> 40000 of a flow of the VIP.
+    let mut payload = vec![0, 53, 0x9c, 0x40, 0, 16, 0, 0];
+    payload.extend_from_slice(&[0x55; 24]);
+    let later4 = frag4(VIP_V4, CLIENT_V4, 7, 1480, false, &payload);
+    let later6 = frag6(VIP_V6, CLIENT_V6, 7, 1448, false, &payload);
+    for (what, ip) in [
+        ("ICMPv4 quoting a later fragment", frag_needed(&later4)),
+        ("ICMPv6 quoting a later fragment", packet_too_big(&later6)),
+    ] {
+        let f = to_lb(&ip);
+        let before = counts(&lb);
+        let out = lb.run(&f);
+        assert_eq!(
+            (out, moved(&before, &counts(&lb))),
+            (
+                Outcome {
+                    action: XDP_PASS,
+                    data: f
+                },
+                vec![(Reason::PassIcmpQuotedFragment, 1)]
+            ),
+            "{what}"
+        );
+    }
+    // A quoted first fragment carries the ports: matched as before.
+    let reply = udp4(VIP_V4, 53, CLIENT_V4, 40000, &[0x55; 1400]);
+    let first4 = frag4(VIP_V4, CLIENT_V4, 8, 0, true, &reply[IPV4_HLEN..][..64]);
+    let icmp = frag_needed(&first4[..IPV4_HLEN + 8]);
+    let id = lb.ring_backend(&key4, &flow_of(&udp4(CLIENT_V4, 40000, VIP_V4, 53, b"")));
+    expect(
+        &mut lb,
+        &to_lb(&icmp),
+        XDP_TX,
+        encapsulated(id, &icmp, &icmp_flow(&icmp)),
+        &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+    );
+}
