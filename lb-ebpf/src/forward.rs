@@ -20,7 +20,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{SCRATCH, TX_PORTS},
+    maps::{SCRATCH, TX_PORT_MACS, TX_PORTS},
     mem, packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
 };
@@ -136,7 +136,8 @@ fn send(egress: Egress) -> Reason {
 }
 
 /// Where the frame goes next: the backend's own MAC when configured (same
-/// link), else the kernel's FIB, else the configured gateway.
+/// link), else the kernel's FIB, else the configured gateway (through the
+/// interface the FIB chose, when it knew the route but not the neighbour).
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -193,7 +194,11 @@ fn next_hop(
                 });
             }
             BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::DropTooBig),
-            BPF_FIB_LKUP_RET_NO_NEIGH if cfg.gateway_mac != ZERO_MAC => {}
+            // The route is known but not its neighbour: the kernel filled
+            // in the interface (not the MACs), which the gateway is behind.
+            BPF_FIB_LKUP_RET_NO_NEIGH if cfg.gateway_mac != ZERO_MAC => {
+                return through(ctx, l2, cfg.gateway_mac, fib.ifindex);
+            }
             _ => return Err(Reason::DropNoRoute),
         }
     }
@@ -201,6 +206,29 @@ fn next_hop(
         return Ok(configured(cfg.gateway_mac));
     }
     Err(Reason::DropNoRoute)
+}
+
+/// Next-hop MAC `dmac` out of interface `ifindex`: back out of the ingress
+/// interface with the MAC the frame came to, or redirected with the MAC lbd
+/// wrote for that port (none: not a port we may send from).
+#[inline(always)]
+fn through(ctx: &XdpContext, l2: &L2, dmac: [u8; 6], ifindex: u32) -> Result<NextHop, Reason> {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        return Ok(NextHop {
+            dmac,
+            smac: l2.dst_mac,
+            ifindex: 0,
+        });
+    }
+    // SAFETY: copied out at once.
+    match unsafe { TX_PORT_MACS.get(&ifindex) } {
+        Some(port) => Ok(NextHop {
+            dmac,
+            smac: port.mac,
+            ifindex,
+        }),
+        None => Err(Reason::DropNoTxPort),
+    }
 }
 
 #[inline(always)]

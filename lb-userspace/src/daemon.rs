@@ -197,10 +197,11 @@ impl Daemon {
         // Ports first: the configuration written next may redirect to them.
         for iface in &config.interfaces {
             let index = netdev::ifindex(&iface.name)?;
-            maps.add_tx_port(index)?;
+            let mac = netdev::mac_address(&iface.name)?;
+            maps.add_tx_port(index, mac)?;
         }
         if egress.ifindex != 0 {
-            maps.add_tx_port(egress.ifindex)?;
+            maps.add_tx_port(egress.ifindex, egress.mac)?;
         }
         let (health_records, status) = initial_health(&config, &up_before);
         let known = ids.clone();

@@ -237,13 +237,22 @@ fn golden_fib_without_route_or_gateway_drops_no_route() {
     assert_eq!(lb.maps.vip_stats(0).unwrap().dropped, 1);
 }
 
+impl Site {
+    /// A second link, `down0` (192.0.2.129/25), to a namespace of its own,
+    /// which the returned guard removes.
+    fn second_link(&self) -> Netns {
+        let other = Netns::new("fibother");
+        veth(&self.ns, "down0", &other, "other0");
+        self.ns
+            .exec(&["ip", "addr", "add", "192.0.2.129/25", "dev", "down0"]);
+        other
+    }
+}
+
 #[test]
 fn golden_fib_route_via_other_interface_redirects_through_devmap() {
     let site = Site::new();
-    let other = Netns::new("fibother");
-    veth(&site.ns, "down0", &other, "other0");
-    site.ns
-        .exec(&["ip", "addr", "add", "192.0.2.129/25", "dev", "down0"]);
+    let _other = site.second_link();
     site.ns.exec(&[
         "ip",
         "neigh",
@@ -287,7 +296,10 @@ fn golden_fib_route_via_other_interface_redirects_through_devmap() {
     );
     assert_eq!(lb.count(Reason::DropNoTxPort), 1);
 
-    site.ns.enter(|| lb.maps.add_tx_port(down)).unwrap();
+    let down_mac = site.ns.mac("down0");
+    site.ns
+        .enter(|| lb.maps.add_tx_port(down, down_mac))
+        .unwrap();
     let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
     let outer = outer_v4(OUTER_SRC_V4, "198.51.100.122", &inner);
     let expected = frame(
@@ -305,4 +317,64 @@ fn golden_fib_route_via_other_interface_redirects_through_devmap() {
         }
     );
     assert_eq!(lb.count(Reason::Redirect), 1);
+}
+
+/// The FIB knows the route (out of another interface) but not the
+/// neighbour: the gateway MAC is the next hop, reached through the
+/// interface the FIB chose, with that interface's MAC as the source.
+#[test]
+fn golden_fib_unresolved_neighbour_on_another_interface_goes_out_of_that_interface() {
+    let site = Site::new();
+    let _other = site.second_link();
+    // No neighbour entry for 192.0.2.131.
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.123/32",
+        "via",
+        "192.0.2.131",
+        "dev",
+        "down0",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "198.51.100.123")],
+    );
+    let inner = tcp4(CLIENT_V4, 40007, VIP_V4, 80, Tcp::Syn, b"");
+    let up = site.ns.ifindex("up0");
+    let down = site.ns.ifindex("down0");
+
+    // Not a port lbd gave us: dropped untouched.
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    assert_eq!(
+        (out, lb.count(Reason::DropNoTxPort)),
+        (
+            Outcome {
+                action: XDP_DROP,
+                data: to_lb(&inner)
+            },
+            1
+        )
+    );
+
+    let down_mac = site.ns.mac("down0");
+    site.ns
+        .enter(|| lb.maps.add_tx_port(down, down_mac))
+        .unwrap();
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    let outer = outer_v4(OUTER_SRC_V4, "198.51.100.123", &inner);
+    let expected = frame(GATEWAY_MAC, down_mac, None, ETH_IPV4, &cat(&outer, &inner));
+    assert_eq!(
+        (out, lb.count(Reason::Redirect)),
+        (
+            Outcome {
+                action: XDP_REDIRECT,
+                data: expected
+            },
+            1
+        )
+    );
 }

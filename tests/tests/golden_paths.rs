@@ -282,7 +282,7 @@ fn golden_configured_egress_interface_redirects_through_the_devmap() {
         }
     );
     assert_eq!(lb.count(Reason::DropNoTxPort), 1);
-    ns.enter(|| lb.maps.add_tx_port(egress)).unwrap();
+    ns.enter(|| lb.maps.add_tx_port(egress, OUT0_MAC)).unwrap();
     let out = ns.enter(|| lb.run_on(ingress, &to_lb(&inner)));
     let mut want = tunnelled(&inner, BACKEND_V4[0]);
     want[6..12].copy_from_slice(&OUT0_MAC);
