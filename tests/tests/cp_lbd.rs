@@ -957,9 +957,12 @@ fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     assert_eq!(live.egress_mac, site.lb.mac("out0"));
 }
 
+/// An interface as the data plane knows it: ifindex and MAC.
+type Port = (u32, [u8; 6]);
+
 /// What the data plane sends out of, as its maps say: the configured
-/// egress (ifindex, MAC) and the TX ports (ifindex, MAC).
-fn data_plane_egress(lbd: &Lbd) -> ((u32, [u8; 6]), Vec<(u32, [u8; 6])>) {
+/// egress and the TX ports.
+fn data_plane_egress(lbd: &Lbd) -> (Port, Vec<Port>) {
     let maps = pinned_maps(lbd);
     let live = maps.config().unwrap();
     (
