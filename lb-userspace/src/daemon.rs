@@ -45,6 +45,7 @@ use crate::{
     image::{self, BackendStatus, Image},
     maps::{Maps, MapsError},
     metrics::{InterfaceLabels, Metrics},
+    onlink,
     sync::{self, SyncReport},
 };
 
@@ -112,6 +113,7 @@ impl Daemon {
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
         let outlets = egress::resolve(&config)?;
+        onlink::check(&config, None)?;
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
         }
@@ -283,6 +285,7 @@ impl Daemon {
             }
         }
         let outlets = egress::resolve(&config).map_err(|e| errors::report(&e))?;
+        onlink::check(&config, Some(&self.config)).map_err(|e| e.to_string())?;
         self.write(config, outlets)
     }
 

@@ -17,6 +17,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod netdev;
+pub mod onlink;
 pub mod ring_memory;
 pub mod sync;
 pub mod top;

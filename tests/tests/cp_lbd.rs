@@ -1110,3 +1110,89 @@ fn cp_lbd_and_lb_decap_refuse_a_private_bpffs_under_ip_netns_exec() {
     let link = site.lb.exec(&["ip", "link", "show", "lb0"]);
     assert!(!link.contains("xdp"), "{link}");
 }
+
+/// An `l2_dsr` backend must be on a link of the LB: lbd asks the kernel's
+/// routes. One behind a router is refused at start, on SIGHUP, by
+/// `lbctl apply` and by `lbctl backend add`, naming the backend, and the
+/// running state stays as it was. A backend given with its `mac` is the
+/// operator's word that it is on the link.
+#[test]
+fn cp_l2_dsr_backend_behind_a_router_is_refused_and_changes_nothing() {
+    const ON_LINK: &str = "192.0.2.50";
+    const OFF_LINK: &str = "198.51.100.150";
+    let site = Site::new();
+    site.lb
+        .exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", "lb0"]);
+    site.lb.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.128/25",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "lb0",
+    ]);
+    let mut config = site.config(&[ON_LINK], json!({"type": "none"}));
+    config["next_hop"]["fib"] = json!(true);
+    config["vips"][0]["forwarding"] = json!("l2_dsr");
+    let mut lbd = Lbd::start(&site.lb, Paths::new("offlink"), config);
+    let running = lbd.json(&["config", "dump"]);
+    let message = format!(
+        "vips[0].backends[1].address: {OFF_LINK} is not on a link of this host's interfaces (the kernel routes it via 192.0.2.1 dev lb0): an l2_dsr backend must be"
+    );
+    let mut bad = written_config(&lbd);
+    bad["vips"][0]["backends"] = json!([{"address": ON_LINK}, {"address": OFF_LINK}]);
+
+    write_and_sighup(&lbd, &bad);
+    wait_for("rejection logged", Duration::from_secs(5), || {
+        lbd.log().contains("reload rejected")
+    });
+    assert!(lbd.log().contains(&message), "{}", lbd.log());
+    assert_eq!(lbd.json(&["config", "dump"]), running);
+
+    let path = lbd.paths.dir.join("off-link.json");
+    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+    for args in [
+        vec!["apply", "-f", path.to_str().unwrap()],
+        vec!["backend", "add", VIP_REF, OFF_LINK],
+    ] {
+        let out = lbd.ctl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {args:?}");
+        assert!(err.contains(&message), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(lbd.json(&["config", "dump"]), running, "{args:?}");
+    }
+
+    // With its MAC the same address is taken as on-link.
+    lbd.json(&[
+        "backend",
+        "add",
+        VIP_REF,
+        OFF_LINK,
+        "--mac",
+        "02:00:5e:00:53:50",
+    ]);
+    let backends = |maps: &lb_userspace::maps::Maps| -> Vec<String> {
+        maps.backends()
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| {
+                lb_userspace::addr::from_map(&b.addr, b.family)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let before = backends(&pinned_maps(&lbd));
+    assert_eq!(before, [ON_LINK, OFF_LINK]);
+
+    // A start with the MAC-less backend fails before writing anything.
+    lbd.kill();
+    let out = lbd_once(&site, &lbd, "off-link-start.json", &bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("starting: {message}")), "{stderr}");
+    assert_eq!(backends(&pinned_maps(&lbd)), before);
+}

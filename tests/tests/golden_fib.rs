@@ -5,7 +5,7 @@
 use lb_common::{
     Reason,
     flow::PROTO_TCP,
-    maps::{CFG_F_NEXTHOP_FIB, LbConfig},
+    maps::{CFG_F_NEXTHOP_FIB, LbConfig, VIP_F_L2_DSR},
 };
 use lb_tests::{
     harness::*,
@@ -375,6 +375,148 @@ fn golden_fib_unresolved_neighbour_on_another_interface_goes_out_of_that_interfa
                 data: expected
             },
             1
+        )
+    );
+}
+
+/// Run `frame` as if it arrived on `up0` and return the outcome with the
+/// counters it moved.
+fn run_counted(site: &Site, lb: &mut Lb, frame: &[u8]) -> (Outcome, Vec<(Reason, u64)>) {
+    let up = site.ns.ifindex("up0");
+    let before = lb.counts();
+    let out = site.ns.enter(|| lb.run_on(up, frame));
+    (out, moved(&before, &lb.counts()))
+}
+
+/// L2 DSR keeps the VIP as the destination, so a backend the FIB reaches
+/// through a router is not on our link: the router would send the frame
+/// back. Dropped untouched and counted, resolved router or not; the
+/// gateway MAC does not stand in for an unresolved one.
+#[test]
+fn golden_fib_l2_dsr_backend_behind_a_router_is_dropped_off_link() {
+    let site = Site::new();
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.120/32",
+        "via",
+        "192.0.2.9",
+        "dev",
+        "up0",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(2, BACKEND_V6[0])],
+    );
+    lb.add_vip(
+        vip_key(VIP_V4, 81, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(3, "198.51.100.120")],
+    );
+    let cases = [
+        (
+            "IPv4, via a resolved router",
+            tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Syn, b""),
+        ),
+        (
+            "IPv6, via a resolved router",
+            tcp6(CLIENT_V6, 40011, VIP_V6, 443, Tcp::Syn, b""),
+        ),
+        (
+            "IPv4, via an unresolved router",
+            tcp4(CLIENT_V4, 40012, VIP_V4, 81, Tcp::Syn, b""),
+        ),
+    ];
+    for (vip_id, (what, ip)) in cases.into_iter().enumerate() {
+        let f = to_lb(&ip);
+        assert_eq!(
+            run_counted(&site, &mut lb, &f),
+            (
+                Outcome {
+                    action: XDP_DROP,
+                    data: f
+                },
+                vec![
+                    (Reason::ConnMiss, 1),
+                    (Reason::SynNotTracked, 1),
+                    (Reason::NewFlow, 1),
+                    (Reason::DropL2DsrOffLink, 1),
+                ]
+            ),
+            "{what}"
+        );
+        assert_eq!(lb.maps.vip_stats(vip_id as u32).unwrap().dropped, 1);
+    }
+}
+
+/// An L2 DSR backend on our link gets its neighbour's MAC from the FIB; if
+/// the neighbour is unresolved there is no next hop (the gateway, a router,
+/// would send the frame back).
+#[test]
+fn golden_fib_l2_dsr_on_link_backend_gets_its_neighbour_and_never_the_gateway() {
+    let site = Site::new();
+    const BACKEND_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x32];
+    site.ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.50",
+        "lladdr",
+        &mac_text(BACKEND_NEIGH_MAC),
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(1, "192.0.2.50")],
+    );
+    lb.add_vip(
+        vip_key(VIP_V4, 81, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(2, "192.0.2.51")],
+    );
+    let resolved = tcp4(CLIENT_V4, 40013, VIP_V4, 80, Tcp::Syn, b"");
+    let (out, _) = run_counted(&site, &mut lb, &to_lb(&resolved));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: frame(
+                BACKEND_NEIGH_MAC,
+                site.ns.mac("up0"),
+                None,
+                ETH_IPV4,
+                &resolved
+            )
+        }
+    );
+    let f = to_lb(&tcp4(CLIENT_V4, 40014, VIP_V4, 81, Tcp::Syn, b""));
+    let (out, counted) = run_counted(&site, &mut lb, &f);
+    assert_eq!(
+        (out, counted),
+        (
+            Outcome {
+                action: XDP_DROP,
+                data: f
+            },
+            vec![
+                (Reason::DropNoRoute, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::SynNotTracked, 1),
+                (Reason::NewFlow, 1),
+            ]
         )
     );
 }

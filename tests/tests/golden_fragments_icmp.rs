@@ -17,26 +17,12 @@ const IPV6_HLEN: usize = 40;
 const ROUTER_V4: &str = "192.0.2.1";
 const ROUTER_V6: &str = "2001:db8:ffff::1";
 
-fn counts(lb: &Lb) -> Vec<u64> {
-    Reason::ALL.iter().map(|r| lb.count(*r)).collect()
-}
-
-/// The counters that changed between two snapshots, with how much.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(r, (b, a))| (*r, a - b))
-        .collect()
-}
-
 /// Run `frame` and check the verdict, the whole output and exactly which
 /// counters moved.
 fn expect(lb: &mut Lb, frame: &[u8], action: u32, data: Vec<u8>, counted: &[(Reason, u64)]) {
-    let before = counts(lb);
+    let before = lb.counts();
     let out = lb.run(frame);
-    let got = moved(&before, &counts(lb));
+    let got = moved(&before, &lb.counts());
     assert_eq!((out, got), (Outcome { action, data }, counted.to_vec()));
 }
 
@@ -569,7 +555,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
     cases.push(("too-big about an echo reply", packet_too_big(&echo_reply)));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -580,7 +566,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassNonVip, 1)],
             "{what}"
         );
@@ -626,7 +612,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
     cases.push(("ICMPv4 header of 7 bytes".into(), cut));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -637,7 +623,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassBadL4Header, 1)],
             "{what}"
         );
@@ -738,10 +724,10 @@ fn golden_icmpv6_packet_too_big_quoting_extension_headers_goes_to_the_flow_backe
     for (what, quoted) in cases {
         // The headers, the UDP header and a little payload.
         let icmp = packet_too_big(&quoted[..IPV6_HLEN + 16 + 8 + 32]);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&to_lb(&icmp));
         assert_eq!(
-            (out, moved(&before, &counts(&lb))),
+            (out, moved(&before, &lb.counts())),
             (
                 Outcome {
                     action: XDP_TX,
@@ -772,10 +758,10 @@ fn golden_icmp_too_big_quoting_a_later_fragment_is_passed_not_matched_by_its_pay
         ("ICMPv6 quoting a later fragment", packet_too_big(&later6)),
     ] {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
-            (out, moved(&before, &counts(&lb))),
+            (out, moved(&before, &lb.counts())),
             (
                 Outcome {
                     action: XDP_PASS,
