@@ -676,34 +676,6 @@ fn golden_icmp_too_big_does_not_follow_an_entry_to_a_backend_id_of_another_vip()
     );
 }
 
-/// `ip` (an IPv6 packet) with an 8-byte extension header of type `kind`
-/// inserted after the fixed header: it takes over the fixed header's next
-/// header, and `rest` fills its last six bytes (options, or a fragment
-/// header's offset, flags and id).
-fn with_ext6(ip: &[u8], kind: u8, rest: [u8; 6]) -> Vec<u8> {
-    let mut ext = vec![ip[6], 0];
-    ext.extend_from_slice(&rest);
-    let mut out = ip[..IPV6_HLEN].to_vec();
-    out[6] = kind;
-    let payload = u16::from_be_bytes([ip[4], ip[5]]) + ext.len() as u16;
-    out[4..6].copy_from_slice(&payload.to_be_bytes());
-    out.extend_from_slice(&ext);
-    out.extend_from_slice(&ip[IPV6_HLEN..]);
-    out
-}
-
-/// A destination-options header's body: one PadN option of four bytes.
-const PADN: [u8; 6] = [1, 4, 0, 0, 0, 0];
-
-/// A fragment header's body: offset (in bytes, a multiple of 8), more
-/// fragments, identification.
-fn fragment_header(offset: u16, more: bool, id: u32) -> [u8; 6] {
-    let field = (offset / 8) << 3 | more as u16;
-    let [a, b] = field.to_be_bytes();
-    let [c, d, e, f] = id.to_be_bytes();
-    [a, b, c, d, e, f]
-}
-
 #[test]
 fn golden_icmpv6_packet_too_big_quoting_extension_headers_goes_to_the_flow_backend() {
     let mut lb = Lb::new();
@@ -712,18 +684,18 @@ fn golden_icmpv6_packet_too_big_quoting_extension_headers_goes_to_the_flow_backe
     let flow = flow_of(&udp6(CLIENT_V6, 40003, VIP_V6, 53, b""));
     let id = lb.ring_backend(&key, &flow);
     let reply = udp6(VIP_V6, 53, CLIENT_V6, 40003, &[0x77; 1400]);
-    let first_fragment = with_ext6(&reply, 44, fragment_header(0, true, 9));
     let cases = [
-        ("destination options", with_ext6(&reply, 60, PADN)),
-        ("a first fragment", first_fragment.clone()),
+        ("destination options", vec![dest_opts()]),
+        ("a first fragment", vec![fragment(0, true, 9)]),
         (
             "destination options, then a first fragment",
-            with_ext6(&first_fragment, 60, PADN),
+            vec![dest_opts(), fragment(0, true, 9)],
         ),
     ];
-    for (what, quoted) in cases {
+    for (what, exts) in cases {
+        let quoted = with_ext_headers(&reply, &exts);
         // The headers, the UDP header and a little payload.
-        let icmp = packet_too_big(&quoted[..IPV6_HLEN + 16 + 8 + 32]);
+        let icmp = packet_too_big(&quoted[..IPV6_HLEN + 24 + 8 + 32]);
         let before = lb.counts();
         let out = lb.run(&to_lb(&icmp));
         assert_eq!(
