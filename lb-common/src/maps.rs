@@ -14,6 +14,7 @@ pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_TX_PORT_MACS: &str = "TX_PORT_MACS";
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
@@ -190,6 +191,19 @@ pub struct FlowStats {
     pub dropped: u64,
 }
 
+/// Value of `TX_PORT_MACS`, keyed by the ifindex of a `TX_PORTS` interface:
+/// that interface's MAC, the source address of frames redirected there
+/// towards a next-hop MAC the FIB did not give (`next_hop.gateway_mac` when
+/// the FIB's neighbour is unresolved).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PortMac>() == 8);
+
 /// An address the decapsulation program accepts tunnels for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -214,5 +228,6 @@ mod pod {
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for DecapAddr {}
+    unsafe impl aya::Pod for PortMac {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -20,7 +20,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{SCRATCH, TX_PORTS},
+    maps::{SCRATCH, TX_PORT_MACS, TX_PORTS},
     mem, packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
 };
@@ -59,7 +59,7 @@ pub fn forward(
     out: &Outgoing,
 ) -> Reason {
     if vip_flags & VIP_F_L2_DSR != 0 {
-        let hop = match next_hop(ctx, cfg, out.l2, backend, out.ip_len) {
+        let hop = match next_hop(ctx, cfg, out.l2, backend, out.ip_len, true) {
             Ok(hop) => hop,
             Err(reason) => return reason,
         };
@@ -81,7 +81,7 @@ pub fn forward(
     if outer_len > u16::MAX as u32 || (cfg.mtu != 0 && outer_len > cfg.mtu as u32) {
         return Reason::DropTooBig;
     }
-    let hop = match next_hop(ctx, cfg, out.l2, backend, outer_len as u16) {
+    let hop = match next_hop(ctx, cfg, out.l2, backend, outer_len as u16, false) {
         Ok(hop) => hop,
         Err(reason) => return reason,
     };
@@ -136,7 +136,12 @@ fn send(egress: Egress) -> Reason {
 }
 
 /// Where the frame goes next: the backend's own MAC when configured (same
-/// link), else the kernel's FIB, else the configured gateway.
+/// link), else the kernel's FIB, else the configured gateway (through the
+/// interface the FIB chose, when it knew the route but not the neighbour).
+///
+/// With `l2_dsr` the packet keeps the VIP as its destination, so it must
+/// reach the backend itself: a router (the gateway, or a FIB next hop that
+/// is not the backend) would route it back to us.
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -144,6 +149,7 @@ fn next_hop(
     l2: &L2,
     backend: &Backend,
     tot_len: u16,
+    l2_dsr: bool,
 ) -> Result<NextHop, Reason> {
     let configured = |dmac: [u8; 6]| NextHop {
         dmac,
@@ -157,6 +163,7 @@ fn next_hop(
     if backend.mac != ZERO_MAC {
         return Ok(configured(backend.mac));
     }
+    let gateway_mac = if l2_dsr { ZERO_MAC } else { cfg.gateway_mac };
     if cfg.flags & CFG_F_NEXTHOP_FIB != 0 {
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return Err(Reason::DropNoRoute);
@@ -184,7 +191,12 @@ fn next_hop(
                 0,
             )
         };
-        match rc as u32 {
+        let rc = rc as u32;
+        let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+        if l2_dsr && routed && !fib_next_hop_is(fib, backend) {
+            return Err(Reason::DropL2DsrOffLink);
+        }
+        match rc {
             BPF_FIB_LKUP_RET_SUCCESS => {
                 return Ok(NextHop {
                     dmac: fib.dmac,
@@ -193,14 +205,58 @@ fn next_hop(
                 });
             }
             BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::DropTooBig),
-            BPF_FIB_LKUP_RET_NO_NEIGH if cfg.gateway_mac != ZERO_MAC => {}
+            // The route is known but not its neighbour: the kernel filled
+            // in the interface (not the MACs), which the gateway is behind.
+            BPF_FIB_LKUP_RET_NO_NEIGH if gateway_mac != ZERO_MAC => {
+                return through(ctx, l2, gateway_mac, fib.ifindex);
+            }
             _ => return Err(Reason::DropNoRoute),
         }
     }
-    if cfg.gateway_mac != ZERO_MAC {
-        return Ok(configured(cfg.gateway_mac));
+    if gateway_mac != ZERO_MAC {
+        return Ok(configured(gateway_mac));
     }
     Err(Reason::DropNoRoute)
+}
+
+/// Whether the FIB's next hop is the backend itself. For a route through
+/// a router `bpf_fib_lookup` replaces the destination with the router's
+/// address (an IPv6 one, family and all, for an IPv4 route via IPv6), on
+/// success and when only the neighbour is missing alike.
+#[inline(always)]
+fn fib_next_hop_is(fib: &FibLookup, backend: &Backend) -> bool {
+    // SAFETY: plain integers in unions the kernel wrote per `family`.
+    unsafe {
+        if backend.family == FAMILY_V4 {
+            fib.family == AF_INET
+                && fib.__bindgen_anon_4.ipv4_dst == u32::from_ne_bytes(first4(&backend.addr))
+        } else {
+            fib.family == AF_INET6 && fib.__bindgen_anon_4.ipv6_dst == words(&backend.addr)
+        }
+    }
+}
+
+/// Next-hop MAC `dmac` out of interface `ifindex`: back out of the ingress
+/// interface with the MAC the frame came to, or redirected with the MAC lbd
+/// wrote for that port (none: not a port we may send from).
+#[inline(always)]
+fn through(ctx: &XdpContext, l2: &L2, dmac: [u8; 6], ifindex: u32) -> Result<NextHop, Reason> {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        return Ok(NextHop {
+            dmac,
+            smac: l2.dst_mac,
+            ifindex: 0,
+        });
+    }
+    // SAFETY: copied out at once.
+    match unsafe { TX_PORT_MACS.get(&ifindex) } {
+        Some(port) => Ok(NextHop {
+            dmac,
+            smac: port.mac,
+            ifindex,
+        }),
+        None => Err(Reason::DropNoTxPort),
+    }
 }
 
 #[inline(always)]

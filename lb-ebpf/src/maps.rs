@@ -49,6 +49,10 @@ pub static BACKEND_STATS: PerCpuArray<FlowStats> =
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
+/// The MAC of each `TX_PORTS` interface, written with it by lbd.
+#[map(name = "TX_PORT_MACS")]
+pub static TX_PORT_MACS: HashMap<u32, PortMac> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
 #[map(name = "DECAP_ADDRS")]
 pub static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
 

@@ -640,6 +640,17 @@ impl Config {
                         format!("{} is out of range 1..={MAX_WEIGHT}", backend.weight),
                     );
                 }
+                // The gateway is a router, and L2 DSR keeps the VIP as the
+                // destination: the router would send the frame back here.
+                if vip.forwarding == Forwarding::L2Dsr
+                    && !self.next_hop.fib
+                    && backend.mac.is_none()
+                {
+                    bad(
+                        format!("{bat}.mac"),
+                        "required for an l2_dsr VIP when next_hop.fib is false: next_hop.gateway_mac is a router, which would send the frame back to the VIP".into(),
+                    );
+                }
                 if vip.forwarding == Forwarding::Ipip {
                     match backend.address {
                         IpAddr::V4(_) if self.tunnel_source.ipv4.is_none() => bad(
@@ -1055,6 +1066,22 @@ mod tests {
         }
         assert_eq!(problems(&with_check(80, json!({"type": "none"}))), [""; 0]);
         assert_eq!(problems(&with_check(80, json!({}))), [""; 0]);
+    }
+
+    #[test]
+    fn l2_dsr_without_fib_needs_every_backend_mac() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["vips"][0]["forwarding"] = "l2_dsr".into();
+        v["next_hop"] = serde_json::json!({"fib": false, "gateway_mac": "02:00:5e:00:53:fe"});
+        assert_eq!(
+            problems(&v.to_string()),
+            [
+                "vips[0].backends[0].mac: required for an l2_dsr VIP when next_hop.fib is false: next_hop.gateway_mac is a router, which would send the frame back to the VIP"
+            ]
+        );
+        // With the FIB, lbd asks the kernel's routes instead (onlink.rs).
+        v["next_hop"]["fib"] = true.into();
+        assert_eq!(problems(&v.to_string()), [""; 0]);
     }
 
     #[test]

@@ -38,12 +38,14 @@ use crate::{
     },
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes},
+    egress::{self, Outlets},
+    errors,
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     maps::{Maps, MapsError},
     metrics::{InterfaceLabels, Metrics},
-    netdev,
+    onlink,
     runtime_state::{self, StateWriter},
     sync::{self, SyncReport},
 };
@@ -100,7 +102,8 @@ pub struct Daemon {
     /// Command-line settings that win over every configuration applied.
     node: NodeOverrides,
     started: Instant,
-    egress: image::Egress,
+    /// The interfaces the applied configuration sends out of.
+    outlets: Outlets,
     /// The configuration file's text the running configuration came from.
     file_text: String,
     state: StateWriter,
@@ -139,9 +142,8 @@ impl Daemon {
         let drain_started = resumed.drain_started;
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
-        for iface in &config.interfaces {
-            netdev::ifindex(&iface.name).with_context(|| format!("interfaces: {}", iface.name))?;
-        }
+        let outlets = egress::resolve(&config)?;
+        onlink::check(&config, None)?;
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
         }
@@ -216,21 +218,8 @@ impl Daemon {
                 "adopted the running data plane"
             );
         }
-        let egress = match &config.next_hop.egress_interface {
-            Some(name) if !config.next_hop.fib => image::Egress {
-                ifindex: netdev::ifindex(name)?,
-                mac: netdev::mac_address(name)?,
-            },
-            _ => image::Egress::default(),
-        };
         // Ports first: the configuration written next may redirect to them.
-        for iface in &config.interfaces {
-            let index = netdev::ifindex(&iface.name)?;
-            maps.add_tx_port(index)?;
-        }
-        if egress.ifindex != 0 {
-            maps.add_tx_port(egress.ifindex)?;
-        }
+        egress::open(&mut maps, &outlets)?;
         let (health_records, status) = initial_health(&config, &up_before);
         let known = ids.clone();
         // A drain resumed from the saved state may have run out meanwhile.
@@ -245,10 +234,11 @@ impl Daemon {
                 drain_expired: drain_expired(k),
                 ..status(k)
             },
-            egress,
+            outlets.egress,
         )?;
         clear_stats_of_new_ids(&mut maps, &ids, &known)?;
         let report = sync::apply(&mut maps, None, &image)?;
+        egress::close_others(&mut maps, &outlets)?;
         info!(?report, "data plane written");
         let mut attachments = Vec::new();
         for iface in &config.interfaces {
@@ -288,7 +278,7 @@ impl Daemon {
             adopted,
             node,
             started: Instant::now(),
-            egress,
+            outlets,
             metrics,
             file_text,
             state: StateWriter::new(state_file),
@@ -328,7 +318,8 @@ impl Daemon {
         }
     }
 
-    /// Make `config` the running configuration, or change nothing.
+    /// Make `config` the running configuration, or change nothing. The
+    /// host is asked again about the interfaces it names.
     pub fn apply(&mut self, config: Config) -> Result<SyncReport, String> {
         config.validate().map_err(|e| e.to_string())?;
         for (field, same) in [
@@ -337,10 +328,6 @@ impl Daemon {
             ("pin_dir", config.pin_dir == self.config.pin_dir),
             ("state_file", config.state_file == self.config.state_file),
             ("control", config.control == self.config.control),
-            (
-                "next_hop.egress_interface",
-                config.next_hop.egress_interface == self.config.next_hop.egress_interface,
-            ),
         ] {
             if !same {
                 return Err(format!(
@@ -353,6 +340,13 @@ impl Daemon {
                 ));
             }
         }
+        let outlets = egress::resolve(&config).map_err(|e| errors::report(&e))?;
+        onlink::check(&config, Some(&self.config)).map_err(|e| e.to_string())?;
+        self.write(config, outlets)
+    }
+
+    /// Write `config`, sending out of `outlets`, or change nothing.
+    fn write(&mut self, config: Config, outlets: Outlets) -> Result<SyncReport, String> {
         let mut ids = self.ids.clone();
         // Backends new to this config start as their checks say: unknown
         // ones with checks wait for `rise` successes.
@@ -381,19 +375,27 @@ impl Daemon {
             }
         };
         let image =
-            image::build(&config, &mut ids, status, self.egress).map_err(|e| e.to_string())?;
+            image::build(&config, &mut ids, status, outlets.egress).map_err(|e| e.to_string())?;
         clear_stats_of_new_ids(&mut self.maps, &ids, &self.ids)
             .map_err(|e| format!("writing the data plane: {e}"))?;
-        let report = match sync::apply(&mut self.maps, Some(&self.applied), &image) {
+        let written = egress::open(&mut self.maps, &outlets)
+            .and_then(|()| sync::apply(&mut self.maps, Some(&self.applied), &image));
+        let report = match written {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "writing maps failed; restoring the previous state");
-                if let Err(e2) = sync::apply(&mut self.maps, None, &self.applied) {
+                let restored = sync::apply(&mut self.maps, None, &self.applied)
+                    .and_then(|_| egress::close_others(&mut self.maps, &self.outlets));
+                if let Err(e2) = restored {
                     error!(error = %e2, "restoring the previous state failed");
                 }
                 return Err(format!("writing the data plane: {e}"));
             }
         };
+        // The configuration written no longer sends out of these.
+        if let Err(e) = egress::close_others(&mut self.maps, &outlets) {
+            warn!(error = %e, "removing unused TX ports failed; they stay allowed");
+        }
         let (gone_vips, gone_backends) = image::unused(&ids, &image);
         for k in &gone_vips {
             ids.release_vip(k);
@@ -407,6 +409,7 @@ impl Daemon {
         self.config = config;
         self.ids = ids;
         self.applied = image;
+        self.outlets = outlets;
         self.refresh_checkers();
         self.refresh_drains();
         self.save_state();
@@ -414,10 +417,12 @@ impl Daemon {
         Ok(report)
     }
 
-    /// Re-apply the running configuration (health or drain state changed).
+    /// Re-apply the running configuration (health or drain state changed),
+    /// to the interfaces it was applied with: a health change must not
+    /// depend on what the host says about them now.
     fn reapply(&mut self) {
-        let config = self.config.clone();
-        if let Err(e) = self.apply(config) {
+        let (config, outlets) = (self.config.clone(), self.outlets.clone());
+        if let Err(e) = self.write(config, outlets) {
             error!(error = %e, "re-applying the configuration failed");
         }
     }

@@ -154,7 +154,7 @@ impl Datapath {
 }
 
 /// Maps that outlive lbd: everything but per-packet scratch space.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -165,6 +165,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
     MAP_TX_PORTS,
+    MAP_TX_PORT_MACS,
     MAP_DECAP_ADDRS,
     MAP_DECAP_STATS,
 ];

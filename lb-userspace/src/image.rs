@@ -68,8 +68,8 @@ pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKeyOrd {
 }
 
 /// Where packets leave when the next hop is configured, not looked up
-/// (`next_hop.egress_interface` with `fib` off); zero: back out of the
-/// interface they came in on.
+/// (`next_hop.egress_interface` with `fib` off, resolved by `egress`);
+/// zero: back out of the interface they came in on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Egress {
     pub ifindex: u32,

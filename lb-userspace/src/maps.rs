@@ -67,6 +67,7 @@ pub struct Maps {
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     tx_ports: DevMapHash<MapData>,
+    tx_port_macs: HashMap<MapData, u32, PortMac>,
     decap_addrs: HashMap<MapData, DecapAddr, u32>,
     decap_stats: PerCpuArray<MapData, u64>,
     ring_size: u32,
@@ -89,6 +90,7 @@ impl Maps {
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
+            tx_port_macs: take(ebpf, MAP_TX_PORT_MACS)?,
             decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
             decap_stats: take(ebpf, MAP_DECAP_STATS)?,
             ring_size,
@@ -240,8 +242,13 @@ impl Maps {
         }
     }
 
-    /// Allow redirects to `ifindex`.
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), MapsError> {
+    /// Allow redirects to `ifindex`, whose MAC is `mac`. The MAC is written
+    /// first: every port the program can redirect to has one.
+    pub fn add_tx_port(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), MapsError> {
+        let value = PortMac { mac, _pad: [0; 2] };
+        self.tx_port_macs
+            .insert(ifindex, value, 0)
+            .map_err(err(MAP_TX_PORT_MACS))?;
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| match e {
@@ -251,6 +258,48 @@ impl Maps {
                 },
                 XdpMapError::ChainedProgramNotSupported => MapsError::Unsupported(MAP_TX_PORTS),
             })
+    }
+
+    /// The interfaces redirects may go to, with their MACs (zero for a port
+    /// an older lbd added without one).
+    pub fn tx_ports(&self) -> Result<Vec<(u32, [u8; 6])>, MapsError> {
+        let mut ports = Vec::new();
+        for ifindex in self.tx_ports.keys() {
+            let ifindex = ifindex.map_err(err(MAP_TX_PORTS))?;
+            let mac = match self.tx_port_macs.get(&ifindex, 0) {
+                Ok(port) => port.mac,
+                Err(MapError::KeyNotFound) => [0; 6],
+                Err(error) => {
+                    return Err(MapsError::Map {
+                        name: MAP_TX_PORT_MACS,
+                        error,
+                    });
+                }
+            };
+            ports.push((ifindex, mac));
+        }
+        ports.sort();
+        Ok(ports)
+    }
+
+    /// Stop redirects to `ifindex`.
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.tx_ports.remove(ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => {
+                return Err(MapsError::Map {
+                    name: MAP_TX_PORTS,
+                    error,
+                });
+            }
+        }
+        match self.tx_port_macs.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(MapsError::Map {
+                name: MAP_TX_PORT_MACS,
+                error,
+            }),
+        }
     }
 
     /// Accept tunnels addressed to `addr` (on a backend).

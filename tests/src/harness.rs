@@ -252,6 +252,12 @@ impl Lb {
         self.maps.reason_count(reason).expect("stats")
     }
 
+    /// Every reason's counter, in `Reason::ALL` order: a snapshot for
+    /// `moved`.
+    pub fn counts(&self) -> Vec<u64> {
+        Reason::ALL.iter().map(|r| self.count(*r)).collect()
+    }
+
     pub fn decap_count(&self, reason: DecapReason) -> u64 {
         self.maps.decap_count(reason).expect("stats")
     }
@@ -261,6 +267,17 @@ impl Default for Lb {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The counters that changed between two `Lb::counts` snapshots, with how
+/// much: a test asserts exactly which reasons a packet got.
+pub fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
+    Reason::ALL
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a != b)
+        .map(|(r, (b, a))| (*r, a - b))
+        .collect()
 }
 
 /// Run `prog` once on `frame` through BPF_PROG_TEST_RUN.

@@ -242,3 +242,54 @@ pub fn flow_of(ip_packet: &[u8]) -> FlowKey {
     k.dport = u16::from_be_bytes([ip_packet[l4 + 2], ip_packet[l4 + 3]]);
     k
 }
+
+/// Extension header bodies for `with_ext_headers`: (type, bytes after the
+/// next-header byte).
+pub fn hop_by_hop() -> (u8, Vec<u8>) {
+    // Hdr Ext Len 0, PadN of 4.
+    (0, vec![0, 1, 4, 0, 0, 0, 0])
+}
+
+pub fn routing() -> (u8, Vec<u8>) {
+    // Hdr Ext Len 0, an experimental type (253), segments left 0.
+    (43, vec![0, 253, 0, 0, 0, 0, 0])
+}
+
+pub fn atomic_fragment(id: u32) -> (u8, Vec<u8>) {
+    // Offset 0, M clear: a whole datagram in one fragment (RFC 6946).
+    let mut b = vec![0, 0, 0];
+    b.extend_from_slice(&id.to_be_bytes());
+    (44, b)
+}
+
+/// A fragment header: `offset` in bytes (a multiple of 8), more fragments
+/// to follow or not, the datagram's `id`.
+pub fn fragment(offset: u16, more: bool, id: u32) -> (u8, Vec<u8>) {
+    let mut b = vec![0];
+    b.extend_from_slice(&((offset / 8) << 3 | more as u16).to_be_bytes());
+    b.extend_from_slice(&id.to_be_bytes());
+    (44, b)
+}
+
+pub fn dest_opts() -> (u8, Vec<u8>) {
+    // Hdr Ext Len 1 (16 bytes), PadN of 12.
+    let mut b = vec![1, 1, 12];
+    b.extend_from_slice(&[0; 12]);
+    (60, b)
+}
+
+/// An IPv6 packet (no extension headers) with `exts` inserted between its
+/// fixed header and its upper-layer header.
+pub fn with_ext_headers(ip: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let (mut h, _) = Ipv6Header::from_slice(ip).expect("IPv6 header");
+    let upper = h.next_header;
+    let mut chain = Vec::new();
+    for (i, (_, body)) in exts.iter().enumerate() {
+        chain.push(exts.get(i + 1).map_or(upper.0, |e| e.0));
+        chain.extend_from_slice(body);
+        assert_eq!(chain.len() % 8, 0, "extension header length");
+    }
+    h.next_header = IpNumber(exts[0].0);
+    h.payload_length += chain.len() as u16;
+    cat(&cat(&h.to_bytes(), &chain), &ip[Ipv6Header::LEN..])
+}

@@ -8,6 +8,7 @@ use std::{
 };
 
 use lb_tests::{
+    capture::Capture,
     lbd::{Lbd, Paths},
     netns::{Netns, veth},
 };
@@ -930,16 +931,23 @@ fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
     assert_eq!(source.to_string(), NODE);
 }
 
+/// A veth pair `a`-`b` inside the LB namespace. `b` has GRO on: a veth
+/// drops frames redirected into its peer by XDP unless it has GRO or an
+/// XDP program of its own.
+fn lb_veth_pair(site: &Site, a: &str, b: &str) {
+    site.lb
+        .exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+    site.lb.exec(&["ip", "link", "set", a, "up"]);
+    site.lb.exec(&["ip", "link", "set", b, "up"]);
+    site.lb.exec(&["ethtool", "-K", b, "gro", "on"]);
+}
+
 /// With `next_hop.egress_interface`, lbd gives the data plane that
 /// interface's index and MAC: frames sent out of it carry its MAC.
 #[test]
 fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     let site = Site::new();
-    site.lb.exec(&[
-        "ip", "link", "add", "out0", "type", "veth", "peer", "name", "out1",
-    ]);
-    site.lb.exec(&["ip", "link", "set", "out0", "up"]);
-    site.lb.exec(&["ip", "link", "set", "out1", "up"]);
+    lb_veth_pair(&site, "out0", "out1");
     let mut config = site.config(&[B1], json!({"type": "none"}));
     config["next_hop"]["egress_interface"] = json!("out0");
     let lbd = Lbd::start(&site.lb, Paths::new("egress"), config);
@@ -947,6 +955,110 @@ fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     let live = maps.config().unwrap();
     assert_eq!(live.egress_ifindex, site.lb.ifindex("out0"));
     assert_eq!(live.egress_mac, site.lb.mac("out0"));
+}
+
+/// An interface as the data plane knows it: ifindex and MAC.
+type Port = (u32, [u8; 6]);
+
+/// What the data plane sends out of, as its maps say: the configured
+/// egress and the TX ports.
+fn data_plane_egress(lbd: &Lbd) -> (Port, Vec<Port>) {
+    let maps = pinned_maps(lbd);
+    let live = maps.config().unwrap();
+    (
+        (live.egress_ifindex, live.egress_mac),
+        maps.tx_ports().unwrap(),
+    )
+}
+
+/// Send one datagram to the VIP and return the tunnelled frame (IPv4,
+/// protocol 4, to B1) that `capture` sees.
+fn tunnelled_to_b1(site: &Site, capture: &Capture, port: u16) -> Vec<u8> {
+    site.send_flows(port..port + 1);
+    let b1: std::net::Ipv4Addr = B1.parse().unwrap();
+    capture
+        .find(Duration::from_secs(5), |f| {
+            f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 4 && f[30..34] == b1.octets()
+        })
+        .expect("a tunnelled frame on the egress interface's peer")
+}
+
+/// Turning `next_hop.fib` off at run time (SIGHUP) with an
+/// `egress_interface` set gives the data plane that interface: frames to
+/// the gateway leave through it, with its MAC. Changing the interface
+/// itself (`lbctl apply`) moves them again, and the old port is closed.
+#[test]
+fn cp_fib_turned_off_at_run_time_sends_out_of_the_egress_interface() {
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    lb_veth_pair(&site, "out2", "out3");
+    let lb0 = (site.lb.ifindex("lb0"), site.lb.mac("lb0"));
+    let out0 = (site.lb.ifindex("out0"), site.lb.mac("out0"));
+    let out2 = (site.lb.ifindex("out2"), site.lb.mac("out2"));
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["next_hop"]["fib"] = json!(true);
+    config["next_hop"]["egress_interface"] = json!("out0");
+    let lbd = Lbd::start(&site.lb, Paths::new("fiboff"), config);
+    assert_eq!(data_plane_egress(&lbd), ((0, [0; 6]), vec![lb0]));
+
+    let mut file = written_config(&lbd);
+    file["next_hop"]["fib"] = json!(false);
+    let capture = Capture::open(&site.lb, "out1");
+    write_and_sighup(&lbd, &file);
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["config", "dump"])["next_hop"]["fib"] == json!(false)
+    });
+    assert_eq!(data_plane_egress(&lbd), (out0, vec![lb0, out0]));
+    let redirected = counter(&lbd, "redirect");
+    let frame = tunnelled_to_b1(&site, &capture, 41000);
+    assert_eq!(
+        (frame[..6].to_vec(), frame[6..12].to_vec()),
+        (site.client.mac("cl0").to_vec(), out0.1.to_vec()),
+        "gateway MAC from out0's MAC"
+    );
+    assert_eq!(counter(&lbd, "redirect"), redirected + 1);
+
+    file["next_hop"]["egress_interface"] = json!("out2");
+    let path = lbd.paths.dir.join("out2.json");
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    lbd.json(&["apply", "-f", path.to_str().unwrap()]);
+    assert_eq!(data_plane_egress(&lbd), (out2, vec![lb0, out2]));
+    let capture = Capture::open(&site.lb, "out3");
+    let frame = tunnelled_to_b1(&site, &capture, 41001);
+    assert_eq!(frame[6..12], out2.1);
+}
+
+/// The reverse: turning `next_hop.fib` on at run time (`lbctl apply`)
+/// takes the configured egress away from the data plane (the FIB chooses
+/// interfaces now) and closes its port; SIGHUP back to the file with `fib`
+/// off restores both.
+#[test]
+fn cp_fib_turned_on_at_run_time_takes_the_egress_interface_away() {
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    let lb0 = (site.lb.ifindex("lb0"), site.lb.mac("lb0"));
+    let out0 = (site.lb.ifindex("out0"), site.lb.mac("out0"));
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["next_hop"]["egress_interface"] = json!("out0");
+    let lbd = Lbd::start(&site.lb, Paths::new("fibon"), config);
+    assert_eq!(data_plane_egress(&lbd), (out0, vec![lb0, out0]));
+
+    let file = written_config(&lbd);
+    let mut fib_on = file.clone();
+    fib_on["next_hop"]["fib"] = json!(true);
+    let path = lbd.paths.dir.join("fib-on.json");
+    std::fs::write(&path, serde_json::to_vec(&fib_on).unwrap()).unwrap();
+    lbd.json(&["apply", "-f", path.to_str().unwrap()]);
+    assert_eq!(data_plane_egress(&lbd), ((0, [0; 6]), vec![lb0]));
+
+    write_and_sighup(&lbd, &file);
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["config", "dump"])["next_hop"]["fib"] == json!(false)
+    });
+    assert_eq!(data_plane_egress(&lbd), (out0, vec![lb0, out0]));
+    let capture = Capture::open(&site.lb, "out1");
+    let frame = tunnelled_to_b1(&site, &capture, 41002);
+    assert_eq!(frame[6..12], out0.1);
 }
 
 /// `ip netns exec` gives lbd a private /sys without the host's bpffs: a
@@ -1410,4 +1522,90 @@ fn cp_a_file_edited_while_lbd_was_down_wins_over_saved_edits() {
         "{}",
         lbd.log()
     );
+}
+
+/// An `l2_dsr` backend must be on a link of the LB: lbd asks the kernel's
+/// routes. One behind a router is refused at start, on SIGHUP, by
+/// `lbctl apply` and by `lbctl backend add`, naming the backend, and the
+/// running state stays as it was. A backend given with its `mac` is the
+/// operator's word that it is on the link.
+#[test]
+fn cp_l2_dsr_backend_behind_a_router_is_refused_and_changes_nothing() {
+    const ON_LINK: &str = "192.0.2.50";
+    const OFF_LINK: &str = "198.51.100.150";
+    let site = Site::new();
+    site.lb
+        .exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", "lb0"]);
+    site.lb.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.128/25",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "lb0",
+    ]);
+    let mut config = site.config(&[ON_LINK], json!({"type": "none"}));
+    config["next_hop"]["fib"] = json!(true);
+    config["vips"][0]["forwarding"] = json!("l2_dsr");
+    let mut lbd = Lbd::start(&site.lb, Paths::new("offlink"), config);
+    let running = lbd.json(&["config", "dump"]);
+    let message = format!(
+        "vips[0].backends[1].address: {OFF_LINK} is not on a link of this host's interfaces (the kernel routes it via 192.0.2.1 dev lb0): an l2_dsr backend must be"
+    );
+    let mut bad = written_config(&lbd);
+    bad["vips"][0]["backends"] = json!([{"address": ON_LINK}, {"address": OFF_LINK}]);
+
+    write_and_sighup(&lbd, &bad);
+    wait_for("rejection logged", Duration::from_secs(5), || {
+        lbd.log().contains("reload rejected")
+    });
+    assert!(lbd.log().contains(&message), "{}", lbd.log());
+    assert_eq!(lbd.json(&["config", "dump"]), running);
+
+    let path = lbd.paths.dir.join("off-link.json");
+    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+    for args in [
+        vec!["apply", "-f", path.to_str().unwrap()],
+        vec!["backend", "add", VIP_REF, OFF_LINK],
+    ] {
+        let out = lbd.ctl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {args:?}");
+        assert!(err.contains(&message), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(lbd.json(&["config", "dump"]), running, "{args:?}");
+    }
+
+    // With its MAC the same address is taken as on-link.
+    lbd.json(&[
+        "backend",
+        "add",
+        VIP_REF,
+        OFF_LINK,
+        "--mac",
+        "02:00:5e:00:53:50",
+    ]);
+    let backends = |maps: &lb_userspace::maps::Maps| -> Vec<String> {
+        maps.backends()
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| {
+                lb_userspace::addr::from_map(&b.addr, b.family)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let before = backends(&pinned_maps(&lbd));
+    assert_eq!(before, [ON_LINK, OFF_LINK]);
+
+    // A start with the MAC-less backend fails before writing anything.
+    lbd.kill();
+    let out = lbd_once(&site, &lbd, "off-link-start.json", &bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("starting: {message}")), "{stderr}");
+    assert_eq!(backends(&pinned_maps(&lbd)), before);
 }

@@ -523,6 +523,11 @@ fn configuration_doc_error_messages_are_the_real_ones() {
             v["vips"][0]["backends"] = json!([{"address": "198.51.100.101"}]);
         },
         |v| v["vips"][0]["backends"][1]["address"] = "2001:db8:200::3".into(),
+        |v| {
+            v["next_hop"] = json!({"fib": false, "gateway_mac": "02:00:5e:00:53:fe"});
+            v["vips"][0]["forwarding"] = "l2_dsr".into();
+            v["vips"][0]["backends"][1]["mac"] = "02:00:5e:00:53:02".into();
+        },
         |v| v["tables"] = json!({"ring_size": 7}),
     ];
     let mut texts: Vec<String> = edits

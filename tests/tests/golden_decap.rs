@@ -609,13 +609,14 @@ fn golden_decap_round_trip_through_the_lb() {
     let mut lb = backend_host();
     // Each VIP has one backend: both families of VIP over both families
     // of tunnel.
-    let b4 = BackendSpec::new(1, BACKEND_V4[0]);
-    let b6 = BackendSpec::new(2, BACKEND_V6[0]);
-    lb.add_vip(vip_key(VIP_V4, 80, PROTO_TCP), 0, &[b4]);
-    lb.add_vip(vip_key(VIP_V4, 81, PROTO_TCP), 0, &[b6]);
-    lb.add_vip(vip_key(VIP_V6, 80, PROTO_TCP), 0, &[b6]);
-    lb.add_vip(vip_key(VIP_V6, 81, PROTO_TCP), 0, &[b4]);
-    lb.add_vip(vip_key(VIP_V4, 80, PROTO_UDP), 0, &[b6]);
+    // A backend is an (address, VIP) pair: each VIP gets its own id.
+    let b4 = |id| BackendSpec::new(id, BACKEND_V4[0]);
+    let b6 = |id| BackendSpec::new(id, BACKEND_V6[0]);
+    lb.add_vip(vip_key(VIP_V4, 80, PROTO_TCP), 0, &[b4(1)]);
+    lb.add_vip(vip_key(VIP_V4, 81, PROTO_TCP), 0, &[b6(2)]);
+    lb.add_vip(vip_key(VIP_V6, 80, PROTO_TCP), 0, &[b6(3)]);
+    lb.add_vip(vip_key(VIP_V6, 81, PROTO_TCP), 0, &[b4(4)]);
+    lb.add_vip(vip_key(VIP_V4, 80, PROTO_UDP), 0, &[b6(5)]);
     let packets = [
         tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Syn, b""),
         tcp4(CLIENT_V4, 40000, VIP_V4, 81, Tcp::Ack, b"hello"),

@@ -17,26 +17,12 @@ const IPV6_HLEN: usize = 40;
 const ROUTER_V4: &str = "192.0.2.1";
 const ROUTER_V6: &str = "2001:db8:ffff::1";
 
-fn counts(lb: &Lb) -> Vec<u64> {
-    Reason::ALL.iter().map(|r| lb.count(*r)).collect()
-}
-
-/// The counters that changed between two snapshots, with how much.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(r, (b, a))| (*r, a - b))
-        .collect()
-}
-
 /// Run `frame` and check the verdict, the whole output and exactly which
 /// counters moved.
 fn expect(lb: &mut Lb, frame: &[u8], action: u32, data: Vec<u8>, counted: &[(Reason, u64)]) {
-    let before = counts(lb);
+    let before = lb.counts();
     let out = lb.run(frame);
-    let got = moved(&before, &counts(lb));
+    let got = moved(&before, &lb.counts());
     assert_eq!((out, got), (Outcome { action, data }, counted.to_vec()));
 }
 
@@ -569,7 +555,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
     cases.push(("too-big about an echo reply", packet_too_big(&echo_reply)));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -580,7 +566,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassNonVip, 1)],
             "{what}"
         );
@@ -626,7 +612,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
     cases.push(("ICMPv4 header of 7 bytes".into(), cut));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -637,7 +623,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassBadL4Header, 1)],
             "{what}"
         );
@@ -686,6 +672,88 @@ fn golden_icmp_too_big_does_not_follow_an_entry_to_a_backend_id_of_another_vip()
         &to_lb(&icmp),
         XDP_TX,
         encapsulated(ring, &icmp, &icmp_flow(&icmp)),
+        &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+    );
+}
+
+#[test]
+fn golden_icmpv6_packet_too_big_quoting_extension_headers_goes_to_the_flow_backend() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V6, 53, PROTO_UDP);
+    lb.add_vip(key, 0, &backends_v6());
+    let flow = flow_of(&udp6(CLIENT_V6, 40003, VIP_V6, 53, b""));
+    let id = lb.ring_backend(&key, &flow);
+    let reply = udp6(VIP_V6, 53, CLIENT_V6, 40003, &[0x77; 1400]);
+    let cases = [
+        ("destination options", vec![dest_opts()]),
+        ("a first fragment", vec![fragment(0, true, 9)]),
+        (
+            "destination options, then a first fragment",
+            vec![dest_opts(), fragment(0, true, 9)],
+        ),
+    ];
+    for (what, exts) in cases {
+        let quoted = with_ext_headers(&reply, &exts);
+        // The headers, the UDP header and a little payload.
+        let icmp = packet_too_big(&quoted[..IPV6_HLEN + 24 + 8 + 32]);
+        let before = lb.counts();
+        let out = lb.run(&to_lb(&icmp));
+        assert_eq!(
+            (out, moved(&before, &lb.counts())),
+            (
+                Outcome {
+                    action: XDP_TX,
+                    data: encapsulated(id, &icmp, &icmp_flow(&icmp)),
+                },
+                vec![(Reason::Tx, 1), (Reason::IcmpTooBig, 1)]
+            ),
+            "{what}"
+        );
+    }
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+}
+
+#[test]
+fn golden_icmp_too_big_quoting_a_later_fragment_is_passed_not_matched_by_its_payload() {
+    let mut lb = Lb::new();
+    let key4 = vip_key(VIP_V4, 53, PROTO_UDP);
+    lb.add_vip(key4, 0, &backends_v4());
+    lb.add_vip(vip_key(VIP_V6, 53, PROTO_UDP), 0, &backends_v6());
+    // A later fragment of a reply VIP:53 -> client whose first payload bytes
+    // read like the ports 53 -> 40000 of a flow of the VIP.
+    let mut payload = vec![0, 53, 0x9c, 0x40, 0, 16, 0, 0];
+    payload.extend_from_slice(&[0x55; 24]);
+    let later4 = frag4(VIP_V4, CLIENT_V4, 7, 1480, false, &payload);
+    let later6 = frag6(VIP_V6, CLIENT_V6, 7, 1448, false, &payload);
+    for (what, ip) in [
+        ("ICMPv4 quoting a later fragment", frag_needed(&later4)),
+        ("ICMPv6 quoting a later fragment", packet_too_big(&later6)),
+    ] {
+        let f = to_lb(&ip);
+        let before = lb.counts();
+        let out = lb.run(&f);
+        assert_eq!(
+            (out, moved(&before, &lb.counts())),
+            (
+                Outcome {
+                    action: XDP_PASS,
+                    data: f
+                },
+                vec![(Reason::PassIcmpQuotedFragment, 1)]
+            ),
+            "{what}"
+        );
+    }
+    // A quoted first fragment carries the ports: matched as before.
+    let reply = udp4(VIP_V4, 53, CLIENT_V4, 40000, &[0x55; 1400]);
+    let first4 = frag4(VIP_V4, CLIENT_V4, 8, 0, true, &reply[IPV4_HLEN..][..64]);
+    let icmp = frag_needed(&first4[..IPV4_HLEN + 8]);
+    let id = lb.ring_backend(&key4, &flow_of(&udp4(CLIENT_V4, 40000, VIP_V4, 53, b"")));
+    expect(
+        &mut lb,
+        &to_lb(&icmp),
+        XDP_TX,
+        encapsulated(id, &icmp, &icmp_flow(&icmp)),
         &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
     );
 }

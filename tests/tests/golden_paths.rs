@@ -164,6 +164,30 @@ fn golden_l2_dsr_ipv4_tcp_rewrites_only_the_destination_mac() {
     );
 }
 
+/// Without the FIB an L2 DSR backend needs its own MAC (validation asks
+/// for it): the gateway is a router, which would send the frame, still
+/// addressed to the VIP, back to us.
+#[test]
+fn golden_l2_dsr_without_backend_mac_or_fib_never_goes_to_the_gateway() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let frame_in = to_lb(&tcp4(CLIENT_V4, 40015, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(
+        (lb.run(&frame_in), lb.count(Reason::DropNoRoute)),
+        (
+            Outcome {
+                action: XDP_DROP,
+                data: frame_in
+            },
+            1
+        )
+    );
+}
+
 #[test]
 fn golden_l2_dsr_ipv6_udp_rewrites_only_the_destination_mac() {
     let mut lb = Lb::new();
@@ -282,7 +306,7 @@ fn golden_configured_egress_interface_redirects_through_the_devmap() {
         }
     );
     assert_eq!(lb.count(Reason::DropNoTxPort), 1);
-    ns.enter(|| lb.maps.add_tx_port(egress)).unwrap();
+    ns.enter(|| lb.maps.add_tx_port(egress, OUT0_MAC)).unwrap();
     let out = ns.enter(|| lb.run_on(ingress, &to_lb(&inner)));
     let mut want = tunnelled(&inner, BACKEND_V4[0]);
     want[6..12].copy_from_slice(&OUT0_MAC);
