@@ -7,7 +7,9 @@
 //! written (`sync`). A change that fails leaves the running state as it was.
 //!
 //! lbd never detaches the program when it exits: the link and maps are
-//! pinned, forwarding continues, and the next lbd adopts them.
+//! pinned, forwarding continues, and the next lbd adopts them. Link events
+//! from the kernel make it attach again to an interface deleted and created anew
+//! (`attachments`).
 
 use std::{
     collections::BTreeMap,
@@ -33,16 +35,15 @@ use tracing::{error, info, warn};
 
 use crate::{
     addr::{from_map, to_map},
-    config::{
-        AdminState, AttachMode, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip,
-    },
+    attachments::{self, Attachments, Change},
+    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip},
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes},
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     maps::{Maps, MapsError},
-    metrics::{InterfaceLabels, Metrics},
+    metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev,
     sync::{self, SyncReport},
 };
@@ -72,15 +73,16 @@ impl Drop for HealthRecord {
 pub struct Daemon {
     config: Config,
     config_path: PathBuf,
-    /// Holds the loaded programs (and, until pinned, their links).
-    _dp: Datapath,
+    /// Holds the loaded programs, to attach again to interfaces that
+    /// come back.
+    dp: Datapath,
     maps: Maps,
     ids: Ids,
     applied: Image,
     health: BTreeMap<BackendKey, HealthRecord>,
     drain_started: BTreeMap<BackendKey, Instant>,
     health_tx: mpsc::Sender<HealthEvent<BackendKey>>,
-    attachments: Vec<(String, Attached)>,
+    attachments: Attachments,
     adopted: bool,
     /// Command-line settings that win over every configuration applied.
     node: NodeOverrides,
@@ -208,33 +210,24 @@ impl Daemon {
         clear_stats_of_new_ids(&mut maps, &ids, &known)?;
         let report = sync::apply(&mut maps, None, &image)?;
         info!(?report, "data plane written");
-        let mut attachments = Vec::new();
-        for iface in &config.interfaces {
-            let native = iface.mode == AttachMode::Native;
-            let attached = dp
-                .attach_pinned(&iface.name, &config.pin_dir, native)
-                .with_context(|| format!("attaching to {}", iface.name))?;
-            if native && !attached.native {
-                let reason = attached.native_refused.as_deref().unwrap_or("unknown");
-                warn!(interface = %iface.name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
-            }
-            info!(interface = %iface.name, native = attached.native, replaced = attached.replaced, "attached");
-            attachments.push((iface.name.clone(), attached));
-        }
+        let attachments = Attachments::attach_all(&mut dp, &config)?;
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
-        for (name, a) in &attachments {
-            let mode = if a.native { "native" } else { "generic" };
-            let labels = InterfaceLabels {
-                interface: name.clone(),
-                mode: mode.into(),
-            };
-            metrics.attached.get_or_create(&labels).set(1);
+        for a in attachments.iter() {
+            log_attached(&a.name, &a.attached);
+            show_attachment(&metrics, &a.name, Some(&a.attached));
+            // From zero, so that the first re-attach is an increase.
+            metrics
+                .reattached
+                .get_or_create(&InterfaceName {
+                    interface: a.name.clone(),
+                })
+                .inc_by(0);
         }
         let mut daemon = Self {
             config,
             config_path,
-            _dp: dp,
+            dp,
             maps,
             ids,
             applied: image,
@@ -472,6 +465,81 @@ impl Daemon {
             });
     }
 
+    /// Compare the attached interfaces with those that exist now (a link
+    /// event arrived): attach again to an interface deleted and created
+    /// anew, and give the data plane its new index (and the egress its new
+    /// MAC). The first start made all this true; this keeps it true.
+    pub fn reconcile_interfaces(&mut self) {
+        for change in self.attachments.reconcile(&mut self.dp) {
+            match change {
+                Change::Gone { name } => {
+                    warn!(interface = %name, "interface gone: forwarding on it has stopped; lbd attaches again when it comes back");
+                    show_attachment(&self.metrics, &name, None);
+                }
+                Change::Reattached {
+                    name,
+                    ifindex,
+                    attached,
+                } => {
+                    // The redirect port under the old index went with the
+                    // interface; the program may redirect to the new one.
+                    if let Err(e) = self.maps.add_tx_port(ifindex) {
+                        error!(interface = %name, error = %e, "allowing redirects to the re-created interface failed");
+                    }
+                    info!(interface = %name, ifindex, replaced_dead_link = attached.replaced_dead_link, "interface re-created: program attached again");
+                    log_attached(&name, &attached);
+                    self.metrics
+                        .reattached
+                        .get_or_create(&InterfaceName {
+                            interface: name.clone(),
+                        })
+                        .inc();
+                    show_attachment(&self.metrics, &name, Some(&attached));
+                }
+                Change::Failed { name, error } => {
+                    error!(interface = %name, error = %crate::errors::chain(&error), "attaching to the re-created interface failed; retried at the next link event");
+                }
+            }
+        }
+        self.refresh_egress();
+    }
+
+    /// A configured egress interface re-created has a new index and MAC:
+    /// the data plane must redirect to it and write its MAC. While it is
+    /// gone the old values stay (such packets are dropped and counted).
+    fn refresh_egress(&mut self) {
+        let Some(name) = self
+            .config
+            .next_hop
+            .egress_interface
+            .clone()
+            .filter(|_| !self.config.next_hop.fib)
+        else {
+            return;
+        };
+        let (Ok(ifindex), Ok(mac)) = (netdev::ifindex(&name), netdev::mac_address(&name)) else {
+            return;
+        };
+        let now = image::Egress { ifindex, mac };
+        if now == self.egress {
+            return;
+        }
+        if let Err(e) = self.maps.add_tx_port(ifindex) {
+            error!(interface = %name, error = %e, "allowing redirects to the re-created egress interface failed");
+            return;
+        }
+        let before = std::mem::replace(&mut self.egress, now);
+        match self.apply(self.config.clone()) {
+            Ok(_) => {
+                info!(interface = %name, ifindex, "egress interface re-created: the data plane sends through its new index and MAC")
+            }
+            Err(e) => {
+                self.egress = before;
+                error!(interface = %name, error = %e, "updating the data plane for the re-created egress interface failed");
+            }
+        }
+    }
+
     /// Re-read the configuration file (SIGHUP).
     pub fn reload(&mut self) {
         match Config::load_for(&self.config_path, &self.node) {
@@ -583,11 +651,7 @@ impl Daemon {
             "config": self.config_path.display().to_string(),
             "pin_dir": self.config.pin_dir.display().to_string(),
             "adopted_running_data_plane": self.adopted,
-            "interfaces": self.attachments.iter().map(|(name, a)| json!({
-                "name": name,
-                "mode": if a.native { "native" } else { "generic" },
-                "replaced_existing_program": a.replaced,
-            })).collect::<Vec<_>>(),
+            "interfaces": self.attachments.status(),
             "vips": self.config.vips.len(),
             "backends": backends,
             "backends_up": up,
@@ -812,6 +876,39 @@ impl Daemon {
             self.config.control.socket.clone(),
             self.config.control.group.clone(),
         )
+    }
+}
+
+fn log_attached(name: &str, a: &Attached) {
+    if a.native_refused.is_some() {
+        let reason = a.native_refused.as_deref().unwrap_or("unknown");
+        warn!(interface = %name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
+    }
+    info!(interface = %name, native = a.native, replaced = a.replaced, replaced_dead_link = a.replaced_dead_link, "attached");
+}
+
+/// `lb_attached` for `name`: 1 under the mode it has, 0 while it is not
+/// attached (`None`: the last mode's series stays, at 0).
+fn show_attachment(metrics: &Metrics, name: &str, attached: Option<&Attached>) {
+    let labels = |mode: &str| InterfaceLabels {
+        interface: name.to_string(),
+        mode: mode.into(),
+    };
+    match attached {
+        Some(a) => {
+            let mode = attachments::mode_name(a);
+            for other in ["native", "generic"].into_iter().filter(|m| *m != mode) {
+                metrics.attached.remove(&labels(other));
+            }
+            metrics.attached.get_or_create(&labels(mode)).set(1);
+        }
+        None => {
+            for mode in ["native", "generic"] {
+                if let Some(g) = metrics.attached.get(&labels(mode)) {
+                    g.set(0);
+                }
+            }
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! the program keeps working after this command exits and across reboots
 //! of the tool (not of the host: run it from the backend's boot, e.g. a
 //! systemd oneshot). Running `attach` again updates the addresses and
-//! swaps in this binary's program atomically (an upgrade).
+//! swaps in this binary's program atomically (an upgrade), or, when the
+//! interface was deleted and created again since, attaches anew in place
+//! of the dead link.
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -135,6 +137,12 @@ fn attach(
         .with_context(|| format!("attaching to {interface}"))?;
     if let Some(reason) = &attached.native_refused {
         eprintln!("lb-decap: warning: native XDP refused on {interface} ({reason}): generic mode");
+    }
+    if attached.replaced_dead_link {
+        eprintln!(
+            "lb-decap: {interface} was deleted and created again since the last attach: \
+             its dead link is replaced by a new attachment"
+        );
     }
     println!(
         "lb_decap {} on {interface} ({} mode), accepting tunnels for {}",
