@@ -7,8 +7,9 @@
 //! written (`sync`). A change that fails leaves the running state as it was.
 //!
 //! lbd never detaches the program when it exits: the link and maps are
-//! pinned, forwarding continues, and the next lbd adopts them. Link events
-//! from the kernel make it attach again to an interface deleted and created anew
+//! pinned, forwarding continues, and the next lbd adopts them. One lbd
+//! runs per pin directory (`pin_lock`). Link events from the kernel make
+//! it attach again to an interface deleted and created anew
 //! (`attachments`).
 
 use std::{
@@ -45,6 +46,7 @@ use crate::{
     maps::{Maps, MapsError},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev,
+    pin_lock::PinDirLock,
     sync::{self, SyncReport},
 };
 
@@ -76,6 +78,8 @@ pub struct Daemon {
     /// Holds the loaded programs, to attach again to interfaces that
     /// come back.
     dp: Datapath,
+    /// This lbd's hold on the pin directory, for its whole life.
+    _pin_lock: PinDirLock,
     maps: Maps,
     ids: Ids,
     applied: Image,
@@ -117,6 +121,16 @@ impl Daemon {
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
         }
+        let pin_lock = PinDirLock::acquire(&config.pin_dir).map_err(|e| {
+            if e.is_held() {
+                anyhow::anyhow!(
+                    "{e}: one lbd runs per pin directory; stop the other first, or give this \
+                     one another pin_dir"
+                )
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
         let t = config.tables;
         let sizes = MapSizes {
             max_vips: t.max_vips,
@@ -228,6 +242,7 @@ impl Daemon {
             config,
             config_path,
             dp,
+            _pin_lock: pin_lock,
             maps,
             ids,
             applied: image,
@@ -1095,12 +1110,21 @@ fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Remove everything lbd pinned: detaches the program (forwarding stops).
+/// Refused while an lbd runs over the pins: it would go on writing maps
+/// that no longer drive anything.
 pub fn teardown(config: &Config) -> anyhow::Result<()> {
     let dir = &config.pin_dir;
     if !dir.exists() {
         info!(pin_dir = %dir.display(), "nothing pinned");
         return Ok(());
     }
+    let _lock = PinDirLock::acquire(dir).map_err(|e| {
+        if e.is_held() {
+            anyhow::anyhow!("{e}: stop lbd first (e.g. `systemctl stop lbd`), then tear down")
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

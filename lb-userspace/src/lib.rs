@@ -18,6 +18,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod netdev;
+pub mod pin_lock;
 pub mod ring_memory;
 pub mod sync;
 pub mod top;

@@ -243,3 +243,60 @@ fn cp_decap_attach_after_the_interface_was_created_again_replaces_the_dead_link(
     send(&backend_ns, 3);
     assert_eq!(decapsulated_reaching(&backend_ns, &pins.0, 5), 5);
 }
+
+/// Commands that change the pins run one at a time: an `attach` while
+/// another run holds the pin directory waits, changing nothing, and goes
+/// ahead once it is released.
+#[test]
+fn cp_decap_attach_waits_for_another_run_on_the_same_pins() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    veth(&lb_ns, "lb0", &backend_ns, "be0");
+    let pins = PinDir::new("decap-lock");
+    lb_decap(
+        &backend_ns,
+        &pins.0,
+        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+    )
+    .expect("attach");
+    let addresses = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&lb_decap(&backend_ns, &pins.0, &["status", "--json"]).unwrap())
+                .unwrap();
+        status["addresses"].clone()
+    };
+
+    let held = lb_userspace::pin_lock::PinDirLock::acquire(std::path::Path::new(&pins.0))
+        .expect("lock the pins");
+    let mut second = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", backend_ns.name))
+        .arg(binary("lb-decap"))
+        .args(["--pin-dir", &pins.0])
+        .args(["attach", "-i", "be0", "-a", BACKEND_V6[0]])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lb-decap");
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = second.try_wait().expect("poll lb-decap").is_none();
+    if !waiting {
+        let out = second.wait_with_output().unwrap();
+        panic!(
+            "lb-decap did not wait for the lock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(addresses(), serde_json::json!([BACKEND_V4[0]]));
+
+    drop(held);
+    let out = second.wait_with_output().expect("lb-decap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        addresses(),
+        serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]])
+    );
+}

@@ -343,11 +343,14 @@ fn write_and_sighup(lbd: &Lbd, config: &Value) {
 }
 
 /// Run lbd to its exit in the site's LB namespace, over `lbd`'s pins, with
-/// `config` written to `name` in `lbd`'s directory.
+/// `config` written to `name` in `lbd`'s directory. Bounded: an lbd that
+/// wrongly starts is stopped after 30 s.
 fn lbd_once(site: &Site, lbd: &Lbd, name: &str, config: &Value) -> std::process::Output {
     let path = lbd.paths.dir.join(name);
     std::fs::write(&path, config.to_string()).unwrap();
-    Command::new("nsenter")
+    Command::new("timeout")
+        .arg("30")
+        .arg("nsenter")
         .arg(format!("--net=/var/run/netns/{}", site.lb.name))
         .arg(lb_tests::lbd::binary("lbd"))
         .arg("--config")
@@ -1131,4 +1134,71 @@ fn cp_restart_after_the_interface_was_created_again_attaches_anew() {
         Duration::from_secs(5),
         || counter(&lbd, "tx") >= 15,
     );
+}
+
+/// One lbd per pin directory: a second lbd over the same pins exits at
+/// once, naming the directory and the running lbd's PID, and writes
+/// nothing (the first keeps its tables, its socket and its traffic).
+/// `lbd --teardown` is refused while lbd runs.
+#[test]
+fn cp_a_second_lbd_on_the_same_pins_is_refused_and_so_is_teardown() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("twice"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.send_flows(47000..47010);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 10
+    });
+    let backends = |lbd: &Lbd| {
+        let mut list: Vec<String> = pinned_maps(lbd)
+            .backends()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, b)| b.flags != 0)
+            .map(|(_, b)| {
+                lb_userspace::addr::from_map(&b.addr, b.family)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    assert_eq!(backends(&lbd), [B1, B2]);
+
+    // Same pins, its own control socket, other backends.
+    let mut second = written_config(&lbd);
+    second["control"]["socket"] = json!(lbd.paths.dir.join("second.sock"));
+    second["vips"][0]["backends"] = json!([{"address": B3}]);
+    let out = lbd_once(&site, &lbd, "second.json", &second);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let pid = lbd.pid().unwrap();
+    let held = format!(
+        "pin directory {} is in use by lbd (pid {pid})",
+        lbd.paths.pin_dir.display()
+    );
+    assert!(stderr.contains(&held), "{stderr}");
+    assert!(!lbd.paths.dir.join("second.sock").exists());
+    assert_eq!(backends(&lbd), [B1, B2], "the second lbd wrote the maps");
+    assert_eq!(lbd.json(&["backend", "list"]).as_array().unwrap().len(), 2);
+
+    let out = lbd_output(&["--config", lbd.paths.config.to_str().unwrap(), "--teardown"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&held) && stderr.contains("stop lbd first"),
+        "{stderr}"
+    );
+    assert!(
+        lb_userspace::datapath::link_pin_path(&lbd.paths.pin_dir, "lb0").exists(),
+        "teardown unpinned"
+    );
+    site.send_flows(47010..47020);
+    wait_for("forwarding goes on", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
 }
