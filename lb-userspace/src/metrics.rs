@@ -526,6 +526,11 @@ mod tests {
                 mode: "native".into(),
             })
             .set(1);
+        m.reattached
+            .get_or_create(&InterfaceName {
+                interface: "eth0".into(),
+            })
+            .inc();
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");
