@@ -7,7 +7,10 @@
 //! written (`sync`). A change that fails leaves the running state as it was.
 //!
 //! lbd never detaches the program when it exits: the link and maps are
-//! pinned, forwarding continues, and the next lbd adopts them.
+//! pinned, forwarding continues, and the next lbd adopts them. One lbd
+//! runs per pin directory (`pin_lock`). Link events from the kernel make
+//! it attach again to an interface deleted and created anew
+//! (`attachments`).
 
 use std::{
     collections::BTreeMap,
@@ -33,9 +36,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     addr::{from_map, to_map},
-    config::{
-        AdminState, AttachMode, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip,
-    },
+    attachments::{self, Attachments, Change},
+    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip},
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes},
     egress::{self, Outlets},
@@ -44,8 +46,9 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     maps::{Maps, MapsError},
-    metrics::{InterfaceLabels, Metrics},
-    onlink,
+    metrics::{InterfaceLabels, InterfaceName, Metrics},
+    netdev, onlink,
+    pin_lock::PinDirLock,
     runtime_state::{self, StateWriter},
     sync::{self, SyncReport},
 };
@@ -87,8 +90,11 @@ impl Drop for HealthRecord {
 pub struct Daemon {
     config: Config,
     config_path: PathBuf,
-    /// Holds the loaded programs (and, until pinned, their links).
-    _dp: Datapath,
+    /// Holds the loaded programs, to attach again to interfaces that
+    /// come back.
+    dp: Datapath,
+    /// This lbd's hold on the pin directory, for its whole life.
+    _pin_lock: PinDirLock,
     maps: Maps,
     ids: Ids,
     applied: Image,
@@ -97,7 +103,7 @@ pub struct Daemon {
     health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
     /// The generation the next checker started gets.
     next_generation: u64,
-    attachments: Vec<(String, Attached)>,
+    attachments: Attachments,
     adopted: bool,
     /// Command-line settings that win over every configuration applied.
     node: NodeOverrides,
@@ -147,6 +153,16 @@ impl Daemon {
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
         }
+        let pin_lock = PinDirLock::acquire(&config.pin_dir).map_err(|e| {
+            if e.is_held() {
+                anyhow::anyhow!(
+                    "{e}: one lbd runs per pin directory; stop the other first, or give this \
+                     one another pin_dir"
+                )
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
         let t = config.tables;
         let sizes = MapSizes {
             max_vips: t.max_vips,
@@ -240,33 +256,25 @@ impl Daemon {
         let report = sync::apply(&mut maps, None, &image)?;
         egress::close_others(&mut maps, &outlets)?;
         info!(?report, "data plane written");
-        let mut attachments = Vec::new();
-        for iface in &config.interfaces {
-            let native = iface.mode == AttachMode::Native;
-            let attached = dp
-                .attach_pinned(&iface.name, &config.pin_dir, native)
-                .with_context(|| format!("attaching to {}", iface.name))?;
-            if native && !attached.native {
-                let reason = attached.native_refused.as_deref().unwrap_or("unknown");
-                warn!(interface = %iface.name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
-            }
-            info!(interface = %iface.name, native = attached.native, replaced = attached.replaced, "attached");
-            attachments.push((iface.name.clone(), attached));
-        }
+        let attachments = Attachments::attach_all(&mut dp, &config)?;
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
-        for (name, a) in &attachments {
-            let mode = if a.native { "native" } else { "generic" };
-            let labels = InterfaceLabels {
-                interface: name.clone(),
-                mode: mode.into(),
-            };
-            metrics.attached.get_or_create(&labels).set(1);
+        for a in attachments.iter() {
+            log_attached(&a.name, &a.attached);
+            show_attachment(&metrics, &a.name, Some(&a.attached));
+            // From zero, so that the first re-attach is an increase.
+            metrics
+                .reattached
+                .get_or_create(&InterfaceName {
+                    interface: a.name.clone(),
+                })
+                .inc_by(0);
         }
         let mut daemon = Self {
             config,
             config_path,
-            _dp: dp,
+            dp,
+            _pin_lock: pin_lock,
             maps,
             ids,
             applied: image,
@@ -548,6 +556,76 @@ impl Daemon {
             });
     }
 
+    /// Compare the attached interfaces with those that exist now (a link
+    /// event arrived): attach again to an interface deleted and created
+    /// anew, and give the data plane its new index (and the egress its new
+    /// MAC). The first start made all this true; this keeps it true.
+    pub fn reconcile_interfaces(&mut self) {
+        for change in self.attachments.reconcile(&mut self.dp) {
+            match change {
+                Change::Gone { name } => {
+                    warn!(interface = %name, "interface gone: forwarding on it has stopped; lbd attaches again when it comes back");
+                    show_attachment(&self.metrics, &name, None);
+                }
+                Change::Reattached {
+                    name,
+                    ifindex,
+                    attached,
+                } => {
+                    // The redirect port under the old index went with the
+                    // interface; the program may redirect to the new one.
+                    let opened = netdev::mac_address(&name)
+                        .map_err(|e| errors::report(&e))
+                        .and_then(|mac| {
+                            self.maps
+                                .add_tx_port(ifindex, mac)
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = opened {
+                        error!(interface = %name, error = %e, "allowing redirects to the re-created interface failed");
+                    }
+                    info!(interface = %name, ifindex, replaced_dead_link = attached.replaced_dead_link, "interface re-created: program attached again");
+                    log_attached(&name, &attached);
+                    self.metrics
+                        .reattached
+                        .get_or_create(&InterfaceName {
+                            interface: name.clone(),
+                        })
+                        .inc();
+                    show_attachment(&self.metrics, &name, Some(&attached));
+                }
+                Change::Failed { name, error } => {
+                    error!(interface = %name, error = %crate::errors::chain(&error), "attaching to the re-created interface failed; retried at the next link event");
+                }
+            }
+        }
+        self.refresh_outlets();
+    }
+
+    /// Interfaces deleted and created again have new indexes, and the
+    /// egress interface a new MAC: resolve the running configuration's
+    /// outlets again and write them if they changed (the egress in
+    /// LB_CONFIG, TX ports opened before, stale ones closed after). While
+    /// one is still gone the old values stay; its packets are dropped and
+    /// counted.
+    fn refresh_outlets(&mut self) {
+        let Ok(now) = egress::resolve(&self.config) else {
+            return;
+        };
+        if now == self.outlets {
+            return;
+        }
+        let config = self.config.clone();
+        match self.write(config, now) {
+            Ok(_) => info!(
+                "re-created interfaces: the data plane sends through their new indexes and MACs"
+            ),
+            Err(e) => {
+                error!(error = %e, "updating the data plane for re-created interfaces failed")
+            }
+        }
+    }
+
     /// Re-read the configuration file (SIGHUP).
     /// The file replaces the running configuration, lbctl's edits included.
     pub fn reload(&mut self) {
@@ -671,11 +749,7 @@ impl Daemon {
             "config": self.config_path.display().to_string(),
             "pin_dir": self.config.pin_dir.display().to_string(),
             "adopted_running_data_plane": self.adopted,
-            "interfaces": self.attachments.iter().map(|(name, a)| json!({
-                "name": name,
-                "mode": if a.native { "native" } else { "generic" },
-                "replaced_existing_program": a.replaced,
-            })).collect::<Vec<_>>(),
+            "interfaces": self.attachments.status(),
             "vips": self.config.vips.len(),
             "backends": backends,
             "backends_up": up,
@@ -932,6 +1006,39 @@ impl Daemon {
     }
 }
 
+fn log_attached(name: &str, a: &Attached) {
+    if a.native_refused.is_some() {
+        let reason = a.native_refused.as_deref().unwrap_or("unknown");
+        warn!(interface = %name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
+    }
+    info!(interface = %name, native = a.native, replaced = a.replaced, replaced_dead_link = a.replaced_dead_link, "attached");
+}
+
+/// `lb_attached` for `name`: 1 under the mode it has, 0 while it is not
+/// attached (`None`: the last mode's series stays, at 0).
+fn show_attachment(metrics: &Metrics, name: &str, attached: Option<&Attached>) {
+    let labels = |mode: &str| InterfaceLabels {
+        interface: name.to_string(),
+        mode: mode.into(),
+    };
+    match attached {
+        Some(a) => {
+            let mode = attachments::mode_name(a);
+            for other in ["native", "generic"].into_iter().filter(|m| *m != mode) {
+                metrics.attached.remove(&labels(other));
+            }
+            metrics.attached.get_or_create(&labels(mode)).set(1);
+        }
+        None => {
+            for mode in ["native", "generic"] {
+                if let Some(g) = metrics.attached.get(&labels(mode)) {
+                    g.set(0);
+                }
+            }
+        }
+    }
+}
+
 /// Zero the data plane's counters of the ids that `now` uses and `before`
 /// did not, before any map entry names them: a recycled id must not carry
 /// its last owner's packets and bytes into `lbctl stats` and the metrics.
@@ -1136,12 +1243,21 @@ fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Remove everything lbd pinned: detaches the program (forwarding stops).
+/// Refused while an lbd runs over the pins: it would go on writing maps
+/// that no longer drive anything.
 pub fn teardown(config: &Config) -> anyhow::Result<()> {
     let dir = &config.pin_dir;
     if !dir.exists() {
         info!(pin_dir = %dir.display(), "nothing pinned");
         return Ok(());
     }
+    let _lock = PinDirLock::acquire(dir).map_err(|e| {
+        if e.is_held() {
+            anyhow::anyhow!("{e}: stop lbd first (e.g. `systemctl stop lbd`), then tear down")
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -58,6 +58,8 @@ pub enum DatapathError {
     },
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
+    #[error("interface {0:?} does not exist")]
+    NoInterface(String),
 }
 
 /// How a program ended up attached to an interface.
@@ -70,6 +72,10 @@ pub struct Attached {
     /// An existing pinned link was updated in place (restart/upgrade)
     /// rather than a new attachment made.
     pub replaced: bool,
+    /// A pinned link left attached to nothing (its interface was deleted,
+    /// or the name now belongs to another interface) was unpinned and a
+    /// new attachment made in its place.
+    pub replaced_dead_link: bool,
 }
 
 /// The loaded programs and their maps.
@@ -192,7 +198,9 @@ impl Datapath {
     }
 
     /// `attach_pinned` for program `name` (`lb`, or `lb_decap` on a
-    /// backend).
+    /// backend). A pinned link that is no longer attached to `iface` (the
+    /// interface was deleted, maybe created again with a new index) cannot
+    /// be updated: it is unpinned, which frees it, and a new link made.
     pub fn attach_program_pinned(
         &mut self,
         name: &'static str,
@@ -205,7 +213,13 @@ impl Datapath {
             path: path.clone(),
             reason,
         };
-        if path.exists() {
+        let ifindex =
+            crate::netdev::ifindex(iface).map_err(|_| DatapathError::NoInterface(iface.into()))?;
+        let pinned_to = crate::xdp_link::attached_ifindex(&path).map_err(|e| bad(e.to_string()))?;
+        let replaced_dead_link = pinned_to.is_some_and(|linked| linked != ifindex);
+        if replaced_dead_link {
+            std::fs::remove_file(&path).map_err(|e| bad(format!("removing a dead link: {e}")))?;
+        } else if pinned_to.is_some() {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| bad(e.to_string()))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bad(e.to_string()))?;
             let native = !link_is_generic(iface);
@@ -216,6 +230,7 @@ impl Datapath {
                 native,
                 native_refused: None,
                 replaced: true,
+                replaced_dead_link: false,
             });
         }
         let mut native = prefer_native;
@@ -247,6 +262,7 @@ impl Datapath {
             native,
             native_refused,
             replaced: false,
+            replaced_dead_link,
         })
     }
 }

@@ -55,6 +55,11 @@ pub struct InterfaceLabels {
     pub mode: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceName {
+    pub interface: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub table_rebuilds: Counter,
@@ -69,6 +74,7 @@ pub struct Metrics {
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
     pub attached: Family<InterfaceLabels, Gauge>,
+    pub reattached: Family<InterfaceName, Counter>,
     /// The per-VIP and per-backend label sets that have series, so that
     /// those of VIPs and backends gone from the configuration can be removed.
     series: Mutex<Series>,
@@ -100,6 +106,7 @@ impl Default for Metrics {
             }),
             packets: Family::default(),
             attached: Family::default(),
+            reattached: Family::default(),
             series: Mutex::new(Series::default()),
         };
         {
@@ -161,8 +168,13 @@ impl Default for Metrics {
             );
             r.register(
                 "attached",
-                "1 per interface the program is attached to, by XDP mode",
+                "1 per interface the program is attached to, by XDP mode; 0 while it is gone",
                 m.attached.clone(),
+            );
+            r.register(
+                "reattach",
+                "Times the program was attached again to an interface deleted and re-created",
+                m.reattached.clone(),
             );
         }
         m
@@ -184,6 +196,7 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
     ("attached", "gauge"),
+    ("reattach", "counter"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -513,6 +526,11 @@ mod tests {
                 mode: "native".into(),
             })
             .set(1);
+        m.reattached
+            .get_or_create(&InterfaceName {
+                interface: "eth0".into(),
+            })
+            .inc();
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

@@ -39,19 +39,84 @@ fn decapsulated(ns: &Netns, pin_dir: &str) -> u64 {
         .expect("counter")
 }
 
+/// A pin directory for one test, removed on drop.
+struct PinDir(String);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        Self(format!("/sys/fs/bpf/lbt-{tag}-{}", std::process::id()))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The lb0-be0 veth, and the load balancer (the test harness's `lb`
+/// program on lb0) tunnelling the client's UDP to backend address
+/// BACKEND_V4[0] back out to be0, where the client (the backend namespace
+/// itself) sends from. Called again after be0 is deleted, it wires the new
+/// pair.
+fn wire(lb_ns: &Netns, backend_ns: &Netns, lb: &mut Lb) {
+    veth(lb_ns, "lb0", backend_ns, "be0");
+    lb_ns
+        .enter(|| lb.dp.attach(PROG_LB, "lb0", XdpMode::Driver))
+        .expect("attach lb");
+    let mut config = Lb::standard_config();
+    config.gateway_mac = backend_ns.mac("be0");
+    lb.maps.set_config(&config).unwrap();
+    backend_ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{CLIENT_V4}/24"),
+        "dev",
+        "be0",
+    ]);
+    backend_ns.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "be0"]);
+    backend_ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        VIP_V4,
+        "lladdr",
+        &lb_ns.mac_text("lb0"),
+        "dev",
+        "be0",
+        "nud",
+        "permanent",
+    ]);
+}
+
+/// Send `n` UDP datagrams from the backend namespace to the VIP.
+fn send(backend_ns: &Netns, n: u64) {
+    backend_ns.enter(|| {
+        let socket = UdpSocket::bind((CLIENT_V4, 0)).expect("bind");
+        for _ in 0..n {
+            socket.send_to(b"hello", (VIP_V4, 53)).expect("send");
+        }
+    })
+}
+
+/// The `decapsulated` counter once it reaches `want`, or after 5 s.
+fn decapsulated_reaching(ns: &Netns, pin_dir: &str, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while decapsulated(ns, pin_dir) < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    decapsulated(ns, pin_dir)
+}
+
 #[test]
 fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     let lb_ns = Netns::new("lb");
     let backend_ns = Netns::new("be");
-    veth(&lb_ns, "lb0", &backend_ns, "be0");
-    let pin_dir = format!("/sys/fs/bpf/lbt-decap-{}", std::process::id());
-    struct Unpin(String);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pin_dir.clone());
+    let mut lb = Lb::new();
+    wire(&lb_ns, &backend_ns, &mut lb);
+    let pins = PinDir::new("decap");
+    let pin_dir = pins.0.clone();
 
     // Bad input: a clear error, nothing pinned.
     let err = lb_decap(
@@ -77,54 +142,13 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     );
 
     // The load balancer tunnels client packets back out of lb0 to be0.
-    let mut lb = Lb::new();
-    lb_ns
-        .enter(|| lb.dp.attach(PROG_LB, "lb0", XdpMode::Driver))
-        .expect("attach lb");
-    let mut config = Lb::standard_config();
-    config.gateway_mac = backend_ns.mac("be0");
-    lb.maps.set_config(&config).unwrap();
     lb.add_vip(
         vip_key(VIP_V4, 53, PROTO_UDP),
         0,
         &[BackendSpec::new(1, BACKEND_V4[0])],
     );
-    backend_ns.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{CLIENT_V4}/24"),
-        "dev",
-        "be0",
-    ]);
-    backend_ns.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "be0"]);
-    backend_ns.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        VIP_V4,
-        "lladdr",
-        &lb_ns.mac_text("lb0"),
-        "dev",
-        "be0",
-        "nud",
-        "permanent",
-    ]);
-    let send = |n: u64| {
-        backend_ns.enter(|| {
-            let socket = UdpSocket::bind((CLIENT_V4, 0)).expect("bind");
-            for _ in 0..n {
-                socket.send_to(b"hello", (VIP_V4, 53)).expect("send");
-            }
-        })
-    };
-    let wait_for = |want: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while decapsulated(&backend_ns, &pin_dir) < want && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        decapsulated(&backend_ns, &pin_dir)
-    };
+    let send = |n: u64| send(&backend_ns, n);
+    let wait_for = |want: u64| decapsulated_reaching(&backend_ns, &pin_dir, want);
     // lb-decap has exited: the pinned program does the work.
     send(5);
     assert_eq!(wait_for(5), 5, "every tunnel stripped");
@@ -176,4 +200,103 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     );
     let err = lb_decap(&backend_ns, &pin_dir, &["detach", "-i", "be0"]).unwrap_err();
     assert!(err.contains("not attached to be0"), "{err}");
+}
+
+/// be0 deleted and created again since the last `attach`: the pinned link
+/// is attached to nothing and cannot be updated. `attach` replaces it with
+/// a new attachment, and tunnels are stripped again.
+#[test]
+fn cp_decap_attach_after_the_interface_was_created_again_replaces_the_dead_link() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    let mut lb = Lb::new();
+    wire(&lb_ns, &backend_ns, &mut lb);
+    lb.add_vip(
+        vip_key(VIP_V4, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let pins = PinDir::new("decap-recreate");
+    let attach = || {
+        lb_decap(
+            &backend_ns,
+            &pins.0,
+            &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+        )
+    };
+    attach().expect("attach");
+    send(&backend_ns, 2);
+    assert_eq!(decapsulated_reaching(&backend_ns, &pins.0, 2), 2);
+
+    backend_ns.exec(&["ip", "link", "del", "be0"]);
+    wire(&lb_ns, &backend_ns, &mut lb);
+    let out = attach().expect("attach to the re-created be0");
+    assert!(
+        out.contains("lb_decap attached on be0 (native mode)"),
+        "{out}"
+    );
+    let link = backend_ns.exec(&["ip", "-details", "link", "show", "be0"]);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+    send(&backend_ns, 3);
+    assert_eq!(decapsulated_reaching(&backend_ns, &pins.0, 5), 5);
+}
+
+/// Commands that change the pins run one at a time: an `attach` while
+/// another run holds the pin directory waits, changing nothing, and goes
+/// ahead once it is released.
+#[test]
+fn cp_decap_attach_waits_for_another_run_on_the_same_pins() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    veth(&lb_ns, "lb0", &backend_ns, "be0");
+    let pins = PinDir::new("decap-lock");
+    lb_decap(
+        &backend_ns,
+        &pins.0,
+        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+    )
+    .expect("attach");
+    let addresses = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&lb_decap(&backend_ns, &pins.0, &["status", "--json"]).unwrap())
+                .unwrap();
+        status["addresses"].clone()
+    };
+
+    let held = lb_userspace::pin_lock::PinDirLock::acquire(std::path::Path::new(&pins.0))
+        .expect("lock the pins");
+    let mut second = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", backend_ns.name))
+        .arg(binary("lb-decap"))
+        .args(["--pin-dir", &pins.0])
+        .args(["attach", "-i", "be0", "-a", BACKEND_V6[0]])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lb-decap");
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = second.try_wait().expect("poll lb-decap").is_none();
+    if !waiting {
+        let out = second.wait_with_output().unwrap();
+        panic!(
+            "lb-decap did not wait for the lock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(addresses(), serde_json::json!([BACKEND_V4[0]]));
+
+    drop(held);
+    let out = second.wait_with_output().expect("lb-decap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        addresses(),
+        serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]])
+    );
 }

@@ -34,9 +34,30 @@ impl Site {
     fn new() -> Self {
         let lb = Netns::new("cplb");
         let client = Netns::new("cpcl");
-        veth(&lb, "lb0", &client, "cl0");
-        let lb_mac = lb.mac_text("lb0");
-        let client_mac = client.mac_text("cl0");
+        // Backends answer health checks from inside the LB namespace.
+        for b in [B1, B2, B3] {
+            lb.exec(&["ip", "addr", "add", &format!("{b}/32"), "dev", "lo"]);
+        }
+        let site = Self {
+            lb,
+            client,
+            client_mac: String::new(),
+        };
+        let client_mac = site.create_link();
+        Self { client_mac, ..site }
+    }
+
+    /// Make the lb0-cl0 veth and the client's side of it; the client's MAC.
+    /// Made again after `delete_link`, cl0 keeps the MAC it had (the
+    /// configuration's gateway), lb0 gets a new index and a new MAC.
+    fn create_link(&self) -> String {
+        veth(&self.lb, "lb0", &self.client, "cl0");
+        if !self.client_mac.is_empty() {
+            self.client
+                .exec(&["ip", "link", "set", "cl0", "address", &self.client_mac]);
+        }
+        let lb_mac = self.lb.mac_text("lb0");
+        let client = &self.client;
         client.exec(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "cl0"]);
         client.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "cl0"]);
         client.exec(&[
@@ -51,15 +72,12 @@ impl Site {
             "nud",
             "permanent",
         ]);
-        // Backends answer health checks from inside the LB namespace.
-        for b in [B1, B2, B3] {
-            lb.exec(&["ip", "addr", "add", &format!("{b}/32"), "dev", "lo"]);
-        }
-        Self {
-            lb,
-            client,
-            client_mac,
-        }
+        client.mac_text("cl0")
+    }
+
+    /// Delete lb0 (and with it its peer cl0), as when a NIC is unplugged.
+    fn delete_link(&self) {
+        self.lb.exec(&["ip", "link", "del", "lb0"]);
     }
 
     fn config(&self, backends: &[&str], check: Value) -> Value {
@@ -326,11 +344,14 @@ fn write_and_sighup(lbd: &Lbd, config: &Value) {
 }
 
 /// Run lbd to its exit in the site's LB namespace, over `lbd`'s pins, with
-/// `config` written to `name` in `lbd`'s directory.
+/// `config` written to `name` in `lbd`'s directory. Bounded: an lbd that
+/// wrongly starts is stopped after 30 s.
 fn lbd_once(site: &Site, lbd: &Lbd, name: &str, config: &Value) -> std::process::Output {
     let path = lbd.paths.dir.join(name);
     std::fs::write(&path, config.to_string()).unwrap();
-    Command::new("nsenter")
+    Command::new("timeout")
+        .arg("30")
+        .arg("nsenter")
         .arg(format!("--net=/var/run/netns/{}", site.lb.name))
         .arg(lb_tests::lbd::binary("lbd"))
         .arg("--config")
@@ -1608,4 +1629,187 @@ fn cp_l2_dsr_backend_behind_a_router_is_refused_and_changes_nothing() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("starting: {message}")), "{stderr}");
     assert_eq!(backends(&pinned_maps(&lbd)), before);
+}
+
+/// The `interfaces[0]` row of `lbctl status`.
+fn first_interface(lbd: &Lbd) -> Value {
+    lbd.json(&["status"])["interfaces"][0].clone()
+}
+
+/// An interface deleted and created again under its name has a new index
+/// and no program (the kernel detached the link with the old interface).
+/// A running lbd notices through link events: status says the interface
+/// is gone, then within 2 s of its return the program is attached again in
+/// the configured mode and the data plane uses the new index and MAC (here
+/// lb0 is also the configured egress, so a stale index would drop every
+/// packet instead of sending it).
+#[test]
+fn cp_an_interface_deleted_and_created_again_is_attached_again_and_forwards() {
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["next_hop"]["egress_interface"] = json!("lb0");
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("recreate"),
+        config,
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    site.send_flows(45000..45005);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 5
+    });
+    let old_index = site.lb.ifindex("lb0");
+
+    site.delete_link();
+    wait_for("status saying lb0 is gone", Duration::from_secs(2), || {
+        first_interface(&lbd)["state"] == "gone"
+    });
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("interface lb0: GONE"), "{text}");
+
+    site.create_link();
+    let new_index = site.lb.ifindex("lb0");
+    assert_ne!(new_index, old_index, "the kernel reused the index");
+    wait_for("lb0 attached again", Duration::from_secs(2), || {
+        let lb0 = first_interface(&lbd);
+        lb0["state"] == "attached" && lb0["ifindex"] == new_index && lb0["reattached"] == 1
+    });
+    assert_eq!(first_interface(&lbd)["mode"], "native");
+    let link = site.lb.exec(&["ip", "-details", "link", "show", "lb0"]);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+    let live = pinned_maps(&lbd).config().unwrap();
+    assert_eq!(live.egress_ifindex, new_index);
+    assert_eq!(live.egress_mac, site.lb.mac("lb0"));
+
+    site.send_flows(45005..45015);
+    wait_for(
+        "forwarding on the re-created lb0",
+        Duration::from_secs(2),
+        || counter(&lbd, "tx") >= 15,
+    );
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("interface lb0: XDP native mode, re-attached 1 time(s)"),
+        "{text}"
+    );
+    wait_for(
+        "the re-attach in the metrics",
+        Duration::from_secs(3),
+        || {
+            let text = scrape(&site);
+            text.contains("lb_reattach_total{interface=\"lb0\"} 1")
+                && text.contains("lb_attached{interface=\"lb0\",mode=\"native\"} 1")
+        },
+    );
+}
+
+/// lbd down while the interface is deleted and created again: the pinned
+/// link it finds is attached to nothing. The restarted lbd replaces it
+/// with a new attachment (it cannot be updated) and forwards, keeping the
+/// connection table.
+#[test]
+fn cp_restart_after_the_interface_was_created_again_attaches_anew() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("recreate-down"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.send_flows(46000..46005);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 5
+    });
+    lbd.kill();
+    site.delete_link();
+    site.create_link();
+
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    let lb0 = &status["interfaces"][0];
+    assert_eq!(lb0["state"], "attached", "{status}");
+    assert_eq!(lb0["ifindex"], site.lb.ifindex("lb0"), "{status}");
+    assert_eq!(lb0["mode"], "native", "{status}");
+    assert_eq!(lb0["replaced_existing_program"], false, "{status}");
+    assert_eq!(status["adopted_running_data_plane"], true, "{status}");
+    assert!(
+        lbd.log().contains("replaced_dead_link=true"),
+        "{}",
+        lbd.log()
+    );
+    site.send_flows(46005..46015);
+    wait_for(
+        "forwarding after the restart",
+        Duration::from_secs(5),
+        || counter(&lbd, "tx") >= 15,
+    );
+}
+
+/// One lbd per pin directory: a second lbd over the same pins exits at
+/// once, naming the directory and the running lbd's PID, and writes
+/// nothing (the first keeps its tables, its socket and its traffic).
+/// `lbd --teardown` is refused while lbd runs.
+#[test]
+fn cp_a_second_lbd_on_the_same_pins_is_refused_and_so_is_teardown() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("twice"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.send_flows(47000..47010);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 10
+    });
+    let backends = |lbd: &Lbd| {
+        let mut list: Vec<String> = pinned_maps(lbd)
+            .backends()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, b)| b.flags != 0)
+            .map(|(_, b)| {
+                lb_userspace::addr::from_map(&b.addr, b.family)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    assert_eq!(backends(&lbd), [B1, B2]);
+
+    // Same pins, its own control socket, other backends.
+    let mut second = written_config(&lbd);
+    second["control"]["socket"] = json!(lbd.paths.dir.join("second.sock"));
+    second["vips"][0]["backends"] = json!([{"address": B3}]);
+    let out = lbd_once(&site, &lbd, "second.json", &second);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let pid = lbd.pid().unwrap();
+    let held = format!(
+        "pin directory {} is in use by lbd (pid {pid})",
+        lbd.paths.pin_dir.display()
+    );
+    assert!(stderr.contains(&held), "{stderr}");
+    assert!(!lbd.paths.dir.join("second.sock").exists());
+    assert_eq!(backends(&lbd), [B1, B2], "the second lbd wrote the maps");
+    assert_eq!(lbd.json(&["backend", "list"]).as_array().unwrap().len(), 2);
+
+    let out = lbd_output(&["--config", lbd.paths.config.to_str().unwrap(), "--teardown"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&held) && stderr.contains("stop lbd first"),
+        "{stderr}"
+    );
+    assert!(
+        lb_userspace::datapath::link_pin_path(&lbd.paths.pin_dir, "lb0").exists(),
+        "teardown unpinned"
+    );
+    site.send_flows(47010..47020);
+    wait_for("forwarding goes on", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
 }

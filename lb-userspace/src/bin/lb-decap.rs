@@ -5,9 +5,12 @@
 //! the program keeps working after this command exits and across reboots
 //! of the tool (not of the host: run it from the backend's boot, e.g. a
 //! systemd oneshot). Running `attach` again updates the addresses and
-//! swaps in this binary's program atomically (an upgrade).
+//! swaps in this binary's program atomically (an upgrade), or, when the
+//! interface was deleted and created again since, attaches anew in place
+//! of the dead link. Commands that change the pins run one at a time: a
+//! second waits for the first (a lock on the pin directory).
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -16,6 +19,7 @@ use lb_userspace::{
     datapath::{Datapath, MapSizes, link_pin_path},
     maps::Maps,
     netdev,
+    pin_lock::PinDirLock,
 };
 
 #[derive(Parser)]
@@ -97,6 +101,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => attach(&args.pin_dir, &interface, &addresses, !generic),
         Cmd::Detach { interface } => detach(&args.pin_dir, &interface),
         Cmd::Forget { addresses } => {
+            let _lock = lock(&args.pin_dir)?;
             let (_dp, mut maps) = open(&args.pin_dir)?;
             for a in addresses {
                 maps.remove_decap_addr(a)?;
@@ -105,6 +110,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Status { json } => status(&args.pin_dir, json),
     }
+}
+
+/// How long a command waits for another one changing the same pins.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Hold the pin directory against other lb-decap runs while changing it.
+fn lock(pin_dir: &std::path::Path) -> anyhow::Result<PinDirLock> {
+    lb_userspace::bpffs::prepare(pin_dir)?;
+    PinDirLock::acquire_within(pin_dir, LOCK_PATIENCE).map_err(|e| {
+        if e.is_held() {
+            anyhow::anyhow!(
+                "{e}, still after {} s: let it finish, or stop it",
+                LOCK_PATIENCE.as_secs()
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
 }
 
 fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
@@ -124,6 +147,7 @@ fn attach(
     if netdev::ifindex(interface).is_err() {
         bail!("no interface {interface} in this network namespace");
     }
+    let _lock = lock(pin_dir)?;
     let (mut dp, mut maps) = open(pin_dir)?;
     // Addresses first: a new attachment must not pass tunnels up undecoded.
     for a in addresses {
@@ -135,6 +159,12 @@ fn attach(
         .with_context(|| format!("attaching to {interface}"))?;
     if let Some(reason) = &attached.native_refused {
         eprintln!("lb-decap: warning: native XDP refused on {interface} ({reason}): generic mode");
+    }
+    if attached.replaced_dead_link {
+        eprintln!(
+            "lb-decap: {interface} was deleted and created again since the last attach: \
+             its dead link is replaced by a new attachment"
+        );
     }
     println!(
         "lb_decap {} on {interface} ({} mode), accepting tunnels for {}",
@@ -165,6 +195,11 @@ fn links(pin_dir: &std::path::Path) -> Vec<String> {
 
 fn detach(pin_dir: &std::path::Path, interface: &str) -> anyhow::Result<()> {
     let link = link_pin_path(pin_dir, interface);
+    let _lock = if link.exists() {
+        Some(lock(pin_dir)?)
+    } else {
+        None
+    };
     if !link.exists() {
         bail!(
             "lb_decap is not attached to {interface} (no {})",
