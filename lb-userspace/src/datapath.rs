@@ -184,7 +184,7 @@ impl Datapath {
 }
 
 /// Maps that outlive lbd: everything but per-packet scratch space.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_CONFIG,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -197,6 +197,8 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_TX_PORTS,
     MAP_DECAP_ADDRS,
     MAP_DECAP_STATS,
+    MAP_DECAP_SOURCES,
+    MAP_DECAP_CONFIG,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod decap_sources;
 pub mod errors;
 pub mod health;
 pub mod ids;
