@@ -17,6 +17,8 @@ pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_TX_PORT_MACS: &str = "TX_PORT_MACS";
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
+pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 
 /// Program names in the object file.
 pub const PROG_LB: &str = "lb";
@@ -32,6 +34,7 @@ pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 14;
 pub const DEFAULT_RING_ENTRIES: u32 = DEFAULT_MAX_VIPS * 2 * DEFAULT_RING_SIZE;
 pub const MAX_TX_PORTS: u32 = 64;
 pub const MAX_DECAP_ADDRS: u32 = 64;
+pub const MAX_DECAP_SOURCES: u32 = 256;
 
 /// A ring slot that holds no backend (the VIP has none in service).
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -213,6 +216,38 @@ pub struct DecapAddr {
     pub _pad: [u8; 3],
 }
 
+/// The data of a `DECAP_SOURCES` key (an LPM trie): an outer source prefix
+/// the decapsulation program accepts tunnels from. The family comes first,
+/// so one trie serves IPv4 and IPv6: a prefix of `len` address bits is a
+/// key of `DECAP_SOURCE_FAMILY_BITS + len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapSource {
+    pub family: u8,
+    /// IPv4 fills the first four bytes.
+    pub addr: [u8; 16],
+}
+
+// The trie's key is this, packed behind a 4-byte prefix length: no padding
+// byte may be left for the kernel to compare.
+const _: () = assert!(core::mem::size_of::<DecapSource>() == 17);
+
+/// Bits of a `DecapSource` key in front of the address.
+pub const DECAP_SOURCE_FAMILY_BITS: u32 = 8;
+
+/// The decapsulation program's configuration, the single entry of
+/// `DECAP_CONFIG`. All zero (as created) accepts tunnels only from the
+/// sources in `DECAP_SOURCES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// `DECAP_F_*` bits.
+    pub flags: u32,
+}
+
+/// Accept tunnels from any outer source (`lb-decap --allow-any-source`).
+pub const DECAP_F_ANY_SOURCE: u32 = 1;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -229,5 +264,7 @@ mod pod {
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for DecapAddr {}
     unsafe impl aya::Pod for PortMac {}
+    unsafe impl aya::Pod for DecapSource {}
+    unsafe impl aya::Pod for DecapConfig {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -74,7 +74,10 @@ reasons!(DecapReason, DECAP_REASON_COUNT {
     Decapsulated = "decapsulated", Passed, "outer header stripped, inner packet passed up";
     PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet";
     PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS";
-    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header";
+    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header, or a fragmented tunnel";
+    DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel for one of our addresses from an outer source not allowed";
+    DropBadOuterChecksum = "drop_bad_outer_checksum", Dropped, "tunnel whose outer IPv4 header checksum is wrong";
+    DropCeNotEct = "drop_ce_not_ect", Dropped, "outer ECN CE over an inner packet that is not ECN-capable (RFC 6040)";
 });
 
 #[cfg(test)]
@@ -87,5 +90,20 @@ mod tests {
             assert_eq!(*r as usize, i, "{}", r.name());
         }
         assert_eq!(REASON_COUNT as usize, Reason::ALL.len());
+        for (i, r) in DecapReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+        assert_eq!(DECAP_REASON_COUNT as usize, DecapReason::ALL.len());
+    }
+
+    #[test]
+    fn decap_reasons_are_verdicts() {
+        for r in DecapReason::ALL {
+            assert!(
+                matches!(r.kind(), ReasonKind::Passed | ReasonKind::Dropped),
+                "{}",
+                r.name()
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     FlowKey,
@@ -55,6 +55,14 @@ pub static TX_PORT_MACS: HashMap<u32, PortMac> = HashMap::with_max_entries(MAX_T
 
 #[map(name = "DECAP_ADDRS")]
 pub static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Outer source prefixes tunnels are accepted from (`DecapSource` keys).
+#[map(name = "DECAP_SOURCES")]
+pub static DECAP_SOURCES: LpmTrie<DecapSource, u32> =
+    LpmTrie::with_max_entries(MAX_DECAP_SOURCES, 0);
+
+#[map(name = "DECAP_CONFIG")]
+pub static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "DECAP_STATS")]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_REASON_COUNT, 0);

@@ -36,10 +36,14 @@ pub fn verdict(reason: Reason) -> u32 {
     }
 }
 
+/// Count the decapsulation program's verdict and return its XDP action.
 #[inline(always)]
 pub fn decap_verdict(reason: DecapReason) -> u32 {
     bump(DECAP_STATS.get_ptr_mut(reason as u32));
-    xdp_action::XDP_PASS
+    match reason.kind() {
+        ReasonKind::Dropped => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
 }
 
 #[inline(always)]

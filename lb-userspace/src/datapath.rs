@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::maps::*;
 
-use crate::EBPF_OBJECT;
+use crate::{EBPF_OBJECT, pinned_counters};
 
 /// Sizes of the maps that scale with the deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +60,8 @@ pub enum DatapathError {
     PinnedLink { path: PathBuf, reason: String },
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
+    #[error(transparent)]
+    GrowCounters(#[from] crate::pinned_counters::GrowError),
 }
 
 /// How a program ended up attached to an interface.
@@ -93,13 +95,40 @@ impl Datapath {
 
     /// Load with every map pinned under `pin_dir`: maps already pinned
     /// there are reused, contents and all (a restarted lbd keeps the
-    /// connection table), and new ones are created and pinned.
+    /// connection table), and new ones are created and pinned. Counter
+    /// maps pinned by an older release with fewer rows are grown, their
+    /// counts carried over (`pinned_counters`). For a caller about to
+    /// attach this build's program.
     pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.to_path_buf(),
             source,
         })?;
-        Self::load_with(sizes, Some(pin_dir))
+        let short = pinned_counters::unpin_short(pin_dir)?;
+        let pins: Vec<&str> = PINNED_MAPS.to_vec();
+        match Self::load_with(sizes, Some((pin_dir, &pins))) {
+            Ok(mut dp) => {
+                pinned_counters::carry_over(&mut dp.ebpf, short)?;
+                Ok(dp)
+            }
+            Err(e) => {
+                pinned_counters::put_back(short, pin_dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Load reusing the maps pinned under `pin_dir` as they are, pinning
+    /// nothing new: for reading or editing the state of a data plane whose
+    /// running program may be an older release's. A map this build has and
+    /// the directory lacks is created unpinned (empty) and gone on exit.
+    pub fn open_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<Self, DatapathError> {
+        let pins: Vec<&str> = PINNED_MAPS
+            .iter()
+            .copied()
+            .filter(|name| pin_dir.join(name).exists())
+            .collect();
+        Self::load_with(sizes, Some((pin_dir, &pins)))
     }
 
     /// Whether a previous lbd left pinned maps in `pin_dir`.
@@ -107,7 +136,9 @@ impl Datapath {
         pin_dir.join(MAP_CONNS).exists()
     }
 
-    fn load_with(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+    /// Load; with `pins`, the maps named there are pinned under (or
+    /// reused from) the directory.
+    fn load_with(sizes: MapSizes, pins: Option<(&Path, &[&str])>) -> Result<Self, DatapathError> {
         let ring_entries = sizes
             .max_vips
             .checked_mul(2)
@@ -122,8 +153,8 @@ impl Datapath {
             .map_max_entries(MAP_RINGS, ring_entries)
             .map_max_entries(MAP_CONNS, sizes.conn_entries)
             .map_max_entries(MAP_FRAGS, sizes.frag_entries);
-        if let Some(dir) = pin_dir {
-            for name in PINNED_MAPS {
+        if let Some((dir, names)) = pins {
+            for name in names {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -160,7 +191,7 @@ impl Datapath {
 }
 
 /// Maps that outlive lbd: everything but per-packet scratch space.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: &[&str] = &[
     MAP_CONFIG,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -174,6 +205,8 @@ pub const PINNED_MAPS: [&str; 13] = [
     MAP_TX_PORT_MACS,
     MAP_DECAP_ADDRS,
     MAP_DECAP_STATS,
+    MAP_DECAP_SOURCES,
+    MAP_DECAP_CONFIG,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -3,11 +3,16 @@
 //! flipping its `active_ring`, so a packet sees either the old ring or the
 //! new one, never a mix.
 
-use crate::{errors::chain, ring_memory::RingMemory};
+use crate::{
+    decap_sources::{self, DecapSources, IpNet},
+    errors::chain,
+    ring_memory::RingMemory,
+};
 use aya::{
     Ebpf,
     maps::{
         Array, DevMapHash, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
         xdp::XdpMapError,
     },
 };
@@ -29,6 +34,8 @@ pub enum MapsError {
     RingMemory(crate::ring_memory::RingMemoryError),
     #[error("ring has {got} slots, the data plane was loaded with {want}")]
     RingSize { got: usize, want: u32 },
+    #[error("map DECAP_SOURCES holds at most {max} prefixes: {got} were given")]
+    TooManyDecapSources { got: usize, max: u32 },
     #[error("map {name}: {error}")]
     PerCpu {
         name: &'static str,
@@ -70,6 +77,8 @@ pub struct Maps {
     tx_port_macs: HashMap<MapData, u32, PortMac>,
     decap_addrs: HashMap<MapData, DecapAddr, u32>,
     decap_stats: PerCpuArray<MapData, u64>,
+    decap_sources: LpmTrie<MapData, DecapSource, u32>,
+    decap_config: Array<MapData, DecapConfig>,
     ring_size: u32,
 }
 
@@ -93,6 +102,8 @@ impl Maps {
             tx_port_macs: take(ebpf, MAP_TX_PORT_MACS)?,
             decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
             decap_stats: take(ebpf, MAP_DECAP_STATS)?,
+            decap_sources: take(ebpf, MAP_DECAP_SOURCES)?,
+            decap_config: take(ebpf, MAP_DECAP_CONFIG)?,
             ring_size,
         })
     }
@@ -343,6 +354,102 @@ impl Maps {
         }
     }
 
+    /// Accept tunnels only from `sources` (or from anywhere), replacing the
+    /// previous set. A packet in flight meets the old set, the new one, or
+    /// their union, never less than both: new prefixes go in before stale
+    /// ones come out, and "any" is set before the prefixes are removed and
+    /// cleared after they are written. Only if old and new together
+    /// overflow the map do stale prefixes go first.
+    pub fn set_decap_sources(&mut self, sources: &DecapSources) -> Result<(), MapsError> {
+        let old = self.decap_source_keys()?;
+        let any = |maps: &mut Self, on: bool| {
+            let flags = if on { DECAP_F_ANY_SOURCE } else { 0 };
+            maps.decap_config
+                .set(0, DecapConfig { flags }, 0)
+                .map_err(err(MAP_DECAP_CONFIG))
+        };
+        let new: Vec<(u32, DecapSource)> = match sources {
+            DecapSources::Any => {
+                any(self, true)?;
+                Vec::new()
+            }
+            DecapSources::Only(nets) => nets.iter().map(decap_sources::to_key).collect(),
+        };
+        let stale: Vec<(u32, DecapSource)> = old.into_iter().filter(|k| !new.contains(k)).collect();
+        let max = self
+            .decap_sources
+            .map()
+            .info()
+            .map_err(err(MAP_DECAP_SOURCES))?
+            .max_entries();
+        let mut distinct = new.clone();
+        distinct.sort_by_key(|(bits, data)| (*bits, data.family, data.addr));
+        distinct.dedup();
+        if distinct.len() > max as usize {
+            return Err(MapsError::TooManyDecapSources {
+                got: distinct.len(),
+                max,
+            });
+        }
+        let stale_first = distinct.len() + stale.len() > max as usize;
+        if stale_first {
+            self.remove_decap_sources(&stale)?;
+        }
+        for (bits, data) in &distinct {
+            self.decap_sources
+                .insert(&Key::new(*bits, *data), 1, 0)
+                .map_err(err(MAP_DECAP_SOURCES))?;
+        }
+        if let DecapSources::Only(_) = sources {
+            any(self, false)?;
+        }
+        if !stale_first {
+            self.remove_decap_sources(&stale)?;
+        }
+        Ok(())
+    }
+
+    /// The outer sources tunnels are accepted from.
+    pub fn decap_sources(&self) -> Result<DecapSources, MapsError> {
+        let config = self
+            .decap_config
+            .get(&0, 0)
+            .map_err(err(MAP_DECAP_CONFIG))?;
+        if config.flags & DECAP_F_ANY_SOURCE != 0 {
+            return Ok(DecapSources::Any);
+        }
+        let mut nets: Vec<IpNet> = self
+            .decap_source_keys()?
+            .iter()
+            .filter_map(|(bits, data)| decap_sources::from_key(*bits, data))
+            .collect();
+        nets.sort();
+        Ok(DecapSources::Only(nets))
+    }
+
+    fn decap_source_keys(&self) -> Result<Vec<(u32, DecapSource)>, MapsError> {
+        self.decap_sources
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<_, _>>()
+            .map_err(err(MAP_DECAP_SOURCES))
+    }
+
+    fn remove_decap_sources(&mut self, keys: &[(u32, DecapSource)]) -> Result<(), MapsError> {
+        for (bits, data) in keys {
+            match self.decap_sources.remove(&Key::new(*bits, *data)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => {
+                    return Err(MapsError::Map {
+                        name: MAP_DECAP_SOURCES,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sum over CPUs of the counter for `reason`.
     pub fn reason_count(&self, reason: Reason) -> Result<u64, MapsError> {
         let values = self
@@ -350,6 +457,17 @@ impl Maps {
             .get(&(reason as u32), 0)
             .map_err(err(MAP_GLOBAL_STATS))?;
         Ok(values.iter().sum())
+    }
+
+    /// Rows of the decap counter map: fewer than `DecapReason::ALL` when it
+    /// was pinned by an older release and not grown yet (`lb-decap attach`
+    /// grows it).
+    pub fn decap_counter_rows(&self) -> Result<u32, MapsError> {
+        self.decap_stats
+            .map()
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(err(MAP_DECAP_STATS))
     }
 
     pub fn decap_count(&self, reason: DecapReason) -> Result<u64, MapsError> {

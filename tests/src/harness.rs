@@ -13,6 +13,7 @@ use lb_common::{
 use lb_userspace::{
     addr::to_map,
     datapath::{Datapath, MapSizes},
+    decap_sources::{DecapSources, parse_source},
     maglev::{self, MaglevBackend},
     maps::Maps,
 };
@@ -242,6 +243,24 @@ impl Lb {
             action: result.return_value,
             data: out,
         }
+    }
+
+    /// Make the decap program accept tunnels addressed to `addrs` from the
+    /// outer sources in `sources` (addresses or prefixes), as
+    /// `lb-decap attach --address ... --allow-source ...` does.
+    pub fn accept_tunnels(&mut self, addrs: &[&str], sources: &[&str]) {
+        for a in addrs {
+            self.maps
+                .add_decap_addr(a.parse().expect("decap address"))
+                .expect("decap address");
+        }
+        let nets = sources
+            .iter()
+            .map(|s| parse_source(s).expect("allowed source"))
+            .collect();
+        self.maps
+            .set_decap_sources(&DecapSources::Only(nets))
+            .expect("allowed sources");
     }
 
     pub fn run_decap(&mut self, frame: &[u8]) -> Outcome {

@@ -20,6 +20,7 @@ use aya::programs::XdpMode;
 use lb_common::maps::PROG_DECAP;
 use lb_userspace::{
     datapath::{Datapath, MapSizes},
+    decap_sources::{DecapSources, IpNet},
     maps::Maps,
 };
 
@@ -232,14 +233,21 @@ impl Topology {
             ]);
             let mut decap = Datapath::load(sizes).expect("load the decap program");
             let mut decap_maps = Maps::take(&mut decap.ebpf, sizes.ring_size).expect("decap maps");
-            ns.enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
-                .expect("decap on a backend");
             decap_maps
                 .add_decap_addr(IpAddr::V4(addr))
                 .expect("decap address");
             decap_maps
                 .add_decap_addr(IpAddr::V6(addr6))
                 .expect("decap address");
+            // Tunnels only from the LB's tunnel sources.
+            decap_maps
+                .set_decap_sources(&DecapSources::Only(vec![
+                    IpNet::from(IpAddr::V4(LB)),
+                    IpNet::from(IpAddr::V6(LB6)),
+                ]))
+                .expect("decap sources");
+            ns.enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
+                .expect("decap on a backend");
             decaps.push((decap, decap_maps));
             // In this lab the client shares the backends' segment (real
             // clients sit behind a router the backends resolve). Replies

@@ -1,6 +1,7 @@
 //! `lb-decap`, the backend-side tool: attaches `lb_decap` through a pinned
 //! link that outlives the command, so a backend without tunnel drivers
-//! serves IP-in-IP traffic; updates in place; detaches cleanly.
+//! serves IP-in-IP traffic; accepts tunnels only from the sources it is
+//! told to; updates in place; detaches cleanly.
 
 use std::{net::UdpSocket, process::Command, time::Duration};
 
@@ -30,11 +31,13 @@ fn lb_decap(ns: &Netns, pin_dir: &str, args: &[&str]) -> Result<String, String> 
     }
 }
 
+fn status(ns: &Netns, pin_dir: &str) -> serde_json::Value {
+    serde_json::from_str(&lb_decap(ns, pin_dir, &["status", "--json"]).expect("status"))
+        .expect("status JSON")
+}
+
 fn decapsulated(ns: &Netns, pin_dir: &str) -> u64 {
-    let status: serde_json::Value =
-        serde_json::from_str(&lb_decap(ns, pin_dir, &["status", "--json"]).expect("status"))
-            .expect("status JSON");
-    status["counters"]["decapsulated"]
+    status(ns, pin_dir)["counters"]["decapsulated"]
         .as_u64()
         .expect("counter")
 }
@@ -122,7 +125,15 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     let err = lb_decap(
         &backend_ns,
         &pin_dir,
-        &["attach", "-i", "nosuch0", "-a", BACKEND_V4[0]],
+        &[
+            "attach",
+            "-i",
+            "nosuch0",
+            "-a",
+            BACKEND_V4[0],
+            "-s",
+            OUTER_SRC_V4,
+        ],
     )
     .unwrap_err();
     assert!(err.contains("no interface nosuch0"), "{err}");
@@ -131,7 +142,15 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     let out = lb_decap(
         &backend_ns,
         &pin_dir,
-        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "--allow-source",
+            OUTER_SRC_V4,
+        ],
     )
     .expect("attach");
     assert!(out.contains("attached on be0 (native mode)"), "{out}");
@@ -166,6 +185,8 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
             BACKEND_V4[0],
             "-a",
             BACKEND_V6[0],
+            "--allow-source",
+            OUTER_SRC_V4,
         ],
     )
     .expect("re-attach");
@@ -221,7 +242,15 @@ fn cp_decap_attach_after_the_interface_was_created_again_replaces_the_dead_link(
         lb_decap(
             &backend_ns,
             &pins.0,
-            &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+            &[
+                "attach",
+                "-i",
+                "be0",
+                "-a",
+                BACKEND_V4[0],
+                "--allow-source",
+                OUTER_SRC_V4,
+            ],
         )
     };
     attach().expect("attach");
@@ -256,7 +285,15 @@ fn cp_decap_attach_waits_for_another_run_on_the_same_pins() {
     lb_decap(
         &backend_ns,
         &pins.0,
-        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "--allow-source",
+            OUTER_SRC_V4,
+        ],
     )
     .expect("attach");
     let addresses = || {
@@ -272,7 +309,15 @@ fn cp_decap_attach_waits_for_another_run_on_the_same_pins() {
         .arg(format!("--net=/var/run/netns/{}", backend_ns.name))
         .arg(binary("lb-decap"))
         .args(["--pin-dir", &pins.0])
-        .args(["attach", "-i", "be0", "-a", BACKEND_V6[0]])
+        .args([
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V6[0],
+            "--allow-source",
+            OUTER_SRC_V4,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -299,4 +344,292 @@ fn cp_decap_attach_waits_for_another_run_on_the_same_pins() {
         addresses(),
         serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]])
     );
+}
+
+/// The counters of a `status --json`, by name.
+fn counters(status: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    status["counters"]
+        .as_object()
+        .expect("counters")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
+        .collect()
+}
+
+/// The counters that changed between two snapshots, with how much; but
+/// for `pass_not_tunnel`, which the kernel's own traffic on a new link
+/// (neighbour discovery) moves at any time.
+fn moved(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter(|(k, v)| *k != "pass_not_tunnel" && before.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .collect()
+}
+
+#[test]
+fn cp_decap_attach_requires_an_allowlist_replaces_it_and_drops_other_sources() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    veth(&peer_ns, "peer0", &backend_ns, "be0");
+    let pins = PinDir::new("decapsrc");
+    let pin_dir = pins.0.as_str();
+    let be_mac = backend_ns.mac("be0");
+    let peer_mac = peer_ns.mac("peer0");
+    let attach = |extra: &[&str]| {
+        let mut args = vec![
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "-a",
+            BACKEND_V6[0],
+        ];
+        args.extend_from_slice(extra);
+        lb_decap(&backend_ns, pin_dir, &args)
+    };
+
+    // Secure by default: no allowlist, no attachment, nothing pinned.
+    let err = attach(&[]).unwrap_err();
+    assert!(
+        err.contains("no allowed tunnel sources")
+            && err.contains("--allow-source")
+            && err.contains("--allow-any-source"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(pin_dir).exists(), "nothing pinned");
+    let link = backend_ns.exec(&["ip", "link", "show", "be0"]);
+    assert!(!link.contains("xdp"), "{link}");
+
+    // Sources of both families, an address and a prefix.
+    let out = attach(&["-s", OUTER_SRC_V4, "--allow-source", "2001:db8:100::/64"]).expect("attach");
+    assert!(
+        out.contains("attached on be0") && out.contains("from 198.51.100.2/32, 2001:db8:100::/64"),
+        "{out}"
+    );
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["allow_any_source"], false);
+    assert_eq!(
+        st["allowed_sources"],
+        serde_json::json!(["198.51.100.2/32", "2001:db8:100::/64"])
+    );
+    let text = lb_decap(&backend_ns, pin_dir, &["status"]).unwrap();
+    assert!(
+        text.contains("sources:    198.51.100.2/32, 2001:db8:100::/64")
+            && text.contains("drop_untrusted_source"),
+        "{text}"
+    );
+
+    // Bad sources are refused with the reason, and change nothing.
+    for (bad, says) in [
+        (
+            vec!["-s", "198.51.100.7/24"],
+            "did you mean 198.51.100.0/24",
+        ),
+        (vec!["-s", "lb1.example"], "not an IP address or prefix"),
+        (
+            vec!["-s", OUTER_SRC_V4, "--allow-any-source"],
+            "cannot be used with",
+        ),
+    ] {
+        let err = attach(&bad).unwrap_err();
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    assert_eq!(
+        status(&backend_ns, pin_dir)["allowed_sources"],
+        st["allowed_sources"]
+    );
+
+    // Real frames over the veth: tunnels from the allowed sources are
+    // stripped, others dropped and counted; each under one counter.
+    let inner = udp4("203.0.113.9", 40000, VIP_V4, 53, b"hello");
+    let tunnel = |src: &str, dst: &str| {
+        if src.contains(':') {
+            let outer = outer_v6(src, dst, &inner, &flow_of(&inner));
+            frame(be_mac, peer_mac, None, ETH_IPV6, &cat(&outer, &inner))
+        } else {
+            let outer = outer_v4(src, dst, &inner);
+            frame(be_mac, peer_mac, None, ETH_IPV4, &cat(&outer, &inner))
+        }
+    };
+    let send_and_count = |frames: Vec<Vec<u8>>| {
+        let before = counters(&status(&backend_ns, pin_dir));
+        let n = frames.len() as u64;
+        peer_ns.send_frames("peer0", &frames);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let after = counters(&status(&backend_ns, pin_dir));
+            let total: u64 = moved(&before, &after).iter().map(|(_, n)| n).sum();
+            if total >= n || std::time::Instant::now() > deadline {
+                return moved(&before, &after);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let got = send_and_count(vec![
+        tunnel(OUTER_SRC_V4, BACKEND_V4[0]),
+        tunnel("2001:db8:100::7", BACKEND_V6[0]),
+        tunnel("198.51.100.3", BACKEND_V4[0]),
+        tunnel(CLIENT_V6, BACKEND_V6[0]),
+        tunnel("192.0.2.66", BACKEND_V4[0]),
+    ]);
+    assert_eq!(
+        got,
+        vec![
+            ("decapsulated".to_string(), 2),
+            ("drop_untrusted_source".to_string(), 3)
+        ]
+    );
+
+    // A repeated attach replaces the set: removing an LB node works.
+    let out = attach(&["-s", "192.0.2.0/24"]).expect("re-attach");
+    assert!(
+        out.contains("updated on be0") && out.contains("from 192.0.2.0/24"),
+        "{out}"
+    );
+    assert_eq!(
+        status(&backend_ns, pin_dir)["allowed_sources"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+    let got = send_and_count(vec![
+        tunnel(OUTER_SRC_V4, BACKEND_V4[0]),
+        tunnel("2001:db8:100::7", BACKEND_V6[0]),
+        tunnel("192.0.2.66", BACKEND_V4[0]),
+    ]);
+    assert_eq!(
+        got,
+        vec![
+            ("decapsulated".to_string(), 1),
+            ("drop_untrusted_source".to_string(), 2)
+        ]
+    );
+
+    // The explicit opt-out: any source, and the list is gone.
+    let out = attach(&["--allow-any-source"]).expect("re-attach, any source");
+    assert!(out.contains("from any source"), "{out}");
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["allow_any_source"], true);
+    assert_eq!(st["allowed_sources"], serde_json::json!([]));
+    let got = send_and_count(vec![
+        tunnel(CLIENT_V4, BACKEND_V4[0]),
+        tunnel(CLIENT_V6, BACKEND_V6[0]),
+    ]);
+    assert_eq!(got, vec![("decapsulated".to_string(), 2)]);
+
+    lb_decap(&backend_ns, pin_dir, &["detach", "-i", "be0"]).expect("detach");
+}
+
+/// Pins as the release before the allowlist left them: a counter map with
+/// one row per reason it knew (4), the address map, no source maps.
+fn pin_previous_release(pin_dir: &str, counts: &[(u32, u64)]) {
+    use aya::maps::{HashMap, PerCpuArray, PerCpuValues};
+    use lb_common::maps::DecapAddr;
+    std::fs::create_dir_all(pin_dir).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let mut stats = PerCpuArray::<_, u64>::create(4, 0).unwrap();
+    for (row, count) in counts {
+        let values = PerCpuValues::try_from(vec![*count; cpus]).unwrap();
+        stats.set(*row, values, 0).unwrap();
+    }
+    stats.pin(format!("{pin_dir}/DECAP_STATS")).unwrap();
+    let mut addrs = HashMap::<_, DecapAddr, u32>::create(64, 0).unwrap();
+    let (addr, family) = lb_userspace::addr::to_map(BACKEND_V4[0].parse().unwrap());
+    let key = DecapAddr {
+        addr,
+        family,
+        _pad: [0; 3],
+    };
+    addrs.insert(key, 1, 0).unwrap();
+    addrs.pin(format!("{pin_dir}/DECAP_ADDRS")).unwrap();
+}
+
+#[test]
+fn cp_decap_attach_over_a_previous_release_grows_its_counters_and_adds_the_allowlist() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    veth(&peer_ns, "peer0", &backend_ns, "be0");
+    let pins = PinDir::new("decapold");
+    let pin_dir = pins.0.as_str();
+    pin_previous_release(pin_dir, &[(0, 3), (1, 2)]);
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+
+    // Before the new attach: what the old program does is shown as it is.
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(
+        st["allow_any_source"], true,
+        "the old program checks no source"
+    );
+    assert_eq!(st["counters"]["decapsulated"], 3 * cpus);
+    assert_eq!(st["counters"]["pass_not_tunnel"], 2 * cpus);
+    assert_eq!(
+        st["counters"]["drop_untrusted_source"],
+        serde_json::Value::Null
+    );
+    let text = lb_decap(&backend_ns, pin_dir, &["status"]).unwrap();
+    assert!(
+        text.contains("attached by an older lb-decap")
+            && text.contains("- (not counted until the next attach)"),
+        "{text}"
+    );
+    // Reading changed nothing on disk.
+    assert!(!std::path::Path::new(&format!("{pin_dir}/DECAP_SOURCES")).exists());
+
+    lb_decap(
+        &backend_ns,
+        pin_dir,
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V6[0],
+            "-s",
+            OUTER_SRC_V4,
+        ],
+    )
+    .expect("attach over the old pins");
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["allow_any_source"], false);
+    assert_eq!(
+        st["allowed_sources"],
+        serde_json::json!(["198.51.100.2/32"])
+    );
+    assert_eq!(
+        st["addresses"],
+        serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]]),
+        "the old address map is kept"
+    );
+    assert_eq!(
+        st["counters"]["decapsulated"],
+        3 * cpus,
+        "counts carried over"
+    );
+    assert_eq!(st["counters"]["drop_untrusted_source"], 0);
+
+    // The new rows count.
+    let inner = udp4(CLIENT_V4, 40000, VIP_V4, 53, b"hello");
+    let outer = outer_v4("192.0.2.66", BACKEND_V4[0], &inner);
+    let f = frame(
+        backend_ns.mac("be0"),
+        peer_ns.mac("peer0"),
+        None,
+        ETH_IPV4,
+        &cat(&outer, &inner),
+    );
+    peer_ns.send_frames("peer0", &[f]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(&backend_ns, pin_dir)["counters"]["drop_untrusted_source"] != 1
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        status(&backend_ns, pin_dir)["counters"]["drop_untrusted_source"],
+        1
+    );
+    lb_decap(&backend_ns, pin_dir, &["detach", "-i", "be0"]).expect("detach");
 }

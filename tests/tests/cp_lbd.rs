@@ -1119,7 +1119,17 @@ fn cp_lbd_and_lb_decap_refuse_a_private_bpffs_under_ip_netns_exec() {
     );
     let decap = run(
         "lb-decap",
-        &["--pin-dir", &decap_pins, "attach", "-i", "lb0", "-a", B1],
+        &[
+            "--pin-dir",
+            &decap_pins,
+            "attach",
+            "-i",
+            "lb0",
+            "-a",
+            B1,
+            "--allow-source",
+            "198.51.100.2",
+        ],
     );
     let stderr = String::from_utf8_lossy(&decap.stderr);
     assert!(!decap.status.success(), "lb-decap must refuse: {stderr}");

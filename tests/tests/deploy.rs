@@ -222,7 +222,8 @@ fn grafana_dashboard_queries_only_metrics_lbd_exports() {
 }
 
 /// The backend unit's own commands, with its own capability set, attach
-/// lb_decap to an interface and detach it.
+/// lb_decap to an interface, accepting tunnels from the sources the unit
+/// names (never from any source), and detach it.
 #[test]
 fn deploy_lb_decap_unit_commands_attach_and_detach() {
     let unit = include_str!("../../deploy/systemd/lb-decap.service");
@@ -259,9 +260,7 @@ fn deploy_lb_decap_unit_commands_attach_and_detach() {
     let ns = Netns::new("decapunit");
     veth(&ns, "a0", &ns, "b0");
     let pin_dir = format!("/sys/fs/bpf/lbt-decapunit-{}-0", std::process::id());
-    let run = |line: &str| {
-        let words = expand(line, "a0");
-        assert!(words[0].ends_with("/lb-decap"), "{words:?}");
+    let run_words = |words: &[String]| {
         let out = std::process::Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", ns.name))
             .arg("setpriv")
@@ -276,12 +275,40 @@ fn deploy_lb_decap_unit_commands_attach_and_detach() {
             "{words:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let run = |line: &str| {
+        let words = expand(line, "a0");
+        assert!(words[0].ends_with("/lb-decap"), "{words:?}");
+        run_words(&words)
+    };
+    let start = expand(get("ExecStart"), "a0");
+    assert!(
+        !start.iter().any(|w| w == "--allow-any-source"),
+        "the shipped unit must not opt out of the source check: {start:?}"
+    );
+    let sources: Vec<String> = start
+        .windows(2)
+        .filter(|w| w[0] == "--allow-source")
+        .map(|w| {
+            lb_userspace::decap_sources::parse_source(&w[1])
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!sources.is_empty(), "{start:?}");
     run(get("ExecStart"));
     let attached = ns.exec(&["ip", "-details", "link", "show", "a0"]);
+    let status: serde_json::Value = serde_json::from_str(&run_words(&[
+        start[0].clone(),
+        "status".into(),
+        "--json".into(),
+    ]))
+    .unwrap();
     run(get("ExecStop"));
     let detached = ns.exec(&["ip", "-details", "link", "show", "a0"]);
     let _ = std::fs::remove_dir_all(&pin_dir);
     assert!(attached.contains("prog/xdp"), "{attached}");
+    assert_eq!(status["allowed_sources"], serde_json::json!(sources));
     assert!(!detached.contains("prog/xdp"), "{detached}");
 }

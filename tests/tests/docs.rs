@@ -734,13 +734,19 @@ mod decap_example {
     use lb_common::maps::PROG_DECAP;
     use lb_userspace::{
         datapath::{Datapath, MapSizes},
+        decap_sources::{DecapSources, IpNet},
         maps::Maps,
     };
 
-    /// Attach `lb_decap` to `iface` and accept tunnels addressed to `addrs`.
+    /// Attach `lb_decap` to `iface` and accept tunnels addressed to `addrs`
+    /// from the load balancers' tunnel sources `lb_sources`.
     /// The program stays attached while the returned values are alive.
-    pub fn attach_decap(iface: &str, addrs: &[IpAddr]) -> anyhow::Result<(Datapath, Maps)> {
-        // Only DECAP_ADDRS and DECAP_STATS are used here: keep the other maps small.
+    pub fn attach_decap(
+        iface: &str,
+        addrs: &[IpAddr],
+        lb_sources: &[IpNet],
+    ) -> anyhow::Result<(Datapath, Maps)> {
+        // Only the DECAP_* maps are used here: keep the other maps small.
         let sizes = MapSizes {
             max_vips: 4,
             max_backends: 16,
@@ -753,6 +759,8 @@ mod decap_example {
         for addr in addrs {
             maps.add_decap_addr(*addr)?;
         }
+        // Before attaching: tunnels from anywhere else are dropped.
+        maps.set_decap_sources(&DecapSources::Only(lb_sources.to_vec()))?;
         dp.attach(PROG_DECAP, iface, XdpMode::Driver)?;
         Ok((dp, maps))
     }
