@@ -66,6 +66,8 @@ reasons!(Reason, REASON_COUNT {
     NewFlow = "new_flow", Event, "new flow (TCP SYN, or first UDP packet)";
     IcmpTooBig = "icmp_too_big", Event, "ICMP too-big about a VIP flow, sent to that flow's backend";
     Fragment = "fragment", Event, "IP fragment, of VIP traffic or not";
+    ConnProbation = "conn_probation", Event, "first non-SYN packet of an unknown flow: entered in the probation table, not the connection table";
+    ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

@@ -170,16 +170,28 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     mem::copy_addr(&mut p.flow.dst, &ip.dst_addr);
     let mut next = ip.next_hdr;
     let mut off = l3 + Ipv6Hdr::LEN;
+    let end = l3 + p.ip_len as usize;
     let mut later = false;
+    // Every problem with the chain, too long or an extension header cut
+    // short by the packet's end, is an extension-header problem
+    // (`PassIpv6ExtHeaders`): the IPv6 header itself was fine.
     for _ in 0..IPV6_MAX_EXT_HEADERS {
+        let is_ext = matches!(
+            next,
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+        );
+        // Each extension header is a multiple of 8 bytes, at least 8.
+        if is_ext && off + 8 > end {
+            return Err(Reason::PassIpv6ExtHeaders);
+        }
         match next {
             IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
-                let h: [u8; 2] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
+                let h: [u8; 2] = read(ctx, off).ok_or(Reason::PassIpv6ExtHeaders)?;
                 next = h[0];
                 off += (h[1] as usize + 1) * 8;
             }
             IPV6_EXT_FRAGMENT => {
-                let h: [u8; 8] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
+                let h: [u8; 8] = read(ctx, off).ok_or(Reason::PassIpv6ExtHeaders)?;
                 next = h[0];
                 p.frag_proto = h[0];
                 let offset_flags = be16([h[2], h[3]]);
@@ -202,11 +214,14 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
             _ => break,
         }
     }
+    // Still an extension header after the last one walked: too long a
+    // chain; or the last one walked claims more than the packet holds.
     if !later
-        && matches!(
-            next,
-            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
-        )
+        && (off > end
+            || matches!(
+                next,
+                IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+            ))
     {
         return Err(Reason::PassIpv6ExtHeaders);
     }

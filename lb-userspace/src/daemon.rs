@@ -41,14 +41,18 @@ use crate::{
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
-    maps::{Maps, MapsError},
+    maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, Metrics},
     netdev,
     sync::{self, SyncReport},
 };
 
-/// `status` counts connection entries up to this many (one syscall each).
+/// Where the kernel keeps no element count, `status` and metrics count
+/// table entries up to this many (one syscall each).
 const CONN_COUNT_LIMIT: usize = 200_000;
+/// Without the kernel's counts, metrics walk the tables once per this many
+/// one-second ticks.
+const WALK_EVERY_TICKS: u64 = 30;
 
 /// What the daemon knows of one backend's health.
 struct HealthRecord {
@@ -85,6 +89,8 @@ pub struct Daemon {
     /// Command-line settings that win over every configuration applied.
     node: NodeOverrides,
     started: Instant,
+    /// One-second ticks since the start.
+    ticks: u64,
     egress: image::Egress,
     pub metrics: Arc<Metrics>,
 }
@@ -121,6 +127,7 @@ impl Daemon {
             max_backends: t.max_backends,
             ring_size: t.ring_size,
             conn_entries: t.conn_entries,
+            probation_entries: t.probation_entries(),
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
         let adopted = Datapath::has_pinned_state(&config.pin_dir);
@@ -142,11 +149,12 @@ impl Daemon {
                     t.ring_size, live.ring_size
                 ));
             }
-            let (vips, backends, conns) = maps.capacities()?;
+            let have = maps.capacities()?;
             for (field, want, have) in [
-                ("max_vips", t.max_vips, vips),
-                ("max_backends", t.max_backends, backends),
-                ("conn_entries", t.conn_entries, conns),
+                ("max_vips", t.max_vips, have.vips),
+                ("max_backends", t.max_backends, have.backends),
+                ("conn_entries", t.conn_entries, have.conns),
+                ("probation_entries", t.probation_entries(), have.probation),
             ] {
                 if want != have {
                     differ.push(format!(
@@ -245,6 +253,7 @@ impl Daemon {
             adopted,
             node,
             started: Instant::now(),
+            ticks: 0,
             egress,
             metrics,
         };
@@ -470,6 +479,14 @@ impl Daemon {
             .update_from(&self.maps, &self.ids, &self.config, |k| {
                 self.health.get(k).is_none_or(|h| h.up)
             });
+        // The kernel's element counts cost a syscall each; a key walk (on
+        // kernels without them) costs one per entry, so it is done rarely.
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.maps.counts_in_kernel() || self.ticks % WALK_EVERY_TICKS == 1 {
+            if let Ok(fill) = self.maps.fill(CONN_COUNT_LIMIT) {
+                self.metrics.set_fill(&fill);
+            }
+        }
     }
 
     /// Re-read the configuration file (SIGHUP).
@@ -577,6 +594,10 @@ impl Daemon {
                     .map(|n| (r.name(), n))
             })
             .collect();
+        let fill = self.maps.fill(CONN_COUNT_LIMIT).ok();
+        let table = |t: Option<TableFill>| {
+            t.map(|t| json!({"entries": t.entries, "capacity": t.capacity, "fill": t.ratio()}))
+        };
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
@@ -592,8 +613,17 @@ impl Daemon {
             "backends": backends,
             "backends_up": up,
             "ring_size": self.config.tables.ring_size,
-            "connection_entries": self.maps.conn_count(CONN_COUNT_LIMIT),
+            "connection_entries": fill.as_ref().map(|f| f.conns.entries),
             "connection_table_size": self.config.tables.conn_entries,
+            "occupancy": {
+                "connections": table(fill.as_ref().map(|f| f.conns)),
+                "probation": table(fill.as_ref().map(|f| f.probation)),
+                "exact": fill.as_ref().map(|f| f.exact),
+                "counted_by": fill.as_ref().map(|f| match &f.method {
+                    FillMethod::Kernel => "kernel element count".to_string(),
+                    FillMethod::Walk(why) => format!("key walk, at most {CONN_COUNT_LIMIT} ({why})"),
+                }),
+            },
             "table_rebuilds": self.metrics.table_rebuilds.get(),
             "counters": reasons,
         })

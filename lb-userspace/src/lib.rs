@@ -16,6 +16,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod netdev;
+pub mod occupancy;
 pub mod ring_memory;
 pub mod sync;
 pub mod top;

@@ -345,6 +345,7 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         max_backends: 64,
         ring_size: 4093,
         conn_entries: 4096,
+        probation_entries: lb_common::maps::probation_entries_for(4096),
         frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
     };
     let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)

@@ -741,6 +741,7 @@ mod decap_example {
             max_backends: 16,
             ring_size: 251,
             conn_entries: 1024,
+            probation_entries: 16,
             frag_entries: 16,
         };
         let mut dp = Datapath::load(sizes)?;
