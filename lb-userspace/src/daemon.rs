@@ -157,6 +157,12 @@ impl Daemon {
                 ("probation_entries", t.probation_entries(), have.probation),
             ] {
                 if want != have {
+                    let derived = field == "probation_entries" && t.probation_entries.is_none();
+                    let field = if derived {
+                        "probation_entries (by default conn_entries / 8)"
+                    } else {
+                        field
+                    };
                     differ.push(format!(
                         "tables.{field} is {want} but the pinned map holds {have}"
                     ));
@@ -794,18 +800,32 @@ impl Daemon {
                 .map(|(k, _)| k.addr.to_string())
                 .unwrap_or_else(|| format!("id {id}"))
         };
-        if let Ok(Some(entry)) = self.maps.conn(&flow)
-            && self
-                .applied
-                .backends
-                .get(&entry.backend_id)
-                .is_some_and(|b| b.flags & BACKEND_F_DOWN == 0)
-        {
-            return Ok(json!({
-                "backend": describe(entry.backend_id),
-                "backend_id": entry.backend_id,
-                "reason": "connection entry (established flow keeps its backend)",
-            }));
+        let usable = |entry: &Option<lb_common::maps::ConnEntry>| {
+            entry.filter(|e| {
+                self.applied
+                    .backends
+                    .get(&e.backend_id)
+                    .is_some_and(|b| b.flags & BACKEND_F_DOWN == 0)
+            })
+        };
+        let entries = [
+            (
+                self.maps.conn(&flow),
+                "connection entry (established flow keeps its backend)",
+            ),
+            (
+                self.maps.probation_entry(&flow),
+                "probation entry (one packet seen; the next enters the connection table)",
+            ),
+        ];
+        for (entry, reason) in entries {
+            if let Some(entry) = usable(&entry.unwrap_or(None)) {
+                return Ok(json!({
+                    "backend": describe(entry.backend_id),
+                    "backend_id": entry.backend_id,
+                    "reason": reason,
+                }));
+            }
         }
         let hash = flow_hash(&flow, vip.flags & VIP_F_AFFINITY != 0);
         let slot = maglev_slot(hash, self.config.tables.ring_size);
@@ -824,7 +844,7 @@ impl Daemon {
             );
         }
         let note = if proto == PROTO_TCP {
-            " (a SYN is not entered in the connection table; the handshake's ACK is)"
+            " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)"
         } else {
             ""
         };

@@ -17,6 +17,7 @@ use lb_common::{
     stats::ReasonKind,
 };
 use lb_tests::{harness::*, packets::*};
+use lb_userspace::maps::FillMethod;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 /// Seed fixed for CI; `FUZZ_SEED` and `FUZZ_CASES` widen a local run.
@@ -381,6 +382,17 @@ fn real_flows_kept_through_a_spoofed_flood(proto: u8) -> usize {
         };
         assert_eq!(lb.run(&to_lb(&p)).action, XDP_TX);
     }
+    // The kernel's element counts agree with a walk over the keys.
+    let fill = lb.maps.fill(usize::MAX).unwrap();
+    assert_eq!(fill.method, FillMethod::Kernel);
+    assert_eq!(
+        (fill.conns.entries, fill.probation.entries),
+        (
+            lb.maps.conn_count(usize::MAX) as u64,
+            lb.maps.probation_count(usize::MAX) as u64
+        )
+    );
+    assert!(fill.probation.entries <= fill.probation.capacity as u64);
     (0..REAL_FLOWS)
         .filter(|&i| {
             let out = lb.run(&to_lb(&real_packet(proto, i)));
