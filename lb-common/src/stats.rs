@@ -50,7 +50,7 @@ reasons!(Reason, REASON_COUNT {
     PassShortFrame = "pass_short_frame", Passed, "frame shorter than its Ethernet/VLAN header";
     PassBadIpHeader = "pass_bad_ip_header", Passed, "truncated IP header, bad version, IHL or length";
     PassBadL4Header = "pass_bad_l4_header", Passed, "truncated TCP/UDP/ICMP header";
-    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain too long or unknown";
+    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain longer than four, or an extension header cut short";
     PassNonVip = "pass_non_vip", Passed, "not addressed to a VIP";
     PassFragUntracked = "pass_frag_untracked", Passed, "non-first fragment whose first fragment was not seen";
     DropNoBackend = "drop_no_backend", Dropped, "VIP has no backend in service";

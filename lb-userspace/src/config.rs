@@ -586,7 +586,7 @@ impl Config {
                 bad(format!("tables.{field}"), "must be at least 1".into());
             }
         }
-        if t.probation_entries() > t.conn_entries {
+        if t.conn_entries > 0 && t.probation_entries() > t.conn_entries {
             bad(
                 "tables.probation_entries".into(),
                 format!(
