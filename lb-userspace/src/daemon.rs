@@ -488,10 +488,10 @@ impl Daemon {
         // The kernel's element counts cost a syscall each; a key walk (on
         // kernels without them) costs one per entry, so it is done rarely.
         self.ticks = self.ticks.wrapping_add(1);
-        if self.maps.counts_in_kernel() || self.ticks % WALK_EVERY_TICKS == 1 {
-            if let Ok(fill) = self.maps.fill(CONN_COUNT_LIMIT) {
-                self.metrics.set_fill(&fill);
-            }
+        if (self.maps.counts_in_kernel() || self.ticks % WALK_EVERY_TICKS == 1)
+            && let Ok(fill) = self.maps.fill(CONN_COUNT_LIMIT)
+        {
+            self.metrics.set_fill(&fill);
         }
     }
 

@@ -618,7 +618,7 @@ fn golden_ipv6_truncated_extension_header_of_each_type_is_counted_as_extension_h
         ("fragment", atomic_fragment(7)),
     ];
     for (name, ext) in kinds {
-        let whole = with_ext_headers(&plain, &[ext.clone()]);
+        let whole = with_ext_headers(&plain, std::slice::from_ref(&ext));
         // The packet ends 4 bytes into the extension header.
         let ip = relength_v6(&whole[..IPV6_HLEN + 4]);
         assert_passed(
