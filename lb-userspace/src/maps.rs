@@ -16,6 +16,7 @@ use aya::{
     },
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
+use std::sync::OnceLock;
 
 /// A failed map operation. A cause is part of the message and is not also
 /// returned from `source()` (see `crate::errors`).
@@ -68,8 +69,10 @@ pub struct Maps {
     conns: HashMap<MapData, FlowKey, ConnEntry>,
     probation: HashMap<MapData, FlowKey, ConnEntry>,
     /// How entries are counted for `fill`: the kernel's own count where it
-    /// has one, else a bounded walk (and why).
-    counters: Result<(ElemCounter, ElemCounter), String>,
+    /// has one, else a bounded walk (and why). Set up on first use: it
+    /// reads the kernel's BTF, which users of the maps that never ask for
+    /// occupancy (lb-decap, the packet tests) need not pay for.
+    counters: OnceLock<Result<(ElemCounter, ElemCounter), String>>,
     frags: HashMap<MapData, FragKey, FragEntry>,
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, FlowStats>,
@@ -87,9 +90,6 @@ impl Maps {
         let ring_memory = RingMemory::new(rings.map())?;
         let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
         let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
-        let counters = ElemCounter::new(conns.map())
-            .and_then(|c| Ok((c, ElemCounter::new(probation.map())?)))
-            .map_err(|e: ElemCountError| e.to_string());
         Ok(Self {
             config: take(ebpf, MAP_CONFIG)?,
             vips: take(ebpf, MAP_VIPS)?,
@@ -98,7 +98,7 @@ impl Maps {
             ring_memory,
             conns,
             probation,
-            counters,
+            counters: OnceLock::new(),
             frags: take(ebpf, MAP_FRAGS)?,
             global_stats: take(ebpf, MAP_GLOBAL_STATS)?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
@@ -263,7 +263,15 @@ impl Maps {
     /// Whether `fill` reads the kernel's element counts (cheap) rather
     /// than walking keys.
     pub fn counts_in_kernel(&self) -> bool {
-        self.counters.is_ok()
+        self.counters().is_ok()
+    }
+
+    fn counters(&self) -> &Result<(ElemCounter, ElemCounter), String> {
+        self.counters.get_or_init(|| {
+            ElemCounter::new(self.conns.map())
+                .and_then(|c| Ok((c, ElemCounter::new(self.probation.map())?)))
+                .map_err(|e: ElemCountError| e.to_string())
+        })
     }
 
     /// How full the connection and probation tables are. From the kernel's
@@ -272,7 +280,7 @@ impl Maps {
     /// and then `exact` is false if a walk stopped at the limit.
     pub fn fill(&self, walk_limit: usize) -> Result<Fill, MapsError> {
         let caps = self.capacities()?;
-        let (conns, probation, method) = match &self.counters {
+        let (conns, probation, method) = match self.counters() {
             Ok((c, p)) => match (c.count(), p.count()) {
                 (Ok(c), Ok(p)) => (c, p, FillMethod::Kernel),
                 (Err(e), _) | (_, Err(e)) => {

@@ -548,6 +548,16 @@ mod tests {
                 mode: "native".into(),
             })
             .set(1);
+        let table = crate::maps::TableFill {
+            entries: 1,
+            capacity: 8,
+        };
+        m.set_fill(&Fill {
+            conns: table,
+            probation: table,
+            exact: true,
+            method: crate::maps::FillMethod::Kernel,
+        });
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

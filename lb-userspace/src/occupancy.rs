@@ -5,7 +5,7 @@
 //! 6.6 the kernel keeps a per-CPU element count in every hash map, LRU ones
 //! included (the LRU's own evictions decrement it), and the kfunc
 //! `bpf_map_sum_elem_count` sums it. No userspace interface reads it
-//! directly, so `ElemCounter` loads a five-instruction program that calls
+//! directly, so `ElemCounter` loads a three-instruction program that calls
 //! the kfunc on one map and returns the sum, and runs it with
 //! `BPF_PROG_TEST_RUN`: one syscall per count, whatever the map's size.
 //!
