@@ -433,8 +433,9 @@ fn cp_lbd_startup_failure_names_each_cause_once() {
     let paths = Paths::new("startfail");
     let mut config = base_config();
     // Far more connection-table entries than the kernel creates a map for
-    // (on an interface that exists: those are checked first).
-    config["tables"] = json!({"conn_entries": 4_000_000_000u32});
+    // (on an interface that exists: those are checked first). A small
+    // probation table, so the connection table is the map that fails.
+    config["tables"] = json!({"conn_entries": 4_000_000_000u32, "probation_entries": 1024});
     config["interfaces"] = json!([{"name": "lo"}]);
     config["pin_dir"] = paths.pin_dir.display().to_string().into();
     config["control"] = json!({"socket": paths.socket.display().to_string()});
