@@ -9,6 +9,7 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_CONNS: &str = "CONNS";
+pub const MAP_PROBATION: &str = "PROBATION";
 pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
@@ -29,12 +30,22 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 /// Maglev ring size M: a prime, so every backend's permutation covers the ring.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
+/// The probation table holds flows seen once; by default an eighth of the
+/// connection table (see `probation_entries_for`).
+pub const DEFAULT_PROBATION_ENTRIES: u32 = probation_entries_for(DEFAULT_CONN_ENTRIES);
 pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 14;
 /// Two rings (double buffer) per VIP.
 pub const DEFAULT_RING_ENTRIES: u32 = DEFAULT_MAX_VIPS * 2 * DEFAULT_RING_SIZE;
 pub const MAX_TX_PORTS: u32 = 64;
 pub const MAX_DECAP_ADDRS: u32 = 64;
 pub const MAX_DECAP_SOURCES: u32 = 256;
+
+/// The default probation-table size for a connection table of
+/// `conn_entries`: an eighth of it, at least one entry.
+pub const fn probation_entries_for(conn_entries: u32) -> u32 {
+    let n = conn_entries / 8;
+    if n == 0 { 1 } else { n }
+}
 
 /// A ring slot that holds no backend (the VIP has none in service).
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -152,7 +163,8 @@ pub fn entry_pins(entry: &ConnEntry, vip_id: u32, backend: &Backend) -> Result<(
     backend_serves(backend, vip_id)
 }
 
-/// Connection table value.
+/// Connection table value, and probation table value (the same layout: a
+/// flow in probation is pinned to its backend too).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {

@@ -50,7 +50,7 @@ reasons!(Reason, REASON_COUNT {
     PassShortFrame = "pass_short_frame", Passed, "frame shorter than its Ethernet/VLAN header";
     PassBadIpHeader = "pass_bad_ip_header", Passed, "truncated IP header, bad version, IHL or length";
     PassBadL4Header = "pass_bad_l4_header", Passed, "truncated TCP/UDP/ICMP header";
-    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain too long or unknown";
+    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain longer than four, or an extension header cut short";
     PassNonVip = "pass_non_vip", Passed, "not addressed to a VIP";
     PassFragUntracked = "pass_frag_untracked", Passed, "non-first fragment whose first fragment was not seen";
     DropNoBackend = "drop_no_backend", Dropped, "VIP has no backend in service";
@@ -68,6 +68,8 @@ reasons!(Reason, REASON_COUNT {
     Fragment = "fragment", Event, "IP fragment, of VIP traffic or not";
     PassIcmpQuotedFragment = "pass_icmp_quoted_fragment", Passed, "ICMP too-big quoting a non-first fragment: it holds no ports to find the flow by";
     DropL2DsrOffLink = "drop_l2_dsr_off_link", Dropped, "l2_dsr backend not on the LB's link: the FIB's next hop is a router, which would send the frame back to the VIP";
+    ConnProbation = "conn_probation", Event, "first non-SYN packet of an unknown flow: entered in the probation table, not the connection table";
+    ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

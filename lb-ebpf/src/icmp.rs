@@ -60,7 +60,16 @@ pub fn too_big_flow(ctx: &XdpContext, p: &Parsed) -> Result<Option<FlowKey>, Rea
         flow.src = ip.dst_addr;
         flow.dst = ip.src_addr;
         let next = ip.next_hdr;
-        let chain = ipv6_chain(ctx, next, inner_off + Ipv6Hdr::LEN, Reason::PassBadL4Header)?;
+        // The quote ends with the message (an ICMPv6 error quotes only as
+        // much of the packet as fits).
+        let end = p.l2.len() + p.ip_len as usize;
+        let chain = ipv6_chain(
+            ctx,
+            next,
+            inner_off + Ipv6Hdr::LEN,
+            end,
+            Reason::PassBadL4Header,
+        )?;
         flow.proto = chain.proto;
         (chain.l4_off, matches!(chain.fragment, Fragment::Later(_)))
     };

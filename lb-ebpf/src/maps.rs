@@ -31,6 +31,12 @@ pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, BPF
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
 
+/// Flows seen once, waiting for a second packet before they may enter
+/// `CONNS` (see `probation.rs`).
+#[map(name = "PROBATION")]
+pub static PROBATION: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_PROBATION_ENTRIES, 0);
+
 #[map(name = "FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(DEFAULT_FRAG_ENTRIES, 0);

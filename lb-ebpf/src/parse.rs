@@ -168,7 +168,16 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     p.flow.family = FAMILY_V6;
     mem::copy_addr(&mut p.flow.src, &ip.src_addr);
     mem::copy_addr(&mut p.flow.dst, &ip.dst_addr);
-    let chain = ipv6_chain(ctx, ip.next_hdr, l3 + Ipv6Hdr::LEN, Reason::PassBadIpHeader)?;
+    // Every problem with the chain, too long or an extension header cut
+    // short by the packet's end, is an extension-header problem: the IPv6
+    // header itself was fine.
+    let chain = ipv6_chain(
+        ctx,
+        ip.next_hdr,
+        l3 + Ipv6Hdr::LEN,
+        l3 + p.ip_len as usize,
+        Reason::PassIpv6ExtHeaders,
+    )?;
     p.flow.proto = chain.proto;
     p.l4_off = chain.l4_off;
     p.fragment = chain.fragment;
@@ -190,7 +199,8 @@ pub struct Ipv6Chain {
 
 /// Walk the extension headers after a fixed IPv6 header that names `next`
 /// and ends at `off`: hop-by-hop, routing, destination options and
-/// fragment, at most `IPV6_MAX_EXT_HEADERS` of them. Used for the packet
+/// fragment, at most `IPV6_MAX_EXT_HEADERS` of them, none reaching past
+/// `end` (the end of the IP packet holding them). Used for the packet
 /// itself and for the packet an ICMPv6 error quotes, which is where
 /// `truncated` (the reason for a header cut short) differs. A longer chain
 /// is `pass_ipv6_ext_headers`.
@@ -199,12 +209,21 @@ pub fn ipv6_chain(
     ctx: &XdpContext,
     mut next: u8,
     mut off: usize,
+    end: usize,
     truncated: Reason,
 ) -> Result<Ipv6Chain, Reason> {
     let mut fragment = Fragment::None;
     let mut frag_proto = 0;
     let mut later = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
+        let is_ext = matches!(
+            next,
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+        );
+        // Each extension header is a multiple of 8 bytes, at least 8.
+        if is_ext && off + 8 > end {
+            return Err(truncated);
+        }
         match next {
             IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
                 let h: [u8; 2] = read(ctx, off).ok_or(truncated)?;
@@ -235,6 +254,11 @@ pub fn ipv6_chain(
             _ => break,
         }
     }
+    // The last header walked claims more than the packet holds.
+    if !later && off > end {
+        return Err(truncated);
+    }
+    // Still an extension header after the last one walked: too long a chain.
     if !later
         && matches!(
             next,

@@ -126,6 +126,11 @@ pub struct Tables {
     /// Connection-table entries (LRU). Default 1048576.
     #[serde(default = "default_conn_entries")]
     pub conn_entries: u32,
+    /// Probation-table entries (LRU): flows seen once wait there for their
+    /// second packet before they may enter the connection table. Unset:
+    /// an eighth of `conn_entries` (see `probation_entries()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_entries: Option<u32>,
     /// Most VIPs. Default 64.
     #[serde(default = "default_max_vips")]
     pub max_vips: u32,
@@ -139,9 +144,21 @@ impl Default for Tables {
         Self {
             ring_size: default_ring_size(),
             conn_entries: default_conn_entries(),
+            probation_entries: None,
             max_vips: default_max_vips(),
             max_backends: default_max_backends(),
         }
+    }
+}
+
+impl Tables {
+    /// The probation table's size: as configured, else an eighth of the
+    /// connection table's. Big enough that a real flow's second packet
+    /// (the request after the handshake's ACK) finds its entry while a
+    /// flood of one-packet flows passes through; small beside `CONNS`.
+    pub fn probation_entries(&self) -> u32 {
+        self.probation_entries
+            .unwrap_or(lb_common::maps::probation_entries_for(self.conn_entries))
     }
 }
 
@@ -569,12 +586,23 @@ impl Config {
         }
         for (field, value) in [
             ("conn_entries", t.conn_entries),
+            ("probation_entries", t.probation_entries()),
             ("max_vips", t.max_vips),
             ("max_backends", t.max_backends),
         ] {
             if value == 0 {
                 bad(format!("tables.{field}"), "must be at least 1".into());
             }
+        }
+        if t.conn_entries > 0 && t.probation_entries() > t.conn_entries {
+            bad(
+                "tables.probation_entries".into(),
+                format!(
+                    "{} exceeds tables.conn_entries = {}: the probation table is a small waiting room in front of the connection table",
+                    t.probation_entries(),
+                    t.conn_entries
+                ),
+            );
         }
         if self.vips.len() > t.max_vips as usize {
             bad(

@@ -45,7 +45,7 @@ use crate::{
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
-    maps::{Maps, MapsError},
+    maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
     pin_lock::PinDirLock,
@@ -53,8 +53,12 @@ use crate::{
     sync::{self, SyncReport},
 };
 
-/// `status` counts connection entries up to this many (one syscall each).
+/// Where the kernel keeps no element count, `status` and metrics count
+/// table entries up to this many (one syscall each).
 const CONN_COUNT_LIMIT: usize = 200_000;
+/// Without the kernel's counts, metrics walk the tables once per this many
+/// one-second ticks.
+const WALK_EVERY_TICKS: u64 = 30;
 
 /// What a health checker's results are filed under: the backend, and
 /// which of its checkers sent them. A checker replaced because its check
@@ -113,6 +117,8 @@ pub struct Daemon {
     /// The configuration file's text the running configuration came from.
     file_text: String,
     state: StateWriter,
+    /// One-second ticks since the start.
+    ticks: u64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -169,6 +175,7 @@ impl Daemon {
             max_backends: t.max_backends,
             ring_size: t.ring_size,
             conn_entries: t.conn_entries,
+            probation_entries: t.probation_entries(),
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
         let mut dp = Datapath::load_pinned(sizes, &config.pin_dir).with_context(|| {
@@ -189,13 +196,20 @@ impl Daemon {
                     t.ring_size, live.ring_size
                 ));
             }
-            let (vips, backends, conns) = maps.capacities()?;
+            let have = maps.capacities()?;
             for (field, want, have) in [
-                ("max_vips", t.max_vips, vips),
-                ("max_backends", t.max_backends, backends),
-                ("conn_entries", t.conn_entries, conns),
+                ("max_vips", t.max_vips, have.vips),
+                ("max_backends", t.max_backends, have.backends),
+                ("conn_entries", t.conn_entries, have.conns),
+                ("probation_entries", t.probation_entries(), have.probation),
             ] {
                 if want != have {
+                    let derived = field == "probation_entries" && t.probation_entries.is_none();
+                    let field = if derived {
+                        "probation_entries (by default conn_entries / 8)"
+                    } else {
+                        field
+                    };
                     differ.push(format!(
                         "tables.{field} is {want} but the pinned map holds {have}"
                     ));
@@ -287,6 +301,7 @@ impl Daemon {
             node,
             started: Instant::now(),
             outlets,
+            ticks: 0,
             metrics,
             file_text,
             state: StateWriter::new(state_file),
@@ -554,6 +569,14 @@ impl Daemon {
             .update_from(&self.maps, &self.ids, &self.config, |k| {
                 self.health.get(k).is_none_or(|h| h.up)
             });
+        // The kernel's element counts cost a syscall each; a key walk (on
+        // kernels without them) costs one per entry, so it is done rarely.
+        self.ticks = self.ticks.wrapping_add(1);
+        if (self.maps.counts_in_kernel() || self.ticks % WALK_EVERY_TICKS == 1)
+            && let Ok(fill) = self.maps.fill(CONN_COUNT_LIMIT)
+        {
+            self.metrics.set_fill(&fill);
+        }
     }
 
     /// Compare the attached interfaces with those that exist now (a link
@@ -743,6 +766,10 @@ impl Daemon {
                     .map(|n| (r.name(), n))
             })
             .collect();
+        let fill = self.maps.fill(CONN_COUNT_LIMIT).ok();
+        let table = |t: Option<TableFill>| {
+            t.map(|t| json!({"entries": t.entries, "capacity": t.capacity, "fill": t.ratio()}))
+        };
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
@@ -754,8 +781,17 @@ impl Daemon {
             "backends": backends,
             "backends_up": up,
             "ring_size": self.config.tables.ring_size,
-            "connection_entries": self.maps.conn_count(CONN_COUNT_LIMIT),
+            "connection_entries": fill.as_ref().map(|f| f.conns.entries),
             "connection_table_size": self.config.tables.conn_entries,
+            "occupancy": {
+                "connections": table(fill.as_ref().map(|f| f.conns)),
+                "probation": table(fill.as_ref().map(|f| f.probation)),
+                "exact": fill.as_ref().map(|f| f.exact),
+                "counted_by": fill.as_ref().map(|f| match &f.method {
+                    FillMethod::Kernel => "kernel element count".to_string(),
+                    FillMethod::Walk(why) => format!("key walk, at most {CONN_COUNT_LIMIT} ({why})"),
+                }),
+            },
             "table_rebuilds": self.metrics.table_rebuilds.get(),
             "counters": reasons,
         })
@@ -931,22 +967,39 @@ impl Daemon {
                 .unwrap_or_else(|| format!("id {id}"))
         };
         let backend = |id: u32| self.maps.backend(id).map_err(|e| e.to_string());
+        // The program looks in the connection table, and only when the
+        // flow has no entry there, in the probation table.
+        let conn = self.maps.conn(&flow).map_err(|e| e.to_string())?;
+        let (entry, table, holds) = match conn {
+            Some(e) => (
+                Some(e),
+                "connection",
+                "connection entry (established flow keeps its backend)",
+            ),
+            None => (
+                self.maps
+                    .probation_entry(&flow)
+                    .map_err(|e| e.to_string())?,
+                "probation",
+                "probation entry (one packet seen; the next enters the connection table)",
+            ),
+        };
         let mut stale = None;
-        if let Some(entry) = self.maps.conn(&flow).map_err(|e| e.to_string())? {
+        if let Some(entry) = entry {
             match entry_pins(&entry, vip.id, &backend(entry.backend_id)?) {
                 Ok(()) => {
                     return Ok(json!({
                         "backend": describe(entry.backend_id),
                         "backend_id": entry.backend_id,
-                        "reason": "connection entry (established flow keeps its backend)",
+                        "reason": holds,
                     }));
                 }
                 Err(_) if entry.vip_id != vip.id => {
-                    stale = Some("its connection entry was made for another VIP".to_string());
+                    stale = Some(format!("its {table} entry was made for another VIP"));
                 }
                 Err(why) => {
                     stale = Some(format!(
-                        "its connection entry names backend id {} ({}), which can no longer take it: {}",
+                        "its {table} entry names backend id {} ({}), which can no longer take it: {}",
                         entry.backend_id,
                         describe(entry.backend_id),
                         why.help()
@@ -984,7 +1037,7 @@ impl Daemon {
             }));
         }
         let note = if proto == PROTO_TCP {
-            " (a SYN is not entered in the connection table; the handshake's ACK is)"
+            " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)"
         } else {
             ""
         };

@@ -23,6 +23,9 @@ pub struct MapSizes {
     /// Maglev ring size M (a prime).
     pub ring_size: u32,
     pub conn_entries: u32,
+    /// Flows seen once, waiting for their second packet before they may
+    /// enter the connection table.
+    pub probation_entries: u32,
     pub frag_entries: u32,
 }
 
@@ -33,6 +36,7 @@ impl Default for MapSizes {
             max_backends: DEFAULT_MAX_BACKENDS,
             ring_size: DEFAULT_RING_SIZE,
             conn_entries: DEFAULT_CONN_ENTRIES,
+            probation_entries: DEFAULT_PROBATION_ENTRIES,
             frag_entries: DEFAULT_FRAG_ENTRIES,
         }
     }
@@ -152,6 +156,7 @@ impl Datapath {
             .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
             .map_max_entries(MAP_RINGS, ring_entries)
             .map_max_entries(MAP_CONNS, sizes.conn_entries)
+            .map_max_entries(MAP_PROBATION, sizes.probation_entries)
             .map_max_entries(MAP_FRAGS, sizes.frag_entries);
         if let Some((dir, names)) = pins {
             for name in names {
@@ -197,6 +202,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_BACKENDS,
     MAP_RINGS,
     MAP_CONNS,
+    MAP_PROBATION,
     MAP_FRAGS,
     MAP_GLOBAL_STATS,
     MAP_VIP_STATS,

@@ -20,6 +20,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod netdev;
+pub mod occupancy;
 pub mod onlink;
 pub mod pin_lock;
 pub mod pinned_counters;

@@ -6,6 +6,7 @@
 use crate::{
     decap_sources::{self, DecapSources, IpNet},
     errors::chain,
+    occupancy::{ElemCountError, ElemCounter},
     ring_memory::RingMemory,
 };
 use aya::{
@@ -17,6 +18,7 @@ use aya::{
     },
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
+use std::sync::OnceLock;
 
 /// A failed map operation. A cause is part of the message and is not also
 /// returned from `source()` (see `crate::errors`).
@@ -69,6 +71,12 @@ pub struct Maps {
     rings: Array<MapData, u32>,
     ring_memory: RingMemory,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
+    probation: HashMap<MapData, FlowKey, ConnEntry>,
+    /// How entries are counted for `fill`: the kernel's own count where it
+    /// has one, else a bounded walk (and why). Set up on first use: it
+    /// reads the kernel's BTF, which users of the maps that never ask for
+    /// occupancy (lb-decap, the packet tests) need not pay for.
+    counters: OnceLock<Result<(ElemCounter, ElemCounter), String>>,
     frags: HashMap<MapData, FragKey, FragEntry>,
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, FlowStats>,
@@ -87,13 +95,17 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf, ring_size: u32) -> Result<Self, MapsError> {
         let rings: Array<MapData, u32> = take(ebpf, MAP_RINGS)?;
         let ring_memory = RingMemory::new(rings.map())?;
+        let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
+        let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
         Ok(Self {
             config: take(ebpf, MAP_CONFIG)?,
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
             ring_memory,
-            conns: take(ebpf, MAP_CONNS)?,
+            conns,
+            probation,
+            counters: OnceLock::new(),
             frags: take(ebpf, MAP_FRAGS)?,
             global_stats: take(ebpf, MAP_GLOBAL_STATS)?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
@@ -112,17 +124,18 @@ impl Maps {
         self.ring_size
     }
 
-    /// What the maps were created to hold: (VIPs, backends, connection
-    /// entries). Pinned maps keep the sizes they were created with.
-    pub fn capacities(&self) -> Result<(u32, u32, u32), MapsError> {
+    /// What the maps were created to hold. Pinned maps keep the sizes they
+    /// were created with.
+    pub fn capacities(&self) -> Result<Capacities, MapsError> {
         let of = |name: &'static str, data: &MapData| {
             data.info().map(|i| i.max_entries()).map_err(err(name))
         };
-        Ok((
-            of(MAP_VIPS, self.vips.map())?,
-            of(MAP_BACKENDS, self.backends.map())?,
-            of(MAP_CONNS, self.conns.map())?,
-        ))
+        Ok(Capacities {
+            vips: of(MAP_VIPS, self.vips.map())?,
+            backends: of(MAP_BACKENDS, self.backends.map())?,
+            conns: of(MAP_CONNS, self.conns.map())?,
+            probation: of(MAP_PROBATION, self.probation.map())?,
+        })
     }
 
     /// Write the global configuration. With `ring_size` non-zero this turns
@@ -236,10 +249,87 @@ impl Maps {
         }
     }
 
+    /// The flow's probation entry: it has been seen once.
+    pub fn probation_entry(&self, flow: &FlowKey) -> Result<Option<ConnEntry>, MapsError> {
+        match self.probation.get(flow, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(MapsError::Map {
+                name: MAP_PROBATION,
+                error,
+            }),
+        }
+    }
+
     /// Number of entries in the connection table, counting at most
-    /// `limit` (each one is a syscall).
+    /// `limit` (each one is a syscall). Tests use it for exact counts;
+    /// `fill` is the cheap way.
     pub fn conn_count(&self, limit: usize) -> usize {
         self.conns.keys().take(limit).filter(|k| k.is_ok()).count()
+    }
+
+    /// Number of entries in the probation table, as `conn_count`.
+    pub fn probation_count(&self, limit: usize) -> usize {
+        self.probation
+            .keys()
+            .take(limit)
+            .filter(|k| k.is_ok())
+            .count()
+    }
+
+    /// Whether `fill` reads the kernel's element counts (cheap) rather
+    /// than walking keys.
+    pub fn counts_in_kernel(&self) -> bool {
+        self.counters().is_ok()
+    }
+
+    fn counters(&self) -> &Result<(ElemCounter, ElemCounter), String> {
+        self.counters.get_or_init(|| {
+            ElemCounter::new(self.conns.map())
+                .and_then(|c| Ok((c, ElemCounter::new(self.probation.map())?)))
+                .map_err(|e: ElemCountError| e.to_string())
+        })
+    }
+
+    /// How full the connection and probation tables are. From the kernel's
+    /// element counts (one syscall each) where the kernel has them; else
+    /// by walking at most `walk_limit` keys of each (a syscall per key),
+    /// and then `exact` is false if a walk stopped at the limit.
+    pub fn fill(&self, walk_limit: usize) -> Result<Fill, MapsError> {
+        let caps = self.capacities()?;
+        let (conns, probation, method) = match self.counters() {
+            Ok((c, p)) => match (c.count(), p.count()) {
+                (Ok(c), Ok(p)) => (c, p, FillMethod::Kernel),
+                (Err(e), _) | (_, Err(e)) => {
+                    let (c, p) = self.walk(walk_limit);
+                    (c, p, FillMethod::Walk(e.to_string()))
+                }
+            },
+            Err(why) => {
+                let (c, p) = self.walk(walk_limit);
+                (c, p, FillMethod::Walk(why.clone()))
+            }
+        };
+        let walked = |n: u64| matches!(method, FillMethod::Walk(_)) && n >= walk_limit as u64;
+        Ok(Fill {
+            exact: !walked(conns) && !walked(probation),
+            conns: TableFill {
+                entries: conns,
+                capacity: caps.conns,
+            },
+            probation: TableFill {
+                entries: probation,
+                capacity: caps.probation,
+            },
+            method,
+        })
+    }
+
+    fn walk(&self, limit: usize) -> (u64, u64) {
+        (
+            self.conn_count(limit) as u64,
+            self.probation_count(limit) as u64,
+        )
     }
 
     pub fn frag(&self, key: &FragKey) -> Result<Option<FragEntry>, MapsError> {
@@ -502,6 +592,52 @@ impl Maps {
             .map_err(err(MAP_BACKEND_STATS))?;
         Ok(sum(&values))
     }
+}
+
+/// What the maps were created to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub vips: u32,
+    pub backends: u32,
+    pub conns: u32,
+    pub probation: u32,
+}
+
+/// Entries in one table, and how many it can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFill {
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+impl TableFill {
+    /// Entries per capacity, 0 to 1 (an LRU table never holds more).
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            self.entries as f64 / self.capacity as f64
+        }
+    }
+}
+
+/// How the entries were counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FillMethod {
+    /// The kernel's per-map element count.
+    Kernel,
+    /// A walk over the keys, bounded; why the kernel's count was not used.
+    Walk(String),
+}
+
+/// How full the connection and probation tables are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fill {
+    pub conns: TableFill,
+    pub probation: TableFill,
+    /// False when a bounded walk stopped before the end of a table.
+    pub exact: bool,
+    pub method: FillMethod,
 }
 
 fn clear(

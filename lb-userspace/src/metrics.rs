@@ -29,7 +29,7 @@ use crate::{
     config::{Config, Protocol},
     ids::{BackendKey, Ids, VipKeyOrd},
     image,
-    maps::Maps,
+    maps::{Fill, Maps},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +47,12 @@ pub struct BackendLabels {
 pub struct ReasonLabels {
     pub reason: String,
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `connections` or `probation`.
+    pub table: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +81,8 @@ pub struct Metrics {
     packets: Family<ReasonLabels, Counter>,
     pub attached: Family<InterfaceLabels, Gauge>,
     pub reattached: Family<InterfaceName, Counter>,
+    table_entries: Family<TableLabels, Gauge>,
+    table_capacity: Family<TableLabels, Gauge>,
     /// The per-VIP and per-backend label sets that have series, so that
     /// those of VIPs and backends gone from the configuration can be removed.
     series: Mutex<Series>,
@@ -107,6 +115,8 @@ impl Default for Metrics {
             packets: Family::default(),
             attached: Family::default(),
             reattached: Family::default(),
+            table_entries: Family::default(),
+            table_capacity: Family::default(),
             series: Mutex::new(Series::default()),
         };
         {
@@ -176,6 +186,16 @@ impl Default for Metrics {
                 "Times the program was attached again to an interface deleted and re-created",
                 m.reattached.clone(),
             );
+            r.register(
+                "conn_table_entries",
+                "Entries in the connection table and in its probation table",
+                m.table_entries.clone(),
+            );
+            r.register(
+                "conn_table_capacity",
+                "Entries the connection table and its probation table can hold",
+                m.table_capacity.clone(),
+            );
         }
         m
     }
@@ -197,6 +217,8 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("packets", "counter"),
     ("attached", "gauge"),
     ("reattach", "counter"),
+    ("conn_table_entries", "gauge"),
+    ("conn_table_capacity", "gauge"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -239,6 +261,19 @@ impl Metrics {
 
     fn series_lock(&self) -> std::sync::MutexGuard<'_, Series> {
         self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record how full the connection and probation tables are.
+    pub fn set_fill(&self, fill: &Fill) {
+        for (name, t) in [("connections", fill.conns), ("probation", fill.probation)] {
+            let l = TableLabels { table: name.into() };
+            self.table_entries
+                .get_or_create(&l)
+                .set(i64::try_from(t.entries).unwrap_or(i64::MAX));
+            self.table_capacity
+                .get_or_create(&l)
+                .set(i64::from(t.capacity));
+        }
     }
 
     /// Copy the data plane's counters (sums over CPUs) into the metrics.
@@ -531,6 +566,16 @@ mod tests {
                 interface: "eth0".into(),
             })
             .inc();
+        let table = crate::maps::TableFill {
+            entries: 1,
+            capacity: 8,
+        };
+        m.set_fill(&Fill {
+            conns: table,
+            probation: table,
+            exact: true,
+            method: crate::maps::FillMethod::Kernel,
+        });
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

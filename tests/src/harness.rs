@@ -126,13 +126,27 @@ impl Lb {
     /// Loaded, with the standard configuration written (gateway next hop,
     /// XDP_TX, MTU 1500), and no VIP.
     pub fn new() -> Self {
-        let sizes = MapSizes {
+        Self::with_sizes(Self::standard_sizes())
+    }
+
+    /// The map sizes of `new`: small, so loading is fast.
+    pub fn standard_sizes() -> MapSizes {
+        MapSizes {
             max_vips: 8,
             max_backends: 64,
             ring_size: RING,
             conn_entries: 1024,
+            probation_entries: 128,
             frag_entries: 64,
-        };
+        }
+    }
+
+    /// As `new`, with other map sizes (the ring size must stay `RING`).
+    pub fn with_sizes(sizes: MapSizes) -> Self {
+        assert_eq!(
+            sizes.ring_size, RING,
+            "the harness builds rings of RING slots"
+        );
         let mut dp = Datapath::load(sizes).expect("load the eBPF programs (are we root?)");
         let mut maps = Maps::take(&mut dp.ebpf, RING).expect("maps");
         maps.set_config(&Self::standard_config()).expect("config");

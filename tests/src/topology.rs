@@ -163,6 +163,7 @@ impl Topology {
             max_backends: 16,
             ring_size: 251,
             conn_entries: 1024,
+            probation_entries: 16,
             frag_entries: 16,
         };
         let mut decaps = Vec::new();

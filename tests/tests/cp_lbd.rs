@@ -94,12 +94,25 @@ impl Site {
         })
     }
 
-    /// Send `n` UDP datagrams to the VIP from distinct client ports.
+    /// Send one UDP datagram to the VIP from each client port: flows seen
+    /// once, on probation in the data plane.
     fn send_flows(&self, ports: std::ops::Range<u16>) {
+        self.send_datagrams(ports, 1);
+    }
+
+    /// Send two UDP datagrams to the VIP from each client port: established
+    /// flows, in the connection table.
+    fn establish_flows(&self, ports: std::ops::Range<u16>) {
+        self.send_datagrams(ports, 2);
+    }
+
+    fn send_datagrams(&self, ports: std::ops::Range<u16>, each: usize) {
         self.client.enter(|| {
             for port in ports {
                 let s = UdpSocket::bind((CLIENT, port)).expect("bind client port");
-                s.send_to(b"query", (VIP, 53)).expect("send");
+                for _ in 0..each {
+                    s.send_to(b"query", (VIP, 53)).expect("send");
+                }
             }
         });
     }
@@ -196,12 +209,13 @@ fn cp_every_lbctl_verb_changes_the_running_state() {
     });
     let stats = lbd.json(&["stats", "--interval", "0.2"]);
     assert_eq!(stats["vips"][0]["packets"], 20, "{stats}");
+    // One datagram each: the flows are on probation.
     let flow = lbd.json(&["flow", CLIENT, "40000", VIP, "53", "udp"]);
     assert!(
         flow["reason"]
             .as_str()
             .unwrap()
-            .starts_with("connection entry"),
+            .starts_with("probation entry"),
         "{flow}"
     );
     let backend = flow["backend"].as_str().unwrap();
@@ -367,6 +381,7 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         max_backends: 64,
         ring_size: 4093,
         conn_entries: 4096,
+        probation_entries: lb_common::maps::probation_entries_for(4096),
         frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
     };
     let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
@@ -440,8 +455,9 @@ fn cp_lbd_startup_failure_names_each_cause_once() {
     let paths = Paths::new("startfail");
     let mut config = base_config();
     // Far more connection-table entries than the kernel creates a map for
-    // (on an interface that exists: those are checked first).
-    config["tables"] = json!({"conn_entries": 4_000_000_000u32});
+    // (on an interface that exists: those are checked first). A small
+    // probation table, so the connection table is the map that fails.
+    config["tables"] = json!({"conn_entries": 4_000_000_000u32, "probation_entries": 1024});
     config["interfaces"] = json!([{"name": "lo"}]);
     config["pin_dir"] = paths.pin_dir.display().to_string().into();
     config["control"] = json!({"socket": paths.socket.display().to_string()});
@@ -508,9 +524,9 @@ fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
         Paths::new("restart"),
         site.config(&[B1, B2, B3], json!({"type": "none"})),
     );
-    site.send_flows(41000..41050);
-    wait_for("50 forwarded packets", Duration::from_secs(5), || {
-        counter(&lbd, "tx") >= 50
+    site.establish_flows(41000..41050);
+    wait_for("100 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 100
     });
     let conns_before = lbd.json(&["status"])["connection_entries"]
         .as_u64()
@@ -522,14 +538,14 @@ fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
 
     lbd.kill();
     // With lbd dead the program still forwards (the pinned link holds it).
-    site.send_flows(41050..41060);
+    site.establish_flows(41050..41060);
     std::thread::sleep(Duration::from_millis(300));
     lbd.restart();
     let status = lbd.json(&["status"]);
     assert_eq!(status["adopted_running_data_plane"], true);
     assert_eq!(status["interfaces"][0]["replaced_existing_program"], true);
     assert!(
-        status["counters"]["tx"].as_u64().unwrap() >= 60,
+        status["counters"]["tx"].as_u64().unwrap() >= 120,
         "forwarded while lbd was down: {status}"
     );
     assert!(status["connection_entries"].as_u64().unwrap() >= conns_before + 10);
@@ -550,7 +566,61 @@ fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
     }
     site.send_flows(41060..41070);
     wait_for("packets after the restart", Duration::from_secs(5), || {
-        counter(&lbd, "tx") >= 70
+        counter(&lbd, "tx") >= 130
+    });
+}
+
+/// `lbctl status`' occupancy of `table` (`connections` or `probation`).
+fn occupancy(lbd: &Lbd, table: &str) -> (u64, u64) {
+    let t = &lbd.json(&["status"])["occupancy"][table];
+    (
+        t["entries"].as_u64().unwrap(),
+        t["capacity"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn cp_status_and_metrics_show_table_occupancy_rising_with_flows() {
+    let site = Site::new();
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("occupancy"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    let status = lbd.json(&["status"]);
+    assert_eq!(
+        status["occupancy"]["counted_by"], "kernel element count",
+        "{status}"
+    );
+    assert_eq!(status["occupancy"]["exact"], true);
+    assert_eq!(occupancy(&lbd, "connections"), (0, 4096));
+    assert_eq!(occupancy(&lbd, "probation"), (0, 512));
+    // One datagram per flow: the probation table fills.
+    site.send_flows(45000..45040);
+    wait_for("40 flows on probation", Duration::from_secs(5), || {
+        occupancy(&lbd, "probation").0 == 40
+    });
+    assert_eq!(occupancy(&lbd, "connections").0, 0);
+    // A second datagram each: promoted into the connection table, and more.
+    site.send_flows(45000..45040);
+    site.establish_flows(45040..45060);
+    wait_for("60 connections", Duration::from_secs(5), || {
+        occupancy(&lbd, "connections").0 == 60
+    });
+    assert_eq!(occupancy(&lbd, "probation").0, 0);
+    let text = String::from_utf8(lbd.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("connections 60/4096 (1.5%)  probation 0/512 (0.0%)"),
+        "{text}"
+    );
+    // Metrics are refreshed once a second.
+    wait_for("occupancy in the metrics", Duration::from_secs(5), || {
+        let text = scrape(&site);
+        text.contains("lb_conn_table_entries{table=\"connections\"} 60")
+            && text.contains("lb_conn_table_entries{table=\"probation\"} 0")
+            && text.contains("lb_conn_table_capacity{table=\"connections\"} 4096")
+            && text.contains("lb_conn_table_capacity{table=\"probation\"} 512")
     });
 }
 
@@ -859,7 +929,8 @@ fn cp_restart_with_other_table_sizes_is_refused_and_forwarding_goes_on() {
     assert_eq!(
         failure,
         "lbd: starting: tables.max_backends is 128 but the pinned map holds 64; \
-         tables.conn_entries is 8192 but the pinned map holds 4096: table sizes \
+         tables.conn_entries is 8192 but the pinned map holds 4096; \
+         tables.probation_entries (by default conn_entries / 8) is 1024 but the pinned map holds 512: table sizes \
          change only with `lbd --teardown` first (drops connections), or revert the config"
     );
     // The refused start changed nothing: the pinned program forwards, and

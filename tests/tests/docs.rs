@@ -483,6 +483,8 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["tables"] = json!({"ring_size": 65536}),
         |v| v["tables"] = json!({"max_vips": 40000}),
         |v| v["tables"] = json!({"conn_entries": 0}),
+        |v| v["tables"] = json!({"probation_entries": 0}),
+        |v| v["tables"] = json!({"conn_entries": 4096, "probation_entries": 8192}),
         |v| {
             second_vip(v);
             v["tables"] = json!({"max_vips": 1});
@@ -752,6 +754,7 @@ mod decap_example {
             max_backends: 16,
             ring_size: 251,
             conn_entries: 1024,
+            probation_entries: 16,
             frag_entries: 16,
         };
         let mut dp = Datapath::load(sizes)?;

@@ -154,6 +154,7 @@ fn golden_ipv4_fragments_follow_their_first_fragment() {
             (Reason::ConnMiss, 1),
             (Reason::NewFlow, 1),
             (Reason::Fragment, 1),
+            (Reason::ConnProbation, 1),
         ],
     );
     assert_eq!(
@@ -207,6 +208,7 @@ fn golden_ipv6_fragments_follow_their_first_fragment() {
             (Reason::ConnMiss, 1),
             (Reason::NewFlow, 1),
             (Reason::Fragment, 1),
+            (Reason::ConnProbation, 1),
         ],
     );
     assert_eq!(
@@ -264,6 +266,7 @@ fn golden_ipv6_fragments_with_dest_opts_after_the_fragment_header_follow_the_fir
             (Reason::ConnMiss, 1),
             (Reason::NewFlow, 1),
             (Reason::Fragment, 1),
+            (Reason::ConnProbation, 1),
         ],
     );
     expect(
@@ -342,7 +345,9 @@ fn golden_later_fragment_without_its_first_is_passed_untracked() {
         f.clone(),
         &[(Reason::PassFragUntracked, 1), (Reason::Fragment, 1)],
     );
-    assert_eq!(lb.maps.conn_count(usize::MAX), 1);
+    // Only the first fragment's flow, seen once: on probation.
+    assert_eq!(lb.maps.probation_count(usize::MAX), 1);
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
 }
 
 #[test]
@@ -413,12 +418,14 @@ fn icmp_flow(icmp: &[u8]) -> FlowKey {
     k
 }
 
-/// Establish the client's TCP flow to the VIP with an ACK (entering it in
-/// the connection table), then take its backend out of the ring so the
-/// ring disagrees with the entry. Returns the entry's backend.
+/// Establish the client's TCP flow to the VIP with two ACKs (the first puts
+/// it on probation, the second enters it in the connection table), then
+/// take its backend out of the ring so the ring disagrees with the entry.
+/// Returns the entry's backend.
 fn establish_then_move_ring(lb: &mut Lb, key: &VipKey, ack: &[u8], all: &[BackendSpec]) -> u32 {
     let flow = flow_of(ack);
     let id = lb.ring_backend(key, &flow);
+    assert_eq!(lb.run(&to_lb(ack)).action, XDP_TX);
     assert_eq!(lb.run(&to_lb(ack)).action, XDP_TX);
     assert_eq!(lb.maps.conn(&flow).unwrap().unwrap().backend_id, id);
     let rest: Vec<BackendSpec> = all.iter().copied().filter(|b| b.id != id).collect();
@@ -448,6 +455,40 @@ fn golden_icmpv4_frag_needed_goes_to_the_connection_entry_backend() {
     );
     assert_eq!(lb.maps.conn(&flow_of(&ack)).unwrap(), entry);
     assert_eq!(lb.maps.conn_count(usize::MAX), 1);
+}
+
+#[test]
+fn golden_icmp_too_big_goes_to_the_probation_entry_backend_and_promotes_nothing() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let all = backends_v4();
+    lb.add_vip(key, 0, &all);
+    // One packet of the flow: on probation, pinned to the ring's backend.
+    let ack = tcp4(CLIENT_V4, 40003, VIP_V4, 80, Tcp::Ack, b"");
+    let flow = flow_of(&ack);
+    let id = lb.ring_backend(&key, &flow);
+    assert_eq!(lb.run(&to_lb(&ack)).action, XDP_TX);
+    let waiting = lb
+        .maps
+        .probation_entry(&flow)
+        .unwrap()
+        .expect("on probation");
+    let rest: Vec<BackendSpec> = all.iter().copied().filter(|b| b.id != id).collect();
+    lb.set_backends(&key, &rest);
+    assert_ne!(lb.ring_backend(&key, &flow), id);
+
+    let reply = tcp4(VIP_V4, 80, CLIENT_V4, 40003, Tcp::Ack, &[0x55; 1460]);
+    let icmp = frag_needed(&reply[..IPV4_HLEN + 8]);
+    expect(
+        &mut lb,
+        &to_lb(&icmp),
+        XDP_TX,
+        encapsulated(id, &icmp, &icmp_flow(&icmp)),
+        &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+    );
+    // The ICMP message is not the flow's second packet.
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), Some(waiting));
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
 }
 
 #[test]

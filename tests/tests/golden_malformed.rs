@@ -386,9 +386,14 @@ fn golden_ethernet_padding_after_ip_packet_is_forwarded() {
     );
     assert_eq!(
         moved(&before, &lb.counts()),
-        vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+        vec![
+            (Reason::Tx, 1),
+            (Reason::ConnMiss, 1),
+            (Reason::NewFlow, 1),
+            (Reason::ConnProbation, 1)
+        ]
     );
-    assert!(lb.maps.conn(&flow).unwrap().is_some());
+    assert!(lb.maps.probation_entry(&flow).unwrap().is_some());
 }
 
 #[test]
@@ -420,10 +425,19 @@ fn golden_ipv4_options_are_skipped_for_ports_and_carried_in_tunnel() {
         );
         assert_eq!(
             moved(&before, &lb.counts()),
-            vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::NewFlow, 1),
+                (Reason::ConnProbation, 1)
+            ]
         );
-        // The entry is keyed by the ports read past the options.
-        assert_eq!(lb.maps.conn(&flow).unwrap().unwrap().backend_id, id);
+        // The entry (on probation: a first packet) is keyed by the ports
+        // read past the options.
+        assert_eq!(
+            lb.maps.probation_entry(&flow).unwrap().unwrap().backend_id,
+            id
+        );
     }
 }
 
@@ -457,9 +471,17 @@ fn golden_ipv6_four_extension_headers_are_walked_to_the_ports() {
         // An atomic fragment is a whole datagram: no fragment event.
         assert_eq!(
             moved(&before, &lb.counts()),
-            vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::NewFlow, 1),
+                (Reason::ConnProbation, 1)
+            ]
         );
-        assert_eq!(lb.maps.conn(&flow).unwrap().unwrap().backend_id, id);
+        assert_eq!(
+            lb.maps.probation_entry(&flow).unwrap().unwrap().backend_id,
+            id
+        );
     }
 }
 
@@ -504,7 +526,7 @@ fn golden_ipv6_extension_header_past_the_packet_is_passed_untouched() {
     assert_passed(
         &mut lb,
         &to_lb(&ip),
-        Reason::PassBadIpHeader,
+        Reason::PassIpv6ExtHeaders,
         "hop-by-hop header cut",
     );
     // Two headers, the second cut after its first byte.
@@ -513,7 +535,7 @@ fn golden_ipv6_extension_header_past_the_packet_is_passed_untouched() {
     assert_passed(
         &mut lb,
         &to_lb(&ip),
-        Reason::PassBadIpHeader,
+        Reason::PassIpv6ExtHeaders,
         "second extension header cut",
     );
     // A hop-by-hop header claiming 16 bytes where 8 are: the UDP header it
@@ -527,6 +549,53 @@ fn golden_ipv6_extension_header_past_the_packet_is_passed_untouched() {
         "hop-by-hop length past the packet",
     );
     assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+}
+
+#[test]
+fn golden_ipv6_truncated_extension_header_of_each_type_is_counted_as_extension_header_problem() {
+    let mut lb = lb_with_vips();
+    let plain = udp6(CLIENT_V6, 40000, VIP_V6, 53, b"query");
+    let kinds = [
+        ("hop-by-hop", hop_by_hop()),
+        ("routing", routing()),
+        ("destination options", dest_opts()),
+        ("fragment", atomic_fragment(7)),
+    ];
+    for (name, ext) in kinds {
+        let whole = with_ext_headers(&plain, std::slice::from_ref(&ext));
+        // The packet ends 4 bytes into the extension header.
+        let ip = relength_v6(&whole[..IPV6_HLEN + 4]);
+        assert_passed(
+            &mut lb,
+            &to_lb(&ip),
+            Reason::PassIpv6ExtHeaders,
+            &format!("{name} header cut after 4 bytes"),
+        );
+        // The packet ends after the header's first 8 bytes, where the
+        // header says it is longer (fragment headers are always 8).
+        if ext.0 != 44 {
+            let mut ip = whole[..IPV6_HLEN + 8].to_vec();
+            ip[IPV6_HLEN + 1] = 1;
+            let ip = relength_v6(&ip);
+            assert_passed(
+                &mut lb,
+                &to_lb(&ip),
+                Reason::PassIpv6ExtHeaders,
+                &format!("{name} header longer than the packet"),
+            );
+        }
+        // Behind a complete hop-by-hop header, the same cut.
+        let two = with_ext_headers(&plain, &[hop_by_hop(), ext]);
+        let ip = relength_v6(&two[..IPV6_HLEN + 8 + 4]);
+        assert_passed(
+            &mut lb,
+            &to_lb(&ip),
+            Reason::PassIpv6ExtHeaders,
+            &format!("{name} header cut behind a hop-by-hop header"),
+        );
+    }
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+    assert_eq!(lb.maps.probation_count(usize::MAX), 0);
 }
 
 /// A frame with one VLAN tag of protocol `tpid`.
@@ -572,7 +641,12 @@ fn golden_single_vlan_tag_8021q_or_8021ad_is_kept_on_the_tunnel() {
         );
         assert_eq!(
             moved(&before, &lb.counts()),
-            vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::NewFlow, 1),
+                (Reason::ConnProbation, 1)
+            ]
         );
     }
 }

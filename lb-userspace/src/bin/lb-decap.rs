@@ -96,6 +96,7 @@ const SIZES: MapSizes = MapSizes {
     ring_size: 2,
     // LRU maps want at least one entry per CPU.
     conn_entries: 256,
+    probation_entries: 16,
     frag_entries: 256,
 };
 

@@ -567,14 +567,27 @@ fn print_status(v: &Value) {
         }
     }
     println!(
-        "vips {}  backends {} ({} healthy)  maglev table {} slots  connections {}/{}  table rebuilds {}",
-        v["vips"],
-        v["backends"],
-        v["backends_up"],
-        v["ring_size"],
-        v["connection_entries"],
-        v["connection_table_size"],
-        v["table_rebuilds"]
+        "vips {}  backends {} ({} healthy)  maglev table {} slots  table rebuilds {}",
+        v["vips"], v["backends"], v["backends_up"], v["ring_size"], v["table_rebuilds"]
+    );
+    let o = &v["occupancy"];
+    let fill = |t: &Value| {
+        format!(
+            "{}/{} ({:.1}%)",
+            t["entries"],
+            t["capacity"],
+            t["fill"].as_f64().unwrap_or(0.0) * 100.0
+        )
+    };
+    println!(
+        "connections {}  probation {}{}",
+        fill(&o["connections"]),
+        fill(&o["probation"]),
+        if o["exact"] == false {
+            "  (counted up to a limit)"
+        } else {
+            ""
+        }
     );
     if let Some(c) = v["counters"].as_object() {
         println!("counters:");
