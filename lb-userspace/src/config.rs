@@ -217,6 +217,17 @@ pub struct Vip {
     pub backends: Vec<BackendConfig>,
 }
 
+impl Vip {
+    /// Whether backends must also pass the probe through the tunnel
+    /// (`health_check.through_tunnel`): as set, else on for every `ipip`
+    /// VIP that has a check. `l2_dsr` has no tunnel, so never there.
+    pub fn checks_through_tunnel(&self) -> bool {
+        let applies =
+            self.forwarding == Forwarding::Ipip && self.health_check.kind != CheckKind::None;
+        applies && self.health_check.through_tunnel.unwrap_or(true)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -297,6 +308,12 @@ pub struct HealthCheck {
     /// Failures in a row to go down. Default 3.
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// Also probe the VIP through the tunnel, the way client packets reach
+    /// the backend, so a backend whose decapsulation is broken goes down.
+    /// Unset: on for `ipip` VIPs with a check (see
+    /// [`Vip::checks_through_tunnel`]); not allowed for `l2_dsr`.
+    #[serde(default)]
+    pub through_tunnel: Option<bool>,
 }
 
 impl Default for HealthCheck {
@@ -312,6 +329,7 @@ impl Default for HealthCheck {
             timeout_ms: default_timeout(),
             rise: default_rise(),
             fall: default_fall(),
+            through_tunnel: None,
         }
     }
 }
@@ -646,6 +664,7 @@ impl Config {
                 &format!("{at}.health_check"),
                 &mut bad,
             );
+            check_through_tunnel(vip, &self.tunnel_source, &at, &mut bad);
             let mut addrs = HashSet::new();
             for (b, backend) in vip.backends.iter().enumerate() {
                 let bat = format!("{at}.backends[{b}]");
@@ -757,6 +776,7 @@ fn check_health(h: &HealthCheck, vip_port: u16, at: &str, bad: &mut impl FnMut(S
     let probes = h.kind != CheckKind::None;
     let misplaced = [
         ("port", h.port.is_some() && !probes),
+        ("through_tunnel", h.through_tunnel.is_some() && !probes),
         ("path", h.path.is_some() && h.kind != CheckKind::Http),
         ("host", h.host.is_some() && h.kind != CheckKind::Http),
         ("payload", h.payload.is_some() && h.kind != CheckKind::Udp),
@@ -807,6 +827,49 @@ fn check_health(h: &HealthCheck, vip_port: u16, at: &str, bad: &mut impl FnMut(S
         bad(
             format!("{at}.payload"),
             "a udp check needs a payload to send".into(),
+        );
+    }
+}
+
+/// `health_check.through_tunnel` of `vip` (at `at`): only where there is
+/// a tunnel, and with a source for the probe's inner packet. That packet
+/// is of the VIP's family and comes from the tunnel source of that family,
+/// so a VIP of the other family than its backends needs both sources.
+fn check_through_tunnel(
+    vip: &Vip,
+    sources: &TunnelSource,
+    at: &str,
+    bad: &mut impl FnMut(String, String),
+) {
+    let field = format!("{at}.health_check.through_tunnel");
+    if vip.forwarding == Forwarding::L2Dsr && vip.health_check.through_tunnel.is_some() {
+        bad(
+            field,
+            "does not apply to l2_dsr forwarding: there is no tunnel to probe through".into(),
+        );
+        return;
+    }
+    if !vip.checks_through_tunnel() {
+        return;
+    }
+    let missing = match vip.address {
+        IpAddr::V4(_) if sources.ipv4.is_none() => Some(("IPv4", "tunnel_source.ipv4")),
+        IpAddr::V6(_) if sources.ipv6.is_none() => Some(("IPv6", "tunnel_source.ipv6")),
+        _ => None,
+    };
+    // Only backends are probed; one of the VIP's family already asks for
+    // that source by its own rule.
+    let other_family_only = !vip.backends.is_empty()
+        && vip
+            .backends
+            .iter()
+            .all(|b| b.address.is_ipv4() != vip.address.is_ipv4());
+    if let Some((family, source)) = missing.filter(|_| other_family_only) {
+        bad(
+            field,
+            format!(
+                "the probe of an {family} VIP through the tunnel is sent from {source}: set it, or set through_tunnel to false"
+            ),
         );
     }
 }
@@ -1109,6 +1172,76 @@ mod tests {
         );
         // With the FIB, lbd asks the kernel's routes instead (onlink.rs).
         v["next_hop"]["fib"] = true.into();
+        assert_eq!(problems(&v.to_string()), [""; 0]);
+    }
+
+    #[test]
+    fn through_tunnel_is_on_by_default_for_ipip_vips_with_a_check() {
+        use serde_json::json;
+        let cases = [
+            ("ipip", json!({"type": "http"}), true),
+            (
+                "ipip",
+                json!({"type": "http", "through_tunnel": false}),
+                false,
+            ),
+            (
+                "ipip",
+                json!({"type": "http", "through_tunnel": true}),
+                true,
+            ),
+            ("ipip", json!({"type": "none"}), false),
+            ("l2_dsr", json!({"type": "http"}), false),
+        ];
+        for (forwarding, check, on) in cases {
+            let mut v: serde_json::Value = serde_json::from_str(&with_check(80, check)).unwrap();
+            v["vips"][0]["forwarding"] = forwarding.into();
+            let c = Config::from_json(&v.to_string()).unwrap();
+            assert_eq!(c.vips[0].checks_through_tunnel(), on, "{v}");
+        }
+    }
+
+    #[test]
+    fn through_tunnel_is_refused_where_there_is_nothing_to_probe_through() {
+        use serde_json::json;
+        let mut v: serde_json::Value = serde_json::from_str(&with_check(
+            80,
+            json!({"type": "http", "through_tunnel": true}),
+        ))
+        .unwrap();
+        v["vips"][0]["forwarding"] = "l2_dsr".into();
+        assert_eq!(
+            problems(&v.to_string()),
+            [
+                "vips[0].health_check.through_tunnel: does not apply to l2_dsr forwarding: there is no tunnel to probe through"
+            ]
+        );
+        assert_eq!(
+            problems(&with_check(
+                80,
+                json!({"type": "none", "through_tunnel": false})
+            )),
+            ["vips[0].health_check.through_tunnel: does not apply to a none check"]
+        );
+    }
+
+    #[test]
+    fn through_tunnel_of_a_vip_with_backends_of_the_other_family_needs_its_source() {
+        use serde_json::json;
+        // An IPv6 VIP whose only backend is IPv4: the probe's inner packet
+        // is IPv6, from tunnel_source.ipv6.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&with_check(80, json!({"type": "tcp"}))).unwrap();
+        v["tunnel_source"] = json!({"ipv4": "198.51.100.2"});
+        v["vips"][0]["address"] = "2001:db8::10".into();
+        v["vips"][0]["backends"] = json!([{"address": "198.51.100.101"}]);
+        assert_eq!(
+            problems(&v.to_string()),
+            [
+                "vips[0].health_check.through_tunnel: the probe of an IPv6 VIP through the tunnel is sent from tunnel_source.ipv6: set it, or set through_tunnel to false"
+            ]
+        );
+        v["vips"][0]["health_check"]["through_tunnel"] = false.into();
         assert_eq!(problems(&v.to_string()), [""; 0]);
     }
 

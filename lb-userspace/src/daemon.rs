@@ -51,6 +51,7 @@ use crate::{
     pin_lock::PinDirLock,
     runtime_state::{self, StateWriter},
     sync::{self, SyncReport},
+    tunnel_probe::TunnelPath,
 };
 
 /// Where the kernel keeps no element count, `status` and metrics count
@@ -77,6 +78,8 @@ struct HealthRecord {
     generation: u64,
     check: HealthCheck,
     port: u16,
+    /// Where the probe through the tunnel goes, if the VIP has one.
+    tunnel: Option<TunnelPath>,
     checker: Option<tokio::task::JoinHandle<()>>,
     last_reason: String,
     last_latency: Option<Duration>,
@@ -458,19 +461,22 @@ impl Daemon {
             let vkey = image::vip_key(vip.address, vip.port, vip.protocol);
             let port = vip.health_check.port.unwrap_or(vip.port);
             for b in &vip.backends {
+                let tunnel = TunnelPath::of(&self.config.tunnel_source, vip, b.address);
                 wanted.insert(
                     BackendKey {
                         vip: vkey,
                         addr: b.address,
                     },
-                    (vip.health_check.clone(), port),
+                    (vip.health_check.clone(), port, tunnel),
                 );
             }
         }
         self.health.retain(|k, _| wanted.contains_key(k));
-        for (key, (check, port)) in wanted {
+        for (key, (check, port, tunnel)) in wanted {
             let current = self.health.get(&key);
-            if current.is_some_and(|h| h.check == check && h.port == port && h.checker.is_some()) {
+            if current.is_some_and(|h| {
+                h.check == check && h.port == port && h.tunnel == tunnel && h.checker.is_some()
+            }) {
                 continue;
             }
             let up = current
@@ -486,8 +492,14 @@ impl Daemon {
                 backend: key,
                 generation,
             };
-            let checker =
-                health::spawn_checker(check.clone(), target, check_key, up, self.health_tx.clone());
+            let checker = health::spawn_checker(
+                check.clone(),
+                target,
+                tunnel,
+                check_key,
+                up,
+                self.health_tx.clone(),
+            );
             self.health.insert(
                 key,
                 HealthRecord {
@@ -495,6 +507,7 @@ impl Daemon {
                     generation,
                     check,
                     port,
+                    tunnel,
                     checker: Some(checker),
                     last_reason: String::new(),
                     last_latency: None,
@@ -1154,6 +1167,7 @@ fn initial_health(
                     generation: 0,
                     check: vip.health_check.clone(),
                     port: vip.health_check.port.unwrap_or(vip.port),
+                    tunnel: None,
                     checker: None,
                     last_reason: String::new(),
                     last_latency: None,

@@ -28,6 +28,7 @@ pub mod ring_memory;
 pub mod runtime_state;
 pub mod sync;
 pub mod top;
+pub mod tunnel_probe;
 pub mod xdp_link;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.

@@ -16,7 +16,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::programs::XdpMode;
+use aya::programs::{XdpMode, xdp::XdpLinkId};
 use lb_common::maps::PROG_DECAP;
 use lb_userspace::{
     datapath::{Datapath, MapSizes},
@@ -66,8 +66,16 @@ pub struct Topology {
     /// backend (its tunnel addresses and counters), one as a pass-through
     /// on the bridge port facing the LB (a veth receiving XDP_TX frames
     /// needs an XDP program on its peer).
-    decap: Vec<(Datapath, Maps)>,
+    decap: Vec<Decap>,
     _pass: Datapath,
+}
+
+/// A backend's `lb_decap`: the program, its maps, and its attachment to
+/// the backend's eth0 while it has one.
+struct Decap {
+    dp: Datapath,
+    maps: Maps,
+    link: Option<XdpLinkId>,
 }
 
 fn sysctl(ns: &Netns, settings: &[&str]) {
@@ -247,9 +255,14 @@ impl Topology {
                     IpNet::from(IpAddr::V6(LB6)),
                 ]))
                 .expect("decap sources");
-            ns.enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
+            let link = ns
+                .enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
                 .expect("decap on a backend");
-            decaps.push((decap, decap_maps));
+            decaps.push(Decap {
+                dp: decap,
+                maps: decap_maps,
+                link: Some(link),
+            });
             // In this lab the client shares the backends' segment (real
             // clients sit behind a router the backends resolve). Replies
             // to it stalled on neighbour discovery for IPv6 here; a static
@@ -316,9 +329,23 @@ impl Topology {
     /// Tunnel packets backend `i` has received and decapsulated so far.
     pub fn tunnel_packets(&self, i: usize) -> u64 {
         self.decap[i]
-            .1
+            .maps
             .decap_count(lb_common::stats::DecapReason::Decapsulated)
             .expect("decap counter")
+    }
+
+    /// Detach backend `i`'s `lb_decap` from its eth0, as when its
+    /// interface is recreated: its service still answers on the backend
+    /// address, but tunnelled packets no longer reach it.
+    pub fn detach_decap(&mut self, i: usize) {
+        let decap = &mut self.decap[i];
+        let link = decap.link.take().expect("decap attached");
+        decap
+            .dp
+            .decap()
+            .expect("decap program")
+            .detach(link)
+            .expect("detach lb_decap");
     }
 
     /// lbd configuration for this topology: one VIP (IPv4, `port`,

@@ -329,6 +329,63 @@ fn cp_bad_configs_and_calls_are_rejected_and_change_nothing() {
     assert!(lbd.ctl(&["status"]).status.success());
 }
 
+/// `health_check.through_tunnel` exists only where there is a tunnel: on
+/// an `l2_dsr` VIP, set either way, `lbd --check` and `lbctl apply` reject
+/// it naming the field, and the running configuration stays as it was.
+#[test]
+fn cp_through_tunnel_on_an_l2_dsr_vip_is_rejected_naming_the_field() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("thrutun"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    let file = lbd.paths.dir.join("l2dsr.json");
+    let path = file.to_str().unwrap();
+    let message = "vips[0].health_check.through_tunnel: does not apply to l2_dsr forwarding: there is no tunnel to probe through";
+    // Without the FIB an l2_dsr backend needs its MAC.
+    let l2_dsr = |check: Value| {
+        let mut c = before.clone();
+        c["vips"][0]["forwarding"] = "l2_dsr".into();
+        c["vips"][0]["health_check"] = check;
+        for (i, b) in c["vips"][0]["backends"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            b["mac"] = format!("02:00:5e:00:53:0{i}").into();
+        }
+        c
+    };
+    for through_tunnel in [true, false] {
+        let bad =
+            l2_dsr(json!({"type": "udp", "payload": "ping", "through_tunnel": through_tunnel}));
+        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let out = lbd_output(&["--check", "--config", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lbd --check accepted {bad}");
+        assert_eq!(err.trim(), format!("lbd: {path}: {message}"));
+        let out = lbd.ctl(&["apply", "-f", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lbctl apply accepted {bad}");
+        assert_eq!(err.trim(), format!("lbctl: {message}"));
+        assert_eq!(lbd.json(&["config", "dump"]), before, "state changed");
+    }
+    // Without the field the same VIP is fine: its checks go direct.
+    let good = l2_dsr(json!({"type": "udp", "payload": "ping"}));
+    std::fs::write(&file, serde_json::to_vec(&good).unwrap()).unwrap();
+    let out = lbd.ctl(&["apply", "-f", path]);
+    assert!(out.status.success(), "{out:?}");
+    let now = lbd.json(&["config", "dump"]);
+    assert_eq!(now["vips"][0]["forwarding"], "l2_dsr");
+    assert_eq!(
+        now["vips"][0]["health_check"]["through_tunnel"],
+        Value::Null
+    );
+}
+
 /// Run `lbd` with `args` (no namespace: these fail before attaching).
 fn lbd_output(args: &[&str]) -> std::process::Output {
     Command::new(lb_tests::lbd::binary("lbd"))
@@ -627,8 +684,9 @@ fn cp_status_and_metrics_show_table_occupancy_rising_with_flows() {
 #[test]
 fn cp_failed_health_checks_take_a_backend_out_and_back() {
     let site = Site::new();
-    // TCP checks on port 8053 of each backend address, fast.
-    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3});
+    // TCP checks on port 8053 of each backend address, fast; the backends
+    // are addresses of the LB namespace, with no tunnel to probe through.
+    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3, "through_tunnel": false});
     let listeners: Vec<TcpListener> = site.lb.enter(|| {
         [B1, B2]
             .iter()

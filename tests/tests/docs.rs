@@ -509,6 +509,12 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["vips"][0]["health_check"] = json!({"type": "http", "path": "healthz"}),
         |v| v["vips"][0]["health_check"] = json!({"type": "udp"}),
         |v| v["vips"][0]["health_check"] = json!({"type": "none", "port": 8080}),
+        |v| v["vips"][0]["health_check"] = json!({"type": "none", "through_tunnel": false}),
+        |v| {
+            v["vips"][0]["forwarding"] = "l2_dsr".into();
+            v["vips"][0]["health_check"]["through_tunnel"] = true.into();
+        },
+        |v| v["vips"][0]["address"] = "2001:db8:100::10".into(),
         |v| {
             v["vips"][0]["port"] = 0.into();
             v["vips"][0]["health_check"] = json!({"type": "tcp"});
@@ -551,6 +557,42 @@ fn configuration_doc_error_messages_are_the_real_ones() {
                 "docs/configuration.md does not show the message\n  {message}\nof\n{text}"
             );
         }
+    }
+}
+
+/// The default of `health_check.through_tunnel` depends on two other
+/// fields, so it is written in words; this holds those words to the code.
+#[test]
+fn configuration_doc_states_the_through_tunnel_default() {
+    let path = "vips[].health_check.through_tunnel";
+    let row = table_row(CONFIGURATION, path).expect("a row for through_tunnel");
+    assert_eq!(
+        row[2],
+        "unset: `true` for an `ipip` VIP whose check `type` is not `none`, else `false`"
+    );
+    let cases = [
+        ("ipip", "http", true),
+        ("ipip", "tcp", true),
+        ("ipip", "udp", true),
+        ("ipip", "none", false),
+        ("l2_dsr", "http", false),
+        ("l2_dsr", "none", false),
+    ];
+    for (forwarding, kind, on) in cases {
+        let mut v = base();
+        v["vips"][0]["forwarding"] = forwarding.into();
+        v["vips"][0]["health_check"] = match kind {
+            "udp" => json!({"type": "udp", "payload": "ping"}),
+            _ => json!({"type": kind}),
+        };
+        let config = parse_config(&v.to_string(), "a through_tunnel case");
+        assert_eq!(
+            config.vips[0].checks_through_tunnel(),
+            on,
+            "{forwarding} VIP with a {kind} check"
+        );
+        // Unset, it stays unset: the default is decided where it is used.
+        assert_eq!(config.vips[0].health_check.through_tunnel, None);
     }
 }
 

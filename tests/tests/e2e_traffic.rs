@@ -144,3 +144,42 @@ fn e2e_udp_through_ipip_dsr_gets_echoes_from_backends() {
     let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
     assert_eq!(distinct.len(), 3, "{names:?}");
 }
+
+/// An IPv4 VIP on IPv6 backends: clients' packets and the check's probe
+/// through the tunnel both travel IPv4 in IPv6 (the probe from
+/// `tunnel_source.ipv4` inside, `tunnel_source.ipv6` outside), and the
+/// backends answer over IPv4.
+#[test]
+fn e2e_ipv4_vip_on_ipv6_backends_is_checked_and_served_through_ip6_tunnels() {
+    let topo = Topology::new(3);
+    // HTTP on [::]:80: the direct check goes to the IPv6 address.
+    let _servers: Vec<BackendServer> = topo.backends.iter().map(|b| b.serve()).collect();
+    let check = json!({"type": "http", "interval_ms": 200, "timeout_ms": 100});
+    let mut config = topo.lbd_config(80, "tcp", check);
+    config["vips"][0]["backends"] = topo
+        .backends
+        .iter()
+        .map(|b| json!({"address": b.addr6.to_string()}))
+        .collect::<Vec<_>>()
+        .into();
+    let lbd = Lbd::start(&topo.lb, Paths::new("v4in6"), config);
+    wait_healthy(&lbd, 3);
+    for b in lbd.json(&["backend", "list"]).as_array().unwrap() {
+        assert_eq!(
+            b["last_check"], "HTTP 200; through the tunnel: SYN-ACK",
+            "{b}"
+        );
+    }
+    let before: u64 = (0..3).map(|i| topo.tunnel_packets(i)).sum();
+    let names: std::collections::BTreeSet<String> = topo.client.enter(|| {
+        (0..60)
+            .map(|i| get("/").unwrap_or_else(|e| panic!("request {i}: {e}")))
+            .collect()
+    });
+    assert_eq!(names.len(), 3, "{names:?}");
+    let after: u64 = (0..3).map(|i| topo.tunnel_packets(i)).sum();
+    assert!(
+        after >= before + 60 * 3,
+        "{before} -> {after} tunnel packets"
+    );
+}
