@@ -154,7 +154,7 @@ impl Datapath {
 }
 
 /// Maps that outlive lbd: everything but per-packet scratch space.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -167,6 +167,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_TX_PORTS,
     MAP_DECAP_ADDRS,
     MAP_DECAP_STATS,
+    MAP_TOO_BIG_LIMIT,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -69,6 +69,7 @@ pub struct Maps {
     tx_ports: DevMapHash<MapData>,
     decap_addrs: HashMap<MapData, DecapAddr, u32>,
     decap_stats: PerCpuArray<MapData, u64>,
+    too_big_limit: Array<MapData, TooBigLimit>,
     ring_size: u32,
 }
 
@@ -91,6 +92,7 @@ impl Maps {
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
             decap_stats: take(ebpf, MAP_DECAP_STATS)?,
+            too_big_limit: take(ebpf, MAP_TOO_BIG_LIMIT)?,
             ring_size,
         })
     }
@@ -120,6 +122,19 @@ impl Maps {
 
     pub fn config(&self) -> Result<LbConfig, MapsError> {
         self.config.get(&0, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// Write the rate limit of ICMP too-big answers.
+    pub fn set_too_big_limit(&mut self, limit: &TooBigLimit) -> Result<(), MapsError> {
+        self.too_big_limit
+            .set(0, limit, 0)
+            .map_err(err(MAP_TOO_BIG_LIMIT))
+    }
+
+    pub fn too_big_limit(&self) -> Result<TooBigLimit, MapsError> {
+        self.too_big_limit
+            .get(&0, 0)
+            .map_err(err(MAP_TOO_BIG_LIMIT))
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {

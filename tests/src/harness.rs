@@ -12,7 +12,9 @@ use lb_common::{
 };
 use lb_userspace::{
     addr::to_map,
+    config::TooBigAnswers,
     datapath::{Datapath, MapSizes},
+    image::too_big_limit,
     maglev::{self, MaglevBackend},
     maps::Maps,
 };
@@ -123,7 +125,8 @@ pub fn vip_key(addr: &str, port: u16, proto: u8) -> VipKey {
 
 impl Lb {
     /// Loaded, with the standard configuration written (gateway next hop,
-    /// XDP_TX, MTU 1500), and no VIP.
+    /// XDP_TX, MTU 1500, lbd's default rate limit of ICMP too-big
+    /// answers), and no VIP.
     pub fn new() -> Self {
         let sizes = MapSizes {
             max_vips: 8,
@@ -135,6 +138,8 @@ impl Lb {
         let mut dp = Datapath::load(sizes).expect("load the eBPF programs (are we root?)");
         let mut maps = Maps::take(&mut dp.ebpf, RING).expect("maps");
         maps.set_config(&Self::standard_config()).expect("config");
+        maps.set_too_big_limit(&too_big_limit(&TooBigAnswers::default()))
+            .expect("too-big limit");
         Self {
             dp,
             maps,
@@ -249,9 +254,32 @@ impl Lb {
         self.maps.reason_count(reason).expect("stats")
     }
 
+    /// Every reason's counter, in `Reason::ALL` order.
+    pub fn counts(&self) -> Vec<u64> {
+        Reason::ALL.iter().map(|r| self.count(*r)).collect()
+    }
+
+    /// Run `frame`: the outcome, and the counters it moved with how much.
+    pub fn run_counted(&mut self, frame: &[u8]) -> (Outcome, Vec<(Reason, u64)>) {
+        let before = self.counts();
+        let out = self.run(frame);
+        (out, moved(&before, &self.counts()))
+    }
+
     pub fn decap_count(&self, reason: DecapReason) -> u64 {
         self.maps.decap_count(reason).expect("stats")
     }
+}
+
+/// The counters that changed between two `Lb::counts` snapshots, with how
+/// much.
+pub fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
+    Reason::ALL
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a != b)
+        .map(|(r, (b, a))| (*r, a - b))
+        .collect()
 }
 
 impl Default for Lb {

@@ -17,27 +17,11 @@ const IPV6_HLEN: usize = 40;
 const ROUTER_V4: &str = "192.0.2.1";
 const ROUTER_V6: &str = "2001:db8:ffff::1";
 
-fn counts(lb: &Lb) -> Vec<u64> {
-    Reason::ALL.iter().map(|r| lb.count(*r)).collect()
-}
-
-/// The counters that changed between two snapshots, with how much.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(r, (b, a))| (*r, a - b))
-        .collect()
-}
-
 /// Run `frame` and check the verdict, the whole output and exactly which
 /// counters moved.
 fn expect(lb: &mut Lb, frame: &[u8], action: u32, data: Vec<u8>, counted: &[(Reason, u64)]) {
-    let before = counts(lb);
-    let out = lb.run(frame);
-    let got = moved(&before, &counts(lb));
-    assert_eq!((out, got), (Outcome { action, data }, counted.to_vec()));
+    let got = lb.run_counted(frame);
+    assert_eq!(got, (Outcome { action, data }, counted.to_vec()));
 }
 
 /// Backend ids and addresses: 1..=3 IPv4, 11..=13 IPv6.
@@ -569,7 +553,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
     cases.push(("too-big about an echo reply", packet_too_big(&echo_reply)));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -580,7 +564,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassNonVip, 1)],
             "{what}"
         );
@@ -626,7 +610,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
     cases.push(("ICMPv4 header of 7 bytes".into(), cut));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -637,7 +621,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassBadL4Header, 1)],
             "{what}"
         );
