@@ -20,6 +20,7 @@ pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
+pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
 
 /// Program names in the object file.
 pub const PROG_LB: &str = "lb";
@@ -85,6 +86,21 @@ pub const CFG_F_NEXTHOP_FIB: u32 = 1;
 /// looked up once more with port 0. Without it, non-VIP traffic (most of a
 /// host's) costs one hash lookup instead of two.
 pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
+
+/// How often the load balancer may answer a packet too big for the tunnel
+/// with an ICMP too-big, the single entry of `TOO_BIG_LIMIT`: a token bucket
+/// per CPU, kept in credit nanoseconds so the data plane only adds and
+/// compares. A new map rather than fields of `LbConfig`, whose pinned
+/// layout has no room for them. All zero (never written) answers nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TooBigLimit {
+    /// Credit one answer costs: one second over the answers allowed per
+    /// second per CPU. 0: never answer.
+    pub interval_ns: u64,
+    /// Most credit a CPU saves up: `interval_ns` times the burst.
+    pub burst_ns: u64,
+}
 
 /// A virtual service: address, port (0 for a port-less VIP), protocol.
 #[repr(C)]
@@ -278,5 +294,6 @@ mod pod {
     unsafe impl aya::Pod for PortMac {}
     unsafe impl aya::Pod for DecapSource {}
     unsafe impl aya::Pod for DecapConfig {}
+    unsafe impl aya::Pod for TooBigLimit {}
     unsafe impl aya::Pod for FlowKey {}
 }

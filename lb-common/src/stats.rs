@@ -38,6 +38,9 @@ pub enum ReasonKind {
     Passed,
     /// Dropped (XDP_DROP).
     Dropped,
+    /// Answered by the load balancer itself instead of forwarded: an ICMP
+    /// error sent back to the client (XDP_TX).
+    Answered,
     /// Not a verdict: counted in addition to one.
     Event,
 }
@@ -55,7 +58,7 @@ reasons!(Reason, REASON_COUNT {
     PassFragUntracked = "pass_frag_untracked", Passed, "non-first fragment whose first fragment was not seen";
     DropNoBackend = "drop_no_backend", Dropped, "VIP has no backend in service";
     DropBackendDown = "drop_backend_down", Dropped, "ring still points at a backend marked down";
-    DropTooBig = "drop_too_big", Dropped, "encapsulated packet would exceed the MTU";
+    DropTooBig = "drop_too_big", Dropped, "encapsulated packet would exceed the MTU, not answered (no DF, rate limit, ICMP inside)";
     DropNoRoute = "drop_no_route", Dropped, "no next hop (FIB lookup failed, no gateway MAC)";
     DropNoTxPort = "drop_no_tx_port", Dropped, "egress interface not in the TX port map";
     DropEncapFailed = "drop_encap_failed", Dropped, "could not grow the packet headroom";
@@ -70,6 +73,7 @@ reasons!(Reason, REASON_COUNT {
     DropL2DsrOffLink = "drop_l2_dsr_off_link", Dropped, "l2_dsr backend not on the LB's link: the FIB's next hop is a router, which would send the frame back to the VIP";
     ConnProbation = "conn_probation", Event, "first non-SYN packet of an unknown flow: entered in the probation table, not the connection table";
     ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
+    AnswerTooBig = "answer_too_big", Answered, "encapsulated packet would exceed the MTU: answered with ICMP too-big";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

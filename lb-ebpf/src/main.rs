@@ -5,7 +5,7 @@
 //! The packet path reads top to bottom through the modules:
 //! parse -> vip -> conntrack (-> probation) -> maglev -> forward
 //! (encap / l2) -> stats, with icmp and fragment handling branching off
-//! after parse.
+//! after parse, and pmtu answering packets too big for the tunnel.
 #![no_std]
 #![no_main]
 // Map keys and values go to aya-ebpf by reference on purpose: a by-value
@@ -15,6 +15,7 @@
 mod balancer;
 mod bench;
 mod conntrack;
+mod csum;
 mod decap;
 mod forward;
 mod fragment;
@@ -24,6 +25,7 @@ mod maps;
 mod mem;
 mod packet;
 mod parse;
+mod pmtu;
 mod probation;
 mod stats;
 mod vip;

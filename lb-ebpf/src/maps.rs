@@ -73,6 +73,22 @@ pub static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 #[map(name = "DECAP_STATS")]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_REASON_COUNT, 0);
 
+#[map(name = "TOO_BIG_LIMIT")]
+pub static TOO_BIG_LIMIT: Array<TooBigLimit> = Array::with_max_entries(1, 0);
+
+/// A CPU's token bucket for ICMP too-big answers (`pmtu.rs`). Never
+/// pinned: a restart refills the buckets, which only allows one burst more.
+#[derive(Clone, Copy)]
+pub struct TooBigBucket {
+    /// Saved-up credit, at most `TooBigLimit::burst_ns`.
+    pub credit_ns: u64,
+    /// When the credit was last brought up to date.
+    pub last_ns: u64,
+}
+
+#[map(name = "TOO_BIG_BUCKET")]
+pub static TOO_BIG_BUCKET: PerCpuArray<TooBigBucket> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU working memory for one packet: the parsed headers and the FIB
 /// lookup's parameter block would not fit on the 512-byte BPF stack next to
 /// the rest of the packet path.

@@ -31,6 +31,7 @@ pub fn verdict(reason: Reason) -> u32 {
             Reason::Redirect => xdp_action::XDP_REDIRECT,
             _ => xdp_action::XDP_TX,
         },
+        ReasonKind::Answered => xdp_action::XDP_TX,
         ReasonKind::Dropped => xdp_action::XDP_DROP,
         ReasonKind::Passed | ReasonKind::Event => xdp_action::XDP_PASS,
     }

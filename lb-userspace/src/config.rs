@@ -34,11 +34,15 @@ pub struct Config {
     /// How the next hop towards backends is found.
     #[serde(default)]
     pub next_hop: NextHop,
-    /// Largest IP packet (bytes) the path to the backends carries; a packet
-    /// that would exceed it once encapsulated is dropped and counted
-    /// (`drop_too_big`). Default 1500.
+    /// Largest IP packet (bytes) the path to the backends carries. A client
+    /// packet that would exceed it once encapsulated is answered with an
+    /// ICMP too-big (`answer_too_big`) so the client sends smaller ones, or
+    /// dropped (`drop_too_big`). Default 1500.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// How often packets too big for `mtu` are answered with ICMP too-big.
+    #[serde(default)]
+    pub too_big_answers: TooBigAnswers,
     /// Sizes of the data plane's tables.
     #[serde(default)]
     pub tables: Tables,
@@ -115,6 +119,36 @@ impl Default for NextHop {
         }
     }
 }
+
+/// The rate limit of ICMP too-big answers: a token bucket on each CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TooBigAnswers {
+    /// Answers per second on each CPU; 0 answers none (too-big packets are
+    /// only dropped). Default 100.
+    #[serde(default = "default_too_big_per_second")]
+    pub per_second: u32,
+    /// Answers a CPU may send back to back after a quiet spell. Default 10.
+    #[serde(default = "default_too_big_burst")]
+    pub burst: u32,
+}
+
+impl Default for TooBigAnswers {
+    fn default() -> Self {
+        Self {
+            per_second: default_too_big_per_second(),
+            burst: default_too_big_burst(),
+        }
+    }
+}
+
+/// The IPv6 minimum link MTU (RFC 8200 section 5).
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Most ICMP too-big answers per second per CPU that can be configured.
+pub const MAX_TOO_BIG_PER_SECOND: u32 = 1_000_000;
+/// Largest burst of ICMP too-big answers that can be configured.
+pub const MAX_TOO_BIG_BURST: u32 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -399,6 +433,12 @@ fn yes() -> bool {
 fn default_mtu() -> u16 {
     1500
 }
+fn default_too_big_per_second() -> u32 {
+    100
+}
+fn default_too_big_burst() -> u32 {
+    10
+}
 fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/lbd")
 }
@@ -586,6 +626,22 @@ impl Config {
                 format!("{} is out of range 576..=9216", self.mtu),
             );
         }
+        let answers = &self.too_big_answers;
+        if answers.per_second > MAX_TOO_BIG_PER_SECOND {
+            bad(
+                "too_big_answers.per_second".into(),
+                format!(
+                    "{} is out of range 0..={MAX_TOO_BIG_PER_SECOND}",
+                    answers.per_second
+                ),
+            );
+        }
+        if !(1..=MAX_TOO_BIG_BURST).contains(&answers.burst) {
+            bad(
+                "too_big_answers.burst".into(),
+                format!("{} is out of range 1..={MAX_TOO_BIG_BURST}", answers.burst),
+            );
+        }
         let t = &self.tables;
         if t.ring_size < 7 || !is_prime(t.ring_size) {
             bad(
@@ -711,6 +767,27 @@ impl Config {
                         _ => {}
                     }
                 }
+            }
+            // IPv6 guarantees every path 1280 bytes, and clients discard an
+            // ICMPv6 too-big that reports less: a tunnel with less room
+            // would black-hole full-size IPv6 packets however they shrink.
+            let overhead = vip
+                .backends
+                .iter()
+                .map(|b| if b.address.is_ipv4() { 20 } else { 40 })
+                .max();
+            if let (IpAddr::V6(_), Forwarding::Ipip, Some(overhead)) =
+                (vip.address, vip.forwarding, overhead)
+                && (self.mtu as u32) < IPV6_MIN_MTU + overhead
+            {
+                bad(
+                    "mtu".into(),
+                    format!(
+                        "{} is too small for the IPv6 VIP {at}: IPv6 needs {IPV6_MIN_MTU} bytes inside the tunnel, with its {overhead}-byte header at least {}",
+                        self.mtu,
+                        IPV6_MIN_MTU + overhead
+                    ),
+                );
             }
             if vip.backends.len() as u64 * 10 > t.ring_size as u64 {
                 bad(
@@ -984,6 +1061,58 @@ mod tests {
         assert_eq!(
             problem(&text),
             "vips[0].backends[1].address: an IPv6 tunnel needs tunnel_source.ipv6"
+        );
+    }
+
+    #[test]
+    fn ipv6_vip_needs_1280_bytes_inside_its_tunnel() {
+        let v6 = GOOD.replace("198.51.100.10\"", "2001:db8::10\"");
+        let with_mtu = |text: &str, mtu: u16| {
+            let mut c: Config = serde_json::from_str(text).unwrap();
+            c.mtu = mtu;
+            c.validate()
+        };
+        // An IPv6 backend: 1280 + 40.
+        assert!(with_mtu(&v6, 1320).is_ok());
+        assert_eq!(
+            with_mtu(&v6, 1319).unwrap_err().to_string(),
+            "mtu: 1319 is too small for the IPv6 VIP vips[0]: IPv6 needs 1280 bytes inside the tunnel, with its 40-byte header at least 1320"
+        );
+        // IPv4 backends only: 1280 + 20.
+        let v4_backends = v6.replace("2001:db8::101", "198.51.100.102");
+        assert!(with_mtu(&v4_backends, 1300).is_ok());
+        assert!(with_mtu(&v4_backends, 1299).is_err());
+        // An IPv4 VIP, or L2 DSR (no tunnel), may use any mtu in range.
+        assert!(with_mtu(GOOD, 576).is_ok());
+        let l2 = v6.replace("\"port\": 80,", "\"port\": 80, \"forwarding\": \"l2_dsr\",");
+        assert!(with_mtu(&l2, 576).is_ok());
+    }
+
+    #[test]
+    fn too_big_answers_default_and_range() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert_eq!(
+            c.too_big_answers,
+            TooBigAnswers {
+                per_second: 100,
+                burst: 10
+            }
+        );
+        let off = GOOD.replace(
+            "\"vips\":",
+            "\"too_big_answers\": {\"per_second\": 0}, \"vips\":",
+        );
+        assert_eq!(
+            Config::from_json(&off).unwrap().too_big_answers.per_second,
+            0
+        );
+        let no_burst = GOOD.replace(
+            "\"vips\":",
+            "\"too_big_answers\": {\"burst\": 0}, \"vips\":",
+        );
+        assert_eq!(
+            problem(&no_burst),
+            "too_big_answers.burst: 0 is out of range 1..=10000"
         );
     }
 

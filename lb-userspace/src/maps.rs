@@ -87,6 +87,7 @@ pub struct Maps {
     decap_stats: PerCpuArray<MapData, u64>,
     decap_sources: LpmTrie<MapData, DecapSource, u32>,
     decap_config: Array<MapData, DecapConfig>,
+    too_big_limit: Array<MapData, TooBigLimit>,
     ring_size: u32,
 }
 
@@ -116,6 +117,7 @@ impl Maps {
             decap_stats: take(ebpf, MAP_DECAP_STATS)?,
             decap_sources: take(ebpf, MAP_DECAP_SOURCES)?,
             decap_config: take(ebpf, MAP_DECAP_CONFIG)?,
+            too_big_limit: take(ebpf, MAP_TOO_BIG_LIMIT)?,
             ring_size,
         })
     }
@@ -146,6 +148,19 @@ impl Maps {
 
     pub fn config(&self) -> Result<LbConfig, MapsError> {
         self.config.get(&0, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// Write the rate limit of ICMP too-big answers.
+    pub fn set_too_big_limit(&mut self, limit: &TooBigLimit) -> Result<(), MapsError> {
+        self.too_big_limit
+            .set(0, limit, 0)
+            .map_err(err(MAP_TOO_BIG_LIMIT))
+    }
+
+    pub fn too_big_limit(&self) -> Result<TooBigLimit, MapsError> {
+        self.too_big_limit
+            .get(&0, 0)
+            .map_err(err(MAP_TOO_BIG_LIMIT))
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {

@@ -12,8 +12,10 @@ use lb_common::{
 };
 use lb_userspace::{
     addr::to_map,
+    config::TooBigAnswers,
     datapath::{Datapath, MapSizes},
     decap_sources::{DecapSources, parse_source},
+    image::too_big_limit,
     maglev::{self, MaglevBackend},
     maps::Maps,
 };
@@ -124,7 +126,8 @@ pub fn vip_key(addr: &str, port: u16, proto: u8) -> VipKey {
 
 impl Lb {
     /// Loaded, with the standard configuration written (gateway next hop,
-    /// XDP_TX, MTU 1500), and no VIP.
+    /// XDP_TX, MTU 1500, lbd's default rate limit of ICMP too-big
+    /// answers), and no VIP.
     pub fn new() -> Self {
         Self::with_sizes(Self::standard_sizes())
     }
@@ -150,6 +153,8 @@ impl Lb {
         let mut dp = Datapath::load(sizes).expect("load the eBPF programs (are we root?)");
         let mut maps = Maps::take(&mut dp.ebpf, RING).expect("maps");
         maps.set_config(&Self::standard_config()).expect("config");
+        maps.set_too_big_limit(&too_big_limit(&TooBigAnswers::default()))
+            .expect("too-big limit");
         Self {
             dp,
             maps,
@@ -285,10 +290,16 @@ impl Lb {
         self.maps.reason_count(reason).expect("stats")
     }
 
-    /// Every reason's counter, in `Reason::ALL` order: a snapshot for
-    /// `moved`.
+    /// Every reason's counter, in `Reason::ALL` order.
     pub fn counts(&self) -> Vec<u64> {
         Reason::ALL.iter().map(|r| self.count(*r)).collect()
+    }
+
+    /// Run `frame`: the outcome, and the counters it moved with how much.
+    pub fn run_counted(&mut self, frame: &[u8]) -> (Outcome, Vec<(Reason, u64)>) {
+        let before = self.counts();
+        let out = self.run(frame);
+        (out, moved(&before, &self.counts()))
     }
 
     pub fn decap_count(&self, reason: DecapReason) -> u64 {

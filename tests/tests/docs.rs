@@ -142,6 +142,7 @@ fn kind_name(kind: ReasonKind) -> &'static str {
         ReasonKind::Forwarded => "forwarded",
         ReasonKind::Passed => "passed",
         ReasonKind::Dropped => "dropped",
+        ReasonKind::Answered => "answered",
         ReasonKind::Event => "event",
     }
 }
@@ -480,6 +481,14 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["interfaces"] = json!([{"name": "eth0"}, {"name": "eth0"}]),
         |v| v["next_hop"] = json!({"fib": false}),
         |v| v["mtu"] = 9300.into(),
+        |v| {
+            v["mtu"] = 1300.into();
+            v["tunnel_source"]["ipv6"] = "2001:db8:100::2".into();
+            v["vips"][0]["address"] = "2001:db8:100::10".into();
+            v["vips"][0]["backends"][1]["address"] = "2001:db8:200::3".into();
+        },
+        |v| v["too_big_answers"] = json!({"per_second": 2000000}),
+        |v| v["too_big_answers"] = json!({"burst": 0}),
         |v| v["tables"] = json!({"ring_size": 65536}),
         |v| v["tables"] = json!({"max_vips": 40000}),
         |v| v["tables"] = json!({"conn_entries": 0}),

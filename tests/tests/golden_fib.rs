@@ -520,3 +520,52 @@ fn golden_fib_l2_dsr_on_link_backend_gets_its_neighbour_and_never_the_gateway() 
         )
     );
 }
+
+#[test]
+fn golden_fib_route_mtu_too_small_is_answered_with_the_route_mtu() {
+    // `mtu` allows 1500, but the kernel's route to the backend says 1300
+    // (locked: a forwarding lookup ignores an unlocked route MTU): the
+    // client learns 1300 - 20 (the IPv4 tunnel header).
+    let site = Site::new();
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.112/28",
+        "via",
+        ROUTER_V4,
+        "dev",
+        "up0",
+        "mtu",
+        "lock",
+        "1300",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "198.51.100.113")],
+    );
+    let up = site.ns.ifindex("up0");
+    let fits = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Ack, &[0x55; 1280 - 40]);
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&fits)));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(&out.data[14 + 20..], &fits[..], "forwarded, encapsulated");
+    let big = to_lb(&tcp4(
+        CLIENT_V4,
+        40010,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        &[0x55; 1281 - 40],
+    ));
+    let out = site.ns.enter(|| lb.run_on(up, &big));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: too_big_answer(&big, None, 1280)
+        }
+    );
+    assert_eq!(lb.count(Reason::AnswerTooBig), 1);
+}

@@ -20,10 +20,8 @@ const ROUTER_V6: &str = "2001:db8:ffff::1";
 /// Run `frame` and check the verdict, the whole output and exactly which
 /// counters moved.
 fn expect(lb: &mut Lb, frame: &[u8], action: u32, data: Vec<u8>, counted: &[(Reason, u64)]) {
-    let before = lb.counts();
-    let out = lb.run(frame);
-    let got = moved(&before, &lb.counts());
-    assert_eq!((out, got), (Outcome { action, data }, counted.to_vec()));
+    let got = lb.run_counted(frame);
+    assert_eq!(got, (Outcome { action, data }, counted.to_vec()));
 }
 
 /// Backend ids and addresses: 1..=3 IPv4, 11..=13 IPv6.

@@ -29,22 +29,6 @@ fn addr_of(backends: &[BackendSpec], id: u32) -> String {
         .to_string()
 }
 
-/// The encapsulated frame the LB sends for `inner` to backend `to`.
-fn tunnelled(inner: &[u8], to: &str) -> Vec<u8> {
-    if to.contains(':') {
-        let outer = outer_v6(OUTER_SRC_V6, to, inner, &flow_of(inner));
-        frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV6, &cat(&outer, inner))
-    } else {
-        frame(
-            GATEWAY_MAC,
-            LB_MAC,
-            None,
-            ETH_IPV4,
-            &cat(&outer_v4(OUTER_SRC_V4, to, inner), inner),
-        )
-    }
-}
-
 #[test]
 fn golden_ipv4_udp_to_vip_is_encapsulated_ipip() {
     let mut lb = Lb::new();
@@ -344,36 +328,6 @@ fn golden_no_gateway_mac_and_no_fib_drops_no_route_untouched() {
     );
     assert_eq!(lb.count(Reason::DropNoRoute), 1);
     assert_eq!(lb.maps.vip_stats(0).unwrap().dropped, 1);
-}
-
-#[test]
-fn golden_packet_too_big_to_encapsulate_is_dropped_and_counted() {
-    let mut lb = Lb::new();
-    lb.add_vip(
-        vip_key(VIP_V4, 80, PROTO_TCP),
-        0,
-        &[BackendSpec::new(1, BACKEND_V4[0])],
-    );
-    // 1481 + 20 > 1500: too big; 1480 + 20 fits exactly.
-    let big = tcp4(CLIENT_V4, 40007, VIP_V4, 80, Tcp::Ack, &[0x55; 1441]);
-    assert_eq!(big.len(), 1481);
-    let frame_in = to_lb(&big);
-    assert_eq!(
-        lb.run(&frame_in),
-        Outcome {
-            action: XDP_DROP,
-            data: frame_in
-        }
-    );
-    assert_eq!(lb.count(Reason::DropTooBig), 1);
-    let fits = tcp4(CLIENT_V4, 40008, VIP_V4, 80, Tcp::Ack, &[0x55; 1440]);
-    assert_eq!(
-        lb.run(&to_lb(&fits)),
-        Outcome {
-            action: XDP_TX,
-            data: tunnelled(&fits, BACKEND_V4[0])
-        }
-    );
 }
 
 #[test]

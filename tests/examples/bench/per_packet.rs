@@ -100,6 +100,12 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         _pad: [0; 2],
     })
     .unwrap();
+    // Every too-big packet answered: no rate limit in the way of the timing.
+    maps.set_too_big_limit(&TooBigLimit {
+        interval_ns: 1,
+        burst_ns: 1_000_000,
+    })
+    .unwrap();
     let vips = [
         (vip_key(VIP_V4, 80, PROTO_TCP), 0, &BACKEND_V4[..]),
         (vip_key(VIP_V4, 53, PROTO_UDP), 0, &BACKEND_V4[..]),
@@ -160,6 +166,8 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
             .collect()
     };
     let new_flows = fresh(1, Tcp::Ack);
+    // 1481 bytes + the 20-byte tunnel header exceed the MTU of 1500.
+    let too_big = to_lb(&tcp4(CLIENT_V4, 40002, VIP_V4, 80, Tcp::Ack, &[0x55; 1441]));
     let syns = fresh(2, Tcp::Syn);
     let second_packets = fresh(3, Tcp::Ack);
     let cases: Vec<(&str, Vec<Vec<u8>>, u32, Before)> = vec![
@@ -206,6 +214,12 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
             Before::Nothing,
         ),
         (
+            "IPv4 TCP too big: ICMP fragmentation-needed answer",
+            vec![too_big.clone()],
+            3,
+            Before::Nothing,
+        ),
+        (
             "non-VIP (XDP_PASS)",
             vec![to_lb(&tcp4(
                 CLIENT_V4,
@@ -238,6 +252,20 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
             BACKEND_V4.iter().any(|b| v4(b) == out[30..34]),
             "outer destination is a backend"
         );
+    }
+    // And the too-big path's: the whole answer, checked in the golden tests.
+    {
+        let prog = xdp(&mut dp, PROG_LB);
+        let mut out = vec![0u8; 2048];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&too_big),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        assert_eq!(out, too_big_answer(&too_big, None, 1480), "ICMP answer");
     }
     let floor = time(
         xdp(&mut dp, PROG_BENCH_FLOOR),
