@@ -1,5 +1,6 @@
-//! Loading the eBPF object: map sizes chosen at load time, the two programs
-//! loaded into the kernel, and attaching them to interfaces.
+//! Loading the eBPF object: map sizes chosen at load time, pinned maps
+//! checked and adopted, the two programs loaded into the kernel, and
+//! attaching them to interfaces.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,10 @@ use aya::{
 };
 use lb_common::maps::*;
 
-use crate::EBPF_OBJECT;
+use crate::{
+    EBPF_OBJECT,
+    layout::{self, LayoutError, Migration, PinOwner},
+};
 
 /// Sizes of the maps that scale with the deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +62,12 @@ pub enum DatapathError {
     },
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("parsing the embedded eBPF object: {0}")]
+    Object(String),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
 }
 
 /// How a program ended up attached to an interface.
@@ -76,6 +86,8 @@ pub struct Attached {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub sizes: MapSizes,
+    /// What was changed in the pinned maps to adopt them (`load_pinned`).
+    pub migrations: Vec<Migration>,
 }
 
 impl Datapath {
@@ -87,13 +99,26 @@ impl Datapath {
 
     /// Load with every map pinned under `pin_dir`: maps already pinned
     /// there are reused, contents and all (a restarted lbd keeps the
-    /// connection table), and new ones are created and pinned.
-    pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<Self, DatapathError> {
+    /// connection table), and new ones are created and pinned. Pinned maps
+    /// are first checked against this binary's definitions
+    /// (`crate::layout`): a pin directory that does not fit is refused
+    /// before anything in it changes; one that fits after a migration is
+    /// migrated, and its layout version recorded.
+    pub fn load_pinned(
+        sizes: MapSizes,
+        pin_dir: &Path,
+        owner: PinOwner,
+    ) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.to_path_buf(),
             source,
         })?;
-        Self::load_with(sizes, Some(pin_dir))
+        let plan = layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
+        plan.migrate()?;
+        let mut dp = Self::load_with(sizes, Some(pin_dir))?;
+        plan.record_version()?;
+        dp.migrations = plan.migrations;
+        Ok(dp)
     }
 
     /// Whether a previous lbd left pinned maps in `pin_dir`.
@@ -102,20 +127,10 @@ impl Datapath {
     }
 
     fn load_with(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
-        let ring_entries = sizes
-            .max_vips
-            .checked_mul(2)
-            .and_then(|n| n.checked_mul(sizes.ring_size))
-            .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(MAP_VIPS, sizes.max_vips)
-            .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
-            .map_max_entries(MAP_BACKENDS, sizes.max_backends)
-            .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
-            .map_max_entries(MAP_RINGS, ring_entries)
-            .map_max_entries(MAP_CONNS, sizes.conn_entries)
-            .map_max_entries(MAP_FRAGS, sizes.frag_entries);
+        for (name, entries) in sized_maps(sizes)? {
+            loader.map_max_entries(name, entries);
+        }
         if let Some(dir) = pin_dir {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -127,7 +142,11 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        Ok(Self { ebpf, sizes })
+        Ok(Self {
+            ebpf,
+            sizes,
+            migrations: Vec::new(),
+        })
     }
 
     /// The load balancer program (`lb`).
@@ -151,6 +170,59 @@ impl Datapath {
         prog.attach(iface, mode)
             .map_err(|source| DatapathError::Program { name, source })
     }
+}
+
+/// The maps whose number of entries is chosen at load time, and theirs.
+fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 7], DatapathError> {
+    let ring_entries = sizes
+        .max_vips
+        .checked_mul(2)
+        .and_then(|n| n.checked_mul(sizes.ring_size))
+        .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
+    Ok([
+        (MAP_VIPS, sizes.max_vips),
+        (MAP_VIP_STATS, sizes.max_vips),
+        (MAP_BACKENDS, sizes.max_backends),
+        (MAP_BACKEND_STATS, sizes.max_backends),
+        (MAP_RINGS, ring_entries),
+        (MAP_CONNS, sizes.conn_entries),
+        (MAP_FRAGS, sizes.frag_entries),
+    ])
+}
+
+/// This binary's definition of each pinned map, from the embedded object,
+/// sized as `load_with` creates it.
+fn pinned_definitions(sizes: MapSizes) -> Result<Vec<(&'static str, aya_obj::Map)>, DatapathError> {
+    let mut object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| DatapathError::Object(crate::errors::chain(&e)))?;
+    let sized = sized_maps(sizes)?;
+    PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let mut def = object
+                .maps
+                .remove(name)
+                .ok_or(DatapathError::MissingMap(name))?;
+            if let Some((_, entries)) = sized.iter().find(|(n, _)| *n == name) {
+                def.set_max_entries(*entries);
+            }
+            Ok((name, def))
+        })
+        .collect()
+}
+
+/// The number of entries of pinned map `name` in `pin_dir`, if it is there:
+/// what it was created with, whatever the configuration says now.
+pub fn pinned_entries(pin_dir: &Path, name: &'static str) -> Result<Option<u32>, DatapathError> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = aya::maps::MapInfo::from_pin(&path).map_err(|error| LayoutError::Map {
+        name: name.into(),
+        error,
+    })?;
+    Ok(Some(info.max_entries()))
 }
 
 /// Maps that outlive lbd: everything but per-packet scratch space.

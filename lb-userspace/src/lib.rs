@@ -12,6 +12,7 @@ pub mod errors;
 pub mod health;
 pub mod ids;
 pub mod image;
+pub mod layout;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;

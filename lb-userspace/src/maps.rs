@@ -99,19 +99,6 @@ impl Maps {
         self.ring_size
     }
 
-    /// What the maps were created to hold: (VIPs, backends, connection
-    /// entries). Pinned maps keep the sizes they were created with.
-    pub fn capacities(&self) -> Result<(u32, u32, u32), MapsError> {
-        let of = |name: &'static str, data: &MapData| {
-            data.info().map(|i| i.max_entries()).map_err(err(name))
-        };
-        Ok((
-            of(MAP_VIPS, self.vips.map())?,
-            of(MAP_BACKENDS, self.backends.map())?,
-            of(MAP_CONNS, self.conns.map())?,
-        ))
-    }
-
     /// Write the global configuration. With `ring_size` non-zero this turns
     /// forwarding on.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {

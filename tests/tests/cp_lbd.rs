@@ -347,8 +347,12 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         conn_entries: 4096,
         frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
     };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
-        .expect("open the pinned maps");
+    let mut dp = lb_userspace::datapath::Datapath::load_pinned(
+        sizes,
+        &lbd.paths.pin_dir,
+        lb_userspace::layout::PinOwner::LBD,
+    )
+    .expect("open the pinned maps");
     lb_userspace::maps::Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps")
 }
 

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use lb_common::{maps::PROG_DECAP, stats::DecapReason};
 use lb_userspace::{
     datapath::{Datapath, MapSizes, link_pin_path},
+    layout::PinOwner,
     maps::Maps,
     netdev,
 };
@@ -109,8 +110,11 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
     lb_userspace::bpffs::prepare(pin_dir)?;
-    let mut dp = Datapath::load_pinned(SIZES, pin_dir)
+    let mut dp = Datapath::load_pinned(SIZES, pin_dir, PinOwner::LB_DECAP)
         .with_context(|| format!("loading the data plane pinned at {}", pin_dir.display()))?;
+    for m in &dp.migrations {
+        eprintln!("lb-decap: migrated a pinned map to this version's layout: {m}");
+    }
     let maps = Maps::take(&mut dp.ebpf, SIZES.ring_size)?;
     Ok((dp, maps))
 }
