@@ -8,4 +8,5 @@ pub mod http_client;
 pub mod lbd;
 pub mod netns;
 pub mod packets;
+pub mod pins;
 pub mod topology;

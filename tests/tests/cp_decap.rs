@@ -5,13 +5,20 @@
 use std::{net::UdpSocket, process::Command, time::Duration};
 
 use aya::programs::XdpMode;
-use lb_common::{Reason, flow::PROTO_UDP, maps::PROG_LB};
+use lb_common::{
+    Reason,
+    flow::PROTO_UDP,
+    maps::{MAP_DECAP_ADDRS, MAP_DECAP_STATS, PROG_LB},
+    stats::{DECAP_REASON_COUNT, DecapReason},
+};
 use lb_tests::{
     harness::*,
     lbd::binary,
     netns::{Netns, veth},
     packets::*,
+    pins,
 };
+use lb_userspace::layout::MapShape;
 
 /// Run lb-decap in `ns` (nsenter keeps the host's bpffs, unlike
 /// `ip netns exec`); its stdout, or its stderr on failure.
@@ -39,18 +46,21 @@ fn decapsulated(ns: &Netns, pin_dir: &str) -> u64 {
         .expect("counter")
 }
 
+/// Removes a pin directory, also when the test fails.
+struct Unpin(String);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     let lb_ns = Netns::new("lb");
     let backend_ns = Netns::new("be");
     veth(&lb_ns, "lb0", &backend_ns, "be0");
     let pin_dir = format!("/sys/fs/bpf/lbt-decap-{}", std::process::id());
-    struct Unpin(String);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let _unpin = Unpin(pin_dir.clone());
 
     // Bad input: a clear error, nothing pinned.
@@ -176,4 +186,75 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     );
     let err = lb_decap(&backend_ns, &pin_dir, &["detach", "-i", "be0"]).unwrap_err();
     assert!(err.contains("not attached to be0"), "{err}");
+}
+
+/// lb-decap adopts its pins after the same check as lbd: a counter map
+/// pinned by a version with fewer reasons grows, its counts kept; a map of
+/// another layout is refused, named, with what to do on a backend, and no
+/// pin changes.
+#[test]
+fn cp_decap_tool_grows_older_counters_and_refuses_another_layout() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    veth(&lb_ns, "lb0", &backend_ns, "be0");
+    let pin_dir = format!("/sys/fs/bpf/lbt-decap-layout-{}", std::process::id());
+    let _unpin = Unpin(pin_dir.clone());
+    lb_decap(
+        &backend_ns,
+        &pin_dir,
+        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+    )
+    .expect("attach");
+    let pins_at = std::path::Path::new(&pin_dir);
+
+    // As a version before pass_malformed left it.
+    let stats = pins_at.join(MAP_DECAP_STATS);
+    let ours = pins::shape(&stats);
+    let older = DecapReason::PassMalformed as u32;
+    let _running = pins::replace(
+        &stats,
+        MapShape {
+            max_entries: older,
+            ..ours
+        },
+    );
+    pins::set_count(
+        &mut pins::counters(&stats),
+        DecapReason::Decapsulated as u32,
+        &[7],
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(status["counters"]["decapsulated"], 7);
+    assert_eq!(status["counters"]["pass_malformed"], 0);
+    assert_eq!(pins::shape(&stats).max_entries, DECAP_REASON_COUNT);
+
+    // Addresses keyed as now, but with 8-byte values.
+    let addrs = pins_at.join(MAP_DECAP_ADDRS);
+    let ours = pins::shape(&addrs);
+    let original = pins::replace(
+        &addrs,
+        MapShape {
+            value_size: ours.value_size + 4,
+            ..ours
+        },
+    );
+    let before = pins::objects(pins_at);
+    let err = lb_decap(&backend_ns, &pin_dir, &["status"]).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "lb-decap: loading the data plane pinned at {pin_dir}: pinned map DECAP_ADDRS: \
+             value size 8, this lb-decap needs 4: run the lb-decap version that pinned them, \
+             or `lb-decap detach` from every interface first (tunnels go undecoded until the \
+             next attach)\n"
+        )
+    );
+    assert_eq!(pins::objects(pins_at), before, "a pin changed");
+    pins::restore(&addrs, &original);
+    let status: serde_json::Value =
+        serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(status["addresses"], serde_json::json!([BACKEND_V4[0]]));
 }
