@@ -9,4 +9,5 @@ pub mod lbd;
 pub mod netns;
 pub mod packets;
 pub mod pins;
+pub mod release;
 pub mod topology;
