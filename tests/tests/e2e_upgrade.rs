@@ -18,11 +18,16 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
     FlowKey,
-    maps::{Backend, ConnEntry, LAYOUT_VERSION, MAP_BACKENDS, MAP_CONNS},
+    maps::{
+        Backend, ConnEntry, LAYOUT_VERSION, MAP_BACKENDS, MAP_CONNS, MAP_DECAP_STATS,
+        MAP_GLOBAL_STATS,
+    },
+    stats::{DECAP_REASON_COUNT, REASON_COUNT},
 };
 use lb_tests::{
     http_client::{Load, Stream},
     lbd::Paths,
+    pins,
     release::{Binaries, ReleaseLbd},
     topology::{Topology, VIP},
 };
@@ -183,6 +188,19 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
         Some(LAYOUT_VERSION),
         "the upgraded pins carry this layout's version"
     );
+    // Counters added since the old release count (their map grew).
+    for stats in [MAP_GLOBAL_STATS, MAP_DECAP_STATS] {
+        let entries = pins::shape(&pin_dir.join(stats)).max_entries;
+        let reasons = if stats == MAP_GLOBAL_STATS {
+            REASON_COUNT
+        } else {
+            DECAP_REASON_COUNT
+        };
+        assert!(
+            entries >= reasons,
+            "{stats}: {entries} entries, {reasons} reasons"
+        );
+    }
     assert_kept(&table, pin_dir, "after the upgrade");
     thread::sleep(Duration::from_millis(500));
 
