@@ -41,7 +41,7 @@ use crate::{
         AdminState, AttachMode, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip,
     },
     control::{self, Reply, Request, VipRef},
-    datapath::{Attached, Datapath, MapSizes, pinned_entries},
+    datapath::{Adopt, Attached, Datapath, MapSizes, pinned_entries},
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
@@ -161,13 +161,13 @@ impl Daemon {
             conn_entries: t.conn_entries,
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
-        let mut dp =
-            Datapath::load_pinned(sizes, &config.pin_dir, PinOwner::LBD).with_context(|| {
-                format!(
-                    "loading the data plane (pins in {})",
-                    config.pin_dir.display()
-                )
-            })?;
+        let mut dp = Datapath::load_pinned(sizes, &config.pin_dir, PinOwner::LBD, Adopt::Replace)
+            .with_context(|| {
+            format!(
+                "loading the data plane (pins in {})",
+                config.pin_dir.display()
+            )
+        })?;
         for m in &dp.migrations {
             info!(migration = %m, "migrated a pinned map to this lbd's layout");
         }

@@ -82,6 +82,20 @@ pub struct Attached {
     pub replaced: bool,
 }
 
+/// What the caller of `Datapath::load_pinned` does with the programs it
+/// loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopt {
+    /// Swaps them in for the running ones (lbd; `lb-decap attach`): the
+    /// pinned maps are migrated first, and their layout version recorded.
+    Replace,
+    /// Only reads or edits the pinned maps (`lb-decap status`), leaving the
+    /// running program as it is: nothing is migrated, since that program
+    /// would go on using the maps a migration replaces. A counter the
+    /// pinned map lacks (the running program predates it) reads as 0.
+    Inspect,
+}
+
 /// The loaded programs and their maps.
 pub struct Datapath {
     pub ebpf: Ebpf,
@@ -102,18 +116,23 @@ impl Datapath {
     /// connection table), and new ones are created and pinned. Pinned maps
     /// are first checked against this binary's definitions
     /// (`crate::layout`): a pin directory that does not fit is refused
-    /// before anything in it changes; one that fits after a migration is
-    /// migrated, and its layout version recorded.
+    /// before anything in it changes. One that fits after a migration is
+    /// migrated and its layout version recorded, if `adopt` says the
+    /// programs loaded here replace the running ones.
     pub fn load_pinned(
         sizes: MapSizes,
         pin_dir: &Path,
         owner: PinOwner,
+        adopt: Adopt,
     ) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.to_path_buf(),
             source,
         })?;
         let plan = layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
+        if adopt == Adopt::Inspect {
+            return Self::load_with(sizes, Some(pin_dir));
+        }
         plan.migrate()?;
         let mut dp = Self::load_with(sizes, Some(pin_dir))?;
         plan.record_version()?;

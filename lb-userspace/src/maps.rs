@@ -283,19 +283,11 @@ impl Maps {
 
     /// Sum over CPUs of the counter for `reason`.
     pub fn reason_count(&self, reason: Reason) -> Result<u64, MapsError> {
-        let values = self
-            .global_stats
-            .get(&(reason as u32), 0)
-            .map_err(err(MAP_GLOBAL_STATS))?;
-        Ok(values.iter().sum())
+        count(&self.global_stats, MAP_GLOBAL_STATS, reason as u32)
     }
 
     pub fn decap_count(&self, reason: DecapReason) -> Result<u64, MapsError> {
-        let values = self
-            .decap_stats
-            .get(&(reason as u32), 0)
-            .map_err(err(MAP_DECAP_STATS))?;
-        Ok(values.iter().sum())
+        count(&self.decap_stats, MAP_DECAP_STATS, reason as u32)
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
@@ -321,6 +313,21 @@ impl Maps {
             .get(&backend_id, 0)
             .map_err(err(MAP_BACKEND_STATS))?;
         Ok(sum(&values))
+    }
+}
+
+/// Counter `index` of a per-reason counter map, summed over CPUs. A map
+/// adopted without migration (`Adopt::Inspect`) may predate the reason: it
+/// has no such counter, and no packet was counted under it.
+fn count(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    index: u32,
+) -> Result<u64, MapsError> {
+    match map.get(&index, 0) {
+        Ok(values) => Ok(values.iter().sum()),
+        Err(MapError::KeyNotFound) => Ok(0),
+        Err(error) => Err(MapsError::Map { name, error }),
     }
 }
 

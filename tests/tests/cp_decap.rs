@@ -189,9 +189,10 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
 }
 
 /// lb-decap adopts its pins after the same check as lbd: a counter map
-/// pinned by a version with fewer reasons grows, its counts kept; a map of
-/// another layout is refused, named, with what to do on a backend, and no
-/// pin changes.
+/// pinned by a version with fewer reasons grows when `attach` replaces the
+/// program, its counts kept (`status` leaves it to the running program,
+/// and reads the counters it lacks as 0); a map of another layout is
+/// refused, named, with what to do on a backend, and no pin changes.
 #[test]
 fn cp_decap_tool_grows_older_counters_and_refuses_another_layout() {
     let lb_ns = Netns::new("lb");
@@ -199,13 +200,22 @@ fn cp_decap_tool_grows_older_counters_and_refuses_another_layout() {
     veth(&lb_ns, "lb0", &backend_ns, "be0");
     let pin_dir = format!("/sys/fs/bpf/lbt-decap-layout-{}", std::process::id());
     let _unpin = Unpin(pin_dir.clone());
-    lb_decap(
-        &backend_ns,
-        &pin_dir,
-        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
-    )
-    .expect("attach");
+    let attach = || {
+        lb_decap(
+            &backend_ns,
+            &pin_dir,
+            &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+        )
+        .expect("attach")
+    };
+    attach();
     let pins_at = std::path::Path::new(&pin_dir);
+    let counters = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
+                .unwrap();
+        status["counters"].clone()
+    };
 
     // As a version before pass_malformed left it.
     let stats = pins_at.join(MAP_DECAP_STATS);
@@ -223,12 +233,20 @@ fn cp_decap_tool_grows_older_counters_and_refuses_another_layout() {
         DecapReason::Decapsulated as u32,
         &[7],
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
-            .unwrap();
-    assert_eq!(status["counters"]["decapsulated"], 7);
-    assert_eq!(status["counters"]["pass_malformed"], 0);
+    let before = counters();
+    assert_eq!(before["decapsulated"], 7);
+    assert_eq!(before["pass_malformed"], 0);
+    assert_eq!(
+        pins::shape(&stats).max_entries,
+        older,
+        "status migrates nothing"
+    );
+    attach();
     assert_eq!(pins::shape(&stats).max_entries, DECAP_REASON_COUNT);
+    // Counts kept (the link's own neighbour traffic may add pass_not_tunnel).
+    let after = counters();
+    assert_eq!(after["decapsulated"], 7, "{after}");
+    assert_eq!(after["pass_malformed"], 0, "{after}");
 
     // Addresses keyed as now, but with 8-byte values.
     let addrs = pins_at.join(MAP_DECAP_ADDRS);

@@ -360,6 +360,7 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         sizes,
         &lbd.paths.pin_dir,
         lb_userspace::layout::PinOwner::LBD,
+        lb_userspace::datapath::Adopt::Inspect,
     )
     .expect("open the pinned maps");
     lb_userspace::maps::Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps")

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lb_common::{maps::PROG_DECAP, stats::DecapReason};
 use lb_userspace::{
-    datapath::{Datapath, MapSizes, link_pin_path},
+    datapath::{Adopt, Datapath, MapSizes, link_pin_path},
     layout::PinOwner,
     maps::Maps,
     netdev,
@@ -98,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => attach(&args.pin_dir, &interface, &addresses, !generic),
         Cmd::Detach { interface } => detach(&args.pin_dir, &interface),
         Cmd::Forget { addresses } => {
-            let (_dp, mut maps) = open(&args.pin_dir)?;
+            let (_dp, mut maps) = open(&args.pin_dir, Adopt::Inspect)?;
             for a in addresses {
                 maps.remove_decap_addr(a)?;
             }
@@ -108,9 +108,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
+/// The pinned maps, adopted with `adopt`: `Replace` only where the program
+/// loaded here is then attached.
+fn open(pin_dir: &std::path::Path, adopt: Adopt) -> anyhow::Result<(Datapath, Maps)> {
     lb_userspace::bpffs::prepare(pin_dir)?;
-    let mut dp = Datapath::load_pinned(SIZES, pin_dir, PinOwner::LB_DECAP)
+    let mut dp = Datapath::load_pinned(SIZES, pin_dir, PinOwner::LB_DECAP, adopt)
         .with_context(|| format!("loading the data plane pinned at {}", pin_dir.display()))?;
     for m in &dp.migrations {
         eprintln!("lb-decap: migrated a pinned map to this version's layout: {m}");
@@ -128,7 +130,7 @@ fn attach(
     if netdev::ifindex(interface).is_err() {
         bail!("no interface {interface} in this network namespace");
     }
-    let (mut dp, mut maps) = open(pin_dir)?;
+    let (mut dp, mut maps) = open(pin_dir, Adopt::Replace)?;
     // Addresses first: a new attachment must not pass tunnels up undecoded.
     for a in addresses {
         maps.add_decap_addr(*a)
@@ -192,7 +194,7 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             pin_dir.display()
         );
     }
-    let (_dp, maps) = open(pin_dir)?;
+    let (_dp, maps) = open(pin_dir, Adopt::Inspect)?;
     let addresses = maps.decap_addrs()?;
     let interfaces = links(pin_dir);
     let mut counters = Vec::new();
