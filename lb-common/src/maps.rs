@@ -9,13 +9,18 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_RINGS: &str = "RINGS";
 pub const MAP_CONNS: &str = "CONNS";
+pub const MAP_PROBATION: &str = "PROBATION";
 pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_TX_PORT_MACS: &str = "TX_PORT_MACS";
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
+pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
+pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
 /// Pinned beside the others, created by the control plane (the programs
 /// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
 /// last adopted the maps. Its own layout never changes.
@@ -37,11 +42,22 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 /// Maglev ring size M: a prime, so every backend's permutation covers the ring.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_CONN_ENTRIES: u32 = 1 << 20;
+/// The probation table holds flows seen once; by default an eighth of the
+/// connection table (see `probation_entries_for`).
+pub const DEFAULT_PROBATION_ENTRIES: u32 = probation_entries_for(DEFAULT_CONN_ENTRIES);
 pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 14;
 /// Two rings (double buffer) per VIP.
 pub const DEFAULT_RING_ENTRIES: u32 = DEFAULT_MAX_VIPS * 2 * DEFAULT_RING_SIZE;
 pub const MAX_TX_PORTS: u32 = 64;
 pub const MAX_DECAP_ADDRS: u32 = 64;
+pub const MAX_DECAP_SOURCES: u32 = 256;
+
+/// The default probation-table size for a connection table of
+/// `conn_entries`: an eighth of it, at least one entry.
+pub const fn probation_entries_for(conn_entries: u32) -> u32 {
+    let n = conn_entries / 8;
+    if n == 0 { 1 } else { n }
+}
 
 /// A ring slot that holds no backend (the VIP has none in service).
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -81,6 +97,21 @@ pub const CFG_F_NEXTHOP_FIB: u32 = 1;
 /// looked up once more with port 0. Without it, non-VIP traffic (most of a
 /// host's) costs one hash lookup instead of two.
 pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
+
+/// How often the load balancer may answer a packet too big for the tunnel
+/// with an ICMP too-big, the single entry of `TOO_BIG_LIMIT`: a token bucket
+/// per CPU, kept in credit nanoseconds so the data plane only adds and
+/// compares. A new map rather than fields of `LbConfig`, whose pinned
+/// layout has no room for them. All zero (never written) answers nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TooBigLimit {
+    /// Credit one answer costs: one second over the answers allowed per
+    /// second per CPU. 0: never answer.
+    pub interval_ns: u64,
+    /// Most credit a CPU saves up: `interval_ns` times the burst.
+    pub burst_ns: u64,
+}
 
 /// A virtual service: address, port (0 for a port-less VIP), protocol.
 #[repr(C)]
@@ -159,7 +190,8 @@ pub fn entry_pins(entry: &ConnEntry, vip_id: u32, backend: &Backend) -> Result<(
     backend_serves(backend, vip_id)
 }
 
-/// Connection table value.
+/// Connection table value, and probation table value (the same layout: a
+/// flow in probation is pinned to its backend too).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
@@ -201,6 +233,19 @@ pub struct FlowStats {
     pub dropped: u64,
 }
 
+/// Value of `TX_PORT_MACS`, keyed by the ifindex of a `TX_PORTS` interface:
+/// that interface's MAC, the source address of frames redirected there
+/// towards a next-hop MAC the FIB did not give (`next_hop.gateway_mac` when
+/// the FIB's neighbour is unresolved).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PortMac>() == 8);
+
 /// An address the decapsulation program accepts tunnels for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -210,7 +255,39 @@ pub struct DecapAddr {
     pub _pad: [u8; 3],
 }
 
-// The layouts pinned maps hold: a change of any of these sizes is a layout
+/// The data of a `DECAP_SOURCES` key (an LPM trie): an outer source prefix
+/// the decapsulation program accepts tunnels from. The family comes first,
+/// so one trie serves IPv4 and IPv6: a prefix of `len` address bits is a
+/// key of `DECAP_SOURCE_FAMILY_BITS + len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapSource {
+    pub family: u8,
+    /// IPv4 fills the first four bytes.
+    pub addr: [u8; 16],
+}
+
+// The trie's key is this, packed behind a 4-byte prefix length: no padding
+// byte may be left for the kernel to compare.
+const _: () = assert!(core::mem::size_of::<DecapSource>() == 17);
+
+/// Bits of a `DecapSource` key in front of the address.
+pub const DECAP_SOURCE_FAMILY_BITS: u32 = 8;
+
+/// The decapsulation program's configuration, the single entry of
+/// `DECAP_CONFIG`. All zero (as created) accepts tunnels only from the
+/// sources in `DECAP_SOURCES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// `DECAP_F_*` bits.
+    pub flags: u32,
+}
+
+/// Accept tunnels from any outer source (`lb-decap --allow-any-source`).
+pub const DECAP_F_ANY_SOURCE: u32 = 1;
+
+// The layouts pinned maps hold (PortMac and DecapSource are asserted above): a change of any of these sizes is a layout
 // change (bump LAYOUT_VERSION). A layout change that keeps a size needs the
 // bump all the same: these only catch the ones a reviewer could miss.
 const _: () = {
@@ -223,6 +300,8 @@ const _: () = {
     assert!(size_of::<FragEntry>() == 16);
     assert!(size_of::<FlowStats>() == 32);
     assert!(size_of::<DecapAddr>() == 20);
+    assert!(size_of::<DecapConfig>() == 4);
+    assert!(size_of::<TooBigLimit>() == 16);
     assert!(size_of::<crate::FlowKey>() == 40);
 };
 
@@ -241,5 +320,9 @@ mod pod {
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for DecapAddr {}
+    unsafe impl aya::Pod for PortMac {}
+    unsafe impl aya::Pod for DecapSource {}
+    unsafe impl aya::Pod for DecapConfig {}
+    unsafe impl aya::Pod for TooBigLimit {}
     unsafe impl aya::Pod for FlowKey {}
 }

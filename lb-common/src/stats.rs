@@ -38,6 +38,9 @@ pub enum ReasonKind {
     Passed,
     /// Dropped (XDP_DROP).
     Dropped,
+    /// Answered by the load balancer itself instead of forwarded: an ICMP
+    /// error sent back to the client (XDP_TX).
+    Answered,
     /// Not a verdict: counted in addition to one.
     Event,
 }
@@ -50,12 +53,12 @@ reasons!(Reason, REASON_COUNT {
     PassShortFrame = "pass_short_frame", Passed, "frame shorter than its Ethernet/VLAN header";
     PassBadIpHeader = "pass_bad_ip_header", Passed, "truncated IP header, bad version, IHL or length";
     PassBadL4Header = "pass_bad_l4_header", Passed, "truncated TCP/UDP/ICMP header";
-    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain too long or unknown";
+    PassIpv6ExtHeaders = "pass_ipv6_ext_headers", Passed, "IPv6 extension header chain longer than four, or an extension header cut short";
     PassNonVip = "pass_non_vip", Passed, "not addressed to a VIP";
     PassFragUntracked = "pass_frag_untracked", Passed, "non-first fragment whose first fragment was not seen";
     DropNoBackend = "drop_no_backend", Dropped, "VIP has no backend in service";
     DropBackendDown = "drop_backend_down", Dropped, "ring still points at a backend marked down";
-    DropTooBig = "drop_too_big", Dropped, "encapsulated packet would exceed the MTU";
+    DropTooBig = "drop_too_big", Dropped, "encapsulated packet would exceed the MTU, not answered (no DF, rate limit, ICMP inside)";
     DropNoRoute = "drop_no_route", Dropped, "no next hop (FIB lookup failed, no gateway MAC)";
     DropNoTxPort = "drop_no_tx_port", Dropped, "egress interface not in the TX port map";
     DropEncapFailed = "drop_encap_failed", Dropped, "could not grow the packet headroom";
@@ -66,13 +69,21 @@ reasons!(Reason, REASON_COUNT {
     NewFlow = "new_flow", Event, "new flow (TCP SYN, or first UDP packet)";
     IcmpTooBig = "icmp_too_big", Event, "ICMP too-big about a VIP flow, sent to that flow's backend";
     Fragment = "fragment", Event, "IP fragment, of VIP traffic or not";
+    PassIcmpQuotedFragment = "pass_icmp_quoted_fragment", Passed, "ICMP too-big quoting a non-first fragment: it holds no ports to find the flow by";
+    DropL2DsrOffLink = "drop_l2_dsr_off_link", Dropped, "l2_dsr backend not on the LB's link: the FIB's next hop is a router, which would send the frame back to the VIP";
+    ConnProbation = "conn_probation", Event, "first non-SYN packet of an unknown flow: entered in the probation table, not the connection table";
+    ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
+    AnswerTooBig = "answer_too_big", Answered, "encapsulated packet would exceed the MTU: answered with ICMP too-big";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {
     Decapsulated = "decapsulated", Passed, "outer header stripped, inner packet passed up";
     PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet";
     PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS";
-    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header";
+    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header, or a fragmented tunnel";
+    DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel for one of our addresses from an outer source not allowed";
+    DropBadOuterChecksum = "drop_bad_outer_checksum", Dropped, "tunnel whose outer IPv4 header checksum is wrong";
+    DropCeNotEct = "drop_ce_not_ect", Dropped, "outer ECN CE over an inner packet that is not ECN-capable (RFC 6040)";
 });
 
 #[cfg(test)]
@@ -85,5 +96,20 @@ mod tests {
             assert_eq!(*r as usize, i, "{}", r.name());
         }
         assert_eq!(REASON_COUNT as usize, Reason::ALL.len());
+        for (i, r) in DecapReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+        assert_eq!(DECAP_REASON_COUNT as usize, DecapReason::ALL.len());
+    }
+
+    #[test]
+    fn decap_reasons_are_verdicts() {
+        for r in DecapReason::ALL {
+            assert!(
+                matches!(r.kind(), ReasonKind::Passed | ReasonKind::Dropped),
+                "{}",
+                r.name()
+            );
+        }
     }
 }

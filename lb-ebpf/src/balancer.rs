@@ -12,7 +12,7 @@ use lb_common::{
 use crate::{
     conntrack, forward, fragment, icmp,
     maglev::{self, Chosen},
-    maps::{CONNS, LB_CONFIG, SCRATCH},
+    maps::{CONNS, LB_CONFIG, PROBATION, SCRATCH},
     parse::{self, Fragment, Parsed},
     stats, vip,
 };
@@ -102,7 +102,8 @@ fn find_target(
 }
 
 /// An ICMP too-big goes where its flow goes: the connection entry's
-/// backend, else the ring's. It never creates an entry.
+/// backend, else the probation entry's, else the ring's. It never creates
+/// an entry.
 #[inline(always)]
 fn too_big_target(
     ctx: &XdpContext,
@@ -116,7 +117,8 @@ fn too_big_target(
     let vip = vip::lookup(&flow, cfg).ok_or((Reason::PassNonVip, None))?;
     stats::event(Reason::IcmpTooBig);
     // SAFETY: copied out at once.
-    let pinned = unsafe { CONNS.get(&flow) }.map(|e| conntrack::pinned_backend(e, vip.vip_id));
+    let entry = unsafe { CONNS.get(&flow).or_else(|| PROBATION.get(&flow)) };
+    let pinned = entry.map(|e| conntrack::pinned_backend(e, vip.vip_id));
     let chosen = match pinned {
         Some(Ok(chosen)) => chosen,
         _ => maglev::pick(&flow, &vip, cfg.ring_size).map_err(|r| (r, Some(vip.vip_id)))?,

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::bench::{BenchGen, SINK_FRAMES, SINK_SLOTS, SINK_TUNNELLED};
 
 use crate::{
-    forward,
+    csum,
     maps::{LB_CONFIG, TX_PORTS},
     packet,
 };
@@ -85,7 +85,7 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     };
     ip[10] = 0;
     ip[11] = 0;
-    packet::write(&ctx, IP_CSUM, forward::ipv4_checksum(&ip).to_be_bytes());
+    packet::write(&ctx, IP_CSUM, csum::ipv4_header(&ip).to_be_bytes());
     // SAFETY: a helper call with plain integer arguments.
     unsafe { bpf_redirect(gen_cfg.ifindex, 0) as u32 }
 }

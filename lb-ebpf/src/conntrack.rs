@@ -3,11 +3,14 @@
 //! stale: made for another VIP, or naming a backend id that has since been
 //! given to another VIP (ids are recycled).
 //!
-//! A TCP SYN is not entered: the flow is entered by the first packet after
-//! it (the handshake's ACK). Spoofed SYNs from a flood therefore never
-//! occupy the LRU and cannot evict real clients' connections; the SYN and
-//! its ACK pick the same backend from the ring unless the ring changed in
-//! the round trip between them.
+//! A flow earns its place in `CONNS` with two packets. A TCP SYN is not
+//! entered at all; the first other packet of an unknown flow (the
+//! handshake's ACK, a first UDP datagram) is entered in the small
+//! `PROBATION` table instead, and its second packet moves it into `CONNS`
+//! (`probation.rs`). Spoofed one-packet flows, SYNs or not, therefore churn
+//! only the probation table and cannot evict real clients' connections.
+//! The hit path (`CONNS` has the flow) is the same lookup as without
+//! probation.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
@@ -20,7 +23,7 @@ use crate::{
     maglev::{self, Chosen},
     maps::{BACKENDS, CONNS},
     parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
-    stats,
+    probation, stats,
 };
 
 /// Refresh an entry's timestamp at most this often, to spare cache lines.
@@ -29,6 +32,17 @@ const REFRESH_NS: u64 = 1_000_000_000;
 pub struct Selected {
     pub chosen: Chosen,
     pub new_flow: bool,
+}
+
+/// What `select` knows about the packet, passed on to the miss path.
+pub struct Packet<'a> {
+    pub flow: &'a FlowKey,
+    pub vip: &'a VipMeta,
+    pub ring_size: u32,
+    pub now: u64,
+    /// A TCP SYN without ACK: opens a connection, never enters a table.
+    pub syn_only: bool,
+    pub is_tcp: bool,
 }
 
 /// The backend `entry` pins its flow to, if the entry still holds for VIP
@@ -47,6 +61,13 @@ pub fn pinned_backend(entry: &ConnEntry, vip_id: u32) -> Result<Chosen, Reason> 
     })
 }
 
+/// Whether a SYN must not follow `chosen`: it starts a new connection on
+/// the 5-tuple of an old one, which must not go to a draining backend.
+#[inline(always)]
+fn syn_leaves(pkt: &Packet, chosen: &Chosen) -> bool {
+    pkt.syn_only && chosen.backend.flags & BACKEND_F_DRAINING != 0
+}
+
 #[inline(always)]
 pub fn select(
     flow: &FlowKey,
@@ -54,52 +75,80 @@ pub fn select(
     vip: &VipMeta,
     ring_size: u32,
 ) -> Result<Selected, Reason> {
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let is_tcp = flow.proto == PROTO_TCP;
-    let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    if let Some(entry) = CONNS.get_ptr_mut(flow) {
-        // SAFETY: a map value pointer, valid for this program run.
-        let entry = unsafe { &mut *entry };
-        match pinned_backend(entry, vip.vip_id) {
-            // A SYN on the 5-tuple of an old connection is a new connection:
-            // it must not follow the old one to a draining backend. The
-            // entry goes, so the handshake's ACK picks from the ring too.
-            Ok(c) if syn_only && c.backend.flags & BACKEND_F_DRAINING != 0 => {
-                let _ = CONNS.remove(flow);
-            }
-            Ok(chosen) => {
-                stats::event(Reason::ConnHit);
-                if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
-                    entry.last_seen_ns = now;
-                }
-                return Ok(Selected {
-                    chosen,
-                    new_flow: false,
-                });
-            }
-            Err(_) => {}
+    let pkt = Packet {
+        flow,
+        vip,
+        ring_size,
+        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+        now: unsafe { bpf_ktime_get_coarse_ns() },
+        syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+        is_tcp,
+    };
+    let Some(entry) = CONNS.get_ptr_mut(flow) else {
+        return probation::select(&pkt);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let entry = unsafe { &mut *entry };
+    match pinned_backend(entry, vip.vip_id) {
+        // The entry goes, so the handshake's ACK picks from the ring too.
+        Ok(c) if syn_leaves(&pkt, &c) => {
+            let _ = CONNS.remove(flow);
         }
-        stats::event(Reason::ConnRescheduled);
-    } else {
-        stats::event(Reason::ConnMiss);
+        Ok(chosen) => {
+            stats::event(Reason::ConnHit);
+            if pkt.now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+                entry.last_seen_ns = pkt.now;
+            }
+            return Ok(Selected {
+                chosen,
+                new_flow: false,
+            });
+        }
+        Err(_) => {}
     }
-    let chosen = maglev::pick(flow, vip, ring_size)?;
-    if syn_only {
+    stats::event(Reason::ConnRescheduled);
+    // The flow had earned its entry: it is moved, not put on probation.
+    let chosen = from_ring(&pkt)?;
+    if !pkt.syn_only {
+        insert(&pkt, chosen.id);
+    }
+    Ok(Selected {
+        chosen,
+        new_flow: new_flow(&pkt),
+    })
+}
+
+/// The ring's backend for the packet, counting a SYN left out of the tables.
+#[inline(always)]
+pub fn from_ring(pkt: &Packet) -> Result<Chosen, Reason> {
+    let chosen = maglev::pick(pkt.flow, pkt.vip, pkt.ring_size)?;
+    if pkt.syn_only {
         stats::event(Reason::SynNotTracked);
-    } else {
-        let entry = ConnEntry {
-            backend_id: chosen.id,
-            vip_id: vip.vip_id,
-            last_seen_ns: now,
-        };
-        // A full table evicts its least recently used entry; a failed insert
-        // only costs this flow its pinning, so the packet is still sent.
-        let _ = CONNS.insert(flow, &entry, 0);
     }
-    let new_flow = syn_only || !is_tcp;
+    Ok(chosen)
+}
+
+/// Whether a packet whose backend came from the ring starts a new flow: a
+/// TCP SYN does, and so does any non-TCP packet that had no usable entry.
+#[inline(always)]
+pub fn new_flow(pkt: &Packet) -> bool {
+    let new_flow = pkt.syn_only || !pkt.is_tcp;
     if new_flow {
         stats::event(Reason::NewFlow);
     }
-    Ok(Selected { chosen, new_flow })
+    new_flow
+}
+
+/// Enter (or overwrite) the flow in `CONNS`, pinned to `backend_id`. A
+/// full table evicts its least recently used entry; a failed insert only
+/// costs this flow its pinning, so the packet is still sent.
+#[inline(always)]
+pub fn insert(pkt: &Packet, backend_id: u32) {
+    let entry = ConnEntry {
+        backend_id,
+        vip_id: pkt.vip.vip_id,
+        last_seen_ns: pkt.now,
+    };
+    let _ = CONNS.insert(pkt.flow, &entry, 0);
 }

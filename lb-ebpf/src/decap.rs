@@ -3,116 +3,185 @@
 //! which then sees a packet for the VIP (configured on its loopback).
 //!
 //! This kernel has no ipip/sit module, so without this program a backend
-//! could not receive our tunnels at all. An outer ECN "congestion
-//! experienced" mark is carried into an ECN-capable inner header (RFC 6040).
+//! could not receive our tunnels at all.
+//!
+//! Only tunnels from an allowed outer source (`DECAP_SOURCES`: the load
+//! balancers' tunnel sources) are stripped. Anyone else who can route IP
+//! protocol 4 or 41 here could otherwise deliver packets with any inner
+//! source past the host's firewall, which runs after XDP. Such tunnels are
+//! dropped, not passed: a kernel with a tunnel device would strip them
+//! itself. ECN is carried from the outer header into the inner one as RFC
+//! 6040 section 4.2 says.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
     flow::{FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6},
-    maps::DecapAddr,
+    maps::{DECAP_F_ANY_SOURCE, DECAP_SOURCE_FAMILY_BITS, DecapAddr, DecapSource},
     stats::DecapReason,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    maps::DECAP_ADDRS,
+    maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_SOURCES},
     packet::{self, header, read},
-    parse::{ETH_P_IPV4, ETH_P_IPV6, parse_l2},
+    parse::{ETH_P_IPV4, ETH_P_IPV6, L2, parse_l2},
 };
 
 const ECN_MASK: u8 = 0x03;
-const ECN_CE: u8 = 0x03;
+const ECN_NOT_ECT: u8 = 0b00;
+const ECN_ECT1: u8 = 0b01;
+const ECN_ECT0: u8 = 0b10;
+const ECN_CE: u8 = 0b11;
+/// The longest IPv4 header (IHL 15), in 32-bit words.
+const IPV4_MAX_WORDS: usize = 15;
+
+/// What the outer header of a tunnel packet says, once it is whole.
+struct Outer {
+    len: usize,
+    inner_proto: u8,
+    ecn: u8,
+    fragmented: bool,
+}
 
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> DecapReason {
-    let (l2, ether_type) = match parse_l2(ctx) {
-        Ok(v) => v,
-        Err(_) => return DecapReason::PassNotTunnel,
-    };
+    match try_process(ctx) {
+        Ok(reason) | Err(reason) => reason,
+    }
+}
+
+#[inline(always)]
+fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
+    let (l2, ether_type) = parse_l2(ctx).map_err(|_| DecapReason::PassNotTunnel)?;
     let l3 = l2.len();
     let mut ours = DecapAddr::default();
-    let (outer_len, inner_proto, outer_ecn) = match ether_type {
-        ETH_P_IPV4 => {
-            let Some(ip) = header::<Ipv4Hdr>(ctx, l3) else {
-                return DecapReason::PassMalformed;
-            };
-            if ip.proto != PROTO_IPIP && ip.proto != PROTO_IPV6 {
-                return DecapReason::PassNotTunnel;
-            }
-            let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-            // A fragmented tunnel packet cannot be stripped piecewise.
-            let fragmented = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
-            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-            if ip.vihl >> 4 != 4
-                || ihl < Ipv4Hdr::LEN
-                || fragmented
-                || tot_len < ihl
-                || l3 + tot_len > packet::len(ctx)
-            {
-                return DecapReason::PassMalformed;
-            }
-            ours.family = FAMILY_V4;
-            ours.addr[..4].copy_from_slice(&ip.dst_addr);
-            (ihl, ip.proto, ip.tos & ECN_MASK)
-        }
-        ETH_P_IPV6 => {
-            let Some(ip) = header::<Ipv6Hdr>(ctx, l3) else {
-                return DecapReason::PassMalformed;
-            };
-            if ip.next_hdr != PROTO_IPIP && ip.next_hdr != PROTO_IPV6 {
-                return DecapReason::PassNotTunnel;
-            }
-            let payload = u16::from_be_bytes(ip.payload_len) as usize;
-            if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > packet::len(ctx) {
-                return DecapReason::PassMalformed;
-            }
-            ours.family = FAMILY_V6;
-            ours.addr = ip.dst_addr;
-            (Ipv6Hdr::LEN, ip.next_hdr, (ip.vcf[1] >> 4) & ECN_MASK)
-        }
-        _ => return DecapReason::PassNotTunnel,
+    let mut from = DecapSource::default();
+    let outer = match ether_type {
+        ETH_P_IPV4 => outer_ipv4(ctx, l3, &mut ours, &mut from)?,
+        ETH_P_IPV6 => outer_ipv6(ctx, l3, &mut ours, &mut from)?,
+        _ => return Err(DecapReason::PassNotTunnel),
     };
-    // SAFETY: copied out at once.
+    // SAFETY: only tested for presence.
     if unsafe { DECAP_ADDRS.get(&ours) }.is_none() {
-        return DecapReason::PassNotOurAddress;
+        return Err(DecapReason::PassNotOurAddress);
     }
-    let inner = l3 + outer_len;
-    let inner_type = match inner_proto {
+    if !source_allowed(&from) {
+        return Err(DecapReason::DropUntrustedSource);
+    }
+    // A fragmented tunnel packet cannot be stripped piecewise.
+    if outer.fragmented {
+        return Err(DecapReason::PassMalformed);
+    }
+    let inner = l3 + outer.len;
+    let inner_type = match outer.inner_proto {
         PROTO_IPIP if inner_ipv4_fits(ctx, inner) => ETH_P_IPV4,
         PROTO_IPV6 if inner_ipv6_fits(ctx, inner) => ETH_P_IPV6,
-        _ => return DecapReason::PassMalformed,
+        _ => return Err(DecapReason::PassMalformed),
     };
-    if outer_ecn == ECN_CE && !mark_ce(ctx, inner, inner_type) {
-        return DecapReason::PassMalformed;
+    set_inner_ecn(ctx, inner, inner_type, outer.ecn)?;
+    strip(ctx, &l2, outer.len, inner_type)?;
+    Ok(DecapReason::Decapsulated)
+}
+
+/// The outer IPv4 header at `l3`: whole, consistent with the frame, and
+/// with a right checksum. A header damaged on the way may name a wrong
+/// source or destination, and once it is stripped nothing downstream can
+/// tell (the kernel drops such a header; so do we).
+#[inline(always)]
+fn outer_ipv4(
+    ctx: &XdpContext,
+    l3: usize,
+    ours: &mut DecapAddr,
+    from: &mut DecapSource,
+) -> Result<Outer, DecapReason> {
+    let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(DecapReason::PassMalformed)?;
+    if ip.proto != PROTO_IPIP && ip.proto != PROTO_IPV6 {
+        return Err(DecapReason::PassNotTunnel);
     }
-    // The link header moves forward to sit in front of the inner packet.
-    let et = inner_type.to_be_bytes();
-    let d = l2.dst_mac;
-    let s = l2.src_mac;
-    let moved = match l2.vlan {
-        Some(t) => packet::write(
-            ctx,
-            outer_len,
-            [
-                d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5], t[0], t[1],
-                t[2], t[3], et[0], et[1],
-            ],
-        ),
-        None => packet::write(
-            ctx,
-            outer_len,
-            [
-                d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5], et[0],
-                et[1],
-            ],
-        ),
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > packet::len(ctx) {
+        return Err(DecapReason::PassMalformed);
+    }
+    ours.family = FAMILY_V4;
+    ours.addr[..4].copy_from_slice(&ip.dst_addr);
+    from.family = FAMILY_V4;
+    from.addr[..4].copy_from_slice(&ip.src_addr);
+    let outer = Outer {
+        len: ihl,
+        inner_proto: ip.proto,
+        ecn: ip.tos & ECN_MASK,
+        fragmented: u16::from_be_bytes(ip.frags) & 0x3fff != 0,
     };
-    // SAFETY: shrinking the head by the outer header's length, which lies
-    // inside the packet (checked when it was read).
-    if !moved || unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
-        return DecapReason::PassMalformed;
+    match ipv4_header_sum(ctx, l3, ihl) {
+        Some(0xffff) => Ok(outer),
+        Some(_) => Err(DecapReason::DropBadOuterChecksum),
+        None => Err(DecapReason::PassMalformed),
     }
-    DecapReason::Decapsulated
+}
+
+/// RFC 1071 one's-complement sum of the `ihl`-byte IPv4 header at `off`,
+/// options and checksum field included: 0xffff when the checksum is right.
+#[inline(always)]
+fn ipv4_header_sum(ctx: &XdpContext, off: usize, ihl: usize) -> Option<u16> {
+    let mut sum: u32 = 0;
+    for word in 0..IPV4_MAX_WORDS {
+        if word * 4 >= ihl {
+            break;
+        }
+        let w: [u8; 4] = read(ctx, off + word * 4)?;
+        sum += u16::from_be_bytes([w[0], w[1]]) as u32 + u16::from_be_bytes([w[2], w[3]]) as u32;
+    }
+    Some(fold(sum))
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+#[inline(always)]
+fn outer_ipv6(
+    ctx: &XdpContext,
+    l3: usize,
+    ours: &mut DecapAddr,
+    from: &mut DecapSource,
+) -> Result<Outer, DecapReason> {
+    let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(DecapReason::PassMalformed)?;
+    if ip.next_hdr != PROTO_IPIP && ip.next_hdr != PROTO_IPV6 {
+        return Err(DecapReason::PassNotTunnel);
+    }
+    let payload = u16::from_be_bytes(ip.payload_len) as usize;
+    if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > packet::len(ctx) {
+        return Err(DecapReason::PassMalformed);
+    }
+    ours.family = FAMILY_V6;
+    ours.addr = ip.dst_addr;
+    from.family = FAMILY_V6;
+    from.addr = ip.src_addr;
+    Ok(Outer {
+        len: Ipv6Hdr::LEN,
+        inner_proto: ip.next_hdr,
+        ecn: (ip.vcf[1] >> 4) & ECN_MASK,
+        fragmented: false,
+    })
+}
+
+/// The outer source is in `DECAP_SOURCES`, or the operator opted out of
+/// the check (`DECAP_F_ANY_SOURCE`).
+#[inline(always)]
+fn source_allowed(from: &DecapSource) -> bool {
+    if DECAP_CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & DECAP_F_ANY_SOURCE != 0)
+    {
+        return true;
+    }
+    let addr_bits = if from.family == FAMILY_V4 { 32 } else { 128 };
+    let key = Key::new(DECAP_SOURCE_FAMILY_BITS + addr_bits, *from);
+    DECAP_SOURCES.get(&key).is_some()
 }
 
 /// The inner IPv4 header at `off` is whole, and so is the packet it heads:
@@ -136,36 +205,94 @@ fn inner_ipv6_fits(ctx: &XdpContext, off: usize) -> bool {
     ip.vcf[0] >> 4 == 6 && off + Ipv6Hdr::LEN + payload <= packet::len(ctx)
 }
 
-/// Set ECN CE in the inner header at `off` if it is ECN-capable.
+/// RFC 6040 section 4.2: the inner ECN field after decapsulation, or
+/// `None` when the packet must be dropped (congestion marked on a packet
+/// whose transport would not see it).
 #[inline(always)]
-fn mark_ce(ctx: &XdpContext, off: usize, inner_type: u16) -> bool {
+fn decapsulated_ecn(inner: u8, outer: u8) -> Option<u8> {
+    match (inner, outer) {
+        (ECN_NOT_ECT, ECN_CE) => None,
+        (ECN_ECT0 | ECN_ECT1, ECN_CE) => Some(ECN_CE),
+        (ECN_ECT0, ECN_ECT1) => Some(ECN_ECT1),
+        _ => Some(inner),
+    }
+}
+
+/// Write the decapsulated ECN field into the inner header at `off`.
+#[inline(always)]
+fn set_inner_ecn(
+    ctx: &XdpContext,
+    off: usize,
+    inner_type: u16,
+    outer_ecn: u8,
+) -> Result<(), DecapReason> {
     if inner_type == ETH_P_IPV4 {
-        let Some(mut h) = read::<[u8; 12]>(ctx, off) else {
-            return false;
-        };
-        if h[1] & ECN_MASK == 0 {
-            return true;
+        let mut h: [u8; 12] = read(ctx, off).ok_or(DecapReason::PassMalformed)?;
+        let ecn = decapsulated_ecn(h[1] & ECN_MASK, outer_ecn).ok_or(DecapReason::DropCeNotEct)?;
+        if ecn == h[1] & ECN_MASK {
+            return Ok(());
         }
         let old = u16::from_be_bytes([h[0], h[1]]);
-        h[1] |= ECN_CE;
+        h[1] = (h[1] & !ECN_MASK) | ecn;
         let new = u16::from_be_bytes([h[0], h[1]]);
         // Incremental checksum update (RFC 1624): HC' = ~(~HC + ~m + m').
         let check = u16::from_be_bytes([h[10], h[11]]);
-        let mut sum = (!check) as u32 + (!old) as u32 + new as u32;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        let check = (!(sum as u16)).to_be_bytes();
+        let sum = (!check) as u32 + (!old) as u32 + new as u32;
+        let check = (!fold(sum)).to_be_bytes();
         h[10] = check[0];
         h[11] = check[1];
-        packet::write(ctx, off, h)
+        write_or_malformed(ctx, off, h)
     } else {
-        let Some(mut h) = read::<[u8; 2]>(ctx, off) else {
-            return false;
-        };
-        let ecn = (h[1] >> 4) & ECN_MASK;
-        if ecn != 0 {
-            h[1] |= ECN_CE << 4;
+        // The traffic class straddles bytes 0 and 1; ECN is bits 4-5 of byte 1.
+        let mut h: [u8; 2] = read(ctx, off).ok_or(DecapReason::PassMalformed)?;
+        let inner = (h[1] >> 4) & ECN_MASK;
+        let ecn = decapsulated_ecn(inner, outer_ecn).ok_or(DecapReason::DropCeNotEct)?;
+        if ecn == inner {
+            return Ok(());
         }
-        packet::write(ctx, off, h)
+        h[1] = (h[1] & !(ECN_MASK << 4)) | (ecn << 4);
+        write_or_malformed(ctx, off, h)
     }
+}
+
+#[inline(always)]
+fn write_or_malformed<T: Copy>(ctx: &XdpContext, off: usize, value: T) -> Result<(), DecapReason> {
+    if packet::write(ctx, off, value) {
+        Ok(())
+    } else {
+        Err(DecapReason::PassMalformed)
+    }
+}
+
+/// Move the link header forward to sit in front of the inner packet, with
+/// the inner packet's ethertype, and drop the `outer_len` bytes before it.
+#[inline(always)]
+fn strip(ctx: &XdpContext, l2: &L2, outer_len: usize, inner_type: u16) -> Result<(), DecapReason> {
+    let et = inner_type.to_be_bytes();
+    let d = l2.dst_mac;
+    let s = l2.src_mac;
+    match l2.vlan {
+        Some(t) => write_or_malformed(
+            ctx,
+            outer_len,
+            [
+                d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5], t[0], t[1],
+                t[2], t[3], et[0], et[1],
+            ],
+        )?,
+        None => write_or_malformed(
+            ctx,
+            outer_len,
+            [
+                d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5], et[0],
+                et[1],
+            ],
+        )?,
+    }
+    // SAFETY: shrinking the head by the outer header's length, which lies
+    // inside the packet (checked when it was read).
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+        return Err(DecapReason::PassMalformed);
+    }
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //! changes), then XDP_TX or a devmap redirect.
 //!
 //! Everything that can fail is decided before the packet is touched, so a
-//! dropped packet is dropped as it arrived.
+//! dropped packet is dropped as it arrived. A packet too big to encapsulate
+//! is handed to `pmtu`, which may answer it with an ICMP too-big instead.
 
 use aya_ebpf::{
     bindings::{
@@ -20,9 +21,11 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{SCRATCH, TX_PORTS},
+    csum,
+    maps::{SCRATCH, TX_PORT_MACS, TX_PORTS},
     mem, packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
+    pmtu,
 };
 
 const AF_INET: u8 = 2;
@@ -59,8 +62,9 @@ pub fn forward(
     out: &Outgoing,
 ) -> Reason {
     if vip_flags & VIP_F_L2_DSR != 0 {
-        let hop = match next_hop(ctx, cfg, out.l2, backend, out.ip_len) {
+        let hop = match next_hop(ctx, cfg, out.l2, backend, out.ip_len, true) {
             Ok(hop) => hop,
+            Err(Reason::DropTooBig) => return pmtu::answer(ctx, out, route_mtu()),
             Err(reason) => return reason,
         };
         let egress = match egress(ctx, hop.ifindex) {
@@ -78,11 +82,17 @@ pub fn forward(
         IPV6_HDR_LEN
     };
     let outer_len = out.ip_len as u32 + overhead as u32;
-    if outer_len > u16::MAX as u32 || (cfg.mtu != 0 && outer_len > cfg.mtu as u32) {
+    if outer_len > u16::MAX as u32 {
         return Reason::DropTooBig;
     }
-    let hop = match next_hop(ctx, cfg, out.l2, backend, outer_len as u16) {
+    if cfg.mtu != 0 && outer_len > cfg.mtu as u32 {
+        return pmtu::answer(ctx, out, (cfg.mtu as u32).saturating_sub(overhead as u32));
+    }
+    let hop = match next_hop(ctx, cfg, out.l2, backend, outer_len as u16, false) {
         Ok(hop) => hop,
+        Err(Reason::DropTooBig) => {
+            return pmtu::answer(ctx, out, route_mtu().saturating_sub(overhead as u32));
+        }
         Err(reason) => return reason,
     };
     let egress = match egress(ctx, hop.ifindex) {
@@ -94,9 +104,11 @@ pub fn forward(
         return Reason::DropEncapFailed;
     }
     let written = if backend.family == FAMILY_V4 {
-        write_l2(ctx, out.l2, &hop, ETH_P_IPV4) && write_outer_v4(ctx, out, cfg, backend)
+        write_l2(ctx, out.l2, &hop.dmac, &hop.smac, ETH_P_IPV4)
+            && write_outer_v4(ctx, out, cfg, backend)
     } else {
-        write_l2(ctx, out.l2, &hop, ETH_P_IPV6) && write_outer_v6(ctx, out, cfg, backend)
+        write_l2(ctx, out.l2, &hop.dmac, &hop.smac, ETH_P_IPV6)
+            && write_outer_v6(ctx, out, cfg, backend)
     };
     if !written {
         return Reason::DropEncapFailed;
@@ -136,7 +148,12 @@ fn send(egress: Egress) -> Reason {
 }
 
 /// Where the frame goes next: the backend's own MAC when configured (same
-/// link), else the kernel's FIB, else the configured gateway.
+/// link), else the kernel's FIB, else the configured gateway (through the
+/// interface the FIB chose, when it knew the route but not the neighbour).
+///
+/// With `l2_dsr` the packet keeps the VIP as its destination, so it must
+/// reach the backend itself: a router (the gateway, or a FIB next hop that
+/// is not the backend) would route it back to us.
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -144,6 +161,7 @@ fn next_hop(
     l2: &L2,
     backend: &Backend,
     tot_len: u16,
+    l2_dsr: bool,
 ) -> Result<NextHop, Reason> {
     let configured = |dmac: [u8; 6]| NextHop {
         dmac,
@@ -157,6 +175,7 @@ fn next_hop(
     if backend.mac != ZERO_MAC {
         return Ok(configured(backend.mac));
     }
+    let gateway_mac = if l2_dsr { ZERO_MAC } else { cfg.gateway_mac };
     if cfg.flags & CFG_F_NEXTHOP_FIB != 0 {
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return Err(Reason::DropNoRoute);
@@ -184,7 +203,12 @@ fn next_hop(
                 0,
             )
         };
-        match rc as u32 {
+        let rc = rc as u32;
+        let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+        if l2_dsr && routed && !fib_next_hop_is(fib, backend) {
+            return Err(Reason::DropL2DsrOffLink);
+        }
+        match rc {
             BPF_FIB_LKUP_RET_SUCCESS => {
                 return Ok(NextHop {
                     dmac: fib.dmac,
@@ -193,14 +217,71 @@ fn next_hop(
                 });
             }
             BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::DropTooBig),
-            BPF_FIB_LKUP_RET_NO_NEIGH if cfg.gateway_mac != ZERO_MAC => {}
+            // The route is known but not its neighbour: the kernel filled
+            // in the interface (not the MACs), which the gateway is behind.
+            BPF_FIB_LKUP_RET_NO_NEIGH if gateway_mac != ZERO_MAC => {
+                return through(ctx, l2, gateway_mac, fib.ifindex);
+            }
             _ => return Err(Reason::DropNoRoute),
         }
     }
-    if cfg.gateway_mac != ZERO_MAC {
-        return Ok(configured(cfg.gateway_mac));
+    if gateway_mac != ZERO_MAC {
+        return Ok(configured(gateway_mac));
     }
     Err(Reason::DropNoRoute)
+}
+
+/// Whether the FIB's next hop is the backend itself. For a route through
+/// a router `bpf_fib_lookup` replaces the destination with the router's
+/// address (an IPv6 one, family and all, for an IPv4 route via IPv6), on
+/// success and when only the neighbour is missing alike.
+#[inline(always)]
+fn fib_next_hop_is(fib: &FibLookup, backend: &Backend) -> bool {
+    // SAFETY: plain integers in unions the kernel wrote per `family`.
+    unsafe {
+        if backend.family == FAMILY_V4 {
+            fib.family == AF_INET
+                && fib.__bindgen_anon_4.ipv4_dst == u32::from_ne_bytes(first4(&backend.addr))
+        } else {
+            fib.family == AF_INET6 && fib.__bindgen_anon_4.ipv6_dst == words(&backend.addr)
+        }
+    }
+}
+
+/// Next-hop MAC `dmac` out of interface `ifindex`: back out of the ingress
+/// interface with the MAC the frame came to, or redirected with the MAC lbd
+/// wrote for that port (none: not a port we may send from).
+#[inline(always)]
+fn through(ctx: &XdpContext, l2: &L2, dmac: [u8; 6], ifindex: u32) -> Result<NextHop, Reason> {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        return Ok(NextHop {
+            dmac,
+            smac: l2.dst_mac,
+            ifindex: 0,
+        });
+    }
+    // SAFETY: copied out at once.
+    match unsafe { TX_PORT_MACS.get(&ifindex) } {
+        Some(port) => Ok(NextHop {
+            dmac,
+            smac: port.mac,
+            ifindex,
+        }),
+        None => Err(Reason::DropNoTxPort),
+    }
+}
+
+/// The MTU of the route to the backend, after `next_hop`'s FIB lookup said
+/// the packet exceeds it (the kernel writes it over `tot_len`); 0 if
+/// unknown, which `pmtu` never reports.
+#[inline(always)]
+fn route_mtu() -> u32 {
+    match SCRATCH.get_ptr(0) {
+        // SAFETY: a per-CPU map value; the union's fields are all plain
+        // integers.
+        Some(scratch) => unsafe { (*scratch).fib.__bindgen_anon_1.mtu_result as u32 },
+        None => 0,
+    }
 }
 
 #[inline(always)]
@@ -218,14 +299,20 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// The link header in front of the outer IP header, VLAN tag kept.
+/// The link header in front of a new IP header, `l2`'s VLAN tag kept.
 #[inline(always)]
-fn write_l2(ctx: &XdpContext, l2: &L2, hop: &NextHop, ether_type: u16) -> bool {
+pub fn write_l2(
+    ctx: &XdpContext,
+    l2: &L2,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+    ether_type: u16,
+) -> bool {
     let Some(eth) = packet::header::<[u8; 12]>(ctx, 0) else {
         return false;
     };
-    eth[..6].copy_from_slice(&hop.dmac);
-    eth[6..].copy_from_slice(&hop.smac);
+    eth[..6].copy_from_slice(dmac);
+    eth[6..].copy_from_slice(smac);
     match l2.vlan {
         Some(tag) => {
             packet::write(ctx, 12, tag) && packet::write(ctx, 16, ether_type.to_be_bytes())
@@ -260,7 +347,7 @@ fn write_outer_v4(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Ba
     h[11] = 0;
     h[12..16].copy_from_slice(&cfg.outer_src_v4);
     h[16..20].copy_from_slice(&backend.addr[..4]);
-    let check = ipv4_checksum(h).to_be_bytes();
+    let check = csum::ipv4_header(h).to_be_bytes();
     h[10] = check[0];
     h[11] = check[1];
     true
@@ -291,18 +378,4 @@ fn write_outer_v6(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Ba
     h[8..24].copy_from_slice(&cfg.outer_src_v6);
     h[24..40].copy_from_slice(&backend.addr);
     true
-}
-
-/// RFC 1071 checksum of a 20-byte IPv4 header whose checksum field is zero.
-#[inline(always)]
-pub fn ipv4_checksum(h: &[u8; IPV4_HDR_LEN]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < IPV4_HDR_LEN {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

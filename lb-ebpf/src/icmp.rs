@@ -2,6 +2,11 @@
 //! flow. A router between a backend and its client sends these to the VIP,
 //! since DSR replies carry the VIP as their source. They must reach the
 //! backend that owns the flow, or its path-MTU discovery stalls.
+//!
+//! The flow is read from the packet the message quotes: its addresses, and
+//! its ports after the IPv6 extension headers it carried (walked as the
+//! packet's own are). A quoted non-first fragment has no ports, only
+//! payload where they would be: it is passed, counted, never matched.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -12,13 +17,15 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     packet::{header, read},
-    parse::Parsed,
+    parse::{Fragment, Parsed, ipv6_chain},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMP_HDR_LEN: usize = 8;
+/// The fragment-offset bits of the IPv4 flags/offset field.
+const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
 
 /// The client-to-VIP flow whose reply was too big, when `p` is such an
 /// ICMP message; `Ok(None)` for any other ICMP.
@@ -31,7 +38,7 @@ pub fn too_big_flow(ctx: &XdpContext, p: &Parsed) -> Result<Option<FlowKey>, Rea
         family: p.flow.family,
         ..FlowKey::default()
     };
-    let ports_off = if p.flow.family == FAMILY_V4 {
+    let (ports_off, later_fragment) = if p.flow.family == FAMILY_V4 {
         if p.flow.proto != PROTO_ICMP || h[0] != ICMP_DEST_UNREACH || h[1] != ICMP_FRAG_NEEDED {
             return Ok(None);
         }
@@ -43,16 +50,28 @@ pub fn too_big_flow(ctx: &XdpContext, p: &Parsed) -> Result<Option<FlowKey>, Rea
         flow.proto = ip.proto;
         flow.src[..4].copy_from_slice(&ip.dst_addr);
         flow.dst[..4].copy_from_slice(&ip.src_addr);
-        inner_off + ihl
+        let fragment_offset = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET;
+        (inner_off + ihl, fragment_offset != 0)
     } else {
         if p.flow.proto != PROTO_ICMPV6 || h[0] != ICMPV6_PACKET_TOO_BIG {
             return Ok(None);
         }
         let ip: &Ipv6Hdr = header(ctx, inner_off).ok_or(Reason::PassBadL4Header)?;
-        flow.proto = ip.next_hdr;
         flow.src = ip.dst_addr;
         flow.dst = ip.src_addr;
-        inner_off + Ipv6Hdr::LEN
+        let next = ip.next_hdr;
+        // The quote ends with the message (an ICMPv6 error quotes only as
+        // much of the packet as fits).
+        let end = p.l2.len() + p.ip_len as usize;
+        let chain = ipv6_chain(
+            ctx,
+            next,
+            inner_off + Ipv6Hdr::LEN,
+            end,
+            Reason::PassBadL4Header,
+        )?;
+        flow.proto = chain.proto;
+        (chain.l4_off, matches!(chain.fragment, Fragment::Later(_)))
     };
     if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
         return Ok(None);
@@ -60,6 +79,9 @@ pub fn too_big_flow(ctx: &XdpContext, p: &Parsed) -> Result<Option<FlowKey>, Rea
     // Only the message sent to the address the embedded packet came from.
     if flow.dst != p.flow.dst {
         return Ok(None);
+    }
+    if later_fragment {
+        return Err(Reason::PassIcmpQuotedFragment);
     }
     let ports: [u8; 4] = read(ctx, ports_off).ok_or(Reason::PassBadL4Header)?;
     flow.sport = u16::from_be_bytes([ports[2], ports[3]]);

@@ -3,8 +3,9 @@
 //! the programs `cargo xtask bench` measures them against.
 //!
 //! The packet path reads top to bottom through the modules:
-//! parse -> vip -> conntrack -> maglev -> forward (encap / l2) -> stats,
-//! with icmp and fragment handling branching off after parse.
+//! parse -> vip -> conntrack (-> probation) -> maglev -> forward
+//! (encap / l2) -> stats, with icmp and fragment handling branching off
+//! after parse, and pmtu answering packets too big for the tunnel.
 #![no_std]
 #![no_main]
 // Map keys and values go to aya-ebpf by reference on purpose: a by-value
@@ -14,6 +15,7 @@
 mod balancer;
 mod bench;
 mod conntrack;
+mod csum;
 mod decap;
 mod forward;
 mod fragment;
@@ -23,6 +25,8 @@ mod maps;
 mod mem;
 mod packet;
 mod parse;
+mod pmtu;
+mod probation;
 mod stats;
 mod vip;
 

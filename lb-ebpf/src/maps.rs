@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     FlowKey,
@@ -31,6 +31,12 @@ pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, BPF
 pub static CONNS: LruHashMap<FlowKey, ConnEntry> =
     LruHashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
 
+/// Flows seen once, waiting for a second packet before they may enter
+/// `CONNS` (see `probation.rs`).
+#[map(name = "PROBATION")]
+pub static PROBATION: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_PROBATION_ENTRIES, 0);
+
 #[map(name = "FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(DEFAULT_FRAG_ENTRIES, 0);
@@ -49,11 +55,39 @@ pub static BACKEND_STATS: PerCpuArray<FlowStats> =
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
+/// The MAC of each `TX_PORTS` interface, written with it by lbd.
+#[map(name = "TX_PORT_MACS")]
+pub static TX_PORT_MACS: HashMap<u32, PortMac> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
 #[map(name = "DECAP_ADDRS")]
 pub static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
 
+/// Outer source prefixes tunnels are accepted from (`DecapSource` keys).
+#[map(name = "DECAP_SOURCES")]
+pub static DECAP_SOURCES: LpmTrie<DecapSource, u32> =
+    LpmTrie::with_max_entries(MAX_DECAP_SOURCES, 0);
+
+#[map(name = "DECAP_CONFIG")]
+pub static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
+
 #[map(name = "DECAP_STATS")]
 pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_REASON_COUNT, 0);
+
+#[map(name = "TOO_BIG_LIMIT")]
+pub static TOO_BIG_LIMIT: Array<TooBigLimit> = Array::with_max_entries(1, 0);
+
+/// A CPU's token bucket for ICMP too-big answers (`pmtu.rs`). Never
+/// pinned: a restart refills the buckets, which only allows one burst more.
+#[derive(Clone, Copy)]
+pub struct TooBigBucket {
+    /// Saved-up credit, at most `TooBigLimit::burst_ns`.
+    pub credit_ns: u64,
+    /// When the credit was last brought up to date.
+    pub last_ns: u64,
+}
+
+#[map(name = "TOO_BIG_BUCKET")]
+pub static TOO_BIG_BUCKET: PerCpuArray<TooBigBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU working memory for one packet: the parsed headers and the FIB
 /// lookup's parameter block would not fit on the 512-byte BPF stack next to

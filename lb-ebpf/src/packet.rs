@@ -9,10 +9,26 @@ use core::mem;
 /// per-CPU scratch) cannot overflow the packet pointer.
 pub const MAX_HEADER_OFFSET: usize = 512;
 
+/// ICMP errors the program builds (`pmtu.rs`) quote the client's packet up
+/// to this many bytes into the frame: an ICMPv6 error is at most 1280 bytes
+/// behind an 18-byte tagged Ethernet header.
+pub const MAX_QUOTE_END: usize = 1280 + 18;
+
 /// Pointer to a `T` at `offset` bytes into the packet, if it fits.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    if offset > MAX_HEADER_OFFSET {
+    ptr_below(ctx, offset, MAX_HEADER_OFFSET)
+}
+
+/// `ptr_at` for the quoted bytes of an ICMP error, which reach further.
+#[inline(always)]
+pub fn quote_ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    ptr_below(ctx, offset, MAX_QUOTE_END)
+}
+
+#[inline(always)]
+fn ptr_below<T>(ctx: &XdpContext, offset: usize, limit: usize) -> Option<*mut T> {
+    if offset > limit {
         return None;
     }
     let start = ctx.data();

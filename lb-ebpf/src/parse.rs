@@ -168,23 +168,75 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     p.flow.family = FAMILY_V6;
     mem::copy_addr(&mut p.flow.src, &ip.src_addr);
     mem::copy_addr(&mut p.flow.dst, &ip.dst_addr);
-    let mut next = ip.next_hdr;
-    let mut off = l3 + Ipv6Hdr::LEN;
+    // Every problem with the chain, too long or an extension header cut
+    // short by the packet's end, is an extension-header problem: the IPv6
+    // header itself was fine.
+    let chain = ipv6_chain(
+        ctx,
+        ip.next_hdr,
+        l3 + Ipv6Hdr::LEN,
+        l3 + p.ip_len as usize,
+        Reason::PassIpv6ExtHeaders,
+    )?;
+    p.flow.proto = chain.proto;
+    p.l4_off = chain.l4_off;
+    p.fragment = chain.fragment;
+    p.frag_proto = chain.frag_proto;
+    Ok(())
+}
+
+/// Where an IPv6 packet's extension-header chain ends.
+pub struct Ipv6Chain {
+    /// The protocol after the chain; for a later fragment, the one its
+    /// fragment header names.
+    pub proto: u8,
+    /// Offset of that protocol's header (of payload, for a later fragment).
+    pub l4_off: usize,
+    pub fragment: Fragment,
+    /// The next header named by the fragment header; 0 without one.
+    pub frag_proto: u8,
+}
+
+/// Walk the extension headers after a fixed IPv6 header that names `next`
+/// and ends at `off`: hop-by-hop, routing, destination options and
+/// fragment, at most `IPV6_MAX_EXT_HEADERS` of them, none reaching past
+/// `end` (the end of the IP packet holding them). Used for the packet
+/// itself and for the packet an ICMPv6 error quotes, which is where
+/// `truncated` (the reason for a header cut short) differs. A longer chain
+/// is `pass_ipv6_ext_headers`.
+#[inline(always)]
+pub fn ipv6_chain(
+    ctx: &XdpContext,
+    mut next: u8,
+    mut off: usize,
+    end: usize,
+    truncated: Reason,
+) -> Result<Ipv6Chain, Reason> {
+    let mut fragment = Fragment::None;
+    let mut frag_proto = 0;
     let mut later = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
+        let is_ext = matches!(
+            next,
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+        );
+        // Each extension header is a multiple of 8 bytes, at least 8.
+        if is_ext && off + 8 > end {
+            return Err(truncated);
+        }
         match next {
             IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
-                let h: [u8; 2] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
+                let h: [u8; 2] = read(ctx, off).ok_or(truncated)?;
                 next = h[0];
                 off += (h[1] as usize + 1) * 8;
             }
             IPV6_EXT_FRAGMENT => {
-                let h: [u8; 8] = read(ctx, off).ok_or(Reason::PassBadIpHeader)?;
+                let h: [u8; 8] = read(ctx, off).ok_or(truncated)?;
                 next = h[0];
-                p.frag_proto = h[0];
+                frag_proto = h[0];
                 let offset_flags = be16([h[2], h[3]]);
                 let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                p.fragment = if offset_flags >> 3 != 0 {
+                fragment = if offset_flags >> 3 != 0 {
                     later = true;
                     Fragment::Later(id)
                 } else if offset_flags & 1 != 0 {
@@ -202,6 +254,11 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
             _ => break,
         }
     }
+    // The last header walked claims more than the packet holds.
+    if !later && off > end {
+        return Err(truncated);
+    }
+    // Still an extension header after the last one walked: too long a chain.
     if !later
         && matches!(
             next,
@@ -210,9 +267,12 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     {
         return Err(Reason::PassIpv6ExtHeaders);
     }
-    p.flow.proto = next;
-    p.l4_off = off;
-    Ok(())
+    Ok(Ipv6Chain {
+        proto: next,
+        l4_off: off,
+        fragment,
+        frag_proto,
+    })
 }
 
 #[inline(always)]

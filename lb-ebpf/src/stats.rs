@@ -31,15 +31,20 @@ pub fn verdict(reason: Reason) -> u32 {
             Reason::Redirect => xdp_action::XDP_REDIRECT,
             _ => xdp_action::XDP_TX,
         },
+        ReasonKind::Answered => xdp_action::XDP_TX,
         ReasonKind::Dropped => xdp_action::XDP_DROP,
         ReasonKind::Passed | ReasonKind::Event => xdp_action::XDP_PASS,
     }
 }
 
+/// Count the decapsulation program's verdict and return its XDP action.
 #[inline(always)]
 pub fn decap_verdict(reason: DecapReason) -> u32 {
     bump(DECAP_STATS.get_ptr_mut(reason as u32));
-    xdp_action::XDP_PASS
+    match reason.kind() {
+        ReasonKind::Dropped => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
 }
 
 #[inline(always)]

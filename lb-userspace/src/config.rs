@@ -34,11 +34,15 @@ pub struct Config {
     /// How the next hop towards backends is found.
     #[serde(default)]
     pub next_hop: NextHop,
-    /// Largest IP packet (bytes) the path to the backends carries; a packet
-    /// that would exceed it once encapsulated is dropped and counted
-    /// (`drop_too_big`). Default 1500.
+    /// Largest IP packet (bytes) the path to the backends carries. A client
+    /// packet that would exceed it once encapsulated is answered with an
+    /// ICMP too-big (`answer_too_big`) so the client sends smaller ones, or
+    /// dropped (`drop_too_big`). Default 1500.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// How often packets too big for `mtu` are answered with ICMP too-big.
+    #[serde(default)]
+    pub too_big_answers: TooBigAnswers,
     /// Sizes of the data plane's tables.
     #[serde(default)]
     pub tables: Tables,
@@ -116,6 +120,36 @@ impl Default for NextHop {
     }
 }
 
+/// The rate limit of ICMP too-big answers: a token bucket on each CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TooBigAnswers {
+    /// Answers per second on each CPU; 0 answers none (too-big packets are
+    /// only dropped). Default 100.
+    #[serde(default = "default_too_big_per_second")]
+    pub per_second: u32,
+    /// Answers a CPU may send back to back after a quiet spell. Default 10.
+    #[serde(default = "default_too_big_burst")]
+    pub burst: u32,
+}
+
+impl Default for TooBigAnswers {
+    fn default() -> Self {
+        Self {
+            per_second: default_too_big_per_second(),
+            burst: default_too_big_burst(),
+        }
+    }
+}
+
+/// The IPv6 minimum link MTU (RFC 8200 section 5).
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Most ICMP too-big answers per second per CPU that can be configured.
+pub const MAX_TOO_BIG_PER_SECOND: u32 = 1_000_000;
+/// Largest burst of ICMP too-big answers that can be configured.
+pub const MAX_TOO_BIG_BURST: u32 = 10_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tables {
@@ -126,6 +160,11 @@ pub struct Tables {
     /// Connection-table entries (LRU). Default 1048576.
     #[serde(default = "default_conn_entries")]
     pub conn_entries: u32,
+    /// Probation-table entries (LRU): flows seen once wait there for their
+    /// second packet before they may enter the connection table. Unset:
+    /// an eighth of `conn_entries` (see `probation_entries()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_entries: Option<u32>,
     /// Most VIPs. Default 64.
     #[serde(default = "default_max_vips")]
     pub max_vips: u32,
@@ -139,9 +178,21 @@ impl Default for Tables {
         Self {
             ring_size: default_ring_size(),
             conn_entries: default_conn_entries(),
+            probation_entries: None,
             max_vips: default_max_vips(),
             max_backends: default_max_backends(),
         }
+    }
+}
+
+impl Tables {
+    /// The probation table's size: as configured, else an eighth of the
+    /// connection table's. Big enough that a real flow's second packet
+    /// (the request after the handshake's ACK) finds its entry while a
+    /// flood of one-packet flows passes through; small beside `CONNS`.
+    pub fn probation_entries(&self) -> u32 {
+        self.probation_entries
+            .unwrap_or(lb_common::maps::probation_entries_for(self.conn_entries))
     }
 }
 
@@ -198,6 +249,17 @@ pub struct Vip {
     /// The backends.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+}
+
+impl Vip {
+    /// Whether backends must also pass the probe through the tunnel
+    /// (`health_check.through_tunnel`): as set, else on for every `ipip`
+    /// VIP that has a check. `l2_dsr` has no tunnel, so never there.
+    pub fn checks_through_tunnel(&self) -> bool {
+        let applies =
+            self.forwarding == Forwarding::Ipip && self.health_check.kind != CheckKind::None;
+        applies && self.health_check.through_tunnel.unwrap_or(true)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -280,6 +342,12 @@ pub struct HealthCheck {
     /// Failures in a row to go down. Default 3.
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// Also probe the VIP through the tunnel, the way client packets reach
+    /// the backend, so a backend whose decapsulation is broken goes down.
+    /// Unset: on for `ipip` VIPs with a check (see
+    /// [`Vip::checks_through_tunnel`]); not allowed for `l2_dsr`.
+    #[serde(default)]
+    pub through_tunnel: Option<bool>,
 }
 
 impl Default for HealthCheck {
@@ -295,6 +363,7 @@ impl Default for HealthCheck {
             timeout_ms: default_timeout(),
             rise: default_rise(),
             fall: default_fall(),
+            through_tunnel: None,
         }
     }
 }
@@ -363,6 +432,12 @@ fn yes() -> bool {
 }
 fn default_mtu() -> u16 {
     1500
+}
+fn default_too_big_per_second() -> u32 {
+    100
+}
+fn default_too_big_burst() -> u32 {
+    10
 }
 fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/lbd")
@@ -551,6 +626,22 @@ impl Config {
                 format!("{} is out of range 576..=9216", self.mtu),
             );
         }
+        let answers = &self.too_big_answers;
+        if answers.per_second > MAX_TOO_BIG_PER_SECOND {
+            bad(
+                "too_big_answers.per_second".into(),
+                format!(
+                    "{} is out of range 0..={MAX_TOO_BIG_PER_SECOND}",
+                    answers.per_second
+                ),
+            );
+        }
+        if !(1..=MAX_TOO_BIG_BURST).contains(&answers.burst) {
+            bad(
+                "too_big_answers.burst".into(),
+                format!("{} is out of range 1..={MAX_TOO_BIG_BURST}", answers.burst),
+            );
+        }
         let t = &self.tables;
         if t.ring_size < 7 || !is_prime(t.ring_size) {
             bad(
@@ -569,12 +660,23 @@ impl Config {
         }
         for (field, value) in [
             ("conn_entries", t.conn_entries),
+            ("probation_entries", t.probation_entries()),
             ("max_vips", t.max_vips),
             ("max_backends", t.max_backends),
         ] {
             if value == 0 {
                 bad(format!("tables.{field}"), "must be at least 1".into());
             }
+        }
+        if t.conn_entries > 0 && t.probation_entries() > t.conn_entries {
+            bad(
+                "tables.probation_entries".into(),
+                format!(
+                    "{} exceeds tables.conn_entries = {}: the probation table is a small waiting room in front of the connection table",
+                    t.probation_entries(),
+                    t.conn_entries
+                ),
+            );
         }
         if self.vips.len() > t.max_vips as usize {
             bad(
@@ -618,6 +720,7 @@ impl Config {
                 &format!("{at}.health_check"),
                 &mut bad,
             );
+            check_through_tunnel(vip, &self.tunnel_source, &at, &mut bad);
             let mut addrs = HashSet::new();
             for (b, backend) in vip.backends.iter().enumerate() {
                 let bat = format!("{at}.backends[{b}]");
@@ -640,6 +743,17 @@ impl Config {
                         format!("{} is out of range 1..={MAX_WEIGHT}", backend.weight),
                     );
                 }
+                // The gateway is a router, and L2 DSR keeps the VIP as the
+                // destination: the router would send the frame back here.
+                if vip.forwarding == Forwarding::L2Dsr
+                    && !self.next_hop.fib
+                    && backend.mac.is_none()
+                {
+                    bad(
+                        format!("{bat}.mac"),
+                        "required for an l2_dsr VIP when next_hop.fib is false: next_hop.gateway_mac is a router, which would send the frame back to the VIP".into(),
+                    );
+                }
                 if vip.forwarding == Forwarding::Ipip {
                     match backend.address {
                         IpAddr::V4(_) if self.tunnel_source.ipv4.is_none() => bad(
@@ -653,6 +767,27 @@ impl Config {
                         _ => {}
                     }
                 }
+            }
+            // IPv6 guarantees every path 1280 bytes, and clients discard an
+            // ICMPv6 too-big that reports less: a tunnel with less room
+            // would black-hole full-size IPv6 packets however they shrink.
+            let overhead = vip
+                .backends
+                .iter()
+                .map(|b| if b.address.is_ipv4() { 20 } else { 40 })
+                .max();
+            if let (IpAddr::V6(_), Forwarding::Ipip, Some(overhead)) =
+                (vip.address, vip.forwarding, overhead)
+                && (self.mtu as u32) < IPV6_MIN_MTU + overhead
+            {
+                bad(
+                    "mtu".into(),
+                    format!(
+                        "{} is too small for the IPv6 VIP {at}: IPv6 needs {IPV6_MIN_MTU} bytes inside the tunnel, with its {overhead}-byte header at least {}",
+                        self.mtu,
+                        IPV6_MIN_MTU + overhead
+                    ),
+                );
             }
             if vip.backends.len() as u64 * 10 > t.ring_size as u64 {
                 bad(
@@ -718,6 +853,7 @@ fn check_health(h: &HealthCheck, vip_port: u16, at: &str, bad: &mut impl FnMut(S
     let probes = h.kind != CheckKind::None;
     let misplaced = [
         ("port", h.port.is_some() && !probes),
+        ("through_tunnel", h.through_tunnel.is_some() && !probes),
         ("path", h.path.is_some() && h.kind != CheckKind::Http),
         ("host", h.host.is_some() && h.kind != CheckKind::Http),
         ("payload", h.payload.is_some() && h.kind != CheckKind::Udp),
@@ -768,6 +904,49 @@ fn check_health(h: &HealthCheck, vip_port: u16, at: &str, bad: &mut impl FnMut(S
         bad(
             format!("{at}.payload"),
             "a udp check needs a payload to send".into(),
+        );
+    }
+}
+
+/// `health_check.through_tunnel` of `vip` (at `at`): only where there is
+/// a tunnel, and with a source for the probe's inner packet. That packet
+/// is of the VIP's family and comes from the tunnel source of that family,
+/// so a VIP of the other family than its backends needs both sources.
+fn check_through_tunnel(
+    vip: &Vip,
+    sources: &TunnelSource,
+    at: &str,
+    bad: &mut impl FnMut(String, String),
+) {
+    let field = format!("{at}.health_check.through_tunnel");
+    if vip.forwarding == Forwarding::L2Dsr && vip.health_check.through_tunnel.is_some() {
+        bad(
+            field,
+            "does not apply to l2_dsr forwarding: there is no tunnel to probe through".into(),
+        );
+        return;
+    }
+    if !vip.checks_through_tunnel() {
+        return;
+    }
+    let missing = match vip.address {
+        IpAddr::V4(_) if sources.ipv4.is_none() => Some(("IPv4", "tunnel_source.ipv4")),
+        IpAddr::V6(_) if sources.ipv6.is_none() => Some(("IPv6", "tunnel_source.ipv6")),
+        _ => None,
+    };
+    // Only backends are probed; one of the VIP's family already asks for
+    // that source by its own rule.
+    let other_family_only = !vip.backends.is_empty()
+        && vip
+            .backends
+            .iter()
+            .all(|b| b.address.is_ipv4() != vip.address.is_ipv4());
+    if let Some((family, source)) = missing.filter(|_| other_family_only) {
+        bad(
+            field,
+            format!(
+                "the probe of an {family} VIP through the tunnel is sent from {source}: set it, or set through_tunnel to false"
+            ),
         );
     }
 }
@@ -882,6 +1061,58 @@ mod tests {
         assert_eq!(
             problem(&text),
             "vips[0].backends[1].address: an IPv6 tunnel needs tunnel_source.ipv6"
+        );
+    }
+
+    #[test]
+    fn ipv6_vip_needs_1280_bytes_inside_its_tunnel() {
+        let v6 = GOOD.replace("198.51.100.10\"", "2001:db8::10\"");
+        let with_mtu = |text: &str, mtu: u16| {
+            let mut c: Config = serde_json::from_str(text).unwrap();
+            c.mtu = mtu;
+            c.validate()
+        };
+        // An IPv6 backend: 1280 + 40.
+        assert!(with_mtu(&v6, 1320).is_ok());
+        assert_eq!(
+            with_mtu(&v6, 1319).unwrap_err().to_string(),
+            "mtu: 1319 is too small for the IPv6 VIP vips[0]: IPv6 needs 1280 bytes inside the tunnel, with its 40-byte header at least 1320"
+        );
+        // IPv4 backends only: 1280 + 20.
+        let v4_backends = v6.replace("2001:db8::101", "198.51.100.102");
+        assert!(with_mtu(&v4_backends, 1300).is_ok());
+        assert!(with_mtu(&v4_backends, 1299).is_err());
+        // An IPv4 VIP, or L2 DSR (no tunnel), may use any mtu in range.
+        assert!(with_mtu(GOOD, 576).is_ok());
+        let l2 = v6.replace("\"port\": 80,", "\"port\": 80, \"forwarding\": \"l2_dsr\",");
+        assert!(with_mtu(&l2, 576).is_ok());
+    }
+
+    #[test]
+    fn too_big_answers_default_and_range() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert_eq!(
+            c.too_big_answers,
+            TooBigAnswers {
+                per_second: 100,
+                burst: 10
+            }
+        );
+        let off = GOOD.replace(
+            "\"vips\":",
+            "\"too_big_answers\": {\"per_second\": 0}, \"vips\":",
+        );
+        assert_eq!(
+            Config::from_json(&off).unwrap().too_big_answers.per_second,
+            0
+        );
+        let no_burst = GOOD.replace(
+            "\"vips\":",
+            "\"too_big_answers\": {\"burst\": 0}, \"vips\":",
+        );
+        assert_eq!(
+            problem(&no_burst),
+            "too_big_answers.burst: 0 is out of range 1..=10000"
         );
     }
 
@@ -1055,6 +1286,92 @@ mod tests {
         }
         assert_eq!(problems(&with_check(80, json!({"type": "none"}))), [""; 0]);
         assert_eq!(problems(&with_check(80, json!({}))), [""; 0]);
+    }
+
+    #[test]
+    fn l2_dsr_without_fib_needs_every_backend_mac() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["vips"][0]["forwarding"] = "l2_dsr".into();
+        v["next_hop"] = serde_json::json!({"fib": false, "gateway_mac": "02:00:5e:00:53:fe"});
+        assert_eq!(
+            problems(&v.to_string()),
+            [
+                "vips[0].backends[0].mac: required for an l2_dsr VIP when next_hop.fib is false: next_hop.gateway_mac is a router, which would send the frame back to the VIP"
+            ]
+        );
+        // With the FIB, lbd asks the kernel's routes instead (onlink.rs).
+        v["next_hop"]["fib"] = true.into();
+        assert_eq!(problems(&v.to_string()), [""; 0]);
+    }
+
+    #[test]
+    fn through_tunnel_is_on_by_default_for_ipip_vips_with_a_check() {
+        use serde_json::json;
+        let cases = [
+            ("ipip", json!({"type": "http"}), true),
+            (
+                "ipip",
+                json!({"type": "http", "through_tunnel": false}),
+                false,
+            ),
+            (
+                "ipip",
+                json!({"type": "http", "through_tunnel": true}),
+                true,
+            ),
+            ("ipip", json!({"type": "none"}), false),
+            ("l2_dsr", json!({"type": "http"}), false),
+        ];
+        for (forwarding, check, on) in cases {
+            let mut v: serde_json::Value = serde_json::from_str(&with_check(80, check)).unwrap();
+            v["vips"][0]["forwarding"] = forwarding.into();
+            let c = Config::from_json(&v.to_string()).unwrap();
+            assert_eq!(c.vips[0].checks_through_tunnel(), on, "{v}");
+        }
+    }
+
+    #[test]
+    fn through_tunnel_is_refused_where_there_is_nothing_to_probe_through() {
+        use serde_json::json;
+        let mut v: serde_json::Value = serde_json::from_str(&with_check(
+            80,
+            json!({"type": "http", "through_tunnel": true}),
+        ))
+        .unwrap();
+        v["vips"][0]["forwarding"] = "l2_dsr".into();
+        assert_eq!(
+            problems(&v.to_string()),
+            [
+                "vips[0].health_check.through_tunnel: does not apply to l2_dsr forwarding: there is no tunnel to probe through"
+            ]
+        );
+        assert_eq!(
+            problems(&with_check(
+                80,
+                json!({"type": "none", "through_tunnel": false})
+            )),
+            ["vips[0].health_check.through_tunnel: does not apply to a none check"]
+        );
+    }
+
+    #[test]
+    fn through_tunnel_of_a_vip_with_backends_of_the_other_family_needs_its_source() {
+        use serde_json::json;
+        // An IPv6 VIP whose only backend is IPv4: the probe's inner packet
+        // is IPv6, from tunnel_source.ipv6.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&with_check(80, json!({"type": "tcp"}))).unwrap();
+        v["tunnel_source"] = json!({"ipv4": "198.51.100.2"});
+        v["vips"][0]["address"] = "2001:db8::10".into();
+        v["vips"][0]["backends"] = json!([{"address": "198.51.100.101"}]);
+        assert_eq!(
+            problems(&v.to_string()),
+            [
+                "vips[0].health_check.through_tunnel: the probe of an IPv6 VIP through the tunnel is sent from tunnel_source.ipv6: set it, or set through_tunnel to false"
+            ]
+        );
+        v["vips"][0]["health_check"]["through_tunnel"] = false.into();
+        assert_eq!(problems(&v.to_string()), [""; 0]);
     }
 
     #[test]

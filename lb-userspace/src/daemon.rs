@@ -7,7 +7,10 @@
 //! written (`sync`). A change that fails leaves the running state as it was.
 //!
 //! lbd never detaches the program when it exits: the link and maps are
-//! pinned, forwarding continues, and the next lbd adopts them.
+//! pinned, forwarding continues, and the next lbd adopts them. One lbd
+//! runs per pin directory (`pin_lock`). Link events from the kernel make
+//! it attach again to an interface deleted and created anew
+//! (`attachments`).
 
 use std::{
     collections::BTreeMap,
@@ -22,8 +25,8 @@ use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_TCP, flow_hash, maglev_slot},
     maps::{
-        BACKEND_F_DOWN, MAP_BACKENDS, MAP_CONNS, MAP_RINGS, MAP_VIPS, VIP_F_AFFINITY,
-        VIP_F_PORTLESS, VipKey, backend_serves, entry_pins,
+        BACKEND_F_DOWN, MAP_BACKENDS, MAP_CONNS, MAP_PROBATION, MAP_RINGS, MAP_VIPS,
+        VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey, backend_serves, entry_pins,
     },
 };
 use serde_json::{Value, json};
@@ -36,25 +39,31 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     addr::{from_map, to_map},
-    config::Tables,
-    config::{
-        AdminState, AttachMode, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip,
-    },
+    attachments::{self, Attachments, Change},
+    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     control::{self, Reply, Request, VipRef},
-    datapath::{Adopt, Attached, Datapath, MapSizes, pinned_entries},
+    datapath::{Attached, Datapath, MapSizes, pinned_entries},
+    egress::{self, Outlets},
+    errors,
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     layout::PinOwner,
-    maps::{Maps, MapsError},
-    metrics::{InterfaceLabels, Metrics},
-    netdev,
+    maps::{FillMethod, Maps, MapsError, TableFill},
+    metrics::{InterfaceLabels, InterfaceName, Metrics},
+    netdev, onlink,
+    pin_lock::PinDirLock,
     runtime_state::{self, StateWriter},
     sync::{self, SyncReport},
+    tunnel_probe::TunnelPath,
 };
 
-/// `status` counts connection entries up to this many (one syscall each).
+/// Where the kernel keeps no element count, `status` and metrics count
+/// table entries up to this many (one syscall each).
 const CONN_COUNT_LIMIT: usize = 200_000;
+/// Without the kernel's counts, metrics walk the tables once per this many
+/// one-second ticks.
+const WALK_EVERY_TICKS: u64 = 30;
 
 /// What a health checker's results are filed under: the backend, and
 /// which of its checkers sent them. A checker replaced because its check
@@ -73,6 +82,8 @@ struct HealthRecord {
     generation: u64,
     check: HealthCheck,
     port: u16,
+    /// Where the probe through the tunnel goes, if the VIP has one.
+    tunnel: Option<TunnelPath>,
     checker: Option<tokio::task::JoinHandle<()>>,
     last_reason: String,
     last_latency: Option<Duration>,
@@ -90,8 +101,11 @@ impl Drop for HealthRecord {
 pub struct Daemon {
     config: Config,
     config_path: PathBuf,
-    /// Holds the loaded programs (and, until pinned, their links).
-    _dp: Datapath,
+    /// Holds the loaded programs, to attach again to interfaces that
+    /// come back.
+    dp: Datapath,
+    /// This lbd's hold on the pin directory, for its whole life.
+    _pin_lock: PinDirLock,
     maps: Maps,
     ids: Ids,
     applied: Image,
@@ -100,15 +114,18 @@ pub struct Daemon {
     health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
     /// The generation the next checker started gets.
     next_generation: u64,
-    attachments: Vec<(String, Attached)>,
+    attachments: Attachments,
     adopted: bool,
     /// Command-line settings that win over every configuration applied.
     node: NodeOverrides,
     started: Instant,
-    egress: image::Egress,
+    /// The interfaces the applied configuration sends out of.
+    outlets: Outlets,
     /// The configuration file's text the running configuration came from.
     file_text: String,
     state: StateWriter,
+    /// One-second ticks since the start.
+    ticks: u64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -144,12 +161,21 @@ impl Daemon {
         let drain_started = resumed.drain_started;
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
-        for iface in &config.interfaces {
-            netdev::ifindex(&iface.name).with_context(|| format!("interfaces: {}", iface.name))?;
-        }
+        let outlets = egress::resolve(&config)?;
+        onlink::check(&config, None)?;
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
         }
+        let pin_lock = PinDirLock::acquire(&config.pin_dir).map_err(|e| {
+            if e.is_held() {
+                anyhow::anyhow!(
+                    "{e}: one lbd runs per pin directory; stop the other first, or give this \
+                     one another pin_dir"
+                )
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
         let t = config.tables;
         if adopted {
             refuse_other_table_sizes(&config.pin_dir, &t)?;
@@ -159,15 +185,16 @@ impl Daemon {
             max_backends: t.max_backends,
             ring_size: t.ring_size,
             conn_entries: t.conn_entries,
+            probation_entries: t.probation_entries(),
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
-        let mut dp = Datapath::load_pinned(sizes, &config.pin_dir, PinOwner::LBD, Adopt::Replace)
-            .with_context(|| {
-            format!(
-                "loading the data plane (pins in {})",
-                config.pin_dir.display()
-            )
-        })?;
+        let mut dp =
+            Datapath::load_pinned(sizes, &config.pin_dir, PinOwner::LBD).with_context(|| {
+                format!(
+                    "loading the data plane (pins in {})",
+                    config.pin_dir.display()
+                )
+            })?;
         for m in &dp.migrations {
             info!(migration = %m, "migrated a pinned map to this lbd's layout");
         }
@@ -200,21 +227,8 @@ impl Daemon {
                 "adopted the running data plane"
             );
         }
-        let egress = match &config.next_hop.egress_interface {
-            Some(name) if !config.next_hop.fib => image::Egress {
-                ifindex: netdev::ifindex(name)?,
-                mac: netdev::mac_address(name)?,
-            },
-            _ => image::Egress::default(),
-        };
         // Ports first: the configuration written next may redirect to them.
-        for iface in &config.interfaces {
-            let index = netdev::ifindex(&iface.name)?;
-            maps.add_tx_port(index)?;
-        }
-        if egress.ifindex != 0 {
-            maps.add_tx_port(egress.ifindex)?;
-        }
+        egress::open(&mut maps, &outlets)?;
         let (health_records, status) = initial_health(&config, &up_before);
         let known = ids.clone();
         // A drain resumed from the saved state may have run out meanwhile.
@@ -229,38 +243,31 @@ impl Daemon {
                 drain_expired: drain_expired(k),
                 ..status(k)
             },
-            egress,
+            outlets.egress,
         )?;
         clear_stats_of_new_ids(&mut maps, &ids, &known)?;
         let report = sync::apply(&mut maps, None, &image)?;
+        egress::close_others(&mut maps, &outlets)?;
         info!(?report, "data plane written");
-        let mut attachments = Vec::new();
-        for iface in &config.interfaces {
-            let native = iface.mode == AttachMode::Native;
-            let attached = dp
-                .attach_pinned(&iface.name, &config.pin_dir, native)
-                .with_context(|| format!("attaching to {}", iface.name))?;
-            if native && !attached.native {
-                let reason = attached.native_refused.as_deref().unwrap_or("unknown");
-                warn!(interface = %iface.name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
-            }
-            info!(interface = %iface.name, native = attached.native, replaced = attached.replaced, "attached");
-            attachments.push((iface.name.clone(), attached));
-        }
+        let attachments = Attachments::attach_all(&mut dp, &config)?;
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
-        for (name, a) in &attachments {
-            let mode = if a.native { "native" } else { "generic" };
-            let labels = InterfaceLabels {
-                interface: name.clone(),
-                mode: mode.into(),
-            };
-            metrics.attached.get_or_create(&labels).set(1);
+        for a in attachments.iter() {
+            log_attached(&a.name, &a.attached);
+            show_attachment(&metrics, &a.name, Some(&a.attached));
+            // From zero, so that the first re-attach is an increase.
+            metrics
+                .reattached
+                .get_or_create(&InterfaceName {
+                    interface: a.name.clone(),
+                })
+                .inc_by(0);
         }
         let mut daemon = Self {
             config,
             config_path,
-            _dp: dp,
+            dp,
+            _pin_lock: pin_lock,
             maps,
             ids,
             applied: image,
@@ -272,7 +279,8 @@ impl Daemon {
             adopted,
             node,
             started: Instant::now(),
-            egress,
+            outlets,
+            ticks: 0,
             metrics,
             file_text,
             state: StateWriter::new(state_file),
@@ -312,7 +320,8 @@ impl Daemon {
         }
     }
 
-    /// Make `config` the running configuration, or change nothing.
+    /// Make `config` the running configuration, or change nothing. The
+    /// host is asked again about the interfaces it names.
     pub fn apply(&mut self, config: Config) -> Result<SyncReport, String> {
         config.validate().map_err(|e| e.to_string())?;
         for (field, same) in [
@@ -321,10 +330,6 @@ impl Daemon {
             ("pin_dir", config.pin_dir == self.config.pin_dir),
             ("state_file", config.state_file == self.config.state_file),
             ("control", config.control == self.config.control),
-            (
-                "next_hop.egress_interface",
-                config.next_hop.egress_interface == self.config.next_hop.egress_interface,
-            ),
         ] {
             if !same {
                 return Err(format!(
@@ -337,6 +342,13 @@ impl Daemon {
                 ));
             }
         }
+        let outlets = egress::resolve(&config).map_err(|e| errors::report(&e))?;
+        onlink::check(&config, Some(&self.config)).map_err(|e| e.to_string())?;
+        self.write(config, outlets)
+    }
+
+    /// Write `config`, sending out of `outlets`, or change nothing.
+    fn write(&mut self, config: Config, outlets: Outlets) -> Result<SyncReport, String> {
         let mut ids = self.ids.clone();
         // Backends new to this config start as their checks say: unknown
         // ones with checks wait for `rise` successes.
@@ -365,19 +377,27 @@ impl Daemon {
             }
         };
         let image =
-            image::build(&config, &mut ids, status, self.egress).map_err(|e| e.to_string())?;
+            image::build(&config, &mut ids, status, outlets.egress).map_err(|e| e.to_string())?;
         clear_stats_of_new_ids(&mut self.maps, &ids, &self.ids)
             .map_err(|e| format!("writing the data plane: {e}"))?;
-        let report = match sync::apply(&mut self.maps, Some(&self.applied), &image) {
+        let written = egress::open(&mut self.maps, &outlets)
+            .and_then(|()| sync::apply(&mut self.maps, Some(&self.applied), &image));
+        let report = match written {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "writing maps failed; restoring the previous state");
-                if let Err(e2) = sync::apply(&mut self.maps, None, &self.applied) {
+                let restored = sync::apply(&mut self.maps, None, &self.applied)
+                    .and_then(|_| egress::close_others(&mut self.maps, &self.outlets));
+                if let Err(e2) = restored {
                     error!(error = %e2, "restoring the previous state failed");
                 }
                 return Err(format!("writing the data plane: {e}"));
             }
         };
+        // The configuration written no longer sends out of these.
+        if let Err(e) = egress::close_others(&mut self.maps, &outlets) {
+            warn!(error = %e, "removing unused TX ports failed; they stay allowed");
+        }
         let (gone_vips, gone_backends) = image::unused(&ids, &image);
         for k in &gone_vips {
             ids.release_vip(k);
@@ -391,6 +411,7 @@ impl Daemon {
         self.config = config;
         self.ids = ids;
         self.applied = image;
+        self.outlets = outlets;
         self.refresh_checkers();
         self.refresh_drains();
         self.save_state();
@@ -398,10 +419,12 @@ impl Daemon {
         Ok(report)
     }
 
-    /// Re-apply the running configuration (health or drain state changed).
+    /// Re-apply the running configuration (health or drain state changed),
+    /// to the interfaces it was applied with: a health change must not
+    /// depend on what the host says about them now.
     fn reapply(&mut self) {
-        let config = self.config.clone();
-        if let Err(e) = self.apply(config) {
+        let (config, outlets) = (self.config.clone(), self.outlets.clone());
+        if let Err(e) = self.write(config, outlets) {
             error!(error = %e, "re-applying the configuration failed");
         }
     }
@@ -414,19 +437,22 @@ impl Daemon {
             let vkey = image::vip_key(vip.address, vip.port, vip.protocol);
             let port = vip.health_check.port.unwrap_or(vip.port);
             for b in &vip.backends {
+                let tunnel = TunnelPath::of(&self.config.tunnel_source, vip, b.address);
                 wanted.insert(
                     BackendKey {
                         vip: vkey,
                         addr: b.address,
                     },
-                    (vip.health_check.clone(), port),
+                    (vip.health_check.clone(), port, tunnel),
                 );
             }
         }
         self.health.retain(|k, _| wanted.contains_key(k));
-        for (key, (check, port)) in wanted {
+        for (key, (check, port, tunnel)) in wanted {
             let current = self.health.get(&key);
-            if current.is_some_and(|h| h.check == check && h.port == port && h.checker.is_some()) {
+            if current.is_some_and(|h| {
+                h.check == check && h.port == port && h.tunnel == tunnel && h.checker.is_some()
+            }) {
                 continue;
             }
             let up = current
@@ -442,8 +468,14 @@ impl Daemon {
                 backend: key,
                 generation,
             };
-            let checker =
-                health::spawn_checker(check.clone(), target, check_key, up, self.health_tx.clone());
+            let checker = health::spawn_checker(
+                check.clone(),
+                target,
+                tunnel,
+                check_key,
+                up,
+                self.health_tx.clone(),
+            );
             self.health.insert(
                 key,
                 HealthRecord {
@@ -451,6 +483,7 @@ impl Daemon {
                     generation,
                     check,
                     port,
+                    tunnel,
                     checker: Some(checker),
                     last_reason: String::new(),
                     last_latency: None,
@@ -525,6 +558,84 @@ impl Daemon {
             .update_from(&self.maps, &self.ids, &self.config, |k| {
                 self.health.get(k).is_none_or(|h| h.up)
             });
+        // The kernel's element counts cost a syscall each; a key walk (on
+        // kernels without them) costs one per entry, so it is done rarely.
+        self.ticks = self.ticks.wrapping_add(1);
+        if (self.maps.counts_in_kernel() || self.ticks % WALK_EVERY_TICKS == 1)
+            && let Ok(fill) = self.maps.fill(CONN_COUNT_LIMIT)
+        {
+            self.metrics.set_fill(&fill);
+        }
+    }
+
+    /// Compare the attached interfaces with those that exist now (a link
+    /// event arrived): attach again to an interface deleted and created
+    /// anew, and give the data plane its new index (and the egress its new
+    /// MAC). The first start made all this true; this keeps it true.
+    pub fn reconcile_interfaces(&mut self) {
+        for change in self.attachments.reconcile(&mut self.dp) {
+            match change {
+                Change::Gone { name } => {
+                    warn!(interface = %name, "interface gone: forwarding on it has stopped; lbd attaches again when it comes back");
+                    show_attachment(&self.metrics, &name, None);
+                }
+                Change::Reattached {
+                    name,
+                    ifindex,
+                    attached,
+                } => {
+                    // The redirect port under the old index went with the
+                    // interface; the program may redirect to the new one.
+                    let opened = netdev::mac_address(&name)
+                        .map_err(|e| errors::report(&e))
+                        .and_then(|mac| {
+                            self.maps
+                                .add_tx_port(ifindex, mac)
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = opened {
+                        error!(interface = %name, error = %e, "allowing redirects to the re-created interface failed");
+                    }
+                    info!(interface = %name, ifindex, replaced_dead_link = attached.replaced_dead_link, "interface re-created: program attached again");
+                    log_attached(&name, &attached);
+                    self.metrics
+                        .reattached
+                        .get_or_create(&InterfaceName {
+                            interface: name.clone(),
+                        })
+                        .inc();
+                    show_attachment(&self.metrics, &name, Some(&attached));
+                }
+                Change::Failed { name, error } => {
+                    error!(interface = %name, error = %crate::errors::chain(&error), "attaching to the re-created interface failed; retried at the next link event");
+                }
+            }
+        }
+        self.refresh_outlets();
+    }
+
+    /// Interfaces deleted and created again have new indexes, and the
+    /// egress interface a new MAC: resolve the running configuration's
+    /// outlets again and write them if they changed (the egress in
+    /// LB_CONFIG, TX ports opened before, stale ones closed after). While
+    /// one is still gone the old values stay; its packets are dropped and
+    /// counted.
+    fn refresh_outlets(&mut self) {
+        let Ok(now) = egress::resolve(&self.config) else {
+            return;
+        };
+        if now == self.outlets {
+            return;
+        }
+        let config = self.config.clone();
+        match self.write(config, now) {
+            Ok(_) => info!(
+                "re-created interfaces: the data plane sends through their new indexes and MACs"
+            ),
+            Err(e) => {
+                error!(error = %e, "updating the data plane for re-created interfaces failed")
+            }
+        }
     }
 
     /// Re-read the configuration file (SIGHUP).
@@ -644,23 +755,32 @@ impl Daemon {
                     .map(|n| (r.name(), n))
             })
             .collect();
+        let fill = self.maps.fill(CONN_COUNT_LIMIT).ok();
+        let table = |t: Option<TableFill>| {
+            t.map(|t| json!({"entries": t.entries, "capacity": t.capacity, "fill": t.ratio()}))
+        };
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
             "config": self.config_path.display().to_string(),
             "pin_dir": self.config.pin_dir.display().to_string(),
             "adopted_running_data_plane": self.adopted,
-            "interfaces": self.attachments.iter().map(|(name, a)| json!({
-                "name": name,
-                "mode": if a.native { "native" } else { "generic" },
-                "replaced_existing_program": a.replaced,
-            })).collect::<Vec<_>>(),
+            "interfaces": self.attachments.status(),
             "vips": self.config.vips.len(),
             "backends": backends,
             "backends_up": up,
             "ring_size": self.config.tables.ring_size,
-            "connection_entries": self.maps.conn_count(CONN_COUNT_LIMIT),
+            "connection_entries": fill.as_ref().map(|f| f.conns.entries),
             "connection_table_size": self.config.tables.conn_entries,
+            "occupancy": {
+                "connections": table(fill.as_ref().map(|f| f.conns)),
+                "probation": table(fill.as_ref().map(|f| f.probation)),
+                "exact": fill.as_ref().map(|f| f.exact),
+                "counted_by": fill.as_ref().map(|f| match &f.method {
+                    FillMethod::Kernel => "kernel element count".to_string(),
+                    FillMethod::Walk(why) => format!("key walk, at most {CONN_COUNT_LIMIT} ({why})"),
+                }),
+            },
             "table_rebuilds": self.metrics.table_rebuilds.get(),
             "counters": reasons,
         })
@@ -836,22 +956,39 @@ impl Daemon {
                 .unwrap_or_else(|| format!("id {id}"))
         };
         let backend = |id: u32| self.maps.backend(id).map_err(|e| e.to_string());
+        // The program looks in the connection table, and only when the
+        // flow has no entry there, in the probation table.
+        let conn = self.maps.conn(&flow).map_err(|e| e.to_string())?;
+        let (entry, table, holds) = match conn {
+            Some(e) => (
+                Some(e),
+                "connection",
+                "connection entry (established flow keeps its backend)",
+            ),
+            None => (
+                self.maps
+                    .probation_entry(&flow)
+                    .map_err(|e| e.to_string())?,
+                "probation",
+                "probation entry (one packet seen; the next enters the connection table)",
+            ),
+        };
         let mut stale = None;
-        if let Some(entry) = self.maps.conn(&flow).map_err(|e| e.to_string())? {
+        if let Some(entry) = entry {
             match entry_pins(&entry, vip.id, &backend(entry.backend_id)?) {
                 Ok(()) => {
                     return Ok(json!({
                         "backend": describe(entry.backend_id),
                         "backend_id": entry.backend_id,
-                        "reason": "connection entry (established flow keeps its backend)",
+                        "reason": holds,
                     }));
                 }
                 Err(_) if entry.vip_id != vip.id => {
-                    stale = Some("its connection entry was made for another VIP".to_string());
+                    stale = Some(format!("its {table} entry was made for another VIP"));
                 }
                 Err(why) => {
                     stale = Some(format!(
-                        "its connection entry names backend id {} ({}), which can no longer take it: {}",
+                        "its {table} entry names backend id {} ({}), which can no longer take it: {}",
                         entry.backend_id,
                         describe(entry.backend_id),
                         why.help()
@@ -889,7 +1026,7 @@ impl Daemon {
             }));
         }
         let note = if proto == PROTO_TCP {
-            " (a SYN is not entered in the connection table; the handshake's ACK is)"
+            " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)"
         } else {
             ""
         };
@@ -908,6 +1045,39 @@ impl Daemon {
             self.config.control.socket.clone(),
             self.config.control.group.clone(),
         )
+    }
+}
+
+fn log_attached(name: &str, a: &Attached) {
+    if a.native_refused.is_some() {
+        let reason = a.native_refused.as_deref().unwrap_or("unknown");
+        warn!(interface = %name, reason, "native XDP refused: running in generic (skb) mode, which is much slower");
+    }
+    info!(interface = %name, native = a.native, replaced = a.replaced, replaced_dead_link = a.replaced_dead_link, "attached");
+}
+
+/// `lb_attached` for `name`: 1 under the mode it has, 0 while it is not
+/// attached (`None`: the last mode's series stays, at 0).
+fn show_attachment(metrics: &Metrics, name: &str, attached: Option<&Attached>) {
+    let labels = |mode: &str| InterfaceLabels {
+        interface: name.to_string(),
+        mode: mode.into(),
+    };
+    match attached {
+        Some(a) => {
+            let mode = attachments::mode_name(a);
+            for other in ["native", "generic"].into_iter().filter(|m| *m != mode) {
+                metrics.attached.remove(&labels(other));
+            }
+            metrics.attached.get_or_create(&labels(mode)).set(1);
+        }
+        None => {
+            for mode in ["native", "generic"] {
+                if let Some(g) = metrics.attached.get(&labels(mode)) {
+                    g.set(0);
+                }
+            }
+        }
     }
 }
 
@@ -973,6 +1143,7 @@ fn initial_health(
                     generation: 0,
                     check: vip.health_check.clone(),
                     port: vip.health_check.port.unwrap_or(vip.port),
+                    tunnel: None,
                     checker: None,
                     last_reason: String::new(),
                     last_latency: None,
@@ -1114,7 +1285,6 @@ fn group_id(name: &str) -> Option<u32> {
     })
 }
 
-/// Remove everything lbd pinned: detaches the program (forwarding stops).
 /// Pinned maps keep the sizes they were created with: running on would
 /// silently use the old ones. Refused before anything is loaded or
 /// written, naming each difference; the running program keeps forwarding.
@@ -1126,6 +1296,7 @@ fn refuse_other_table_sizes(pin_dir: &Path, t: &Tables) -> anyhow::Result<()> {
         entries(MAP_CONNS)?,
         entries(MAP_RINGS)?,
     );
+    let probation = entries(MAP_PROBATION)?;
     let mut differ = Vec::new();
     // The ring map holds two rings of ring_size slots per VIP.
     if let (Some(rings), Some(vips)) = (rings, vips.filter(|v| *v > 0)) {
@@ -1141,8 +1312,15 @@ fn refuse_other_table_sizes(pin_dir: &Path, t: &Tables) -> anyhow::Result<()> {
         ("max_vips", t.max_vips, vips),
         ("max_backends", t.max_backends, backends),
         ("conn_entries", t.conn_entries, conns),
+        ("probation_entries", t.probation_entries(), probation),
     ] {
         if let Some(have) = have.filter(|have| *have != want) {
+            let derived = field == "probation_entries" && t.probation_entries.is_none();
+            let field = if derived {
+                "probation_entries (by default conn_entries / 8)"
+            } else {
+                field
+            };
             differ.push(format!(
                 "tables.{field} is {want} but the pinned map holds {have}"
             ));
@@ -1157,12 +1335,22 @@ fn refuse_other_table_sizes(pin_dir: &Path, t: &Tables) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Remove everything lbd pinned: detaches the program (forwarding stops).
+/// Refused while an lbd runs over the pins: it would go on writing maps
+/// that no longer drive anything.
 pub fn teardown(config: &Config) -> anyhow::Result<()> {
     let dir = &config.pin_dir;
     if !dir.exists() {
         info!(pin_dir = %dir.display(), "nothing pinned");
         return Ok(());
     }
+    let _lock = PinDirLock::acquire(dir).map_err(|e| {
+        if e.is_held() {
+            anyhow::anyhow!("{e}: stop lbd first (e.g. `systemctl stop lbd`), then tear down")
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

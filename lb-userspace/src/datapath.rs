@@ -27,6 +27,9 @@ pub struct MapSizes {
     /// Maglev ring size M (a prime).
     pub ring_size: u32,
     pub conn_entries: u32,
+    /// Flows seen once, waiting for their second packet before they may
+    /// enter the connection table.
+    pub probation_entries: u32,
     pub frag_entries: u32,
 }
 
@@ -37,6 +40,7 @@ impl Default for MapSizes {
             max_backends: DEFAULT_MAX_BACKENDS,
             ring_size: DEFAULT_RING_SIZE,
             conn_entries: DEFAULT_CONN_ENTRIES,
+            probation_entries: DEFAULT_PROBATION_ENTRIES,
             frag_entries: DEFAULT_FRAG_ENTRIES,
         }
     }
@@ -62,6 +66,8 @@ pub enum DatapathError {
     },
     #[error("pinned link {path}: {reason}")]
     PinnedLink { path: PathBuf, reason: String },
+    #[error("interface {0:?} does not exist")]
+    NoInterface(String),
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("parsing the embedded eBPF object: {0}")]
@@ -80,20 +86,10 @@ pub struct Attached {
     /// An existing pinned link was updated in place (restart/upgrade)
     /// rather than a new attachment made.
     pub replaced: bool,
-}
-
-/// What the caller of `Datapath::load_pinned` does with the programs it
-/// loads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Adopt {
-    /// Swaps them in for the running ones (lbd; `lb-decap attach`): the
-    /// pinned maps are migrated first, and their layout version recorded.
-    Replace,
-    /// Only reads or edits the pinned maps (`lb-decap status`), leaving the
-    /// running program as it is: nothing is migrated, since that program
-    /// would go on using the maps a migration replaces. A counter the
-    /// pinned map lacks (the running program predates it) reads as 0.
-    Inspect,
+    /// A pinned link left attached to nothing (its interface was deleted,
+    /// or the name now belongs to another interface) was unpinned and a
+    /// new attachment made in its place.
+    pub replaced_dead_link: bool,
 }
 
 /// The loaded programs and their maps.
@@ -113,31 +109,49 @@ impl Datapath {
 
     /// Load with every map pinned under `pin_dir`: maps already pinned
     /// there are reused, contents and all (a restarted lbd keeps the
-    /// connection table), and new ones are created and pinned. Pinned maps
-    /// are first checked against this binary's definitions
-    /// (`crate::layout`): a pin directory that does not fit is refused
-    /// before anything in it changes. One that fits after a migration is
-    /// migrated and its layout version recorded, if `adopt` says the
-    /// programs loaded here replace the running ones.
+    /// connection table), and new ones are created and pinned. For a caller
+    /// about to attach this build's program. Pinned maps are first checked
+    /// against this build's definitions (`crate::layout`): a pin directory
+    /// that does not fit is refused before anything in it changes; one that
+    /// fits after a migration (a counter map of an older release with fewer
+    /// rows, grown with its counts) is migrated, and its layout version
+    /// recorded once the programs loaded.
     pub fn load_pinned(
         sizes: MapSizes,
         pin_dir: &Path,
         owner: PinOwner,
-        adopt: Adopt,
     ) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.to_path_buf(),
             source,
         })?;
         let plan = layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
-        if adopt == Adopt::Inspect {
-            return Self::load_with(sizes, Some(pin_dir));
-        }
         plan.migrate()?;
-        let mut dp = Self::load_with(sizes, Some(pin_dir))?;
+        let mut dp = Self::load_with(sizes, Some((pin_dir, PINNED_MAPS)))?;
         plan.record_version()?;
         dp.migrations = plan.migrations;
         Ok(dp)
+    }
+
+    /// Load reusing the maps pinned under `pin_dir` as they are, pinning
+    /// nothing new: for reading or editing the state of a data plane whose
+    /// running program may be an older release's. A map this build has and
+    /// the directory lacks is created unpinned (empty) and gone on exit.
+    /// Pins that do not fit this build are refused as by `load_pinned`;
+    /// nothing is migrated (the running program keeps its maps), so a
+    /// counter map may lack this build's last rows.
+    pub fn open_pinned(
+        sizes: MapSizes,
+        pin_dir: &Path,
+        owner: PinOwner,
+    ) -> Result<Self, DatapathError> {
+        layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
+        let pins: Vec<&str> = PINNED_MAPS
+            .iter()
+            .copied()
+            .filter(|name| pin_dir.join(name).exists())
+            .collect();
+        Self::load_with(sizes, Some((pin_dir, &pins)))
     }
 
     /// Whether a previous lbd left pinned maps in `pin_dir`.
@@ -145,13 +159,15 @@ impl Datapath {
         pin_dir.join(MAP_CONNS).exists()
     }
 
-    fn load_with(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+    /// Load; with `pins`, the maps named there are pinned under (or
+    /// reused from) the directory.
+    fn load_with(sizes: MapSizes, pins: Option<(&Path, &[&str])>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         for (name, entries) in sized_maps(sizes)? {
             loader.map_max_entries(name, entries);
         }
-        if let Some(dir) = pin_dir {
-            for name in PINNED_MAPS {
+        if let Some((dir, names)) = pins {
+            for name in names {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -192,7 +208,7 @@ impl Datapath {
 }
 
 /// The maps whose number of entries is chosen at load time, and theirs.
-fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 7], DatapathError> {
+fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 8], DatapathError> {
     let ring_entries = sizes
         .max_vips
         .checked_mul(2)
@@ -205,6 +221,7 @@ fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 7], DatapathError
         (MAP_BACKEND_STATS, sizes.max_backends),
         (MAP_RINGS, ring_entries),
         (MAP_CONNS, sizes.conn_entries),
+        (MAP_PROBATION, sizes.probation_entries),
         (MAP_FRAGS, sizes.frag_entries),
     ])
 }
@@ -245,19 +262,24 @@ pub fn pinned_entries(pin_dir: &Path, name: &'static str) -> Result<Option<u32>,
 }
 
 /// Maps that outlive lbd: everything but per-packet scratch space.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: &[&str] = &[
     MAP_CONFIG,
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RINGS,
     MAP_CONNS,
+    MAP_PROBATION,
     MAP_FRAGS,
     MAP_GLOBAL_STATS,
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
     MAP_TX_PORTS,
+    MAP_TX_PORT_MACS,
     MAP_DECAP_ADDRS,
     MAP_DECAP_STATS,
+    MAP_DECAP_SOURCES,
+    MAP_DECAP_CONFIG,
+    MAP_TOO_BIG_LIMIT,
 ];
 
 /// Where the XDP link of `iface` is pinned.
@@ -282,7 +304,9 @@ impl Datapath {
     }
 
     /// `attach_pinned` for program `name` (`lb`, or `lb_decap` on a
-    /// backend).
+    /// backend). A pinned link that is no longer attached to `iface` (the
+    /// interface was deleted, maybe created again with a new index) cannot
+    /// be updated: it is unpinned, which frees it, and a new link made.
     pub fn attach_program_pinned(
         &mut self,
         name: &'static str,
@@ -295,7 +319,13 @@ impl Datapath {
             path: path.clone(),
             reason,
         };
-        if path.exists() {
+        let ifindex =
+            crate::netdev::ifindex(iface).map_err(|_| DatapathError::NoInterface(iface.into()))?;
+        let pinned_to = crate::xdp_link::attached_ifindex(&path).map_err(|e| bad(e.to_string()))?;
+        let replaced_dead_link = pinned_to.is_some_and(|linked| linked != ifindex);
+        if replaced_dead_link {
+            std::fs::remove_file(&path).map_err(|e| bad(format!("removing a dead link: {e}")))?;
+        } else if pinned_to.is_some() {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| bad(e.to_string()))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bad(e.to_string()))?;
             let native = !link_is_generic(iface);
@@ -306,6 +336,7 @@ impl Datapath {
                 native,
                 native_refused: None,
                 replaced: true,
+                replaced_dead_link: false,
             });
         }
         let mut native = prefer_native;
@@ -337,6 +368,7 @@ impl Datapath {
             native,
             native_refused,
             replaced: false,
+            replaced_dead_link,
         })
     }
 }

@@ -7,6 +7,13 @@
 //! of results into up/down decisions without any I/O or clock, and
 //! [`spawn_checker`] only schedules the two and reports.
 //!
+//! A VIP that checks through the tunnel (`health_check.through_tunnel`)
+//! runs two probes at once, each under the timeout: the direct one, which
+//! tests the application (an HTTP status, say), and the probe of the VIP
+//! through the tunnel ([`crate::tunnel_probe`]), which tests the path
+//! client packets take. The result is a success only if both are, and its
+//! reason names the part that failed.
+//!
 //! Starting state: with checks enabled, a backend starts up only if the
 //! daemon says so (`initially_up`). lbd passes `true` for backends adopted
 //! from a data plane that survived a restart, so that restarting lbd never
@@ -27,9 +34,12 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::config::{CheckKind, HealthCheck};
+use crate::{
+    config::{CheckKind, HealthCheck},
+    tunnel_probe::{TunnelPath, TunnelProber},
+};
 
 /// Longest HTTP status line we read: a real one is a few dozen bytes, and a
 /// server that sends more without a line end is not speaking HTTP.
@@ -88,6 +98,9 @@ pub struct ProbeResult {
     /// From the start of the probe to its verdict (success, failure or
     /// timeout); the daemon exports it as a metric.
     pub latency: Duration,
+    /// Why the probe through the tunnel failed, when there was one and it
+    /// failed (the same text is in `reason`).
+    pub tunnel_failure: Option<String>,
 }
 
 impl ProbeResult {
@@ -98,6 +111,7 @@ impl ProbeResult {
             success: true,
             reason: "not checked".into(),
             latency: Duration::ZERO,
+            tunnel_failure: None,
         }
     }
 }
@@ -207,17 +221,59 @@ pub async fn probe(check: &HealthCheck, target: Target) -> ProbeResult {
     let started = Instant::now();
     let verdict = bounded(check, target).await;
     let latency = started.elapsed();
-    match verdict {
-        Ok(reason) => ProbeResult {
-            success: true,
-            reason,
-            latency,
-        },
-        Err(reason) => ProbeResult {
-            success: false,
-            reason,
-            latency,
-        },
+    let success = verdict.is_ok();
+    ProbeResult {
+        success,
+        reason: verdict.unwrap_or_else(|e| e),
+        latency,
+        tunnel_failure: None,
+    }
+}
+
+/// Probe `target` directly and, at the same time, the VIP through the
+/// tunnel with `tunnel`; both bounded by `check.timeout_ms`. A success
+/// only if both succeed. The reason gives both parts on success
+/// (`HTTP 200; through the tunnel: SYN-ACK`) and the failed ones on
+/// failure (`through the tunnel: no SYN-ACK within 500 ms`).
+pub async fn probe_through_tunnel(
+    check: &HealthCheck,
+    target: Target,
+    tunnel: &mut TunnelProber,
+) -> ProbeResult {
+    if check.kind == CheckKind::None {
+        return ProbeResult::unchecked();
+    }
+    let started = Instant::now();
+    let (direct, through) = tokio::join!(bounded(check, target), bounded_tunnel(check, tunnel));
+    combine(direct, through, started.elapsed())
+}
+
+/// One result of the two parts of a probe: see [`probe_through_tunnel`].
+fn combine(direct: Verdict, through: Verdict, latency: Duration) -> ProbeResult {
+    let through = through.map_err(|e| format!("through the tunnel: {e}"));
+    let reason = match (&direct, &through) {
+        (Ok(d), Ok(t)) => format!("{d}; through the tunnel: {t}"),
+        (Err(d), Ok(_)) => d.clone(),
+        (Ok(_), Err(t)) => t.clone(),
+        (Err(d), Err(t)) => format!("{d}; {t}"),
+    };
+    ProbeResult {
+        success: direct.is_ok() && through.is_ok(),
+        reason,
+        latency,
+        tunnel_failure: through.err(),
+    }
+}
+
+/// The tunnel probe under the check's timeout.
+async fn bounded_tunnel(check: &HealthCheck, tunnel: &mut TunnelProber) -> Verdict {
+    let limit = Duration::from_millis(check.timeout_ms);
+    match tokio::time::timeout(limit, tunnel.probe(check)).await {
+        Ok(verdict) => verdict,
+        Err(_) if check.kind == CheckKind::Udp => {
+            Err(format!("no UDP reply within {} ms", check.timeout_ms))
+        }
+        Err(_) => Err(format!("no SYN-ACK within {} ms", check.timeout_ms)),
     }
 }
 
@@ -369,7 +425,7 @@ fn parse_status_line(line: &str) -> Result<u16, String> {
 }
 
 /// The start of some received bytes, quoted and escaped for a reason.
-fn quote(bytes: &[u8]) -> String {
+pub(crate) fn quote(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let head: String = text.chars().take(QUOTE_LEN).collect();
     format!("{head:?}")
@@ -443,12 +499,16 @@ pub struct HealthEvent<K> {
 /// one timeout. Ticks that are missed because a probe ran long are delayed,
 /// not bunched: a slow backend is never probed in a burst.
 ///
+/// With a `tunnel` path every probe also goes through the tunnel
+/// ([`probe_through_tunnel`]).
+///
 /// For kind `none` one event is sent (up, with a transition to up if the
 /// backend was not `initially_up`) and the task ends: there is nothing to
 /// watch.
 pub fn spawn_checker<K>(
     check: HealthCheck,
     target: Target,
+    tunnel: Option<TunnelPath>,
     key: K,
     initially_up: bool,
     tx: mpsc::Sender<HealthEvent<K>>,
@@ -460,7 +520,8 @@ where
         if check.kind == CheckKind::None {
             report_unchecked(key, initially_up, &tx).await;
         } else {
-            run_checker(check, target, key, initially_up, tx).await;
+            let prober = tunnel.map(TunnelProber::new);
+            run_checker(check, target, prober, key, initially_up, tx).await;
         }
     })
 }
@@ -479,6 +540,7 @@ async fn report_unchecked<K>(key: K, initially_up: bool, tx: &mpsc::Sender<Healt
 async fn run_checker<K: Clone + fmt::Debug>(
     check: HealthCheck,
     target: Target,
+    mut tunnel: Option<TunnelProber>,
     key: K,
     initially_up: bool,
     tx: mpsc::Sender<HealthEvent<K>>,
@@ -488,10 +550,14 @@ async fn run_checker<K: Clone + fmt::Debug>(
     let period = Duration::from_millis(check.interval_ms.max(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tunnel_failing = false;
     loop {
         let next = async {
             ticker.tick().await;
-            probe(&check, target).await
+            match tunnel.as_mut() {
+                Some(prober) => probe_through_tunnel(&check, target, prober).await,
+                None => probe(&check, target).await,
+            }
         };
         // Stop as soon as the receiver goes, not only at the next send.
         let result = tokio::select! {
@@ -499,6 +565,9 @@ async fn run_checker<K: Clone + fmt::Debug>(
             result = next => result,
         };
         let transition = state.record(result.success);
+        if let Some(prober) = &tunnel {
+            log_tunnel(prober.path(), &key, &result, &mut tunnel_failing);
+        }
         log_probe(target, &key, &result, transition, &state);
         let event = HealthEvent {
             key: key.clone(),
@@ -510,6 +579,32 @@ async fn run_checker<K: Clone + fmt::Debug>(
             return;
         }
     }
+}
+
+/// A tunnel probe that starts failing is a warning, with its reason,
+/// whatever the direct probe says (a backend that serves on its own
+/// address but not through the tunnel loses every client packet); one
+/// that passes again is logged at info level. Not every failure: there is
+/// one per interval.
+fn log_tunnel<K: fmt::Debug>(path: &TunnelPath, key: &K, result: &ProbeResult, failing: &mut bool) {
+    match (&result.tunnel_failure, *failing) {
+        (Some(reason), false) => warn!(
+            backend = %path.backend,
+            vip = %path.vip,
+            tunnel_source = %path.outer_src,
+            key = ?key,
+            reason = %reason,
+            "health check: probe through the tunnel failed"
+        ),
+        (None, true) => info!(
+            backend = %path.backend,
+            vip = %path.vip,
+            key = ?key,
+            "health check: probe through the tunnel passes again"
+        ),
+        _ => {}
+    }
+    *failing = result.tunnel_failure.is_some();
 }
 
 /// Transitions at info level (they change forwarding); single results at
@@ -697,6 +792,47 @@ mod tests {
         let nowhere = at(IpAddr::from([192, 0, 2, 1]), 0);
         let r = probe(&check(CheckKind::None), nowhere).await;
         assert_eq!(r, ProbeResult::unchecked());
+    }
+
+    // --- the two parts of a probe through the tunnel ---
+
+    #[test]
+    fn a_probe_through_the_tunnel_passes_only_if_both_parts_do() {
+        let ok = |s: &str| Ok(s.to_string());
+        let err = |s: &str| Err(s.to_string());
+        let syn_ack = || ok("SYN-ACK");
+        let no_reply = || err("no SYN-ACK within 500 ms");
+        let cases = [
+            (
+                ok("HTTP 200"),
+                syn_ack(),
+                true,
+                "HTTP 200; through the tunnel: SYN-ACK",
+            ),
+            (err("HTTP 503"), syn_ack(), false, "HTTP 503"),
+            (
+                ok("HTTP 200"),
+                no_reply(),
+                false,
+                "through the tunnel: no SYN-ACK within 500 ms",
+            ),
+            (
+                err("connect refused"),
+                no_reply(),
+                false,
+                "connect refused; through the tunnel: no SYN-ACK within 500 ms",
+            ),
+        ];
+        for (direct, through, success, reason) in cases {
+            let tunnel_failed = through.is_err();
+            let r = combine(direct, through, Duration::from_millis(3));
+            assert_eq!((r.success, r.reason.as_str()), (success, reason));
+            assert_eq!(r.latency, Duration::from_millis(3));
+            assert_eq!(
+                r.tunnel_failure.as_deref(),
+                tunnel_failed.then_some("through the tunnel: no SYN-ACK within 500 ms")
+            );
+        }
     }
 
     // --- TCP ---
@@ -1016,7 +1152,7 @@ mod tests {
         let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, mut rx) = mpsc::channel(16);
-        let task = spawn_checker(c, at(LOOP4, port), "web-1", true, tx);
+        let task = spawn_checker(c, at(LOOP4, port), None, "web-1", true, tx);
 
         let first = next_event(&mut rx).await;
         assert_eq!(first.key, "web-1");
@@ -1050,7 +1186,14 @@ mod tests {
         let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, mut rx) = mpsc::channel(16);
-        let _task = spawn_checker(check(CheckKind::Tcp), at(LOOP4, port), 7u32, false, tx);
+        let _task = spawn_checker(
+            check(CheckKind::Tcp),
+            at(LOOP4, port),
+            None,
+            7u32,
+            false,
+            tx,
+        );
         let first = next_event(&mut rx).await;
         assert!(first.result.success && !first.up && first.transition.is_none());
         let second = next_event(&mut rx).await;
@@ -1061,7 +1204,7 @@ mod tests {
     async fn unchecked_backend_gets_one_event_and_the_task_ends() {
         let (tx, mut rx) = mpsc::channel(4);
         let nowhere = at(IpAddr::from([192, 0, 2, 1]), 0);
-        let task = spawn_checker(check(CheckKind::None), nowhere, "b", false, tx);
+        let task = spawn_checker(check(CheckKind::None), nowhere, None, "b", false, tx);
         let ev = next_event(&mut rx).await;
         assert_eq!((ev.transition, ev.up), (Some(Transition::Up), true));
         assert!(ev.result.success);
@@ -1078,7 +1221,7 @@ mod tests {
             ..check(CheckKind::Tcp)
         };
         let (tx, mut rx) = mpsc::channel(4);
-        let task = spawn_checker(c, at(LOOP4, port), "b", true, tx);
+        let task = spawn_checker(c, at(LOOP4, port), None, "b", true, tx);
         next_event(&mut rx).await;
         // The next probe is a minute away: the task must not wait for it.
         drop(rx);

@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     addr::to_map,
-    config::{AdminState, Config, Forwarding, Protocol},
+    config::{AdminState, Config, Forwarding, Protocol, TooBigAnswers},
     ids::{BackendKey, IdError, Ids, VipKeyOrd},
     maglev::MaglevBackend,
 };
@@ -49,6 +49,7 @@ pub struct VipImage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub config: LbConfig,
+    pub too_big_limit: TooBigLimit,
     pub vips: BTreeMap<VipKeyOrd, VipImage>,
     pub backends: BTreeMap<u32, Backend>,
 }
@@ -68,8 +69,8 @@ pub fn vip_key(address: IpAddr, port: u16, protocol: Protocol) -> VipKeyOrd {
 }
 
 /// Where packets leave when the next hop is configured, not looked up
-/// (`next_hop.egress_interface` with `fib` off); zero: back out of the
-/// interface they came in on.
+/// (`next_hop.egress_interface` with `fib` off, resolved by `egress`);
+/// zero: back out of the interface they came in on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Egress {
     pub ifindex: u32,
@@ -105,6 +106,19 @@ pub fn lb_config(config: &Config, egress: Egress) -> LbConfig {
         egress_ifindex: egress.ifindex,
         egress_mac: egress.mac,
         _pad: [0; 2],
+    }
+}
+
+/// The rate limit of ICMP too-big answers, as the data plane's token
+/// bucket counts it: credit in nanoseconds.
+pub fn too_big_limit(answers: &TooBigAnswers) -> TooBigLimit {
+    if answers.per_second == 0 {
+        return TooBigLimit::default();
+    }
+    let interval_ns = 1_000_000_000 / answers.per_second as u64;
+    TooBigLimit {
+        interval_ns,
+        burst_ns: interval_ns * answers.burst as u64,
     }
 }
 
@@ -179,6 +193,7 @@ pub fn build(
     }
     Ok(Image {
         config: lb_config(config, egress),
+        too_big_limit: too_big_limit(&config.too_big_answers),
         vips,
         backends,
     })
@@ -254,6 +269,20 @@ mod tests {
         assert_eq!(image.config.outer_src_v4, [198, 51, 100, 2]);
         // The one VIP is port-less, so the program must look port 0 up.
         assert_eq!(image.config.flags, CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS);
+    }
+
+    #[test]
+    fn too_big_limit_is_credit_in_nanoseconds() {
+        let mut answers = Config::from_json(CONFIG).unwrap().too_big_answers;
+        assert_eq!(
+            too_big_limit(&answers),
+            TooBigLimit {
+                interval_ns: 10_000_000,
+                burst_ns: 100_000_000,
+            }
+        );
+        answers.per_second = 0;
+        assert_eq!(too_big_limit(&answers), TooBigLimit::default());
     }
 
     #[test]

@@ -152,9 +152,8 @@ pub enum Entries {
 
 pub fn entries_of(name: &str) -> Entries {
     match name {
-        MAP_VIPS | MAP_VIP_STATS | MAP_BACKENDS | MAP_BACKEND_STATS | MAP_RINGS | MAP_CONNS => {
-            Entries::Configured
-        }
+        MAP_VIPS | MAP_VIP_STATS | MAP_BACKENDS | MAP_BACKEND_STATS | MAP_RINGS | MAP_CONNS
+        | MAP_PROBATION => Entries::Configured,
         MAP_GLOBAL_STATS | MAP_DECAP_STATS => Entries::PerReason,
         _ => Entries::Fixed,
     }

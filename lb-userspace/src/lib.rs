@@ -3,24 +3,33 @@
 //! CLI around them.
 
 pub mod addr;
+pub mod attachments;
 pub mod bpffs;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod decap_sources;
+pub mod egress;
 pub mod errors;
 pub mod health;
 pub mod ids;
 pub mod image;
 pub mod layout;
+pub mod link_events;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod netdev;
+pub mod occupancy;
+pub mod onlink;
+pub mod pin_lock;
 pub mod ring_memory;
 pub mod runtime_state;
 pub mod sync;
 pub mod top;
+pub mod tunnel_probe;
+pub mod xdp_link;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

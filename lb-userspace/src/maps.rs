@@ -3,15 +3,22 @@
 //! flipping its `active_ring`, so a packet sees either the old ring or the
 //! new one, never a mix.
 
-use crate::{errors::chain, ring_memory::RingMemory};
+use crate::{
+    decap_sources::{self, DecapSources, IpNet},
+    errors::chain,
+    occupancy::{ElemCountError, ElemCounter},
+    ring_memory::RingMemory,
+};
 use aya::{
     Ebpf,
     maps::{
         Array, DevMapHash, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
         xdp::XdpMapError,
     },
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
+use std::sync::OnceLock;
 
 /// A failed map operation. A cause is part of the message and is not also
 /// returned from `source()` (see `crate::errors`).
@@ -29,6 +36,8 @@ pub enum MapsError {
     RingMemory(crate::ring_memory::RingMemoryError),
     #[error("ring has {got} slots, the data plane was loaded with {want}")]
     RingSize { got: usize, want: u32 },
+    #[error("map DECAP_SOURCES holds at most {max} prefixes: {got} were given")]
+    TooManyDecapSources { got: usize, max: u32 },
     #[error("map {name}: {error}")]
     PerCpu {
         name: &'static str,
@@ -62,13 +71,23 @@ pub struct Maps {
     rings: Array<MapData, u32>,
     ring_memory: RingMemory,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
+    probation: HashMap<MapData, FlowKey, ConnEntry>,
+    /// How entries are counted for `fill`: the kernel's own count where it
+    /// has one, else a bounded walk (and why). Set up on first use: it
+    /// reads the kernel's BTF, which users of the maps that never ask for
+    /// occupancy (lb-decap, the packet tests) need not pay for.
+    counters: OnceLock<Result<(ElemCounter, ElemCounter), String>>,
     frags: HashMap<MapData, FragKey, FragEntry>,
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     tx_ports: DevMapHash<MapData>,
+    tx_port_macs: HashMap<MapData, u32, PortMac>,
     decap_addrs: HashMap<MapData, DecapAddr, u32>,
     decap_stats: PerCpuArray<MapData, u64>,
+    decap_sources: LpmTrie<MapData, DecapSource, u32>,
+    decap_config: Array<MapData, DecapConfig>,
+    too_big_limit: Array<MapData, TooBigLimit>,
     ring_size: u32,
 }
 
@@ -77,26 +96,48 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf, ring_size: u32) -> Result<Self, MapsError> {
         let rings: Array<MapData, u32> = take(ebpf, MAP_RINGS)?;
         let ring_memory = RingMemory::new(rings.map())?;
+        let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
+        let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
         Ok(Self {
             config: take(ebpf, MAP_CONFIG)?,
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
             ring_memory,
-            conns: take(ebpf, MAP_CONNS)?,
+            conns,
+            probation,
+            counters: OnceLock::new(),
             frags: take(ebpf, MAP_FRAGS)?,
             global_stats: take(ebpf, MAP_GLOBAL_STATS)?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
+            tx_port_macs: take(ebpf, MAP_TX_PORT_MACS)?,
             decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
             decap_stats: take(ebpf, MAP_DECAP_STATS)?,
+            decap_sources: take(ebpf, MAP_DECAP_SOURCES)?,
+            decap_config: take(ebpf, MAP_DECAP_CONFIG)?,
+            too_big_limit: take(ebpf, MAP_TOO_BIG_LIMIT)?,
             ring_size,
         })
     }
 
     pub fn ring_size(&self) -> u32 {
         self.ring_size
+    }
+
+    /// What the maps were created to hold. Pinned maps keep the sizes they
+    /// were created with.
+    pub fn capacities(&self) -> Result<Capacities, MapsError> {
+        let of = |name: &'static str, data: &MapData| {
+            data.info().map(|i| i.max_entries()).map_err(err(name))
+        };
+        Ok(Capacities {
+            vips: of(MAP_VIPS, self.vips.map())?,
+            backends: of(MAP_BACKENDS, self.backends.map())?,
+            conns: of(MAP_CONNS, self.conns.map())?,
+            probation: of(MAP_PROBATION, self.probation.map())?,
+        })
     }
 
     /// Write the global configuration. With `ring_size` non-zero this turns
@@ -107,6 +148,19 @@ impl Maps {
 
     pub fn config(&self) -> Result<LbConfig, MapsError> {
         self.config.get(&0, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// Write the rate limit of ICMP too-big answers.
+    pub fn set_too_big_limit(&mut self, limit: &TooBigLimit) -> Result<(), MapsError> {
+        self.too_big_limit
+            .set(0, limit, 0)
+            .map_err(err(MAP_TOO_BIG_LIMIT))
+    }
+
+    pub fn too_big_limit(&self) -> Result<TooBigLimit, MapsError> {
+        self.too_big_limit
+            .get(&0, 0)
+            .map_err(err(MAP_TOO_BIG_LIMIT))
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
@@ -210,10 +264,87 @@ impl Maps {
         }
     }
 
+    /// The flow's probation entry: it has been seen once.
+    pub fn probation_entry(&self, flow: &FlowKey) -> Result<Option<ConnEntry>, MapsError> {
+        match self.probation.get(flow, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(MapsError::Map {
+                name: MAP_PROBATION,
+                error,
+            }),
+        }
+    }
+
     /// Number of entries in the connection table, counting at most
-    /// `limit` (each one is a syscall).
+    /// `limit` (each one is a syscall). Tests use it for exact counts;
+    /// `fill` is the cheap way.
     pub fn conn_count(&self, limit: usize) -> usize {
         self.conns.keys().take(limit).filter(|k| k.is_ok()).count()
+    }
+
+    /// Number of entries in the probation table, as `conn_count`.
+    pub fn probation_count(&self, limit: usize) -> usize {
+        self.probation
+            .keys()
+            .take(limit)
+            .filter(|k| k.is_ok())
+            .count()
+    }
+
+    /// Whether `fill` reads the kernel's element counts (cheap) rather
+    /// than walking keys.
+    pub fn counts_in_kernel(&self) -> bool {
+        self.counters().is_ok()
+    }
+
+    fn counters(&self) -> &Result<(ElemCounter, ElemCounter), String> {
+        self.counters.get_or_init(|| {
+            ElemCounter::new(self.conns.map())
+                .and_then(|c| Ok((c, ElemCounter::new(self.probation.map())?)))
+                .map_err(|e: ElemCountError| e.to_string())
+        })
+    }
+
+    /// How full the connection and probation tables are. From the kernel's
+    /// element counts (one syscall each) where the kernel has them; else
+    /// by walking at most `walk_limit` keys of each (a syscall per key),
+    /// and then `exact` is false if a walk stopped at the limit.
+    pub fn fill(&self, walk_limit: usize) -> Result<Fill, MapsError> {
+        let caps = self.capacities()?;
+        let (conns, probation, method) = match self.counters() {
+            Ok((c, p)) => match (c.count(), p.count()) {
+                (Ok(c), Ok(p)) => (c, p, FillMethod::Kernel),
+                (Err(e), _) | (_, Err(e)) => {
+                    let (c, p) = self.walk(walk_limit);
+                    (c, p, FillMethod::Walk(e.to_string()))
+                }
+            },
+            Err(why) => {
+                let (c, p) = self.walk(walk_limit);
+                (c, p, FillMethod::Walk(why.clone()))
+            }
+        };
+        let walked = |n: u64| matches!(method, FillMethod::Walk(_)) && n >= walk_limit as u64;
+        Ok(Fill {
+            exact: !walked(conns) && !walked(probation),
+            conns: TableFill {
+                entries: conns,
+                capacity: caps.conns,
+            },
+            probation: TableFill {
+                entries: probation,
+                capacity: caps.probation,
+            },
+            method,
+        })
+    }
+
+    fn walk(&self, limit: usize) -> (u64, u64) {
+        (
+            self.conn_count(limit) as u64,
+            self.probation_count(limit) as u64,
+        )
     }
 
     pub fn frag(&self, key: &FragKey) -> Result<Option<FragEntry>, MapsError> {
@@ -227,8 +358,13 @@ impl Maps {
         }
     }
 
-    /// Allow redirects to `ifindex`.
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), MapsError> {
+    /// Allow redirects to `ifindex`, whose MAC is `mac`. The MAC is written
+    /// first: every port the program can redirect to has one.
+    pub fn add_tx_port(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), MapsError> {
+        let value = PortMac { mac, _pad: [0; 2] };
+        self.tx_port_macs
+            .insert(ifindex, value, 0)
+            .map_err(err(MAP_TX_PORT_MACS))?;
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| match e {
@@ -238,6 +374,48 @@ impl Maps {
                 },
                 XdpMapError::ChainedProgramNotSupported => MapsError::Unsupported(MAP_TX_PORTS),
             })
+    }
+
+    /// The interfaces redirects may go to, with their MACs (zero for a port
+    /// an older lbd added without one).
+    pub fn tx_ports(&self) -> Result<Vec<(u32, [u8; 6])>, MapsError> {
+        let mut ports = Vec::new();
+        for ifindex in self.tx_ports.keys() {
+            let ifindex = ifindex.map_err(err(MAP_TX_PORTS))?;
+            let mac = match self.tx_port_macs.get(&ifindex, 0) {
+                Ok(port) => port.mac,
+                Err(MapError::KeyNotFound) => [0; 6],
+                Err(error) => {
+                    return Err(MapsError::Map {
+                        name: MAP_TX_PORT_MACS,
+                        error,
+                    });
+                }
+            };
+            ports.push((ifindex, mac));
+        }
+        ports.sort();
+        Ok(ports)
+    }
+
+    /// Stop redirects to `ifindex`.
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.tx_ports.remove(ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => {
+                return Err(MapsError::Map {
+                    name: MAP_TX_PORTS,
+                    error,
+                });
+            }
+        }
+        match self.tx_port_macs.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(MapsError::Map {
+                name: MAP_TX_PORT_MACS,
+                error,
+            }),
+        }
     }
 
     /// Accept tunnels addressed to `addr` (on a backend).
@@ -281,13 +459,128 @@ impl Maps {
         }
     }
 
+    /// Accept tunnels only from `sources` (or from anywhere), replacing the
+    /// previous set. A packet in flight meets the old set, the new one, or
+    /// their union, never less than both: new prefixes go in before stale
+    /// ones come out, and "any" is set before the prefixes are removed and
+    /// cleared after they are written. Only if old and new together
+    /// overflow the map do stale prefixes go first.
+    pub fn set_decap_sources(&mut self, sources: &DecapSources) -> Result<(), MapsError> {
+        let old = self.decap_source_keys()?;
+        let any = |maps: &mut Self, on: bool| {
+            let flags = if on { DECAP_F_ANY_SOURCE } else { 0 };
+            maps.decap_config
+                .set(0, DecapConfig { flags }, 0)
+                .map_err(err(MAP_DECAP_CONFIG))
+        };
+        let new: Vec<(u32, DecapSource)> = match sources {
+            DecapSources::Any => {
+                any(self, true)?;
+                Vec::new()
+            }
+            DecapSources::Only(nets) => nets.iter().map(decap_sources::to_key).collect(),
+        };
+        let stale: Vec<(u32, DecapSource)> = old.into_iter().filter(|k| !new.contains(k)).collect();
+        let max = self
+            .decap_sources
+            .map()
+            .info()
+            .map_err(err(MAP_DECAP_SOURCES))?
+            .max_entries();
+        let mut distinct = new.clone();
+        distinct.sort_by_key(|(bits, data)| (*bits, data.family, data.addr));
+        distinct.dedup();
+        if distinct.len() > max as usize {
+            return Err(MapsError::TooManyDecapSources {
+                got: distinct.len(),
+                max,
+            });
+        }
+        let stale_first = distinct.len() + stale.len() > max as usize;
+        if stale_first {
+            self.remove_decap_sources(&stale)?;
+        }
+        for (bits, data) in &distinct {
+            self.decap_sources
+                .insert(&Key::new(*bits, *data), 1, 0)
+                .map_err(err(MAP_DECAP_SOURCES))?;
+        }
+        if let DecapSources::Only(_) = sources {
+            any(self, false)?;
+        }
+        if !stale_first {
+            self.remove_decap_sources(&stale)?;
+        }
+        Ok(())
+    }
+
+    /// The outer sources tunnels are accepted from.
+    pub fn decap_sources(&self) -> Result<DecapSources, MapsError> {
+        let config = self
+            .decap_config
+            .get(&0, 0)
+            .map_err(err(MAP_DECAP_CONFIG))?;
+        if config.flags & DECAP_F_ANY_SOURCE != 0 {
+            return Ok(DecapSources::Any);
+        }
+        let mut nets: Vec<IpNet> = self
+            .decap_source_keys()?
+            .iter()
+            .filter_map(|(bits, data)| decap_sources::from_key(*bits, data))
+            .collect();
+        nets.sort();
+        Ok(DecapSources::Only(nets))
+    }
+
+    fn decap_source_keys(&self) -> Result<Vec<(u32, DecapSource)>, MapsError> {
+        self.decap_sources
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<_, _>>()
+            .map_err(err(MAP_DECAP_SOURCES))
+    }
+
+    fn remove_decap_sources(&mut self, keys: &[(u32, DecapSource)]) -> Result<(), MapsError> {
+        for (bits, data) in keys {
+            match self.decap_sources.remove(&Key::new(*bits, *data)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => {
+                    return Err(MapsError::Map {
+                        name: MAP_DECAP_SOURCES,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sum over CPUs of the counter for `reason`.
     pub fn reason_count(&self, reason: Reason) -> Result<u64, MapsError> {
-        count(&self.global_stats, MAP_GLOBAL_STATS, reason as u32)
+        let values = self
+            .global_stats
+            .get(&(reason as u32), 0)
+            .map_err(err(MAP_GLOBAL_STATS))?;
+        Ok(values.iter().sum())
+    }
+
+    /// Rows of the decap counter map: fewer than `DecapReason::ALL` when it
+    /// was pinned by an older release and not grown yet (`lb-decap attach`
+    /// grows it).
+    pub fn decap_counter_rows(&self) -> Result<u32, MapsError> {
+        self.decap_stats
+            .map()
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(err(MAP_DECAP_STATS))
     }
 
     pub fn decap_count(&self, reason: DecapReason) -> Result<u64, MapsError> {
-        count(&self.decap_stats, MAP_DECAP_STATS, reason as u32)
+        let values = self
+            .decap_stats
+            .get(&(reason as u32), 0)
+            .map_err(err(MAP_DECAP_STATS))?;
+        Ok(values.iter().sum())
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
@@ -316,19 +609,50 @@ impl Maps {
     }
 }
 
-/// Counter `index` of a per-reason counter map, summed over CPUs. A map
-/// adopted without migration (`Adopt::Inspect`) may predate the reason: it
-/// has no such counter, and no packet was counted under it.
-fn count(
-    map: &PerCpuArray<MapData, u64>,
-    name: &'static str,
-    index: u32,
-) -> Result<u64, MapsError> {
-    match map.get(&index, 0) {
-        Ok(values) => Ok(values.iter().sum()),
-        Err(MapError::KeyNotFound) => Ok(0),
-        Err(error) => Err(MapsError::Map { name, error }),
+/// What the maps were created to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub vips: u32,
+    pub backends: u32,
+    pub conns: u32,
+    pub probation: u32,
+}
+
+/// Entries in one table, and how many it can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFill {
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+impl TableFill {
+    /// Entries per capacity, 0 to 1 (an LRU table never holds more).
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            self.entries as f64 / self.capacity as f64
+        }
     }
+}
+
+/// How the entries were counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FillMethod {
+    /// The kernel's per-map element count.
+    Kernel,
+    /// A walk over the keys, bounded; why the kernel's count was not used.
+    Walk(String),
+}
+
+/// How full the connection and probation tables are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fill {
+    pub conns: TableFill,
+    pub probation: TableFill,
+    /// False when a bounded walk stopped before the end of a table.
+    pub exact: bool,
+    pub method: FillMethod,
 }
 
 fn clear(

@@ -29,7 +29,7 @@ use crate::{
     config::{Config, Protocol},
     ids::{BackendKey, Ids, VipKeyOrd},
     image,
-    maps::Maps,
+    maps::{Fill, Maps},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,9 +50,20 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `connections` or `probation`.
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InterfaceLabels {
     pub interface: String,
     pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceName {
+    pub interface: String,
 }
 
 pub struct Metrics {
@@ -69,6 +80,9 @@ pub struct Metrics {
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
     pub attached: Family<InterfaceLabels, Gauge>,
+    pub reattached: Family<InterfaceName, Counter>,
+    table_entries: Family<TableLabels, Gauge>,
+    table_capacity: Family<TableLabels, Gauge>,
     /// The per-VIP and per-backend label sets that have series, so that
     /// those of VIPs and backends gone from the configuration can be removed.
     series: Mutex<Series>,
@@ -100,6 +114,9 @@ impl Default for Metrics {
             }),
             packets: Family::default(),
             attached: Family::default(),
+            reattached: Family::default(),
+            table_entries: Family::default(),
+            table_capacity: Family::default(),
             series: Mutex::new(Series::default()),
         };
         {
@@ -161,8 +178,23 @@ impl Default for Metrics {
             );
             r.register(
                 "attached",
-                "1 per interface the program is attached to, by XDP mode",
+                "1 per interface the program is attached to, by XDP mode; 0 while it is gone",
                 m.attached.clone(),
+            );
+            r.register(
+                "reattach",
+                "Times the program was attached again to an interface deleted and re-created",
+                m.reattached.clone(),
+            );
+            r.register(
+                "conn_table_entries",
+                "Entries in the connection table and in its probation table",
+                m.table_entries.clone(),
+            );
+            r.register(
+                "conn_table_capacity",
+                "Entries the connection table and its probation table can hold",
+                m.table_capacity.clone(),
             );
         }
         m
@@ -184,6 +216,9 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
     ("attached", "gauge"),
+    ("reattach", "counter"),
+    ("conn_table_entries", "gauge"),
+    ("conn_table_capacity", "gauge"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -226,6 +261,19 @@ impl Metrics {
 
     fn series_lock(&self) -> std::sync::MutexGuard<'_, Series> {
         self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record how full the connection and probation tables are.
+    pub fn set_fill(&self, fill: &Fill) {
+        for (name, t) in [("connections", fill.conns), ("probation", fill.probation)] {
+            let l = TableLabels { table: name.into() };
+            self.table_entries
+                .get_or_create(&l)
+                .set(i64::try_from(t.entries).unwrap_or(i64::MAX));
+            self.table_capacity
+                .get_or_create(&l)
+                .set(i64::from(t.capacity));
+        }
     }
 
     /// Copy the data plane's counters (sums over CPUs) into the metrics.
@@ -513,6 +561,21 @@ mod tests {
                 mode: "native".into(),
             })
             .set(1);
+        m.reattached
+            .get_or_create(&InterfaceName {
+                interface: "eth0".into(),
+            })
+            .inc();
+        let table = crate::maps::TableFill {
+            entries: 1,
+            capacity: 8,
+        };
+        m.set_fill(&Fill {
+            conns: table,
+            probation: table,
+            exact: true,
+            method: crate::maps::FillMethod::Kernel,
+        });
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

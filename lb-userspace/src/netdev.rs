@@ -14,6 +14,19 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
+/// The name of the interface with index `ifindex`, if there is one.
+pub fn name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs.
+    let found = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// The MAC address of interface `name` in this network namespace.
 pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -7,7 +7,8 @@
 //!    changed VIP's inactive table is filled, then the VIP flips to it.
 //! 3. VIP entries that are new or changed; removed VIPs are deleted.
 //! 4. Removed backends are cleared (their flows get rescheduled).
-//! 5. The global configuration, last on first apply: forwarding starts
+//! 5. The rate limit of ICMP too-big answers, then the global
+//!    configuration, last on first apply: forwarding starts
 //!    only once everything it needs is in place. One exception: a live
 //!    program is told that port-less VIPs exist (`CFG_F_PORTLESS_VIPS`)
 //!    before the first one is written, or it would not look it up.
@@ -30,6 +31,7 @@ pub struct SyncReport {
     pub vips_written: usize,
     pub vips_removed: usize,
     pub rings_rebuilt: usize,
+    pub too_big_limit_written: bool,
     pub config_written: bool,
     pub elapsed: Duration,
 }
@@ -115,8 +117,12 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         }
     }
 
-    // Compared with what the map holds, not with `old`: a restore over
+    // Compared with what the maps hold, not with `old`: a restore over
     // maps of unknown contents then writes only what differs.
+    if maps.too_big_limit()? != new.too_big_limit {
+        maps.set_too_big_limit(&new.too_big_limit)?;
+        report.too_big_limit_written = true;
+    }
     if maps.config()? != new.config {
         maps.set_config(&new.config)?;
         report.config_written = true;

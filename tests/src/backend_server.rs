@@ -1,10 +1,10 @@
 //! The service the end-to-end backends run, in the test process: an HTTP
 //! server that answers with its name (and can stream, like an LLM token
-//! stream), and a UDP echo that prefixes its name. Sockets are opened
+//! stream, and take an upload), and a UDP echo that prefixes its name. Sockets are opened
 //! inside the backend's namespace and served by threads until dropped.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
@@ -77,7 +77,9 @@ impl BackendServer {
 }
 
 /// `GET /` -> the name. `GET /stream?tokens=N&ms=M` -> N lines, one every
-/// M ms, chunked, like a token stream. One request per connection.
+/// M ms, chunked, like a token stream. `POST /upload` with a
+/// Content-Length body -> "NAME LENGTH DIGEST" (`digest` of the body, in
+/// hex). One request per connection.
 fn serve_http(stream: TcpStream, name: &str) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(read_half) = stream.try_clone() else {
@@ -89,11 +91,16 @@ fn serve_http(stream: TcpStream, name: &str) {
     if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
         return;
     }
-    // Skip the headers.
+    let mut content_length = 0usize;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
             break;
+        }
+        if let Some((key, value)) = h.split_once(':')
+            && key.eq_ignore_ascii_case("content-length")
+        {
+            content_length = value.trim().parse().unwrap_or(0);
         }
     }
     let path = request_line
@@ -113,6 +120,21 @@ fn serve_http(stream: TcpStream, name: &str) {
             param("tokens").unwrap_or(10),
             param("ms").unwrap_or(100),
         );
+        return;
+    }
+    if request_line.starts_with("POST /upload ") {
+        let mut body = Vec::with_capacity(content_length);
+        let got = reader
+            .by_ref()
+            .take(content_length as u64)
+            .read_to_end(&mut body)
+            .unwrap_or(0);
+        let text = format!("{name} {got} {:016x}\n", digest(&body));
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        let _ = out.write_all(resp.as_bytes());
         return;
     }
     let body = format!("{name}\n");
@@ -139,4 +161,11 @@ fn stream_tokens(out: &mut TcpStream, name: &str, tokens: u64, ms: u64) {
         thread::sleep(Duration::from_millis(ms));
     }
     let _ = out.write_all(b"0\r\n\r\n");
+}
+
+/// FNV-1a (64 bits) of `bytes`: enough to tell an upload arrived intact.
+pub fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

@@ -12,7 +12,10 @@ use lb_common::{
 };
 use lb_userspace::{
     addr::to_map,
+    config::TooBigAnswers,
     datapath::{Datapath, MapSizes},
+    decap_sources::{DecapSources, parse_source},
+    image::too_big_limit,
     maglev::{self, MaglevBackend},
     maps::Maps,
 };
@@ -123,18 +126,35 @@ pub fn vip_key(addr: &str, port: u16, proto: u8) -> VipKey {
 
 impl Lb {
     /// Loaded, with the standard configuration written (gateway next hop,
-    /// XDP_TX, MTU 1500), and no VIP.
+    /// XDP_TX, MTU 1500, lbd's default rate limit of ICMP too-big
+    /// answers), and no VIP.
     pub fn new() -> Self {
-        let sizes = MapSizes {
+        Self::with_sizes(Self::standard_sizes())
+    }
+
+    /// The map sizes of `new`: small, so loading is fast.
+    pub fn standard_sizes() -> MapSizes {
+        MapSizes {
             max_vips: 8,
             max_backends: 64,
             ring_size: RING,
             conn_entries: 1024,
+            probation_entries: 128,
             frag_entries: 64,
-        };
+        }
+    }
+
+    /// As `new`, with other map sizes (the ring size must stay `RING`).
+    pub fn with_sizes(sizes: MapSizes) -> Self {
+        assert_eq!(
+            sizes.ring_size, RING,
+            "the harness builds rings of RING slots"
+        );
         let mut dp = Datapath::load(sizes).expect("load the eBPF programs (are we root?)");
         let mut maps = Maps::take(&mut dp.ebpf, RING).expect("maps");
         maps.set_config(&Self::standard_config()).expect("config");
+        maps.set_too_big_limit(&too_big_limit(&TooBigAnswers::default()))
+            .expect("too-big limit");
         Self {
             dp,
             maps,
@@ -244,12 +264,42 @@ impl Lb {
         }
     }
 
+    /// Make the decap program accept tunnels addressed to `addrs` from the
+    /// outer sources in `sources` (addresses or prefixes), as
+    /// `lb-decap attach --address ... --allow-source ...` does.
+    pub fn accept_tunnels(&mut self, addrs: &[&str], sources: &[&str]) {
+        for a in addrs {
+            self.maps
+                .add_decap_addr(a.parse().expect("decap address"))
+                .expect("decap address");
+        }
+        let nets = sources
+            .iter()
+            .map(|s| parse_source(s).expect("allowed source"))
+            .collect();
+        self.maps
+            .set_decap_sources(&DecapSources::Only(nets))
+            .expect("allowed sources");
+    }
+
     pub fn run_decap(&mut self, frame: &[u8]) -> Outcome {
         run_frame(self.dp.decap().expect("decap program"), frame)
     }
 
     pub fn count(&self, reason: Reason) -> u64 {
         self.maps.reason_count(reason).expect("stats")
+    }
+
+    /// Every reason's counter, in `Reason::ALL` order.
+    pub fn counts(&self) -> Vec<u64> {
+        Reason::ALL.iter().map(|r| self.count(*r)).collect()
+    }
+
+    /// Run `frame`: the outcome, and the counters it moved with how much.
+    pub fn run_counted(&mut self, frame: &[u8]) -> (Outcome, Vec<(Reason, u64)>) {
+        let before = self.counts();
+        let out = self.run(frame);
+        (out, moved(&before, &self.counts()))
     }
 
     pub fn decap_count(&self, reason: DecapReason) -> u64 {
@@ -261,6 +311,17 @@ impl Default for Lb {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The counters that changed between two `Lb::counts` snapshots, with how
+/// much: a test asserts exactly which reasons a packet got.
+pub fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
+    Reason::ALL
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a != b)
+        .map(|(r, (b, a))| (*r, a - b))
+        .collect()
 }
 
 /// Run `prog` once on `frame` through BPF_PROG_TEST_RUN.

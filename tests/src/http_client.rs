@@ -16,7 +16,36 @@ use crate::netns::Netns;
 
 /// GET `path` from `addr:port` on a new connection; the body, trimmed.
 pub fn get(addr: IpAddr, port: u16, path: &str) -> Result<String, String> {
-    let mut s = connect(addr, port, path)?;
+    read_body(connect(addr, port, path)?)
+}
+
+/// POST `body` to `path` on a new connection, each read and write bounded
+/// by `timeout`; the response body, trimmed.
+pub fn post(
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<String, String> {
+    let sock = SocketAddr::new(addr, port);
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .and_then(|()| s.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        host(addr),
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .map_err(|e| format!("send: {e}"))?;
+    read_body(s)
+}
+
+fn read_body(mut s: TcpStream) -> Result<String, String> {
     let mut response = String::new();
     s.read_to_string(&mut response)
         .map_err(|e| format!("read: {e}"))?;
@@ -27,19 +56,26 @@ pub fn get(addr: IpAddr, port: u16, path: &str) -> Result<String, String> {
     Ok(body.trim().to_string())
 }
 
+fn host(addr: IpAddr) -> String {
+    if addr.is_ipv6() {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
 fn connect(addr: IpAddr, port: u16, path: &str) -> Result<TcpStream, String> {
     let sock = SocketAddr::new(addr, port);
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let host = if addr.is_ipv6() {
-        format!("[{addr}]")
-    } else {
-        addr.to_string()
-    };
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            host(addr)
+        )
+        .as_bytes(),
     )
     .map_err(|e| format!("send: {e}"))?;
     Ok(s)

@@ -3,6 +3,7 @@
 //! clean up after themselves.
 
 pub mod backend_server;
+pub mod capture;
 pub mod harness;
 pub mod http_client;
 pub mod lbd;

@@ -81,6 +81,51 @@ impl Netns {
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
         enter_named(&self.name, f)
     }
+
+    /// Send whole Ethernet frames out of `dev` through an AF_PACKET socket:
+    /// for frames no socket of the kernel's would build, such as a tunnel
+    /// from a forged source.
+    pub fn send_frames(&self, dev: &str, frames: &[Vec<u8>]) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let ifindex = self.ifindex(dev);
+        self.enter(|| {
+            // Protocol 0: the socket sends and receives nothing.
+            // SAFETY: a plain socket call.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: fd is a socket we own from here on.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; all zero is valid.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = ifindex as i32;
+            to.sll_halen = 6;
+            for f in frames {
+                to.sll_addr[..6].copy_from_slice(&f[..6]);
+                // SAFETY: the buffer and address are valid for the call.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&to as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(
+                    sent,
+                    f.len() as isize,
+                    "send on {dev}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        })
+    }
 }
 
 /// Run `f` with the calling thread inside the namespace called `name`

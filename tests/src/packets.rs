@@ -3,8 +3,8 @@
 //! composed from the same parts. Addresses are documentation ranges.
 
 use etherparse::{
-    IpDscp, IpEcn, IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
-    TcpHeader,
+    Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpDscp, IpEcn, IpHeaders, IpNumber,
+    Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, TcpHeader, icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
     FlowKey,
@@ -215,6 +215,82 @@ pub fn outer_v6(src: &str, dst: &str, inner: &[u8], flow: &FlowKey) -> Vec<u8> {
     h.to_bytes().to_vec()
 }
 
+/// The encapsulated frame the LB sends for `inner` to backend `to`, out of
+/// the interface it came in on towards the gateway.
+pub fn tunnelled(inner: &[u8], to: &str) -> Vec<u8> {
+    if to.contains(':') {
+        let outer = outer_v6(OUTER_SRC_V6, to, inner, &flow_of(inner));
+        frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV6, &cat(&outer, inner))
+    } else {
+        frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            None,
+            ETH_IPV4,
+            &cat(&outer_v4(OUTER_SRC_V4, to, inner), inner),
+        )
+    }
+}
+
+/// Quoted bytes of the client's packet, at most: 576 bytes of ICMP error
+/// in IPv4, 1280 in IPv6.
+pub const TOO_BIG_V4_QUOTE: usize = 576 - 20 - 8;
+pub const TOO_BIG_V6_QUOTE: usize = 1280 - 40 - 8;
+
+/// The answer the LB sends for `frame_in` (from the router, to the LB,
+/// tagged with `vlan` or not), reporting `mtu`: MACs swapped, from the VIP
+/// to the client, quoting the start of the client's packet.
+pub fn too_big_answer(frame_in: &[u8], vlan: Option<u16>, mtu: u32) -> Vec<u8> {
+    let ip = &frame_in[if vlan.is_some() { 18 } else { 14 }..];
+    let mut packet = Vec::new();
+    if ip[0] >> 4 == 4 {
+        let quote = &ip[..ip.len().min(TOO_BIG_V4_QUOTE)];
+        let icmp = Icmpv4Header::with_checksum(
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu as u16,
+            }),
+            quote,
+        );
+        let (client, vip) = (&ip[12..16], &ip[16..20]);
+        let mut h = Ipv4Header::new(
+            (icmp.header_len() + quote.len()) as u16,
+            64,
+            IpNumber::ICMP,
+            vip.try_into().unwrap(),
+            client.try_into().unwrap(),
+        )
+        .unwrap();
+        // Precedence 6 (internetwork control), DF, ID 0.
+        h.dscp = IpDscp::try_new(0xc0 >> 2).unwrap();
+        h.dont_fragment = true;
+        h.identification = 0;
+        h.header_checksum = h.calc_header_checksum();
+        packet.extend_from_slice(&h.to_bytes());
+        packet.extend_from_slice(&icmp.to_bytes());
+        packet.extend_from_slice(quote);
+    } else {
+        let quote = &ip[..ip.len().min(TOO_BIG_V6_QUOTE)];
+        let client: [u8; 16] = ip[8..24].try_into().unwrap();
+        let vip: [u8; 16] = ip[24..40].try_into().unwrap();
+        let icmp =
+            Icmpv6Header::with_checksum(Icmpv6Type::PacketTooBig { mtu }, vip, client, quote)
+                .unwrap();
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: (icmp.header_len() + quote.len()) as u16,
+            next_header: IpNumber::IPV6_ICMP,
+            hop_limit: 64,
+            source: vip,
+            destination: client,
+        };
+        packet.extend_from_slice(&h.to_bytes());
+        packet.extend_from_slice(&icmp.to_bytes());
+        packet.extend_from_slice(quote);
+    }
+    frame(ROUTER_MAC, LB_MAC, vlan, ether_type_of(ip), &packet)
+}
+
 /// `a` followed by `b`.
 pub fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut v = a.to_vec();
@@ -241,4 +317,55 @@ pub fn flow_of(ip_packet: &[u8]) -> FlowKey {
     k.sport = u16::from_be_bytes([ip_packet[l4], ip_packet[l4 + 1]]);
     k.dport = u16::from_be_bytes([ip_packet[l4 + 2], ip_packet[l4 + 3]]);
     k
+}
+
+/// Extension header bodies for `with_ext_headers`: (type, bytes after the
+/// next-header byte).
+pub fn hop_by_hop() -> (u8, Vec<u8>) {
+    // Hdr Ext Len 0, PadN of 4.
+    (0, vec![0, 1, 4, 0, 0, 0, 0])
+}
+
+pub fn routing() -> (u8, Vec<u8>) {
+    // Hdr Ext Len 0, an experimental type (253), segments left 0.
+    (43, vec![0, 253, 0, 0, 0, 0, 0])
+}
+
+pub fn atomic_fragment(id: u32) -> (u8, Vec<u8>) {
+    // Offset 0, M clear: a whole datagram in one fragment (RFC 6946).
+    let mut b = vec![0, 0, 0];
+    b.extend_from_slice(&id.to_be_bytes());
+    (44, b)
+}
+
+/// A fragment header: `offset` in bytes (a multiple of 8), more fragments
+/// to follow or not, the datagram's `id`.
+pub fn fragment(offset: u16, more: bool, id: u32) -> (u8, Vec<u8>) {
+    let mut b = vec![0];
+    b.extend_from_slice(&((offset / 8) << 3 | more as u16).to_be_bytes());
+    b.extend_from_slice(&id.to_be_bytes());
+    (44, b)
+}
+
+pub fn dest_opts() -> (u8, Vec<u8>) {
+    // Hdr Ext Len 1 (16 bytes), PadN of 12.
+    let mut b = vec![1, 1, 12];
+    b.extend_from_slice(&[0; 12]);
+    (60, b)
+}
+
+/// An IPv6 packet (no extension headers) with `exts` inserted between its
+/// fixed header and its upper-layer header.
+pub fn with_ext_headers(ip: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let (mut h, _) = Ipv6Header::from_slice(ip).expect("IPv6 header");
+    let upper = h.next_header;
+    let mut chain = Vec::new();
+    for (i, (_, body)) in exts.iter().enumerate() {
+        chain.push(exts.get(i + 1).map_or(upper.0, |e| e.0));
+        chain.extend_from_slice(body);
+        assert_eq!(chain.len() % 8, 0, "extension header length");
+    }
+    h.next_header = IpNumber(exts[0].0);
+    h.payload_length += chain.len() as u16;
+    cat(&cat(&h.to_bytes(), &chain), &ip[Ipv6Header::LEN..])
 }

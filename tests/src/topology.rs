@@ -16,10 +16,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::programs::XdpMode;
+use aya::programs::{XdpMode, xdp::XdpLinkId};
 use lb_common::maps::PROG_DECAP;
 use lb_userspace::{
     datapath::{Datapath, MapSizes},
+    decap_sources::{DecapSources, IpNet},
     maps::Maps,
 };
 
@@ -65,8 +66,16 @@ pub struct Topology {
     /// backend (its tunnel addresses and counters), one as a pass-through
     /// on the bridge port facing the LB (a veth receiving XDP_TX frames
     /// needs an XDP program on its peer).
-    decap: Vec<(Datapath, Maps)>,
+    decap: Vec<Decap>,
     _pass: Datapath,
+}
+
+/// A backend's `lb_decap`: the program, its maps, and its attachment to
+/// the backend's eth0 while it has one.
+struct Decap {
+    dp: Datapath,
+    maps: Maps,
+    link: Option<XdpLinkId>,
 }
 
 fn sysctl(ns: &Netns, settings: &[&str]) {
@@ -162,6 +171,7 @@ impl Topology {
             max_backends: 16,
             ring_size: 251,
             conn_entries: 1024,
+            probation_entries: 16,
             frag_entries: 16,
         };
         let mut decaps = Vec::new();
@@ -232,15 +242,27 @@ impl Topology {
             ]);
             let mut decap = Datapath::load(sizes).expect("load the decap program");
             let mut decap_maps = Maps::take(&mut decap.ebpf, sizes.ring_size).expect("decap maps");
-            ns.enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
-                .expect("decap on a backend");
             decap_maps
                 .add_decap_addr(IpAddr::V4(addr))
                 .expect("decap address");
             decap_maps
                 .add_decap_addr(IpAddr::V6(addr6))
                 .expect("decap address");
-            decaps.push((decap, decap_maps));
+            // Tunnels only from the LB's tunnel sources.
+            decap_maps
+                .set_decap_sources(&DecapSources::Only(vec![
+                    IpNet::from(IpAddr::V4(LB)),
+                    IpNet::from(IpAddr::V6(LB6)),
+                ]))
+                .expect("decap sources");
+            let link = ns
+                .enter(|| decap.attach(PROG_DECAP, "eth0", XdpMode::Driver))
+                .expect("decap on a backend");
+            decaps.push(Decap {
+                dp: decap,
+                maps: decap_maps,
+                link: Some(link),
+            });
             // In this lab the client shares the backends' segment (real
             // clients sit behind a router the backends resolve). Replies
             // to it stalled on neighbour discovery for IPv6 here; a static
@@ -307,9 +329,23 @@ impl Topology {
     /// Tunnel packets backend `i` has received and decapsulated so far.
     pub fn tunnel_packets(&self, i: usize) -> u64 {
         self.decap[i]
-            .1
+            .maps
             .decap_count(lb_common::stats::DecapReason::Decapsulated)
             .expect("decap counter")
+    }
+
+    /// Detach backend `i`'s `lb_decap` from its eth0, as when its
+    /// interface is recreated: its service still answers on the backend
+    /// address, but tunnelled packets no longer reach it.
+    pub fn detach_decap(&mut self, i: usize) {
+        let decap = &mut self.decap[i];
+        let link = decap.link.take().expect("decap attached");
+        decap
+            .dp
+            .decap()
+            .expect("decap program")
+            .detach(link)
+            .expect("detach lb_decap");
     }
 
     /// lbd configuration for this topology: one VIP (IPv4, `port`,

@@ -39,7 +39,8 @@ fn config(paths: &Paths, interval_ms: u64) -> Config {
         "control": {"socket": paths.socket},
         "vips": [{
             "address": VIP, "port": 80, "protocol": "tcp",
-            "health_check": {"type": "tcp", "interval_ms": interval_ms, "timeout_ms": 50, "rise": 1, "fall": 1},
+            // The backend is an address of this namespace: no tunnel.
+            "health_check": {"type": "tcp", "interval_ms": interval_ms, "timeout_ms": 50, "rise": 1, "fall": 1, "through_tunnel": false},
             "backends": [{"address": BACKEND}],
         }],
     });

@@ -1,6 +1,7 @@
 //! `lb-decap`, the backend-side tool: attaches `lb_decap` through a pinned
 //! link that outlives the command, so a backend without tunnel drivers
-//! serves IP-in-IP traffic; updates in place; detaches cleanly.
+//! serves IP-in-IP traffic; accepts tunnels only from the sources it is
+//! told to; updates in place; detaches cleanly.
 
 use std::{net::UdpSocket, process::Command, time::Duration};
 
@@ -8,8 +9,7 @@ use aya::programs::XdpMode;
 use lb_common::{
     Reason,
     flow::PROTO_UDP,
-    maps::{MAP_DECAP_ADDRS, MAP_DECAP_STATS, PROG_LB},
-    stats::{DECAP_REASON_COUNT, DecapReason},
+    maps::{MAP_DECAP_ADDRS, PROG_LB},
 };
 use lb_tests::{
     harness::*,
@@ -37,68 +37,45 @@ fn lb_decap(ns: &Netns, pin_dir: &str, args: &[&str]) -> Result<String, String> 
     }
 }
 
+fn status(ns: &Netns, pin_dir: &str) -> serde_json::Value {
+    serde_json::from_str(&lb_decap(ns, pin_dir, &["status", "--json"]).expect("status"))
+        .expect("status JSON")
+}
+
 fn decapsulated(ns: &Netns, pin_dir: &str) -> u64 {
-    let status: serde_json::Value =
-        serde_json::from_str(&lb_decap(ns, pin_dir, &["status", "--json"]).expect("status"))
-            .expect("status JSON");
-    status["counters"]["decapsulated"]
+    status(ns, pin_dir)["counters"]["decapsulated"]
         .as_u64()
         .expect("counter")
 }
 
-/// Removes a pin directory, also when the test fails.
-struct Unpin(String);
+/// A pin directory for one test, removed on drop.
+struct PinDir(String);
 
-impl Drop for Unpin {
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        Self(format!("/sys/fs/bpf/lbt-{tag}-{}", std::process::id()))
+    }
+}
+
+impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-#[test]
-fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
-    let lb_ns = Netns::new("lb");
-    let backend_ns = Netns::new("be");
-    veth(&lb_ns, "lb0", &backend_ns, "be0");
-    let pin_dir = format!("/sys/fs/bpf/lbt-decap-{}", std::process::id());
-    let _unpin = Unpin(pin_dir.clone());
-
-    // Bad input: a clear error, nothing pinned.
-    let err = lb_decap(
-        &backend_ns,
-        &pin_dir,
-        &["attach", "-i", "nosuch0", "-a", BACKEND_V4[0]],
-    )
-    .unwrap_err();
-    assert!(err.contains("no interface nosuch0"), "{err}");
-    assert!(!std::path::Path::new(&pin_dir).exists());
-
-    let out = lb_decap(
-        &backend_ns,
-        &pin_dir,
-        &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
-    )
-    .expect("attach");
-    assert!(out.contains("attached on be0 (native mode)"), "{out}");
-    let link = backend_ns.exec(&["ip", "-details", "link", "show", "be0"]);
-    assert!(
-        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
-        "{link}"
-    );
-
-    // The load balancer tunnels client packets back out of lb0 to be0.
-    let mut lb = Lb::new();
+/// The lb0-be0 veth, and the load balancer (the test harness's `lb`
+/// program on lb0) tunnelling the client's UDP to backend address
+/// BACKEND_V4[0] back out to be0, where the client (the backend namespace
+/// itself) sends from. Called again after be0 is deleted, it wires the new
+/// pair.
+fn wire(lb_ns: &Netns, backend_ns: &Netns, lb: &mut Lb) {
+    veth(lb_ns, "lb0", backend_ns, "be0");
     lb_ns
         .enter(|| lb.dp.attach(PROG_LB, "lb0", XdpMode::Driver))
         .expect("attach lb");
     let mut config = Lb::standard_config();
     config.gateway_mac = backend_ns.mac("be0");
     lb.maps.set_config(&config).unwrap();
-    lb.add_vip(
-        vip_key(VIP_V4, 53, PROTO_UDP),
-        0,
-        &[BackendSpec::new(1, BACKEND_V4[0])],
-    );
     backend_ns.exec(&[
         "ip",
         "addr",
@@ -120,21 +97,83 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
         "nud",
         "permanent",
     ]);
-    let send = |n: u64| {
-        backend_ns.enter(|| {
-            let socket = UdpSocket::bind((CLIENT_V4, 0)).expect("bind");
-            for _ in 0..n {
-                socket.send_to(b"hello", (VIP_V4, 53)).expect("send");
-            }
-        })
-    };
-    let wait_for = |want: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while decapsulated(&backend_ns, &pin_dir) < want && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+}
+
+/// Send `n` UDP datagrams from the backend namespace to the VIP.
+fn send(backend_ns: &Netns, n: u64) {
+    backend_ns.enter(|| {
+        let socket = UdpSocket::bind((CLIENT_V4, 0)).expect("bind");
+        for _ in 0..n {
+            socket.send_to(b"hello", (VIP_V4, 53)).expect("send");
         }
-        decapsulated(&backend_ns, &pin_dir)
-    };
+    })
+}
+
+/// The `decapsulated` counter once it reaches `want`, or after 5 s.
+fn decapsulated_reaching(ns: &Netns, pin_dir: &str, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while decapsulated(ns, pin_dir) < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    decapsulated(ns, pin_dir)
+}
+
+#[test]
+fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    let mut lb = Lb::new();
+    wire(&lb_ns, &backend_ns, &mut lb);
+    let pins = PinDir::new("decap");
+    let pin_dir = pins.0.clone();
+
+    // Bad input: a clear error, nothing pinned.
+    let err = lb_decap(
+        &backend_ns,
+        &pin_dir,
+        &[
+            "attach",
+            "-i",
+            "nosuch0",
+            "-a",
+            BACKEND_V4[0],
+            "-s",
+            OUTER_SRC_V4,
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("no interface nosuch0"), "{err}");
+    assert!(!std::path::Path::new(&pin_dir).exists());
+
+    let out = lb_decap(
+        &backend_ns,
+        &pin_dir,
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "--allow-source",
+            OUTER_SRC_V4,
+        ],
+    )
+    .expect("attach");
+    assert!(out.contains("attached on be0 (native mode)"), "{out}");
+    let link = backend_ns.exec(&["ip", "-details", "link", "show", "be0"]);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+
+    // The load balancer tunnels client packets back out of lb0 to be0.
+    lb.add_vip(
+        vip_key(VIP_V4, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let send = |n: u64| send(&backend_ns, n);
+    let wait_for = |want: u64| decapsulated_reaching(&backend_ns, &pin_dir, want);
     // lb-decap has exited: the pinned program does the work.
     send(5);
     assert_eq!(wait_for(5), 5, "every tunnel stripped");
@@ -152,6 +191,8 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
             BACKEND_V4[0],
             "-a",
             BACKEND_V6[0],
+            "--allow-source",
+            OUTER_SRC_V4,
         ],
     )
     .expect("re-attach");
@@ -188,68 +229,440 @@ fn cp_decap_tool_attaches_a_pinned_decap_that_outlives_it_and_detaches() {
     assert!(err.contains("not attached to be0"), "{err}");
 }
 
-/// lb-decap adopts its pins after the same check as lbd: a counter map
-/// pinned by a version with fewer reasons grows when `attach` replaces the
-/// program, its counts kept (`status` leaves it to the running program,
-/// and reads the counters it lacks as 0); a map of another layout is
-/// refused, named, with what to do on a backend, and no pin changes.
+/// be0 deleted and created again since the last `attach`: the pinned link
+/// is attached to nothing and cannot be updated. `attach` replaces it with
+/// a new attachment, and tunnels are stripped again.
 #[test]
-fn cp_decap_tool_grows_older_counters_and_refuses_another_layout() {
+fn cp_decap_attach_after_the_interface_was_created_again_replaces_the_dead_link() {
     let lb_ns = Netns::new("lb");
     let backend_ns = Netns::new("be");
-    veth(&lb_ns, "lb0", &backend_ns, "be0");
-    let pin_dir = format!("/sys/fs/bpf/lbt-decap-layout-{}", std::process::id());
-    let _unpin = Unpin(pin_dir.clone());
+    let mut lb = Lb::new();
+    wire(&lb_ns, &backend_ns, &mut lb);
+    lb.add_vip(
+        vip_key(VIP_V4, 53, PROTO_UDP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let pins = PinDir::new("decap-recreate");
     let attach = || {
         lb_decap(
             &backend_ns,
-            &pin_dir,
-            &["attach", "-i", "be0", "-a", BACKEND_V4[0]],
+            &pins.0,
+            &[
+                "attach",
+                "-i",
+                "be0",
+                "-a",
+                BACKEND_V4[0],
+                "--allow-source",
+                OUTER_SRC_V4,
+            ],
         )
-        .expect("attach")
     };
-    attach();
-    let pins_at = std::path::Path::new(&pin_dir);
-    let counters = || {
+    attach().expect("attach");
+    send(&backend_ns, 2);
+    assert_eq!(decapsulated_reaching(&backend_ns, &pins.0, 2), 2);
+
+    backend_ns.exec(&["ip", "link", "del", "be0"]);
+    wire(&lb_ns, &backend_ns, &mut lb);
+    let out = attach().expect("attach to the re-created be0");
+    assert!(
+        out.contains("lb_decap attached on be0 (native mode)"),
+        "{out}"
+    );
+    let link = backend_ns.exec(&["ip", "-details", "link", "show", "be0"]);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+    send(&backend_ns, 3);
+    assert_eq!(decapsulated_reaching(&backend_ns, &pins.0, 5), 5);
+}
+
+/// Commands that change the pins run one at a time: an `attach` while
+/// another run holds the pin directory waits, changing nothing, and goes
+/// ahead once it is released.
+#[test]
+fn cp_decap_attach_waits_for_another_run_on_the_same_pins() {
+    let lb_ns = Netns::new("lb");
+    let backend_ns = Netns::new("be");
+    veth(&lb_ns, "lb0", &backend_ns, "be0");
+    let pins = PinDir::new("decap-lock");
+    lb_decap(
+        &backend_ns,
+        &pins.0,
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "--allow-source",
+            OUTER_SRC_V4,
+        ],
+    )
+    .expect("attach");
+    let addresses = || {
         let status: serde_json::Value =
-            serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
+            serde_json::from_str(&lb_decap(&backend_ns, &pins.0, &["status", "--json"]).unwrap())
                 .unwrap();
-        status["counters"].clone()
+        status["addresses"].clone()
     };
 
-    // As a version before pass_malformed left it.
-    let stats = pins_at.join(MAP_DECAP_STATS);
-    let ours = pins::shape(&stats);
-    let older = DecapReason::PassMalformed as u32;
-    let _running = pins::replace(
-        &stats,
-        MapShape {
-            max_entries: older,
-            ..ours
-        },
-    );
-    pins::set_count(
-        &mut pins::counters(&stats),
-        DecapReason::Decapsulated as u32,
-        &[7],
-    );
-    let before = counters();
-    assert_eq!(before["decapsulated"], 7);
-    assert_eq!(before["pass_malformed"], 0);
-    assert_eq!(
-        pins::shape(&stats).max_entries,
-        older,
-        "status migrates nothing"
-    );
-    attach();
-    assert_eq!(pins::shape(&stats).max_entries, DECAP_REASON_COUNT);
-    // Counts kept (the link's own neighbour traffic may add pass_not_tunnel).
-    let after = counters();
-    assert_eq!(after["decapsulated"], 7, "{after}");
-    assert_eq!(after["pass_malformed"], 0, "{after}");
+    let held = lb_userspace::pin_lock::PinDirLock::acquire(std::path::Path::new(&pins.0))
+        .expect("lock the pins");
+    let mut second = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", backend_ns.name))
+        .arg(binary("lb-decap"))
+        .args(["--pin-dir", &pins.0])
+        .args([
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V6[0],
+            "--allow-source",
+            OUTER_SRC_V4,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lb-decap");
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = second.try_wait().expect("poll lb-decap").is_none();
+    if !waiting {
+        let out = second.wait_with_output().unwrap();
+        panic!(
+            "lb-decap did not wait for the lock: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(addresses(), serde_json::json!([BACKEND_V4[0]]));
 
-    // Addresses keyed as now, but with 8-byte values.
-    let addrs = pins_at.join(MAP_DECAP_ADDRS);
+    drop(held);
+    let out = second.wait_with_output().expect("lb-decap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        addresses(),
+        serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]])
+    );
+}
+
+/// The counters of a `status --json`, by name.
+fn counters(status: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    status["counters"]
+        .as_object()
+        .expect("counters")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
+        .collect()
+}
+
+/// The counters that changed between two snapshots, with how much; but
+/// for `pass_not_tunnel`, which the kernel's own traffic on a new link
+/// (neighbour discovery) moves at any time.
+fn moved(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter(|(k, v)| *k != "pass_not_tunnel" && before.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .collect()
+}
+
+#[test]
+fn cp_decap_attach_requires_an_allowlist_replaces_it_and_drops_other_sources() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    veth(&peer_ns, "peer0", &backend_ns, "be0");
+    let pins = PinDir::new("decapsrc");
+    let pin_dir = pins.0.as_str();
+    let be_mac = backend_ns.mac("be0");
+    let peer_mac = peer_ns.mac("peer0");
+    let attach = |extra: &[&str]| {
+        let mut args = vec![
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V4[0],
+            "-a",
+            BACKEND_V6[0],
+        ];
+        args.extend_from_slice(extra);
+        lb_decap(&backend_ns, pin_dir, &args)
+    };
+
+    // Secure by default: no allowlist, no attachment, nothing pinned.
+    let err = attach(&[]).unwrap_err();
+    assert!(
+        err.contains("no allowed tunnel sources")
+            && err.contains("--allow-source")
+            && err.contains("--allow-any-source"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(pin_dir).exists(), "nothing pinned");
+    let link = backend_ns.exec(&["ip", "link", "show", "be0"]);
+    assert!(!link.contains("xdp"), "{link}");
+
+    // Sources of both families, an address and a prefix.
+    let out = attach(&["-s", OUTER_SRC_V4, "--allow-source", "2001:db8:100::/64"]).expect("attach");
+    assert!(
+        out.contains("attached on be0") && out.contains("from 198.51.100.2/32, 2001:db8:100::/64"),
+        "{out}"
+    );
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["allow_any_source"], false);
+    assert_eq!(
+        st["allowed_sources"],
+        serde_json::json!(["198.51.100.2/32", "2001:db8:100::/64"])
+    );
+    let text = lb_decap(&backend_ns, pin_dir, &["status"]).unwrap();
+    assert!(
+        text.contains("sources:    198.51.100.2/32, 2001:db8:100::/64")
+            && text.contains("drop_untrusted_source"),
+        "{text}"
+    );
+
+    // Bad sources are refused with the reason, and change nothing.
+    for (bad, says) in [
+        (
+            vec!["-s", "198.51.100.7/24"],
+            "did you mean 198.51.100.0/24",
+        ),
+        (vec!["-s", "lb1.example"], "not an IP address or prefix"),
+        (
+            vec!["-s", OUTER_SRC_V4, "--allow-any-source"],
+            "cannot be used with",
+        ),
+    ] {
+        let err = attach(&bad).unwrap_err();
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    assert_eq!(
+        status(&backend_ns, pin_dir)["allowed_sources"],
+        st["allowed_sources"]
+    );
+
+    // Real frames over the veth: tunnels from the allowed sources are
+    // stripped, others dropped and counted; each under one counter.
+    let inner = udp4("203.0.113.9", 40000, VIP_V4, 53, b"hello");
+    let tunnel = |src: &str, dst: &str| {
+        if src.contains(':') {
+            let outer = outer_v6(src, dst, &inner, &flow_of(&inner));
+            frame(be_mac, peer_mac, None, ETH_IPV6, &cat(&outer, &inner))
+        } else {
+            let outer = outer_v4(src, dst, &inner);
+            frame(be_mac, peer_mac, None, ETH_IPV4, &cat(&outer, &inner))
+        }
+    };
+    let send_and_count = |frames: Vec<Vec<u8>>| {
+        let before = counters(&status(&backend_ns, pin_dir));
+        let n = frames.len() as u64;
+        peer_ns.send_frames("peer0", &frames);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let after = counters(&status(&backend_ns, pin_dir));
+            let total: u64 = moved(&before, &after).iter().map(|(_, n)| n).sum();
+            if total >= n || std::time::Instant::now() > deadline {
+                return moved(&before, &after);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let got = send_and_count(vec![
+        tunnel(OUTER_SRC_V4, BACKEND_V4[0]),
+        tunnel("2001:db8:100::7", BACKEND_V6[0]),
+        tunnel("198.51.100.3", BACKEND_V4[0]),
+        tunnel(CLIENT_V6, BACKEND_V6[0]),
+        tunnel("192.0.2.66", BACKEND_V4[0]),
+    ]);
+    assert_eq!(
+        got,
+        vec![
+            ("decapsulated".to_string(), 2),
+            ("drop_untrusted_source".to_string(), 3)
+        ]
+    );
+
+    // A repeated attach replaces the set: removing an LB node works.
+    let out = attach(&["-s", "192.0.2.0/24"]).expect("re-attach");
+    assert!(
+        out.contains("updated on be0") && out.contains("from 192.0.2.0/24"),
+        "{out}"
+    );
+    assert_eq!(
+        status(&backend_ns, pin_dir)["allowed_sources"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+    let got = send_and_count(vec![
+        tunnel(OUTER_SRC_V4, BACKEND_V4[0]),
+        tunnel("2001:db8:100::7", BACKEND_V6[0]),
+        tunnel("192.0.2.66", BACKEND_V4[0]),
+    ]);
+    assert_eq!(
+        got,
+        vec![
+            ("decapsulated".to_string(), 1),
+            ("drop_untrusted_source".to_string(), 2)
+        ]
+    );
+
+    // The explicit opt-out: any source, and the list is gone.
+    let out = attach(&["--allow-any-source"]).expect("re-attach, any source");
+    assert!(out.contains("from any source"), "{out}");
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["allow_any_source"], true);
+    assert_eq!(st["allowed_sources"], serde_json::json!([]));
+    let got = send_and_count(vec![
+        tunnel(CLIENT_V4, BACKEND_V4[0]),
+        tunnel(CLIENT_V6, BACKEND_V6[0]),
+    ]);
+    assert_eq!(got, vec![("decapsulated".to_string(), 2)]);
+
+    lb_decap(&backend_ns, pin_dir, &["detach", "-i", "be0"]).expect("detach");
+}
+
+/// Pins as the release before the allowlist left them: a counter map with
+/// one row per reason it knew (4), the address map, no source maps.
+fn pin_previous_release(pin_dir: &str, counts: &[(u32, u64)]) {
+    use aya::maps::{HashMap, PerCpuArray, PerCpuValues};
+    use lb_common::maps::DecapAddr;
+    std::fs::create_dir_all(pin_dir).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let mut stats = PerCpuArray::<_, u64>::create(4, 0).unwrap();
+    for (row, count) in counts {
+        let values = PerCpuValues::try_from(vec![*count; cpus]).unwrap();
+        stats.set(*row, values, 0).unwrap();
+    }
+    stats.pin(format!("{pin_dir}/DECAP_STATS")).unwrap();
+    let mut addrs = HashMap::<_, DecapAddr, u32>::create(64, 0).unwrap();
+    let (addr, family) = lb_userspace::addr::to_map(BACKEND_V4[0].parse().unwrap());
+    let key = DecapAddr {
+        addr,
+        family,
+        _pad: [0; 3],
+    };
+    addrs.insert(key, 1, 0).unwrap();
+    addrs.pin(format!("{pin_dir}/DECAP_ADDRS")).unwrap();
+}
+
+#[test]
+fn cp_decap_attach_over_a_previous_release_grows_its_counters_and_adds_the_allowlist() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    veth(&peer_ns, "peer0", &backend_ns, "be0");
+    let pins = PinDir::new("decapold");
+    let pin_dir = pins.0.as_str();
+    pin_previous_release(pin_dir, &[(0, 3), (1, 2)]);
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+
+    // Before the new attach: what the old program does is shown as it is.
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(
+        st["allow_any_source"], true,
+        "the old program checks no source"
+    );
+    assert_eq!(st["counters"]["decapsulated"], 3 * cpus);
+    assert_eq!(st["counters"]["pass_not_tunnel"], 2 * cpus);
+    assert_eq!(
+        st["counters"]["drop_untrusted_source"],
+        serde_json::Value::Null
+    );
+    let text = lb_decap(&backend_ns, pin_dir, &["status"]).unwrap();
+    assert!(
+        text.contains("attached by an older lb-decap")
+            && text.contains("- (not counted until the next attach)"),
+        "{text}"
+    );
+    // Reading changed nothing on disk.
+    assert!(!std::path::Path::new(&format!("{pin_dir}/DECAP_SOURCES")).exists());
+
+    lb_decap(
+        &backend_ns,
+        pin_dir,
+        &[
+            "attach",
+            "-i",
+            "be0",
+            "-a",
+            BACKEND_V6[0],
+            "-s",
+            OUTER_SRC_V4,
+        ],
+    )
+    .expect("attach over the old pins");
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["allow_any_source"], false);
+    assert_eq!(
+        st["allowed_sources"],
+        serde_json::json!(["198.51.100.2/32"])
+    );
+    assert_eq!(
+        st["addresses"],
+        serde_json::json!([BACKEND_V4[0], BACKEND_V6[0]]),
+        "the old address map is kept"
+    );
+    assert_eq!(
+        st["counters"]["decapsulated"],
+        3 * cpus,
+        "counts carried over"
+    );
+    assert_eq!(st["counters"]["drop_untrusted_source"], 0);
+
+    // The new rows count.
+    let inner = udp4(CLIENT_V4, 40000, VIP_V4, 53, b"hello");
+    let outer = outer_v4("192.0.2.66", BACKEND_V4[0], &inner);
+    let f = frame(
+        backend_ns.mac("be0"),
+        peer_ns.mac("peer0"),
+        None,
+        ETH_IPV4,
+        &cat(&outer, &inner),
+    );
+    peer_ns.send_frames("peer0", &[f]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(&backend_ns, pin_dir)["counters"]["drop_untrusted_source"] != 1
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        status(&backend_ns, pin_dir)["counters"]["drop_untrusted_source"],
+        1
+    );
+    lb_decap(&backend_ns, pin_dir, &["detach", "-i", "be0"]).expect("detach");
+}
+
+/// lb-decap checks its pins as lbd does: a map of another layout (here an
+/// address map with 8-byte values) is refused by the command that would
+/// replace the program and by the one that only reads, naming the map and
+/// what to do on a backend; no pin changes.
+#[test]
+fn cp_decap_tool_refuses_a_pinned_map_of_another_layout() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    veth(&peer_ns, "peer0", &backend_ns, "be0");
+    let pins_at = PinDir::new("decaplayout");
+    let pin_dir = pins_at.0.as_str();
+    let attach_args = [
+        "attach",
+        "-i",
+        "be0",
+        "-a",
+        BACKEND_V4[0],
+        "-s",
+        OUTER_SRC_V4,
+    ];
+    lb_decap(&backend_ns, pin_dir, &attach_args).expect("attach");
+    let dir = std::path::Path::new(pin_dir);
+    let addrs = dir.join(MAP_DECAP_ADDRS);
     let ours = pins::shape(&addrs);
     let original = pins::replace(
         &addrs,
@@ -258,21 +671,28 @@ fn cp_decap_tool_grows_older_counters_and_refuses_another_layout() {
             ..ours
         },
     );
-    let before = pins::objects(pins_at);
-    let err = lb_decap(&backend_ns, &pin_dir, &["status"]).unwrap_err();
-    assert_eq!(
-        err,
+    let before = pins::objects(dir);
+    let refusal = |doing: &str| {
         format!(
-            "lb-decap: loading the data plane pinned at {pin_dir}: pinned map DECAP_ADDRS: \
+            "lb-decap: {doing} the data plane pinned at {pin_dir}: pinned map DECAP_ADDRS: \
              value size 8, this lb-decap needs 4: run the lb-decap version that pinned them, \
              or `lb-decap detach` from every interface first (tunnels go undecoded until the \
              next attach)\n"
         )
+    };
+    assert_eq!(
+        lb_decap(&backend_ns, pin_dir, &attach_args).unwrap_err(),
+        refusal("loading")
     );
-    assert_eq!(pins::objects(pins_at), before, "a pin changed");
+    assert_eq!(
+        lb_decap(&backend_ns, pin_dir, &["status"]).unwrap_err(),
+        refusal("opening")
+    );
+    assert_eq!(pins::objects(dir), before, "a pin changed");
+
     pins::restore(&addrs, &original);
-    let status: serde_json::Value =
-        serde_json::from_str(&lb_decap(&backend_ns, &pin_dir, &["status", "--json"]).unwrap())
-            .unwrap();
-    assert_eq!(status["addresses"], serde_json::json!([BACKEND_V4[0]]));
+    assert_eq!(
+        status(&backend_ns, pin_dir)["addresses"],
+        serde_json::json!([BACKEND_V4[0]])
+    );
 }

@@ -13,6 +13,7 @@ use lb_common::{
     stats::REASON_COUNT,
 };
 use lb_tests::{
+    capture::Capture,
     lbd::{Lbd, Paths},
     netns::{Netns, veth},
     pins,
@@ -40,9 +41,30 @@ impl Site {
     fn new() -> Self {
         let lb = Netns::new("cplb");
         let client = Netns::new("cpcl");
-        veth(&lb, "lb0", &client, "cl0");
-        let lb_mac = lb.mac_text("lb0");
-        let client_mac = client.mac_text("cl0");
+        // Backends answer health checks from inside the LB namespace.
+        for b in [B1, B2, B3] {
+            lb.exec(&["ip", "addr", "add", &format!("{b}/32"), "dev", "lo"]);
+        }
+        let site = Self {
+            lb,
+            client,
+            client_mac: String::new(),
+        };
+        let client_mac = site.create_link();
+        Self { client_mac, ..site }
+    }
+
+    /// Make the lb0-cl0 veth and the client's side of it; the client's MAC.
+    /// Made again after `delete_link`, cl0 keeps the MAC it had (the
+    /// configuration's gateway), lb0 gets a new index and a new MAC.
+    fn create_link(&self) -> String {
+        veth(&self.lb, "lb0", &self.client, "cl0");
+        if !self.client_mac.is_empty() {
+            self.client
+                .exec(&["ip", "link", "set", "cl0", "address", &self.client_mac]);
+        }
+        let lb_mac = self.lb.mac_text("lb0");
+        let client = &self.client;
         client.exec(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "cl0"]);
         client.exec(&["ip", "route", "add", "198.51.100.0/24", "dev", "cl0"]);
         client.exec(&[
@@ -57,15 +79,12 @@ impl Site {
             "nud",
             "permanent",
         ]);
-        // Backends answer health checks from inside the LB namespace.
-        for b in [B1, B2, B3] {
-            lb.exec(&["ip", "addr", "add", &format!("{b}/32"), "dev", "lo"]);
-        }
-        Self {
-            lb,
-            client,
-            client_mac,
-        }
+        client.mac_text("cl0")
+    }
+
+    /// Delete lb0 (and with it its peer cl0), as when a NIC is unplugged.
+    fn delete_link(&self) {
+        self.lb.exec(&["ip", "link", "del", "lb0"]);
     }
 
     fn config(&self, backends: &[&str], check: Value) -> Value {
@@ -82,12 +101,25 @@ impl Site {
         })
     }
 
-    /// Send `n` UDP datagrams to the VIP from distinct client ports.
+    /// Send one UDP datagram to the VIP from each client port: flows seen
+    /// once, on probation in the data plane.
     fn send_flows(&self, ports: std::ops::Range<u16>) {
+        self.send_datagrams(ports, 1);
+    }
+
+    /// Send two UDP datagrams to the VIP from each client port: established
+    /// flows, in the connection table.
+    fn establish_flows(&self, ports: std::ops::Range<u16>) {
+        self.send_datagrams(ports, 2);
+    }
+
+    fn send_datagrams(&self, ports: std::ops::Range<u16>, each: usize) {
         self.client.enter(|| {
             for port in ports {
                 let s = UdpSocket::bind((CLIENT, port)).expect("bind client port");
-                s.send_to(b"query", (VIP, 53)).expect("send");
+                for _ in 0..each {
+                    s.send_to(b"query", (VIP, 53)).expect("send");
+                }
             }
         });
     }
@@ -184,12 +216,13 @@ fn cp_every_lbctl_verb_changes_the_running_state() {
     });
     let stats = lbd.json(&["stats", "--interval", "0.2"]);
     assert_eq!(stats["vips"][0]["packets"], 20, "{stats}");
+    // One datagram each: the flows are on probation.
     let flow = lbd.json(&["flow", CLIENT, "40000", VIP, "53", "udp"]);
     assert!(
         flow["reason"]
             .as_str()
             .unwrap()
-            .starts_with("connection entry"),
+            .starts_with("probation entry"),
         "{flow}"
     );
     let backend = flow["backend"].as_str().unwrap();
@@ -303,6 +336,63 @@ fn cp_bad_configs_and_calls_are_rejected_and_change_nothing() {
     assert!(lbd.ctl(&["status"]).status.success());
 }
 
+/// `health_check.through_tunnel` exists only where there is a tunnel: on
+/// an `l2_dsr` VIP, set either way, `lbd --check` and `lbctl apply` reject
+/// it naming the field, and the running configuration stays as it was.
+#[test]
+fn cp_through_tunnel_on_an_l2_dsr_vip_is_rejected_naming_the_field() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("thrutun"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    let file = lbd.paths.dir.join("l2dsr.json");
+    let path = file.to_str().unwrap();
+    let message = "vips[0].health_check.through_tunnel: does not apply to l2_dsr forwarding: there is no tunnel to probe through";
+    // Without the FIB an l2_dsr backend needs its MAC.
+    let l2_dsr = |check: Value| {
+        let mut c = before.clone();
+        c["vips"][0]["forwarding"] = "l2_dsr".into();
+        c["vips"][0]["health_check"] = check;
+        for (i, b) in c["vips"][0]["backends"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            b["mac"] = format!("02:00:5e:00:53:0{i}").into();
+        }
+        c
+    };
+    for through_tunnel in [true, false] {
+        let bad =
+            l2_dsr(json!({"type": "udp", "payload": "ping", "through_tunnel": through_tunnel}));
+        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let out = lbd_output(&["--check", "--config", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lbd --check accepted {bad}");
+        assert_eq!(err.trim(), format!("lbd: {path}: {message}"));
+        let out = lbd.ctl(&["apply", "-f", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lbctl apply accepted {bad}");
+        assert_eq!(err.trim(), format!("lbctl: {message}"));
+        assert_eq!(lbd.json(&["config", "dump"]), before, "state changed");
+    }
+    // Without the field the same VIP is fine: its checks go direct.
+    let good = l2_dsr(json!({"type": "udp", "payload": "ping"}));
+    std::fs::write(&file, serde_json::to_vec(&good).unwrap()).unwrap();
+    let out = lbd.ctl(&["apply", "-f", path]);
+    assert!(out.status.success(), "{out:?}");
+    let now = lbd.json(&["config", "dump"]);
+    assert_eq!(now["vips"][0]["forwarding"], "l2_dsr");
+    assert_eq!(
+        now["vips"][0]["health_check"]["through_tunnel"],
+        Value::Null
+    );
+}
+
 /// Run `lbd` with `args` (no namespace: these fail before attaching).
 fn lbd_output(args: &[&str]) -> std::process::Output {
     Command::new(lb_tests::lbd::binary("lbd"))
@@ -332,13 +422,14 @@ fn write_and_sighup(lbd: &Lbd, config: &Value) {
 }
 
 /// Run lbd to its exit in the site's LB namespace, over `lbd`'s pins, with
-/// `config` written to `name` in `lbd`'s directory. For starts that must
-/// fail: bounded, so one that wrongly succeeds fails the test, not hangs it.
+/// `config` written to `name` in `lbd`'s directory. Bounded: an lbd that
+/// wrongly starts is stopped after 30 s.
 fn lbd_once(site: &Site, lbd: &Lbd, name: &str, config: &Value) -> std::process::Output {
     let path = lbd.paths.dir.join(name);
     std::fs::write(&path, config.to_string()).unwrap();
     Command::new("timeout")
-        .args(["30", "nsenter"])
+        .arg("30")
+        .arg("nsenter")
         .arg(format!("--net=/var/run/netns/{}", site.lb.name))
         .arg(lb_tests::lbd::binary("lbd"))
         .arg("--config")
@@ -354,13 +445,13 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         max_backends: 64,
         ring_size: 4093,
         conn_entries: 4096,
+        probation_entries: lb_common::maps::probation_entries_for(4096),
         frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
     };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(
+    let mut dp = lb_userspace::datapath::Datapath::open_pinned(
         sizes,
         &lbd.paths.pin_dir,
         lb_userspace::layout::PinOwner::LBD,
-        lb_userspace::datapath::Adopt::Inspect,
     )
     .expect("open the pinned maps");
     lb_userspace::maps::Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps")
@@ -432,8 +523,9 @@ fn cp_lbd_startup_failure_names_each_cause_once() {
     let paths = Paths::new("startfail");
     let mut config = base_config();
     // Far more connection-table entries than the kernel creates a map for
-    // (on an interface that exists: those are checked first).
-    config["tables"] = json!({"conn_entries": 4_000_000_000u32});
+    // (on an interface that exists: those are checked first). A small
+    // probation table, so the connection table is the map that fails.
+    config["tables"] = json!({"conn_entries": 4_000_000_000u32, "probation_entries": 1024});
     config["interfaces"] = json!([{"name": "lo"}]);
     config["pin_dir"] = paths.pin_dir.display().to_string().into();
     config["control"] = json!({"socket": paths.socket.display().to_string()});
@@ -500,9 +592,9 @@ fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
         Paths::new("restart"),
         site.config(&[B1, B2, B3], json!({"type": "none"})),
     );
-    site.send_flows(41000..41050);
-    wait_for("50 forwarded packets", Duration::from_secs(5), || {
-        counter(&lbd, "tx") >= 50
+    site.establish_flows(41000..41050);
+    wait_for("100 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 100
     });
     let conns_before = lbd.json(&["status"])["connection_entries"]
         .as_u64()
@@ -514,14 +606,14 @@ fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
 
     lbd.kill();
     // With lbd dead the program still forwards (the pinned link holds it).
-    site.send_flows(41050..41060);
+    site.establish_flows(41050..41060);
     std::thread::sleep(Duration::from_millis(300));
     lbd.restart();
     let status = lbd.json(&["status"]);
     assert_eq!(status["adopted_running_data_plane"], true);
     assert_eq!(status["interfaces"][0]["replaced_existing_program"], true);
     assert!(
-        status["counters"]["tx"].as_u64().unwrap() >= 60,
+        status["counters"]["tx"].as_u64().unwrap() >= 120,
         "forwarded while lbd was down: {status}"
     );
     assert!(status["connection_entries"].as_u64().unwrap() >= conns_before + 10);
@@ -542,15 +634,70 @@ fn cp_sigkill_and_restart_keep_connections_and_forwarding() {
     }
     site.send_flows(41060..41070);
     wait_for("packets after the restart", Duration::from_secs(5), || {
-        counter(&lbd, "tx") >= 70
+        counter(&lbd, "tx") >= 130
+    });
+}
+
+/// `lbctl status`' occupancy of `table` (`connections` or `probation`).
+fn occupancy(lbd: &Lbd, table: &str) -> (u64, u64) {
+    let t = &lbd.json(&["status"])["occupancy"][table];
+    (
+        t["entries"].as_u64().unwrap(),
+        t["capacity"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn cp_status_and_metrics_show_table_occupancy_rising_with_flows() {
+    let site = Site::new();
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("occupancy"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    let status = lbd.json(&["status"]);
+    assert_eq!(
+        status["occupancy"]["counted_by"], "kernel element count",
+        "{status}"
+    );
+    assert_eq!(status["occupancy"]["exact"], true);
+    assert_eq!(occupancy(&lbd, "connections"), (0, 4096));
+    assert_eq!(occupancy(&lbd, "probation"), (0, 512));
+    // One datagram per flow: the probation table fills.
+    site.send_flows(45000..45040);
+    wait_for("40 flows on probation", Duration::from_secs(5), || {
+        occupancy(&lbd, "probation").0 == 40
+    });
+    assert_eq!(occupancy(&lbd, "connections").0, 0);
+    // A second datagram each: promoted into the connection table, and more.
+    site.send_flows(45000..45040);
+    site.establish_flows(45040..45060);
+    wait_for("60 connections", Duration::from_secs(5), || {
+        occupancy(&lbd, "connections").0 == 60
+    });
+    assert_eq!(occupancy(&lbd, "probation").0, 0);
+    let text = String::from_utf8(lbd.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("connections 60/4096 (1.5%)  probation 0/512 (0.0%)"),
+        "{text}"
+    );
+    // Metrics are refreshed once a second.
+    wait_for("occupancy in the metrics", Duration::from_secs(5), || {
+        let text = scrape(&site);
+        text.contains("lb_conn_table_entries{table=\"connections\"} 60")
+            && text.contains("lb_conn_table_entries{table=\"probation\"} 0")
+            && text.contains("lb_conn_table_capacity{table=\"connections\"} 4096")
+            && text.contains("lb_conn_table_capacity{table=\"probation\"} 512")
     });
 }
 
 #[test]
 fn cp_failed_health_checks_take_a_backend_out_and_back() {
     let site = Site::new();
-    // TCP checks on port 8053 of each backend address, fast.
-    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3});
+    // TCP checks on port 8053 of each backend address, fast; the backends
+    // are addresses of the LB namespace, with no tunnel to probe through.
+    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3, "through_tunnel": false});
     let listeners: Vec<TcpListener> = site.lb.enter(|| {
         [B1, B2]
             .iter()
@@ -851,7 +998,8 @@ fn cp_restart_with_other_table_sizes_is_refused_and_forwarding_goes_on() {
     assert_eq!(
         failure,
         "lbd: starting: tables.max_backends is 128 but the pinned map holds 64; \
-         tables.conn_entries is 8192 but the pinned map holds 4096: table sizes \
+         tables.conn_entries is 8192 but the pinned map holds 4096; \
+         tables.probation_entries (by default conn_entries / 8) is 1024 but the pinned map holds 512: table sizes \
          change only with `lbd --teardown` first (drops connections), or revert the config"
     );
     // The refused start changed nothing: the pinned program forwards, and
@@ -944,16 +1092,23 @@ fn cp_tunnel_source_flag_wins_over_every_configuration_applied() {
     assert_eq!(source.to_string(), NODE);
 }
 
+/// A veth pair `a`-`b` inside the LB namespace. `b` has GRO on: a veth
+/// drops frames redirected into its peer by XDP unless it has GRO or an
+/// XDP program of its own.
+fn lb_veth_pair(site: &Site, a: &str, b: &str) {
+    site.lb
+        .exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+    site.lb.exec(&["ip", "link", "set", a, "up"]);
+    site.lb.exec(&["ip", "link", "set", b, "up"]);
+    site.lb.exec(&["ethtool", "-K", b, "gro", "on"]);
+}
+
 /// With `next_hop.egress_interface`, lbd gives the data plane that
 /// interface's index and MAC: frames sent out of it carry its MAC.
 #[test]
 fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     let site = Site::new();
-    site.lb.exec(&[
-        "ip", "link", "add", "out0", "type", "veth", "peer", "name", "out1",
-    ]);
-    site.lb.exec(&["ip", "link", "set", "out0", "up"]);
-    site.lb.exec(&["ip", "link", "set", "out1", "up"]);
+    lb_veth_pair(&site, "out0", "out1");
     let mut config = site.config(&[B1], json!({"type": "none"}));
     config["next_hop"]["egress_interface"] = json!("out0");
     let lbd = Lbd::start(&site.lb, Paths::new("egress"), config);
@@ -961,6 +1116,110 @@ fn cp_egress_interface_gives_the_data_plane_its_index_and_mac() {
     let live = maps.config().unwrap();
     assert_eq!(live.egress_ifindex, site.lb.ifindex("out0"));
     assert_eq!(live.egress_mac, site.lb.mac("out0"));
+}
+
+/// An interface as the data plane knows it: ifindex and MAC.
+type Port = (u32, [u8; 6]);
+
+/// What the data plane sends out of, as its maps say: the configured
+/// egress and the TX ports.
+fn data_plane_egress(lbd: &Lbd) -> (Port, Vec<Port>) {
+    let maps = pinned_maps(lbd);
+    let live = maps.config().unwrap();
+    (
+        (live.egress_ifindex, live.egress_mac),
+        maps.tx_ports().unwrap(),
+    )
+}
+
+/// Send one datagram to the VIP and return the tunnelled frame (IPv4,
+/// protocol 4, to B1) that `capture` sees.
+fn tunnelled_to_b1(site: &Site, capture: &Capture, port: u16) -> Vec<u8> {
+    site.send_flows(port..port + 1);
+    let b1: std::net::Ipv4Addr = B1.parse().unwrap();
+    capture
+        .find(Duration::from_secs(5), |f| {
+            f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 4 && f[30..34] == b1.octets()
+        })
+        .expect("a tunnelled frame on the egress interface's peer")
+}
+
+/// Turning `next_hop.fib` off at run time (SIGHUP) with an
+/// `egress_interface` set gives the data plane that interface: frames to
+/// the gateway leave through it, with its MAC. Changing the interface
+/// itself (`lbctl apply`) moves them again, and the old port is closed.
+#[test]
+fn cp_fib_turned_off_at_run_time_sends_out_of_the_egress_interface() {
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    lb_veth_pair(&site, "out2", "out3");
+    let lb0 = (site.lb.ifindex("lb0"), site.lb.mac("lb0"));
+    let out0 = (site.lb.ifindex("out0"), site.lb.mac("out0"));
+    let out2 = (site.lb.ifindex("out2"), site.lb.mac("out2"));
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["next_hop"]["fib"] = json!(true);
+    config["next_hop"]["egress_interface"] = json!("out0");
+    let lbd = Lbd::start(&site.lb, Paths::new("fiboff"), config);
+    assert_eq!(data_plane_egress(&lbd), ((0, [0; 6]), vec![lb0]));
+
+    let mut file = written_config(&lbd);
+    file["next_hop"]["fib"] = json!(false);
+    let capture = Capture::open(&site.lb, "out1");
+    write_and_sighup(&lbd, &file);
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["config", "dump"])["next_hop"]["fib"] == json!(false)
+    });
+    assert_eq!(data_plane_egress(&lbd), (out0, vec![lb0, out0]));
+    let redirected = counter(&lbd, "redirect");
+    let frame = tunnelled_to_b1(&site, &capture, 41000);
+    assert_eq!(
+        (frame[..6].to_vec(), frame[6..12].to_vec()),
+        (site.client.mac("cl0").to_vec(), out0.1.to_vec()),
+        "gateway MAC from out0's MAC"
+    );
+    assert_eq!(counter(&lbd, "redirect"), redirected + 1);
+
+    file["next_hop"]["egress_interface"] = json!("out2");
+    let path = lbd.paths.dir.join("out2.json");
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    lbd.json(&["apply", "-f", path.to_str().unwrap()]);
+    assert_eq!(data_plane_egress(&lbd), (out2, vec![lb0, out2]));
+    let capture = Capture::open(&site.lb, "out3");
+    let frame = tunnelled_to_b1(&site, &capture, 41001);
+    assert_eq!(frame[6..12], out2.1);
+}
+
+/// The reverse: turning `next_hop.fib` on at run time (`lbctl apply`)
+/// takes the configured egress away from the data plane (the FIB chooses
+/// interfaces now) and closes its port; SIGHUP back to the file with `fib`
+/// off restores both.
+#[test]
+fn cp_fib_turned_on_at_run_time_takes_the_egress_interface_away() {
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    let lb0 = (site.lb.ifindex("lb0"), site.lb.mac("lb0"));
+    let out0 = (site.lb.ifindex("out0"), site.lb.mac("out0"));
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["next_hop"]["egress_interface"] = json!("out0");
+    let lbd = Lbd::start(&site.lb, Paths::new("fibon"), config);
+    assert_eq!(data_plane_egress(&lbd), (out0, vec![lb0, out0]));
+
+    let file = written_config(&lbd);
+    let mut fib_on = file.clone();
+    fib_on["next_hop"]["fib"] = json!(true);
+    let path = lbd.paths.dir.join("fib-on.json");
+    std::fs::write(&path, serde_json::to_vec(&fib_on).unwrap()).unwrap();
+    lbd.json(&["apply", "-f", path.to_str().unwrap()]);
+    assert_eq!(data_plane_egress(&lbd), ((0, [0; 6]), vec![lb0]));
+
+    write_and_sighup(&lbd, &file);
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["config", "dump"])["next_hop"]["fib"] == json!(false)
+    });
+    assert_eq!(data_plane_egress(&lbd), (out0, vec![lb0, out0]));
+    let capture = Capture::open(&site.lb, "out1");
+    let frame = tunnelled_to_b1(&site, &capture, 41002);
+    assert_eq!(frame[6..12], out0.1);
 }
 
 /// `ip netns exec` gives lbd a private /sys without the host's bpffs: a
@@ -1000,7 +1259,17 @@ fn cp_lbd_and_lb_decap_refuse_a_private_bpffs_under_ip_netns_exec() {
     );
     let decap = run(
         "lb-decap",
-        &["--pin-dir", &decap_pins, "attach", "-i", "lb0", "-a", B1],
+        &[
+            "--pin-dir",
+            &decap_pins,
+            "attach",
+            "-i",
+            "lb0",
+            "-a",
+            B1,
+            "--allow-source",
+            "198.51.100.2",
+        ],
     );
     let stderr = String::from_utf8_lossy(&decap.stderr);
     assert!(!decap.status.success(), "lb-decap must refuse: {stderr}");
@@ -1472,9 +1741,9 @@ fn cp_a_pinned_map_of_another_layout_is_refused_naming_it_and_nothing_changes() 
         Paths::new("layout"),
         site.config(&[B1, B2], json!({"type": "none"})),
     );
-    site.send_flows(43000..43010);
-    wait_for("10 forwarded packets", Duration::from_secs(5), || {
-        counter(&lbd, "tx") >= 10
+    site.establish_flows(43000..43010);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
     });
     lbd.kill();
     let conns = lbd.paths.pin_dir.join(MAP_CONNS);
@@ -1499,7 +1768,7 @@ fn cp_a_pinned_map_of_another_layout_is_refused_naming_it_and_nothing_changes() 
     let status = lbd.json(&["status"]);
     assert_eq!(status["adopted_running_data_plane"], true);
     assert!(
-        status["connection_entries"].as_u64().unwrap() >= 20,
+        status["connection_entries"].as_u64().unwrap() >= 10,
         "{status}"
     );
 }
@@ -1596,9 +1865,9 @@ fn cp_pins_without_a_layout_version_are_adopted_as_the_first_layout() {
         Paths::new("unversioned"),
         site.config(&[B1, B2], json!({"type": "none"})),
     );
-    site.send_flows(43300..43310);
-    wait_for("10 forwarded packets", Duration::from_secs(5), || {
-        counter(&lbd, "tx") >= 10
+    site.establish_flows(43300..43310);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
     });
     lbd.kill();
     let pin_dir = lbd.paths.pin_dir.clone();
@@ -1614,4 +1883,273 @@ fn cp_pins_without_a_layout_version_are_adopted_as_the_first_layout() {
         layout::read_version(&pin_dir, PinOwner::LBD).unwrap(),
         Some(LAYOUT_VERSION)
     );
+}
+
+/// An `l2_dsr` backend must be on a link of the LB: lbd asks the kernel's
+/// routes. One behind a router is refused at start, on SIGHUP, by
+/// `lbctl apply` and by `lbctl backend add`, naming the backend, and the
+/// running state stays as it was. A backend given with its `mac` is the
+/// operator's word that it is on the link.
+#[test]
+fn cp_l2_dsr_backend_behind_a_router_is_refused_and_changes_nothing() {
+    const ON_LINK: &str = "192.0.2.50";
+    const OFF_LINK: &str = "198.51.100.150";
+    let site = Site::new();
+    site.lb
+        .exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", "lb0"]);
+    site.lb.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.128/25",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "lb0",
+    ]);
+    let mut config = site.config(&[ON_LINK], json!({"type": "none"}));
+    config["next_hop"]["fib"] = json!(true);
+    config["vips"][0]["forwarding"] = json!("l2_dsr");
+    let mut lbd = Lbd::start(&site.lb, Paths::new("offlink"), config);
+    let running = lbd.json(&["config", "dump"]);
+    let message = format!(
+        "vips[0].backends[1].address: {OFF_LINK} is not on a link of this host's interfaces (the kernel routes it via 192.0.2.1 dev lb0): an l2_dsr backend must be"
+    );
+    let mut bad = written_config(&lbd);
+    bad["vips"][0]["backends"] = json!([{"address": ON_LINK}, {"address": OFF_LINK}]);
+
+    write_and_sighup(&lbd, &bad);
+    wait_for("rejection logged", Duration::from_secs(5), || {
+        lbd.log().contains("reload rejected")
+    });
+    assert!(lbd.log().contains(&message), "{}", lbd.log());
+    assert_eq!(lbd.json(&["config", "dump"]), running);
+
+    let path = lbd.paths.dir.join("off-link.json");
+    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+    for args in [
+        vec!["apply", "-f", path.to_str().unwrap()],
+        vec!["backend", "add", VIP_REF, OFF_LINK],
+    ] {
+        let out = lbd.ctl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {args:?}");
+        assert!(err.contains(&message), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(lbd.json(&["config", "dump"]), running, "{args:?}");
+    }
+
+    // With its MAC the same address is taken as on-link.
+    lbd.json(&[
+        "backend",
+        "add",
+        VIP_REF,
+        OFF_LINK,
+        "--mac",
+        "02:00:5e:00:53:50",
+    ]);
+    let backends = |maps: &lb_userspace::maps::Maps| -> Vec<String> {
+        maps.backends()
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| {
+                lb_userspace::addr::from_map(&b.addr, b.family)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let before = backends(&pinned_maps(&lbd));
+    assert_eq!(before, [ON_LINK, OFF_LINK]);
+
+    // A start with the MAC-less backend fails before writing anything.
+    lbd.kill();
+    let out = lbd_once(&site, &lbd, "off-link-start.json", &bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("starting: {message}")), "{stderr}");
+    assert_eq!(backends(&pinned_maps(&lbd)), before);
+}
+
+/// The `interfaces[0]` row of `lbctl status`.
+fn first_interface(lbd: &Lbd) -> Value {
+    lbd.json(&["status"])["interfaces"][0].clone()
+}
+
+/// An interface deleted and created again under its name has a new index
+/// and no program (the kernel detached the link with the old interface).
+/// A running lbd notices through link events: status says the interface
+/// is gone, then within 2 s of its return the program is attached again in
+/// the configured mode and the data plane uses the new index and MAC (here
+/// lb0 is also the configured egress, so a stale index would drop every
+/// packet instead of sending it).
+#[test]
+fn cp_an_interface_deleted_and_created_again_is_attached_again_and_forwards() {
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["next_hop"]["egress_interface"] = json!("lb0");
+    let lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("recreate"),
+        config,
+        &["--metrics", "127.0.0.1:9464"],
+    );
+    site.send_flows(45000..45005);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 5
+    });
+    let old_index = site.lb.ifindex("lb0");
+
+    site.delete_link();
+    wait_for("status saying lb0 is gone", Duration::from_secs(2), || {
+        first_interface(&lbd)["state"] == "gone"
+    });
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("interface lb0: GONE"), "{text}");
+
+    site.create_link();
+    let new_index = site.lb.ifindex("lb0");
+    assert_ne!(new_index, old_index, "the kernel reused the index");
+    wait_for("lb0 attached again", Duration::from_secs(2), || {
+        let lb0 = first_interface(&lbd);
+        lb0["state"] == "attached" && lb0["ifindex"] == new_index && lb0["reattached"] == 1
+    });
+    assert_eq!(first_interface(&lbd)["mode"], "native");
+    let link = site.lb.exec(&["ip", "-details", "link", "show", "lb0"]);
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
+    let live = pinned_maps(&lbd).config().unwrap();
+    assert_eq!(live.egress_ifindex, new_index);
+    assert_eq!(live.egress_mac, site.lb.mac("lb0"));
+
+    site.send_flows(45005..45015);
+    wait_for(
+        "forwarding on the re-created lb0",
+        Duration::from_secs(2),
+        || counter(&lbd, "tx") >= 15,
+    );
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("interface lb0: XDP native mode, re-attached 1 time(s)"),
+        "{text}"
+    );
+    wait_for(
+        "the re-attach in the metrics",
+        Duration::from_secs(3),
+        || {
+            let text = scrape(&site);
+            text.contains("lb_reattach_total{interface=\"lb0\"} 1")
+                && text.contains("lb_attached{interface=\"lb0\",mode=\"native\"} 1")
+        },
+    );
+}
+
+/// lbd down while the interface is deleted and created again: the pinned
+/// link it finds is attached to nothing. The restarted lbd replaces it
+/// with a new attachment (it cannot be updated) and forwards, keeping the
+/// connection table.
+#[test]
+fn cp_restart_after_the_interface_was_created_again_attaches_anew() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("recreate-down"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.send_flows(46000..46005);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 5
+    });
+    lbd.kill();
+    site.delete_link();
+    site.create_link();
+
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    let lb0 = &status["interfaces"][0];
+    assert_eq!(lb0["state"], "attached", "{status}");
+    assert_eq!(lb0["ifindex"], site.lb.ifindex("lb0"), "{status}");
+    assert_eq!(lb0["mode"], "native", "{status}");
+    assert_eq!(lb0["replaced_existing_program"], false, "{status}");
+    assert_eq!(status["adopted_running_data_plane"], true, "{status}");
+    assert!(
+        lbd.log().contains("replaced_dead_link=true"),
+        "{}",
+        lbd.log()
+    );
+    site.send_flows(46005..46015);
+    wait_for(
+        "forwarding after the restart",
+        Duration::from_secs(5),
+        || counter(&lbd, "tx") >= 15,
+    );
+}
+
+/// One lbd per pin directory: a second lbd over the same pins exits at
+/// once, naming the directory and the running lbd's PID, and writes
+/// nothing (the first keeps its tables, its socket and its traffic).
+/// `lbd --teardown` is refused while lbd runs.
+#[test]
+fn cp_a_second_lbd_on_the_same_pins_is_refused_and_so_is_teardown() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("twice"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.send_flows(47000..47010);
+    wait_for("forwarding", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 10
+    });
+    let backends = |lbd: &Lbd| {
+        let mut list: Vec<String> = pinned_maps(lbd)
+            .backends()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, b)| b.flags != 0)
+            .map(|(_, b)| {
+                lb_userspace::addr::from_map(&b.addr, b.family)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    assert_eq!(backends(&lbd), [B1, B2]);
+
+    // Same pins, its own control socket, other backends.
+    let mut second = written_config(&lbd);
+    second["control"]["socket"] = json!(lbd.paths.dir.join("second.sock"));
+    second["vips"][0]["backends"] = json!([{"address": B3}]);
+    let out = lbd_once(&site, &lbd, "second.json", &second);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let pid = lbd.pid().unwrap();
+    let held = format!(
+        "pin directory {} is in use by lbd (pid {pid})",
+        lbd.paths.pin_dir.display()
+    );
+    assert!(stderr.contains(&held), "{stderr}");
+    assert!(!lbd.paths.dir.join("second.sock").exists());
+    assert_eq!(backends(&lbd), [B1, B2], "the second lbd wrote the maps");
+    assert_eq!(lbd.json(&["backend", "list"]).as_array().unwrap().len(), 2);
+
+    let out = lbd_output(&["--config", lbd.paths.config.to_str().unwrap(), "--teardown"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&held) && stderr.contains("stop lbd first"),
+        "{stderr}"
+    );
+    assert!(
+        lb_userspace::datapath::link_pin_path(&lbd.paths.pin_dir, "lb0").exists(),
+        "teardown unpinned"
+    );
+    site.send_flows(47010..47020);
+    wait_for("forwarding goes on", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
 }

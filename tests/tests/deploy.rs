@@ -6,6 +6,7 @@ use std::time::Duration;
 use lb_tests::{
     lbd::binary,
     netns::{Netns, veth},
+    topology::Topology,
 };
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -37,7 +38,10 @@ fn daemonset_has_host_network_bpffs_probes_and_a_minimal_capability_set() {
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");
-    assert_eq!(capabilities(&ds), ["bpf", "net_admin", "perfmon"]);
+    assert_eq!(
+        capabilities(&ds),
+        ["bpf", "net_admin", "perfmon", "net_raw"]
+    );
     let mounts = c["volumeMounts"].as_sequence().unwrap();
     let bpffs = mounts
         .iter()
@@ -113,7 +117,12 @@ fn systemd_unit_reloads_restarts_and_is_hardened() {
     assert_eq!(get("Restart"), "on-failure");
     assert_eq!(
         get("CapabilityBoundingSet"),
-        "CAP_BPF CAP_NET_ADMIN CAP_PERFMON"
+        "CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW"
+    );
+    assert_eq!(
+        get("AmbientCapabilities"),
+        get("CapabilityBoundingSet"),
+        "lbd runs as root with exactly these"
     );
     assert_eq!(get("NoNewPrivileges"), "yes");
     assert_eq!(get("ProtectSystem"), "strict");
@@ -129,31 +138,30 @@ fn dockerfile_builds_from_source_in_two_stages() {
     assert!(text.contains("COPY --from=build /src/target/release/lbd"));
 }
 
+/// lbd with only the DaemonSet's capabilities starts, and its health
+/// checks pass, including the probe through the tunnel (raw sockets): in
+/// the lab topology with one backend, the backend must come up.
 #[test]
 fn deploy_lbd_runs_with_only_the_daemonset_capabilities() {
     let caps: Vec<String> = capabilities(&daemonset())
         .iter()
         .map(|c| format!("+{c}"))
         .collect();
-    let ns = Netns::new("caps");
-    veth(&ns, "a0", &ns, "b0");
+    let topo = Topology::new(1);
+    let _server = topo.backends[0].serve();
     let dir = std::env::temp_dir().join(format!("lbt-caps-{}-0", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pin_dir = format!("/sys/fs/bpf/lbt-caps-{}-0", std::process::id());
-    let config = serde_json::json!({
-        "interfaces": [{"name": "a0"}],
-        "tunnel_source": {"ipv4": "198.51.100.2"},
-        "next_hop": {"fib": false, "gateway_mac": "02:00:00:00:00:fe"},
-        "tables": {"ring_size": 251, "conn_entries": 1024, "max_vips": 4, "max_backends": 16},
-        "pin_dir": pin_dir,
-        "control": {"socket": dir.join("lbd.sock")},
-        "vips": [{"address": "198.51.100.10", "port": 80, "protocol": "tcp", "backends": [{"address": "198.51.100.101"}]}],
-    });
+    let check = serde_json::json!({"type": "http", "interval_ms": 200, "timeout_ms": 100});
+    let mut config = topo.lbd_config(80, "tcp", check);
+    config["pin_dir"] = pin_dir.clone().into();
+    config["state_file"] = dir.join("state.json").display().to_string().into();
+    config["control"] = serde_json::json!({"socket": dir.join("lbd.sock")});
     let path = dir.join("lbd.json");
     std::fs::write(&path, config.to_string()).unwrap();
     // bpffs is mounted, as on a node; only the granted capabilities remain.
     let mut child = std::process::Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", ns.name))
+        .arg(format!("--net=/var/run/netns/{}", topo.lb.name))
         .arg("setpriv")
         .arg(format!("--bounding-set=-all,{}", caps.join(",")))
         .arg(binary("lbd"))
@@ -165,17 +173,19 @@ fn deploy_lbd_runs_with_only_the_daemonset_capabilities() {
         .unwrap();
     let socket = dir.join("lbd.sock");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut up = false;
+    let mut last = serde_json::Value::Null;
     while std::time::Instant::now() < deadline {
         let out = std::process::Command::new(binary("lbctl"))
             .arg("--socket")
             .arg(&socket)
-            .arg("status")
+            .args(["--json", "backend", "list"])
             .output()
             .unwrap();
         if out.status.success() {
-            up = true;
-            break;
+            last = serde_json::from_slice(&out.stdout).unwrap();
+            if last[0]["health"] == "up" {
+                break;
+            }
         }
         if let Ok(Some(_)) = child.try_wait() {
             break;
@@ -186,10 +196,19 @@ fn deploy_lbd_runs_with_only_the_daemonset_capabilities() {
     let output = child.wait_with_output().unwrap();
     let _ = std::fs::remove_dir_all(&pin_dir);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        up,
-        "lbd did not start with {caps:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(
+        last,
+        serde_json::Value::Null,
+        "lbd did not start with {caps:?}: {stderr}"
+    );
+    assert_eq!(
+        (&last[0]["health"], &last[0]["last_check"]),
+        (
+            &"up".into(),
+            &"HTTP 200; through the tunnel: SYN-ACK".into()
+        ),
+        "checks fail with {caps:?}: {last}\n{stderr}"
     );
 }
 
@@ -222,7 +241,8 @@ fn grafana_dashboard_queries_only_metrics_lbd_exports() {
 }
 
 /// The backend unit's own commands, with its own capability set, attach
-/// lb_decap to an interface and detach it.
+/// lb_decap to an interface, accepting tunnels from the sources the unit
+/// names (never from any source), and detach it.
 #[test]
 fn deploy_lb_decap_unit_commands_attach_and_detach() {
     let unit = include_str!("../../deploy/systemd/lb-decap.service");
@@ -259,9 +279,7 @@ fn deploy_lb_decap_unit_commands_attach_and_detach() {
     let ns = Netns::new("decapunit");
     veth(&ns, "a0", &ns, "b0");
     let pin_dir = format!("/sys/fs/bpf/lbt-decapunit-{}-0", std::process::id());
-    let run = |line: &str| {
-        let words = expand(line, "a0");
-        assert!(words[0].ends_with("/lb-decap"), "{words:?}");
+    let run_words = |words: &[String]| {
         let out = std::process::Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", ns.name))
             .arg("setpriv")
@@ -276,12 +294,40 @@ fn deploy_lb_decap_unit_commands_attach_and_detach() {
             "{words:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let run = |line: &str| {
+        let words = expand(line, "a0");
+        assert!(words[0].ends_with("/lb-decap"), "{words:?}");
+        run_words(&words)
+    };
+    let start = expand(get("ExecStart"), "a0");
+    assert!(
+        !start.iter().any(|w| w == "--allow-any-source"),
+        "the shipped unit must not opt out of the source check: {start:?}"
+    );
+    let sources: Vec<String> = start
+        .windows(2)
+        .filter(|w| w[0] == "--allow-source")
+        .map(|w| {
+            lb_userspace::decap_sources::parse_source(&w[1])
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!sources.is_empty(), "{start:?}");
     run(get("ExecStart"));
     let attached = ns.exec(&["ip", "-details", "link", "show", "a0"]);
+    let status: serde_json::Value = serde_json::from_str(&run_words(&[
+        start[0].clone(),
+        "status".into(),
+        "--json".into(),
+    ]))
+    .unwrap();
     run(get("ExecStop"));
     let detached = ns.exec(&["ip", "-details", "link", "show", "a0"]);
     let _ = std::fs::remove_dir_all(&pin_dir);
     assert!(attached.contains("prog/xdp"), "{attached}");
+    assert_eq!(status["allowed_sources"], serde_json::json!(sources));
     assert!(!detached.contains("prog/xdp"), "{detached}");
 }

@@ -142,6 +142,7 @@ fn kind_name(kind: ReasonKind) -> &'static str {
         ReasonKind::Forwarded => "forwarded",
         ReasonKind::Passed => "passed",
         ReasonKind::Dropped => "dropped",
+        ReasonKind::Answered => "answered",
         ReasonKind::Event => "event",
     }
 }
@@ -480,9 +481,19 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["interfaces"] = json!([{"name": "eth0"}, {"name": "eth0"}]),
         |v| v["next_hop"] = json!({"fib": false}),
         |v| v["mtu"] = 9300.into(),
+        |v| {
+            v["mtu"] = 1300.into();
+            v["tunnel_source"]["ipv6"] = "2001:db8:100::2".into();
+            v["vips"][0]["address"] = "2001:db8:100::10".into();
+            v["vips"][0]["backends"][1]["address"] = "2001:db8:200::3".into();
+        },
+        |v| v["too_big_answers"] = json!({"per_second": 2000000}),
+        |v| v["too_big_answers"] = json!({"burst": 0}),
         |v| v["tables"] = json!({"ring_size": 65536}),
         |v| v["tables"] = json!({"max_vips": 40000}),
         |v| v["tables"] = json!({"conn_entries": 0}),
+        |v| v["tables"] = json!({"probation_entries": 0}),
+        |v| v["tables"] = json!({"conn_entries": 4096, "probation_entries": 8192}),
         |v| {
             second_vip(v);
             v["tables"] = json!({"max_vips": 1});
@@ -507,6 +518,12 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["vips"][0]["health_check"] = json!({"type": "http", "path": "healthz"}),
         |v| v["vips"][0]["health_check"] = json!({"type": "udp"}),
         |v| v["vips"][0]["health_check"] = json!({"type": "none", "port": 8080}),
+        |v| v["vips"][0]["health_check"] = json!({"type": "none", "through_tunnel": false}),
+        |v| {
+            v["vips"][0]["forwarding"] = "l2_dsr".into();
+            v["vips"][0]["health_check"]["through_tunnel"] = true.into();
+        },
+        |v| v["vips"][0]["address"] = "2001:db8:100::10".into(),
         |v| {
             v["vips"][0]["port"] = 0.into();
             v["vips"][0]["health_check"] = json!({"type": "tcp"});
@@ -523,6 +540,11 @@ fn configuration_doc_error_messages_are_the_real_ones() {
             v["vips"][0]["backends"] = json!([{"address": "198.51.100.101"}]);
         },
         |v| v["vips"][0]["backends"][1]["address"] = "2001:db8:200::3".into(),
+        |v| {
+            v["next_hop"] = json!({"fib": false, "gateway_mac": "02:00:5e:00:53:fe"});
+            v["vips"][0]["forwarding"] = "l2_dsr".into();
+            v["vips"][0]["backends"][1]["mac"] = "02:00:5e:00:53:02".into();
+        },
         |v| v["tables"] = json!({"ring_size": 7}),
     ];
     let mut texts: Vec<String> = edits
@@ -544,6 +566,42 @@ fn configuration_doc_error_messages_are_the_real_ones() {
                 "docs/configuration.md does not show the message\n  {message}\nof\n{text}"
             );
         }
+    }
+}
+
+/// The default of `health_check.through_tunnel` depends on two other
+/// fields, so it is written in words; this holds those words to the code.
+#[test]
+fn configuration_doc_states_the_through_tunnel_default() {
+    let path = "vips[].health_check.through_tunnel";
+    let row = table_row(CONFIGURATION, path).expect("a row for through_tunnel");
+    assert_eq!(
+        row[2],
+        "unset: `true` for an `ipip` VIP whose check `type` is not `none`, else `false`"
+    );
+    let cases = [
+        ("ipip", "http", true),
+        ("ipip", "tcp", true),
+        ("ipip", "udp", true),
+        ("ipip", "none", false),
+        ("l2_dsr", "http", false),
+        ("l2_dsr", "none", false),
+    ];
+    for (forwarding, kind, on) in cases {
+        let mut v = base();
+        v["vips"][0]["forwarding"] = forwarding.into();
+        v["vips"][0]["health_check"] = match kind {
+            "udp" => json!({"type": "udp", "payload": "ping"}),
+            _ => json!({"type": kind}),
+        };
+        let config = parse_config(&v.to_string(), "a through_tunnel case");
+        assert_eq!(
+            config.vips[0].checks_through_tunnel(),
+            on,
+            "{forwarding} VIP with a {kind} check"
+        );
+        // Unset, it stays unset: the default is decided where it is used.
+        assert_eq!(config.vips[0].health_check.through_tunnel, None);
     }
 }
 
@@ -732,18 +790,25 @@ mod decap_example {
     use lb_common::maps::PROG_DECAP;
     use lb_userspace::{
         datapath::{Datapath, MapSizes},
+        decap_sources::{DecapSources, IpNet},
         maps::Maps,
     };
 
-    /// Attach `lb_decap` to `iface` and accept tunnels addressed to `addrs`.
+    /// Attach `lb_decap` to `iface` and accept tunnels addressed to `addrs`
+    /// from the load balancers' tunnel sources `lb_sources`.
     /// The program stays attached while the returned values are alive.
-    pub fn attach_decap(iface: &str, addrs: &[IpAddr]) -> anyhow::Result<(Datapath, Maps)> {
-        // Only DECAP_ADDRS and DECAP_STATS are used here: keep the other maps small.
+    pub fn attach_decap(
+        iface: &str,
+        addrs: &[IpAddr],
+        lb_sources: &[IpNet],
+    ) -> anyhow::Result<(Datapath, Maps)> {
+        // Only the DECAP_* maps are used here: keep the other maps small.
         let sizes = MapSizes {
             max_vips: 4,
             max_backends: 16,
             ring_size: 251,
             conn_entries: 1024,
+            probation_entries: 16,
             frag_entries: 16,
         };
         let mut dp = Datapath::load(sizes)?;
@@ -751,6 +816,8 @@ mod decap_example {
         for addr in addrs {
             maps.add_decap_addr(*addr)?;
         }
+        // Before attaching: tunnels from anywhere else are dropped.
+        maps.set_decap_sources(&DecapSources::Only(lb_sources.to_vec()))?;
         dp.attach(PROG_DECAP, iface, XdpMode::Driver)?;
         Ok((dp, maps))
     }

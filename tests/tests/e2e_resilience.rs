@@ -239,6 +239,144 @@ fn e2e_ipv6_http_through_ip6ip6() {
         .into();
     let lbd = Lbd::start(&topo.lb, Paths::new("v6"), config);
     wait_healthy(&lbd, 3);
+    // Up means the VIP answered through the ip6ip6 tunnel too.
+    for b in lbd.json(&["backend", "list"]).as_array().unwrap() {
+        assert_eq!(
+            b["last_check"], "HTTP 200; through the tunnel: SYN-ACK",
+            "{b}"
+        );
+    }
     let counts = spread(&topo, VIP6.into(), 90);
     assert_eq!(counts.len(), 3, "{counts:?}");
+}
+
+/// `lbctl backend list`'s row of backend `addr`.
+fn backend_row(lbd: &Lbd, addr: &str) -> Value {
+    let list = lbd.json(&["backend", "list"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .unwrap_or_else(|| panic!("no backend {addr}: {list}"))
+        .clone()
+}
+
+/// Poll until backend `addr` is no longer up (at most 5 s): its row, and
+/// how long after `since` that was seen.
+fn wait_not_up(lbd: &Lbd, addr: &str, since: Instant) -> (Value, Duration) {
+    let mut row = backend_row(lbd, addr);
+    while row["health"] == "up" && since.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(10));
+        row = backend_row(lbd, addr);
+    }
+    (row, since.elapsed())
+}
+
+/// Defect: checks went to the backend's own address, so a backend whose
+/// `lb_decap` was detached (its interface recreated, say) stayed up while
+/// every client packet tunnelled to it was lost. The check now also probes
+/// the VIP through the tunnel: that backend goes down within
+/// fall x interval + 200 ms and no request fails afterwards.
+#[test]
+fn e2e_backend_whose_decap_is_detached_goes_down_and_no_request_fails() {
+    let mut topo = Topology::new(3);
+    let _servers = servers(&topo);
+    let lbd = Lbd::start(
+        &topo.lb,
+        Paths::new("tunnelprobe"),
+        topo.lbd_config(80, "tcp", http_check()),
+    );
+    wait_healthy(&lbd, 3);
+    let broken = topo.backends[1].addr.to_string();
+
+    topo.detach_decap(1);
+    let (row, took) = wait_not_up(&lbd, &broken, Instant::now());
+    assert_eq!(
+        row["health"],
+        "down",
+        "{broken} stays up with its decap detached: {row}\n{}",
+        lbd.log()
+    );
+    eprintln!("{broken} marked down {took:?} after its decap was detached");
+    // interval_ms 200 x fall 2, plus 200 ms.
+    let deadline = Duration::from_millis(200 * 2 + 200);
+    assert!(
+        took <= deadline,
+        "{broken} marked down {took:?} after the detach, more than {deadline:?}"
+    );
+    assert_eq!(
+        row["last_check"], "through the tunnel: no SYN-ACK within 100 ms",
+        "the direct check still passes: {row}"
+    );
+    for other in [&topo.backends[0], &topo.backends[2]] {
+        let row = backend_row(&lbd, &other.addr.to_string());
+        assert_eq!(row["health"], "up", "{row}");
+        assert_eq!(row["last_check"], "HTTP 200; through the tunnel: SYN-ACK");
+    }
+
+    let counts = spread(&topo, VIP.into(), 200);
+    assert_eq!(counts.values().sum::<usize>(), 200);
+    assert!(!counts.contains_key("b2"), "{counts:?}");
+    let log = lbd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("probe through the tunnel failed")
+                && l.contains(&broken)
+                && l.contains("no SYN-ACK within 100 ms")),
+        "the failure is not logged with its reason:\n{log}"
+    );
+}
+
+/// The same for a UDP service: the check's payload goes to the VIP through
+/// the tunnel, and a backend whose decap is detached goes down although
+/// it echoes on its own address.
+#[test]
+fn e2e_udp_backend_whose_decap_is_detached_goes_down() {
+    let mut topo = Topology::new(3);
+    // The VIP's echo (for clients and the probe through the tunnel), and
+    // one on each backend address for the direct probe.
+    let _servers = servers(&topo);
+    let _direct: Vec<BackendServer> = topo
+        .backends
+        .iter()
+        .map(|b| BackendServer::start(&b.ns, &b.name, (b.addr, 8080).into(), (b.addr, 53).into()))
+        .collect();
+    let check = json!({"type": "udp", "payload": "ping", "expect": "b",
+                       "interval_ms": 200, "timeout_ms": 100, "rise": 2, "fall": 2});
+    let lbd = Lbd::start(
+        &topo.lb,
+        Paths::new("udptunnel"),
+        topo.lbd_config(53, "udp", check),
+    );
+    wait_healthy(&lbd, 3);
+    let broken = topo.backends[1].addr.to_string();
+
+    topo.detach_decap(1);
+    let (row, took) = wait_not_up(&lbd, &broken, Instant::now());
+    assert_eq!(row["health"], "down", "{row}\n{}", lbd.log());
+    assert!(took <= Duration::from_millis(600), "took {took:?}");
+    assert_eq!(
+        row["last_check"],
+        "through the tunnel: no UDP reply within 100 ms"
+    );
+    assert_eq!(
+        backend_row(&lbd, &topo.backends[0].addr.to_string())["last_check"],
+        "UDP reply; through the tunnel: UDP reply"
+    );
+    let names: Vec<String> = topo.client.enter(|| {
+        (0..60)
+            .map(|i| {
+                let s = std::net::UdpSocket::bind((lb_tests::topology::CLIENT, 0)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s.send_to(format!("q{i}").as_bytes(), (VIP, 53)).unwrap();
+                let mut buf = [0u8; 256];
+                let (n, _) = s
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("no echo for q{i}: {e}"));
+                let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+                reply.split(':').next().unwrap().to_string()
+            })
+            .collect()
+    });
+    assert!(!names.iter().any(|n| n == "b2"), "{names:?}");
 }

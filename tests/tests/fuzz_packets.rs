@@ -13,10 +13,11 @@ use etherparse::Ipv4Header;
 use lb_common::{
     Reason,
     flow::{PROTO_TCP, PROTO_UDP},
-    maps::VIP_F_PORTLESS,
+    maps::{BACKEND_F_DRAINING, VIP_F_PORTLESS, probation_entries_for},
     stats::ReasonKind,
 };
 use lb_tests::{harness::*, packets::*};
+use lb_userspace::maps::FillMethod;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 /// Seed fixed for CI; `FUZZ_SEED` and `FUZZ_CASES` widen a local run.
@@ -281,7 +282,10 @@ fn fuzz_syn_flood_from_spoofed_sources_does_not_evict_real_connections() {
             )
         })
         .collect();
+    // Established: the handshake's ACK and the request right after it
+    // (here the same packet twice) enter each flow in the connection table.
     for p in &real {
+        assert_eq!(t.lb.run(&to_lb(p)).action, XDP_TX);
         assert_eq!(t.lb.run(&to_lb(p)).action, XDP_TX);
     }
     // A flood ten times the test table's size (1024 entries).
@@ -308,4 +312,111 @@ fn fuzz_syn_flood_from_spoofed_sources_does_not_evict_real_connections() {
         "SYNs are not entered, so no real connection is evicted"
     );
     assert_eq!(t.lb.maps.conn_count(usize::MAX), real.len());
+}
+
+/// Real flows, and how a flood of spoofed one-packet flows treats them.
+const REAL_FLOWS: u16 = 1000;
+const FLOOD_CONN_ENTRIES: u32 = 4096;
+
+/// The `i`th real client's packet to the VIP (`proto` TCP: an ACK with
+/// data; UDP: a datagram).
+fn real_packet(proto: u8, i: u16) -> Vec<u8> {
+    let client = format!("203.0.113.{}", i % 250 + 1);
+    if proto == PROTO_TCP {
+        tcp4(&client, 20000 + i, VIP_V4, 80, Tcp::Ack, b"data")
+    } else {
+        udp4(&client, 20000 + i, VIP_V4, 80, b"data")
+    }
+}
+
+/// The outer destination of a tunnelled IPv4 frame: the backend it reached.
+fn tunnel_destination(out: &Outcome) -> [u8; 4] {
+    assert_eq!(out.action, XDP_TX, "{out:?}");
+    out.data[30..34].try_into().unwrap()
+}
+
+/// Establish `REAL_FLOWS` flows of `proto`, move the ring so that every one
+/// of them would land elsewhere if rescheduled, flood ten times the
+/// connection table with spoofed one-packet flows of the same protocol from
+/// random sources, and return how many real flows still reach the backend
+/// they started on.
+fn real_flows_kept_through_a_spoofed_flood(proto: u8) -> usize {
+    let mut lb = Lb::with_sizes(lb_userspace::datapath::MapSizes {
+        conn_entries: FLOOD_CONN_ENTRIES,
+        probation_entries: probation_entries_for(FLOOD_CONN_ENTRIES),
+        ..Lb::standard_sizes()
+    });
+    let key = vip_key(VIP_V4, 80, proto);
+    let first = [
+        BackendSpec::new(1, BACKEND_V4[0]),
+        BackendSpec::new(2, BACKEND_V4[1]),
+    ];
+    lb.add_vip(key, 0, &first);
+    // Handshake ACK and request (TCP), or two datagrams (UDP): established.
+    let mut owner = Vec::new();
+    for i in 0..REAL_FLOWS {
+        let p = to_lb(&real_packet(proto, i));
+        let went = tunnel_destination(&lb.run(&p));
+        assert_eq!(tunnel_destination(&lb.run(&p)), went);
+        owner.push(went);
+    }
+    assert_eq!(lb.maps.conn_count(usize::MAX), REAL_FLOWS as usize);
+    // The first backends drain (kept for established flows only) and two
+    // new ones take the whole ring.
+    let mut moved = first.to_vec();
+    for b in &mut moved {
+        b.flags |= BACKEND_F_DRAINING;
+    }
+    moved.push(BackendSpec::new(3, BACKEND_V4[2]));
+    moved.push(BackendSpec::new(4, "198.51.100.104"));
+    lb.set_backends(&key, &moved);
+    // Spoofed sources: random addresses and ports, one packet each.
+    let mut rng = SmallRng::seed_from_u64(seed() ^ 3 ^ proto as u64);
+    for _ in 0..FLOOD_CONN_ENTRIES * 10 {
+        let src = format!("192.0.2.{}", rng.random::<u8>());
+        let sport = rng.random_range(1024..=65535);
+        let p = if proto == PROTO_TCP {
+            tcp4(&src, sport, VIP_V4, 80, Tcp::Ack, b"")
+        } else {
+            udp4(&src, sport, VIP_V4, 80, b"")
+        };
+        assert_eq!(lb.run(&to_lb(&p)).action, XDP_TX);
+    }
+    // The kernel's element counts agree with a walk over the keys.
+    let fill = lb.maps.fill(usize::MAX).unwrap();
+    assert_eq!(fill.method, FillMethod::Kernel);
+    assert_eq!(
+        (fill.conns.entries, fill.probation.entries),
+        (
+            lb.maps.conn_count(usize::MAX) as u64,
+            lb.maps.probation_count(usize::MAX) as u64
+        )
+    );
+    assert!(fill.probation.entries <= fill.probation.capacity as u64);
+    (0..REAL_FLOWS)
+        .filter(|&i| {
+            let out = lb.run(&to_lb(&real_packet(proto, i)));
+            tunnel_destination(&out) == owner[i as usize]
+        })
+        .count()
+}
+
+#[test]
+fn fuzz_spoofed_ack_flood_does_not_move_established_tcp_flows() {
+    let kept = real_flows_kept_through_a_spoofed_flood(PROTO_TCP);
+    eprintln!("TCP: {kept} of {REAL_FLOWS} real flows kept their backend");
+    assert!(
+        kept * 100 >= REAL_FLOWS as usize * 99,
+        "only {kept} of {REAL_FLOWS} real flows kept their backend"
+    );
+}
+
+#[test]
+fn fuzz_spoofed_udp_flood_does_not_move_established_udp_flows() {
+    let kept = real_flows_kept_through_a_spoofed_flood(PROTO_UDP);
+    eprintln!("UDP: {kept} of {REAL_FLOWS} real flows kept their backend");
+    assert!(
+        kept * 100 >= REAL_FLOWS as usize * 99,
+        "only {kept} of {REAL_FLOWS} real flows kept their backend"
+    );
 }

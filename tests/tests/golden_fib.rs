@@ -5,7 +5,7 @@
 use lb_common::{
     Reason,
     flow::PROTO_TCP,
-    maps::{CFG_F_NEXTHOP_FIB, LbConfig},
+    maps::{CFG_F_NEXTHOP_FIB, LbConfig, VIP_F_L2_DSR},
 };
 use lb_tests::{
     harness::*,
@@ -237,13 +237,22 @@ fn golden_fib_without_route_or_gateway_drops_no_route() {
     assert_eq!(lb.maps.vip_stats(0).unwrap().dropped, 1);
 }
 
+impl Site {
+    /// A second link, `down0` (192.0.2.129/25), to a namespace of its own,
+    /// which the returned guard removes.
+    fn second_link(&self) -> Netns {
+        let other = Netns::new("fibother");
+        veth(&self.ns, "down0", &other, "other0");
+        self.ns
+            .exec(&["ip", "addr", "add", "192.0.2.129/25", "dev", "down0"]);
+        other
+    }
+}
+
 #[test]
 fn golden_fib_route_via_other_interface_redirects_through_devmap() {
     let site = Site::new();
-    let other = Netns::new("fibother");
-    veth(&site.ns, "down0", &other, "other0");
-    site.ns
-        .exec(&["ip", "addr", "add", "192.0.2.129/25", "dev", "down0"]);
+    let _other = site.second_link();
     site.ns.exec(&[
         "ip",
         "neigh",
@@ -287,7 +296,10 @@ fn golden_fib_route_via_other_interface_redirects_through_devmap() {
     );
     assert_eq!(lb.count(Reason::DropNoTxPort), 1);
 
-    site.ns.enter(|| lb.maps.add_tx_port(down)).unwrap();
+    let down_mac = site.ns.mac("down0");
+    site.ns
+        .enter(|| lb.maps.add_tx_port(down, down_mac))
+        .unwrap();
     let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
     let outer = outer_v4(OUTER_SRC_V4, "198.51.100.122", &inner);
     let expected = frame(
@@ -305,4 +317,255 @@ fn golden_fib_route_via_other_interface_redirects_through_devmap() {
         }
     );
     assert_eq!(lb.count(Reason::Redirect), 1);
+}
+
+/// The FIB knows the route (out of another interface) but not the
+/// neighbour: the gateway MAC is the next hop, reached through the
+/// interface the FIB chose, with that interface's MAC as the source.
+#[test]
+fn golden_fib_unresolved_neighbour_on_another_interface_goes_out_of_that_interface() {
+    let site = Site::new();
+    let _other = site.second_link();
+    // No neighbour entry for 192.0.2.131.
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.123/32",
+        "via",
+        "192.0.2.131",
+        "dev",
+        "down0",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "198.51.100.123")],
+    );
+    let inner = tcp4(CLIENT_V4, 40007, VIP_V4, 80, Tcp::Syn, b"");
+    let up = site.ns.ifindex("up0");
+    let down = site.ns.ifindex("down0");
+
+    // Not a port lbd gave us: dropped untouched.
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    assert_eq!(
+        (out, lb.count(Reason::DropNoTxPort)),
+        (
+            Outcome {
+                action: XDP_DROP,
+                data: to_lb(&inner)
+            },
+            1
+        )
+    );
+
+    let down_mac = site.ns.mac("down0");
+    site.ns
+        .enter(|| lb.maps.add_tx_port(down, down_mac))
+        .unwrap();
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&inner)));
+    let outer = outer_v4(OUTER_SRC_V4, "198.51.100.123", &inner);
+    let expected = frame(GATEWAY_MAC, down_mac, None, ETH_IPV4, &cat(&outer, &inner));
+    assert_eq!(
+        (out, lb.count(Reason::Redirect)),
+        (
+            Outcome {
+                action: XDP_REDIRECT,
+                data: expected
+            },
+            1
+        )
+    );
+}
+
+/// Run `frame` as if it arrived on `up0` and return the outcome with the
+/// counters it moved.
+fn run_counted(site: &Site, lb: &mut Lb, frame: &[u8]) -> (Outcome, Vec<(Reason, u64)>) {
+    let up = site.ns.ifindex("up0");
+    let before = lb.counts();
+    let out = site.ns.enter(|| lb.run_on(up, frame));
+    (out, moved(&before, &lb.counts()))
+}
+
+/// L2 DSR keeps the VIP as the destination, so a backend the FIB reaches
+/// through a router is not on our link: the router would send the frame
+/// back. Dropped untouched and counted, resolved router or not; the
+/// gateway MAC does not stand in for an unresolved one.
+#[test]
+fn golden_fib_l2_dsr_backend_behind_a_router_is_dropped_off_link() {
+    let site = Site::new();
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.120/32",
+        "via",
+        "192.0.2.9",
+        "dev",
+        "up0",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    lb.add_vip(
+        vip_key(VIP_V6, 443, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(2, BACKEND_V6[0])],
+    );
+    lb.add_vip(
+        vip_key(VIP_V4, 81, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(3, "198.51.100.120")],
+    );
+    let cases = [
+        (
+            "IPv4, via a resolved router",
+            tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Syn, b""),
+        ),
+        (
+            "IPv6, via a resolved router",
+            tcp6(CLIENT_V6, 40011, VIP_V6, 443, Tcp::Syn, b""),
+        ),
+        (
+            "IPv4, via an unresolved router",
+            tcp4(CLIENT_V4, 40012, VIP_V4, 81, Tcp::Syn, b""),
+        ),
+    ];
+    for (vip_id, (what, ip)) in cases.into_iter().enumerate() {
+        let f = to_lb(&ip);
+        assert_eq!(
+            run_counted(&site, &mut lb, &f),
+            (
+                Outcome {
+                    action: XDP_DROP,
+                    data: f
+                },
+                vec![
+                    (Reason::ConnMiss, 1),
+                    (Reason::SynNotTracked, 1),
+                    (Reason::NewFlow, 1),
+                    (Reason::DropL2DsrOffLink, 1),
+                ]
+            ),
+            "{what}"
+        );
+        assert_eq!(lb.maps.vip_stats(vip_id as u32).unwrap().dropped, 1);
+    }
+}
+
+/// An L2 DSR backend on our link gets its neighbour's MAC from the FIB; if
+/// the neighbour is unresolved there is no next hop (the gateway, a router,
+/// would send the frame back).
+#[test]
+fn golden_fib_l2_dsr_on_link_backend_gets_its_neighbour_and_never_the_gateway() {
+    let site = Site::new();
+    const BACKEND_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x32];
+    site.ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.50",
+        "lladdr",
+        &mac_text(BACKEND_NEIGH_MAC),
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(1, "192.0.2.50")],
+    );
+    lb.add_vip(
+        vip_key(VIP_V4, 81, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(2, "192.0.2.51")],
+    );
+    let resolved = tcp4(CLIENT_V4, 40013, VIP_V4, 80, Tcp::Syn, b"");
+    let (out, _) = run_counted(&site, &mut lb, &to_lb(&resolved));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: frame(
+                BACKEND_NEIGH_MAC,
+                site.ns.mac("up0"),
+                None,
+                ETH_IPV4,
+                &resolved
+            )
+        }
+    );
+    let f = to_lb(&tcp4(CLIENT_V4, 40014, VIP_V4, 81, Tcp::Syn, b""));
+    let (out, counted) = run_counted(&site, &mut lb, &f);
+    assert_eq!(
+        (out, counted),
+        (
+            Outcome {
+                action: XDP_DROP,
+                data: f
+            },
+            vec![
+                (Reason::DropNoRoute, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::SynNotTracked, 1),
+                (Reason::NewFlow, 1),
+            ]
+        )
+    );
+}
+
+#[test]
+fn golden_fib_route_mtu_too_small_is_answered_with_the_route_mtu() {
+    // `mtu` allows 1500, but the kernel's route to the backend says 1300
+    // (locked: a forwarding lookup ignores an unlocked route MTU): the
+    // client learns 1300 - 20 (the IPv4 tunnel header).
+    let site = Site::new();
+    site.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.112/28",
+        "via",
+        ROUTER_V4,
+        "dev",
+        "up0",
+        "mtu",
+        "lock",
+        "1300",
+    ]);
+    let mut lb = fib_lb();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, "198.51.100.113")],
+    );
+    let up = site.ns.ifindex("up0");
+    let fits = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Ack, &[0x55; 1280 - 40]);
+    let out = site.ns.enter(|| lb.run_on(up, &to_lb(&fits)));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(&out.data[14 + 20..], &fits[..], "forwarded, encapsulated");
+    let big = to_lb(&tcp4(
+        CLIENT_V4,
+        40010,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        &[0x55; 1281 - 40],
+    ));
+    let out = site.ns.enter(|| lb.run_on(up, &big));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_TX,
+            data: too_big_answer(&big, None, 1280)
+        }
+    );
+    assert_eq!(lb.count(Reason::AnswerTooBig), 1);
 }

@@ -17,27 +17,11 @@ const IPV6_HLEN: usize = 40;
 const ROUTER_V4: &str = "192.0.2.1";
 const ROUTER_V6: &str = "2001:db8:ffff::1";
 
-fn counts(lb: &Lb) -> Vec<u64> {
-    Reason::ALL.iter().map(|r| lb.count(*r)).collect()
-}
-
-/// The counters that changed between two snapshots, with how much.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(r, (b, a))| (*r, a - b))
-        .collect()
-}
-
 /// Run `frame` and check the verdict, the whole output and exactly which
 /// counters moved.
 fn expect(lb: &mut Lb, frame: &[u8], action: u32, data: Vec<u8>, counted: &[(Reason, u64)]) {
-    let before = counts(lb);
-    let out = lb.run(frame);
-    let got = moved(&before, &counts(lb));
-    assert_eq!((out, got), (Outcome { action, data }, counted.to_vec()));
+    let got = lb.run_counted(frame);
+    assert_eq!(got, (Outcome { action, data }, counted.to_vec()));
 }
 
 /// Backend ids and addresses: 1..=3 IPv4, 11..=13 IPv6.
@@ -168,6 +152,7 @@ fn golden_ipv4_fragments_follow_their_first_fragment() {
             (Reason::ConnMiss, 1),
             (Reason::NewFlow, 1),
             (Reason::Fragment, 1),
+            (Reason::ConnProbation, 1),
         ],
     );
     assert_eq!(
@@ -221,6 +206,7 @@ fn golden_ipv6_fragments_follow_their_first_fragment() {
             (Reason::ConnMiss, 1),
             (Reason::NewFlow, 1),
             (Reason::Fragment, 1),
+            (Reason::ConnProbation, 1),
         ],
     );
     assert_eq!(
@@ -278,6 +264,7 @@ fn golden_ipv6_fragments_with_dest_opts_after_the_fragment_header_follow_the_fir
             (Reason::ConnMiss, 1),
             (Reason::NewFlow, 1),
             (Reason::Fragment, 1),
+            (Reason::ConnProbation, 1),
         ],
     );
     expect(
@@ -356,7 +343,9 @@ fn golden_later_fragment_without_its_first_is_passed_untracked() {
         f.clone(),
         &[(Reason::PassFragUntracked, 1), (Reason::Fragment, 1)],
     );
-    assert_eq!(lb.maps.conn_count(usize::MAX), 1);
+    // Only the first fragment's flow, seen once: on probation.
+    assert_eq!(lb.maps.probation_count(usize::MAX), 1);
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
 }
 
 #[test]
@@ -427,12 +416,14 @@ fn icmp_flow(icmp: &[u8]) -> FlowKey {
     k
 }
 
-/// Establish the client's TCP flow to the VIP with an ACK (entering it in
-/// the connection table), then take its backend out of the ring so the
-/// ring disagrees with the entry. Returns the entry's backend.
+/// Establish the client's TCP flow to the VIP with two ACKs (the first puts
+/// it on probation, the second enters it in the connection table), then
+/// take its backend out of the ring so the ring disagrees with the entry.
+/// Returns the entry's backend.
 fn establish_then_move_ring(lb: &mut Lb, key: &VipKey, ack: &[u8], all: &[BackendSpec]) -> u32 {
     let flow = flow_of(ack);
     let id = lb.ring_backend(key, &flow);
+    assert_eq!(lb.run(&to_lb(ack)).action, XDP_TX);
     assert_eq!(lb.run(&to_lb(ack)).action, XDP_TX);
     assert_eq!(lb.maps.conn(&flow).unwrap().unwrap().backend_id, id);
     let rest: Vec<BackendSpec> = all.iter().copied().filter(|b| b.id != id).collect();
@@ -462,6 +453,40 @@ fn golden_icmpv4_frag_needed_goes_to_the_connection_entry_backend() {
     );
     assert_eq!(lb.maps.conn(&flow_of(&ack)).unwrap(), entry);
     assert_eq!(lb.maps.conn_count(usize::MAX), 1);
+}
+
+#[test]
+fn golden_icmp_too_big_goes_to_the_probation_entry_backend_and_promotes_nothing() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let all = backends_v4();
+    lb.add_vip(key, 0, &all);
+    // One packet of the flow: on probation, pinned to the ring's backend.
+    let ack = tcp4(CLIENT_V4, 40003, VIP_V4, 80, Tcp::Ack, b"");
+    let flow = flow_of(&ack);
+    let id = lb.ring_backend(&key, &flow);
+    assert_eq!(lb.run(&to_lb(&ack)).action, XDP_TX);
+    let waiting = lb
+        .maps
+        .probation_entry(&flow)
+        .unwrap()
+        .expect("on probation");
+    let rest: Vec<BackendSpec> = all.iter().copied().filter(|b| b.id != id).collect();
+    lb.set_backends(&key, &rest);
+    assert_ne!(lb.ring_backend(&key, &flow), id);
+
+    let reply = tcp4(VIP_V4, 80, CLIENT_V4, 40003, Tcp::Ack, &[0x55; 1460]);
+    let icmp = frag_needed(&reply[..IPV4_HLEN + 8]);
+    expect(
+        &mut lb,
+        &to_lb(&icmp),
+        XDP_TX,
+        encapsulated(id, &icmp, &icmp_flow(&icmp)),
+        &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+    );
+    // The ICMP message is not the flow's second packet.
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), Some(waiting));
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
 }
 
 #[test]
@@ -569,7 +594,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
     cases.push(("too-big about an echo reply", packet_too_big(&echo_reply)));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -580,7 +605,7 @@ fn golden_other_icmp_to_a_vip_is_passed_non_vip() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassNonVip, 1)],
             "{what}"
         );
@@ -626,7 +651,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
     cases.push(("ICMPv4 header of 7 bytes".into(), cut));
     for (what, ip) in cases {
         let f = to_lb(&ip);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&f);
         assert_eq!(
             out,
@@ -637,7 +662,7 @@ fn golden_icmp_too_big_with_truncated_embedded_header_is_bad_l4_header() {
             "{what}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
+            moved(&before, &lb.counts()),
             vec![(Reason::PassBadL4Header, 1)],
             "{what}"
         );
@@ -686,6 +711,88 @@ fn golden_icmp_too_big_does_not_follow_an_entry_to_a_backend_id_of_another_vip()
         &to_lb(&icmp),
         XDP_TX,
         encapsulated(ring, &icmp, &icmp_flow(&icmp)),
+        &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+    );
+}
+
+#[test]
+fn golden_icmpv6_packet_too_big_quoting_extension_headers_goes_to_the_flow_backend() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V6, 53, PROTO_UDP);
+    lb.add_vip(key, 0, &backends_v6());
+    let flow = flow_of(&udp6(CLIENT_V6, 40003, VIP_V6, 53, b""));
+    let id = lb.ring_backend(&key, &flow);
+    let reply = udp6(VIP_V6, 53, CLIENT_V6, 40003, &[0x77; 1400]);
+    let cases = [
+        ("destination options", vec![dest_opts()]),
+        ("a first fragment", vec![fragment(0, true, 9)]),
+        (
+            "destination options, then a first fragment",
+            vec![dest_opts(), fragment(0, true, 9)],
+        ),
+    ];
+    for (what, exts) in cases {
+        let quoted = with_ext_headers(&reply, &exts);
+        // The headers, the UDP header and a little payload.
+        let icmp = packet_too_big(&quoted[..IPV6_HLEN + 24 + 8 + 32]);
+        let before = lb.counts();
+        let out = lb.run(&to_lb(&icmp));
+        assert_eq!(
+            (out, moved(&before, &lb.counts())),
+            (
+                Outcome {
+                    action: XDP_TX,
+                    data: encapsulated(id, &icmp, &icmp_flow(&icmp)),
+                },
+                vec![(Reason::Tx, 1), (Reason::IcmpTooBig, 1)]
+            ),
+            "{what}"
+        );
+    }
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+}
+
+#[test]
+fn golden_icmp_too_big_quoting_a_later_fragment_is_passed_not_matched_by_its_payload() {
+    let mut lb = Lb::new();
+    let key4 = vip_key(VIP_V4, 53, PROTO_UDP);
+    lb.add_vip(key4, 0, &backends_v4());
+    lb.add_vip(vip_key(VIP_V6, 53, PROTO_UDP), 0, &backends_v6());
+    // A later fragment of a reply VIP:53 -> client whose first payload bytes
+    // read like the ports 53 -> 40000 of a flow of the VIP.
+    let mut payload = vec![0, 53, 0x9c, 0x40, 0, 16, 0, 0];
+    payload.extend_from_slice(&[0x55; 24]);
+    let later4 = frag4(VIP_V4, CLIENT_V4, 7, 1480, false, &payload);
+    let later6 = frag6(VIP_V6, CLIENT_V6, 7, 1448, false, &payload);
+    for (what, ip) in [
+        ("ICMPv4 quoting a later fragment", frag_needed(&later4)),
+        ("ICMPv6 quoting a later fragment", packet_too_big(&later6)),
+    ] {
+        let f = to_lb(&ip);
+        let before = lb.counts();
+        let out = lb.run(&f);
+        assert_eq!(
+            (out, moved(&before, &lb.counts())),
+            (
+                Outcome {
+                    action: XDP_PASS,
+                    data: f
+                },
+                vec![(Reason::PassIcmpQuotedFragment, 1)]
+            ),
+            "{what}"
+        );
+    }
+    // A quoted first fragment carries the ports: matched as before.
+    let reply = udp4(VIP_V4, 53, CLIENT_V4, 40000, &[0x55; 1400]);
+    let first4 = frag4(VIP_V4, CLIENT_V4, 8, 0, true, &reply[IPV4_HLEN..][..64]);
+    let icmp = frag_needed(&first4[..IPV4_HLEN + 8]);
+    let id = lb.ring_backend(&key4, &flow_of(&udp4(CLIENT_V4, 40000, VIP_V4, 53, b"")));
+    expect(
+        &mut lb,
+        &to_lb(&icmp),
+        XDP_TX,
+        encapsulated(id, &icmp, &icmp_flow(&icmp)),
         &[(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
     );
 }

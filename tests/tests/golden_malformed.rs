@@ -5,7 +5,7 @@
 //! options, IPv6 extension headers, one 802.1Q or 802.1ad tag.
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use etherparse::{IpNumber, Ipv4Header, Ipv6Header};
+use etherparse::{Ipv4Header, Ipv6Header};
 use lb_common::{FlowKey, Reason, flow::*};
 use lb_tests::{harness::*, packets::*};
 
@@ -13,21 +13,6 @@ const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 18;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-
-/// Every reason counter, in `Reason::ALL` order.
-fn counts(lb: &Lb) -> Vec<u64> {
-    Reason::ALL.iter().map(|r| lb.count(*r)).collect()
-}
-
-/// The counters that changed between two snapshots, with how much.
-fn moved(before: &[u64], after: &[u64]) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a != b)
-        .map(|(r, (b, a))| (*r, a - b))
-        .collect()
-}
 
 /// Run `prog` on `frame`, or `None` when BPF_PROG_TEST_RUN refuses it: the
 /// kernel hands XDP no frame shorter than an Ethernet header (EINVAL, even
@@ -63,15 +48,15 @@ fn assert_passed(lb: &mut Lb, frame: &[u8], reason: Reason, what: &str) {
 
 /// What `assert_passed` checks, as an error naming what went wrong.
 fn check_passed(lb: &mut Lb, frame: &[u8], reason: Reason) -> Result<(), String> {
-    let before = counts(lb);
+    let before = lb.counts();
     let Some(out) = try_run(lb.dp.lb().expect("lb program"), frame) else {
         // Refused before the program ran: nothing may have been counted.
-        return match moved(&before, &counts(lb)) {
+        return match moved(&before, &lb.counts()) {
             m if m.is_empty() => Ok(()),
             m => Err(format!("refused by the kernel, yet counted {m:?}")),
         };
     };
-    let counted = moved(&before, &counts(lb));
+    let counted = moved(&before, &lb.counts());
     let expected = Outcome {
         action: XDP_PASS,
         data: frame.to_vec(),
@@ -112,24 +97,25 @@ fn relength_v6(ip: &[u8]) -> Vec<u8> {
 /// backends each (IPv4 backends for the IPv4 VIP, IPv6 for the IPv6 one).
 fn lb_with_vips() -> Lb {
     let mut lb = Lb::new();
-    let v4: Vec<BackendSpec> = (0..3)
-        .map(|i| BackendSpec::new(i + 1, BACKEND_V4[i as usize]))
-        .collect();
-    let v6: Vec<BackendSpec> = (0..3)
-        .map(|i| BackendSpec::new(i + 11, BACKEND_V6[i as usize]))
-        .collect();
-    lb.add_vip(vip_key(VIP_V4, 80, PROTO_TCP), 0, &v4);
-    lb.add_vip(vip_key(VIP_V4, 53, PROTO_UDP), 0, &v4);
-    lb.add_vip(vip_key(VIP_V6, 80, PROTO_TCP), 0, &v6);
-    lb.add_vip(vip_key(VIP_V6, 53, PROTO_UDP), 0, &v6);
+    // A backend is an (address, VIP) pair with an id of its own: the
+    // program sends a VIP's flows only to that VIP's backends.
+    let specs = |first: u32, addrs: &[&str; 3]| -> Vec<BackendSpec> {
+        (0..3)
+            .map(|i| BackendSpec::new(first + i, addrs[i as usize]))
+            .collect()
+    };
+    lb.add_vip(vip_key(VIP_V4, 80, PROTO_TCP), 0, &specs(1, &BACKEND_V4));
+    lb.add_vip(vip_key(VIP_V4, 53, PROTO_UDP), 0, &specs(4, &BACKEND_V4));
+    lb.add_vip(vip_key(VIP_V6, 80, PROTO_TCP), 0, &specs(11, &BACKEND_V6));
+    lb.add_vip(vip_key(VIP_V6, 53, PROTO_UDP), 0, &specs(14, &BACKEND_V6));
     lb
 }
 
 /// The address of backend `id` as `lb_with_vips` configured it.
 fn backend_addr(id: u32) -> &'static str {
     match id {
-        1..=3 => BACKEND_V4[id as usize - 1],
-        11..=13 => BACKEND_V6[id as usize - 11],
+        1..=6 => BACKEND_V4[(id as usize - 1) % 3],
+        11..=16 => BACKEND_V6[(id as usize - 11) % 3],
         _ => panic!("no backend {id}"),
     }
 }
@@ -363,7 +349,7 @@ fn golden_ethernet_padding_after_ip_packet_is_forwarded() {
     let padded = cat(&to_lb(&inner), &padding);
     let flow = flow_of(&inner);
     let id = lb.ring_backend(&vip_key(VIP_V4, 80, PROTO_TCP), &flow);
-    let before = counts(&lb);
+    let before = lb.counts();
     let out = lb.run(&padded);
     // The outer length covers the inner packet, not the padding, which
     // stays behind it at the end of the frame.
@@ -375,7 +361,7 @@ fn golden_ethernet_padding_after_ip_packet_is_forwarded() {
         }
     );
     assert_eq!(
-        moved(&before, &counts(&lb)),
+        moved(&before, &lb.counts()),
         vec![
             (Reason::Tx, 1),
             (Reason::ConnMiss, 1),
@@ -389,7 +375,7 @@ fn golden_ethernet_padding_after_ip_packet_is_forwarded() {
     let trailer = [0xa5u8; 7];
     let flow = flow_of(&inner);
     let id = lb.ring_backend(&vip_key(VIP_V6, 53, PROTO_UDP), &flow);
-    let before = counts(&lb);
+    let before = lb.counts();
     let out = lb.run(&cat(&to_lb(&inner), &trailer));
     assert_eq!(
         out,
@@ -399,10 +385,15 @@ fn golden_ethernet_padding_after_ip_packet_is_forwarded() {
         }
     );
     assert_eq!(
-        moved(&before, &counts(&lb)),
-        vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+        moved(&before, &lb.counts()),
+        vec![
+            (Reason::Tx, 1),
+            (Reason::ConnMiss, 1),
+            (Reason::NewFlow, 1),
+            (Reason::ConnProbation, 1)
+        ]
     );
-    assert!(lb.maps.conn(&flow).unwrap().is_some());
+    assert!(lb.maps.probation_entry(&flow).unwrap().is_some());
 }
 
 #[test]
@@ -421,7 +412,7 @@ fn golden_ipv4_options_are_skipped_for_ports_and_carried_in_tunnel() {
         let flow = flow_of(&inner);
         assert_eq!((flow.sport, flow.dport), (40000 + i as u16, 53));
         let id = lb.ring_backend(&key, &flow);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&to_lb(&inner));
         assert_eq!(
             out,
@@ -433,54 +424,21 @@ fn golden_ipv4_options_are_skipped_for_ports_and_carried_in_tunnel() {
             opts.len()
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
-            vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+            moved(&before, &lb.counts()),
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::NewFlow, 1),
+                (Reason::ConnProbation, 1)
+            ]
         );
-        // The entry is keyed by the ports read past the options.
-        assert_eq!(lb.maps.conn(&flow).unwrap().unwrap().backend_id, id);
+        // The entry (on probation: a first packet) is keyed by the ports
+        // read past the options.
+        assert_eq!(
+            lb.maps.probation_entry(&flow).unwrap().unwrap().backend_id,
+            id
+        );
     }
-}
-
-/// Extension header bodies for `with_ext_headers`: (type, bytes after the
-/// next-header byte).
-fn hop_by_hop() -> (u8, Vec<u8>) {
-    // Hdr Ext Len 0, PadN of 4.
-    (0, vec![0, 1, 4, 0, 0, 0, 0])
-}
-
-fn routing() -> (u8, Vec<u8>) {
-    // Hdr Ext Len 0, an experimental type (253), segments left 0.
-    (43, vec![0, 253, 0, 0, 0, 0, 0])
-}
-
-fn atomic_fragment(id: u32) -> (u8, Vec<u8>) {
-    // Offset 0, M clear: a whole datagram in one fragment (RFC 6946).
-    let mut b = vec![0, 0, 0];
-    b.extend_from_slice(&id.to_be_bytes());
-    (44, b)
-}
-
-fn dest_opts() -> (u8, Vec<u8>) {
-    // Hdr Ext Len 1 (16 bytes), PadN of 12.
-    let mut b = vec![1, 1, 12];
-    b.extend_from_slice(&[0; 12]);
-    (60, b)
-}
-
-/// An IPv6 packet (no extension headers) with `exts` inserted between its
-/// fixed header and its upper-layer header.
-fn with_ext_headers(ip: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    let (mut h, _) = Ipv6Header::from_slice(ip).expect("IPv6 header");
-    let upper = h.next_header;
-    let mut chain = Vec::new();
-    for (i, (_, body)) in exts.iter().enumerate() {
-        chain.push(exts.get(i + 1).map_or(upper.0, |e| e.0));
-        chain.extend_from_slice(body);
-        assert_eq!(chain.len() % 8, 0, "extension header length");
-    }
-    h.next_header = IpNumber(exts[0].0);
-    h.payload_length += chain.len() as u16;
-    cat(&cat(&h.to_bytes(), &chain), &ip[IPV6_HLEN..])
 }
 
 #[test]
@@ -499,7 +457,7 @@ fn golden_ipv6_four_extension_headers_are_walked_to_the_ports() {
         // The flow is the plain packet's: same addresses, ports, protocol.
         let flow = flow_of(&plain);
         let id = lb.ring_backend(&key, &flow);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&to_lb(&inner));
         assert_eq!(
             out,
@@ -512,10 +470,18 @@ fn golden_ipv6_four_extension_headers_are_walked_to_the_ports() {
         );
         // An atomic fragment is a whole datagram: no fragment event.
         assert_eq!(
-            moved(&before, &counts(&lb)),
-            vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+            moved(&before, &lb.counts()),
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::NewFlow, 1),
+                (Reason::ConnProbation, 1)
+            ]
         );
-        assert_eq!(lb.maps.conn(&flow).unwrap().unwrap().backend_id, id);
+        assert_eq!(
+            lb.maps.probation_entry(&flow).unwrap().unwrap().backend_id,
+            id
+        );
     }
 }
 
@@ -560,7 +526,7 @@ fn golden_ipv6_extension_header_past_the_packet_is_passed_untouched() {
     assert_passed(
         &mut lb,
         &to_lb(&ip),
-        Reason::PassBadIpHeader,
+        Reason::PassIpv6ExtHeaders,
         "hop-by-hop header cut",
     );
     // Two headers, the second cut after its first byte.
@@ -569,7 +535,7 @@ fn golden_ipv6_extension_header_past_the_packet_is_passed_untouched() {
     assert_passed(
         &mut lb,
         &to_lb(&ip),
-        Reason::PassBadIpHeader,
+        Reason::PassIpv6ExtHeaders,
         "second extension header cut",
     );
     // A hop-by-hop header claiming 16 bytes where 8 are: the UDP header it
@@ -583,6 +549,53 @@ fn golden_ipv6_extension_header_past_the_packet_is_passed_untouched() {
         "hop-by-hop length past the packet",
     );
     assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+}
+
+#[test]
+fn golden_ipv6_truncated_extension_header_of_each_type_is_counted_as_extension_header_problem() {
+    let mut lb = lb_with_vips();
+    let plain = udp6(CLIENT_V6, 40000, VIP_V6, 53, b"query");
+    let kinds = [
+        ("hop-by-hop", hop_by_hop()),
+        ("routing", routing()),
+        ("destination options", dest_opts()),
+        ("fragment", atomic_fragment(7)),
+    ];
+    for (name, ext) in kinds {
+        let whole = with_ext_headers(&plain, std::slice::from_ref(&ext));
+        // The packet ends 4 bytes into the extension header.
+        let ip = relength_v6(&whole[..IPV6_HLEN + 4]);
+        assert_passed(
+            &mut lb,
+            &to_lb(&ip),
+            Reason::PassIpv6ExtHeaders,
+            &format!("{name} header cut after 4 bytes"),
+        );
+        // The packet ends after the header's first 8 bytes, where the
+        // header says it is longer (fragment headers are always 8).
+        if ext.0 != 44 {
+            let mut ip = whole[..IPV6_HLEN + 8].to_vec();
+            ip[IPV6_HLEN + 1] = 1;
+            let ip = relength_v6(&ip);
+            assert_passed(
+                &mut lb,
+                &to_lb(&ip),
+                Reason::PassIpv6ExtHeaders,
+                &format!("{name} header longer than the packet"),
+            );
+        }
+        // Behind a complete hop-by-hop header, the same cut.
+        let two = with_ext_headers(&plain, &[hop_by_hop(), ext]);
+        let ip = relength_v6(&two[..IPV6_HLEN + 8 + 4]);
+        assert_passed(
+            &mut lb,
+            &to_lb(&ip),
+            Reason::PassIpv6ExtHeaders,
+            &format!("{name} header cut behind a hop-by-hop header"),
+        );
+    }
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0);
+    assert_eq!(lb.maps.probation_count(usize::MAX), 0);
 }
 
 /// A frame with one VLAN tag of protocol `tpid`.
@@ -607,7 +620,7 @@ fn golden_single_vlan_tag_8021q_or_8021ad_is_kept_on_the_tunnel() {
         let inner = udp4(CLIENT_V4, 41000 + i as u16, VIP_V4, 53, b"query");
         let flow = flow_of(&inner);
         let id = lb.ring_backend(&key, &flow);
-        let before = counts(&lb);
+        let before = lb.counts();
         let out = lb.run(&tagged(LB_MAC, ROUTER_MAC, tpid, tci, ETH_IPV4, &inner));
         let outer = outer_v4(OUTER_SRC_V4, backend_addr(id), &inner);
         let expected = tagged(
@@ -627,8 +640,13 @@ fn golden_single_vlan_tag_8021q_or_8021ad_is_kept_on_the_tunnel() {
             "TPID {tpid:#06x}"
         );
         assert_eq!(
-            moved(&before, &counts(&lb)),
-            vec![(Reason::Tx, 1), (Reason::ConnMiss, 1), (Reason::NewFlow, 1)]
+            moved(&before, &lb.counts()),
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::NewFlow, 1),
+                (Reason::ConnProbation, 1)
+            ]
         );
     }
 }

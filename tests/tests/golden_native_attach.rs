@@ -40,7 +40,7 @@ fn golden_native_xdp_attach_on_veth_forwards_and_decapsulates() {
     }
 
     // The LB tunnels to a backend behind the peer's MAC; the peer accepts
-    // tunnels for that backend address.
+    // tunnels for that backend address from the LB's tunnel source.
     let peer_mac = peer_ns.mac("peer0");
     let mut config = Lb::standard_config();
     config.gateway_mac = peer_mac;
@@ -50,9 +50,7 @@ fn golden_native_xdp_attach_on_veth_forwards_and_decapsulates() {
         0,
         &[BackendSpec::new(1, BACKEND_V4[0])],
     );
-    lb.maps
-        .add_decap_addr(BACKEND_V4[0].parse().unwrap())
-        .unwrap();
+    lb.accept_tunnels(&[BACKEND_V4[0]], &[OUTER_SRC_V4]);
 
     let lb_mac = lb_ns.mac("lb0");
     let lb_mac_text: Vec<String> = lb_mac.iter().map(|b| format!("{b:02x}")).collect();

@@ -29,22 +29,6 @@ fn addr_of(backends: &[BackendSpec], id: u32) -> String {
         .to_string()
 }
 
-/// The encapsulated frame the LB sends for `inner` to backend `to`.
-fn tunnelled(inner: &[u8], to: &str) -> Vec<u8> {
-    if to.contains(':') {
-        let outer = outer_v6(OUTER_SRC_V6, to, inner, &flow_of(inner));
-        frame(GATEWAY_MAC, LB_MAC, None, ETH_IPV6, &cat(&outer, inner))
-    } else {
-        frame(
-            GATEWAY_MAC,
-            LB_MAC,
-            None,
-            ETH_IPV4,
-            &cat(&outer_v4(OUTER_SRC_V4, to, inner), inner),
-        )
-    }
-}
-
 #[test]
 fn golden_ipv4_udp_to_vip_is_encapsulated_ipip() {
     let mut lb = Lb::new();
@@ -161,6 +145,30 @@ fn golden_l2_dsr_ipv4_tcp_rewrites_only_the_destination_mac() {
             action: XDP_TX,
             data: frame(backend_mac(1), LB_MAC, None, ETH_IPV4, &inner)
         }
+    );
+}
+
+/// Without the FIB an L2 DSR backend needs its own MAC (validation asks
+/// for it): the gateway is a router, which would send the frame, still
+/// addressed to the VIP, back to us.
+#[test]
+fn golden_l2_dsr_without_backend_mac_or_fib_never_goes_to_the_gateway() {
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        VIP_F_L2_DSR,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    let frame_in = to_lb(&tcp4(CLIENT_V4, 40015, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(
+        (lb.run(&frame_in), lb.count(Reason::DropNoRoute)),
+        (
+            Outcome {
+                action: XDP_DROP,
+                data: frame_in
+            },
+            1
+        )
     );
 }
 
@@ -282,7 +290,7 @@ fn golden_configured_egress_interface_redirects_through_the_devmap() {
         }
     );
     assert_eq!(lb.count(Reason::DropNoTxPort), 1);
-    ns.enter(|| lb.maps.add_tx_port(egress)).unwrap();
+    ns.enter(|| lb.maps.add_tx_port(egress, OUT0_MAC)).unwrap();
     let out = ns.enter(|| lb.run_on(ingress, &to_lb(&inner)));
     let mut want = tunnelled(&inner, BACKEND_V4[0]);
     want[6..12].copy_from_slice(&OUT0_MAC);
@@ -323,36 +331,6 @@ fn golden_no_gateway_mac_and_no_fib_drops_no_route_untouched() {
 }
 
 #[test]
-fn golden_packet_too_big_to_encapsulate_is_dropped_and_counted() {
-    let mut lb = Lb::new();
-    lb.add_vip(
-        vip_key(VIP_V4, 80, PROTO_TCP),
-        0,
-        &[BackendSpec::new(1, BACKEND_V4[0])],
-    );
-    // 1481 + 20 > 1500: too big; 1480 + 20 fits exactly.
-    let big = tcp4(CLIENT_V4, 40007, VIP_V4, 80, Tcp::Ack, &[0x55; 1441]);
-    assert_eq!(big.len(), 1481);
-    let frame_in = to_lb(&big);
-    assert_eq!(
-        lb.run(&frame_in),
-        Outcome {
-            action: XDP_DROP,
-            data: frame_in
-        }
-    );
-    assert_eq!(lb.count(Reason::DropTooBig), 1);
-    let fits = tcp4(CLIENT_V4, 40008, VIP_V4, 80, Tcp::Ack, &[0x55; 1440]);
-    assert_eq!(
-        lb.run(&to_lb(&fits)),
-        Outcome {
-            action: XDP_TX,
-            data: tunnelled(&fits, BACKEND_V4[0])
-        }
-    );
-}
-
-#[test]
 fn golden_vip_and_backend_counters_count_packets_bytes_and_new_flows() {
     let mut lb = Lb::new();
     lb.add_vip(
@@ -380,9 +358,15 @@ fn golden_vip_and_backend_counters_count_packets_bytes_and_new_flows() {
     };
     assert_eq!(lb.maps.vip_stats(0).unwrap(), want);
     assert_eq!(lb.maps.backend_stats(5).unwrap(), want);
+    // SYN: miss; handshake ACK: miss, on probation; request: promoted.
     assert_eq!(
-        (lb.count(Reason::ConnMiss), lb.count(Reason::ConnHit)),
-        (2, 1)
+        (
+            lb.count(Reason::ConnMiss),
+            lb.count(Reason::ConnProbation),
+            lb.count(Reason::ConnPromoted),
+            lb.count(Reason::ConnHit)
+        ),
+        (2, 1, 1, 0)
     );
 }
 
@@ -423,10 +407,17 @@ fn golden_established_ipv4_tcp_flow_keeps_its_backend_after_a_table_change() {
     let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"data");
     let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 2);
     let ack = make(port);
-    // Established: the ACK enters the flow.
+    // Established: the handshake's ACK puts the flow on probation, the
+    // request moves it into the connection table.
+    for _ in 0..2 {
+        assert_eq!(
+            lb.run(&to_lb(&ack)).data,
+            tunnelled(&ack, &addr_of(&backends, owner))
+        );
+    }
     assert_eq!(
-        lb.run(&to_lb(&ack)).data,
-        tunnelled(&ack, &addr_of(&backends, owner))
+        lb.maps.conn(&flow_of(&ack)).unwrap().unwrap().backend_id,
+        owner
     );
     // The backend leaves the ring (drained), so the ring now says `other`...
     let mut drained = backends.clone();
@@ -454,6 +445,11 @@ fn golden_established_ipv6_tcp_flow_keeps_its_backend_after_a_table_change() {
     let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 3);
     let ack = make(port);
     lb.run(&to_lb(&ack));
+    lb.run(&to_lb(&ack));
+    assert_eq!(
+        lb.maps.conn(&flow_of(&ack)).unwrap().unwrap().backend_id,
+        owner
+    );
     let mut two = backends.clone();
     two.truncate(2);
     lb.set_backends(&key, &two);
@@ -478,9 +474,16 @@ fn golden_established_udp_flow_keeps_its_backend_after_a_table_change() {
     let (port, owner, _) = port_that_moves(&mut lb, &key, make, &backends, 1);
     let dgram = make(port);
     lb.run(&to_lb(&dgram));
-    assert!(
-        lb.maps.conn(&flow_of(&dgram)).unwrap().is_some(),
-        "first UDP packet enters the flow"
+    assert_eq!(
+        lb.maps.conn(&flow_of(&dgram)).unwrap(),
+        None,
+        "the first datagram puts the flow on probation only"
+    );
+    lb.run(&to_lb(&dgram));
+    assert_eq!(
+        lb.maps.conn(&flow_of(&dgram)).unwrap().unwrap().backend_id,
+        owner,
+        "the second datagram enters it"
     );
     let mut drained = backends.clone();
     drained[0].flags |= BACKEND_F_DRAINING;
@@ -492,26 +495,202 @@ fn golden_established_udp_flow_keeps_its_backend_after_a_table_change() {
 }
 
 #[test]
-fn golden_tcp_syn_is_not_entered_in_the_connection_table_but_its_ack_is() {
+fn golden_tcp_syn_is_not_entered_its_ack_goes_on_probation_and_the_request_promotes_it() {
     let mut lb = Lb::new();
     let key = vip_key(VIP_V4, 80, PROTO_TCP);
-    lb.add_vip(key, 0, &three_v4());
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
     let syn = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Syn, b"");
     let ack = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Ack, b"");
-    lb.run(&to_lb(&syn));
-    assert_eq!(lb.maps.conn(&flow_of(&syn)).unwrap(), None);
+    let request = tcp4(
+        CLIENT_V4,
+        40010,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let flow = flow_of(&syn);
+    let owner = lb.ring_backend(&key, &flow);
+    let to_owner = |p: &[u8]| Outcome {
+        action: XDP_TX,
+        data: tunnelled(p, &addr_of(&backends, owner)),
+    };
+    assert_eq!(lb.run(&to_lb(&syn)), to_owner(&syn));
+    assert_eq!(lb.maps.conn(&flow).unwrap(), None);
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), None);
     assert_eq!(
         (lb.count(Reason::SynNotTracked), lb.count(Reason::NewFlow)),
         (1, 1)
     );
-    lb.run(&to_lb(&ack));
-    let entry = lb
+    // The handshake's ACK: on probation, not in the connection table.
+    assert_eq!(lb.run(&to_lb(&ack)), to_owner(&ack));
+    assert_eq!(lb.maps.conn(&flow).unwrap(), None);
+    let waiting = lb
         .maps
-        .conn(&flow_of(&ack))
+        .probation_entry(&flow)
         .unwrap()
-        .expect("ACK enters the flow");
-    assert_eq!(entry.backend_id, lb.ring_backend(&key, &flow_of(&ack)));
-    assert_eq!(lb.count(Reason::NewFlow), 1, "the ACK is not a new flow");
+        .expect("on probation");
+    assert_eq!((waiting.backend_id, waiting.vip_id), (owner, 0));
+    assert_eq!(lb.count(Reason::ConnProbation), 1);
+    // The request: promoted, same backend, off probation.
+    assert_eq!(lb.run(&to_lb(&request)), to_owner(&request));
+    let entry = lb.maps.conn(&flow).unwrap().expect("promoted");
+    assert_eq!((entry.backend_id, entry.vip_id), (owner, 0));
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), None);
+    assert_eq!(
+        (
+            lb.count(Reason::ConnMiss),
+            lb.count(Reason::ConnPromoted),
+            lb.count(Reason::ConnHit),
+            lb.count(Reason::NewFlow)
+        ),
+        (2, 1, 0, 1),
+        "the ACK and the request are not new flows"
+    );
+    assert_eq!(lb.run(&to_lb(&request)), to_owner(&request));
+    assert_eq!(lb.count(Reason::ConnHit), 1);
+}
+
+#[test]
+fn golden_first_udp_datagram_goes_on_probation_and_the_second_promotes_it() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V6, 53, PROTO_UDP);
+    let backends = three_v6();
+    lb.add_vip(key, 0, &backends);
+    let dgram = udp6(CLIENT_V6, 40011, VIP_V6, 53, b"query");
+    let flow = flow_of(&dgram);
+    let owner = lb.ring_backend(&key, &flow);
+    let expected = Outcome {
+        action: XDP_TX,
+        data: tunnelled(&dgram, &addr_of(&backends, owner)),
+    };
+    assert_eq!(lb.run(&to_lb(&dgram)), expected);
+    assert_eq!(lb.maps.conn(&flow).unwrap(), None);
+    assert_eq!(
+        lb.maps
+            .probation_entry(&flow)
+            .unwrap()
+            .map(|e| e.backend_id),
+        Some(owner)
+    );
+    assert_eq!(lb.run(&to_lb(&dgram)), expected);
+    assert_eq!(
+        lb.maps.conn(&flow).unwrap().map(|e| e.backend_id),
+        Some(owner)
+    );
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), None);
+    assert_eq!(
+        (
+            lb.count(Reason::ConnMiss),
+            lb.count(Reason::ConnProbation),
+            lb.count(Reason::ConnPromoted),
+            lb.count(Reason::NewFlow)
+        ),
+        (1, 1, 1, 1),
+        "one new flow: the second datagram is not"
+    );
+}
+
+#[test]
+fn golden_flow_on_probation_keeps_its_backend_after_a_table_change() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 2);
+    let ack = make(port);
+    assert_eq!(
+        lb.run(&to_lb(&ack)).data,
+        tunnelled(&ack, &addr_of(&backends, owner))
+    );
+    // Its backend drains between the handshake's ACK and the request: the
+    // request follows the probation entry, and is promoted there.
+    let mut drained = backends.clone();
+    drained[1].flags |= BACKEND_F_DRAINING;
+    lb.set_backends(&key, &drained);
+    assert_eq!(lb.ring_backend(&key, &flow_of(&ack)), other);
+    assert_eq!(
+        lb.run(&to_lb(&ack)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&ack, &addr_of(&backends, owner))
+        }
+    );
+    assert_eq!(
+        lb.maps.conn(&flow_of(&ack)).unwrap().unwrap().backend_id,
+        owner
+    );
+}
+
+#[test]
+fn golden_flow_evicted_from_probation_is_still_balanced_by_the_ring() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 53, PROTO_UDP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let dgram = udp4(CLIENT_V4, 40012, VIP_V4, 53, b"query");
+    let flow = flow_of(&dgram);
+    let owner = lb.ring_backend(&key, &flow);
+    let expected = Outcome {
+        action: XDP_TX,
+        data: tunnelled(&dgram, &addr_of(&backends, owner)),
+    };
+    assert_eq!(lb.run(&to_lb(&dgram)), expected);
+    // One-packet flows from elsewhere, ten times the probation table.
+    let cap = Lb::standard_sizes().probation_entries as u16;
+    for i in 0..cap * 10 {
+        let other = udp4("203.0.113.200", 1024 + i, VIP_V4, 53, b"x");
+        assert_eq!(lb.run(&to_lb(&other)).action, XDP_TX);
+    }
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), None, "evicted");
+    assert_eq!(lb.maps.conn_count(usize::MAX), 0, "no flood packet entered");
+    // Its next packet goes where the ring says, as its first did, and
+    // puts it on probation again.
+    assert_eq!(lb.run(&to_lb(&dgram)), expected);
+    assert!(lb.maps.probation_entry(&flow).unwrap().is_some());
+    assert_eq!(lb.maps.conn(&flow).unwrap(), None);
+}
+
+#[test]
+fn golden_new_syn_on_the_five_tuple_of_a_flow_on_probation_takes_the_ring() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let ack = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, ack, &backends, 1);
+    // One packet of an old flow: on probation with backend 1.
+    assert_eq!(
+        lb.run(&to_lb(&ack(port))).data,
+        tunnelled(&ack(port), &addr_of(&backends, owner))
+    );
+    let mut drained = backends.clone();
+    drained[0].flags |= BACKEND_F_DRAINING;
+    lb.set_backends(&key, &drained);
+    // A new connection on the 5-tuple: neither the SYN nor its ACK goes to
+    // the draining backend the probation entry names.
+    let syn = tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Syn, b"");
+    assert_eq!(
+        lb.run(&to_lb(&syn)),
+        Outcome {
+            action: XDP_TX,
+            data: tunnelled(&syn, &addr_of(&backends, other))
+        }
+    );
+    assert_eq!(lb.maps.probation_entry(&flow_of(&syn)).unwrap(), None);
+    assert_eq!(
+        lb.run(&to_lb(&ack(port))).data,
+        tunnelled(&ack(port), &addr_of(&backends, other))
+    );
+    assert_eq!(
+        lb.maps
+            .probation_entry(&flow_of(&syn))
+            .unwrap()
+            .map(|e| e.backend_id),
+        Some(other)
+    );
 }
 
 #[test]
@@ -834,6 +1013,17 @@ fn golden_new_syn_on_an_old_five_tuple_does_not_follow_it_to_a_draining_backend(
 
 #[test]
 fn golden_entry_whose_backend_id_now_serves_another_vip_is_rescheduled() {
+    entry_whose_backend_id_now_serves_another_vip(2);
+}
+
+#[test]
+fn golden_probation_entry_whose_backend_id_now_serves_another_vip_is_rescheduled() {
+    entry_whose_backend_id_now_serves_another_vip(1);
+}
+
+/// The flow sends `n` packets (1: on probation; 2: in the connection
+/// table), then its backend's id moves to another VIP.
+fn entry_whose_backend_id_now_serves_another_vip(n: u64) {
     let mut lb = Lb::new();
     let web = vip_key(VIP_V4, 80, PROTO_TCP);
     let backends = vec![
@@ -845,11 +1035,14 @@ fn golden_entry_whose_backend_id_now_serves_another_vip_is_rescheduled() {
     let (port, owner, other) = port_that_moves(&mut lb, &web, make, &backends, 1);
     assert_eq!((owner, other), (1, 2));
     let ack = make(port);
-    assert_eq!(
-        lb.run(&to_lb(&ack)).data,
-        tunnelled(&ack, BACKEND_V4[0]),
-        "the flow is pinned to backend 1"
-    );
+    for _ in 0..n {
+        assert_eq!(
+            lb.run(&to_lb(&ack)).data,
+            tunnelled(&ack, BACKEND_V4[0]),
+            "the flow is pinned to backend 1"
+        );
+    }
+    assert_eq!(lb.maps.conn(&flow_of(&ack)).unwrap().is_some(), n == 2);
     // Backend 1 leaves the VIP, and its id is given to a backend of
     // another VIP: the entry still names id 1.
     lb.set_backends(&web, &backends[1..]);
@@ -873,13 +1066,15 @@ fn golden_entry_whose_backend_id_now_serves_another_vip_is_rescheduled() {
             lb.count(Reason::ConnMiss),
             lb.count(Reason::ConnHit),
             lb.count(Reason::ConnRescheduled),
+            lb.count(Reason::ConnPromoted),
             lb.count(Reason::Tx)
         ),
-        (1, 0, 1, 2)
+        (1, 0, 1, 1, n + 1)
     );
     let entry = lb.maps.conn(&flow_of(&ack)).unwrap().expect("entry");
     assert_eq!((entry.backend_id, entry.vip_id), (2, 0), "entry rewritten");
-    assert_eq!(lb.maps.backend_stats(1).unwrap().packets, 1);
+    assert_eq!(lb.maps.probation_entry(&flow_of(&ack)).unwrap(), None);
+    assert_eq!(lb.maps.backend_stats(1).unwrap().packets, n);
     // The rewritten entry holds.
     assert_eq!(lb.run(&to_lb(&ack)).data, tunnelled(&ack, BACKEND_V4[1]));
     assert_eq!(lb.count(Reason::ConnHit), 1);
@@ -887,6 +1082,17 @@ fn golden_entry_whose_backend_id_now_serves_another_vip_is_rescheduled() {
 
 #[test]
 fn golden_entry_made_for_another_vip_id_is_rescheduled() {
+    entry_made_for_another_vip_id(2);
+}
+
+#[test]
+fn golden_probation_entry_made_for_another_vip_id_is_rescheduled() {
+    entry_made_for_another_vip_id(1);
+}
+
+/// The flow sends `n` packets (1: on probation; 2: in the connection
+/// table), then its VIP is added again under a new id.
+fn entry_made_for_another_vip_id(n: usize) {
     let mut lb = Lb::new();
     let key = vip_key(VIP_V4, 80, PROTO_TCP);
     let backends = vec![
@@ -898,7 +1104,9 @@ fn golden_entry_made_for_another_vip_id_is_rescheduled() {
     let (port, owner, _) = port_that_moves(&mut lb, &key, make, &backends, 1);
     assert_eq!(owner, 1);
     let ack = make(port);
-    assert_eq!(lb.run(&to_lb(&ack)).data, tunnelled(&ack, BACKEND_V4[0]));
+    for _ in 0..n {
+        assert_eq!(lb.run(&to_lb(&ack)).data, tunnelled(&ack, BACKEND_V4[0]));
+    }
     // The VIP is removed and added again: it gets a new id, and its
     // backends come back under recycled ids. Backend 1 drains, so only an
     // entry of the new VIP would keep a flow on it.
@@ -918,9 +1126,10 @@ fn golden_entry_made_for_another_vip_id_is_rescheduled() {
         (
             lb.count(Reason::ConnMiss),
             lb.count(Reason::ConnHit),
-            lb.count(Reason::ConnRescheduled)
+            lb.count(Reason::ConnRescheduled),
+            lb.count(Reason::ConnPromoted)
         ),
-        (1, 0, 1)
+        (1, 0, 1, 1)
     );
     let entry = lb.maps.conn(&flow_of(&ack)).unwrap().expect("entry");
     assert_eq!((entry.backend_id, entry.vip_id), (2, second.vip_id));

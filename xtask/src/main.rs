@@ -90,12 +90,13 @@ fn main() -> Result<()> {
                 "--example",
                 "bench",
             ])?;
-            // The packet fuzzer's longer run: ten times CI's cases, a new seed.
+            // The packet fuzzers' longer run (lb and lb_decap): ten times
+            // CI's cases or more, a new seed.
             let seed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(1);
-            println!("xtask: packet fuzzing, 300,000 cases, FUZZ_SEED={seed}");
+            println!("xtask: packet fuzzing (lb, lb_decap), 300,000 cases, FUZZ_SEED={seed}");
             // SAFETY: single-threaded here; the variables are for the child.
             unsafe {
                 std::env::set_var("FUZZ_CASES", "300000");
@@ -108,6 +109,8 @@ fn main() -> Result<()> {
                 "lb-tests",
                 "--test",
                 "fuzz_packets",
+                "--test",
+                "fuzz_decap",
             ])
         }
         Cmd::Demo => {

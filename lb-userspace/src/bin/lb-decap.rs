@@ -1,22 +1,32 @@
 //! lb-decap: the backend side of IP-in-IP direct server return.
 //!
 //! Attaches the `lb_decap` XDP program to a backend's NIC and tells it which
-//! of the host's addresses accept our tunnels. Link and maps are pinned, so
-//! the program keeps working after this command exits and across reboots
-//! of the tool (not of the host: run it from the backend's boot, e.g. a
-//! systemd oneshot). Running `attach` again updates the addresses and
-//! swaps in this binary's program atomically (an upgrade).
+//! of the host's addresses accept our tunnels, and from which outer sources
+//! (the load balancers' tunnel sources). Link and maps are pinned, so the
+//! program keeps working after this command exits and across reboots of
+//! the tool (not of the host: run it from the backend's boot, e.g. a
+//! systemd oneshot). Running `attach` again adds addresses, replaces the
+//! allowed sources, and swaps in this binary's program atomically (an
+//! upgrade), or, when the interface was deleted and created again since,
+//! attaches anew in place of the dead link. Commands that change the pins
+//! run one at a time: a second waits for the first (a lock on the pin
+//! directory).
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use lb_common::{maps::PROG_DECAP, stats::DecapReason};
+use lb_common::{
+    maps::{MAP_DECAP_SOURCES, MAX_DECAP_SOURCES, PROG_DECAP},
+    stats::DecapReason,
+};
 use lb_userspace::{
-    datapath::{Adopt, Datapath, MapSizes, link_pin_path},
+    datapath::{Datapath, MapSizes, link_pin_path},
+    decap_sources::{DecapSources, IpNet, parse_source},
     layout::PinOwner,
     maps::Maps,
     netdev,
+    pin_lock::PinDirLock,
 };
 
 #[derive(Parser)]
@@ -35,7 +45,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to an interface (or update an attachment) and accept tunnels
-    /// addressed to the given backend addresses.
+    /// addressed to the given backend addresses from the allowed sources.
     Attach {
         /// The NIC the tunnels arrive on.
         #[arg(long, short)]
@@ -44,6 +54,17 @@ enum Cmd {
         /// (`vips[].backends[].address`); repeat for IPv4 and IPv6.
         #[arg(long = "address", short, required = true, value_name = "ADDRESS")]
         addresses: Vec<IpAddr>,
+        /// An outer source tunnels may come from: a load balancer's tunnel
+        /// source (lbd's `tunnel_source`), as an address or a CIDR prefix;
+        /// repeat for each, both families. Replaces the set a previous
+        /// attach allowed. Tunnels from other sources are dropped.
+        #[arg(long = "allow-source", short = 's', value_name = "PREFIX", value_parser = source)]
+        allow_sources: Vec<IpNet>,
+        /// Accept tunnels from any outer source instead (not recommended:
+        /// anyone who can send IP protocol 4 or 41 to this host can then
+        /// deliver packets from any address past its firewall).
+        #[arg(long, conflicts_with = "allow_sources")]
+        allow_any_source: bool,
         /// Generic (skb) mode instead of native; native falls back to it
         /// by itself when the driver refuses.
         #[arg(long)]
@@ -61,7 +82,7 @@ enum Cmd {
         #[arg(long = "address", short, required = true, value_name = "ADDRESS")]
         addresses: Vec<IpAddr>,
     },
-    /// Addresses, attached interfaces and counters.
+    /// Addresses, allowed sources, attached interfaces and counters.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -76,6 +97,7 @@ const SIZES: MapSizes = MapSizes {
     ring_size: 2,
     // LRU maps want at least one entry per CPU.
     conn_entries: 256,
+    probation_entries: 16,
     frag_entries: 256,
 };
 
@@ -94,11 +116,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Attach {
             interface,
             addresses,
+            allow_sources,
+            allow_any_source,
             generic,
-        } => attach(&args.pin_dir, &interface, &addresses, !generic),
+        } => {
+            let sources = allowed(allow_sources, allow_any_source)?;
+            attach(&args.pin_dir, &interface, &addresses, &sources, !generic)
+        }
         Cmd::Detach { interface } => detach(&args.pin_dir, &interface),
         Cmd::Forget { addresses } => {
-            let (_dp, mut maps) = open(&args.pin_dir, Adopt::Inspect)?;
+            let _lock = lock(&args.pin_dir)?;
+            let (_dp, mut maps) = open(&args.pin_dir)?;
             for a in addresses {
                 maps.remove_decap_addr(a)?;
             }
@@ -108,11 +136,57 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// The pinned maps, adopted with `adopt`: `Replace` only where the program
-/// loaded here is then attached.
-fn open(pin_dir: &std::path::Path, adopt: Adopt) -> anyhow::Result<(Datapath, Maps)> {
+/// How long a command waits for another one changing the same pins.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Hold the pin directory against other lb-decap runs while changing it.
+fn lock(pin_dir: &std::path::Path) -> anyhow::Result<PinDirLock> {
     lb_userspace::bpffs::prepare(pin_dir)?;
-    let mut dp = Datapath::load_pinned(SIZES, pin_dir, PinOwner::LB_DECAP, adopt)
+    PinDirLock::acquire_within(pin_dir, LOCK_PATIENCE).map_err(|e| {
+        if e.is_held() {
+            anyhow::anyhow!(
+                "{e}, still after {} s: let it finish, or stop it",
+                LOCK_PATIENCE.as_secs()
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
+}
+
+fn source(text: &str) -> Result<IpNet, String> {
+    parse_source(text).map_err(|e| e.to_string())
+}
+
+/// The allowed sources of an attach. Secure by default: with none given,
+/// refuse rather than accept tunnels from anywhere.
+fn allowed(sources: Vec<IpNet>, any: bool) -> anyhow::Result<DecapSources> {
+    if any {
+        return Ok(DecapSources::Any);
+    }
+    if sources.is_empty() {
+        bail!(
+            "no allowed tunnel sources: pass --allow-source PREFIX for each load balancer's \
+             tunnel source (lbd's tunnel_source, IPv4 and IPv6), or --allow-any-source to accept \
+             tunnels from any source"
+        );
+    }
+    // Checked here as well as by the map writer, so that nothing is
+    // loaded or pinned for a call that cannot succeed.
+    if sources.len() > MAX_DECAP_SOURCES as usize {
+        bail!(
+            "{} allowed sources given: at most {MAX_DECAP_SOURCES} fit (use prefixes that cover several load balancers)",
+            sources.len()
+        );
+    }
+    Ok(DecapSources::Only(sources))
+}
+
+/// Load with the maps pinned under `pin_dir`, growing counter maps and
+/// creating the maps an older release did not pin: for `attach`.
+fn load(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
+    lb_userspace::bpffs::prepare(pin_dir)?;
+    let mut dp = Datapath::load_pinned(SIZES, pin_dir, PinOwner::LB_DECAP)
         .with_context(|| format!("loading the data plane pinned at {}", pin_dir.display()))?;
     for m in &dp.migrations {
         eprintln!("lb-decap: migrated a pinned map to this version's layout: {m}");
@@ -121,38 +195,70 @@ fn open(pin_dir: &std::path::Path, adopt: Adopt) -> anyhow::Result<(Datapath, Ma
     Ok((dp, maps))
 }
 
+/// The maps pinned under `pin_dir` as they are, pinning nothing: for the
+/// commands that leave the running program alone.
+fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
+    lb_userspace::bpffs::prepare(pin_dir)?;
+    let mut dp = Datapath::open_pinned(SIZES, pin_dir, PinOwner::LB_DECAP)
+        .with_context(|| format!("opening the data plane pinned at {}", pin_dir.display()))?;
+    let maps = Maps::take(&mut dp.ebpf, SIZES.ring_size)?;
+    Ok((dp, maps))
+}
+
 fn attach(
     pin_dir: &std::path::Path,
     interface: &str,
     addresses: &[IpAddr],
+    sources: &DecapSources,
     native: bool,
 ) -> anyhow::Result<()> {
     if netdev::ifindex(interface).is_err() {
         bail!("no interface {interface} in this network namespace");
     }
-    let (mut dp, mut maps) = open(pin_dir, Adopt::Replace)?;
-    // Addresses first: a new attachment must not pass tunnels up undecoded.
+    let _lock = lock(pin_dir)?;
+    let (mut dp, mut maps) = load(pin_dir)?;
+    // Addresses and sources first: a new attachment must neither pass
+    // tunnels up undecoded nor, for a moment, accept any source.
     for a in addresses {
         maps.add_decap_addr(*a)
             .with_context(|| format!("adding address {a}"))?;
     }
+    maps.set_decap_sources(sources)
+        .context("writing the allowed sources")?;
     let attached = dp
         .attach_program_pinned(PROG_DECAP, interface, pin_dir, native)
         .with_context(|| format!("attaching to {interface}"))?;
     if let Some(reason) = &attached.native_refused {
         eprintln!("lb-decap: warning: native XDP refused on {interface} ({reason}): generic mode");
     }
+    if attached.replaced_dead_link {
+        eprintln!(
+            "lb-decap: {interface} was deleted and created again since the last attach: \
+             its dead link is replaced by a new attachment"
+        );
+    }
     println!(
-        "lb_decap {} on {interface} ({} mode), accepting tunnels for {}",
+        "lb_decap {} on {interface} ({} mode), accepting tunnels for {} from {}",
         if attached.replaced {
             "updated"
         } else {
             "attached"
         },
         if attached.native { "native" } else { "generic" },
-        comma_list(&maps.decap_addrs()?)
+        comma_list(&maps.decap_addrs()?),
+        sources_text(&maps.decap_sources()?),
     );
     Ok(())
+}
+
+fn sources_text(sources: &DecapSources) -> String {
+    match sources {
+        DecapSources::Any => "any source".to_string(),
+        DecapSources::Only(nets) if nets.is_empty() => {
+            "no source (every tunnel is dropped)".to_string()
+        }
+        DecapSources::Only(nets) => comma_list(nets),
+    }
 }
 
 fn links(pin_dir: &std::path::Path) -> Vec<String> {
@@ -171,6 +277,11 @@ fn links(pin_dir: &std::path::Path) -> Vec<String> {
 
 fn detach(pin_dir: &std::path::Path, interface: &str) -> anyhow::Result<()> {
     let link = link_pin_path(pin_dir, interface);
+    let _lock = if link.exists() {
+        Some(lock(pin_dir)?)
+    } else {
+        None
+    };
     if !link.exists() {
         bail!(
             "lb_decap is not attached to {interface} (no {})",
@@ -194,33 +305,68 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             pin_dir.display()
         );
     }
-    let (_dp, maps) = open(pin_dir, Adopt::Inspect)?;
+    // Attached by a release before the allowlist: its program checks no
+    // source, whatever this build's maps would say.
+    let legacy = !pin_dir.join(MAP_DECAP_SOURCES).exists();
+    let (_dp, maps) = open(pin_dir)?;
     let addresses = maps.decap_addrs()?;
+    let sources = if legacy {
+        DecapSources::Any
+    } else {
+        maps.decap_sources()?
+    };
     let interfaces = links(pin_dir);
+    // A counter map of an older release lacks the newer rows until the
+    // next attach grows it.
+    let rows = maps.decap_counter_rows()?;
     let mut counters = Vec::new();
     for r in DecapReason::ALL {
-        counters.push((r.name(), maps.decap_count(*r)?));
+        let value = if (*r as u32) < rows {
+            Some(maps.decap_count(*r)?)
+        } else {
+            None
+        };
+        counters.push((r.name(), value));
     }
     if json {
         let counters: serde_json::Map<String, serde_json::Value> = counters
             .iter()
             .map(|(n, v)| (n.to_string(), (*v).into()))
             .collect();
+        let allowed: Vec<String> = match &sources {
+            DecapSources::Only(nets) => nets.iter().map(ToString::to_string).collect(),
+            DecapSources::Any => Vec::new(),
+        };
         println!(
             "{}",
-            serde_json::json!({"interfaces": interfaces, "addresses": addresses, "counters": counters})
+            serde_json::json!({
+                "interfaces": interfaces,
+                "addresses": addresses,
+                "allow_any_source": sources == DecapSources::Any,
+                "allowed_sources": allowed,
+                "counters": counters,
+            })
         );
     } else {
         println!("interfaces: {}", interfaces.join(", "));
         println!("addresses:  {}", comma_list(&addresses));
+        let note = if legacy {
+            " (attached by an older lb-decap: run attach with --allow-source to set an allowlist)"
+        } else {
+            ""
+        };
+        println!("sources:    {}{note}", sources_text(&sources));
         for (name, value) in counters {
-            println!("{name:<22} {value}");
+            match value {
+                Some(v) => println!("{name:<24} {v}"),
+                None => println!("{name:<24} - (not counted until the next attach)"),
+            }
         }
     }
     Ok(())
 }
 
-fn comma_list(addresses: &[IpAddr]) -> String {
+fn comma_list<T: ToString>(addresses: &[T]) -> String {
     addresses
         .iter()
         .map(ToString::to_string)

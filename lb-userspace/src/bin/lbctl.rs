@@ -550,17 +550,44 @@ fn print_status(v: &Value) {
         s(&v["config"])
     );
     for i in v["interfaces"].as_array().into_iter().flatten() {
-        println!("interface {}: XDP {} mode", s(&i["name"]), s(&i["mode"]));
+        let name = s(&i["name"]);
+        let reattached = match i["reattached"].as_u64() {
+            None | Some(0) => String::new(),
+            Some(n) => format!(", re-attached {n} time(s) after the interface was re-created"),
+        };
+        match i["state"].as_str() {
+            Some("gone") => println!(
+                "interface {name}: GONE (deleted; forwarding on it stopped, lbd attaches again when it returns){reattached}"
+            ),
+            Some("detached") => println!(
+                "interface {name}: NOT ATTACHED ({}){reattached}",
+                s(&i["error"])
+            ),
+            _ => println!("interface {name}: XDP {} mode{reattached}", s(&i["mode"])),
+        }
     }
     println!(
-        "vips {}  backends {} ({} healthy)  maglev table {} slots  connections {}/{}  table rebuilds {}",
-        v["vips"],
-        v["backends"],
-        v["backends_up"],
-        v["ring_size"],
-        v["connection_entries"],
-        v["connection_table_size"],
-        v["table_rebuilds"]
+        "vips {}  backends {} ({} healthy)  maglev table {} slots  table rebuilds {}",
+        v["vips"], v["backends"], v["backends_up"], v["ring_size"], v["table_rebuilds"]
+    );
+    let o = &v["occupancy"];
+    let fill = |t: &Value| {
+        format!(
+            "{}/{} ({:.1}%)",
+            t["entries"],
+            t["capacity"],
+            t["fill"].as_f64().unwrap_or(0.0) * 100.0
+        )
+    };
+    println!(
+        "connections {}  probation {}{}",
+        fill(&o["connections"]),
+        fill(&o["probation"]),
+        if o["exact"] == false {
+            "  (counted up to a limit)"
+        } else {
+            ""
+        }
     );
     if let Some(c) = v["counters"].as_object() {
         println!("counters:");

@@ -1,17 +1,17 @@
 //! lbd: the load balancer daemon. See `lb_userspace::daemon`.
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use lb_userspace::{
     config::{Config, NodeOverrides},
     daemon::{self, ControlMsg, Daemon},
-    errors, metrics,
+    errors, link_events, metrics,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{Notify, mpsc},
 };
 use tracing::{error, info};
 
@@ -109,6 +109,11 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     let (health_tx, mut health_rx) = mpsc::channel(1024);
     let mut daemon =
         Daemon::start(config, args.config.clone(), args.node(), health_tx).context("starting")?;
+    // Interfaces deleted and created again: watched from here on, and
+    // compared once now for any change since the attach above.
+    let links_changed = Arc::new(Notify::new());
+    link_events::watch(links_changed.clone()).context("subscribing to link events")?;
+    daemon.reconcile_interfaces();
     let (socket, group) = daemon.control_socket();
     let listener = daemon::bind_control(&socket, group.as_deref())?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
@@ -133,6 +138,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(daemon.handle(req));
             }
             Some(ev) = health_rx.recv() => daemon.on_health(ev),
+            _ = links_changed.notified() => daemon.reconcile_interfaces(),
             _ = hup.recv() => daemon.reload(),
             _ = tick.tick() => daemon.on_tick(),
             _ = term.recv() => break,

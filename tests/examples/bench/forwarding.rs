@@ -152,7 +152,7 @@ pub fn configure_lb(maps: &mut Maps, lab: &Lab, ring_size: u32) {
     let (outer_v6, _) = to_map(OUTER_SRC_V6.parse().unwrap());
     // A devmap resolves the ifindex in the writer's namespace.
     lab.lb
-        .enter(|| maps.add_tx_port(lab.lb1_ifindex))
+        .enter(|| maps.add_tx_port(lab.lb1_ifindex, lab.lb.mac("lb1")))
         .expect("tx port");
     maps.set_config(&LbConfig {
         ring_size,

@@ -1,0 +1,181 @@
+//! The interfaces lbd attaches `lb` to, followed through their life.
+//!
+//! An interface can be deleted and created again under the same name
+//! (a VM's NIC re-plugged, a veth or VLAN re-made by the network stack).
+//! The kernel then detaches the XDP link from the old interface; the new
+//! one has another ifindex and no program, so forwarding stops. lbd
+//! compares what it attached with what exists whenever a link event
+//! arrives (`link_events`) and attaches again to an interface that came
+//! back, in the mode configured. Everything else keyed by the old ifindex
+//! (the redirect ports, the configured egress) is the daemon's to update
+//! with what `reconcile` reports.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::{
+    config::{AttachMode, Config},
+    datapath::{Attached, Datapath, DatapathError, link_pin_path},
+    netdev, xdp_link,
+};
+
+/// One interface of `interfaces[]` and its attachment.
+#[derive(Debug)]
+pub struct Attachment {
+    pub name: String,
+    /// Native mode configured (generic is the fallback when refused).
+    pub prefer_native: bool,
+    pub attached: Attached,
+    /// The ifindex the program is attached to; `None` while the interface
+    /// is gone.
+    pub ifindex: Option<u32>,
+    /// Times the program was attached again to the interface re-created.
+    pub reattached: u64,
+    /// Why the last attempt to attach again failed, while it stays failed.
+    pub error: Option<String>,
+}
+
+impl Attachment {
+    /// `attached`; `gone` while the interface does not exist; `detached`
+    /// when it exists but attaching to it failed (see `error`).
+    pub fn state(&self) -> &'static str {
+        match (self.ifindex, &self.error) {
+            (Some(_), _) => "attached",
+            (None, Some(_)) => "detached",
+            (None, None) => "gone",
+        }
+    }
+}
+
+/// What `reconcile` found and did for one interface.
+#[derive(Debug)]
+pub enum Change {
+    /// The interface no longer exists; forwarding on it has stopped.
+    Gone { name: String },
+    /// The interface exists again (with `ifindex`) and carries the program.
+    Reattached {
+        name: String,
+        ifindex: u32,
+        attached: Attached,
+    },
+    /// It exists, but attaching failed; retried at every link event.
+    Failed { name: String, error: DatapathError },
+}
+
+/// The interfaces lbd attached to, in configuration order.
+pub struct Attachments {
+    pin_dir: PathBuf,
+    list: Vec<Attachment>,
+}
+
+impl Attachments {
+    /// Attach to every interface of `config` (at start).
+    pub fn attach_all(dp: &mut Datapath, config: &Config) -> anyhow::Result<Self> {
+        let mut list = Vec::new();
+        for iface in &config.interfaces {
+            let prefer_native = iface.mode == AttachMode::Native;
+            let attached = dp
+                .attach_pinned(&iface.name, &config.pin_dir, prefer_native)
+                .with_context(|| format!("attaching to {}", iface.name))?;
+            list.push(Attachment {
+                name: iface.name.clone(),
+                prefer_native,
+                attached,
+                ifindex: netdev::ifindex(&iface.name).ok(),
+                reattached: 0,
+                error: None,
+            });
+        }
+        Ok(Self {
+            pin_dir: config.pin_dir.clone(),
+            list,
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Attachment> {
+        self.list.iter()
+    }
+
+    /// Bring every attachment in line with the interfaces that exist now:
+    /// note the ones gone, attach again to the ones back under a new index
+    /// (or whose pinned link was removed). Unchanged interfaces cost two
+    /// syscalls each and report nothing.
+    pub fn reconcile(&mut self, dp: &mut Datapath) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for a in &mut self.list {
+            let Ok(now) = netdev::ifindex(&a.name) else {
+                a.error = None;
+                if a.ifindex.take().is_some() {
+                    changes.push(Change::Gone {
+                        name: a.name.clone(),
+                    });
+                }
+                continue;
+            };
+            if pinned_to(&self.pin_dir, &a.name) == Some(now) {
+                a.ifindex = Some(now);
+                a.error = None;
+                continue;
+            }
+            match dp.attach_pinned(&a.name, &self.pin_dir, a.prefer_native) {
+                Ok(attached) => {
+                    a.attached = attached.clone();
+                    a.ifindex = Some(now);
+                    a.error = None;
+                    a.reattached += 1;
+                    changes.push(Change::Reattached {
+                        name: a.name.clone(),
+                        ifindex: now,
+                        attached,
+                    });
+                }
+                Err(error) => {
+                    // Reported once per distinct reason, not at every event.
+                    let reason = crate::errors::chain(&error);
+                    a.ifindex = None;
+                    if a.error.as_ref() != Some(&reason) {
+                        a.error = Some(reason);
+                        changes.push(Change::Failed {
+                            name: a.name.clone(),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// The `interfaces` rows of `lbctl status`.
+    pub fn status(&self) -> Vec<Value> {
+        self.list
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name,
+                    "state": a.state(),
+                    "ifindex": a.ifindex,
+                    "error": a.error,
+                    "mode": mode_name(&a.attached),
+                    "replaced_existing_program": a.attached.replaced,
+                    "reattached": a.reattached,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `native` or `generic`, as status and metrics name the mode.
+pub fn mode_name(a: &Attached) -> &'static str {
+    if a.native { "native" } else { "generic" }
+}
+
+/// The ifindex `iface`'s pinned link is attached to (0: to nothing), or
+/// `None` when nothing is pinned or the pin cannot be read.
+fn pinned_to(pin_dir: &Path, iface: &str) -> Option<u32> {
+    xdp_link::attached_ifindex(&link_pin_path(pin_dir, iface))
+        .ok()
+        .flatten()
+}
