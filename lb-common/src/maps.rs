@@ -21,6 +21,17 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
+/// Pinned beside the others, created by the control plane (the programs
+/// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
+/// last adopted the maps. Its own layout never changes.
+pub const MAP_LAYOUT_VERSION: &str = "LAYOUT_VERSION";
+
+/// Version of the pinned maps' layout: their types, keys, values and flags.
+/// Every change of a pinned map's layout bumps it, and needs a migration or
+/// a refusal that says what to do (docs/architecture.md, "Maps"). Pins made
+/// by v0.1.0, which has no `LAYOUT_VERSION` map, are layout 1. Adding a map,
+/// or a row at the end of a reason table, is not a layout change.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Program names in the object file.
 pub const PROG_LB: &str = "lb";
@@ -275,6 +286,24 @@ pub struct DecapConfig {
 
 /// Accept tunnels from any outer source (`lb-decap --allow-any-source`).
 pub const DECAP_F_ANY_SOURCE: u32 = 1;
+
+// The layouts pinned maps hold (PortMac and DecapSource are asserted above): a change of any of these sizes is a layout
+// change (bump LAYOUT_VERSION). A layout change that keeps a size needs the
+// bump all the same: these only catch the ones a reviewer could miss.
+const _: () = {
+    assert!(size_of::<LbConfig>() == 48);
+    assert!(size_of::<VipKey>() == 20);
+    assert!(size_of::<VipMeta>() == 16);
+    assert!(size_of::<Backend>() == 28);
+    assert!(size_of::<ConnEntry>() == 16);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(size_of::<FragEntry>() == 16);
+    assert!(size_of::<FlowStats>() == 32);
+    assert!(size_of::<DecapAddr>() == 20);
+    assert!(size_of::<DecapConfig>() == 4);
+    assert!(size_of::<TooBigLimit>() == 16);
+    assert!(size_of::<crate::FlowKey>() == 40);
+};
 
 #[cfg(feature = "user")]
 mod pod {

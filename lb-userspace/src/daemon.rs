@@ -24,7 +24,10 @@ use anyhow::{Context, bail};
 use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_TCP, flow_hash, maglev_slot},
-    maps::{BACKEND_F_DOWN, VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey, backend_serves, entry_pins},
+    maps::{
+        BACKEND_F_DOWN, MAP_BACKENDS, MAP_CONNS, MAP_PROBATION, MAP_RINGS, MAP_VIPS,
+        VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey, backend_serves, entry_pins,
+    },
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -37,14 +40,15 @@ use tracing::{debug, error, info, warn};
 use crate::{
     addr::{from_map, to_map},
     attachments::{self, Attachments, Change},
-    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip},
+    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     control::{self, Reply, Request, VipRef},
-    datapath::{Attached, Datapath, MapSizes},
+    datapath::{Attached, Datapath, MapSizes, pinned_entries},
     egress::{self, Outlets},
     errors,
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
+    layout::PinOwner,
     maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
@@ -173,6 +177,9 @@ impl Daemon {
             }
         })?;
         let t = config.tables;
+        if adopted {
+            refuse_other_table_sizes(&config.pin_dir, &t)?;
+        }
         let sizes = MapSizes {
             max_vips: t.max_vips,
             max_backends: t.max_backends,
@@ -181,51 +188,20 @@ impl Daemon {
             probation_entries: t.probation_entries(),
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
-        let mut dp = Datapath::load_pinned(sizes, &config.pin_dir).with_context(|| {
-            format!(
-                "loading the data plane (pins in {})",
-                config.pin_dir.display()
-            )
-        })?;
+        let mut dp =
+            Datapath::load_pinned(sizes, &config.pin_dir, PinOwner::LBD).with_context(|| {
+                format!(
+                    "loading the data plane (pins in {})",
+                    config.pin_dir.display()
+                )
+            })?;
+        for m in &dp.migrations {
+            info!(migration = %m, "migrated a pinned map to this lbd's layout");
+        }
         let mut maps = Maps::take(&mut dp.ebpf, t.ring_size)?;
         let mut ids = Ids::new(t.max_vips, t.max_backends);
         let mut up_before = BTreeMap::new();
         if adopted {
-            let live = maps.config()?;
-            let mut differ = Vec::new();
-            if live.ring_size != 0 && live.ring_size != t.ring_size {
-                differ.push(format!(
-                    "tables.ring_size is {} but the running data plane uses {}",
-                    t.ring_size, live.ring_size
-                ));
-            }
-            let have = maps.capacities()?;
-            for (field, want, have) in [
-                ("max_vips", t.max_vips, have.vips),
-                ("max_backends", t.max_backends, have.backends),
-                ("conn_entries", t.conn_entries, have.conns),
-                ("probation_entries", t.probation_entries(), have.probation),
-            ] {
-                if want != have {
-                    let derived = field == "probation_entries" && t.probation_entries.is_none();
-                    let field = if derived {
-                        "probation_entries (by default conn_entries / 8)"
-                    } else {
-                        field
-                    };
-                    differ.push(format!(
-                        "tables.{field} is {want} but the pinned map holds {have}"
-                    ));
-                }
-            }
-            // Pinned maps keep their sizes: running on would silently use
-            // the old ones. The running program keeps forwarding meanwhile.
-            if !differ.is_empty() {
-                bail!(
-                    "{}: table sizes change only with `lbd --teardown` first (drops connections), or revert the config",
-                    differ.join("; ")
-                );
-            }
             let vips: Vec<(VipKey, _)> = maps.vips()?;
             let by_id: BTreeMap<u32, VipKeyOrd> =
                 vips.iter().map(|(k, m)| (m.vip_id, (*k).into())).collect();
@@ -1307,6 +1283,56 @@ fn group_id(name: &str) -> Option<u32> {
         let mut f = l.split(':');
         (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
     })
+}
+
+/// Pinned maps keep the sizes they were created with: running on would
+/// silently use the old ones. Refused before anything is loaded or
+/// written, naming each difference; the running program keeps forwarding.
+fn refuse_other_table_sizes(pin_dir: &Path, t: &Tables) -> anyhow::Result<()> {
+    let entries = |name| pinned_entries(pin_dir, name);
+    let (vips, backends, conns, rings) = (
+        entries(MAP_VIPS)?,
+        entries(MAP_BACKENDS)?,
+        entries(MAP_CONNS)?,
+        entries(MAP_RINGS)?,
+    );
+    let probation = entries(MAP_PROBATION)?;
+    let mut differ = Vec::new();
+    // The ring map holds two rings of ring_size slots per VIP.
+    if let (Some(rings), Some(vips)) = (rings, vips.filter(|v| *v > 0)) {
+        let ring_size = rings / (2 * vips);
+        if ring_size != t.ring_size {
+            differ.push(format!(
+                "tables.ring_size is {} but the running data plane uses {ring_size}",
+                t.ring_size
+            ));
+        }
+    }
+    for (field, want, have) in [
+        ("max_vips", t.max_vips, vips),
+        ("max_backends", t.max_backends, backends),
+        ("conn_entries", t.conn_entries, conns),
+        ("probation_entries", t.probation_entries(), probation),
+    ] {
+        if let Some(have) = have.filter(|have| *have != want) {
+            let derived = field == "probation_entries" && t.probation_entries.is_none();
+            let field = if derived {
+                "probation_entries (by default conn_entries / 8)"
+            } else {
+                field
+            };
+            differ.push(format!(
+                "tables.{field} is {want} but the pinned map holds {have}"
+            ));
+        }
+    }
+    if !differ.is_empty() {
+        bail!(
+            "{}: table sizes change only with `lbd --teardown` first (drops connections), or revert the config",
+            differ.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Remove everything lbd pinned: detaches the program (forwarding stops).

@@ -9,4 +9,6 @@ pub mod http_client;
 pub mod lbd;
 pub mod netns;
 pub mod packets;
+pub mod pins;
+pub mod release;
 pub mod topology;

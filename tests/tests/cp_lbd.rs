@@ -7,11 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::{
+    Reason,
+    maps::{LAYOUT_VERSION, MAP_CONNS, MAP_GLOBAL_STATS, MAP_LAYOUT_VERSION},
+    stats::REASON_COUNT,
+};
 use lb_tests::{
     capture::Capture,
     lbd::{Lbd, Paths},
     netns::{Netns, veth},
+    pins,
 };
+use lb_userspace::layout::{self, MapShape, PinOwner};
 use serde_json::{Value, json};
 
 const VIP: &str = "198.51.100.10";
@@ -441,8 +448,12 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         probation_entries: lb_common::maps::probation_entries_for(4096),
         frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
     };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
-        .expect("open the pinned maps");
+    let mut dp = lb_userspace::datapath::Datapath::open_pinned(
+        sizes,
+        &lbd.paths.pin_dir,
+        lb_userspace::layout::PinOwner::LBD,
+    )
+    .expect("open the pinned maps");
     lb_userspace::maps::Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps")
 }
 
@@ -1681,6 +1692,196 @@ fn cp_a_file_edited_while_lbd_was_down_wins_over_saved_edits() {
         lbd.log().contains("the configuration file changed since"),
         "{}",
         lbd.log()
+    );
+}
+
+/// Run lbd over `lbd`'s pins with `config` and expect it to refuse with
+/// exactly `failure`, leaving every pin as it was (the same maps, the same
+/// links to the same programs), while the running program keeps
+/// forwarding the flows from `ports`.
+fn assert_refused_and_untouched(
+    site: &Site,
+    lbd: &Lbd,
+    config: &Value,
+    failure: &str,
+    ports: std::ops::Range<u16>,
+) {
+    let pin_dir = &lbd.paths.pin_dir;
+    let before = pins::objects(pin_dir);
+    let stats = pin_dir.join(MAP_GLOBAL_STATS);
+    let tx_before = pins::count(&stats, Reason::Tx as u32);
+    let out = lbd_once(site, lbd, "refused.json", config);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("lbd: "))
+        .unwrap_or_else(|| panic!("no failure line in:\n{stderr}"));
+    assert_eq!(line, failure);
+    assert_eq!(pins::objects(pin_dir), before, "a pin changed");
+    let sent = ports.len() as u64;
+    site.send_flows(ports);
+    wait_for(
+        "the running program forwarding",
+        Duration::from_secs(5),
+        || pins::count(&stats, Reason::Tx as u32) >= tx_before + sent,
+    );
+}
+
+/// A pinned map whose layout is not this lbd's (here a connection table
+/// whose entries are 8 bytes longer, as a release with another
+/// `ConnEntry` would pin) is refused before anything is loaded, naming the
+/// map, the difference and what to do: no pin changes and the running
+/// program keeps forwarding. With the original map back, lbd adopts it all.
+#[test]
+fn cp_a_pinned_map_of_another_layout_is_refused_naming_it_and_nothing_changes() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("layout"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.establish_flows(43000..43010);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    lbd.kill();
+    let conns = lbd.paths.pin_dir.join(MAP_CONNS);
+    let ours = pins::shape(&conns);
+    let original = pins::replace(
+        &conns,
+        MapShape {
+            value_size: ours.value_size + 8,
+            ..ours
+        },
+    );
+    let failure = format!(
+        "lbd: starting: loading the data plane (pins in {}): pinned map CONNS: value size 24, \
+         this lbd needs 16: run the lbd version that pinned them, or `lbd --teardown` first \
+         (drops connections)",
+        lbd.paths.pin_dir.display()
+    );
+    assert_refused_and_untouched(&site, &lbd, &written_config(&lbd), &failure, 43010..43020);
+
+    pins::restore(&conns, &original);
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["adopted_running_data_plane"], true);
+    assert!(
+        status["connection_entries"].as_u64().unwrap() >= 10,
+        "{status}"
+    );
+}
+
+/// A counter map pinned by an lbd that had fewer reasons (rows are added
+/// at the end of the table) grows to this lbd's reasons: the counts it
+/// held are kept, and the counters it lacked count from zero.
+#[test]
+fn cp_a_pinned_counter_map_with_fewer_reasons_grows_and_keeps_its_counts() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("grow"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.kill();
+    let stats = lbd.paths.pin_dir.join(MAP_GLOBAL_STATS);
+    let ours = pins::shape(&stats);
+    assert_eq!(ours.max_entries, REASON_COUNT);
+    // As an lbd from before new_flow and the reasons after it left it.
+    let older = Reason::NewFlow as u32;
+    let _running = pins::replace(
+        &stats,
+        MapShape {
+            max_entries: older,
+            ..ours
+        },
+    );
+    let mut counts = pins::counters(&stats);
+    pins::set_count(&mut counts, Reason::Tx as u32, &[1000, 234]);
+    pins::set_count(&mut counts, Reason::ConnMiss as u32, &[56]);
+    drop(counts);
+
+    lbd.restart();
+    let grown = format!("GLOBAL_STATS: grown from {older} to {REASON_COUNT} counters, counts kept");
+    assert!(lbd.log().contains(&grown), "{}", lbd.log());
+    assert_eq!(pins::shape(&stats).max_entries, REASON_COUNT);
+    assert_eq!(counter(&lbd, "tx"), 1234);
+    assert_eq!(counter(&lbd, "conn_miss"), 56);
+    for missing in &Reason::ALL[older as usize..] {
+        assert_eq!(counter(&lbd, missing.name()), 0, "{}", missing.name());
+    }
+    site.send_flows(43100..43110);
+    wait_for("10 more forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 1244
+    });
+    assert_eq!(counter(&lbd, "conn_miss"), 66);
+    assert_eq!(
+        counter(&lbd, "new_flow"),
+        10,
+        "a counter the old map lacked"
+    );
+}
+
+/// Pins of a newer layout version than this lbd's (a newer lbd pinned
+/// them, and this is a downgrade past a layout change) are refused, saying
+/// so: nothing changes and forwarding goes on.
+#[test]
+fn cp_pins_of_a_newer_layout_version_are_refused() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("newer"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.kill();
+    let pin_dir = lbd.paths.pin_dir.clone();
+    let version = || layout::read_version(&pin_dir, PinOwner::LBD).unwrap();
+    assert_eq!(version(), Some(LAYOUT_VERSION));
+    layout::write_version(&pin_dir, LAYOUT_VERSION + 1).unwrap();
+    let failure = format!(
+        "lbd: starting: loading the data plane (pins in {}): the pinned maps have layout \
+         version {}, newer than this lbd's {LAYOUT_VERSION}: they were pinned by a newer lbd \
+         (a downgrade past a layout change); run that version or a newer one, or \
+         `lbd --teardown` first (drops connections)",
+        pin_dir.display(),
+        LAYOUT_VERSION + 1
+    );
+    assert_refused_and_untouched(&site, &lbd, &written_config(&lbd), &failure, 43200..43210);
+    assert_eq!(version(), Some(LAYOUT_VERSION + 1));
+
+    layout::write_version(&pin_dir, LAYOUT_VERSION).unwrap();
+    lbd.restart();
+    assert_eq!(lbd.json(&["status"])["adopted_running_data_plane"], true);
+}
+
+/// v0.1.0 pinned no layout version: such pins are the first layout, are
+/// adopted with their connections, and get this lbd's version.
+#[test]
+fn cp_pins_without_a_layout_version_are_adopted_as_the_first_layout() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("unversioned"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.establish_flows(43300..43310);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    lbd.kill();
+    let pin_dir = lbd.paths.pin_dir.clone();
+    std::fs::remove_file(pin_dir.join(MAP_LAYOUT_VERSION)).unwrap();
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["adopted_running_data_plane"], true);
+    assert!(
+        status["connection_entries"].as_u64().unwrap() >= 10,
+        "{status}"
+    );
+    assert_eq!(
+        layout::read_version(&pin_dir, PinOwner::LBD).unwrap(),
+        Some(LAYOUT_VERSION)
     );
 }
 

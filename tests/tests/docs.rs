@@ -610,7 +610,10 @@ fn configuration_doc_states_the_through_tunnel_default() {
 
 #[test]
 fn architecture_doc_names_every_pinned_map_and_the_link() {
-    for name in PINNED_MAPS {
+    for name in PINNED_MAPS
+        .iter()
+        .chain([&lb_common::maps::MAP_LAYOUT_VERSION])
+    {
         assert!(
             ARCHITECTURE.contains(&format!("`{name}`")),
             "docs/architecture.md does not describe map {name}"
