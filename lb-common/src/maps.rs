@@ -5,6 +5,7 @@
 
 /// Map names, as they appear in the object file and under the pin directory.
 pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_CONFIG_ACTIVE: &str = "CONFIG_ACTIVE";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_RINGS: &str = "RINGS";
@@ -31,7 +32,16 @@ pub const MAP_LAYOUT_VERSION: &str = "LAYOUT_VERSION";
 /// a refusal that says what to do (docs/architecture.md, "Maps"). Pins made
 /// by v0.1.0, which has no `LAYOUT_VERSION` map, are layout 1. Adding a map,
 /// or a row at the end of a reason table, is not a layout change.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// - 2: `LB_CONFIG` holds `CONFIG_SLOTS` slots, the live one named by
+///   `CONFIG_ACTIVE` (a one-slot map of layout 1 grows, its entry kept).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Slots of `LB_CONFIG`. An array value is updated in place, by a copy a
+/// packet on another CPU can read half-way (new flags with the old egress
+/// interface, say); so the control plane writes the slot no packet reads
+/// and then flips `CONFIG_ACTIVE` (one aligned `u32`), as it does for rings.
+pub const CONFIG_SLOTS: u32 = 2;
 
 /// Program names in the object file.
 pub const PROG_LB: &str = "lb";

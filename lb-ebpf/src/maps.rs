@@ -12,8 +12,21 @@ use lb_common::{
     stats::{DECAP_REASON_COUNT, REASON_COUNT},
 };
 
+/// Double-buffered: see `lb_common::maps::CONFIG_SLOTS`; read it through
+/// `live_config`.
 #[map(name = "LB_CONFIG")]
-pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// Which slot of `LB_CONFIG` is live (0 or 1).
+#[map(name = "CONFIG_ACTIVE")]
+pub static CONFIG_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The live configuration: one whole slot, never one being written.
+#[inline(always)]
+pub fn live_config() -> Option<&'static LbConfig> {
+    let slot = CONFIG_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    LB_CONFIG.get(slot)
+}
 
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);

@@ -264,6 +264,7 @@ pub fn pinned_entries(pin_dir: &Path, name: &'static str) -> Result<Option<u32>,
 /// Maps that outlive lbd: everything but per-packet scratch space.
 pub const PINNED_MAPS: &[&str] = &[
     MAP_CONFIG,
+    MAP_CONFIG_ACTIVE,
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RINGS,

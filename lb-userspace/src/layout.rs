@@ -148,6 +148,9 @@ pub enum Entries {
     /// smaller pinned map is grown (its counts copied), a larger one, left
     /// by a newer binary, is reused as it is.
     PerReason,
+    /// The configuration's slots (`CONFIG_SLOTS`): layout 1 had one, which
+    /// grows to this binary's slots with its entry kept.
+    ConfigSlots,
 }
 
 pub fn entries_of(name: &str) -> Entries {
@@ -155,6 +158,7 @@ pub fn entries_of(name: &str) -> Entries {
         MAP_VIPS | MAP_VIP_STATS | MAP_BACKENDS | MAP_BACKEND_STATS | MAP_RINGS | MAP_CONNS
         | MAP_PROBATION => Entries::Configured,
         MAP_GLOBAL_STATS | MAP_DECAP_STATS => Entries::PerReason,
+        MAP_CONFIG => Entries::ConfigSlots,
         _ => Entries::Fixed,
     }
 }
@@ -205,7 +209,17 @@ pub fn fit(name: &str, pinned: &MapShape, wanted: &MapShape, program: &str) -> F
         );
     }
     let entries = entries_of(name);
-    if entries == Entries::Fixed && pinned.max_entries != wanted.max_entries {
+    let grows = match entries {
+        Entries::PerReason => pinned.max_entries < wanted.max_entries,
+        Entries::ConfigSlots => pinned.max_entries == 1 && wanted.max_entries > 1,
+        Entries::Fixed | Entries::Configured => false,
+    };
+    let size_differs = match entries {
+        Entries::Fixed => pinned.max_entries != wanted.max_entries,
+        Entries::ConfigSlots => !grows && pinned.max_entries != wanted.max_entries,
+        Entries::PerReason | Entries::Configured => false,
+    };
+    if size_differs {
         differ(
             "max_entries",
             pinned.max_entries.to_string(),
@@ -215,7 +229,7 @@ pub fn fit(name: &str, pinned: &MapShape, wanted: &MapShape, program: &str) -> F
     if !differences.is_empty() {
         return Fit::Differs(differences);
     }
-    if entries == Entries::PerReason && pinned.max_entries < wanted.max_entries {
+    if grows {
         return Fit::Grow;
     }
     Fit::Reuse
@@ -231,6 +245,13 @@ pub enum Migration {
         from: u32,
         to: aya_obj::Map,
     },
+    /// Layout 1's one-slot configuration map grows to `CONFIG_SLOTS`
+    /// slots, its entry in slot 0 (the live one while `CONFIG_ACTIVE` is
+    /// new, or 0).
+    GrowConfigSlots {
+        name: &'static str,
+        to: aya_obj::Map,
+    },
 }
 
 impl fmt::Display for Migration {
@@ -239,6 +260,11 @@ impl fmt::Display for Migration {
             Self::GrowCounters { name, from, to } => write!(
                 f,
                 "{name}: grown from {from} to {} counters, counts kept",
+                to.max_entries()
+            ),
+            Self::GrowConfigSlots { name, to } => write!(
+                f,
+                "{name}: grown to {} slots, the configuration kept",
                 to.max_entries()
             ),
         }
@@ -281,6 +307,12 @@ pub fn check(
         let pinned = MapShape::of_pin(&path, name)?;
         match fit(name, &pinned, &MapShape::of_definition(def), owner.program) {
             Fit::Reuse => {}
+            Fit::Grow if entries_of(name) == Entries::ConfigSlots => {
+                migrations.push(Migration::GrowConfigSlots {
+                    name,
+                    to: def.clone(),
+                })
+            }
             Fit::Grow => migrations.push(Migration::GrowCounters {
                 name,
                 from: pinned.max_entries,
@@ -306,6 +338,7 @@ impl Plan {
         for m in &self.migrations {
             match m {
                 Migration::GrowCounters { name, to, .. } => grow_counters(&self.pin_dir, name, to)?,
+                Migration::GrowConfigSlots { name, to } => grow_config(&self.pin_dir, name, to)?,
             }
         }
         Ok(())
@@ -412,6 +445,31 @@ fn grow_counters(pin_dir: &Path, name: &str, to: &aya_obj::Map) -> Result<(), La
     std::fs::rename(&staged, &path).map_err(|error| LayoutError::Replace { path, error })
 }
 
+/// Grow layout 1's one-slot `LB_CONFIG` to `to`'s slots, its entry kept in
+/// slot 0, replacing the pin as `grow_counters` does.
+fn grow_config(pin_dir: &Path, name: &str, to: &aya_obj::Map) -> Result<(), LayoutError> {
+    let err = |error| LayoutError::Map {
+        name: name.to_string(),
+        error,
+    };
+    let path = pin_dir.join(name);
+    let old: Array<MapData, LbConfig> =
+        Array::try_from(Map::Array(MapData::from_pin(&path).map_err(err)?)).map_err(err)?;
+    let live = old.get(&0, 0).map_err(err)?;
+    let mut new: Array<MapData, LbConfig> = Array::try_from(Map::Array(
+        MapData::create(to.clone(), name, None).map_err(err)?,
+    ))
+    .map_err(err)?;
+    new.set(0, live, 0).map_err(err)?;
+    let staged = pin_dir.join(format!("migrating_{name}"));
+    let _ = std::fs::remove_file(&staged);
+    new.pin(&staged).map_err(|error| LayoutError::Pin {
+        path: staged.clone(),
+        error,
+    })?;
+    std::fs::rename(&staged, &path).map_err(|error| LayoutError::Replace { path, error })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +502,21 @@ mod tests {
                 "pinned map CONNS: flags 0x400, this lbd needs 0x0".into(),
             ]),
             "a configured size is lbd's to compare"
+        );
+    }
+
+    #[test]
+    fn the_one_slot_configuration_of_layout_1_grows_and_nothing_else_does() {
+        const ARRAY: u32 = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+        let want = shape(ARRAY, 48, CONFIG_SLOTS);
+        let fit_of = |slots| fit(MAP_CONFIG, &shape(ARRAY, 48, slots), &want, "lbd");
+        assert_eq!(fit_of(1), Fit::Grow);
+        assert_eq!(fit_of(CONFIG_SLOTS), Fit::Reuse);
+        assert_eq!(
+            fit_of(3),
+            Fit::Differs(vec![format!(
+                "pinned map LB_CONFIG: max_entries 3, this lbd needs {CONFIG_SLOTS}"
+            )])
         );
     }
 

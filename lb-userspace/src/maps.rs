@@ -66,6 +66,7 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 /// All maps of a loaded data plane.
 pub struct Maps {
     config: Array<MapData, LbConfig>,
+    config_active: Array<MapData, u32>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
@@ -100,6 +101,7 @@ impl Maps {
         let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
         Ok(Self {
             config: take(ebpf, MAP_CONFIG)?,
+            config_active: take(ebpf, MAP_CONFIG_ACTIVE)?,
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
@@ -141,13 +143,30 @@ impl Maps {
     }
 
     /// Write the global configuration. With `ring_size` non-zero this turns
-    /// forwarding on.
+    /// forwarding on. The slot no packet reads is written whole, then made
+    /// the live one (`CONFIG_SLOTS`): a packet sees the old configuration
+    /// or the new one, never a mixture.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
-        self.config.set(0, config, 0).map_err(err(MAP_CONFIG))
+        let next = self.config_slot()? ^ 1;
+        self.config.set(next, config, 0).map_err(err(MAP_CONFIG))?;
+        self.config_active
+            .set(0, next, 0)
+            .map_err(err(MAP_CONFIG_ACTIVE))
     }
 
+    /// The live global configuration.
     pub fn config(&self) -> Result<LbConfig, MapsError> {
-        self.config.get(&0, 0).map_err(err(MAP_CONFIG))
+        let slot = self.config_slot()?;
+        self.config.get(&slot, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// The slot of `LB_CONFIG` the program reads.
+    fn config_slot(&self) -> Result<u32, MapsError> {
+        let slot = self
+            .config_active
+            .get(&0, 0)
+            .map_err(err(MAP_CONFIG_ACTIVE))?;
+        Ok(slot & 1)
     }
 
     /// Write the rate limit of ICMP too-big answers.

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use lb_common::maps::{Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
+use lb_common::maps::{BACKEND_F_ACTIVE, Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
 
 use crate::{
     image::Image,
@@ -55,7 +55,7 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
 
     for (id, backend) in &new.backends {
         if old.and_then(|o| o.backends.get(id)) != Some(backend) {
-            maps.set_backend(*id, backend)?;
+            write_backend(maps, *id, backend)?;
             report.backends_written += 1;
         }
     }
@@ -129,4 +129,28 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Write backend `id`. An array entry is updated in place, by a copy that a
+/// packet on another CPU can read half-way; an id that takes a new backend
+/// (a new id, or one recycled from another VIP's) is therefore written
+/// inactive first, so a half-read entry never pairs the new address with
+/// the old VIP id and the active flag. An entry that stays the same
+/// backend changes only flags and MAC, in one write.
+fn write_backend(maps: &mut Maps, id: u32, backend: &Backend) -> Result<(), MapsError> {
+    let live = maps.backend(id)?;
+    let same_backend = live.flags & BACKEND_F_ACTIVE != 0
+        && live.vip_id == backend.vip_id
+        && live.addr == backend.addr
+        && live.family == backend.family;
+    if !same_backend {
+        maps.set_backend(
+            id,
+            &Backend {
+                flags: 0,
+                ..*backend
+            },
+        )?;
+    }
+    maps.set_backend(id, backend)
 }
