@@ -1952,3 +1952,137 @@ fn cp_a_second_lbd_on_the_same_pins_is_refused_and_so_is_teardown() {
         counter(&lbd, "tx") >= 20
     });
 }
+
+/// The `lb_common::maps` flags of backend `addr` in the pinned BACKENDS map.
+fn pinned_backend_flags(lbd: &Lbd, addr: &str) -> u8 {
+    let id = backend_id(lbd, addr);
+    pinned_maps(lbd).backend(id).unwrap().flags
+}
+
+/// Defect: while an interface of `interfaces` was gone, every re-apply
+/// (health change, drain expiry) re-inserted its old index into TX_PORTS,
+/// which the kernel refuses (EINVAL): the write failed and was rolled back,
+/// so a backend lbctl showed down kept getting traffic, and lbctl edits
+/// failed on the missing interface. Now a health change and an edit reach
+/// the data plane while out0 is gone, and out0 is attached again when it
+/// returns.
+#[test]
+fn cp_health_changes_and_edits_reach_the_data_plane_while_an_interface_is_gone() {
+    use lb_common::maps::{BACKEND_F_DOWN, BACKEND_F_DRAINING};
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3, "through_tunnel": false});
+    let mut listeners: Vec<TcpListener> = site.lb.enter(|| {
+        [B1, B2]
+            .iter()
+            .map(|b| TcpListener::bind((*b, 8053)).expect("listen"))
+            .collect()
+    });
+    let mut config = site.config(&[B1, B2], check);
+    config["interfaces"] = json!([{"name": "lb0"}, {"name": "out0"}]);
+    let lbd = Lbd::start(&site.lb, Paths::new("gone"), config);
+    let health = |addr: &str| backend_row(&lbd, addr)["health"].clone();
+    wait_for("both backends up", Duration::from_secs(5), || {
+        health(B1) == "up" && health(B2) == "up"
+    });
+    let out0 = |lbd: &Lbd| lbd.json(&["status"])["interfaces"][1].clone();
+    let old_index = site.lb.ifindex("out0");
+    let ports = |lbd: &Lbd| -> Vec<u32> {
+        pinned_maps(lbd)
+            .tx_ports()
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert!(ports(&lbd).contains(&old_index));
+
+    site.lb.exec(&["ip", "link", "del", "out0"]);
+    wait_for("status saying out0 is gone", Duration::from_secs(2), || {
+        out0(&lbd)["state"] == "gone"
+    });
+
+    // A health change reaches the data plane.
+    drop(listeners.remove(0));
+    wait_for("B1 down in lbctl", Duration::from_secs(5), || {
+        health(B1) == "down"
+    });
+    wait_for("B1 down in BACKENDS", Duration::from_secs(2), || {
+        pinned_backend_flags(&lbd, B1) & BACKEND_F_DOWN != 0
+    });
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 1);
+
+    // So does an lbctl edit.
+    lbd.json(&["backend", "drain", VIP_REF, B2]);
+    assert_ne!(pinned_backend_flags(&lbd, B2) & BACKEND_F_DRAINING, 0);
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 0);
+    lbd.json(&["backend", "undrain", VIP_REF, B2]);
+    assert_eq!(pinned_backend_flags(&lbd, B2) & BACKEND_F_DRAINING, 0);
+    assert!(
+        !lbd.log().contains("Invalid argument") && !lbd.log().contains("restoring"),
+        "{}",
+        lbd.log()
+    );
+
+    // out0 comes back: attached again, its new index open for redirects.
+    lb_veth_pair(&site, "out0", "out1");
+    let new_index = site.lb.ifindex("out0");
+    assert_ne!(new_index, old_index, "the kernel reused the index");
+    wait_for("out0 attached again", Duration::from_secs(2), || {
+        let s = out0(&lbd);
+        s["state"] == "attached" && s["ifindex"] == new_index && s["reattached"] == 1
+    });
+    let open = ports(&lbd);
+    assert!(
+        open.contains(&new_index) && !open.contains(&old_index),
+        "{open:?}"
+    );
+    drop(listeners);
+}
+
+/// Defect: the rollback of a failed apply rewrote every VIP from scratch,
+/// republishing every ring (and a re-apply failing once a second did so
+/// each second). It now writes back only what the failed apply may have
+/// written: a VIP the change did not touch keeps the ring it serves from.
+#[test]
+fn cp_a_failed_apply_rewrites_only_the_vips_it_changed() {
+    use lb_userspace::{config::Protocol, image::vip_key};
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["vips"].as_array_mut().unwrap().push(
+        json!({"address": VIP, "port": 80, "protocol": "tcp", "backends": [{"address": B3}]}),
+    );
+    let lbd = Lbd::start(&site.lb, Paths::new("restore-diff"), config);
+    let web = vip_key(VIP.parse().unwrap(), 80, Protocol::Tcp).into();
+    let active_ring = || {
+        pinned_maps(&lbd)
+            .vip(&web)
+            .unwrap()
+            .expect("VIP :80 in the data plane")
+            .active_ring
+    };
+    let before = active_ring();
+    freeze_pinned_map(&lbd.paths.pin_dir.join(lb_common::maps::MAP_CONFIG));
+
+    let mut file = written_config(&lbd);
+    file["vips"][0]["backends"] = json!([{"address": B2}, {"address": B3}]);
+    file["mtu"] = json!(1400);
+    let path = lbd.paths.dir.join("apply.json");
+    std::fs::write(&path, file.to_string()).unwrap();
+    assert!(
+        !lbd.ctl(&["apply", "-f", path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        lbd.log().contains("previous state restored"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(
+        active_ring(),
+        before,
+        "the untouched VIP's ring was republished"
+    );
+    assert_serves(&site, &lbd, &[B1, B2], false, 41500..41520);
+}
