@@ -327,7 +327,8 @@ pub struct HealthCheck {
     /// UDP: datagram to send.
     #[serde(default)]
     pub payload: Option<String>,
-    /// UDP: the reply must start with this; default any reply.
+    /// UDP: the reply must start with this; default any reply (then any
+    /// datagram from the VIP to a tunnel probe's port passes it).
     #[serde(default)]
     pub expect: Option<String>,
     /// Milliseconds between checks. Default 1000.
