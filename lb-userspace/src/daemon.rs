@@ -49,7 +49,7 @@ use crate::{
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
     pin_lock::PinDirLock,
-    runtime_state::{self, StateWriter},
+    runtime_state::{self, DataPlaneId, StateWriter},
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
 };
@@ -147,7 +147,9 @@ impl Daemon {
         // A restart resumes lbctl's edits and drain deadlines.
         let file_text = std::fs::read_to_string(&config_path).unwrap_or_default();
         let state_file = config.state_file.clone();
-        let resumed = runtime_state::resume(&state_file, config, &file_text, &node, adopted);
+        // Only the state written for the very data plane adopted.
+        let adopting = adopted.then(|| DataPlaneId::of_pins(&config.pin_dir));
+        let resumed = runtime_state::resume(&state_file, config, &file_text, &node, adopting);
         if let Some(why) = &resumed.discarded {
             warn!(state_file = %state_file.display(), why = %why, "saved runtime state not used");
         } else if adopted {
@@ -187,6 +189,9 @@ impl Daemon {
                 config.pin_dir.display()
             )
         })?;
+        let data_plane = DataPlaneId::of_pins(&config.pin_dir)
+            .map_err(anyhow::Error::msg)
+            .context("identifying the data plane for the state file")?;
         let mut maps = Maps::take(&mut dp.ebpf, t.ring_size)?;
         let mut ids = Ids::new(t.max_vips, t.max_backends);
         let mut up_before = BTreeMap::new();
@@ -307,7 +312,7 @@ impl Daemon {
             ticks: 0,
             metrics,
             file_text,
-            state: StateWriter::new(state_file),
+            state: StateWriter::new(state_file, data_plane, node),
         };
         daemon.health = health_records;
         daemon.refresh_checkers();

@@ -2086,3 +2086,86 @@ fn cp_a_failed_apply_rewrites_only_the_vips_it_changed() {
     );
     assert_serves(&site, &lbd, &[B1, B2], false, 41500..41520);
 }
+
+/// Defect: the runtime state held the running configuration with
+/// `--tunnel-source-v4` applied, so a restart without the flag silently
+/// kept the old address. Now the file's address comes back, in the
+/// running configuration and in the data plane, and lbctl's edits stay.
+#[test]
+fn cp_a_restart_without_the_tunnel_source_flag_takes_the_files_and_keeps_edits() {
+    const NODE: &str = "198.51.100.3";
+    const FILE: &str = "198.51.100.2";
+    let site = Site::new();
+    let config = site.config(&[B1, B2], json!({"type": "none"}));
+    assert_eq!(config["tunnel_source"]["ipv4"], FILE);
+    let mut lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("node-dropped"),
+        config,
+        &["--tunnel-source-v4", NODE],
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "3"]);
+    let outer_source = |lbd: &Lbd| {
+        let source: std::net::Ipv4Addr = pinned_maps(lbd).config().unwrap().outer_src_v4.into();
+        (
+            lbd.json(&["config", "dump"])["tunnel_source"]["ipv4"].clone(),
+            source.to_string(),
+        )
+    };
+    assert_eq!(outer_source(&lbd), (json!(NODE), NODE.to_string()));
+
+    lbd.kill();
+    lbd.restart_with(&[]);
+    assert!(
+        lbd.log().contains("resuming the saved runtime state"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(outer_source(&lbd), (json!(FILE), FILE.to_string()));
+    assert_eq!(backend_row(&lbd, B2)["weight"], 3, "the edit was lost");
+
+    // Given again, the flag wins again.
+    lbd.restart_with(&["--tunnel-source-v4", NODE]);
+    assert_eq!(outer_source(&lbd), (json!(NODE), NODE.to_string()));
+    assert_eq!(backend_row(&lbd, B2)["weight"], 3, "the edit was lost");
+}
+
+/// Defect: the state file was resumed over any pins in its pin directory.
+/// With `state_file` on persistent storage, a start after a reboot that
+/// made the pins anew and then failed before saving its own state left the
+/// old file behind, and the next start resumed edits from before the
+/// reboot. The state now names the data plane it was written for; here the
+/// pins are made anew (a teardown and a start) and the old file is put
+/// back: it is not used, and lbd says why.
+#[test]
+fn cp_a_state_file_written_for_other_pins_is_not_resumed() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("otherpins"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "5"]);
+    lbd.kill();
+    let state_file = lbd.paths.dir.join("state.json");
+    let old_state = std::fs::read(&state_file).expect("state saved");
+    let out = lbd_output(&["--config", lbd.paths.config.to_str().unwrap(), "--teardown"]);
+    assert!(out.status.success(), "{out:?}");
+
+    lbd.restart();
+    lbd.kill();
+    std::fs::write(&state_file, &old_state).unwrap();
+    lbd.restart();
+    assert_eq!(
+        backend_row(&lbd, B2)["weight"],
+        1,
+        "edits of another data plane resumed"
+    );
+    let log = lbd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("saved runtime state not used")
+                && l.contains("it was written for another data plane (CONNS map id")),
+        "{log}"
+    );
+}
