@@ -327,7 +327,8 @@ pub struct HealthCheck {
     /// UDP: datagram to send.
     #[serde(default)]
     pub payload: Option<String>,
-    /// UDP: the reply must start with this; default any reply.
+    /// UDP: the reply must start with this; default any reply (then any
+    /// datagram from the VIP to a tunnel probe's port passes it).
     #[serde(default)]
     pub expect: Option<String>,
     /// Milliseconds between checks. Default 1000.
@@ -523,8 +524,10 @@ impl ConfigError {
 
 /// Per-host settings given on lbd's command line, which win over the file:
 /// one configuration (a Kubernetes ConfigMap, say) serves many hosts, but
-/// each host tunnels from its own address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// each host tunnels from its own address. Saved with the runtime state,
+/// so a restart without one takes the file's value back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeOverrides {
     pub tunnel_source_v4: Option<Ipv4Addr>,
     pub tunnel_source_v6: Option<Ipv6Addr>,
@@ -537,6 +540,17 @@ impl NodeOverrides {
         }
         if let Some(a) = self.tunnel_source_v6 {
             config.tunnel_source.ipv6 = Some(a);
+        }
+    }
+
+    /// Set every field these overrides set in `config` back to its value
+    /// in `from` (a configuration without them, or with others).
+    pub fn restore(&self, config: &mut Config, from: &Config) {
+        if self.tunnel_source_v4.is_some() {
+            config.tunnel_source.ipv4 = from.tunnel_source.ipv4;
+        }
+        if self.tunnel_source_v6.is_some() {
+            config.tunnel_source.ipv6 = from.tunnel_source.ipv6;
         }
     }
 }

@@ -2153,3 +2153,220 @@ fn cp_a_second_lbd_on_the_same_pins_is_refused_and_so_is_teardown() {
         counter(&lbd, "tx") >= 20
     });
 }
+
+/// The `lb_common::maps` flags of backend `addr` in the pinned BACKENDS map.
+fn pinned_backend_flags(lbd: &Lbd, addr: &str) -> u8 {
+    let id = backend_id(lbd, addr);
+    pinned_maps(lbd).backend(id).unwrap().flags
+}
+
+/// Defect: while an interface of `interfaces` was gone, every re-apply
+/// (health change, drain expiry) re-inserted its old index into TX_PORTS,
+/// which the kernel refuses (EINVAL): the write failed and was rolled back,
+/// so a backend lbctl showed down kept getting traffic, and lbctl edits
+/// failed on the missing interface. Now a health change and an edit reach
+/// the data plane while out0 is gone, and out0 is attached again when it
+/// returns.
+#[test]
+fn cp_health_changes_and_edits_reach_the_data_plane_while_an_interface_is_gone() {
+    use lb_common::maps::{BACKEND_F_DOWN, BACKEND_F_DRAINING};
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3, "through_tunnel": false});
+    let mut listeners: Vec<TcpListener> = site.lb.enter(|| {
+        [B1, B2]
+            .iter()
+            .map(|b| TcpListener::bind((*b, 8053)).expect("listen"))
+            .collect()
+    });
+    let mut config = site.config(&[B1, B2], check);
+    config["interfaces"] = json!([{"name": "lb0"}, {"name": "out0"}]);
+    let lbd = Lbd::start(&site.lb, Paths::new("gone"), config);
+    let health = |addr: &str| backend_row(&lbd, addr)["health"].clone();
+    wait_for("both backends up", Duration::from_secs(5), || {
+        health(B1) == "up" && health(B2) == "up"
+    });
+    let out0 = |lbd: &Lbd| lbd.json(&["status"])["interfaces"][1].clone();
+    let old_index = site.lb.ifindex("out0");
+    let ports = |lbd: &Lbd| -> Vec<u32> {
+        pinned_maps(lbd)
+            .tx_ports()
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert!(ports(&lbd).contains(&old_index));
+
+    site.lb.exec(&["ip", "link", "del", "out0"]);
+    wait_for("status saying out0 is gone", Duration::from_secs(2), || {
+        out0(&lbd)["state"] == "gone"
+    });
+
+    // A health change reaches the data plane.
+    drop(listeners.remove(0));
+    wait_for("B1 down in lbctl", Duration::from_secs(5), || {
+        health(B1) == "down"
+    });
+    wait_for("B1 down in BACKENDS", Duration::from_secs(2), || {
+        pinned_backend_flags(&lbd, B1) & BACKEND_F_DOWN != 0
+    });
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 1);
+
+    // So does an lbctl edit.
+    lbd.json(&["backend", "drain", VIP_REF, B2]);
+    assert_ne!(pinned_backend_flags(&lbd, B2) & BACKEND_F_DRAINING, 0);
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 0);
+    lbd.json(&["backend", "undrain", VIP_REF, B2]);
+    assert_eq!(pinned_backend_flags(&lbd, B2) & BACKEND_F_DRAINING, 0);
+    assert!(
+        !lbd.log().contains("Invalid argument") && !lbd.log().contains("restoring"),
+        "{}",
+        lbd.log()
+    );
+
+    // out0 comes back: attached again, its new index open for redirects.
+    lb_veth_pair(&site, "out0", "out1");
+    let new_index = site.lb.ifindex("out0");
+    assert_ne!(new_index, old_index, "the kernel reused the index");
+    wait_for("out0 attached again", Duration::from_secs(2), || {
+        let s = out0(&lbd);
+        s["state"] == "attached" && s["ifindex"] == new_index && s["reattached"] == 1
+    });
+    let open = ports(&lbd);
+    assert!(
+        open.contains(&new_index) && !open.contains(&old_index),
+        "{open:?}"
+    );
+    drop(listeners);
+}
+
+/// Defect: the rollback of a failed apply rewrote every VIP from scratch,
+/// republishing every ring (and a re-apply failing once a second did so
+/// each second). It now writes back only what the failed apply may have
+/// written: a VIP the change did not touch keeps the ring it serves from.
+#[test]
+fn cp_a_failed_apply_rewrites_only_the_vips_it_changed() {
+    use lb_userspace::{config::Protocol, image::vip_key};
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["vips"].as_array_mut().unwrap().push(
+        json!({"address": VIP, "port": 80, "protocol": "tcp", "backends": [{"address": B3}]}),
+    );
+    let lbd = Lbd::start(&site.lb, Paths::new("restore-diff"), config);
+    let web = vip_key(VIP.parse().unwrap(), 80, Protocol::Tcp).into();
+    let active_ring = || {
+        pinned_maps(&lbd)
+            .vip(&web)
+            .unwrap()
+            .expect("VIP :80 in the data plane")
+            .active_ring
+    };
+    let before = active_ring();
+    freeze_pinned_map(&lbd.paths.pin_dir.join(lb_common::maps::MAP_CONFIG));
+
+    let mut file = written_config(&lbd);
+    file["vips"][0]["backends"] = json!([{"address": B2}, {"address": B3}]);
+    file["mtu"] = json!(1400);
+    let path = lbd.paths.dir.join("apply.json");
+    std::fs::write(&path, file.to_string()).unwrap();
+    assert!(
+        !lbd.ctl(&["apply", "-f", path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        lbd.log().contains("previous state restored"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(
+        active_ring(),
+        before,
+        "the untouched VIP's ring was republished"
+    );
+    assert_serves(&site, &lbd, &[B1, B2], false, 41500..41520);
+}
+
+/// Defect: the runtime state held the running configuration with
+/// `--tunnel-source-v4` applied, so a restart without the flag silently
+/// kept the old address. Now the file's address comes back, in the
+/// running configuration and in the data plane, and lbctl's edits stay.
+#[test]
+fn cp_a_restart_without_the_tunnel_source_flag_takes_the_files_and_keeps_edits() {
+    const NODE: &str = "198.51.100.3";
+    const FILE: &str = "198.51.100.2";
+    let site = Site::new();
+    let config = site.config(&[B1, B2], json!({"type": "none"}));
+    assert_eq!(config["tunnel_source"]["ipv4"], FILE);
+    let mut lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("node-dropped"),
+        config,
+        &["--tunnel-source-v4", NODE],
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "3"]);
+    let outer_source = |lbd: &Lbd| {
+        let source: std::net::Ipv4Addr = pinned_maps(lbd).config().unwrap().outer_src_v4.into();
+        (
+            lbd.json(&["config", "dump"])["tunnel_source"]["ipv4"].clone(),
+            source.to_string(),
+        )
+    };
+    assert_eq!(outer_source(&lbd), (json!(NODE), NODE.to_string()));
+
+    lbd.kill();
+    lbd.restart_with(&[]);
+    assert!(
+        lbd.log().contains("resuming the saved runtime state"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(outer_source(&lbd), (json!(FILE), FILE.to_string()));
+    assert_eq!(backend_row(&lbd, B2)["weight"], 3, "the edit was lost");
+
+    // Given again, the flag wins again.
+    lbd.restart_with(&["--tunnel-source-v4", NODE]);
+    assert_eq!(outer_source(&lbd), (json!(NODE), NODE.to_string()));
+    assert_eq!(backend_row(&lbd, B2)["weight"], 3, "the edit was lost");
+}
+
+/// Defect: the state file was resumed over any pins in its pin directory.
+/// With `state_file` on persistent storage, a start after a reboot that
+/// made the pins anew and then failed before saving its own state left the
+/// old file behind, and the next start resumed edits from before the
+/// reboot. The state now names the data plane it was written for; here the
+/// pins are made anew (a teardown and a start) and the old file is put
+/// back: it is not used, and lbd says why.
+#[test]
+fn cp_a_state_file_written_for_other_pins_is_not_resumed() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("otherpins"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "5"]);
+    lbd.kill();
+    let state_file = lbd.paths.dir.join("state.json");
+    let old_state = std::fs::read(&state_file).expect("state saved");
+    let out = lbd_output(&["--config", lbd.paths.config.to_str().unwrap(), "--teardown"]);
+    assert!(out.status.success(), "{out:?}");
+
+    lbd.restart();
+    lbd.kill();
+    std::fs::write(&state_file, &old_state).unwrap();
+    lbd.restart();
+    assert_eq!(
+        backend_row(&lbd, B2)["weight"],
+        1,
+        "edits of another data plane resumed"
+    );
+    let log = lbd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("saved runtime state not used")
+                && l.contains("it was written for another data plane (CONNS map id")),
+        "{log}"
+    );
+}
