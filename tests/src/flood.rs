@@ -152,7 +152,7 @@ pub fn flood(shape: FloodShape) -> (Lb, FloodOutcome) {
         for _ in 0..shape.per_flow.min(shape.packets - sent) {
             assert_eq!(lb.run(&p).action, XDP_TX);
             sent += 1;
-            if sent % step == 0 {
+            if sent.is_multiple_of(step) {
                 speak(&mut lb, active[next_active % active.len()]);
                 next_active += 1;
             }
