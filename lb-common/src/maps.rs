@@ -22,6 +22,7 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
+pub const MAP_PROMOTION_LIMIT: &str = "PROMOTION_LIMIT";
 /// Pinned beside the others, created by the control plane (the programs
 /// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
 /// last adopted the maps. Its own layout never changes.
@@ -120,6 +121,23 @@ pub struct TooBigLimit {
     /// second per CPU. 0: never answer.
     pub interval_ns: u64,
     /// Most credit a CPU saves up: `interval_ns` times the burst.
+    pub burst_ns: u64,
+}
+
+/// How fast flows may move from the probation table into the connection
+/// table, the single entry of `PROMOTION_LIMIT`: a token bucket per CPU in
+/// credit nanoseconds, like `TooBigLimit`. A flow whose promotion finds no
+/// credit stays on probation, pinned to its backend there, and tries again
+/// with its next packet. It bounds how fast any traffic, a flood of spoofed
+/// multi-packet flows included, can replace the connection table's
+/// entries. All zero (never written): no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PromotionLimit {
+    /// Credit one promotion costs on a CPU: one second over that CPU's
+    /// share of the promotions allowed per second. 0: no limit.
+    pub interval_ns: u64,
+    /// Most credit a CPU saves up.
     pub burst_ns: u64,
 }
 
@@ -255,6 +273,7 @@ pub struct PortMac {
 }
 
 const _: () = assert!(core::mem::size_of::<PortMac>() == 8);
+const _: () = assert!(core::mem::size_of::<PromotionLimit>() == 16);
 
 /// An address the decapsulation program accepts tunnels for.
 #[repr(C)]
@@ -334,5 +353,6 @@ mod pod {
     unsafe impl aya::Pod for DecapSource {}
     unsafe impl aya::Pod for DecapConfig {}
     unsafe impl aya::Pod for TooBigLimit {}
+    unsafe impl aya::Pod for PromotionLimit {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -12,6 +12,8 @@ use lb_common::{
     stats::{DECAP_REASON_COUNT, REASON_COUNT},
 };
 
+use crate::rate::Bucket;
+
 /// Double-buffered: see `lb_common::maps::CONFIG_SLOTS`; read it through
 /// `live_config`.
 #[map(name = "LB_CONFIG")]
@@ -89,18 +91,16 @@ pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_R
 #[map(name = "TOO_BIG_LIMIT")]
 pub static TOO_BIG_LIMIT: Array<TooBigLimit> = Array::with_max_entries(1, 0);
 
-/// A CPU's token bucket for ICMP too-big answers (`pmtu.rs`). Never
-/// pinned: a restart refills the buckets, which only allows one burst more.
-#[derive(Clone, Copy)]
-pub struct TooBigBucket {
-    /// Saved-up credit, at most `TooBigLimit::burst_ns`.
-    pub credit_ns: u64,
-    /// When the credit was last brought up to date.
-    pub last_ns: u64,
-}
-
+/// A CPU's token bucket for ICMP too-big answers (`pmtu.rs`).
 #[map(name = "TOO_BIG_BUCKET")]
-pub static TOO_BIG_BUCKET: PerCpuArray<TooBigBucket> = PerCpuArray::with_max_entries(1, 0);
+pub static TOO_BIG_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PROMOTION_LIMIT")]
+pub static PROMOTION_LIMIT: Array<PromotionLimit> = Array::with_max_entries(1, 0);
+
+/// A CPU's token bucket for promotions into `CONNS` (`probation.rs`).
+#[map(name = "PROMOTION_BUCKET")]
+pub static PROMOTION_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU working memory for one packet: the parsed headers and the FIB
 /// lookup's parameter block would not fit on the 512-byte BPF stack next to

@@ -281,6 +281,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_DECAP_SOURCES,
     MAP_DECAP_CONFIG,
     MAP_TOO_BIG_LIMIT,
+    MAP_PROMOTION_LIMIT,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -89,6 +89,7 @@ pub struct Maps {
     decap_sources: LpmTrie<MapData, DecapSource, u32>,
     decap_config: Array<MapData, DecapConfig>,
     too_big_limit: Array<MapData, TooBigLimit>,
+    promotion_limit: Array<MapData, PromotionLimit>,
     ring_size: u32,
 }
 
@@ -120,6 +121,7 @@ impl Maps {
             decap_sources: take(ebpf, MAP_DECAP_SOURCES)?,
             decap_config: take(ebpf, MAP_DECAP_CONFIG)?,
             too_big_limit: take(ebpf, MAP_TOO_BIG_LIMIT)?,
+            promotion_limit: take(ebpf, MAP_PROMOTION_LIMIT)?,
             ring_size,
         })
     }
@@ -180,6 +182,30 @@ impl Maps {
         self.too_big_limit
             .get(&0, 0)
             .map_err(err(MAP_TOO_BIG_LIMIT))
+    }
+
+    /// Write the rate limit of promotions into the connection table (see
+    /// `image::promotion_limit`; all zero: no limit).
+    pub fn set_promotion_limit(&mut self, limit: &PromotionLimit) -> Result<(), MapsError> {
+        self.promotion_limit
+            .set(0, limit, 0)
+            .map_err(err(MAP_PROMOTION_LIMIT))
+    }
+
+    pub fn promotion_limit(&self) -> Result<PromotionLimit, MapsError> {
+        self.promotion_limit
+            .get(&0, 0)
+            .map_err(err(MAP_PROMOTION_LIMIT))
+    }
+
+    /// The CPUs the per-CPU maps hold a value for.
+    pub fn cpus(&self) -> Result<u32, MapsError> {
+        aya::util::nr_cpus()
+            .map(|n| n as u32)
+            .map_err(|(_, error)| MapsError::PerCpu {
+                name: MAP_PROMOTION_LIMIT,
+                error,
+            })
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {

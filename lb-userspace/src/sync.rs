@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use lb_common::maps::{BACKEND_F_ACTIVE, Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
 
 use crate::{
-    image::Image,
+    image::{self, Image},
     maglev,
     maps::{Maps, MapsError},
 };
@@ -32,6 +32,7 @@ pub struct SyncReport {
     pub vips_removed: usize,
     pub rings_rebuilt: usize,
     pub too_big_limit_written: bool,
+    pub promotion_limit_written: bool,
     pub config_written: bool,
     pub elapsed: Duration,
 }
@@ -122,6 +123,11 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
     if maps.too_big_limit()? != new.too_big_limit {
         maps.set_too_big_limit(&new.too_big_limit)?;
         report.too_big_limit_written = true;
+    }
+    let promotion_limit = image::promotion_limit(new.promotions_per_second, maps.cpus()?);
+    if maps.promotion_limit()? != promotion_limit {
+        maps.set_promotion_limit(&promotion_limit)?;
+        report.promotion_limit_written = true;
     }
     if maps.config()? != new.config {
         maps.set_config(&new.config)?;

@@ -4,6 +4,7 @@
 
 pub mod backend_server;
 pub mod capture;
+pub mod flood;
 pub mod harness;
 pub mod http_client;
 pub mod lbd;
