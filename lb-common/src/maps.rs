@@ -5,6 +5,7 @@
 
 /// Map names, as they appear in the object file and under the pin directory.
 pub const MAP_CONFIG: &str = "LB_CONFIG";
+pub const MAP_CONFIG_ACTIVE: &str = "CONFIG_ACTIVE";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_RINGS: &str = "RINGS";
@@ -21,6 +22,27 @@ pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
+pub const MAP_PROMOTION_LIMIT: &str = "PROMOTION_LIMIT";
+/// Pinned beside the others, created by the control plane (the programs
+/// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
+/// last adopted the maps. Its own layout never changes.
+pub const MAP_LAYOUT_VERSION: &str = "LAYOUT_VERSION";
+
+/// Version of the pinned maps' layout: their types, keys, values and flags.
+/// Every change of a pinned map's layout bumps it, and needs a migration or
+/// a refusal that says what to do (docs/architecture.md, "Maps"). Pins made
+/// by v0.1.0, which has no `LAYOUT_VERSION` map, are layout 1. Adding a map,
+/// or a row at the end of a reason table, is not a layout change.
+///
+/// - 2: `LB_CONFIG` holds `CONFIG_SLOTS` slots, the live one named by
+///   `CONFIG_ACTIVE` (a one-slot map of layout 1 grows, its entry kept).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Slots of `LB_CONFIG`. An array value is updated in place, by a copy a
+/// packet on another CPU can read half-way (new flags with the old egress
+/// interface, say); so the control plane writes the slot no packet reads
+/// and then flips `CONFIG_ACTIVE` (one aligned `u32`), as it does for rings.
+pub const CONFIG_SLOTS: u32 = 2;
 
 /// Program names in the object file.
 pub const PROG_LB: &str = "lb";
@@ -99,6 +121,23 @@ pub struct TooBigLimit {
     /// second per CPU. 0: never answer.
     pub interval_ns: u64,
     /// Most credit a CPU saves up: `interval_ns` times the burst.
+    pub burst_ns: u64,
+}
+
+/// How fast flows may move from the probation table into the connection
+/// table, the single entry of `PROMOTION_LIMIT`: a token bucket per CPU in
+/// credit nanoseconds, like `TooBigLimit`. A flow whose promotion finds no
+/// credit stays on probation, pinned to its backend there, and tries again
+/// with its next packet. It bounds how fast any traffic, a flood of spoofed
+/// multi-packet flows included, can replace the connection table's
+/// entries. All zero (never written): no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PromotionLimit {
+    /// Credit one promotion costs on a CPU: one second over that CPU's
+    /// share of the promotions allowed per second. 0: no limit.
+    pub interval_ns: u64,
+    /// Most credit a CPU saves up.
     pub burst_ns: u64,
 }
 
@@ -234,6 +273,7 @@ pub struct PortMac {
 }
 
 const _: () = assert!(core::mem::size_of::<PortMac>() == 8);
+const _: () = assert!(core::mem::size_of::<PromotionLimit>() == 16);
 
 /// An address the decapsulation program accepts tunnels for.
 #[repr(C)]
@@ -276,6 +316,24 @@ pub struct DecapConfig {
 /// Accept tunnels from any outer source (`lb-decap --allow-any-source`).
 pub const DECAP_F_ANY_SOURCE: u32 = 1;
 
+// The layouts pinned maps hold (PortMac and DecapSource are asserted above): a change of any of these sizes is a layout
+// change (bump LAYOUT_VERSION). A layout change that keeps a size needs the
+// bump all the same: these only catch the ones a reviewer could miss.
+const _: () = {
+    assert!(size_of::<LbConfig>() == 48);
+    assert!(size_of::<VipKey>() == 20);
+    assert!(size_of::<VipMeta>() == 16);
+    assert!(size_of::<Backend>() == 28);
+    assert!(size_of::<ConnEntry>() == 16);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(size_of::<FragEntry>() == 16);
+    assert!(size_of::<FlowStats>() == 32);
+    assert!(size_of::<DecapAddr>() == 20);
+    assert!(size_of::<DecapConfig>() == 4);
+    assert!(size_of::<TooBigLimit>() == 16);
+    assert!(size_of::<crate::FlowKey>() == 40);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -295,5 +353,6 @@ mod pod {
     unsafe impl aya::Pod for DecapSource {}
     unsafe impl aya::Pod for DecapConfig {}
     unsafe impl aya::Pod for TooBigLimit {}
+    unsafe impl aya::Pod for PromotionLimit {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -74,6 +74,7 @@ reasons!(Reason, REASON_COUNT {
     ConnProbation = "conn_probation", Event, "first non-SYN packet of an unknown flow: entered in the probation table, not the connection table";
     ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
     AnswerTooBig = "answer_too_big", Answered, "encapsulated packet would exceed the MTU: answered with ICMP too-big";
+    ConnPromotionDeferred = "conn_promotion_deferred", Event, "second or later packet of a flow in probation, promotion rate limit reached: flow left in the probation table";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

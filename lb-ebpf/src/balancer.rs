@@ -12,7 +12,7 @@ use lb_common::{
 use crate::{
     conntrack, forward, fragment, icmp,
     maglev::{self, Chosen},
-    maps::{CONNS, LB_CONFIG, PROBATION, SCRATCH},
+    maps::{CONNS, PROBATION, SCRATCH, live_config},
     parse::{self, Fragment, Parsed},
     stats, vip,
 };
@@ -26,7 +26,7 @@ struct Target {
 
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> Reason {
-    let cfg = match LB_CONFIG.get(0) {
+    let cfg = match live_config() {
         Some(cfg) if cfg.ring_size != 0 => cfg,
         _ => return Reason::PassNotConfigured,
     };

@@ -13,7 +13,7 @@ use lb_common::bench::{BenchGen, SINK_FRAMES, SINK_SLOTS, SINK_TUNNELLED};
 
 use crate::{
     csum,
-    maps::{LB_CONFIG, TX_PORTS},
+    maps::{TX_PORTS, live_config},
     packet,
 };
 
@@ -94,7 +94,7 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 /// interface through its devmap, untouched.
 #[xdp]
 pub fn bench_redirect(_ctx: XdpContext) -> u32 {
-    match LB_CONFIG.get(0) {
+    match live_config() {
         Some(cfg) => TX_PORTS.redirect(cfg.egress_ifindex, 0).unwrap_or(XDP_DROP),
         None => XDP_DROP,
     }

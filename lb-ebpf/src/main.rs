@@ -27,6 +27,7 @@ mod packet;
 mod parse;
 mod pmtu;
 mod probation;
+mod rate;
 mod stats;
 mod vip;
 

@@ -12,8 +12,23 @@ use lb_common::{
     stats::{DECAP_REASON_COUNT, REASON_COUNT},
 };
 
+use crate::rate::Bucket;
+
+/// Double-buffered: see `lb_common::maps::CONFIG_SLOTS`; read it through
+/// `live_config`.
 #[map(name = "LB_CONFIG")]
-pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// Which slot of `LB_CONFIG` is live (0 or 1).
+#[map(name = "CONFIG_ACTIVE")]
+pub static CONFIG_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The live configuration: one whole slot, never one being written.
+#[inline(always)]
+pub fn live_config() -> Option<&'static LbConfig> {
+    let slot = CONFIG_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    LB_CONFIG.get(slot)
+}
 
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
@@ -76,18 +91,16 @@ pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_R
 #[map(name = "TOO_BIG_LIMIT")]
 pub static TOO_BIG_LIMIT: Array<TooBigLimit> = Array::with_max_entries(1, 0);
 
-/// A CPU's token bucket for ICMP too-big answers (`pmtu.rs`). Never
-/// pinned: a restart refills the buckets, which only allows one burst more.
-#[derive(Clone, Copy)]
-pub struct TooBigBucket {
-    /// Saved-up credit, at most `TooBigLimit::burst_ns`.
-    pub credit_ns: u64,
-    /// When the credit was last brought up to date.
-    pub last_ns: u64,
-}
-
+/// A CPU's token bucket for ICMP too-big answers (`pmtu.rs`).
 #[map(name = "TOO_BIG_BUCKET")]
-pub static TOO_BIG_BUCKET: PerCpuArray<TooBigBucket> = PerCpuArray::with_max_entries(1, 0);
+pub static TOO_BIG_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "PROMOTION_LIMIT")]
+pub static PROMOTION_LIMIT: Array<PromotionLimit> = Array::with_max_entries(1, 0);
+
+/// A CPU's token bucket for promotions into `CONNS` (`probation.rs`).
+#[map(name = "PROMOTION_BUCKET")]
+pub static PROMOTION_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU working memory for one packet: the parsed headers and the FIB
 /// lookup's parameter block would not fit on the 512-byte BPF stack next to

@@ -26,6 +26,7 @@ use crate::{
     maps::{TOO_BIG_BUCKET, TOO_BIG_LIMIT},
     packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6},
+    rate,
 };
 
 const IPV4_HDR_LEN: usize = 20;
@@ -109,15 +110,7 @@ fn take_token() -> bool {
     let bucket = unsafe { &mut *bucket };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let earned = now.saturating_sub(bucket.last_ns);
-    let credit = bucket.credit_ns.saturating_add(earned).min(limit.burst_ns);
-    bucket.last_ns = now;
-    if credit < limit.interval_ns {
-        bucket.credit_ns = credit;
-        return false;
-    }
-    bucket.credit_ns = credit - limit.interval_ns;
-    true
+    rate::take(bucket, limit.interval_ns, limit.burst_ns, now)
 }
 
 /// ICMP type 3 code 4 with the next-hop MTU, quoting up to 548 bytes.

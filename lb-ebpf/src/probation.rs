@@ -10,13 +10,20 @@
 //! into `CONNS`. A flood of one-packet flows then churns only `PROBATION`.
 //! A flow evicted from probation before its second packet loses nothing it
 //! had: it is balanced by the ring, as every packet of it so far was.
+//!
+//! A spoofer who sends two packets per 5-tuple does get promoted, so
+//! promotions are also rate-limited per CPU (`PROMOTION_LIMIT`): whatever
+//! the flood's packet rate, it replaces `CONNS` entries no faster than the
+//! limit, and a flow that speaks at least once in that time keeps its
+//! entry. A promotion without credit is deferred: the flow stays on
+//! probation, pinned there, and its next packet tries again.
 
 use lb_common::{Reason, maps::ConnEntry};
 
 use crate::{
     conntrack::{self, Packet, Selected},
-    maps::PROBATION,
-    stats,
+    maps::{PROBATION, PROMOTION_BUCKET, PROMOTION_LIMIT},
+    rate, stats,
 };
 
 /// The backend for a packet whose flow has no `CONNS` entry.
@@ -47,31 +54,60 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
             new_flow: conntrack::new_flow(pkt),
         });
     }
-    // The second packet: the flow is promoted, on the backend its first
-    // packet went to if that one still serves the VIP.
-    let (chosen, new_flow) = match conntrack::pinned_backend(&entry, pkt.vip.vip_id) {
-        Ok(chosen) => (chosen, false),
+    // The second packet (or a later one, if the promotion was deferred):
+    // it goes to the backend the first went to if that one still serves
+    // the VIP.
+    let (chosen, new_flow, moved) = match conntrack::pinned_backend(&entry, pkt.vip.vip_id) {
+        Ok(chosen) => (chosen, false, false),
         Err(_) => {
             stats::event(Reason::ConnRescheduled);
             let chosen = conntrack::from_ring(pkt)?;
-            (chosen, conntrack::new_flow(pkt))
+            (chosen, conntrack::new_flow(pkt), true)
         }
     };
+    if !promotion_allowed(pkt.now) {
+        stats::event(Reason::ConnPromotionDeferred);
+        if moved {
+            // The probation pin follows the flow to its new backend.
+            let _ = PROBATION.insert(pkt.flow, &pin(pkt, chosen.id, entry.last_seen_ns), 0);
+        }
+        return Ok(Selected { chosen, new_flow });
+    }
     conntrack::insert(pkt, chosen.id);
     let _ = PROBATION.remove(pkt.flow);
     stats::event(Reason::ConnPromoted);
     Ok(Selected { chosen, new_flow })
 }
 
+/// Whether this CPU may promote one more flow now. No limit written: yes.
+#[inline(always)]
+fn promotion_allowed(now: u64) -> bool {
+    let (Some(limit), Some(bucket)) = (PROMOTION_LIMIT.get(0), PROMOTION_BUCKET.get_ptr_mut(0))
+    else {
+        return true;
+    };
+    if limit.interval_ns == 0 {
+        return true;
+    }
+    // SAFETY: a per-CPU map value, ours for this program run.
+    let bucket = unsafe { &mut *bucket };
+    rate::take(bucket, limit.interval_ns, limit.burst_ns, now)
+}
+
+/// A probation entry pinning the flow to `backend_id`.
+#[inline(always)]
+fn pin(pkt: &Packet, backend_id: u32, since_ns: u64) -> ConnEntry {
+    ConnEntry {
+        backend_id,
+        vip_id: pkt.vip.vip_id,
+        last_seen_ns: since_ns,
+    }
+}
+
 /// Put the flow on probation, pinned to `backend_id`. A full table evicts
 /// its least recently used entry.
 #[inline(always)]
 fn enter(pkt: &Packet, backend_id: u32) {
-    let entry = ConnEntry {
-        backend_id,
-        vip_id: pkt.vip.vip_id,
-        last_seen_ns: pkt.now,
-    };
-    let _ = PROBATION.insert(pkt.flow, &entry, 0);
+    let _ = PROBATION.insert(pkt.flow, &pin(pkt, backend_id, pkt.now), 0);
     stats::event(Reason::ConnProbation);
 }

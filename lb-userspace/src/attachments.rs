@@ -60,7 +60,8 @@ impl Attachment {
 #[derive(Debug)]
 pub enum Change {
     /// The interface no longer exists; forwarding on it has stopped.
-    Gone { name: String },
+    /// `ifindex` is the index it had.
+    Gone { name: String, ifindex: u32 },
     /// The interface exists again (with `ifindex`) and carries the program.
     Reattached {
         name: String,
@@ -162,9 +163,10 @@ impl Attachments {
         for a in &mut self.list {
             let Ok(now) = netdev::ifindex(&a.name) else {
                 a.error = None;
-                if a.ifindex.take().is_some() {
+                if let Some(ifindex) = a.ifindex.take() {
                     changes.push(Change::Gone {
                         name: a.name.clone(),
+                        ifindex,
                     });
                 }
                 continue;

@@ -43,6 +43,9 @@ pub struct Config {
     /// How often packets too big for `mtu` are answered with ICMP too-big.
     #[serde(default)]
     pub too_big_answers: TooBigAnswers,
+    /// How fast flows may enter the connection table.
+    #[serde(default)]
+    pub conn_promotions: ConnPromotions,
     /// Sizes of the data plane's tables.
     #[serde(default)]
     pub tables: Tables,
@@ -120,6 +123,22 @@ impl Default for NextHop {
     }
 }
 
+/// The rate limit of promotions from the probation table into the
+/// connection table: a token bucket on each CPU, each with an equal share.
+/// It bounds how fast any traffic, a flood of spoofed flows that send two
+/// packets each included, can push established flows out of the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnPromotions {
+    /// Flows moved into the connection table per second, all CPUs
+    /// together. A flow over the limit stays in the probation table, still
+    /// pinned to its backend, and is promoted by a later packet. Unset: a
+    /// tenth of `tables.conn_entries`, so that the table's entries are
+    /// replaced at most once in ten seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<u32>,
+}
+
 /// The rate limit of ICMP too-big answers: a token bucket on each CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +163,12 @@ impl Default for TooBigAnswers {
 
 /// The IPv6 minimum link MTU (RFC 8200 section 5).
 const IPV6_MIN_MTU: u32 = 1280;
+
+/// Most promotions per second that can be configured.
+pub const MAX_PROMOTIONS_PER_SECOND: u32 = 100_000_000;
+/// Without `conn_promotions.per_second`, the connection table's entries
+/// can be replaced at most once in this many seconds.
+pub const DEFAULT_CONN_TURNOVER_SECS: u32 = 10;
 
 /// Most ICMP too-big answers per second per CPU that can be configured.
 pub const MAX_TOO_BIG_PER_SECOND: u32 = 1_000_000;
@@ -182,6 +207,17 @@ impl Default for Tables {
             max_vips: default_max_vips(),
             max_backends: default_max_backends(),
         }
+    }
+}
+
+impl Config {
+    /// Promotions into the connection table per second, all CPUs together:
+    /// as configured, else `tables.conn_entries` over
+    /// `DEFAULT_CONN_TURNOVER_SECS` (at least one).
+    pub fn promotions_per_second(&self) -> u32 {
+        self.conn_promotions
+            .per_second
+            .unwrap_or((self.tables.conn_entries / DEFAULT_CONN_TURNOVER_SECS).max(1))
     }
 }
 
@@ -327,7 +363,8 @@ pub struct HealthCheck {
     /// UDP: datagram to send.
     #[serde(default)]
     pub payload: Option<String>,
-    /// UDP: the reply must start with this; default any reply.
+    /// UDP: the reply must start with this; default any reply (then any
+    /// datagram from the VIP to a tunnel probe's port passes it).
     #[serde(default)]
     pub expect: Option<String>,
     /// Milliseconds between checks. Default 1000.
@@ -523,8 +560,10 @@ impl ConfigError {
 
 /// Per-host settings given on lbd's command line, which win over the file:
 /// one configuration (a Kubernetes ConfigMap, say) serves many hosts, but
-/// each host tunnels from its own address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// each host tunnels from its own address. Saved with the runtime state,
+/// so a restart without one takes the file's value back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeOverrides {
     pub tunnel_source_v4: Option<Ipv4Addr>,
     pub tunnel_source_v6: Option<Ipv6Addr>,
@@ -537,6 +576,17 @@ impl NodeOverrides {
         }
         if let Some(a) = self.tunnel_source_v6 {
             config.tunnel_source.ipv6 = Some(a);
+        }
+    }
+
+    /// Set every field these overrides set in `config` back to its value
+    /// in `from` (a configuration without them, or with others).
+    pub fn restore(&self, config: &mut Config, from: &Config) {
+        if self.tunnel_source_v4.is_some() {
+            config.tunnel_source.ipv4 = from.tunnel_source.ipv4;
+        }
+        if self.tunnel_source_v6.is_some() {
+            config.tunnel_source.ipv6 = from.tunnel_source.ipv6;
         }
     }
 }
@@ -640,6 +690,14 @@ impl Config {
             bad(
                 "too_big_answers.burst".into(),
                 format!("{} is out of range 1..={MAX_TOO_BIG_BURST}", answers.burst),
+            );
+        }
+        if let Some(rate) = self.conn_promotions.per_second
+            && !(1..=MAX_PROMOTIONS_PER_SECOND).contains(&rate)
+        {
+            bad(
+                "conn_promotions.per_second".into(),
+                format!("{rate} is out of range 1..={MAX_PROMOTIONS_PER_SECOND}"),
             );
         }
         let t = &self.tables;
@@ -1113,6 +1171,32 @@ mod tests {
         assert_eq!(
             problem(&no_burst),
             "too_big_answers.burst: 0 is out of range 1..=10000"
+        );
+    }
+
+    #[test]
+    fn conn_promotions_default_to_a_tenth_of_the_table_per_second() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert_eq!(c.conn_promotions.per_second, None);
+        assert_eq!(
+            c.promotions_per_second(),
+            lb_common::maps::DEFAULT_CONN_ENTRIES / 10
+        );
+        let set = GOOD.replace(
+            "\"vips\":",
+            "\"conn_promotions\": {\"per_second\": 5000}, \"vips\":",
+        );
+        assert_eq!(
+            Config::from_json(&set).unwrap().promotions_per_second(),
+            5000
+        );
+        let zero = GOOD.replace(
+            "\"vips\":",
+            "\"conn_promotions\": {\"per_second\": 0}, \"vips\":",
+        );
+        assert_eq!(
+            problem(&zero),
+            "conn_promotions.per_second: 0 is out of range 1..=100000000"
         );
     }
 

@@ -24,7 +24,10 @@ use anyhow::{Context, bail};
 use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_TCP, flow_hash, maglev_slot},
-    maps::{BACKEND_F_DOWN, VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey, backend_serves, entry_pins},
+    maps::{
+        BACKEND_F_DOWN, MAP_BACKENDS, MAP_CONNS, MAP_PROBATION, MAP_RINGS, MAP_VIPS,
+        VIP_F_AFFINITY, VIP_F_PORTLESS, VipKey, backend_serves, entry_pins,
+    },
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -37,19 +40,20 @@ use tracing::{debug, error, info, warn};
 use crate::{
     addr::{from_map, to_map},
     attachments::{self, Attachments, Change},
-    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Vip},
+    config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     control::{self, Reply, Request, VipRef},
-    datapath::{Attached, Datapath, MapSizes},
+    datapath::{Attached, Datapath, MapSizes, pinned_entries},
     egress::{self, Outlets},
     errors,
     health::{self, HealthEvent, Target},
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
+    layout::PinOwner,
     maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
     pin_lock::PinDirLock,
-    runtime_state::{self, StateWriter},
+    runtime_state::{self, DataPlaneId, StateWriter},
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
 };
@@ -147,7 +151,9 @@ impl Daemon {
         // A restart resumes lbctl's edits and drain deadlines.
         let file_text = std::fs::read_to_string(&config_path).unwrap_or_default();
         let state_file = config.state_file.clone();
-        let resumed = runtime_state::resume(&state_file, config, &file_text, &node, adopted);
+        // Only the state written for the very data plane adopted.
+        let adopting = adopted.then(|| DataPlaneId::of_pins(&config.pin_dir));
+        let resumed = runtime_state::resume(&state_file, config, &file_text, &node, adopting);
         if let Some(why) = &resumed.discarded {
             warn!(state_file = %state_file.display(), why = %why, "saved runtime state not used");
         } else if adopted {
@@ -173,6 +179,9 @@ impl Daemon {
             }
         })?;
         let t = config.tables;
+        if adopted {
+            refuse_other_table_sizes(&config.pin_dir, &t)?;
+        }
         let sizes = MapSizes {
             max_vips: t.max_vips,
             max_backends: t.max_backends,
@@ -181,51 +190,23 @@ impl Daemon {
             probation_entries: t.probation_entries(),
             frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
         };
-        let mut dp = Datapath::load_pinned(sizes, &config.pin_dir).with_context(|| {
-            format!(
-                "loading the data plane (pins in {})",
-                config.pin_dir.display()
-            )
-        })?;
+        let mut dp =
+            Datapath::load_pinned(sizes, &config.pin_dir, PinOwner::LBD).with_context(|| {
+                format!(
+                    "loading the data plane (pins in {})",
+                    config.pin_dir.display()
+                )
+            })?;
+        for m in &dp.migrations {
+            info!(migration = %m, "migrated a pinned map to this lbd's layout");
+        }
+        let data_plane = DataPlaneId::of_pins(&config.pin_dir)
+            .map_err(anyhow::Error::msg)
+            .context("identifying the data plane for the state file")?;
         let mut maps = Maps::take(&mut dp.ebpf, t.ring_size)?;
         let mut ids = Ids::new(t.max_vips, t.max_backends);
         let mut up_before = BTreeMap::new();
         if adopted {
-            let live = maps.config()?;
-            let mut differ = Vec::new();
-            if live.ring_size != 0 && live.ring_size != t.ring_size {
-                differ.push(format!(
-                    "tables.ring_size is {} but the running data plane uses {}",
-                    t.ring_size, live.ring_size
-                ));
-            }
-            let have = maps.capacities()?;
-            for (field, want, have) in [
-                ("max_vips", t.max_vips, have.vips),
-                ("max_backends", t.max_backends, have.backends),
-                ("conn_entries", t.conn_entries, have.conns),
-                ("probation_entries", t.probation_entries(), have.probation),
-            ] {
-                if want != have {
-                    let derived = field == "probation_entries" && t.probation_entries.is_none();
-                    let field = if derived {
-                        "probation_entries (by default conn_entries / 8)"
-                    } else {
-                        field
-                    };
-                    differ.push(format!(
-                        "tables.{field} is {want} but the pinned map holds {have}"
-                    ));
-                }
-            }
-            // Pinned maps keep their sizes: running on would silently use
-            // the old ones. The running program keeps forwarding meanwhile.
-            if !differ.is_empty() {
-                bail!(
-                    "{}: table sizes change only with `lbd --teardown` first (drops connections), or revert the config",
-                    differ.join("; ")
-                );
-            }
             let vips: Vec<(VipKey, _)> = maps.vips()?;
             let by_id: BTreeMap<u32, VipKeyOrd> =
                 vips.iter().map(|(k, m)| (m.vip_id, (*k).into())).collect();
@@ -252,7 +233,7 @@ impl Daemon {
             );
         }
         // Ports first: the configuration written next may redirect to them.
-        egress::open(&mut maps, &outlets)?;
+        egress::open(&mut maps, &outlets, None)?;
         let (health_records, status) = initial_health(&config, &up_before);
         let known = ids.clone();
         // A drain resumed from the saved state may have run out meanwhile.
@@ -316,7 +297,7 @@ impl Daemon {
             ticks: 0,
             metrics,
             file_text,
-            state: StateWriter::new(state_file),
+            state: StateWriter::new(state_file, data_plane, node),
         };
         daemon.health = health_records;
         daemon.refresh_checkers();
@@ -375,7 +356,10 @@ impl Daemon {
                 ));
             }
         }
-        let outlets = egress::resolve(&config).map_err(|e| errors::report(&e))?;
+        let (outlets, gone) = egress::resolve_present(&config).map_err(|e| errors::report(&e))?;
+        for name in gone {
+            warn!(interface = %name, "interface gone: the configuration is applied without it; lbd sends out of it again when it returns");
+        }
         onlink::check(&config, Some(&self.config)).map_err(|e| e.to_string())?;
         self.write(config, outlets)
     }
@@ -413,16 +397,28 @@ impl Daemon {
             image::build(&config, &mut ids, status, outlets.egress).map_err(|e| e.to_string())?;
         clear_stats_of_new_ids(&mut self.maps, &ids, &self.ids)
             .map_err(|e| format!("writing the data plane: {e}"))?;
-        let written = egress::open(&mut self.maps, &outlets)
-            .and_then(|()| sync::apply(&mut self.maps, Some(&self.applied), &image));
-        let report = match written {
+        if let Err(e) = egress::open(&mut self.maps, &outlets, Some(&self.outlets)) {
+            // Nothing but ports was written: close those again.
+            error!(error = %e, "allowing redirects failed; the configuration was not written");
+            if let Err(e2) = egress::close_others(&mut self.maps, &self.outlets) {
+                error!(error = %e2, "closing the ports just opened failed");
+            }
+            return Err(format!("writing the data plane: {e}"));
+        }
+        let report = match sync::apply(&mut self.maps, Some(&self.applied), &image) {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "writing maps failed; restoring the previous state");
-                let restored = sync::apply(&mut self.maps, None, &self.applied)
-                    .and_then(|_| egress::close_others(&mut self.maps, &self.outlets));
-                if let Err(e2) = restored {
-                    error!(error = %e2, "restoring the previous state failed");
+                // Only what differs between the two images can have been
+                // written, so only that is written back: VIPs this change
+                // did not touch keep their rings.
+                let restored =
+                    sync::apply(&mut self.maps, Some(&image), &self.applied).and_then(|report| {
+                        egress::close_others(&mut self.maps, &self.outlets).map(|()| report)
+                    });
+                match restored {
+                    Ok(report) => info!(?report, "previous state restored"),
+                    Err(e2) => error!(error = %e2, "restoring the previous state failed"),
                 }
                 return Err(format!("writing the data plane: {e}"));
             }
@@ -454,7 +450,9 @@ impl Daemon {
 
     /// Re-apply the running configuration (health or drain state changed),
     /// to the interfaces it was applied with: a health change must not
-    /// depend on what the host says about them now.
+    /// depend on what the host says about them now, and writes no port
+    /// (`egress::open` skips the open ones), so it works while an
+    /// interface is gone.
     fn reapply(&mut self) {
         let (config, outlets) = (self.config.clone(), self.outlets.clone());
         if let Err(e) = self.write(config, outlets) {
@@ -608,9 +606,15 @@ impl Daemon {
     pub fn reconcile_interfaces(&mut self) {
         for change in self.attachments.reconcile(&mut self.dp) {
             match change {
-                Change::Gone { name } => {
+                Change::Gone { name, ifindex } => {
                     warn!(interface = %name, "interface gone: forwarding on it has stopped; lbd attaches again when it comes back");
                     show_attachment(&self.metrics, &name, None);
+                    // The kernel dropped its redirect port with it; nothing
+                    // written from now on may count on it (or its MAC).
+                    self.outlets.ports.remove(&ifindex);
+                    if let Err(e) = self.maps.remove_tx_port(ifindex) {
+                        warn!(interface = %name, error = %e, "forgetting the gone interface's port failed");
+                    }
                 }
                 Change::Reattached {
                     name,
@@ -624,7 +628,9 @@ impl Daemon {
                         .and_then(|mac| {
                             self.maps
                                 .add_tx_port(ifindex, mac)
-                                .map_err(|e| e.to_string())
+                                .map_err(|e| e.to_string())?;
+                            self.outlets.ports.insert(ifindex, mac);
+                            Ok(())
                         });
                     if let Err(e) = opened {
                         error!(interface = %name, error = %e, "allowing redirects to the re-created interface failed");
@@ -650,11 +656,12 @@ impl Daemon {
     /// Interfaces deleted and created again have new indexes, and the
     /// egress interface a new MAC: resolve the running configuration's
     /// outlets again and write them if they changed (the egress in
-    /// LB_CONFIG, TX ports opened before, stale ones closed after). While
-    /// one is still gone the old values stay; its packets are dropped and
-    /// counted.
+    /// LB_CONFIG, TX ports opened before, stale ones closed after). An
+    /// interface of `interfaces` still gone is left out; while the egress
+    /// interface is gone the old values stay, and its packets are dropped
+    /// and counted.
     fn refresh_outlets(&mut self) {
-        let Ok(now) = egress::resolve(&self.config) else {
+        let Ok((now, _gone)) = egress::resolve_present(&self.config) else {
             return;
         };
         if now == self.outlets {
@@ -1317,6 +1324,56 @@ fn group_id(name: &str) -> Option<u32> {
         let mut f = l.split(':');
         (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
     })
+}
+
+/// Pinned maps keep the sizes they were created with: running on would
+/// silently use the old ones. Refused before anything is loaded or
+/// written, naming each difference; the running program keeps forwarding.
+fn refuse_other_table_sizes(pin_dir: &Path, t: &Tables) -> anyhow::Result<()> {
+    let entries = |name| pinned_entries(pin_dir, name);
+    let (vips, backends, conns, rings) = (
+        entries(MAP_VIPS)?,
+        entries(MAP_BACKENDS)?,
+        entries(MAP_CONNS)?,
+        entries(MAP_RINGS)?,
+    );
+    let probation = entries(MAP_PROBATION)?;
+    let mut differ = Vec::new();
+    // The ring map holds two rings of ring_size slots per VIP.
+    if let (Some(rings), Some(vips)) = (rings, vips.filter(|v| *v > 0)) {
+        let ring_size = rings / (2 * vips);
+        if ring_size != t.ring_size {
+            differ.push(format!(
+                "tables.ring_size is {} but the running data plane uses {ring_size}",
+                t.ring_size
+            ));
+        }
+    }
+    for (field, want, have) in [
+        ("max_vips", t.max_vips, vips),
+        ("max_backends", t.max_backends, backends),
+        ("conn_entries", t.conn_entries, conns),
+        ("probation_entries", t.probation_entries(), probation),
+    ] {
+        if let Some(have) = have.filter(|have| *have != want) {
+            let derived = field == "probation_entries" && t.probation_entries.is_none();
+            let field = if derived {
+                "probation_entries (by default conn_entries / 8)"
+            } else {
+                field
+            };
+            differ.push(format!(
+                "tables.{field} is {want} but the pinned map holds {have}"
+            ));
+        }
+    }
+    if !differ.is_empty() {
+        bail!(
+            "{}: table sizes change only with `lbd --teardown` first (drops connections), or revert the config",
+            differ.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Remove everything lbd pinned: detaches the program (forwarding stops).

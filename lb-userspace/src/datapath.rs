@@ -1,5 +1,6 @@
-//! Loading the eBPF object: map sizes chosen at load time, the two programs
-//! loaded into the kernel, and attaching them to interfaces.
+//! Loading the eBPF object: map sizes chosen at load time, pinned maps
+//! checked and adopted, the two programs loaded into the kernel, and
+//! attaching them to interfaces.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,10 @@ use aya::{
 };
 use lb_common::maps::*;
 
-use crate::{EBPF_OBJECT, pinned_counters};
+use crate::{
+    EBPF_OBJECT,
+    layout::{self, LayoutError, Migration, PinOwner},
+};
 
 /// Sizes of the maps that scale with the deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +69,11 @@ pub enum DatapathError {
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
     #[error(transparent)]
-    GrowCounters(#[from] crate::pinned_counters::GrowError),
+    Layout(#[from] LayoutError),
+    #[error("parsing the embedded eBPF object: {0}")]
+    Object(String),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
 }
 
 /// How a program ended up attached to an interface.
@@ -88,6 +96,8 @@ pub struct Attached {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub sizes: MapSizes,
+    /// What was changed in the pinned maps to adopt them (`load_pinned`).
+    pub migrations: Vec<Migration>,
 }
 
 impl Datapath {
@@ -99,34 +109,43 @@ impl Datapath {
 
     /// Load with every map pinned under `pin_dir`: maps already pinned
     /// there are reused, contents and all (a restarted lbd keeps the
-    /// connection table), and new ones are created and pinned. Counter
-    /// maps pinned by an older release with fewer rows are grown, their
-    /// counts carried over (`pinned_counters`). For a caller about to
-    /// attach this build's program.
-    pub fn load_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<Self, DatapathError> {
+    /// connection table), and new ones are created and pinned. For a caller
+    /// about to attach this build's program. Pinned maps are first checked
+    /// against this build's definitions (`crate::layout`): a pin directory
+    /// that does not fit is refused before anything in it changes; one that
+    /// fits after a migration (a counter map of an older release with fewer
+    /// rows, grown with its counts) is migrated, and its layout version
+    /// recorded once the programs loaded.
+    pub fn load_pinned(
+        sizes: MapSizes,
+        pin_dir: &Path,
+        owner: PinOwner,
+    ) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.to_path_buf(),
             source,
         })?;
-        let short = pinned_counters::unpin_short(pin_dir)?;
-        let pins: Vec<&str> = PINNED_MAPS.to_vec();
-        match Self::load_with(sizes, Some((pin_dir, &pins))) {
-            Ok(mut dp) => {
-                pinned_counters::carry_over(&mut dp.ebpf, short)?;
-                Ok(dp)
-            }
-            Err(e) => {
-                pinned_counters::put_back(short, pin_dir);
-                Err(e)
-            }
-        }
+        let plan = layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
+        plan.migrate()?;
+        let mut dp = Self::load_with(sizes, Some((pin_dir, PINNED_MAPS)))?;
+        plan.record_version()?;
+        dp.migrations = plan.migrations;
+        Ok(dp)
     }
 
     /// Load reusing the maps pinned under `pin_dir` as they are, pinning
     /// nothing new: for reading or editing the state of a data plane whose
     /// running program may be an older release's. A map this build has and
     /// the directory lacks is created unpinned (empty) and gone on exit.
-    pub fn open_pinned(sizes: MapSizes, pin_dir: &Path) -> Result<Self, DatapathError> {
+    /// Pins that do not fit this build are refused as by `load_pinned`;
+    /// nothing is migrated (the running program keeps its maps), so a
+    /// counter map may lack this build's last rows.
+    pub fn open_pinned(
+        sizes: MapSizes,
+        pin_dir: &Path,
+        owner: PinOwner,
+    ) -> Result<Self, DatapathError> {
+        layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
         let pins: Vec<&str> = PINNED_MAPS
             .iter()
             .copied()
@@ -143,21 +162,10 @@ impl Datapath {
     /// Load; with `pins`, the maps named there are pinned under (or
     /// reused from) the directory.
     fn load_with(sizes: MapSizes, pins: Option<(&Path, &[&str])>) -> Result<Self, DatapathError> {
-        let ring_entries = sizes
-            .max_vips
-            .checked_mul(2)
-            .and_then(|n| n.checked_mul(sizes.ring_size))
-            .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(MAP_VIPS, sizes.max_vips)
-            .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
-            .map_max_entries(MAP_BACKENDS, sizes.max_backends)
-            .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
-            .map_max_entries(MAP_RINGS, ring_entries)
-            .map_max_entries(MAP_CONNS, sizes.conn_entries)
-            .map_max_entries(MAP_PROBATION, sizes.probation_entries)
-            .map_max_entries(MAP_FRAGS, sizes.frag_entries);
+        for (name, entries) in sized_maps(sizes)? {
+            loader.map_max_entries(name, entries);
+        }
         if let Some((dir, names)) = pins {
             for name in names {
                 loader.map_pin_path(name, dir.join(name));
@@ -169,7 +177,11 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        Ok(Self { ebpf, sizes })
+        Ok(Self {
+            ebpf,
+            sizes,
+            migrations: Vec::new(),
+        })
     }
 
     /// The load balancer program (`lb`).
@@ -195,9 +207,64 @@ impl Datapath {
     }
 }
 
+/// The maps whose number of entries is chosen at load time, and theirs.
+fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 8], DatapathError> {
+    let ring_entries = sizes
+        .max_vips
+        .checked_mul(2)
+        .and_then(|n| n.checked_mul(sizes.ring_size))
+        .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
+    Ok([
+        (MAP_VIPS, sizes.max_vips),
+        (MAP_VIP_STATS, sizes.max_vips),
+        (MAP_BACKENDS, sizes.max_backends),
+        (MAP_BACKEND_STATS, sizes.max_backends),
+        (MAP_RINGS, ring_entries),
+        (MAP_CONNS, sizes.conn_entries),
+        (MAP_PROBATION, sizes.probation_entries),
+        (MAP_FRAGS, sizes.frag_entries),
+    ])
+}
+
+/// This binary's definition of each pinned map, from the embedded object,
+/// sized as `load_with` creates it.
+fn pinned_definitions(sizes: MapSizes) -> Result<Vec<(&'static str, aya_obj::Map)>, DatapathError> {
+    let mut object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| DatapathError::Object(crate::errors::chain(&e)))?;
+    let sized = sized_maps(sizes)?;
+    PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let mut def = object
+                .maps
+                .remove(name)
+                .ok_or(DatapathError::MissingMap(name))?;
+            if let Some((_, entries)) = sized.iter().find(|(n, _)| *n == name) {
+                def.set_max_entries(*entries);
+            }
+            Ok((name, def))
+        })
+        .collect()
+}
+
+/// The number of entries of pinned map `name` in `pin_dir`, if it is there:
+/// what it was created with, whatever the configuration says now.
+pub fn pinned_entries(pin_dir: &Path, name: &'static str) -> Result<Option<u32>, DatapathError> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = aya::maps::MapInfo::from_pin(&path).map_err(|error| LayoutError::Map {
+        name: name.into(),
+        error,
+    })?;
+    Ok(Some(info.max_entries()))
+}
+
 /// Maps that outlive lbd: everything but per-packet scratch space.
 pub const PINNED_MAPS: &[&str] = &[
     MAP_CONFIG,
+    MAP_CONFIG_ACTIVE,
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_RINGS,
@@ -214,6 +281,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_DECAP_SOURCES,
     MAP_DECAP_CONFIG,
     MAP_TOO_BIG_LIMIT,
+    MAP_PROMOTION_LIMIT,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -50,6 +50,9 @@ pub struct VipImage {
 pub struct Image {
     pub config: LbConfig,
     pub too_big_limit: TooBigLimit,
+    /// Promotions into the connection table per second, all CPUs together
+    /// (`promotion_limit` splits them among the CPUs).
+    pub promotions_per_second: u32,
     pub vips: BTreeMap<VipKeyOrd, VipImage>,
     pub backends: BTreeMap<u32, Backend>,
 }
@@ -121,6 +124,19 @@ pub fn too_big_limit(answers: &TooBigAnswers) -> TooBigLimit {
         burst_ns: interval_ns * answers.burst as u64,
     }
 }
+
+/// The promotion limit of `per_second` promotions on all `cpus` CPUs
+/// together, as each CPU's token bucket counts it: an equal share each (at
+/// least one a second), and a CPU may save up one second of its share.
+pub fn promotion_limit(per_second: u32, cpus: u32) -> PromotionLimit {
+    let share = (per_second / cpus.max(1)).max(1) as u64;
+    PromotionLimit {
+        interval_ns: NS_PER_SEC / share,
+        burst_ns: NS_PER_SEC,
+    }
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Compute the image of `config`, allocating ids for new VIPs and backends.
 pub fn build(
@@ -194,6 +210,7 @@ pub fn build(
     Ok(Image {
         config: lb_config(config, egress),
         too_big_limit: too_big_limit(&config.too_big_answers),
+        promotions_per_second: config.promotions_per_second(),
         vips,
         backends,
     })
@@ -283,6 +300,21 @@ mod tests {
         );
         answers.per_second = 0;
         assert_eq!(too_big_limit(&answers), TooBigLimit::default());
+    }
+
+    #[test]
+    fn promotion_limit_is_an_equal_share_per_cpu() {
+        // 100,000 a second on 4 CPUs: 25,000 each, one every 40 us.
+        assert_eq!(
+            promotion_limit(100_000, 4),
+            PromotionLimit {
+                interval_ns: 40_000,
+                burst_ns: 1_000_000_000,
+            }
+        );
+        // Fewer than one a CPU: each CPU still promotes one a second.
+        assert_eq!(promotion_limit(3, 8).interval_ns, 1_000_000_000);
+        assert_ne!(promotion_limit(1, 0).interval_ns, 0, "never unlimited");
     }
 
     #[test]

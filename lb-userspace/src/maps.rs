@@ -66,6 +66,7 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 /// All maps of a loaded data plane.
 pub struct Maps {
     config: Array<MapData, LbConfig>,
+    config_active: Array<MapData, u32>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
@@ -88,6 +89,7 @@ pub struct Maps {
     decap_sources: LpmTrie<MapData, DecapSource, u32>,
     decap_config: Array<MapData, DecapConfig>,
     too_big_limit: Array<MapData, TooBigLimit>,
+    promotion_limit: Array<MapData, PromotionLimit>,
     ring_size: u32,
 }
 
@@ -100,6 +102,7 @@ impl Maps {
         let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
         Ok(Self {
             config: take(ebpf, MAP_CONFIG)?,
+            config_active: take(ebpf, MAP_CONFIG_ACTIVE)?,
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
@@ -118,6 +121,7 @@ impl Maps {
             decap_sources: take(ebpf, MAP_DECAP_SOURCES)?,
             decap_config: take(ebpf, MAP_DECAP_CONFIG)?,
             too_big_limit: take(ebpf, MAP_TOO_BIG_LIMIT)?,
+            promotion_limit: take(ebpf, MAP_PROMOTION_LIMIT)?,
             ring_size,
         })
     }
@@ -141,13 +145,30 @@ impl Maps {
     }
 
     /// Write the global configuration. With `ring_size` non-zero this turns
-    /// forwarding on.
+    /// forwarding on. The slot no packet reads is written whole, then made
+    /// the live one (`CONFIG_SLOTS`): a packet sees the old configuration
+    /// or the new one, never a mixture.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
-        self.config.set(0, config, 0).map_err(err(MAP_CONFIG))
+        let next = self.config_slot()? ^ 1;
+        self.config.set(next, config, 0).map_err(err(MAP_CONFIG))?;
+        self.config_active
+            .set(0, next, 0)
+            .map_err(err(MAP_CONFIG_ACTIVE))
     }
 
+    /// The live global configuration.
     pub fn config(&self) -> Result<LbConfig, MapsError> {
-        self.config.get(&0, 0).map_err(err(MAP_CONFIG))
+        let slot = self.config_slot()?;
+        self.config.get(&slot, 0).map_err(err(MAP_CONFIG))
+    }
+
+    /// The slot of `LB_CONFIG` the program reads.
+    fn config_slot(&self) -> Result<u32, MapsError> {
+        let slot = self
+            .config_active
+            .get(&0, 0)
+            .map_err(err(MAP_CONFIG_ACTIVE))?;
+        Ok(slot & 1)
     }
 
     /// Write the rate limit of ICMP too-big answers.
@@ -161,6 +182,30 @@ impl Maps {
         self.too_big_limit
             .get(&0, 0)
             .map_err(err(MAP_TOO_BIG_LIMIT))
+    }
+
+    /// Write the rate limit of promotions into the connection table (see
+    /// `image::promotion_limit`; all zero: no limit).
+    pub fn set_promotion_limit(&mut self, limit: &PromotionLimit) -> Result<(), MapsError> {
+        self.promotion_limit
+            .set(0, limit, 0)
+            .map_err(err(MAP_PROMOTION_LIMIT))
+    }
+
+    pub fn promotion_limit(&self) -> Result<PromotionLimit, MapsError> {
+        self.promotion_limit
+            .get(&0, 0)
+            .map_err(err(MAP_PROMOTION_LIMIT))
+    }
+
+    /// The CPUs the per-CPU maps hold a value for.
+    pub fn cpus(&self) -> Result<u32, MapsError> {
+        aya::util::nr_cpus()
+            .map(|n| n as u32)
+            .map_err(|(_, error)| MapsError::PerCpu {
+                name: MAP_PROMOTION_LIMIT,
+                error,
+            })
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {

@@ -14,6 +14,11 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
+/// Whether interface `name` exists in this network namespace.
+pub fn exists(name: &str) -> bool {
+    ifindex(name).is_ok()
+}
+
 /// The name of the interface with index `ifindex`, if there is one.
 pub fn name(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];

@@ -6,11 +6,17 @@
 //! drain's deadline does not start over.
 //!
 //! The state belongs to one data plane: it is used only when lbd adopts
-//! pinned maps in the pin directory it names, and only while the
+//! the very pinned maps it was written for (same pin directory, same boot
+//! of the host, same kernel map behind the `CONNS` pin), and only while the
 //! configuration file still says what it said when the running
-//! configuration was derived from it. An operator who edits the file while
-//! lbd is down gets the file; a SIGHUP reload replaces the edits too. Drain
-//! start times are kept on CLOCK_BOOTTIME, which a restart does not reset.
+//! configuration was derived from it. So a state file on persistent
+//! storage is not resumed over pins made anew after a reboot or a
+//! teardown, even by a start that failed after making them. An operator
+//! who edits the file while lbd is down gets the file; a SIGHUP reload
+//! replaces the edits too. The command-line overrides applied are saved
+//! with the state: one no longer given at the restart gives way to the
+//! file's value. Drain start times are kept on CLOCK_BOOTTIME, which a
+//! restart does not reset.
 
 use std::{
     collections::BTreeMap,
@@ -30,16 +36,57 @@ use crate::{
 
 /// Bumped when the file's shape changes; a file of another version is
 /// ignored (with a warning), never misread.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+
+/// Where the kernel says which boot this is: a random id made at boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct StateFile {
     version: u32,
     pin_dir: PathBuf,
+    /// The data plane the state was written for.
+    data_plane: DataPlaneId,
     /// The configuration file's text the running configuration came from.
     file_text: String,
+    /// The command-line overrides `running` has applied.
+    overrides: NodeOverrides,
     running: Config,
     drains: Vec<DrainRecord>,
+}
+
+/// Only the version, read first: a file of another version may not parse
+/// as this one.
+#[derive(Deserialize)]
+struct Versioned {
+    version: u32,
+}
+
+/// One data plane, as the kernel tells them apart: pins do not outlive a
+/// boot, and the kernel gives a map an id no other map gets during the
+/// boot, so a `CONNS` map pinned anew has another id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPlaneId {
+    pub boot_id: String,
+    pub conns_map_id: u32,
+}
+
+impl DataPlaneId {
+    /// The data plane pinned in `pin_dir`.
+    pub fn of_pins(pin_dir: &Path) -> Result<Self, String> {
+        let boot_id = std::fs::read_to_string(BOOT_ID)
+            .map_err(|e| format!("{BOOT_ID}: {e}"))?
+            .trim()
+            .to_string();
+        let conns = pin_dir.join(lb_common::maps::MAP_CONNS);
+        let conns_map_id = aya::maps::MapInfo::from_pin(&conns)
+            .map_err(|e| format!("{}: {e}", conns.display()))?
+            .id();
+        Ok(Self {
+            boot_id,
+            conns_map_id,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,46 +105,50 @@ pub struct Resumed {
     pub discarded: Option<String>,
 }
 
-/// What to start from: the saved state when it belongs to this data plane
-/// (`adopted` maps in the same pin directory) and the file is unchanged,
-/// else `file_config` with no drain history.
+/// What to start from: the saved state when it belongs to the data plane
+/// being adopted (`adopting`: its identity, or why it could not be read;
+/// `None` when the start makes a new one) and the file is unchanged, else
+/// `file_config` with no drain history. `file_config` is the file's
+/// configuration with `node` (this start's overrides) applied.
 pub fn resume(
     path: &Path,
     file_config: Config,
     file_text: &str,
     node: &NodeOverrides,
-    adopted: bool,
+    adopting: Option<Result<DataPlaneId, String>>,
 ) -> Resumed {
     let fresh = |config, discarded| Resumed {
         config,
         drain_started: BTreeMap::new(),
         discarded,
     };
-    if !adopted {
+    let Some(adopting) = adopting else {
         return fresh(file_config, None);
-    }
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fresh(file_config, None),
         Err(e) => return fresh(file_config, Some(format!("cannot be read: {e}"))),
     };
-    let saved: StateFile = match serde_json::from_str(&text) {
+    let saved = match parse(&text) {
         Ok(s) => s,
-        Err(e) => return fresh(file_config, Some(format!("cannot be parsed: {e}"))),
+        Err(why) => return fresh(file_config, Some(why)),
     };
-    let why_not = if saved.version != VERSION {
-        Some(format!("version {} is not {VERSION}", saved.version))
-    } else if saved.pin_dir != file_config.pin_dir {
-        Some(format!("it belongs to {}", saved.pin_dir.display()))
-    } else if saved.file_text != file_text {
-        Some("the configuration file changed since: the file wins".into())
-    } else {
-        None
+    let adopting = match adopting {
+        Ok(id) => id,
+        Err(e) => {
+            return fresh(
+                file_config,
+                Some(format!("the pinned data plane cannot be identified: {e}")),
+            );
+        }
     };
-    if let Some(why) = why_not {
+    if let Some(why) = why_not(&saved, &file_config.pin_dir, file_text, &adopting) {
         return fresh(file_config, Some(why));
     }
     let mut running = saved.running;
+    // An override given then and not now gives way to the file.
+    saved.overrides.restore(&mut running, &file_config);
     node.apply(&mut running);
     if let Err(e) = running.validate() {
         return fresh(file_config, Some(format!("no longer valid: {e}")));
@@ -123,15 +174,65 @@ pub fn resume(
     }
 }
 
+/// The saved state in `text`, of this version.
+fn parse(text: &str) -> Result<StateFile, String> {
+    let cannot = |e: serde_json::Error| format!("cannot be parsed: {e}");
+    let version = serde_json::from_str::<Versioned>(text)
+        .map_err(cannot)?
+        .version;
+    if version != VERSION {
+        return Err(format!("version {version} is not {VERSION}"));
+    }
+    serde_json::from_str(text).map_err(cannot)
+}
+
+/// Why `saved` is not for a start over `pin_dir`, adopting the data plane
+/// `adopting`, with the configuration file reading `file_text` now; `None`
+/// when it is.
+fn why_not(
+    saved: &StateFile,
+    pin_dir: &Path,
+    file_text: &str,
+    adopting: &DataPlaneId,
+) -> Option<String> {
+    let was = &saved.data_plane;
+    if saved.pin_dir != pin_dir {
+        Some(format!("it belongs to {}", saved.pin_dir.display()))
+    } else if was.boot_id != adopting.boot_id {
+        Some(format!(
+            "it was written before the host restarted (boot id {}, now {}): the pinned data plane is another one",
+            was.boot_id, adopting.boot_id
+        ))
+    } else if was.conns_map_id != adopting.conns_map_id {
+        Some(format!(
+            "it was written for another data plane (CONNS map id {}, the pinned one is {}): the pins were made anew since",
+            was.conns_map_id, adopting.conns_map_id
+        ))
+    } else if saved.file_text != file_text {
+        Some("the configuration file changed since: the file wins".into())
+    } else {
+        None
+    }
+}
+
 /// Writes the state file when what it would say changes.
 pub struct StateWriter {
     path: PathBuf,
+    data_plane: DataPlaneId,
+    overrides: NodeOverrides,
     last: Option<String>,
 }
 
 impl StateWriter {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, last: None }
+    /// For the state of the data plane `data_plane`, whose running
+    /// configurations have `overrides` applied.
+    pub fn new(path: PathBuf, data_plane: DataPlaneId, overrides: NodeOverrides) -> Self {
+        Self {
+            path,
+            data_plane,
+            overrides,
+            last: None,
+        }
     }
 
     /// Save `running` (derived from the file text `file_text`) and the
@@ -165,7 +266,9 @@ impl StateWriter {
         let state = StateFile {
             version: VERSION,
             pin_dir: running.pin_dir.clone(),
+            data_plane: self.data_plane.clone(),
             file_text: file_text.to_string(),
+            overrides: self.overrides,
             running: running.clone(),
             drains,
         };
@@ -214,4 +317,112 @@ fn boottime_ms() -> u64 {
     // runs on.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"{
+        "interfaces": [{"name": "eth0"}],
+        "tunnel_source": {"ipv4": "198.51.100.2"},
+        "pin_dir": "/sys/fs/bpf/lbd-test",
+        "vips": [{
+            "address": "198.51.100.10", "port": 53, "protocol": "udp",
+            "backends": [{"address": "198.51.100.101"}, {"address": "198.51.100.102"}]
+        }]
+    }"#;
+
+    fn plane() -> DataPlaneId {
+        DataPlaneId {
+            boot_id: "0d6e1cbb-5a87-4e0c-9c1f-3f5b2f3f0a11".into(),
+            conns_map_id: 41,
+        }
+    }
+
+    fn saved() -> StateFile {
+        StateFile {
+            version: VERSION,
+            pin_dir: "/sys/fs/bpf/lbd-test".into(),
+            data_plane: plane(),
+            file_text: FILE.into(),
+            overrides: NodeOverrides::default(),
+            running: Config::from_json(FILE).unwrap(),
+            drains: Vec::new(),
+        }
+    }
+
+    /// Defect: the state was resumed over any pins in the same directory,
+    /// so a state file on persistent storage brought edits from before a
+    /// reboot back over a data plane made anew. It now names the boot and
+    /// the `CONNS` map it was written for.
+    #[test]
+    fn a_state_is_resumed_only_over_the_data_plane_it_was_written_for() {
+        let pin_dir = Path::new("/sys/fs/bpf/lbd-test");
+        assert_eq!(why_not(&saved(), pin_dir, FILE, &plane()), None);
+        let rebooted = DataPlaneId {
+            boot_id: "7b1f0e2a-0c4d-4f4e-8f6a-2b9d1c3e4f50".into(),
+            ..plane()
+        };
+        let why = why_not(&saved(), pin_dir, FILE, &rebooted).unwrap();
+        assert!(why.contains("before the host restarted"), "{why}");
+        let repinned = DataPlaneId {
+            conns_map_id: 97,
+            ..plane()
+        };
+        let why = why_not(&saved(), pin_dir, FILE, &repinned).unwrap();
+        assert_eq!(
+            why,
+            "it was written for another data plane (CONNS map id 41, the pinned one is 97): the pins were made anew since"
+        );
+        let why = why_not(&saved(), Path::new("/sys/fs/bpf/other"), FILE, &plane()).unwrap();
+        assert!(why.contains("belongs to /sys/fs/bpf/lbd-test"), "{why}");
+        let why = why_not(&saved(), pin_dir, "{}", &plane()).unwrap();
+        assert!(why.contains("the file wins"), "{why}");
+    }
+
+    #[test]
+    fn a_file_of_another_version_is_not_misread() {
+        let text = r#"{"version": 1, "pin_dir": "/sys/fs/bpf/lbd-test", "running": {}}"#;
+        assert_eq!(parse(text).unwrap_err(), "version 1 is not 2");
+        let text = serde_json::to_string(&saved()).unwrap();
+        assert_eq!(parse(&text).unwrap(), saved());
+    }
+
+    /// Defect: the running configuration was saved with the command-line
+    /// overrides applied, so a restart without `--tunnel-source-v4` kept the
+    /// old address. Now the overrides are saved too, and one no longer
+    /// given gives way to the file's value; the edits stay.
+    #[test]
+    fn an_override_no_longer_given_gives_way_to_the_file_and_edits_stay() {
+        let path = std::env::temp_dir().join(format!("lbd-state-test-{}.json", std::process::id()));
+        let given = NodeOverrides {
+            tunnel_source_v4: Some("198.51.100.3".parse().unwrap()),
+            tunnel_source_v6: None,
+        };
+        let mut running = Config::from_json_for(FILE, &given).unwrap();
+        running.vips[0].backends[1].weight = 4;
+        let mut writer = StateWriter::new(path.clone(), plane(), given);
+        writer.save(&running, FILE, &BTreeMap::new()).unwrap();
+
+        let resume_with = |node: &NodeOverrides| {
+            let file_config = Config::from_json_for(FILE, node).unwrap();
+            resume(&path, file_config, FILE, node, Some(Ok(plane())))
+        };
+        let without = resume_with(&NodeOverrides::default());
+        let with = resume_with(&given);
+        let _ = std::fs::remove_file(&path);
+
+        assert_eq!(without.discarded, None);
+        assert_eq!(
+            without.config.tunnel_source.ipv4,
+            Some("198.51.100.2".parse().unwrap()),
+            "the old override stayed"
+        );
+        assert_eq!(
+            without.config.vips[0].backends[1].weight, 4,
+            "the edit was lost"
+        );
+        assert_eq!(with.config, running, "the same override, the same state");
+    }
 }

@@ -15,10 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use lb_common::maps::{Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
+use lb_common::maps::{BACKEND_F_ACTIVE, Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
 
 use crate::{
-    image::Image,
+    image::{self, Image},
     maglev,
     maps::{Maps, MapsError},
 };
@@ -32,6 +32,7 @@ pub struct SyncReport {
     pub vips_removed: usize,
     pub rings_rebuilt: usize,
     pub too_big_limit_written: bool,
+    pub promotion_limit_written: bool,
     pub config_written: bool,
     pub elapsed: Duration,
 }
@@ -55,7 +56,7 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
 
     for (id, backend) in &new.backends {
         if old.and_then(|o| o.backends.get(id)) != Some(backend) {
-            maps.set_backend(*id, backend)?;
+            write_backend(maps, *id, backend)?;
             report.backends_written += 1;
         }
     }
@@ -123,10 +124,39 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         maps.set_too_big_limit(&new.too_big_limit)?;
         report.too_big_limit_written = true;
     }
+    let promotion_limit = image::promotion_limit(new.promotions_per_second, maps.cpus()?);
+    if maps.promotion_limit()? != promotion_limit {
+        maps.set_promotion_limit(&promotion_limit)?;
+        report.promotion_limit_written = true;
+    }
     if maps.config()? != new.config {
         maps.set_config(&new.config)?;
         report.config_written = true;
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Write backend `id`. An array entry is updated in place, by a copy that a
+/// packet on another CPU can read half-way; an id that takes a new backend
+/// (a new id, or one recycled from another VIP's) is therefore written
+/// inactive first, so a half-read entry never pairs the new address with
+/// the old VIP id and the active flag. An entry that stays the same
+/// backend changes only flags and MAC, in one write.
+fn write_backend(maps: &mut Maps, id: u32, backend: &Backend) -> Result<(), MapsError> {
+    let live = maps.backend(id)?;
+    let same_backend = live.flags & BACKEND_F_ACTIVE != 0
+        && live.vip_id == backend.vip_id
+        && live.addr == backend.addr
+        && live.family == backend.family;
+    if !same_backend {
+        maps.set_backend(
+            id,
+            &Backend {
+                flags: 0,
+                ..*backend
+            },
+        )?;
+    }
+    maps.set_backend(id, backend)
 }

@@ -4,8 +4,15 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
     time::Duration,
 };
+
+use crate::netns::Netns;
 
 /// GET `path` from `addr:port` on a new connection; the body, trimmed.
 pub fn get(addr: IpAddr, port: u16, path: &str) -> Result<String, String> {
@@ -98,6 +105,11 @@ impl Stream {
         }
     }
 
+    /// The client side's address: with the VIP's, it names the flow.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local address")
+    }
+
     /// The next chunk's text, or `None` at the end of the stream.
     pub fn next_chunk(&mut self) -> Result<Option<String>, String> {
         let mut size = String::new();
@@ -120,5 +132,57 @@ impl Stream {
         }
         data.truncate(n);
         String::from_utf8(data).map(Some).map_err(|e| e.to_string())
+    }
+}
+
+/// Requests (`GET /`) in a loop on another thread, from namespace
+/// `client`, until stopped: how many succeeded, and the errors of those
+/// that failed.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub fn start(client: &Netns, addr: IpAddr, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let client = client.name.clone();
+        let (s, o) = (stop.clone(), ok.clone());
+        let thread = thread::spawn(move || {
+            crate::netns::enter_named(&client, || {
+                let mut errors = Vec::new();
+                while !s.load(Ordering::Relaxed) {
+                    match get(addr, port, "/") {
+                        Ok(_) => {
+                            o.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                errors
+            })
+        });
+        Self {
+            stop,
+            ok,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.thread.take().unwrap().join().unwrap();
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -184,6 +184,13 @@ impl Lbd {
         self.spawn();
     }
 
+    /// Start lbd again with the same configuration file and `args` in
+    /// place of the extra arguments it had.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -4,9 +4,12 @@
 
 pub mod backend_server;
 pub mod capture;
+pub mod flood;
 pub mod harness;
 pub mod http_client;
 pub mod lbd;
 pub mod netns;
 pub mod packets;
+pub mod pins;
+pub mod release;
 pub mod topology;

@@ -7,13 +7,19 @@
 use std::{net::UdpSocket, process::Command, time::Duration};
 
 use aya::programs::XdpMode;
-use lb_common::{Reason, flow::PROTO_UDP, maps::PROG_LB};
+use lb_common::{
+    Reason,
+    flow::PROTO_UDP,
+    maps::{MAP_DECAP_ADDRS, PROG_LB},
+};
 use lb_tests::{
     harness::*,
     lbd::binary,
     netns::{Netns, veth},
     packets::*,
+    pins,
 };
+use lb_userspace::layout::MapShape;
 
 /// Run lb-decap in `ns` (nsenter keeps the host's bpffs, unlike
 /// `ip netns exec`).
@@ -963,5 +969,62 @@ fn cp_decap_attach_reports_or_replaces_the_dead_link_of_another_interface() {
     assert_eq!(
         status(&backend_ns, pin_dir)["interfaces"],
         serde_json::json!(["d1"])
+    );
+}
+
+/// lb-decap checks its pins as lbd does: a map of another layout (here an
+/// address map with 8-byte values) is refused by the command that would
+/// replace the program and by the one that only reads, naming the map and
+/// what to do on a backend; no pin changes.
+#[test]
+fn cp_decap_tool_refuses_a_pinned_map_of_another_layout() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    veth(&peer_ns, "peer0", &backend_ns, "be0");
+    let pins_at = PinDir::new("decaplayout");
+    let pin_dir = pins_at.0.as_str();
+    let attach_args = [
+        "attach",
+        "-i",
+        "be0",
+        "-a",
+        BACKEND_V4[0],
+        "-s",
+        OUTER_SRC_V4,
+    ];
+    lb_decap(&backend_ns, pin_dir, &attach_args).expect("attach");
+    let dir = std::path::Path::new(pin_dir);
+    let addrs = dir.join(MAP_DECAP_ADDRS);
+    let ours = pins::shape(&addrs);
+    let original = pins::replace(
+        &addrs,
+        MapShape {
+            value_size: ours.value_size + 4,
+            ..ours
+        },
+    );
+    let before = pins::objects(dir);
+    let refusal = |doing: &str| {
+        format!(
+            "lb-decap: {doing} the data plane pinned at {pin_dir}: pinned map DECAP_ADDRS: \
+             value size 8, this lb-decap needs 4: run the lb-decap version that pinned them, \
+             or `lb-decap detach` from every interface first (tunnels go undecoded until the \
+             next attach)\n"
+        )
+    };
+    assert_eq!(
+        lb_decap(&backend_ns, pin_dir, &attach_args).unwrap_err(),
+        refusal("loading")
+    );
+    assert_eq!(
+        lb_decap(&backend_ns, pin_dir, &["status"]).unwrap_err(),
+        refusal("opening")
+    );
+    assert_eq!(pins::objects(dir), before, "a pin changed");
+
+    pins::restore(&addrs, &original);
+    assert_eq!(
+        status(&backend_ns, pin_dir)["addresses"],
+        serde_json::json!([BACKEND_V4[0]])
     );
 }

@@ -7,11 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::{
+    Reason,
+    maps::{LAYOUT_VERSION, MAP_CONNS, MAP_GLOBAL_STATS, MAP_LAYOUT_VERSION},
+    stats::REASON_COUNT,
+};
 use lb_tests::{
     capture::Capture,
     lbd::{Lbd, Paths},
     netns::{Netns, veth},
+    pins,
 };
+use lb_userspace::layout::{self, MapShape, PinOwner};
 use serde_json::{Value, json};
 
 const VIP: &str = "198.51.100.10";
@@ -441,8 +448,12 @@ fn pinned_maps(lbd: &Lbd) -> lb_userspace::maps::Maps {
         probation_entries: lb_common::maps::probation_entries_for(4096),
         frag_entries: lb_common::maps::DEFAULT_FRAG_ENTRIES,
     };
-    let mut dp = lb_userspace::datapath::Datapath::load_pinned(sizes, &lbd.paths.pin_dir)
-        .expect("open the pinned maps");
+    let mut dp = lb_userspace::datapath::Datapath::open_pinned(
+        sizes,
+        &lbd.paths.pin_dir,
+        lb_userspace::layout::PinOwner::LBD,
+    )
+    .expect("open the pinned maps");
     lb_userspace::maps::Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps")
 }
 
@@ -1642,10 +1653,16 @@ fn cp_drain_deadline_and_lbctl_edits_survive_sigkill_and_restart() {
         lbd.log()
     );
 
+    // When the data plane first shows it cut, measured from the drain.
     let down = || pinned_maps(&lbd).backend(b1).unwrap().flags & BACKEND_F_DOWN != 0;
-    assert!(!down(), "cut before its deadline");
-    wait_for("the drain deadline", Duration::from_secs(10), down);
-    let at = drained.elapsed();
+    let at = loop {
+        let now = drained.elapsed();
+        if down() {
+            break now;
+        }
+        assert!(now < Duration::from_secs(10), "never cut");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         at >= Duration::from_secs(5) && at <= Duration::from_secs(8),
         "cut {at:?} after the drain, not 6 s ± 1 tick"
@@ -1681,6 +1698,196 @@ fn cp_a_file_edited_while_lbd_was_down_wins_over_saved_edits() {
         lbd.log().contains("the configuration file changed since"),
         "{}",
         lbd.log()
+    );
+}
+
+/// Run lbd over `lbd`'s pins with `config` and expect it to refuse with
+/// exactly `failure`, leaving every pin as it was (the same maps, the same
+/// links to the same programs), while the running program keeps
+/// forwarding the flows from `ports`.
+fn assert_refused_and_untouched(
+    site: &Site,
+    lbd: &Lbd,
+    config: &Value,
+    failure: &str,
+    ports: std::ops::Range<u16>,
+) {
+    let pin_dir = &lbd.paths.pin_dir;
+    let before = pins::objects(pin_dir);
+    let stats = pin_dir.join(MAP_GLOBAL_STATS);
+    let tx_before = pins::count(&stats, Reason::Tx as u32);
+    let out = lbd_once(site, lbd, "refused.json", config);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("lbd: "))
+        .unwrap_or_else(|| panic!("no failure line in:\n{stderr}"));
+    assert_eq!(line, failure);
+    assert_eq!(pins::objects(pin_dir), before, "a pin changed");
+    let sent = ports.len() as u64;
+    site.send_flows(ports);
+    wait_for(
+        "the running program forwarding",
+        Duration::from_secs(5),
+        || pins::count(&stats, Reason::Tx as u32) >= tx_before + sent,
+    );
+}
+
+/// A pinned map whose layout is not this lbd's (here a connection table
+/// whose entries are 8 bytes longer, as a release with another
+/// `ConnEntry` would pin) is refused before anything is loaded, naming the
+/// map, the difference and what to do: no pin changes and the running
+/// program keeps forwarding. With the original map back, lbd adopts it all.
+#[test]
+fn cp_a_pinned_map_of_another_layout_is_refused_naming_it_and_nothing_changes() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("layout"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.establish_flows(43000..43010);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    lbd.kill();
+    let conns = lbd.paths.pin_dir.join(MAP_CONNS);
+    let ours = pins::shape(&conns);
+    let original = pins::replace(
+        &conns,
+        MapShape {
+            value_size: ours.value_size + 8,
+            ..ours
+        },
+    );
+    let failure = format!(
+        "lbd: starting: loading the data plane (pins in {}): pinned map CONNS: value size 24, \
+         this lbd needs 16: run the lbd version that pinned them, or `lbd --teardown` first \
+         (drops connections)",
+        lbd.paths.pin_dir.display()
+    );
+    assert_refused_and_untouched(&site, &lbd, &written_config(&lbd), &failure, 43010..43020);
+
+    pins::restore(&conns, &original);
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["adopted_running_data_plane"], true);
+    assert!(
+        status["connection_entries"].as_u64().unwrap() >= 10,
+        "{status}"
+    );
+}
+
+/// A counter map pinned by an lbd that had fewer reasons (rows are added
+/// at the end of the table) grows to this lbd's reasons: the counts it
+/// held are kept, and the counters it lacked count from zero.
+#[test]
+fn cp_a_pinned_counter_map_with_fewer_reasons_grows_and_keeps_its_counts() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("grow"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.kill();
+    let stats = lbd.paths.pin_dir.join(MAP_GLOBAL_STATS);
+    let ours = pins::shape(&stats);
+    assert_eq!(ours.max_entries, REASON_COUNT);
+    // As an lbd from before new_flow and the reasons after it left it.
+    let older = Reason::NewFlow as u32;
+    let _running = pins::replace(
+        &stats,
+        MapShape {
+            max_entries: older,
+            ..ours
+        },
+    );
+    let mut counts = pins::counters(&stats);
+    pins::set_count(&mut counts, Reason::Tx as u32, &[1000, 234]);
+    pins::set_count(&mut counts, Reason::ConnMiss as u32, &[56]);
+    drop(counts);
+
+    lbd.restart();
+    let grown = format!("GLOBAL_STATS: grown from {older} to {REASON_COUNT} counters, counts kept");
+    assert!(lbd.log().contains(&grown), "{}", lbd.log());
+    assert_eq!(pins::shape(&stats).max_entries, REASON_COUNT);
+    assert_eq!(counter(&lbd, "tx"), 1234);
+    assert_eq!(counter(&lbd, "conn_miss"), 56);
+    for missing in &Reason::ALL[older as usize..] {
+        assert_eq!(counter(&lbd, missing.name()), 0, "{}", missing.name());
+    }
+    site.send_flows(43100..43110);
+    wait_for("10 more forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 1244
+    });
+    assert_eq!(counter(&lbd, "conn_miss"), 66);
+    assert_eq!(
+        counter(&lbd, "new_flow"),
+        10,
+        "a counter the old map lacked"
+    );
+}
+
+/// Pins of a newer layout version than this lbd's (a newer lbd pinned
+/// them, and this is a downgrade past a layout change) are refused, saying
+/// so: nothing changes and forwarding goes on.
+#[test]
+fn cp_pins_of_a_newer_layout_version_are_refused() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("newer"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.kill();
+    let pin_dir = lbd.paths.pin_dir.clone();
+    let version = || layout::read_version(&pin_dir, PinOwner::LBD).unwrap();
+    assert_eq!(version(), Some(LAYOUT_VERSION));
+    layout::write_version(&pin_dir, LAYOUT_VERSION + 1).unwrap();
+    let failure = format!(
+        "lbd: starting: loading the data plane (pins in {}): the pinned maps have layout \
+         version {}, newer than this lbd's {LAYOUT_VERSION}: they were pinned by a newer lbd \
+         (a downgrade past a layout change); run that version or a newer one, or \
+         `lbd --teardown` first (drops connections)",
+        pin_dir.display(),
+        LAYOUT_VERSION + 1
+    );
+    assert_refused_and_untouched(&site, &lbd, &written_config(&lbd), &failure, 43200..43210);
+    assert_eq!(version(), Some(LAYOUT_VERSION + 1));
+
+    layout::write_version(&pin_dir, LAYOUT_VERSION).unwrap();
+    lbd.restart();
+    assert_eq!(lbd.json(&["status"])["adopted_running_data_plane"], true);
+}
+
+/// v0.1.0 pinned no layout version: such pins are the first layout, are
+/// adopted with their connections, and get this lbd's version.
+#[test]
+fn cp_pins_without_a_layout_version_are_adopted_as_the_first_layout() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("unversioned"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.establish_flows(43300..43310);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    lbd.kill();
+    let pin_dir = lbd.paths.pin_dir.clone();
+    std::fs::remove_file(pin_dir.join(MAP_LAYOUT_VERSION)).unwrap();
+    lbd.restart();
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["adopted_running_data_plane"], true);
+    assert!(
+        status["connection_entries"].as_u64().unwrap() >= 10,
+        "{status}"
+    );
+    assert_eq!(
+        layout::read_version(&pin_dir, PinOwner::LBD).unwrap(),
+        Some(LAYOUT_VERSION)
     );
 }
 
@@ -2001,4 +2208,221 @@ fn cp_restart_swaps_the_program_into_an_interface_no_longer_configured_and_warns
     std::fs::remove_file(&link).unwrap();
     assert_eq!(site.lb.xdp_program_id("ex0"), None);
     assert_eq!(site.lb.xdp_program_id("lb0"), Some(now));
+}
+
+/// The `lb_common::maps` flags of backend `addr` in the pinned BACKENDS map.
+fn pinned_backend_flags(lbd: &Lbd, addr: &str) -> u8 {
+    let id = backend_id(lbd, addr);
+    pinned_maps(lbd).backend(id).unwrap().flags
+}
+
+/// Defect: while an interface of `interfaces` was gone, every re-apply
+/// (health change, drain expiry) re-inserted its old index into TX_PORTS,
+/// which the kernel refuses (EINVAL): the write failed and was rolled back,
+/// so a backend lbctl showed down kept getting traffic, and lbctl edits
+/// failed on the missing interface. Now a health change and an edit reach
+/// the data plane while out0 is gone, and out0 is attached again when it
+/// returns.
+#[test]
+fn cp_health_changes_and_edits_reach_the_data_plane_while_an_interface_is_gone() {
+    use lb_common::maps::{BACKEND_F_DOWN, BACKEND_F_DRAINING};
+    let site = Site::new();
+    lb_veth_pair(&site, "out0", "out1");
+    let check = json!({"type": "tcp", "port": 8053, "interval_ms": 100, "timeout_ms": 50, "rise": 2, "fall": 3, "through_tunnel": false});
+    let mut listeners: Vec<TcpListener> = site.lb.enter(|| {
+        [B1, B2]
+            .iter()
+            .map(|b| TcpListener::bind((*b, 8053)).expect("listen"))
+            .collect()
+    });
+    let mut config = site.config(&[B1, B2], check);
+    config["interfaces"] = json!([{"name": "lb0"}, {"name": "out0"}]);
+    let lbd = Lbd::start(&site.lb, Paths::new("gone"), config);
+    let health = |addr: &str| backend_row(&lbd, addr)["health"].clone();
+    wait_for("both backends up", Duration::from_secs(5), || {
+        health(B1) == "up" && health(B2) == "up"
+    });
+    let out0 = |lbd: &Lbd| lbd.json(&["status"])["interfaces"][1].clone();
+    let old_index = site.lb.ifindex("out0");
+    let ports = |lbd: &Lbd| -> Vec<u32> {
+        pinned_maps(lbd)
+            .tx_ports()
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert!(ports(&lbd).contains(&old_index));
+
+    site.lb.exec(&["ip", "link", "del", "out0"]);
+    wait_for("status saying out0 is gone", Duration::from_secs(2), || {
+        out0(&lbd)["state"] == "gone"
+    });
+
+    // A health change reaches the data plane.
+    drop(listeners.remove(0));
+    wait_for("B1 down in lbctl", Duration::from_secs(5), || {
+        health(B1) == "down"
+    });
+    wait_for("B1 down in BACKENDS", Duration::from_secs(2), || {
+        pinned_backend_flags(&lbd, B1) & BACKEND_F_DOWN != 0
+    });
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 1);
+
+    // So does an lbctl edit.
+    lbd.json(&["backend", "drain", VIP_REF, B2]);
+    assert_ne!(pinned_backend_flags(&lbd, B2) & BACKEND_F_DRAINING, 0);
+    assert_eq!(lbd.json(&["vip", "list"])[0]["in_table"], 0);
+    lbd.json(&["backend", "undrain", VIP_REF, B2]);
+    assert_eq!(pinned_backend_flags(&lbd, B2) & BACKEND_F_DRAINING, 0);
+    assert!(
+        !lbd.log().contains("Invalid argument") && !lbd.log().contains("restoring"),
+        "{}",
+        lbd.log()
+    );
+
+    // out0 comes back: attached again, its new index open for redirects.
+    lb_veth_pair(&site, "out0", "out1");
+    let new_index = site.lb.ifindex("out0");
+    assert_ne!(new_index, old_index, "the kernel reused the index");
+    wait_for("out0 attached again", Duration::from_secs(2), || {
+        let s = out0(&lbd);
+        s["state"] == "attached" && s["ifindex"] == new_index && s["reattached"] == 1
+    });
+    let open = ports(&lbd);
+    assert!(
+        open.contains(&new_index) && !open.contains(&old_index),
+        "{open:?}"
+    );
+    drop(listeners);
+}
+
+/// Defect: the rollback of a failed apply rewrote every VIP from scratch,
+/// republishing every ring (and a re-apply failing once a second did so
+/// each second). It now writes back only what the failed apply may have
+/// written: a VIP the change did not touch keeps the ring it serves from.
+#[test]
+fn cp_a_failed_apply_rewrites_only_the_vips_it_changed() {
+    use lb_userspace::{config::Protocol, image::vip_key};
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["vips"].as_array_mut().unwrap().push(
+        json!({"address": VIP, "port": 80, "protocol": "tcp", "backends": [{"address": B3}]}),
+    );
+    let lbd = Lbd::start(&site.lb, Paths::new("restore-diff"), config);
+    let web = vip_key(VIP.parse().unwrap(), 80, Protocol::Tcp).into();
+    let active_ring = || {
+        pinned_maps(&lbd)
+            .vip(&web)
+            .unwrap()
+            .expect("VIP :80 in the data plane")
+            .active_ring
+    };
+    let before = active_ring();
+    freeze_pinned_map(&lbd.paths.pin_dir.join(lb_common::maps::MAP_CONFIG));
+
+    let mut file = written_config(&lbd);
+    file["vips"][0]["backends"] = json!([{"address": B2}, {"address": B3}]);
+    file["mtu"] = json!(1400);
+    let path = lbd.paths.dir.join("apply.json");
+    std::fs::write(&path, file.to_string()).unwrap();
+    assert!(
+        !lbd.ctl(&["apply", "-f", path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        lbd.log().contains("previous state restored"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(
+        active_ring(),
+        before,
+        "the untouched VIP's ring was republished"
+    );
+    assert_serves(&site, &lbd, &[B1, B2], false, 41500..41520);
+}
+
+/// Defect: the runtime state held the running configuration with
+/// `--tunnel-source-v4` applied, so a restart without the flag silently
+/// kept the old address. Now the file's address comes back, in the
+/// running configuration and in the data plane, and lbctl's edits stay.
+#[test]
+fn cp_a_restart_without_the_tunnel_source_flag_takes_the_files_and_keeps_edits() {
+    const NODE: &str = "198.51.100.3";
+    const FILE: &str = "198.51.100.2";
+    let site = Site::new();
+    let config = site.config(&[B1, B2], json!({"type": "none"}));
+    assert_eq!(config["tunnel_source"]["ipv4"], FILE);
+    let mut lbd = Lbd::start_with(
+        &site.lb,
+        Paths::new("node-dropped"),
+        config,
+        &["--tunnel-source-v4", NODE],
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "3"]);
+    let outer_source = |lbd: &Lbd| {
+        let source: std::net::Ipv4Addr = pinned_maps(lbd).config().unwrap().outer_src_v4.into();
+        (
+            lbd.json(&["config", "dump"])["tunnel_source"]["ipv4"].clone(),
+            source.to_string(),
+        )
+    };
+    assert_eq!(outer_source(&lbd), (json!(NODE), NODE.to_string()));
+
+    lbd.kill();
+    lbd.restart_with(&[]);
+    assert!(
+        lbd.log().contains("resuming the saved runtime state"),
+        "{}",
+        lbd.log()
+    );
+    assert_eq!(outer_source(&lbd), (json!(FILE), FILE.to_string()));
+    assert_eq!(backend_row(&lbd, B2)["weight"], 3, "the edit was lost");
+
+    // Given again, the flag wins again.
+    lbd.restart_with(&["--tunnel-source-v4", NODE]);
+    assert_eq!(outer_source(&lbd), (json!(NODE), NODE.to_string()));
+    assert_eq!(backend_row(&lbd, B2)["weight"], 3, "the edit was lost");
+}
+
+/// Defect: the state file was resumed over any pins in its pin directory.
+/// With `state_file` on persistent storage, a start after a reboot that
+/// made the pins anew and then failed before saving its own state left the
+/// old file behind, and the next start resumed edits from before the
+/// reboot. The state now names the data plane it was written for; here the
+/// pins are made anew (a teardown and a start) and the old file is put
+/// back: it is not used, and lbd says why.
+#[test]
+fn cp_a_state_file_written_for_other_pins_is_not_resumed() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("otherpins"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    lbd.json(&["backend", "weight", VIP_REF, B2, "5"]);
+    lbd.kill();
+    let state_file = lbd.paths.dir.join("state.json");
+    let old_state = std::fs::read(&state_file).expect("state saved");
+    let out = lbd_output(&["--config", lbd.paths.config.to_str().unwrap(), "--teardown"]);
+    assert!(out.status.success(), "{out:?}");
+
+    lbd.restart();
+    lbd.kill();
+    std::fs::write(&state_file, &old_state).unwrap();
+    lbd.restart();
+    assert_eq!(
+        backend_row(&lbd, B2)["weight"],
+        1,
+        "edits of another data plane resumed"
+    );
+    let log = lbd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("saved runtime state not used")
+                && l.contains("it was written for another data plane (CONNS map id")),
+        "{log}"
+    );
 }

@@ -489,6 +489,7 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         },
         |v| v["too_big_answers"] = json!({"per_second": 2000000}),
         |v| v["too_big_answers"] = json!({"burst": 0}),
+        |v| v["conn_promotions"] = json!({"per_second": 0}),
         |v| v["tables"] = json!({"ring_size": 65536}),
         |v| v["tables"] = json!({"max_vips": 40000}),
         |v| v["tables"] = json!({"conn_entries": 0}),
@@ -610,7 +611,10 @@ fn configuration_doc_states_the_through_tunnel_default() {
 
 #[test]
 fn architecture_doc_names_every_pinned_map_and_the_link() {
-    for name in PINNED_MAPS {
+    for name in PINNED_MAPS
+        .iter()
+        .chain([&lb_common::maps::MAP_LAYOUT_VERSION])
+    {
         assert!(
             ARCHITECTURE.contains(&format!("`{name}`")),
             "docs/architecture.md does not describe map {name}"

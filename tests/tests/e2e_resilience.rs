@@ -6,17 +6,13 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     backend_server::BackendServer,
-    http_client::{Stream, get},
+    http_client::{Load, Stream, get},
     lbd::{Lbd, Paths},
     topology::{Topology, VIP, VIP6},
 };
@@ -61,48 +57,6 @@ fn spread(topo: &Topology, addr: IpAddr, requests: usize) -> BTreeMap<String, us
         }
         counts
     })
-}
-
-/// Requests in a loop on another thread until stopped: how many succeeded,
-/// and the errors of those that failed.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    thread: Option<thread::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(topo: &Topology) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let client = topo.client.name.clone();
-        let (s, o) = (stop.clone(), ok.clone());
-        let thread = thread::spawn(move || {
-            lb_tests::netns::enter_named(&client, || {
-                let mut errors = Vec::new();
-                while !s.load(Ordering::Relaxed) {
-                    match get(VIP.into(), 80, "/") {
-                        Ok(_) => {
-                            o.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => errors.push(e),
-                    }
-                }
-                errors
-            })
-        });
-        Self {
-            stop,
-            ok,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let errors = self.thread.take().unwrap().join().unwrap();
-        (self.ok.load(Ordering::Relaxed), errors)
-    }
 }
 
 #[test]
@@ -208,7 +162,7 @@ fn e2e_lbd_killed_and_restarted_under_load_loses_nothing() {
         .enter(|| Stream::open(VIP.into(), 80, "/stream?tokens=30&ms=100"))
         .unwrap();
     let mut text = stream.next_chunk().unwrap().unwrap();
-    let load = Load::start(&topo);
+    let load = Load::start(&topo.client, VIP.into(), 80);
     thread::sleep(Duration::from_millis(500));
     lbd.kill();
     thread::sleep(Duration::from_millis(500));
@@ -241,7 +195,7 @@ fn e2e_broken_config_under_load_is_rejected_without_a_failed_request() {
         topo.lbd_config(80, "tcp", http_check()),
     );
     wait_healthy(&lbd, 3);
-    let load = Load::start(&topo);
+    let load = Load::start(&topo.client, VIP.into(), 80);
     thread::sleep(Duration::from_millis(300));
     let mut broken = lbd.json(&["config", "dump"]);
     broken["vips"][0]["backends"][0]["address"] = json!("198.51.100.999");

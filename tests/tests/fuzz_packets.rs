@@ -13,10 +13,10 @@ use etherparse::Ipv4Header;
 use lb_common::{
     Reason,
     flow::{PROTO_TCP, PROTO_UDP},
-    maps::{BACKEND_F_DRAINING, VIP_F_PORTLESS, probation_entries_for},
+    maps::{PromotionLimit, VIP_F_PORTLESS},
     stats::ReasonKind,
 };
-use lb_tests::{harness::*, packets::*};
+use lb_tests::{flood::*, harness::*, packets::*};
 use lb_userspace::maps::FillMethod;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
@@ -314,75 +314,24 @@ fn fuzz_syn_flood_from_spoofed_sources_does_not_evict_real_connections() {
     assert_eq!(t.lb.maps.conn_count(usize::MAX), real.len());
 }
 
-/// Real flows, and how a flood of spoofed one-packet flows treats them.
-const REAL_FLOWS: u16 = 1000;
-const FLOOD_CONN_ENTRIES: u32 = 4096;
-
-/// The `i`th real client's packet to the VIP (`proto` TCP: an ACK with
-/// data; UDP: a datagram).
-fn real_packet(proto: u8, i: u16) -> Vec<u8> {
-    let client = format!("203.0.113.{}", i % 250 + 1);
-    if proto == PROTO_TCP {
-        tcp4(&client, 20000 + i, VIP_V4, 80, Tcp::Ack, b"data")
-    } else {
-        udp4(&client, 20000 + i, VIP_V4, 80, b"data")
-    }
+/// A flood of ten times the connection table, `per_flow` packets per
+/// spoofed 5-tuple of `proto`, the real flows idle or speaking every
+/// `active_gap` flood packets.
+fn spoofed_flood(proto: u8, per_flow: u32, active_gap: Option<u32>) -> (Lb, FloodOutcome) {
+    flood(FloodShape {
+        proto,
+        packets: FLOOD_CONN_ENTRIES * 10,
+        per_flow,
+        active_gap,
+        seed: seed() ^ 3 ^ proto as u64,
+        limit: PromotionLimit::default(),
+    })
 }
 
-/// The outer destination of a tunnelled IPv4 frame: the backend it reached.
-fn tunnel_destination(out: &Outcome) -> [u8; 4] {
-    assert_eq!(out.action, XDP_TX, "{out:?}");
-    out.data[30..34].try_into().unwrap()
-}
-
-/// Establish `REAL_FLOWS` flows of `proto`, move the ring so that every one
-/// of them would land elsewhere if rescheduled, flood ten times the
-/// connection table with spoofed one-packet flows of the same protocol from
-/// random sources, and return how many real flows still reach the backend
-/// they started on.
-fn real_flows_kept_through_a_spoofed_flood(proto: u8) -> usize {
-    let mut lb = Lb::with_sizes(lb_userspace::datapath::MapSizes {
-        conn_entries: FLOOD_CONN_ENTRIES,
-        probation_entries: probation_entries_for(FLOOD_CONN_ENTRIES),
-        ..Lb::standard_sizes()
-    });
-    let key = vip_key(VIP_V4, 80, proto);
-    let first = [
-        BackendSpec::new(1, BACKEND_V4[0]),
-        BackendSpec::new(2, BACKEND_V4[1]),
-    ];
-    lb.add_vip(key, 0, &first);
-    // Handshake ACK and request (TCP), or two datagrams (UDP): established.
-    let mut owner = Vec::new();
-    for i in 0..REAL_FLOWS {
-        let p = to_lb(&real_packet(proto, i));
-        let went = tunnel_destination(&lb.run(&p));
-        assert_eq!(tunnel_destination(&lb.run(&p)), went);
-        owner.push(went);
-    }
-    assert_eq!(lb.maps.conn_count(usize::MAX), REAL_FLOWS as usize);
-    // The first backends drain (kept for established flows only) and two
-    // new ones take the whole ring.
-    let mut moved = first.to_vec();
-    for b in &mut moved {
-        b.flags |= BACKEND_F_DRAINING;
-    }
-    moved.push(BackendSpec::new(3, BACKEND_V4[2]));
-    moved.push(BackendSpec::new(4, "198.51.100.104"));
-    lb.set_backends(&key, &moved);
-    // Spoofed sources: random addresses and ports, one packet each.
-    let mut rng = SmallRng::seed_from_u64(seed() ^ 3 ^ proto as u64);
-    for _ in 0..FLOOD_CONN_ENTRIES * 10 {
-        let src = format!("192.0.2.{}", rng.random::<u8>());
-        let sport = rng.random_range(1024..=65535);
-        let p = if proto == PROTO_TCP {
-            tcp4(&src, sport, VIP_V4, 80, Tcp::Ack, b"")
-        } else {
-            udp4(&src, sport, VIP_V4, 80, b"")
-        };
-        assert_eq!(lb.run(&to_lb(&p)).action, XDP_TX);
-    }
-    // The kernel's element counts agree with a walk over the keys.
+/// One packet per spoofed flow: only the probation table churns, and the
+/// kernel's element counts agree with a walk over the keys.
+fn one_packet_flood_keeps_established_flows(proto: u8) {
+    let (lb, o) = spoofed_flood(proto, 1, None);
     let fill = lb.maps.fill(usize::MAX).unwrap();
     assert_eq!(fill.method, FillMethod::Kernel);
     assert_eq!(
@@ -393,30 +342,71 @@ fn real_flows_kept_through_a_spoofed_flood(proto: u8) -> usize {
         )
     );
     assert!(fill.probation.entries <= fill.probation.capacity as u64);
-    (0..REAL_FLOWS)
-        .filter(|&i| {
-            let out = lb.run(&to_lb(&real_packet(proto, i)));
-            tunnel_destination(&out) == owner[i as usize]
-        })
-        .count()
-}
-
-#[test]
-fn fuzz_spoofed_ack_flood_does_not_move_established_tcp_flows() {
-    let kept = real_flows_kept_through_a_spoofed_flood(PROTO_TCP);
-    eprintln!("TCP: {kept} of {REAL_FLOWS} real flows kept their backend");
+    eprintln!(
+        "proto {proto}: {} of {REAL_FLOWS} real flows kept their backend",
+        o.idle_kept
+    );
     assert!(
-        kept * 100 >= REAL_FLOWS as usize * 99,
-        "only {kept} of {REAL_FLOWS} real flows kept their backend"
+        o.idle_kept * 100 >= REAL_FLOWS as usize * 99,
+        "only {} of {REAL_FLOWS} real flows kept their backend",
+        o.idle_kept
     );
 }
 
 #[test]
-fn fuzz_spoofed_udp_flood_does_not_move_established_udp_flows() {
-    let kept = real_flows_kept_through_a_spoofed_flood(PROTO_UDP);
-    eprintln!("UDP: {kept} of {REAL_FLOWS} real flows kept their backend");
-    assert!(
-        kept * 100 >= REAL_FLOWS as usize * 99,
-        "only {kept} of {REAL_FLOWS} real flows kept their backend"
-    );
+fn fuzz_spoofed_one_packet_ack_flood_does_not_move_established_tcp_flows() {
+    one_packet_flood_keeps_established_flows(PROTO_TCP);
+}
+
+#[test]
+fn fuzz_spoofed_one_packet_udp_flood_does_not_move_established_udp_flows() {
+    one_packet_flood_keeps_established_flows(PROTO_UDP);
+}
+
+/// Without a promotion limit a flood that sends two packets per spoofed
+/// 5-tuple enters the connection table at half its packet rate: 20,480
+/// flows through a table of 4,096. Idle flows are pushed out; a flow that
+/// speaks every 4,096 flood packets (2,048 promotions, half the table) is
+/// looked up again before the LRU reaches it and keeps its backend.
+#[test]
+fn fuzz_unlimited_two_packet_flood_moves_idle_flows_and_keeps_flows_that_speak() {
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        let (_, o) = spoofed_flood(proto, 2, Some(FLOOD_CONN_ENTRIES));
+        eprintln!("proto {proto}: {o:?}");
+        let pairs = (FLOOD_CONN_ENTRIES * 10 / 2) as u64;
+        assert!(o.promoted + 10 >= pairs, "{o:?}");
+        assert_eq!((o.active_kept, o.active), (500, 500), "{o:?}");
+        assert_eq!((o.idle_kept, o.idle), (0, 500), "{o:?}");
+    }
+}
+
+/// With a promotion limit, the same flood replaces no more of the table
+/// than the limit's credit allows, whatever its packet rate: here each CPU
+/// may promote 100 flows and earns one more only after 1,000 s, and every
+/// idle flow keeps its backend.
+#[test]
+fn fuzz_promotion_limit_keeps_idle_flows_through_a_two_packet_flood() {
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        let (lb, o) = flood(FloodShape {
+            proto,
+            packets: FLOOD_CONN_ENTRIES * 10,
+            per_flow: 2,
+            active_gap: None,
+            seed: seed() ^ 4 ^ proto as u64,
+            limit: PromotionLimit {
+                interval_ns: 1_000_000_000_000,
+                burst_ns: 100 * 1_000_000_000_000,
+            },
+        });
+        eprintln!("proto {proto}: {o:?}");
+        let cpus = lb.maps.cpus().unwrap() as u64;
+        assert!(o.promoted <= cpus * 101, "{o:?}");
+        let pairs = (FLOOD_CONN_ENTRIES * 10 / 2) as u64;
+        assert_eq!(
+            lb.count(Reason::ConnPromotionDeferred) + o.promoted,
+            pairs,
+            "each spoofed flow's second packet is promoted or deferred"
+        );
+        assert_eq!((o.idle_kept, o.idle), (REAL_FLOWS as usize, 1000), "{o:?}");
+    }
 }

@@ -624,6 +624,175 @@ fn golden_flow_on_probation_keeps_its_backend_after_a_table_change() {
     );
 }
 
+/// A limit that never has credit: every promotion is deferred.
+const NO_PROMOTIONS: PromotionLimit = PromotionLimit {
+    interval_ns: 1_000_000_000,
+    burst_ns: 0,
+};
+
+#[test]
+fn golden_promotion_over_the_limit_is_deferred_and_the_flow_stays_pinned_on_probation() {
+    let mut lb = Lb::new();
+    lb.maps.set_promotion_limit(&NO_PROMOTIONS).unwrap();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| tcp4(CLIENT_V4, p, VIP_V4, 80, Tcp::Ack, b"");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 2);
+    let ack = make(port);
+    let flow = flow_of(&ack);
+    let to_owner = Outcome {
+        action: XDP_TX,
+        data: tunnelled(&ack, &addr_of(&backends, owner)),
+    };
+    assert_eq!(lb.run(&to_lb(&ack)), to_owner);
+    let mut drained = backends.clone();
+    drained[1].flags |= BACKEND_F_DRAINING;
+    lb.set_backends(&key, &drained);
+    assert_eq!(lb.ring_backend(&key, &flow), other);
+    // Second and third packets: no credit, so not promoted; they follow
+    // the probation entry, not the ring.
+    for deferred in 1..=2 {
+        assert_eq!(lb.run(&to_lb(&ack)), to_owner);
+        assert_eq!(lb.maps.conn(&flow).unwrap(), None);
+        assert_eq!(
+            lb.maps
+                .probation_entry(&flow)
+                .unwrap()
+                .map(|e| e.backend_id),
+            Some(owner)
+        );
+        assert_eq!(
+            (
+                lb.count(Reason::ConnPromotionDeferred),
+                lb.count(Reason::ConnPromoted),
+                lb.count(Reason::ConnRescheduled),
+            ),
+            (deferred, 0, 0)
+        );
+    }
+    // With credit again, the next packet promotes it, to the same backend.
+    lb.maps
+        .set_promotion_limit(&PromotionLimit::default())
+        .unwrap();
+    assert_eq!(lb.run(&to_lb(&ack)), to_owner);
+    assert_eq!(
+        lb.maps.conn(&flow).unwrap().map(|e| e.backend_id),
+        Some(owner)
+    );
+    assert_eq!(lb.maps.probation_entry(&flow).unwrap(), None);
+    assert_eq!(lb.count(Reason::ConnPromoted), 1);
+}
+
+/// Keep the calling thread on the CPU it runs on: the promotion credit is
+/// per CPU, and BPF_PROG_TEST_RUN runs the program on the caller's CPU.
+fn stay_on_this_cpu() {
+    // SAFETY: plain syscalls on a zeroed, then filled, cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+#[test]
+fn golden_promotion_credit_is_earned_back_with_time() {
+    stay_on_this_cpu();
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 53, PROTO_UDP);
+    lb.add_vip(key, 0, &three_v4());
+    let a = to_lb(&udp4(CLIENT_V4, 40020, VIP_V4, 53, b"q"));
+    let b = to_lb(&udp4(CLIENT_V4, 40021, VIP_V4, 53, b"q"));
+    // One promotion's credit, and the next only after ten seconds.
+    lb.maps
+        .set_promotion_limit(&PromotionLimit {
+            interval_ns: 10_000_000_000,
+            burst_ns: 10_000_000_000,
+        })
+        .unwrap();
+    for p in [&a, &a, &b, &b] {
+        assert_eq!(lb.run(p).action, XDP_TX);
+    }
+    assert_eq!(
+        (
+            lb.count(Reason::ConnPromoted),
+            lb.count(Reason::ConnPromotionDeferred)
+        ),
+        (1, 1)
+    );
+    // A promotion now costs 100 ms of credit: 300 ms later there is some.
+    lb.maps
+        .set_promotion_limit(&PromotionLimit {
+            interval_ns: 100_000_000,
+            burst_ns: 1_000_000_000,
+        })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(lb.run(&b).action, XDP_TX);
+    assert_eq!(lb.count(Reason::ConnPromoted), 2);
+    assert_eq!(lb.maps.conn_count(usize::MAX), 2);
+}
+
+#[test]
+fn golden_deferred_flow_whose_backend_goes_down_is_pinned_to_its_new_backend() {
+    let mut lb = Lb::new();
+    lb.maps.set_promotion_limit(&NO_PROMOTIONS).unwrap();
+    let key = vip_key(VIP_V4, 53, PROTO_UDP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let make = |p| udp4(CLIENT_V4, p, VIP_V4, 53, b"q");
+    let (port, owner, other) = port_that_moves(&mut lb, &key, make, &backends, 2);
+    let dgram = make(port);
+    let flow = flow_of(&dgram);
+    assert_eq!(
+        lb.run(&to_lb(&dgram)).data,
+        tunnelled(&dgram, &addr_of(&backends, owner))
+    );
+    let mut down = backends.clone();
+    down[1].flags |= BACKEND_F_DOWN;
+    lb.set_backends(&key, &down);
+    let to_other = Outcome {
+        action: XDP_TX,
+        data: tunnelled(&dgram, &addr_of(&backends, other)),
+    };
+    // Rescheduled and deferred: the probation entry now names the new
+    // backend, so later packets go there even if the ring moves again.
+    assert_eq!(lb.run(&to_lb(&dgram)), to_other);
+    assert_eq!(
+        lb.maps
+            .probation_entry(&flow)
+            .unwrap()
+            .map(|e| e.backend_id),
+        Some(other)
+    );
+    assert_eq!(lb.count(Reason::ConnRescheduled), 1);
+    // The new backend drains: the ring gives the flow to the last one, the
+    // probation pin keeps it where it went.
+    let mut other_drains = down.clone();
+    for b in &mut other_drains {
+        if b.id == other {
+            b.flags |= BACKEND_F_DRAINING;
+        }
+    }
+    lb.set_backends(&key, &other_drains);
+    assert_ne!(lb.ring_backend(&key, &flow), other);
+    assert_eq!(lb.run(&to_lb(&dgram)), to_other);
+    assert_eq!(
+        (
+            lb.count(Reason::ConnRescheduled),
+            lb.count(Reason::ConnPromotionDeferred),
+            lb.maps.conn_count(usize::MAX)
+        ),
+        (1, 2, 0)
+    );
+}
+
 #[test]
 fn golden_flow_evicted_from_probation_is_still_balanced_by_the_ring() {
     let mut lb = Lb::new();

@@ -1,10 +1,12 @@
-//! Developer workflows: `cargo xtask setup | build | test | demo | bench`.
+//! Developer workflows: `cargo xtask setup | build | test | upgrade-test |
+//! demo | bench`.
 //!
 //! Every command first runs `setup`, which installs what building the eBPF
 //! program needs, idempotently, and says what it does. xtask itself depends
 //! on nothing of ours, so it builds on a machine that has nothing yet.
 
 mod setup;
+mod upgrade;
 
 use std::process::Command;
 
@@ -30,6 +32,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the previous release and test upgrading from it and back,
+    /// under traffic (needs root).
+    UpgradeTest,
     /// Run the demo (needs root).
     Demo,
     /// Run the benchmarks; results in target/bench/ (needs root).
@@ -64,6 +69,11 @@ fn main() -> Result<()> {
             let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
             test.extend(args.iter().map(String::as_str));
             cargo(&test)
+        }
+        Cmd::UpgradeTest => {
+            setup::run()?;
+            require_root("the test loads XDP programs and creates network namespaces")?;
+            upgrade::run(&workspace_root())
         }
         Cmd::Bench => {
             setup::run()?;
@@ -136,11 +146,17 @@ unsafe extern "C" {
 
 /// Run cargo (the one that runs us) in the workspace root.
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_in(&workspace_root(), args, &[])
+}
+
+/// Run cargo in `dir` with `envs` added to the environment.
+fn cargo_in(dir: &std::path::Path, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
-        .current_dir(workspace_root())
+        .envs(envs.iter().copied())
+        .current_dir(dir)
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {

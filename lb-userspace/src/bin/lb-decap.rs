@@ -24,6 +24,7 @@ use lb_common::{
 use lb_userspace::{
     datapath::{Datapath, MapSizes, link_pin_path},
     decap_sources::{DecapSources, IpNet, parse_source},
+    layout::PinOwner,
     maps::Maps,
     netdev,
     pin_lock::PinDirLock,
@@ -190,8 +191,11 @@ fn allowed(sources: Vec<IpNet>, any: bool) -> anyhow::Result<DecapSources> {
 /// creating the maps an older release did not pin: for `attach`.
 fn load(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
     lb_userspace::bpffs::prepare(pin_dir)?;
-    let mut dp = Datapath::load_pinned(SIZES, pin_dir)
+    let mut dp = Datapath::load_pinned(SIZES, pin_dir, PinOwner::LB_DECAP)
         .with_context(|| format!("loading the data plane pinned at {}", pin_dir.display()))?;
+    for m in &dp.migrations {
+        eprintln!("lb-decap: migrated a pinned map to this version's layout: {m}");
+    }
     let maps = Maps::take(&mut dp.ebpf, SIZES.ring_size)?;
     Ok((dp, maps))
 }
@@ -200,7 +204,7 @@ fn load(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
 /// commands that leave the running program alone.
 fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
     lb_userspace::bpffs::prepare(pin_dir)?;
-    let mut dp = Datapath::open_pinned(SIZES, pin_dir)
+    let mut dp = Datapath::open_pinned(SIZES, pin_dir, PinOwner::LB_DECAP)
         .with_context(|| format!("opening the data plane pinned at {}", pin_dir.display()))?;
     let maps = Maps::take(&mut dp.ebpf, SIZES.ring_size)?;
     Ok((dp, maps))

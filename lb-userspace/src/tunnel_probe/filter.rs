@@ -9,23 +9,37 @@
 //! probe also re-checks every field it relies on in userspace: a packet
 //! queued before the filter was attached is not filtered.
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 
 use libc::sock_filter;
 use socket2::SockFilter;
 
-use super::packet::{TCP_ACK, TCP_RST, TCP_SYN};
+use super::packet::{TCP_ACK, TCP_RST, TCP_SYN, TcpReply};
 
-/// What a probe's receive socket lets through: a TCP segment from
-/// `(vip, vip_port)` to the probe's `sport` that acknowledges its SYN
-/// (`ack` = ISN + 1) and is a SYN-ACK or a reset.
+/// The replies that answer one TCP probe: a segment from the VIP and check
+/// port to the probe's source port that acknowledges its SYN (`ack` =
+/// ISN + 1) and is a SYN-ACK or a reset. Port and ISN are the probe's own
+/// (`TcpProbeId`), so a reply to another probe never matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyMatch {
-    /// Only for IPv4 (see the module documentation).
-    pub vip_v4: Option<Ipv4Addr>,
-    pub vip_port: u16,
-    pub sport: u16,
+    /// Where the probe went: the reply's source.
+    pub vip: SocketAddr,
+    /// Where the probe came from: the reply's destination.
+    pub probe: SocketAddr,
     pub ack: u32,
+}
+
+impl ReplyMatch {
+    /// Whether `r` answers the probe: the check in userspace, of every
+    /// field, after the filter (which cannot test an IPv6 source, and does
+    /// not see what was queued before it was attached).
+    pub fn accepts(&self, r: &TcpReply) -> bool {
+        r.src == self.vip.ip()
+            && r.sport == self.vip.port()
+            && r.dport == self.probe.port()
+            && r.ack == self.ack
+            && (r.is_syn_ack() || r.is_rst())
+    }
 }
 
 /// Bytes of an accepted packet to queue: all of it.
@@ -42,13 +56,14 @@ enum Op {
     Refuse(u16, u32),
 }
 
-/// The filter of a TCP receive socket of an IPv4 (`ipv4`) or IPv6 probe.
-pub fn tcp_reply(m: &ReplyMatch, ipv4: bool) -> Vec<sock_filter> {
+/// The filter of a TCP receive socket of probe `m` (of IPv4 or IPv6).
+pub fn tcp_reply(m: &ReplyMatch) -> Vec<sock_filter> {
     use libc::{
         BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX,
         BPF_MSH, BPF_W,
     };
     let code = |parts: u32| parts as u16;
+    let ipv4 = m.vip.is_ipv4();
     let mut ops = Vec::new();
     // Where the TCP header starts: X = IPv4 header length, or 0 for IPv6
     // (X is zero when a program starts).
@@ -57,15 +72,18 @@ pub fn tcp_reply(m: &ReplyMatch, ipv4: bool) -> Vec<sock_filter> {
         // A later fragment has no TCP header at the offsets read below.
         ops.push(Op::Load(code(BPF_LD | BPF_H | BPF_ABS), 6));
         ops.push(Op::Refuse(code(BPF_JMP | BPF_JSET | BPF_K), 0x1fff));
-        if let Some(vip) = m.vip_v4 {
+        if let SocketAddr::V4(vip) = m.vip {
             ops.push(Op::Load(code(BPF_LD | BPF_W | BPF_ABS), 12));
-            ops.push(Op::Require(code(BPF_JMP | BPF_JEQ | BPF_K), u32::from(vip)));
+            ops.push(Op::Require(
+                code(BPF_JMP | BPF_JEQ | BPF_K),
+                u32::from(*vip.ip()),
+            ));
         }
         ops.push(Op::Load(code(BPF_LDX | BPF_B | BPF_MSH), 0));
     }
     let tests: [(u32, u32, u32, u32); 5] = [
-        (BPF_H, 0, BPF_JEQ, m.vip_port as u32),
-        (BPF_H, 2, BPF_JEQ, m.sport as u32),
+        (BPF_H, 0, BPF_JEQ, m.vip.port() as u32),
+        (BPF_H, 2, BPF_JEQ, m.probe.port() as u32),
         (BPF_W, 8, BPF_JEQ, m.ack),
         (BPF_B, 13, BPF_JSET, TCP_ACK as u32),
         (BPF_B, 13, BPF_JSET, (TCP_SYN | TCP_RST) as u32),
@@ -129,6 +147,8 @@ mod tests {
     //! of the packet ends the program with 0, i.e. drop), on the packets a
     //! raw socket would see.
 
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
     use super::*;
     use crate::tunnel_probe::packet::TCP_FIN;
 
@@ -185,9 +205,8 @@ mod tests {
 
     const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
     const WANT: ReplyMatch = ReplyMatch {
-        vip_v4: Some(VIP),
-        vip_port: 80,
-        sport: 40000,
+        vip: SocketAddr::V4(SocketAddrV4::new(VIP, 80)),
+        probe: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000)),
         ack: 0x0102_0305,
     };
 
@@ -222,7 +241,7 @@ mod tests {
 
     #[test]
     fn ipv4_filter_takes_the_syn_ack_or_reset_of_its_probe_only() {
-        let program = tcp_reply(&WANT, true);
+        let program = tcp_reply(&WANT);
         let rst = tcp(80, 40000, WANT.ack, TCP_RST | TCP_ACK);
         for (what, packet) in [
             ("SYN-ACK", ipv4(VIP, 0, 0x4000, &syn_ack())),
@@ -267,13 +286,11 @@ mod tests {
 
     #[test]
     fn ipv6_filter_reads_from_the_tcp_header() {
-        let program = tcp_reply(
-            &ReplyMatch {
-                vip_v4: None,
-                ..WANT
-            },
-            false,
-        );
+        let program = tcp_reply(&ReplyMatch {
+            vip: "[2001:db8::10]:80".parse().unwrap(),
+            probe: "[2001:db8::2]:40000".parse().unwrap(),
+            ..WANT
+        });
         assert_eq!(run(&program, &syn_ack()), ACCEPT);
         assert_eq!(run(&program, &tcp(80, 40001, WANT.ack, 0x12)), 0);
         assert_eq!(run(&program, &tcp(80, 40000, WANT.ack ^ 1, 0x12)), 0);
@@ -283,5 +300,47 @@ mod tests {
     #[test]
     fn the_sending_socket_queues_nothing() {
         assert_eq!(run(&nothing(), &ipv4(VIP, 0, 0, &syn_ack())), 0);
+    }
+
+    /// The userspace check: a reply counts only if it answers this very
+    /// probe (its port, its ISN), whatever the filter let through.
+    #[test]
+    fn a_reply_counts_only_if_it_answers_this_probe() {
+        let reply = |src: &str, sport, dport, ack, flags| TcpReply {
+            src: src.parse().unwrap(),
+            sport,
+            dport,
+            ack,
+            flags,
+        };
+        let vip = "198.51.100.10";
+        for (what, r) in [
+            (
+                "SYN-ACK",
+                reply(vip, 80, 40000, WANT.ack, TCP_SYN | TCP_ACK),
+            ),
+            ("RST", reply(vip, 80, 40000, WANT.ack, TCP_RST | TCP_ACK)),
+        ] {
+            assert!(WANT.accepts(&r), "{what}");
+        }
+        for (what, r) in [
+            (
+                "from another address",
+                reply("198.51.100.11", 80, 40000, WANT.ack, 0x12),
+            ),
+            ("from another port", reply(vip, 81, 40000, WANT.ack, 0x12)),
+            (
+                "to an earlier probe's port",
+                reply(vip, 80, 40001, WANT.ack, 0x12),
+            ),
+            (
+                "acknowledging an earlier probe's ISN",
+                reply(vip, 80, 40000, WANT.ack.wrapping_sub(1), 0x12),
+            ),
+            ("a bare ACK", reply(vip, 80, 40000, WANT.ack, TCP_ACK)),
+            ("a SYN", reply(vip, 80, 40000, WANT.ack, TCP_SYN)),
+        ] {
+            assert!(!WANT.accepts(&r), "{what}");
+        }
     }
 }

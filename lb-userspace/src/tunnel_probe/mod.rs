@@ -17,13 +17,17 @@
 //! the UDP socket the probe was sent from; then it resets the half-open
 //! connection with a RST sent the same way as the SYN.
 //!
-//! Each prober (one per checker, so per VIP and backend) owns its source
-//! port for its whole life, reserved by a bound socket so that no
-//! connection of the host can use it, and one initial sequence number:
-//! replies are told apart by port and acknowledgment number, so probes of
-//! many backends and VIPs run at once. Keeping the ISN means a probe that
-//! meets a half-open connection left by a lost RST is a retransmitted SYN
-//! to the backend, which answers it with its SYN-ACK again.
+//! Every probe has a source port of its own, reserved by a bound socket
+//! for as long as the probe runs (so no connection of the host uses it
+//! meanwhile), and, for TCP, a fresh random initial sequence number. A
+//! reply counts only if it answers this probe: to its port and, for TCP,
+//! acknowledging its ISN. So probes of many backends and VIPs run at once,
+//! and neither a late reply to an earlier probe (a SYN-ACK the backend
+//! retransmits after a lost RST, for half a minute, even after its decap
+//! was detached) nor a reply forged after watching one probe passes a
+//! later one. A UDP reply carries nothing of the probe but its port: with
+//! an empty `expect`, any datagram from the VIP and port to that port
+//! passes (docs/operations.md says to set `expect`).
 //!
 //! The LB host's own TCP stack also sees the SYN-ACK, finds no socket for
 //! it and answers with a RST towards the VIP, routed as the host routes the
@@ -34,7 +38,6 @@ pub mod filter;
 pub mod packet;
 
 use std::{
-    hash::{BuildHasher, RandomState},
     io,
     mem::MaybeUninit,
     net::{IpAddr, SocketAddr},
@@ -93,29 +96,15 @@ impl TunnelPath {
     }
 }
 
-/// The reserved source port, by the kind of socket that holds it.
-enum Reserved {
-    /// Bound, never listening: the kernel hands the port to nobody else.
-    Tcp { _socket: Socket, port: u16 },
-    /// Bound: the replies arrive on it.
-    Udp(UdpSocket),
-}
-
-/// Probes one backend through the tunnel, again and again. Sockets that
-/// fail to open are retried at the next probe.
+/// Probes one backend through the tunnel, again and again. Every probe
+/// opens its own sockets, so one that fails to open is retried at the next.
 pub struct TunnelProber {
     path: TunnelPath,
-    isn: u32,
-    reserved: Option<Reserved>,
 }
 
 impl TunnelProber {
     pub fn new(path: TunnelPath) -> Self {
-        Self {
-            path,
-            isn: RandomState::new().hash_one(path) as u32,
-            reserved: None,
-        }
+        Self { path }
     }
 
     pub fn path(&self) -> &TunnelPath {
@@ -125,7 +114,7 @@ impl TunnelProber {
     /// One probe as `check` says: a SYN for `tcp` and `http` checks, the
     /// payload for `udp`. `Ok` with a short success reason, `Err` with a
     /// failure reason. Not bounded in time: the caller bounds it.
-    pub async fn probe(&mut self, check: &HealthCheck) -> Result<String, String> {
+    pub async fn probe(&self, check: &HealthCheck) -> Result<String, String> {
         match check.kind {
             CheckKind::None => Ok("not checked".into()),
             CheckKind::Tcp | CheckKind::Http => self.probe_tcp().await,
@@ -137,14 +126,15 @@ impl TunnelProber {
         }
     }
 
-    async fn probe_tcp(&mut self) -> Result<String, String> {
-        let sport = self.tcp_port()?;
-        let flow = flow_of(&self.path, sport)?;
-        let ack = self.isn.wrapping_add(1);
-        let replies = ReplySocket::open(&flow, ack).map_err(|e| raw_socket_reason(&e))?;
+    async fn probe_tcp(&self) -> Result<String, String> {
+        let src = self.path.inner_src;
+        let probe = TcpProbeId::reserve(src).map_err(|e| reserve_reason(src, &e))?;
+        let flow = flow_of(&self.path, probe.sport)?;
+        let replies = ReplySocket::open(&probe.reply_match(flow.src(), flow.dst()))
+            .map_err(|e| raw_socket_reason(&e))?;
         let tunnel = TunnelSocket::open(&self.path).map_err(|e| raw_socket_reason(&e))?;
         tunnel
-            .send(&packet::tcp_syn(&flow, self.isn))
+            .send(&packet::tcp_syn(&flow, probe.isn))
             .await
             .map_err(|e| format!("sending the SYN failed: {e}"))?;
         let reply = replies
@@ -156,18 +146,20 @@ impl TunnelProber {
         }
         // The path works whether or not the RST goes out; without it the
         // backend drops the half-open connection after its retries.
-        if let Err(e) = tunnel.send(&packet::tcp_rst(&flow, self.isn)).await {
+        if let Err(e) = tunnel.send(&packet::tcp_rst(&flow, probe.isn)).await {
             tracing::debug!(backend = %self.path.backend, error = %e, "sending the probe's RST failed");
         }
         Ok("SYN-ACK".into())
     }
 
-    async fn probe_udp(&mut self, payload: &[u8], expect: &[u8]) -> Result<String, String> {
+    async fn probe_udp(&self, payload: &[u8], expect: &[u8]) -> Result<String, String> {
         let path = self.path;
-        let socket = self.udp_socket().await?;
+        // A port of its own, bound for this probe only: a late reply to an
+        // earlier probe goes to a port nobody holds any more.
+        let socket = UdpSocket::bind(SocketAddr::new(path.inner_src, 0))
+            .await
+            .map_err(|e| reserve_reason(path.inner_src, &e))?;
         let mut buf = vec![0u8; UDP_RECV_BUF.max(expect.len())];
-        // A late reply to an earlier probe must not answer this one.
-        while socket.try_recv_from(&mut buf).is_ok() {}
         let sport = socket
             .local_addr()
             .map_err(|e| format!("source port: {e}"))?
@@ -197,45 +189,55 @@ impl TunnelProber {
             };
         }
     }
+}
 
-    /// The reserved TCP source port, reserving it on first use.
-    fn tcp_port(&mut self) -> Result<u16, String> {
-        if let Some(Reserved::Tcp { port, .. }) = &self.reserved {
-            return Ok(*port);
-        }
-        let src = self.path.inner_src;
-        let reserve = || -> io::Result<(Socket, u16)> {
-            let socket = Socket::new(domain_of(src), Type::STREAM, Some(Protocol::TCP))?;
-            socket.bind(&SocketAddr::new(src, 0).into())?;
-            let port = socket
-                .local_addr()?
-                .as_socket()
-                .map(|a| a.port())
-                .ok_or_else(|| io::Error::other("not an IP socket"))?;
-            Ok((socket, port))
-        };
-        let (socket, port) = reserve().map_err(|e| reserve_reason(src, &e))?;
-        self.reserved = Some(Reserved::Tcp {
-            _socket: socket,
-            port,
-        });
-        Ok(port)
+/// What ties replies to one TCP probe: a source port reserved for the
+/// probe's duration (bound, never listening: the kernel hands it to nobody
+/// else) and a random initial sequence number, both drawn for this probe.
+pub struct TcpProbeId {
+    _reservation: Socket,
+    pub sport: u16,
+    pub isn: u32,
+}
+
+impl TcpProbeId {
+    /// Reserve a port on `src` and draw an ISN.
+    pub fn reserve(src: IpAddr) -> io::Result<Self> {
+        let socket = Socket::new(domain_of(src), Type::STREAM, Some(Protocol::TCP))?;
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+        let sport = socket
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or_else(|| io::Error::other("not an IP socket"))?;
+        Ok(Self {
+            _reservation: socket,
+            sport,
+            isn: random_u32()?,
+        })
     }
 
-    /// The UDP socket the probes are sent from, bound on first use.
-    async fn udp_socket(&mut self) -> Result<&UdpSocket, String> {
-        if !matches!(self.reserved, Some(Reserved::Udp(_))) {
-            let src = self.path.inner_src;
-            let socket = UdpSocket::bind(SocketAddr::new(src, 0))
-                .await
-                .map_err(|e| reserve_reason(src, &e))?;
-            self.reserved = Some(Reserved::Udp(socket));
-        }
-        match &self.reserved {
-            Some(Reserved::Udp(socket)) => Ok(socket),
-            _ => Err("no UDP socket".into()),
+    /// The replies that answer this probe, sent from `src` (whose port is
+    /// `sport`) to `vip`.
+    pub fn reply_match(&self, src: SocketAddr, vip: SocketAddr) -> ReplyMatch {
+        ReplyMatch {
+            vip,
+            probe: src,
+            ack: self.isn.wrapping_add(1),
         }
     }
+}
+
+/// Random bits from the kernel (getrandom(2)): an ISN that nobody who saw
+/// earlier probes can predict.
+fn random_u32() -> io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::from_ne_bytes(bytes))
 }
 
 fn flow_of(path: &TunnelPath, sport: u16) -> Result<Flow, String> {
@@ -306,31 +308,20 @@ impl TunnelSocket {
 pub struct ReplySocket {
     fd: AsyncFd<Socket>,
     want: ReplyMatch,
-    vip: IpAddr,
 }
 
 impl ReplySocket {
-    /// For the SYN of `flow` whose acknowledgment will be `ack`.
-    pub fn open(flow: &Flow, ack: u32) -> io::Result<Self> {
-        let want = ReplyMatch {
-            vip_v4: match flow.dst() {
-                SocketAddr::V4(a) => Some(*a.ip()),
-                SocketAddr::V6(_) => None,
-            },
-            vip_port: flow.dst().port(),
-            sport: flow.src().port(),
-            ack,
-        };
-        let ipv4 = flow.src().is_ipv4();
-        let socket = Socket::new(domain_of(flow.src().ip()), Type::RAW, Some(Protocol::TCP))?;
-        socket.attach_filter(&filter::for_socket(&filter::tcp_reply(&want, ipv4)))?;
+    /// For the replies `want` describes.
+    pub fn open(want: &ReplyMatch) -> io::Result<Self> {
+        let src = want.probe.ip();
+        let socket = Socket::new(domain_of(src), Type::RAW, Some(Protocol::TCP))?;
+        socket.attach_filter(&filter::for_socket(&filter::tcp_reply(want)))?;
         // Only segments addressed to the probe's source.
-        socket.bind(&SocketAddr::new(flow.src().ip(), 0).into())?;
+        socket.bind(&SocketAddr::new(src, 0).into())?;
         socket.set_nonblocking(true)?;
         Ok(Self {
             fd: register(socket)?,
-            want,
-            vip: flow.dst().ip(),
+            want: *want,
         })
     }
 
@@ -344,22 +335,14 @@ impl ReplySocket {
                 .async_io(Interest::READABLE, |s| recv_from(s, &mut buf))
                 .await?;
             let reply = match from.as_socket() {
-                _ if self.vip.is_ipv4() => packet::read_tcp_v4(&buf[..n]),
+                _ if self.want.vip.is_ipv4() => packet::read_tcp_v4(&buf[..n]),
                 Some(SocketAddr::V6(a)) => packet::read_tcp_v6(*a.ip(), &buf[..n]),
                 _ => None,
             };
-            if let Some(reply) = reply.filter(|r| self.matches(r)) {
+            if let Some(reply) = reply.filter(|r| self.want.accepts(r)) {
                 return Ok(reply);
             }
         }
-    }
-
-    fn matches(&self, r: &TcpReply) -> bool {
-        r.src == self.vip
-            && r.sport == self.want.vip_port
-            && r.dport == self.want.sport
-            && r.ack == self.want.ack
-            && (r.is_syn_ack() || r.is_rst())
     }
 }
 
@@ -375,4 +358,47 @@ fn recv_from(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
     // only writes into the buffer, so its bytes stay initialised.
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
     socket.recv_from(uninit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use packet::{TCP_ACK, TCP_SYN};
+
+    /// Defect: a prober kept one port and one ISN for its whole life, so a
+    /// SYN-ACK to an earlier probe (retransmitted by the backend, or forged
+    /// after watching one probe) passed every later one. Each probe now has
+    /// its own, and the reply to one is refused by the next.
+    #[test]
+    fn each_probe_has_its_own_port_and_isn_and_refuses_the_others_reply() {
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let vip: SocketAddr = "198.51.100.10:80".parse().unwrap();
+        let answer = |p: &TcpProbeId| TcpReply {
+            src: vip.ip(),
+            sport: vip.port(),
+            dport: p.sport,
+            ack: p.isn.wrapping_add(1),
+            flags: TCP_SYN | TCP_ACK,
+        };
+        let want = |p: &TcpProbeId| p.reply_match(SocketAddr::new(src, p.sport), vip);
+        // One after the other, as a checker runs them.
+        let first = TcpProbeId::reserve(src).unwrap();
+        let first_answer = answer(&first);
+        assert!(want(&first).accepts(&first_answer));
+        drop(first);
+        let second = TcpProbeId::reserve(src).unwrap();
+        assert!(want(&second).accepts(&answer(&second)));
+        assert!(
+            !want(&second).accepts(&first_answer),
+            "the first probe's SYN-ACK answers the second"
+        );
+        // At once (probes of other backends): the ports differ.
+        let third = TcpProbeId::reserve(src).unwrap();
+        assert_ne!(second.sport, third.sport);
+        // The ISNs are drawn, not derived from the path.
+        let isns: std::collections::BTreeSet<u32> = (0..8)
+            .map(|_| TcpProbeId::reserve(src).unwrap().isn)
+            .collect();
+        assert!(isns.len() > 1, "{isns:?}");
+    }
 }

@@ -1,0 +1,90 @@
+//! Pin directories as another release would leave them, for the tests of
+//! adopting pinned maps: a pin replaced by a map of another shape, counts
+//! read straight from a pinned counter map, and what every pin holds (to
+//! show that a refusal changed nothing).
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::{
+    maps::{Map, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    programs::links::{FdLink, PinnedLink},
+};
+use lb_userspace::layout::MapShape;
+
+/// Pin at `path` a new, empty map of `shape`, named like the pin, in place
+/// of the map pinned there (which a running program keeps using). Returns
+/// that map, so the test can put it back with `restore`.
+pub fn replace(path: &Path, shape: MapShape) -> MapData {
+    let before = MapData::from_pin(path).expect("pinned map");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let def = aya_obj::Map::new_from_params(
+        shape.map_type,
+        shape.key_size,
+        shape.value_size,
+        shape.max_entries,
+        shape.flags,
+    );
+    let map = MapData::create(def, name, None).expect("create a map");
+    std::fs::remove_file(path).expect("unpin");
+    map.pin(path).expect("pin the replacement");
+    before
+}
+
+/// Pin `map` at `path` again, in place of whatever is there.
+pub fn restore(path: &Path, map: &MapData) {
+    std::fs::remove_file(path).expect("unpin");
+    map.pin(path).expect("pin");
+}
+
+/// The shape of the map pinned at `path`.
+pub fn shape(path: &Path) -> MapShape {
+    let info = MapInfo::from_pin(path).expect("pinned map");
+    MapShape {
+        map_type: info.map_type().expect("map type") as u32,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        flags: info.map_flags(),
+        max_entries: info.max_entries(),
+    }
+}
+
+/// A per-CPU `u64` counter map, opened from its pin.
+pub fn counters(path: &Path) -> PerCpuArray<MapData, u64> {
+    let map = MapData::from_pin(path).expect("pinned counter map");
+    PerCpuArray::try_from(Map::PerCpuArray(map)).expect("a per-CPU u64 array")
+}
+
+/// Counter `index` of the pinned counter map at `path`, summed over CPUs.
+pub fn count(path: &Path, index: u32) -> u64 {
+    counters(path).get(&index, 0).expect("counter").iter().sum()
+}
+
+/// Set counter `index` to `per_cpu[i]` on CPU i (0 on the others).
+pub fn set_count(map: &mut PerCpuArray<MapData, u64>, index: u32, per_cpu: &[u64]) {
+    let cpus = aya::util::nr_cpus().expect("CPU count");
+    let values: Vec<u64> = (0..cpus)
+        .map(|i| per_cpu.get(i).copied().unwrap_or(0))
+        .collect();
+    let values = PerCpuValues::try_from(values).expect("per-CPU values");
+    map.set(index, values, 0).expect("set counter");
+}
+
+/// Every pin in `dir` and the kernel object it holds: a map's id, or a
+/// link's id and its program's id.
+pub fn objects(dir: &Path) -> BTreeMap<String, (u32, u32)> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("pin dir") {
+        let path = entry.expect("pin").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let ids = match MapInfo::from_pin(&path) {
+            Ok(info) => (info.id(), 0),
+            Err(_) => {
+                let link = FdLink::from(PinnedLink::from_pin(&path).expect("a map or a link"));
+                let info = link.info().expect("link info");
+                (info.id(), info.program_id())
+            }
+        };
+        out.insert(name, ids);
+    }
+    out
+}
