@@ -80,9 +80,9 @@ reasons!(Reason, REASON_COUNT {
 reasons!(DecapReason, DECAP_REASON_COUNT {
     Decapsulated = "decapsulated", Passed, "outer header stripped, inner packet passed up";
     PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet";
-    PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS";
-    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header, or a fragmented tunnel";
-    DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel for one of our addresses from an outer source not allowed";
+    PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS, or routed on past ours by an IPv6 routing header";
+    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header, an IPv6 extension-header chain not walkable to its end, or a fragmented tunnel";
+    DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel (or IPv6 packet whose extension headers may hide one) for one of our addresses from an outer source not allowed";
     DropBadOuterChecksum = "drop_bad_outer_checksum", Dropped, "tunnel whose outer IPv4 header checksum is wrong";
     DropCeNotEct = "drop_ce_not_ect", Dropped, "outer ECN CE over an inner packet that is not ECN-capable (RFC 6040)";
 });

@@ -12,9 +12,18 @@
 //! dropped, not passed: a kernel with a tunnel device would strip them
 //! itself. ECN is carried from the outer header into the inner one as RFC
 //! 6040 section 4.2 says.
+//!
+//! An IPv6 outer header may put extension headers (hop-by-hop, routing,
+//! destination options, fragment) in front of the tunnel; the kernel would
+//! find the tunnel behind them, so the checks walk them too, with the
+//! parser's own walker. A trusted tunnel behind them is stripped together
+//! with them (RFC 2473 section 4: a Linux ip6tnl sender adds a
+//! destination-options header by default); their options are not
+//! interpreted.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
+    Reason,
     flow::{FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6},
     maps::{DECAP_F_ANY_SOURCE, DECAP_SOURCE_FAMILY_BITS, DecapAddr, DecapSource},
     stats::DecapReason,
@@ -24,7 +33,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_SOURCES},
     packet::{self, header, read},
-    parse::{ETH_P_IPV4, ETH_P_IPV6, L2, parse_l2},
+    parse::{self, ETH_P_IPV4, ETH_P_IPV6, Fragment, L2, parse_l2},
 };
 
 const ECN_MASK: u8 = 0x03;
@@ -37,10 +46,21 @@ const IPV4_MAX_WORDS: usize = 15;
 
 /// What the outer header of a tunnel packet says, once it is whole.
 struct Outer {
+    /// From the outer header's start to the inner packet: the fixed header
+    /// with its IPv4 options or IPv6 extension headers.
     len: usize,
+    /// Frame offset where the outer packet ends (its header's start plus
+    /// its total length): the inner packet must end by then. What follows
+    /// is link padding or junk, not tunnel payload.
+    end: usize,
+    /// `PROTO_IPIP` or `PROTO_IPV6`; 0 when an IPv6 extension-header chain
+    /// could not be walked to the end, so what it carries is unknown.
     inner_proto: u8,
     ecn: u8,
     fragmented: bool,
+    /// An IPv6 routing header still has segments left: our address is a
+    /// waypoint, not where the packet ends up.
+    passes_through: bool,
 }
 
 #[inline(always)]
@@ -72,10 +92,13 @@ fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
     if outer.fragmented {
         return Err(DecapReason::PassMalformed);
     }
+    if outer.passes_through {
+        return Err(DecapReason::PassNotOurAddress);
+    }
     let inner = l3 + outer.len;
     let inner_type = match outer.inner_proto {
-        PROTO_IPIP if inner_ipv4_fits(ctx, inner) => ETH_P_IPV4,
-        PROTO_IPV6 if inner_ipv6_fits(ctx, inner) => ETH_P_IPV6,
+        PROTO_IPIP if inner_ipv4_fits(ctx, inner, outer.end) => ETH_P_IPV4,
+        PROTO_IPV6 if inner_ipv6_fits(ctx, inner, outer.end) => ETH_P_IPV6,
         _ => return Err(DecapReason::PassMalformed),
     };
     set_inner_ecn(ctx, inner, inner_type, outer.ecn)?;
@@ -109,9 +132,11 @@ fn outer_ipv4(
     from.addr[..4].copy_from_slice(&ip.src_addr);
     let outer = Outer {
         len: ihl,
+        end: l3 + tot_len,
         inner_proto: ip.proto,
         ecn: ip.tos & ECN_MASK,
         fragmented: u16::from_be_bytes(ip.frags) & 0x3fff != 0,
+        passes_through: false,
     };
     match ipv4_header_sum(ctx, l3, ihl) {
         Some(0xffff) => Ok(outer),
@@ -142,6 +167,11 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// The outer IPv6 header at `l3`, consistent with the frame, and the
+/// extension headers after it. A chain that cannot be walked to its end
+/// (longer than the walker goes, or cut short, as a first fragment's may
+/// be until reassembly makes it whole) cannot be shown not to hide a
+/// tunnel: it gets the address and source checks, and is never stripped.
 #[inline(always)]
 fn outer_ipv6(
     ctx: &XdpContext,
@@ -150,23 +180,57 @@ fn outer_ipv6(
     from: &mut DecapSource,
 ) -> Result<Outer, DecapReason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(DecapReason::PassMalformed)?;
-    if ip.next_hdr != PROTO_IPIP && ip.next_hdr != PROTO_IPV6 {
+    let next = ip.next_hdr;
+    if next != PROTO_IPIP && next != PROTO_IPV6 && !parse::is_ipv6_extension(next) {
         return Err(DecapReason::PassNotTunnel);
     }
-    let payload = u16::from_be_bytes(ip.payload_len) as usize;
-    if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > packet::len(ctx) {
+    if ip.vcf[0] >> 4 != 6 {
         return Err(DecapReason::PassMalformed);
     }
+    let end = l3 + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
     ours.family = FAMILY_V6;
     ours.addr = ip.dst_addr;
     from.family = FAMILY_V6;
     from.addr = ip.src_addr;
-    Ok(Outer {
+    let mut outer = Outer {
         len: Ipv6Hdr::LEN,
-        inner_proto: ip.next_hdr,
+        end,
+        inner_proto: 0,
         ecn: (ip.vcf[1] >> 4) & ECN_MASK,
         fragmented: false,
-    })
+        passes_through: false,
+    };
+    let chain = parse::ipv6_chain(
+        ctx,
+        next,
+        l3 + Ipv6Hdr::LEN,
+        end,
+        Reason::PassIpv6ExtHeaders,
+    );
+    // Checked after the walk, not before: knowing `end` within the frame,
+    // the compiler would drop the walker's own bounds checks, which the
+    // verifier needs to see.
+    if end > packet::len(ctx) {
+        return Err(DecapReason::PassMalformed);
+    }
+    let Ok(chain) = chain else {
+        return Ok(outer);
+    };
+    let tunnel = chain.proto == PROTO_IPIP || chain.proto == PROTO_IPV6;
+    // A later fragment shows only the next header its fragment header
+    // names. The kernel takes the chain from the first fragment (checked
+    // on its own), but an extension header named here may still lead to
+    // a tunnel: treat it as one.
+    let later = matches!(chain.fragment, Fragment::Later(_));
+    let may_hide_one = later && parse::is_ipv6_extension(chain.proto);
+    if !(tunnel || may_hide_one) {
+        return Err(DecapReason::PassNotTunnel);
+    }
+    outer.len = chain.l4_off - l3;
+    outer.inner_proto = if tunnel { chain.proto } else { 0 };
+    outer.fragmented = chain.fragment != Fragment::None;
+    outer.passes_through = chain.passes_through;
+    Ok(outer)
 }
 
 /// The outer source is in `DECAP_SOURCES`, or the operator opted out of
@@ -184,25 +248,28 @@ fn source_allowed(from: &DecapSource) -> bool {
     DECAP_SOURCES.get(&key).is_some()
 }
 
-/// The inner IPv4 header at `off` is whole, and so is the packet it heads:
-/// the kernel gets nothing we would not have forwarded.
+/// The inner IPv4 header at `off` is whole, and so is the packet it heads,
+/// inside the outer packet, which ends at `end`: the kernel gets nothing
+/// we would not have forwarded, and no link padding or trailing junk
+/// passes for the inner packet's bytes.
 #[inline(always)]
-fn inner_ipv4_fits(ctx: &XdpContext, off: usize) -> bool {
+fn inner_ipv4_fits(ctx: &XdpContext, off: usize, end: usize) -> bool {
     let Some(ip) = header::<Ipv4Hdr>(ctx, off) else {
         return false;
     };
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    ip.vihl >> 4 == 4 && ihl >= Ipv4Hdr::LEN && tot_len >= ihl && off + tot_len <= packet::len(ctx)
+    ip.vihl >> 4 == 4 && ihl >= Ipv4Hdr::LEN && tot_len >= ihl && off + tot_len <= end
 }
 
+/// `inner_ipv4_fits` for an inner IPv6 packet.
 #[inline(always)]
-fn inner_ipv6_fits(ctx: &XdpContext, off: usize) -> bool {
+fn inner_ipv6_fits(ctx: &XdpContext, off: usize, end: usize) -> bool {
     let Some(ip) = header::<Ipv6Hdr>(ctx, off) else {
         return false;
     };
     let payload = u16::from_be_bytes(ip.payload_len) as usize;
-    ip.vcf[0] >> 4 == 6 && off + Ipv6Hdr::LEN + payload <= packet::len(ctx)
+    ip.vcf[0] >> 4 == 6 && off + Ipv6Hdr::LEN + payload <= end
 }
 
 /// RFC 6040 section 4.2: the inner ECN field after decapsulation, or

@@ -185,6 +185,16 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason>
     Ok(())
 }
 
+/// Hop-by-hop, routing, destination options or fragment: an IPv6
+/// extension header `ipv6_chain` walks past.
+#[inline(always)]
+pub fn is_ipv6_extension(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
+    )
+}
+
 /// Where an IPv6 packet's extension-header chain ends.
 pub struct Ipv6Chain {
     /// The protocol after the chain; for a later fragment, the one its
@@ -195,15 +205,19 @@ pub struct Ipv6Chain {
     pub fragment: Fragment,
     /// The next header named by the fragment header; 0 without one.
     pub frag_proto: u8,
+    /// A routing header still has segments left: the destination address
+    /// is a waypoint, not where the packet ends up.
+    pub passes_through: bool,
 }
 
 /// Walk the extension headers after a fixed IPv6 header that names `next`
 /// and ends at `off`: hop-by-hop, routing, destination options and
 /// fragment, at most `IPV6_MAX_EXT_HEADERS` of them, none reaching past
 /// `end` (the end of the IP packet holding them). Used for the packet
-/// itself and for the packet an ICMPv6 error quotes, which is where
-/// `truncated` (the reason for a header cut short) differs. A longer chain
-/// is `pass_ipv6_ext_headers`.
+/// itself, for the packet an ICMPv6 error quotes, which is where
+/// `truncated` (the reason for a header cut short) differs, and by
+/// `lb_decap` for a tunnel's outer header. A longer chain is
+/// `pass_ipv6_ext_headers`.
 #[inline(always)]
 pub fn ipv6_chain(
     ctx: &XdpContext,
@@ -215,18 +229,20 @@ pub fn ipv6_chain(
     let mut fragment = Fragment::None;
     let mut frag_proto = 0;
     let mut later = false;
+    let mut passes_through = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
-        let is_ext = matches!(
-            next,
-            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
-        );
         // Each extension header is a multiple of 8 bytes, at least 8.
-        if is_ext && off + 8 > end {
+        if is_ipv6_extension(next) && off + 8 > end {
             return Err(truncated);
         }
         match next {
             IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
-                let h: [u8; 2] = read(ctx, off).ok_or(truncated)?;
+                // Next header, length, and for a routing header its type
+                // and segments left.
+                let h: [u8; 4] = read(ctx, off).ok_or(truncated)?;
+                if next == IPV6_EXT_ROUTING && h[3] != 0 {
+                    passes_through = true;
+                }
                 next = h[0];
                 off += (h[1] as usize + 1) * 8;
             }
@@ -242,8 +258,10 @@ pub fn ipv6_chain(
                 } else if offset_flags & 1 != 0 {
                     Fragment::First(id)
                 } else {
-                    // An atomic fragment (RFC 6946): a whole datagram.
-                    Fragment::None
+                    // An atomic fragment (RFC 6946) is a whole datagram,
+                    // but does not make an earlier fragment header's
+                    // packet whole.
+                    fragment
                 };
                 off += 8;
                 // What follows in a later fragment is payload, not headers.
@@ -259,12 +277,7 @@ pub fn ipv6_chain(
         return Err(truncated);
     }
     // Still an extension header after the last one walked: too long a chain.
-    if !later
-        && matches!(
-            next,
-            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_FRAGMENT
-        )
-    {
+    if !later && is_ipv6_extension(next) {
         return Err(Reason::PassIpv6ExtHeaders);
     }
     Ok(Ipv6Chain {
@@ -272,6 +285,7 @@ pub fn ipv6_chain(
         l4_off: off,
         fragment,
         frag_proto,
+        passes_through,
     })
 }
 

@@ -9,6 +9,11 @@
 //! back, in the mode configured. Everything else keyed by the old ifindex
 //! (the redirect ports, the configured egress) is the daemon's to update
 //! with what `reconcile` reports.
+//!
+//! An interface removed from `interfaces[]` keeps its pinned link, and
+//! with it a program on the shared maps: at start lbd swaps its program
+//! into such a link too (`pinned_links`), so that no older program runs
+//! on maps it no longer matches, and reports the link as unconfigured.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +23,9 @@ use serde_json::{Value, json};
 use crate::{
     config::{AttachMode, Config},
     datapath::{Attached, Datapath, DatapathError, link_pin_path},
-    netdev, xdp_link,
+    netdev,
+    pinned_links::{self, OtherLink},
+    xdp_link,
 };
 
 /// One interface of `interfaces[]` and its attachment.
@@ -69,10 +76,13 @@ pub enum Change {
 pub struct Attachments {
     pin_dir: PathBuf,
     list: Vec<Attachment>,
+    /// Links pinned for interfaces not in `interfaces[]`, as found at start.
+    unconfigured: Vec<OtherLink>,
 }
 
 impl Attachments {
-    /// Attach to every interface of `config` (at start).
+    /// Attach to every interface of `config` (at start), and swap the
+    /// program into the live links of interfaces no longer configured.
     pub fn attach_all(dp: &mut Datapath, config: &Config) -> anyhow::Result<Self> {
         let mut list = Vec::new();
         for iface in &config.interfaces {
@@ -89,10 +99,55 @@ impl Attachments {
                 error: None,
             });
         }
+        let configured: Vec<&str> = config.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let unconfigured = pinned_links::update_others(
+            dp,
+            lb_common::maps::PROG_LB,
+            &config.pin_dir,
+            &configured,
+            None,
+        );
         Ok(Self {
             pin_dir: config.pin_dir.clone(),
             list,
+            unconfigured,
         })
+    }
+
+    /// Links pinned for interfaces not in `interfaces[]`, and what start
+    /// did with each.
+    pub fn unconfigured(&self) -> &[OtherLink] {
+        &self.unconfigured
+    }
+
+    /// The `unconfigured_links` rows of `lbctl status`: each link's state
+    /// now, and how to detach it.
+    pub fn unconfigured_status(&self) -> Vec<Value> {
+        self.unconfigured
+            .iter()
+            .map(|o| {
+                let name = o.interface();
+                let now = pinned_links::link_state(&self.pin_dir, name);
+                let state = match &now {
+                    Ok(Some(s)) => s.state(),
+                    Ok(None) => "removed",
+                    Err(_) => "unreadable",
+                };
+                let link = now.as_ref().ok().and_then(Option::as_ref);
+                json!({
+                    "name": name,
+                    "state": state,
+                    "ifindex": link.and_then(|s| s.ifindex),
+                    "program_id": link.map(|s| s.program_id),
+                    "updated_at_start": matches!(o, OtherLink::Updated { .. }),
+                    "error": match o {
+                        OtherLink::Failed { error, .. } => Some(crate::errors::chain(error)),
+                        _ => None,
+                    },
+                    "warning": unconfigured_warning(&self.pin_dir, o),
+                })
+            })
+            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Attachment> {
@@ -166,6 +221,29 @@ impl Attachments {
                 })
             })
             .collect()
+    }
+}
+
+/// What to tell the operator about a link pinned for an interface not in
+/// `interfaces[]`.
+pub fn unconfigured_warning(pin_dir: &Path, link: &OtherLink) -> String {
+    let name = link.interface();
+    let path = link_pin_path(pin_dir, name);
+    match link {
+        OtherLink::Updated { .. } | OtherLink::Reattached { .. } => format!(
+            "{name} is not in interfaces but still attached (it runs this lbd's program on the \
+             shared maps); remove {} to detach",
+            path.display()
+        ),
+        OtherLink::Dead { .. } => format!(
+            "{name} is not in interfaces; its pinned link is attached to nothing; remove {}",
+            path.display()
+        ),
+        OtherLink::Failed { .. } => format!(
+            "{name} is not in interfaces but still attached, and its program could not be \
+             updated (an older program may run on the shared maps); remove {} to detach",
+            path.display()
+        ),
     }
 }
 

@@ -268,6 +268,15 @@ impl Daemon {
                 })
                 .inc_by(0);
         }
+        for link in attachments.unconfigured() {
+            let warning = attachments::unconfigured_warning(&config.pin_dir, link);
+            match link {
+                crate::pinned_links::OtherLink::Failed { error, .. } => {
+                    error!(interface = %link.interface(), error = %errors::chain(error), "{warning}")
+                }
+                _ => warn!(interface = %link.interface(), "{warning}"),
+            }
+        }
         let mut daemon = Self {
             config,
             config_path,
@@ -797,6 +806,7 @@ impl Daemon {
             "pin_dir": self.config.pin_dir.display().to_string(),
             "adopted_running_data_plane": self.adopted,
             "interfaces": self.attachments.status(),
+            "unconfigured_links": self.attachments.unconfigured_status(),
             "vips": self.config.vips.len(),
             "backends": backends,
             "backends_up": up,

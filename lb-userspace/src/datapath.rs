@@ -328,12 +328,7 @@ impl Datapath {
         if replaced_dead_link {
             std::fs::remove_file(&path).map_err(|e| bad(format!("removing a dead link: {e}")))?;
         } else if pinned_to.is_some() {
-            let pinned = PinnedLink::from_pin(&path).map_err(|e| bad(e.to_string()))?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bad(e.to_string()))?;
-            let native = !link_is_generic(iface);
-            xdp_program(&mut self.ebpf, name)?
-                .attach_to_link(link)
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let native = self.swap_into_link(name, iface, pin_dir)?;
             return Ok(Attached {
                 native,
                 native_refused: None,
@@ -372,6 +367,39 @@ impl Datapath {
             replaced: false,
             replaced_dead_link,
         })
+    }
+}
+
+impl Datapath {
+    /// Swap program `name` into the live link pinned for `iface`
+    /// atomically (`bpf_link_update`), whatever program it ran; true when
+    /// the link runs in native mode. For a link attached to nothing the
+    /// kernel refuses (`ENOLINK`).
+    pub fn swap_into_link(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        pin_dir: &Path,
+    ) -> Result<bool, DatapathError> {
+        let path = link_pin_path(pin_dir, iface);
+        let bad = |reason: String| DatapathError::PinnedLink {
+            path: path.clone(),
+            reason,
+        };
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| bad(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bad(e.to_string()))?;
+        let native = !link_is_generic(iface);
+        let prog = xdp_program(&mut self.ebpf, name)?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|source| DatapathError::Program { name, source })?;
+        // The pin holds the link; keeping a descriptor here too would keep
+        // it attached after someone removes the pin to detach it.
+        drop(
+            prog.take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?,
+        );
+        Ok(native)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod netdev;
 pub mod occupancy;
 pub mod onlink;
 pub mod pin_lock;
+pub mod pinned_links;
 pub mod ring_memory;
 pub mod runtime_state;
 pub mod sync;

@@ -1,4 +1,5 @@
-//! Which interface a pinned XDP link is attached to.
+//! Which interface a pinned XDP link is attached to, and which program
+//! it runs.
 //!
 //! A BPF link outlives the interface it was made for: when the interface
 //! is deleted the kernel detaches the link, but the pinned link object
@@ -18,9 +19,25 @@ use std::{
 
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
+/// What a pinned XDP link is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpLinkState {
+    /// The interface it is attached to; 0 once that interface is gone.
+    pub ifindex: u32,
+    /// The program it runs (`bpftool prog show id N`, `ip link` shows it
+    /// too). A link attached to nothing still holds its last program.
+    pub program_id: u32,
+}
+
 /// The ifindex the XDP link pinned at `path` is attached to: `Some(0)`
 /// once its interface is gone, `None` when nothing is pinned there.
 pub fn attached_ifindex(path: &Path) -> io::Result<Option<u32>> {
+    Ok(state(path)?.map(|s| s.ifindex))
+}
+
+/// Interface and program of the XDP link pinned at `path`; `None` when
+/// nothing is pinned there.
+pub fn state(path: &Path) -> io::Result<Option<XdpLinkState>> {
     let link = match open_pin(path) {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -33,8 +50,11 @@ pub fn attached_ifindex(path: &Path) -> io::Result<Option<u32>> {
             format!("{} is not an XDP link", path.display()),
         ));
     }
-    // SAFETY: the kernel filled the `xdp` member for an XDP link.
-    Ok(Some(unsafe { info.__bindgen_anon_1.xdp.ifindex }))
+    Ok(Some(XdpLinkState {
+        // SAFETY: the kernel filled the `xdp` member for an XDP link.
+        ifindex: unsafe { info.__bindgen_anon_1.xdp.ifindex },
+        program_id: info.prog_id,
+    }))
 }
 
 /// `BPF_OBJ_GET`: a file descriptor for the object pinned at `path`.

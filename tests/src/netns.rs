@@ -77,6 +77,14 @@ impl Netns {
             .expect("ifindex")
     }
 
+    /// The id of the XDP program `dev` runs, as ip(8) reports it; `None`
+    /// without one.
+    pub fn xdp_program_id(&self, dev: &str) -> Option<u64> {
+        let out = self.exec(&["ip", "-json", "-details", "link", "show", "dev", dev]);
+        let links: serde_json::Value = serde_json::from_str(&out).expect("ip -json output");
+        links[0]["xdp"]["prog"]["id"].as_u64()
+    }
+
     /// Run `f` with the calling thread inside this namespace.
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
         enter_named(&self.name, f)

@@ -1,7 +1,8 @@
 //! `lb-decap`, the backend-side tool: attaches `lb_decap` through a pinned
 //! link that outlives the command, so a backend without tunnel drivers
 //! serves IP-in-IP traffic; accepts tunnels only from the sources it is
-//! told to; updates in place; detaches cleanly.
+//! told to; updates in place, on every interface attached from its pin
+//! directory; detaches cleanly.
 
 use std::{net::UdpSocket, process::Command, time::Duration};
 
@@ -21,15 +22,20 @@ use lb_tests::{
 use lb_userspace::layout::MapShape;
 
 /// Run lb-decap in `ns` (nsenter keeps the host's bpffs, unlike
-/// `ip netns exec`); its stdout, or its stderr on failure.
-fn lb_decap(ns: &Netns, pin_dir: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("nsenter")
+/// `ip netns exec`).
+fn lb_decap_output(ns: &Netns, pin_dir: &str, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", ns.name))
         .arg(binary("lb-decap"))
         .args(["--pin-dir", pin_dir])
         .args(args)
         .output()
-        .expect("run lb-decap");
+        .expect("run lb-decap")
+}
+
+/// `lb_decap_output`: its stdout, or its stderr on failure.
+fn lb_decap(ns: &Netns, pin_dir: &str, args: &[&str]) -> Result<String, String> {
+    let out = lb_decap_output(ns, pin_dir, args);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -376,6 +382,29 @@ fn moved(
         .collect()
 }
 
+/// Send `frames` out of `peer_dev` in `peer_ns` and wait (up to 5 s) until
+/// the pinned decap counters moved once per frame; what moved, as `moved`.
+fn send_counted(
+    peer_ns: &Netns,
+    peer_dev: &str,
+    backend_ns: &Netns,
+    pin_dir: &str,
+    frames: &[Vec<u8>],
+) -> Vec<(String, u64)> {
+    let before = counters(&status(backend_ns, pin_dir));
+    let n = frames.len() as u64;
+    peer_ns.send_frames(peer_dev, frames);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = counters(&status(backend_ns, pin_dir));
+        let total: u64 = moved(&before, &after).iter().map(|(_, n)| n).sum();
+        if total >= n || std::time::Instant::now() > deadline {
+            return moved(&before, &after);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn cp_decap_attach_requires_an_allowlist_replaces_it_and_drops_other_sources() {
     let peer_ns = Netns::new("peer");
@@ -462,20 +491,8 @@ fn cp_decap_attach_requires_an_allowlist_replaces_it_and_drops_other_sources() {
             frame(be_mac, peer_mac, None, ETH_IPV4, &cat(&outer, &inner))
         }
     };
-    let send_and_count = |frames: Vec<Vec<u8>>| {
-        let before = counters(&status(&backend_ns, pin_dir));
-        let n = frames.len() as u64;
-        peer_ns.send_frames("peer0", &frames);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let after = counters(&status(&backend_ns, pin_dir));
-            let total: u64 = moved(&before, &after).iter().map(|(_, n)| n).sum();
-            if total >= n || std::time::Instant::now() > deadline {
-                return moved(&before, &after);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let send_and_count =
+        |frames: Vec<Vec<u8>>| send_counted(&peer_ns, "peer0", &backend_ns, pin_dir, &frames);
     let got = send_and_count(vec![
         tunnel(OUTER_SRC_V4, BACKEND_V4[0]),
         tunnel("2001:db8:100::7", BACKEND_V6[0]),
@@ -638,6 +655,321 @@ fn cp_decap_attach_over_a_previous_release_grows_its_counters_and_adds_the_allow
         1
     );
     lb_decap(&backend_ns, pin_dir, &["detach", "-i", "be0"]).expect("detach");
+}
+
+/// Interfaces d1 and d2 of the backend namespace, joined by veths to p1
+/// and p2 in the peer namespace, where test frames come from.
+fn two_links(peer_ns: &Netns, backend_ns: &Netns) {
+    veth(peer_ns, "p1", backend_ns, "d1");
+    veth(peer_ns, "p2", backend_ns, "d2");
+}
+
+/// A program of an older lb-decap, as far as these tests go: it strips
+/// tunnels to BACKEND_V4[0] from any source and counts into maps of its
+/// own, not the pin directory's. Attached to `ifaces` through links
+/// pinned under `pin_dir`, as an older `attach` left them.
+fn older_program(ns: &Netns, pin_dir: &str, ifaces: &[&str]) -> Lb {
+    use aya::programs::links::FdLink;
+    let mut old = Lb::new();
+    old.accept_tunnels(&[BACKEND_V4[0]], &[]);
+    old.maps
+        .set_decap_sources(&lb_userspace::decap_sources::DecapSources::Any)
+        .unwrap();
+    std::fs::create_dir_all(pin_dir).unwrap();
+    for iface in ifaces {
+        let prog = old.dp.decap().unwrap();
+        let id = ns
+            .enter(|| prog.attach(iface, XdpMode::Driver))
+            .expect("attach the older program");
+        let link = FdLink::try_from(prog.take_link(id).unwrap()).unwrap();
+        link.pin(format!("{pin_dir}/link_{iface}"))
+            .expect("pin the older program's link");
+    }
+    old
+}
+
+/// Swap `old`'s program into the link pinned for `iface`, as an older
+/// lb-decap's `attach -i IFACE` would.
+fn swap_in_older(old: &mut Lb, pin_dir: &str, iface: &str) {
+    use aya::programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    };
+    let pinned = PinnedLink::from_pin(format!("{pin_dir}/link_{iface}")).unwrap();
+    let link = XdpLink::try_from(FdLink::from(pinned)).unwrap();
+    old.dp.decap().unwrap().attach_to_link(link).unwrap();
+}
+
+/// A tunnel to BACKEND_V4[0] from outer source `src`, sent from the peer's
+/// `peer_dev` to the backend's `dev`.
+fn tunnel_frame(
+    peer_ns: &Netns,
+    peer_dev: &str,
+    backend_ns: &Netns,
+    dev: &str,
+    src: &str,
+) -> Vec<u8> {
+    let inner = udp4(CLIENT_V4, 40000, VIP_V4, 53, b"hello");
+    let outer = outer_v4(src, BACKEND_V4[0], &inner);
+    frame(
+        backend_ns.mac(dev),
+        peer_ns.mac(peer_dev),
+        None,
+        ETH_IPV4,
+        &cat(&outer, &inner),
+    )
+}
+
+/// The `links` row `status --json` should show for a healthy `dev`.
+fn healthy_link(backend_ns: &Netns, dev: &str, program_id: u64) -> serde_json::Value {
+    serde_json::json!({
+        "interface": dev,
+        "state": "attached",
+        "ifindex": backend_ns.ifindex(dev),
+        "program_id": program_id,
+        "same_program": true,
+        "checks_sources": true,
+        "counted": true,
+        "error": null,
+    })
+}
+
+/// An older release attached d1 and d2; the new `attach -i d1` must not
+/// leave d2 on the old program, which would strip tunnels from anyone
+/// (and count them elsewhere) while status shows the allowlist.
+#[test]
+fn cp_decap_attach_swaps_its_program_into_every_interface_of_the_pin_directory() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    two_links(&peer_ns, &backend_ns);
+    let pins = PinDir::new("decapall");
+    let pin_dir = pins.0.as_str();
+    let _old = older_program(&backend_ns, pin_dir, &["d1", "d2"]);
+    let old_id = backend_ns
+        .xdp_program_id("d2")
+        .expect("older program on d2");
+
+    let out = lb_decap(
+        &backend_ns,
+        pin_dir,
+        &[
+            "attach",
+            "-i",
+            "d1",
+            "-a",
+            BACKEND_V4[0],
+            "-s",
+            OUTER_SRC_V4,
+        ],
+    )
+    .expect("attach");
+    let id = backend_ns.xdp_program_id("d1").expect("program on d1");
+    assert_ne!(id, old_id);
+    assert_eq!(backend_ns.xdp_program_id("d2"), Some(id), "d2's program");
+    assert!(
+        out.contains("lb_decap updated on d1 (native mode)")
+            && out.contains("lb_decap updated on d2 too (native mode)"),
+        "{out}"
+    );
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(
+        st["links"],
+        serde_json::json!([
+            healthy_link(&backend_ns, "d1", id),
+            healthy_link(&backend_ns, "d2", id)
+        ])
+    );
+    assert_eq!(st["warnings"], serde_json::json!([]));
+    assert_eq!(st["allow_any_source"], false);
+
+    // On d2 as on d1: the allowlist holds, and the pinned counters count.
+    for (peer_dev, dev) in [("p2", "d2"), ("p1", "d1")] {
+        let got = send_counted(
+            &peer_ns,
+            peer_dev,
+            &backend_ns,
+            pin_dir,
+            &[
+                tunnel_frame(&peer_ns, peer_dev, &backend_ns, dev, "192.0.2.66"),
+                tunnel_frame(&peer_ns, peer_dev, &backend_ns, dev, OUTER_SRC_V4),
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("decapsulated".to_string(), 1),
+                ("drop_untrusted_source".to_string(), 1)
+            ],
+            "{dev}"
+        );
+    }
+}
+
+/// A link left running another program is flagged by `status`, in JSON and
+/// text, until the next `attach` puts it right.
+#[test]
+fn cp_decap_status_flags_an_interface_running_another_program() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    two_links(&peer_ns, &backend_ns);
+    let pins = PinDir::new("decapodd");
+    let pin_dir = pins.0.as_str();
+    let attach = |dev: &str| {
+        lb_decap(
+            &backend_ns,
+            pin_dir,
+            &["attach", "-i", dev, "-a", BACKEND_V4[0], "-s", OUTER_SRC_V4],
+        )
+        .expect("attach")
+    };
+    attach("d1");
+    attach("d2");
+    let id = backend_ns.xdp_program_id("d1").expect("program on d1");
+    assert_eq!(backend_ns.xdp_program_id("d2"), Some(id));
+
+    let mut old = older_program(&backend_ns, pin_dir, &[]);
+    swap_in_older(&mut old, pin_dir, "d2");
+    let old_id = backend_ns
+        .xdp_program_id("d2")
+        .expect("older program on d2");
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["links"][0], healthy_link(&backend_ns, "d1", id));
+    assert_eq!(
+        st["links"][1],
+        serde_json::json!({
+            "interface": "d2",
+            "state": "attached",
+            "ifindex": backend_ns.ifindex("d2"),
+            "program_id": old_id,
+            "same_program": false,
+            "checks_sources": false,
+            "counted": false,
+            "error": null,
+        })
+    );
+    assert_eq!(
+        st["allow_any_source"], true,
+        "d2 accepts tunnels from anyone"
+    );
+    let warnings: Vec<&str> = st["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "d2 runs program {old_id}, not the one the other interfaces run"
+        )) && warnings[1]
+            .contains("d2 runs an older lb-decap's program, which checks no tunnel source")
+            && warnings[2].contains("d2 counts into a map"),
+        "{warnings:#?}"
+    );
+    let text = lb_decap(&backend_ns, pin_dir, &["status"]).unwrap();
+    assert!(
+        text.contains(&format!(
+            "d1           attached (ifindex {}), program {id}",
+            backend_ns.ifindex("d1")
+        )) && text.contains(&format!(
+            "d2           attached (ifindex {}), program {old_id}",
+            backend_ns.ifindex("d2")
+        )) && text.contains("sources:    198.51.100.2/32 (NOT checked on d2")
+            && text.contains(&format!("warning: d2 runs program {old_id}")),
+        "{text}"
+    );
+
+    // The next attach, on either interface, swaps this build's program
+    // into both.
+    let out = attach("d1");
+    assert!(out.contains("lb_decap updated on d2 too"), "{out}");
+    let id = backend_ns.xdp_program_id("d1").expect("program on d1");
+    assert_eq!(backend_ns.xdp_program_id("d2"), Some(id));
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["warnings"], serde_json::json!([]));
+    assert_eq!(st["links"][1], healthy_link(&backend_ns, "d2", id));
+}
+
+/// `attach -i d1` also deals with d2's dead link (d2 deleted): replaced
+/// by a new attachment once d2 is back, left dead and reported while it is
+/// gone.
+#[test]
+fn cp_decap_attach_reports_or_replaces_the_dead_link_of_another_interface() {
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    two_links(&peer_ns, &backend_ns);
+    let pins = PinDir::new("decapdead");
+    let pin_dir = pins.0.as_str();
+    let attach = |dev: &str| {
+        let out = lb_decap_output(
+            &backend_ns,
+            pin_dir,
+            &["attach", "-i", dev, "-a", BACKEND_V4[0], "-s", OUTER_SRC_V4],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    attach("d1");
+    attach("d2");
+
+    // Deleted and created again: attached anew.
+    backend_ns.exec(&["ip", "link", "del", "d2"]);
+    veth(&peer_ns, "p2", &backend_ns, "d2");
+    let (stdout, stderr) = attach("d1");
+    let id = backend_ns.xdp_program_id("d1").expect("program on d1");
+    assert_eq!(backend_ns.xdp_program_id("d2"), Some(id), "d2's program");
+    assert!(
+        stdout.contains("lb_decap attached on d2 too (native mode)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("d2 was deleted and created again"),
+        "{stderr}"
+    );
+    let got = send_counted(
+        &peer_ns,
+        "p2",
+        &backend_ns,
+        pin_dir,
+        &[tunnel_frame(
+            &peer_ns,
+            "p2",
+            &backend_ns,
+            "d2",
+            OUTER_SRC_V4,
+        )],
+    );
+    assert_eq!(got, vec![("decapsulated".to_string(), 1)]);
+
+    // Deleted for good: left dead, and said so by attach and status.
+    backend_ns.exec(&["ip", "link", "del", "d2"]);
+    let (stdout, stderr) = attach("d1");
+    assert!(
+        stdout.contains("updated on d1") && !stdout.contains("d2"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(
+            "warning: the link pinned for d2 is attached to nothing (no interface d2 now)"
+        ),
+        "{stderr}"
+    );
+    let st = status(&backend_ns, pin_dir);
+    assert_eq!(st["links"][1]["state"], "dead");
+    assert_eq!(st["links"][1]["ifindex"], serde_json::Value::Null);
+    assert_eq!(
+        st["warnings"],
+        serde_json::json!([
+            "the link pinned for d2 is attached to nothing (the interface was deleted): run \
+             attach -i d2 once it is back, or detach -i d2"
+        ])
+    );
+    lb_decap(&backend_ns, pin_dir, &["detach", "-i", "d2"]).expect("detach the dead link");
+    assert_eq!(
+        status(&backend_ns, pin_dir)["interfaces"],
+        serde_json::json!(["d1"])
+    );
 }
 
 /// lb-decap checks its pins as lbd does: a map of another layout (here an

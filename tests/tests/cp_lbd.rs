@@ -2160,6 +2160,56 @@ fn cp_a_second_lbd_on_the_same_pins_is_refused_and_so_is_teardown() {
     });
 }
 
+/// An interface taken out of `interfaces` keeps its pinned link. At the
+/// next start lbd swaps its program into that link too, so that no older
+/// program runs on the shared maps, and says so in its log and in `lbctl
+/// status`, with how to detach it.
+#[test]
+fn cp_restart_swaps_the_program_into_an_interface_no_longer_configured_and_warns() {
+    let site = Site::new();
+    lb_veth_pair(&site, "ex0", "ex1");
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["interfaces"] = json!([{"name": "lb0"}, {"name": "ex0"}]);
+    let mut lbd = Lbd::start(&site.lb, Paths::new("unconf"), config);
+    let first = site.lb.xdp_program_id("ex0").expect("lb on ex0");
+    assert_eq!(site.lb.xdp_program_id("lb0"), Some(first));
+
+    let mut config = written_config(&lbd);
+    config["interfaces"] = json!([{"name": "lb0"}]);
+    lbd.kill();
+    std::fs::write(&lbd.paths.config, serde_json::to_vec(&config).unwrap()).unwrap();
+    lbd.restart();
+    let now = site.lb.xdp_program_id("lb0").expect("lb on lb0");
+    assert_ne!(now, first, "the new lbd runs the program it loaded");
+    assert_eq!(site.lb.xdp_program_id("ex0"), Some(now), "ex0 runs it too");
+    let link = lbd.paths.pin_dir.join("link_ex0");
+    let warning = format!(
+        "ex0 is not in interfaces but still attached (it runs this lbd's program on the shared \
+         maps); remove {} to detach",
+        link.display()
+    );
+    assert_eq!(
+        lbd.json(&["status"])["unconfigured_links"],
+        json!([{
+            "name": "ex0",
+            "state": "attached",
+            "ifindex": site.lb.ifindex("ex0"),
+            "program_id": now,
+            "updated_at_start": true,
+            "error": null,
+            "warning": warning,
+        }])
+    );
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains(&format!("warning: {warning}")), "{text}");
+    assert!(lbd.log().contains(&warning), "{}", lbd.log());
+
+    // As the warning says: removing the pin detaches it.
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(site.lb.xdp_program_id("ex0"), None);
+    assert_eq!(site.lb.xdp_program_id("lb0"), Some(now));
+}
+
 /// The `lb_common::maps` flags of backend `addr` in the pinned BACKENDS map.
 fn pinned_backend_flags(lbd: &Lbd, addr: &str) -> u8 {
     let id = backend_id(lbd, addr);

@@ -152,6 +152,11 @@ fn arriving(vlan: Option<u16>, outer: &[u8], inner: &[u8]) -> Vec<u8> {
     frame(HOST_MAC, HOP_MAC, vlan, ether_type, &cat(outer, inner))
 }
 
+/// A whole IP packet as it reaches the backend host.
+fn to_host(vlan: Option<u16>, packet: &[u8]) -> Vec<u8> {
+    frame(HOST_MAC, HOP_MAC, vlan, ether_type_of(packet), packet)
+}
+
 /// What the host's stack should get: same link header, inner packet.
 fn stripped(vlan: Option<u16>, inner: &[u8]) -> Vec<u8> {
     frame(HOST_MAC, HOP_MAC, vlan, ether_type_of(inner), inner)
@@ -432,12 +437,21 @@ fn golden_decap_non_tunnel_traffic_is_passed_untouched() {
             frame(HOST_MAC, HOP_MAC, None, 0x8100, &[0, 7]),
         ),
     ];
-    // IPv6 with a fragment header in front of the tunnel: not IP-in-IP as
-    // far as the outer header says.
-    let inner = inner_v4();
-    let mut outer = tunnel_v6(BACKEND_V6[0], &inner, 0);
-    outer[6] = 44;
-    cases.push(("IPv6 fragment header first", arriving(None, &outer, &inner)));
+    // IPv6 traffic behind extension headers, whole or a fragment, from a
+    // source not allowed for tunnels: the chain ends in no tunnel.
+    let udp = udp6(CLIENT_V6, 1, BACKEND_V6[0], 53, b"q");
+    for exts in [
+        vec![dest_opts()],
+        vec![hop_by_hop(), routing(), fragment(0, true, 7)],
+        vec![fragment(64, false, 7)],
+    ] {
+        let what = if exts.len() == 1 {
+            "UDP behind one extension header"
+        } else {
+            "UDP behind three extension headers"
+        };
+        cases.push((what, to_host(None, &with_ext_headers(&udp, &exts))));
+    }
     for (what, f) in cases {
         expect_untouched(&mut lb, &f, DecapReason::PassNotTunnel, what);
     }
@@ -969,5 +983,275 @@ fn golden_decap_bad_outer_ipv4_checksum_is_dropped_and_counted() {
     ));
     for (what, f) in cases {
         expect_dropped(&mut lb, &f, DecapReason::DropBadOuterChecksum, &what);
+    }
+}
+
+/// An IPv6 extension header for `with_ext_headers`: type and body.
+type ExtHeader = (u8, Vec<u8>);
+
+/// A tunnel from `src` to `dst` under an IPv6 outer header with the
+/// extension headers `exts` between it and `inner`, as it arrives.
+fn tunnel_v6_behind(src: &str, dst: &str, exts: &[ExtHeader], inner: &[u8]) -> Vec<u8> {
+    let packet = with_ext_headers(&cat(&tunnel_v6_from(src, dst, inner, 0), inner), exts);
+    to_host(None, &packet)
+}
+
+/// A routing header with one segment left: the destination address is a
+/// waypoint.
+fn routing_onwards() -> ExtHeader {
+    (43, vec![0, 253, 1, 0, 0, 0, 0])
+}
+
+/// Extension-header chains a whole (unfragmented) tunnel may arrive with.
+fn whole_chains() -> Vec<(&'static str, Vec<ExtHeader>)> {
+    vec![
+        ("destination options", vec![dest_opts()]),
+        ("hop-by-hop", vec![hop_by_hop()]),
+        ("routing, no segment left", vec![routing()]),
+        ("atomic fragment", vec![atomic_fragment(9)]),
+        (
+            "hop-by-hop, routing, destination options, atomic fragment",
+            vec![hop_by_hop(), routing(), dest_opts(), atomic_fragment(9)],
+        ),
+    ]
+}
+
+#[test]
+fn golden_decap_ipv6_outer_extension_headers_are_stripped_with_the_outer_header() {
+    // A trusted tunnel behind extension headers (a Linux ip6tnl sender
+    // adds destination options): the outer header and all of its chain
+    // come off, IPv4-in-IPv6 and IPv6-in-IPv6 alike.
+    let mut lb = backend_host();
+    for inner in [inner_v4(), inner_v6()] {
+        for (what, exts) in whole_chains() {
+            let f = tunnel_v6_behind(OUTER_SRC_V6, BACKEND_V6[0], &exts, &inner);
+            let what = format!("{what}, next header {}", tunnel_proto(&inner));
+            expect_decap(
+                &mut lb,
+                &f,
+                stripped(None, &inner),
+                DecapReason::Decapsulated,
+                &what,
+            );
+        }
+    }
+    // The VLAN tag stays, and ECN is still the fixed header's: CE over
+    // ECT(0) marks the inner packet.
+    let inner = udp6_tc(CLIENT_V6, 40000, VIP_V6, 53, 2, b"q");
+    let marked = udp6_tc(CLIENT_V6, 40000, VIP_V6, 53, 3, b"q");
+    let mut outer = tunnel_v6(BACKEND_V6[0], &inner, 3);
+    outer.extend_from_slice(&inner);
+    let packet = with_ext_headers(&outer, &[dest_opts()]);
+    expect_decap(
+        &mut lb,
+        &to_host(Some(42), &packet),
+        stripped(Some(42), &marked),
+        DecapReason::Decapsulated,
+        "tagged, CE",
+    );
+}
+
+#[test]
+fn golden_decap_ipv6_tunnel_behind_extension_headers_from_a_disallowed_source_is_dropped() {
+    // The kernel finds a tunnel behind extension headers too: a tunnel
+    // device of its own (collect_md, any remote) would strip it. So the
+    // allowlist holds behind any chain, whole or fragmented.
+    let mut lb = backend_host();
+    for inner in [inner_v4(), inner_v6()] {
+        let mut chains = whole_chains();
+        chains.extend([
+            ("routing, one segment left", vec![routing_onwards()]),
+            ("first fragment", vec![fragment(0, true, 9)]),
+            (
+                "destination options, first fragment",
+                vec![dest_opts(), fragment(0, true, 9)],
+            ),
+            ("later fragment", vec![fragment(8, true, 9)]),
+            (
+                "last fragment",
+                vec![hop_by_hop(), fragment(1024, false, 9)],
+            ),
+        ]);
+        for (what, exts) in chains {
+            let f = tunnel_v6_behind(CLIENT_V6, BACKEND_V6[0], &exts, &inner);
+            let what = format!("{what}, next header {}", tunnel_proto(&inner));
+            expect_dropped(&mut lb, &f, DecapReason::DropUntrustedSource, &what);
+        }
+    }
+}
+
+#[test]
+fn golden_decap_fragmented_tunnels_are_dropped_untrusted_and_passed_trusted_in_both_families() {
+    // A fragment of a tunnel cannot be stripped: from an allowed source it
+    // goes to the kernel untouched (`pass_malformed`), from any other it
+    // is dropped, for an IPv4 and an IPv6 outer header alike, first
+    // fragment or later.
+    let mut lb = backend_host();
+    for inner in [inner_v4(), inner_v6()] {
+        for (src_v4, src_v6, trusted) in [
+            (OUTER_SRC_V4, OUTER_SRC_V6, true),
+            (CLIENT_V4, CLIENT_V6, false),
+        ] {
+            let mut frames = Vec::new();
+            for (more, offset) in [(true, 0u16), (true, 8), (false, 1024)] {
+                let (mut h, _) =
+                    Ipv4Header::from_slice(&tunnel_v4_from(src_v4, BACKEND_V4[0], &inner, 0, &[]))
+                        .unwrap();
+                h.dont_fragment = false;
+                h.more_fragments = more;
+                h.fragment_offset = etherparse::IpFragOffset::try_new(offset / 8).unwrap();
+                h.header_checksum = h.calc_header_checksum();
+                frames.push((
+                    format!("IPv4 outer, fragment at {offset}, more {more}"),
+                    arriving(None, &h.to_bytes(), &inner),
+                ));
+                let exts = [fragment(offset, more, 77)];
+                frames.push((
+                    format!("IPv6 outer, fragment at {offset}, more {more}"),
+                    tunnel_v6_behind(src_v6, BACKEND_V6[0], &exts, &inner),
+                ));
+            }
+            // A later fragment whose fragment header names another
+            // extension header: what follows it is unknown.
+            let mut exts = vec![fragment(8, true, 78), dest_opts()];
+            let f = tunnel_v6_behind(src_v6, BACKEND_V6[0], &exts, &inner);
+            frames.push(("IPv6 later fragment naming destination options".into(), f));
+            exts.reverse();
+            let f = tunnel_v6_behind(src_v6, BACKEND_V6[0], &exts, &inner);
+            frames.push(("IPv6 destination options, later fragment".into(), f));
+            // An atomic fragment header does not make an earlier
+            // fragment whole.
+            let exts = [fragment(0, true, 79), atomic_fragment(80)];
+            let f = tunnel_v6_behind(src_v6, BACKEND_V6[0], &exts, &inner);
+            frames.push(("IPv6 first fragment, then an atomic one".into(), f));
+            for (what, f) in frames {
+                let what = format!("{what}, next header {}", tunnel_proto(&inner));
+                if trusted {
+                    expect_untouched(&mut lb, &f, DecapReason::PassMalformed, &what);
+                } else {
+                    expect_dropped(&mut lb, &f, DecapReason::DropUntrustedSource, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn golden_decap_ipv6_chain_not_walkable_to_its_end_is_checked_but_never_stripped() {
+    // Five extension headers (one more than the walker goes), or one cut
+    // short by the packet's end (as a first fragment's may be until
+    // reassembly completes it): what they carry is unknown, so they get
+    // the address and source checks, and are not stripped.
+    let mut lb = backend_host();
+    for inner in [inner_v4(), inner_v6()] {
+        let long = vec![dest_opts(); 5];
+        let too_long = |src, dst| tunnel_v6_behind(src, dst, &long, &inner);
+        // A destination-options header claiming 24 bytes more than the
+        // packet holds.
+        let cut = |src, dst| {
+            let mut f = tunnel_v6_behind(src, dst, &[dest_opts()], &inner);
+            let ext = 14 + IPV6_HLEN;
+            f[ext + 1] = (((16 + inner.len() + 24) / 8) - 1) as u8;
+            f
+        };
+        let proto = tunnel_proto(&inner);
+        for (what, f) in [
+            (
+                "five extension headers",
+                too_long(OUTER_SRC_V6, BACKEND_V6[0]),
+            ),
+            ("cut extension header", cut(OUTER_SRC_V6, BACKEND_V6[0])),
+        ] {
+            let what = format!("{what} from an allowed source, next header {proto}");
+            expect_untouched(&mut lb, &f, DecapReason::PassMalformed, &what);
+        }
+        for (what, f) in [
+            ("five extension headers", too_long(CLIENT_V6, BACKEND_V6[0])),
+            ("cut extension header", cut(CLIENT_V6, BACKEND_V6[0])),
+        ] {
+            let what = format!("{what} from a client, next header {proto}");
+            expect_dropped(&mut lb, &f, DecapReason::DropUntrustedSource, &what);
+        }
+        for (what, f) in [
+            ("five extension headers", too_long(CLIENT_V6, BACKEND_V6[1])),
+            ("cut extension header", cut(CLIENT_V6, BACKEND_V6[1])),
+        ] {
+            let what = format!("{what} to another address, next header {proto}");
+            expect_untouched(&mut lb, &f, DecapReason::PassNotOurAddress, &what);
+        }
+    }
+}
+
+#[test]
+fn golden_decap_ipv6_tunnel_routed_on_past_our_address_is_not_ours_to_strip() {
+    // A routing header with segments left makes our address a waypoint:
+    // a trusted tunnel is passed on untouched (the kernel routes it on);
+    // an untrusted one is dropped like any other
+    // (golden_decap_ipv6_tunnel_behind_extension_headers_from_a_disallowed_source_is_dropped).
+    let mut lb = backend_host();
+    for inner in [inner_v4(), inner_v6()] {
+        for exts in [
+            vec![routing_onwards()],
+            vec![hop_by_hop(), routing_onwards(), dest_opts()],
+        ] {
+            let f = tunnel_v6_behind(OUTER_SRC_V6, BACKEND_V6[0], &exts, &inner);
+            let what = format!(
+                "{} headers, next header {}",
+                exts.len(),
+                tunnel_proto(&inner)
+            );
+            expect_untouched(&mut lb, &f, DecapReason::PassNotOurAddress, &what);
+        }
+    }
+}
+
+#[test]
+fn golden_decap_inner_packet_must_end_within_the_outer_packet() {
+    // The outer header's length says where the tunnel ends; bytes after
+    // it (Ethernet padding, trailing junk) are no part of the inner
+    // packet. An inner packet claiming them is malformed; one that ends
+    // inside the outer packet is fine, and the padding behind it stays
+    // (the kernel trims a packet to its own length).
+    let mut lb = backend_host();
+    let junk = [0xa5u8; 8];
+    for inner in [inner_v4(), inner_v6()] {
+        // The inner length field grown by 8, over 8 bytes of junk after
+        // the outer packet.
+        let mut long = inner.clone();
+        if long[0] >> 4 == 4 {
+            let (mut h, _) = Ipv4Header::from_slice(&long).unwrap();
+            h.total_len += 8;
+            h.header_checksum = h.calc_header_checksum();
+            long[..IPV4_HLEN].copy_from_slice(&h.to_bytes());
+        } else {
+            let len = u16::from_be_bytes([long[4], long[5]]) + 8;
+            long[4..6].copy_from_slice(&len.to_be_bytes());
+        }
+        let proto = tunnel_proto(&inner);
+        for (family, outer) in [
+            ("IPv4", tunnel_v4(BACKEND_V4[0], &long, 0, &[])),
+            ("IPv6", tunnel_v6(BACKEND_V6[0], &long, 0)),
+        ] {
+            let f = cat(&arriving(None, &outer, &long), &junk);
+            let what = format!("{family} outer, next header {proto}, inner into the junk");
+            expect_untouched(&mut lb, &f, DecapReason::PassMalformed, &what);
+        }
+        let behind = tunnel_v6_behind(OUTER_SRC_V6, BACKEND_V6[0], &[dest_opts()], &long);
+        let f = cat(&behind, &junk);
+        let what = format!("IPv6 outer with destination options, next header {proto}");
+        expect_untouched(&mut lb, &f, DecapReason::PassMalformed, &what);
+        // The same junk after a consistent tunnel is only padding.
+        for outer in [
+            tunnel_v4(BACKEND_V4[0], &inner, 0, &[]),
+            tunnel_v6(BACKEND_V6[0], &inner, 0),
+        ] {
+            expect_decap(
+                &mut lb,
+                &cat(&arriving(None, &outer, &inner), &junk),
+                cat(&stripped(None, &inner), &junk),
+                DecapReason::Decapsulated,
+                &format!("padded, next header {proto}"),
+            );
+        }
     }
 }

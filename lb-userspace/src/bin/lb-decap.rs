@@ -8,16 +8,17 @@
 //! systemd oneshot). Running `attach` again adds addresses, replaces the
 //! allowed sources, and swaps in this binary's program atomically (an
 //! upgrade), or, when the interface was deleted and created again since,
-//! attaches anew in place of the dead link. Commands that change the pins
-//! run one at a time: a second waits for the first (a lock on the pin
-//! directory).
+//! attaches anew in place of the dead link; it does the same for every
+//! other interface attached from the pin directory, since they all share
+//! its maps (`pinned_links`). Commands that change the pins run one at a
+//! time: a second waits for the first (a lock on the pin directory).
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lb_common::{
-    maps::{MAP_DECAP_SOURCES, MAX_DECAP_SOURCES, PROG_DECAP},
+    maps::{MAP_DECAP_SOURCES, MAP_DECAP_STATS, MAX_DECAP_SOURCES, PROG_DECAP},
     stats::DecapReason,
 };
 use lb_userspace::{
@@ -27,6 +28,7 @@ use lb_userspace::{
     maps::Maps,
     netdev,
     pin_lock::PinDirLock,
+    pinned_links::{self, LinkState, OtherLink},
 };
 
 #[derive(Parser)]
@@ -45,7 +47,9 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to an interface (or update an attachment) and accept tunnels
-    /// addressed to the given backend addresses from the allowed sources.
+    /// addressed to the given backend addresses from the allowed sources;
+    /// every other interface attached from the pin directory gets this
+    /// program too.
     Attach {
         /// The NIC the tunnels arrive on.
         #[arg(long, short)]
@@ -82,7 +86,8 @@ enum Cmd {
         #[arg(long = "address", short, required = true, value_name = "ADDRESS")]
         addresses: Vec<IpAddr>,
     },
-    /// Addresses, allowed sources, attached interfaces and counters.
+    /// Interfaces with the state and program of their links, addresses,
+    /// allowed sources, warnings and counters.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -244,11 +249,61 @@ fn attach(
         } else {
             "attached"
         },
-        if attached.native { "native" } else { "generic" },
+        mode(attached.native),
         comma_list(&maps.decap_addrs()?),
         sources_text(&maps.decap_sources()?),
     );
+    // The other interfaces share the maps just written: each must run the
+    // program built for them, not an older release's.
+    let others =
+        pinned_links::update_others(&mut dp, PROG_DECAP, pin_dir, &[interface], Some(native));
+    let mut failed = Vec::new();
+    for other in others {
+        match other {
+            OtherLink::Updated { interface, native } => {
+                println!(
+                    "lb_decap updated on {interface} too ({} mode)",
+                    mode(native)
+                );
+            }
+            OtherLink::Reattached {
+                interface,
+                attached,
+            } => {
+                eprintln!(
+                    "lb-decap: {interface} was deleted and created again since it was attached: \
+                     its dead link is replaced by a new attachment"
+                );
+                println!(
+                    "lb_decap attached on {interface} too ({} mode)",
+                    mode(attached.native)
+                );
+            }
+            OtherLink::Dead { interface } => eprintln!(
+                "lb-decap: warning: the link pinned for {interface} is attached to nothing (no \
+                 interface {interface} now): run attach again once it is back, or detach -i \
+                 {interface}"
+            ),
+            OtherLink::Failed { interface, error } => {
+                failed.push(format!(
+                    "{interface}: {} (it runs the program it ran before)",
+                    lb_userspace::errors::chain(&error)
+                ));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "updating the other interfaces attached from {} failed: {}",
+            pin_dir.display(),
+            failed.join("; ")
+        );
+    }
     Ok(())
+}
+
+fn mode(native: bool) -> &'static str {
+    if native { "native" } else { "generic" }
 }
 
 fn sources_text(sources: &DecapSources) -> String {
@@ -259,20 +314,6 @@ fn sources_text(sources: &DecapSources) -> String {
         }
         DecapSources::Only(nets) => comma_list(nets),
     }
-}
-
-fn links(pin_dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(pin_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix("link_")
-                .map(str::to_string)
-        })
-        .collect()
 }
 
 fn detach(pin_dir: &std::path::Path, interface: &str) -> anyhow::Result<()> {
@@ -290,12 +331,118 @@ fn detach(pin_dir: &std::path::Path, interface: &str) -> anyhow::Result<()> {
     }
     // The pin holds the only reference to the link: removing it detaches.
     std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-    if links(pin_dir).is_empty() {
+    if pinned_links::pinned_interfaces(pin_dir).is_empty() {
         std::fs::remove_dir_all(pin_dir)
             .with_context(|| format!("removing {}", pin_dir.display()))?;
     }
     println!("lb_decap detached from {interface}");
     Ok(())
+}
+
+/// What `status` says about one interface's pinned link.
+struct LinkReport {
+    interface: String,
+    /// `Err`: the pin could not be read.
+    state: Result<LinkState, String>,
+    /// Its program reads the pinned allowlist (`DECAP_SOURCES`): an older
+    /// release's program checks no source.
+    checks_sources: bool,
+    /// Its program counts into the pinned `DECAP_STATS`: an older
+    /// release's keeps counting into the map a newer attach replaced.
+    counted: bool,
+    /// It runs the program the other interfaces run (see `reference`).
+    same_program: bool,
+}
+
+impl LinkReport {
+    fn live(&self) -> bool {
+        self.state.as_ref().is_ok_and(|s| s.ifindex.is_some())
+    }
+
+    fn program_id(&self) -> Option<u32> {
+        self.state.as_ref().ok().map(|s| s.program_id)
+    }
+
+    /// What is wrong with this link, if anything.
+    fn warnings(&self, legacy: bool) -> Vec<String> {
+        let name = &self.interface;
+        let state = match &self.state {
+            Err(e) => return vec![format!("the link pinned for {name} cannot be read: {e}")],
+            Ok(state) => state,
+        };
+        if state.ifindex.is_none() {
+            return vec![format!(
+                "the link pinned for {name} is attached to nothing (the interface was \
+                 deleted): run attach -i {name} once it is back, or detach -i {name}"
+            )];
+        }
+        let mut out = Vec::new();
+        if !self.same_program {
+            out.push(format!(
+                "{name} runs program {}, not the one the other interfaces run: run attach \
+                 again to swap this lb-decap's program into every interface",
+                state.program_id
+            ));
+        }
+        if !self.checks_sources && !legacy {
+            out.push(format!(
+                "{name} runs an older lb-decap's program, which checks no tunnel source: it \
+                 strips tunnels from anyone until attach runs again"
+            ));
+        }
+        if !self.counted {
+            out.push(format!(
+                "{name} counts into a map no longer pinned: its packets are missing from the \
+                 counters below until attach runs again"
+            ));
+        }
+        out
+    }
+}
+
+/// Every link pinned under `pin_dir`, with what its program uses. The
+/// program the others should run is the newest one on the pinned
+/// allowlist and counters (program ids grow), else the newest one.
+fn link_reports(pin_dir: &std::path::Path) -> Vec<LinkReport> {
+    let map_id = |name| {
+        pinned_links::pinned_map_id(&pin_dir.join(name))
+            .ok()
+            .flatten()
+    };
+    let (sources, stats) = (map_id(MAP_DECAP_SOURCES), map_id(MAP_DECAP_STATS));
+    let mut reports: Vec<LinkReport> = pinned_links::pinned_interfaces(pin_dir)
+        .into_iter()
+        .filter_map(|interface| {
+            let state = match pinned_links::link_state(pin_dir, &interface) {
+                Ok(None) => return None,
+                Ok(Some(state)) => Ok(state),
+                Err(e) => Err(e.to_string()),
+            };
+            let maps = state
+                .as_ref()
+                .ok()
+                .and_then(|s| pinned_links::program_map_ids(s.program_id).ok().flatten())
+                .unwrap_or_default();
+            let uses = |id: Option<u32>| id.is_some_and(|id| maps.contains(&id));
+            Some(LinkReport {
+                interface,
+                checks_sources: uses(sources),
+                counted: uses(stats),
+                state,
+                same_program: true,
+            })
+        })
+        .collect();
+    let live = || reports.iter().filter(|r| r.live());
+    let reference = live()
+        .filter(|r| r.checks_sources && r.counted)
+        .filter_map(LinkReport::program_id)
+        .max()
+        .or_else(|| live().filter_map(LinkReport::program_id).max());
+    for r in &mut reports {
+        r.same_program = !r.live() || r.program_id() == reference;
+    }
+    reports
 }
 
 fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -315,7 +462,16 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     } else {
         maps.decap_sources()?
     };
-    let interfaces = links(pin_dir);
+    let links = link_reports(pin_dir);
+    let interfaces: Vec<&str> = links.iter().map(|l| l.interface.as_str()).collect();
+    // Interfaces whose program strips tunnels from any source, whatever
+    // the allowlist says.
+    let unchecked: Vec<&str> = links
+        .iter()
+        .filter(|l| l.live() && !l.checks_sources)
+        .map(|l| l.interface.as_str())
+        .collect();
+    let warnings: Vec<String> = links.iter().flat_map(|l| l.warnings(legacy)).collect();
     // A counter map of an older release lacks the newer rows until the
     // next attach grows it.
     let rows = maps.decap_counter_rows()?;
@@ -337,25 +493,66 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             DecapSources::Only(nets) => nets.iter().map(ToString::to_string).collect(),
             DecapSources::Any => Vec::new(),
         };
+        let link_rows: Vec<serde_json::Value> = links
+            .iter()
+            .map(|l| {
+                let state = l.state.as_ref().ok();
+                serde_json::json!({
+                    "interface": l.interface,
+                    "state": state.map_or("unreadable", LinkState::state),
+                    "ifindex": state.and_then(|s| s.ifindex),
+                    "program_id": state.map(|s| s.program_id),
+                    "same_program": l.same_program,
+                    "checks_sources": l.checks_sources,
+                    "counted": l.counted,
+                    "error": l.state.as_ref().err(),
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "interfaces": interfaces,
+                "links": link_rows,
                 "addresses": addresses,
-                "allow_any_source": sources == DecapSources::Any,
+                "allow_any_source": sources == DecapSources::Any || !unchecked.is_empty(),
                 "allowed_sources": allowed,
+                "warnings": warnings,
                 "counters": counters,
             })
         );
     } else {
         println!("interfaces: {}", interfaces.join(", "));
+        for l in &links {
+            match &l.state {
+                Ok(s) => println!(
+                    "  {:<12} {}{}, program {}",
+                    l.interface,
+                    s.state(),
+                    s.ifindex
+                        .map(|i| format!(" (ifindex {i})"))
+                        .unwrap_or_default(),
+                    s.program_id
+                ),
+                Err(e) => println!("  {:<12} unreadable: {e}", l.interface),
+            }
+        }
         println!("addresses:  {}", comma_list(&addresses));
         let note = if legacy {
             " (attached by an older lb-decap: run attach with --allow-source to set an allowlist)"
+                .to_string()
+        } else if !unchecked.is_empty() {
+            format!(
+                " (NOT checked on {}: an older lb-decap's program runs there)",
+                unchecked.join(", ")
+            )
         } else {
-            ""
+            String::new()
         };
         println!("sources:    {}{note}", sources_text(&sources));
+        for w in &warnings {
+            println!("warning: {w}");
+        }
         for (name, value) in counters {
             match value {
                 Some(v) => println!("{name:<24} {v}"),

@@ -566,6 +566,9 @@ fn print_status(v: &Value) {
             _ => println!("interface {name}: XDP {} mode{reattached}", s(&i["mode"])),
         }
     }
+    for l in v["unconfigured_links"].as_array().into_iter().flatten() {
+        println!("warning: {}", s(&l["warning"]));
+    }
     println!(
         "vips {}  backends {} ({} healthy)  maglev table {} slots  table rebuilds {}",
         v["vips"], v["backends"], v["backends_up"], v["ring_size"], v["table_rebuilds"]
