@@ -77,6 +77,12 @@ fn answerable(ctx: &XdpContext, out: &Outgoing, mtu: u32) -> bool {
     if out.flow.proto == PROTO_ICMP || out.flow.proto == PROTO_ICMPV6 {
         return false;
     }
+    // The MTU must be smaller than the packet (RFC 1191): anything else
+    // would not make the sender shrink it (a kernel older than 5.12 does
+    // not report a route's MTU and leaves the packet's length there).
+    if mtu >= out.ip_len as u32 {
+        return false;
+    }
     if out.flow.family == FAMILY_V4 {
         // Only a sender that does path-MTU discovery (DF set) expects an
         // answer; one that leaves DF clear expects fragmentation, which

@@ -239,6 +239,10 @@ pub fn unconfigured_warning(pin_dir: &Path, link: &OtherLink) -> String {
             "{name} is not in interfaces; its pinned link is attached to nothing; remove {}",
             path.display()
         ),
+        OtherLink::Foreign { running, .. } => format!(
+            "{name} is not in interfaces; its pinned link runs {running}, not this lbd's program, and is left alone: give lbd and lb-decap pin directories of their own; remove {} to detach it",
+            path.display()
+        ),
         OtherLink::Failed { .. } => format!(
             "{name} is not in interfaces but still attached, and its program could not be \
              updated (an older program may run on the shared maps); remove {} to detach",

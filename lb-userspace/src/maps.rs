@@ -198,14 +198,19 @@ impl Maps {
             .map_err(err(MAP_PROMOTION_LIMIT))
     }
 
-    /// The CPUs the per-CPU maps hold a value for.
+    /// The CPUs that can run the program: those online (not every CPU
+    /// the kernel could bring up, which per-CPU maps are sized for), so
+    /// that a limit split between them adds up to the whole.
     pub fn cpus(&self) -> Result<u32, MapsError> {
-        aya::util::nr_cpus()
-            .map(|n| n as u32)
-            .map_err(|(_, error)| MapsError::PerCpu {
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        if online < 1 {
+            return Err(MapsError::PerCpu {
                 name: MAP_PROMOTION_LIMIT,
-                error,
-            })
+                error: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(online as u32)
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {

@@ -84,6 +84,11 @@ pub enum OtherLink {
     /// The link is dead and was left as it is: no interface of that name
     /// exists, or the caller does not attach anew.
     Dead { interface: String },
+    /// The link runs another kind of program (`lb` where `lb_decap` is
+    /// swapped in, or the reverse: one pin directory shared by lbd and
+    /// lb-decap): left alone, since either in the other's place cuts the
+    /// interface off.
+    Foreign { interface: String, running: String },
     /// Reading or updating the link failed; it runs what it ran before.
     Failed {
         interface: String,
@@ -97,6 +102,7 @@ impl OtherLink {
             Self::Updated { interface, .. }
             | Self::Reattached { interface, .. }
             | Self::Dead { interface }
+            | Self::Foreign { interface, .. }
             | Self::Failed { interface, .. } => interface,
         }
     }
@@ -123,10 +129,15 @@ pub fn update_others(
             // Removed since the directory was read.
             Ok(None) => continue,
             Ok(Some(LinkState {
-                ifindex: Some(_), ..
-            })) => match dp.swap_into_link(program, &interface, pin_dir) {
-                Ok(native) => OtherLink::Updated { interface, native },
-                Err(error) => OtherLink::Failed { interface, error },
+                ifindex: Some(_),
+                program_id,
+                ..
+            })) => match program_name(program_id) {
+                Some(running) if running != program => OtherLink::Foreign { interface, running },
+                _ => match dp.swap_into_link(program, &interface, pin_dir) {
+                    Ok(native) => OtherLink::Updated { interface, native },
+                    Err(error) => OtherLink::Failed { interface, error },
+                },
             },
             Ok(Some(_)) => match reattach {
                 Some(prefer_native) if netdev::ifindex(&interface).is_ok() => {
@@ -151,6 +162,15 @@ pub fn update_others(
         out.push(outcome);
     }
     out
+}
+
+/// The name of loaded program `id` (`lb`, `lb_decap`); `None` when it
+/// cannot be told.
+fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|info| info.id() == id)
+        .and_then(|info| info.name_as_str().map(str::to_string))
 }
 
 /// The ids of the maps program `id` uses; `None` when no such program is

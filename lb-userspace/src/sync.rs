@@ -113,6 +113,11 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
 
     for (id, _) in maps.backends()? {
         if !new.backends.contains_key(&id) {
+            // Inactive first (only the flags change), then cleared: a
+            // packet reading the entry meanwhile never finds it active
+            // with a half-zeroed address.
+            let live = maps.backend(id)?;
+            maps.set_backend(id, &Backend { flags: 0, ..live })?;
             maps.set_backend(id, &Backend::default())?;
             report.backends_cleared += 1;
         }

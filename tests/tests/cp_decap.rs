@@ -1028,3 +1028,55 @@ fn cp_decap_tool_refuses_a_pinned_map_of_another_layout() {
         serde_json::json!([BACKEND_V4[0]])
     );
 }
+
+/// One pin directory shared by the load balancer and lb-decap (a mistake
+/// an operator can make): `attach` swaps lb_decap into the other links of
+/// the directory, but not into one running the load balancer, which it
+/// would cut off. It says so instead.
+#[test]
+fn cp_decap_attach_leaves_a_load_balancer_link_in_the_same_pin_directory_alone() {
+    use aya::programs::links::FdLink;
+    let peer_ns = Netns::new("peer");
+    let backend_ns = Netns::new("be");
+    two_links(&peer_ns, &backend_ns);
+    let pins = PinDir::new("decapforeign");
+    let pin_dir = pins.0.as_str();
+    std::fs::create_dir_all(pin_dir).unwrap();
+    let mut lb = Lb::new();
+    let prog = lb.dp.lb().unwrap();
+    let id = backend_ns
+        .enter(|| prog.attach("d2", XdpMode::Driver))
+        .expect("attach lb to d2");
+    let link = FdLink::try_from(prog.take_link(id).unwrap()).unwrap();
+    link.pin(format!("{pin_dir}/link_d2"))
+        .expect("pin lb's link");
+    let lb_id = backend_ns.xdp_program_id("d2").expect("lb on d2");
+
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", backend_ns.name))
+        .arg(binary("lb-decap"))
+        .args(["--pin-dir", pin_dir])
+        .args([
+            "attach",
+            "-i",
+            "d1",
+            "-a",
+            BACKEND_V4[0],
+            "-s",
+            OUTER_SRC_V4,
+        ])
+        .output()
+        .expect("run lb-decap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        backend_ns.xdp_program_id("d2"),
+        Some(lb_id),
+        "lb-decap replaced the load balancer on d2"
+    );
+    assert!(
+        stderr.contains("d2 runs lb, not lb_decap, and is left alone"),
+        "{stderr}"
+    );
+    assert_ne!(backend_ns.xdp_program_id("d1"), Some(lb_id));
+}

@@ -19,8 +19,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
     FlowKey,
     maps::{
-        Backend, ConnEntry, LAYOUT_VERSION, MAP_BACKENDS, MAP_CONNS, MAP_DECAP_STATS,
-        MAP_GLOBAL_STATS,
+        Backend, ConnEntry, LAYOUT_VERSION, LbConfig, MAP_BACKENDS, MAP_CONFIG, MAP_CONFIG_ACTIVE,
+        MAP_CONNS, MAP_DECAP_STATS, MAP_GLOBAL_STATS,
     },
     stats::{DECAP_REASON_COUNT, REASON_COUNT},
 };
@@ -202,6 +202,16 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
         );
     }
     assert_kept(&table, pin_dir, "after the upgrade");
+    // A configuration change through lbd makes the second configuration
+    // slot the live one: the downgrade below then meets a live slot 1 and a
+    // stale slot 0, which the old release, knowing only slot 0, rewrites.
+    let mut changed = config.clone();
+    changed["mtu"] = json!(1480);
+    let file = paths.dir.join("changed.json");
+    std::fs::write(&file, changed.to_string()).expect("write the changed config");
+    lbd.json(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(live_config_slot(pin_dir), 1, "slot 1 is live");
+    assert_eq!(config_slot(pin_dir, 1).mtu, 1480);
     thread::sleep(Duration::from_millis(500));
 
     // Downgrade: this lbd killed, the old one started over the same pins.
@@ -209,6 +219,11 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
     thread::sleep(Duration::from_millis(300));
     let lbd = start(&old, "old-again");
     assert_eq!(lbd.json(&["status"])["adopted_running_data_plane"], true);
+    assert_eq!(
+        config_slot(pin_dir, 0).mtu,
+        1500,
+        "the old release wrote its configuration to the slot it reads"
+    );
     assert_kept(&table, pin_dir, "after the downgrade");
     thread::sleep(Duration::from_millis(500));
 
@@ -230,4 +245,18 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
     assert_eq!(text, expected);
     assert_kept(&table, pin_dir, "at the end");
     drop(lbd);
+}
+
+/// The live slot of the pinned `LB_CONFIG` (`CONFIG_ACTIVE`).
+fn live_config_slot(pin_dir: &Path) -> u32 {
+    let map = MapData::from_pin(pin_dir.join(MAP_CONFIG_ACTIVE)).expect("CONFIG_ACTIVE pinned");
+    let active: Array<MapData, u32> = Array::try_from(Map::Array(map)).unwrap();
+    active.get(&0, 0).unwrap()
+}
+
+/// Slot `slot` of the pinned `LB_CONFIG`.
+fn config_slot(pin_dir: &Path, slot: u32) -> LbConfig {
+    let map = MapData::from_pin(pin_dir.join(MAP_CONFIG)).expect("LB_CONFIG pinned");
+    let config: Array<MapData, LbConfig> = Array::try_from(Map::Array(map)).unwrap();
+    config.get(&slot, 0).unwrap()
 }

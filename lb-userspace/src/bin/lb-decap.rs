@@ -284,6 +284,9 @@ fn attach(
                  interface {interface} now): run attach again once it is back, or detach -i \
                  {interface}"
             ),
+            OtherLink::Foreign { interface, running } => eprintln!(
+                "lb-decap: warning: the link pinned for {interface} runs {running}, not lb_decap, and is left alone: give lb-decap a pin directory of its own (--pin-dir)"
+            ),
             OtherLink::Failed { interface, error } => {
                 failed.push(format!(
                     "{interface}: {} (it runs the program it ran before)",
