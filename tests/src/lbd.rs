@@ -30,6 +30,26 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Wait until an lbd just started as `child` answers (`answers`), for up to
+/// 30 s; fail with its log (`log`) if it exits first or never does.
+pub fn wait_until_answering(
+    child: &mut Option<Child>,
+    answers: impl Fn() -> bool,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if answers() {
+            return;
+        }
+        if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+            panic!("lbd exited ({status}) during startup:\n{}", log());
+        }
+        assert!(Instant::now() < deadline, "lbd did not come up:\n{}", log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Where one lbd instance keeps its files.
 pub struct Paths {
     pub dir: PathBuf,
@@ -122,21 +142,13 @@ impl Lbd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.ctl(&["status"]).status.success() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("lbd exited ({status}) during startup:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lbd did not come up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut child = self.child.take();
+        wait_until_answering(
+            &mut child,
+            || self.ctl(&["status"]).status.success(),
+            || self.log(),
+        );
+        self.child = child;
     }
 
     pub fn log(&self) -> String {

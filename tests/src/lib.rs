@@ -5,6 +5,7 @@
 pub mod backend_server;
 pub mod capture;
 pub mod flood;
+pub mod fuzz;
 pub mod harness;
 pub mod http_client;
 pub mod lbd;

@@ -11,10 +11,9 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
 
-use crate::netns::Netns;
+use crate::{lbd::wait_until_answering, netns::Netns};
 
 /// Where one release's `lbd` and `lbctl` are.
 #[derive(Clone, Debug)]
@@ -81,21 +80,13 @@ impl ReleaseLbd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.ctl(&["status"]).status.success() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("lbd exited ({status}) during startup:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lbd did not come up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut child = self.child.take();
+        wait_until_answering(
+            &mut child,
+            || self.ctl(&["status"]).status.success(),
+            || self.log(),
+        );
+        self.child = child;
     }
 
     pub fn log(&self) -> String {

@@ -31,23 +31,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
 use lb_common::stats::{DecapReason, ReasonKind};
-use lb_tests::{harness::*, packets::*};
+use lb_tests::{fuzz, harness::*, packets::*};
 use lb_userspace::decap_sources::IpNet;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 /// Seed fixed for CI; `FUZZ_SEED` and `FUZZ_CASES` widen a local run.
 fn seed() -> u64 {
-    std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xdeca_95ed)
-}
-
-fn cases(default: usize) -> usize {
-    std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    fuzz::seed(0xdeca_95ed)
 }
 
 const ALLOWED: [&str; 3] = [OUTER_SRC_V4, "192.0.2.0/25", "2001:db8:100::/64"];
@@ -227,31 +217,6 @@ fn random_tunnel(rng: &mut SmallRng, t: &Target) -> Seed {
         reason,
         data,
     }
-}
-
-fn mutate(rng: &mut SmallRng, packet: &[u8]) -> Vec<u8> {
-    let mut p = packet.to_vec();
-    match rng.random_range(0..4) {
-        // Flip a few bits anywhere.
-        0 => {
-            for _ in 0..rng.random_range(1..=8) {
-                let i = rng.random_range(0..p.len());
-                p[i] ^= 1 << rng.random_range(0..8);
-            }
-        }
-        // Cut it short.
-        1 => p.truncate(rng.random_range(0..p.len())),
-        // Random bytes over a header field (link to inner header).
-        2 => {
-            let start = rng.random_range(12..p.len().min(100));
-            for b in p.iter_mut().skip(start).take(rng.random_range(1..=4)) {
-                *b = rng.random();
-            }
-        }
-        // Grow it with junk (lengths in headers now disagree).
-        _ => p.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
-    }
-    p
 }
 
 /// Offset of the IP header and the ethertype, as the program reads them:
@@ -629,7 +594,7 @@ fn share(by_reason: &[u64], reason: DecapReason) -> u64 {
 fn fuzz_decap_random_bytes_never_abort_and_are_counted_once() {
     let mut t = target();
     let mut rng = SmallRng::seed_from_u64(seed());
-    let n = cases(10_000);
+    let n = fuzz::cases(10_000);
     let inputs = (0..n).map(|_| {
         let len = rng.random_range(14..200);
         let mut p: Vec<u8> = (0..len).map(|_| rng.random()).collect();
@@ -659,7 +624,7 @@ fn fuzz_decap_random_bytes_never_abort_and_are_counted_once() {
 fn fuzz_decap_mutated_tunnels_are_decapsulated_exactly_or_counted_untouched() {
     let mut t = target();
     let mut rng = SmallRng::seed_from_u64(seed() ^ 1);
-    let n = cases(20_000);
+    let n = fuzz::cases(20_000);
     let mut seeds = [0u64; DecapReason::ALL.len()];
     let mut short = 0;
     let inputs: Vec<Input> = (0..n)
@@ -680,7 +645,7 @@ fn fuzz_decap_mutated_tunnels_are_decapsulated_exactly_or_counted_untouched() {
                     exact: Some((seed.reason, want)),
                 };
             }
-            let mut p = mutate(&mut rng, &seed.frame);
+            let mut p = fuzz::mutate(&mut rng, &seed.frame, 100);
             if rng.random_bool(0.5) {
                 fix_outer_checksum(&mut p);
             }

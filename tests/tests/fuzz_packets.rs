@@ -16,23 +16,13 @@ use lb_common::{
     maps::{PromotionLimit, VIP_F_PORTLESS},
     stats::ReasonKind,
 };
-use lb_tests::{flood::*, harness::*, packets::*};
+use lb_tests::{flood::*, fuzz, harness::*, packets::*};
 use lb_userspace::maps::FillMethod;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 /// Seed fixed for CI; `FUZZ_SEED` and `FUZZ_CASES` widen a local run.
 fn seed() -> u64 {
-    std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x10ad_ba1a)
-}
-
-fn cases(default: usize) -> usize {
-    std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    fuzz::seed(0x10ad_ba1a)
 }
 
 struct Target {
@@ -105,31 +95,6 @@ fn seeds() -> Vec<Vec<u8>> {
             &udp4(CLIENT_V4, 5002, VIP_V4, 53, b"vlan"),
         ),
     ]
-}
-
-fn mutate(rng: &mut SmallRng, packet: &[u8]) -> Vec<u8> {
-    let mut p = packet.to_vec();
-    match rng.random_range(0..4) {
-        // Flip a few bits anywhere.
-        0 => {
-            for _ in 0..rng.random_range(1..=8) {
-                let i = rng.random_range(0..p.len());
-                p[i] ^= 1 << rng.random_range(0..8);
-            }
-        }
-        // Cut it short.
-        1 => p.truncate(rng.random_range(0..p.len())),
-        // Random bytes over a header field (L2 to L4).
-        2 => {
-            let start = rng.random_range(12..p.len().min(70));
-            for b in p.iter_mut().skip(start).take(rng.random_range(1..=4)) {
-                *b = rng.random();
-            }
-        }
-        // Grow it with junk (lengths in headers now disagree).
-        _ => p.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
-    }
-    p
 }
 
 fn verdicts(lb: &Lb) -> u64 {
@@ -231,7 +196,7 @@ fn run_all(t: &mut Target, inputs: impl Iterator<Item = Vec<u8>>) -> (u64, usize
 fn fuzz_random_bytes_never_abort_and_pass_untouched() {
     let mut t = target();
     let mut rng = SmallRng::seed_from_u64(seed());
-    let n = cases(10_000);
+    let n = fuzz::cases(10_000);
     let inputs = (0..n).map(|_| {
         let len = rng.random_range(14..200);
         let mut p: Vec<u8> = (0..len).map(|_| rng.random()).collect();
@@ -255,9 +220,9 @@ fn fuzz_mutated_valid_packets_are_forwarded_correctly_or_counted() {
     let mut t = target();
     let mut rng = SmallRng::seed_from_u64(seed() ^ 1);
     let seeds = seeds();
-    let n = cases(20_000);
+    let n = fuzz::cases(20_000);
     let inputs: Vec<Vec<u8>> = (0..n)
-        .map(|i| mutate(&mut rng, &seeds[i % seeds.len()]))
+        .map(|i| fuzz::mutate(&mut rng, &seeds[i % seeds.len()], 70))
         .collect();
     let (ran, forwarded) = run_all(&mut t, inputs.into_iter());
     // Not only rejections: a good share still goes through, and is checked.
