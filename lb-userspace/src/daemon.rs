@@ -53,6 +53,7 @@ use crate::{
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
     pin_lock::PinDirLock,
+    ring_digest,
     runtime_state::{self, DataPlaneId, StateWriter},
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
@@ -126,6 +127,9 @@ pub struct Daemon {
     state: StateWriter,
     /// One-second ticks since the start.
     ticks: u64,
+    /// Each VIP's live ring digest (`ring_digest`), taken after every
+    /// write that changed a ring.
+    ring_digests: BTreeMap<VipKeyOrd, u64>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -295,11 +299,13 @@ impl Daemon {
             started: Instant::now(),
             outlets,
             ticks: 0,
+            ring_digests: BTreeMap::new(),
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
         };
         daemon.health = health_records;
+        daemon.refresh_ring_digests();
         daemon.refresh_checkers();
         daemon.refresh_drains();
         daemon.save_state();
@@ -320,6 +326,44 @@ impl Daemon {
 
     fn vip_config(&self, key: &VipKeyOrd) -> Option<&Vip> {
         vip_of(&self.config, key)
+    }
+
+    /// Digest each VIP's live ring, read back from the data plane, with its
+    /// slots named by backend address (`ring_digest`): equal on every node
+    /// that serves the same backends. A VIP whose ring cannot be read has
+    /// none (and lbd logs why).
+    fn refresh_ring_digests(&mut self) {
+        let mut digests = BTreeMap::new();
+        for key in self.applied.vips.keys() {
+            let ring = self
+                .maps
+                .vip(&(*key).into())
+                .and_then(|meta| meta.ok_or(MapsError::UnknownVip((*key).into())))
+                .and_then(|meta| self.maps.live_ring(&meta));
+            let ring = match ring {
+                Ok(ring) => ring,
+                Err(e) => {
+                    warn!(error = %e, "reading a live ring for its digest failed");
+                    continue;
+                }
+            };
+            let slots = ring_digest::addresses(&ring, |id| {
+                let b = self.applied.backends.get(&id)?;
+                from_map(&b.addr, b.family)
+            });
+            digests.insert(*key, ring_digest::digest(&slots));
+        }
+        self.metrics
+            .set_ring_digests(self.config.vips.iter().filter_map(|v| {
+                let key = image::vip_key(v.address, v.port, v.protocol);
+                let vip = VipRef {
+                    address: v.address,
+                    port: v.port,
+                    protocol: v.protocol,
+                };
+                Some((vip.to_string(), *digests.get(&key)?))
+            }));
+        self.ring_digests = digests;
     }
 
     /// Write the runtime state (lbctl's edits, drain start times) so a
@@ -441,6 +485,9 @@ impl Daemon {
         self.ids = ids;
         self.applied = image;
         self.outlets = outlets;
+        if report.rings_rebuilt > 0 || report.vips_removed > 0 {
+            self.refresh_ring_digests();
+        }
         self.refresh_checkers();
         self.refresh_drains();
         self.save_state();
@@ -823,6 +870,11 @@ impl Daemon {
                 }),
             },
             "table_rebuilds": self.metrics.table_rebuilds.get(),
+            "ring_digests": self.config.vips.iter().map(|v| {
+                let key = image::vip_key(v.address, v.port, v.protocol);
+                let vip = VipRef { address: v.address, port: v.port, protocol: v.protocol };
+                (vip.to_string(), json!(self.ring_digests.get(&key).map(|d| ring_digest::hex(*d))))
+            }).collect::<serde_json::Map<String, Value>>(),
             "counters": reasons,
         })
     }
@@ -858,6 +910,7 @@ impl Daemon {
                     "backends": v.backends.len(),
                     "healthy": up,
                     "in_table": in_table,
+                    "ring_digest": self.ring_digests.get(&key).map(|d| ring_digest::hex(*d)),
                 })
             })
             .collect();

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod attachments;
 pub mod bpffs;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -25,6 +26,7 @@ pub mod occupancy;
 pub mod onlink;
 pub mod pin_lock;
 pub mod pinned_links;
+pub mod ring_digest;
 pub mod ring_memory;
 pub mod runtime_state;
 pub mod sync;

@@ -297,6 +297,13 @@ impl Maps {
         Ok(out)
     }
 
+    /// The VIP's live ring: the backend id of each slot, read through a
+    /// mapping of the ring map (one read, not a syscall per slot).
+    pub fn live_ring(&self, meta: &VipMeta) -> Result<Vec<u32>, MapsError> {
+        let first = ring_index(meta.vip_id, meta.active_ring, 0, self.ring_size);
+        Ok(self.ring_memory.read(first, self.ring_size as usize)?)
+    }
+
     /// The backend id in `slot` of the VIP's live ring.
     pub fn ring_slot(&self, meta: &VipMeta, slot: u32) -> Result<u32, MapsError> {
         let index = ring_index(meta.vip_id, meta.active_ring, slot, self.ring_size);

@@ -50,6 +50,13 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RingLabels {
+    pub vip: String,
+    /// The live ring's digest, 16 hex digits (`ring_digest`).
+    pub digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
     /// `connections` or `probation`.
     pub table: String,
@@ -83,6 +90,7 @@ pub struct Metrics {
     pub reattached: Family<InterfaceName, Counter>,
     table_entries: Family<TableLabels, Gauge>,
     table_capacity: Family<TableLabels, Gauge>,
+    ring_info: Family<RingLabels, Gauge>,
     /// The per-VIP and per-backend label sets that have series, so that
     /// those of VIPs and backends gone from the configuration can be removed.
     series: Mutex<Series>,
@@ -117,6 +125,7 @@ impl Default for Metrics {
             reattached: Family::default(),
             table_entries: Family::default(),
             table_capacity: Family::default(),
+            ring_info: Family::default(),
             series: Mutex::new(Series::default()),
         };
         {
@@ -196,6 +205,11 @@ impl Default for Metrics {
                 "Entries the connection table and its probation table can hold",
                 m.table_capacity.clone(),
             );
+            r.register(
+                "vip_ring_info",
+                "1 for each VIP, labelled with its live Maglev ring's digest: equal on every node that serves the same backends",
+                m.ring_info.clone(),
+            );
         }
         m
     }
@@ -219,6 +233,7 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("reattach", "counter"),
     ("conn_table_entries", "gauge"),
     ("conn_table_capacity", "gauge"),
+    ("vip_ring_info", "gauge"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -261,6 +276,19 @@ impl Metrics {
 
     fn series_lock(&self) -> std::sync::MutexGuard<'_, Series> {
         self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Show each VIP's live ring digest, and only those of VIPs that exist.
+    pub fn set_ring_digests(&self, digests: impl IntoIterator<Item = (String, u64)>) {
+        self.ring_info.clear();
+        for (vip, digest) in digests {
+            self.ring_info
+                .get_or_create(&RingLabels {
+                    vip,
+                    digest: crate::ring_digest::hex(digest),
+                })
+                .set(1);
+        }
     }
 
     /// Record how full the connection and probation tables are.
@@ -576,6 +604,7 @@ mod tests {
             exact: true,
             method: crate::maps::FillMethod::Kernel,
         });
+        m.set_ring_digests([("v".to_string(), 7)]);
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

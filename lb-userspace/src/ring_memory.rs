@@ -72,7 +72,41 @@ impl RingMemory {
 
     /// Write `ids` into the slots from `first` on.
     pub fn write(&mut self, first: u32, ids: &[u32]) -> Result<(), RingMemoryError> {
-        let end = first as usize + ids.len();
+        self.with_slots(first, ids.len(), true, |slot| {
+            for (i, id) in ids.iter().enumerate() {
+                // SAFETY: `slot(i)` is inside the mapping and aligned.
+                unsafe { slot(i).write_volatile(*id) };
+            }
+        })?;
+        // Everything written is visible before whatever the caller does next
+        // (the flip that makes this table live).
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The `n` slots from `first` on, as the program reads them.
+    pub fn read(&self, first: u32, n: usize) -> Result<Vec<u32>, RingMemoryError> {
+        let mut ids = Vec::with_capacity(n);
+        self.with_slots(first, n, false, |slot| {
+            for i in 0..n {
+                // SAFETY: `slot(i)` is inside the mapping and aligned.
+                ids.push(unsafe { slot(i).read_volatile() });
+            }
+        })?;
+        Ok(ids)
+    }
+
+    /// Map the pages that hold slots `first..first + n` (writable if
+    /// `write`) for the duration of `f`, which gets a pointer to each slot
+    /// by its index from `first`.
+    fn with_slots(
+        &self,
+        first: u32,
+        n: usize,
+        write: bool,
+        f: impl FnOnce(&dyn Fn(usize) -> *mut u32),
+    ) -> Result<(), RingMemoryError> {
+        let end = first as usize + n;
         if end > self.slots as usize {
             return Err(RingMemoryError::OutOfRange {
                 first,
@@ -83,13 +117,18 @@ impl RingMemory {
         let start_byte = first as usize * SLOT_STRIDE;
         let map_offset = start_byte / self.page * self.page;
         let len = (end * SLOT_STRIDE).div_ceil(self.page) * self.page - map_offset;
+        let prot = if write {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a fresh shared mapping of the map's fd; the kernel refuses
         // one past the map's (page-rounded) size, and we checked `end`.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 self.fd.as_raw_fd(),
                 map_offset as libc::off_t,
@@ -99,15 +138,13 @@ impl RingMemory {
             return Err(RingMemoryError::Mmap(std::io::Error::last_os_error()));
         }
         let ring = base.cast::<u8>();
-        for (i, id) in ids.iter().enumerate() {
+        let slot = |i: usize| {
             let offset = start_byte - map_offset + i * SLOT_STRIDE;
             // SAFETY: inside the mapping (offset + 4 <= len by the sizes
             // above), 4-byte aligned (8-byte stride from a page boundary).
-            unsafe { ring.add(offset).cast::<u32>().write_volatile(*id) };
-        }
-        // Everything written is visible before whatever the caller does next
-        // (the flip that makes this table live).
-        fence(Ordering::SeqCst);
+            unsafe { ring.add(offset).cast::<u32>() }
+        };
+        f(&slot);
         // SAFETY: the mapping made above, unmapped once.
         unsafe { libc::munmap(base, len) };
         Ok(())

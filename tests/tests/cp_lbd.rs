@@ -2426,3 +2426,104 @@ fn cp_a_state_file_written_for_other_pins_is_not_resumed() {
         "{log}"
     );
 }
+
+/// The VIP's live ring on `lbd`'s node, slot by slot, as the backend
+/// addresses the slots name (ids are each node's own).
+fn ring_as_addresses(lbd: &Lbd) -> (Vec<u32>, Vec<Option<std::net::IpAddr>>) {
+    let maps = pinned_maps(lbd);
+    let key: lb_common::maps::VipKey = lb_userspace::image::vip_key(
+        VIP.parse().unwrap(),
+        53,
+        lb_userspace::config::Protocol::Udp,
+    )
+    .into();
+    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    let ids = maps.live_ring(&meta).unwrap();
+    let addresses = lb_userspace::ring_digest::addresses(&ids, |id| {
+        let b = maps.backend(id).ok()?;
+        lb_userspace::addr::from_map(&b.addr, b.family)
+    });
+    (ids, addresses)
+}
+
+/// Three nodes with the same backends, met in other orders and after other
+/// histories of adds, removes and weight changes, hold the same ring (each
+/// slot naming the same backend address, whatever ids each node gave them),
+/// show the same digest, and `lbctl cluster check` says so; a weight that
+/// differs on one node is caught and named.
+#[test]
+fn cp_nodes_with_the_same_backends_have_identical_rings_whatever_their_history() {
+    let sites = [Site::new(), Site::new(), Site::new()];
+    let b4 = "198.51.100.104";
+    let check = json!({"type": "none"});
+    let a = Lbd::start(
+        &sites[0].lb,
+        Paths::new("nodea"),
+        sites[0].config(&[B1, B2, B3], check.clone()),
+    );
+    let b = Lbd::start(
+        &sites[1].lb,
+        Paths::new("nodeb"),
+        sites[1].config(&[B3, B2, B1], check.clone()),
+    );
+    let c = Lbd::start(
+        &sites[2].lb,
+        Paths::new("nodec"),
+        sites[2].config(&[b4, B1], check),
+    );
+    // Node c's history: B2 at weight 5, B3, B2 back to 1, b4 removed.
+    c.json(&["backend", "add", VIP_REF, B2, "--weight", "5"]);
+    c.json(&["backend", "add", VIP_REF, B3]);
+    c.json(&["backend", "weight", VIP_REF, B2, "1"]);
+    c.json(&["backend", "del", VIP_REF, b4]);
+
+    let rings: Vec<_> = [&a, &b, &c].iter().map(|n| ring_as_addresses(n)).collect();
+    assert_eq!(rings[0].1, rings[1].1, "nodes a and b name other backends");
+    assert_eq!(rings[0].1, rings[2].1, "nodes a and c name other backends");
+    assert!(
+        rings[0].1.iter().all(Option::is_some),
+        "every slot has a backend"
+    );
+    assert_ne!(
+        rings[0].0, rings[2].0,
+        "node c's ids differ (b4 had one), so its RINGS bytes do"
+    );
+    let digests: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|n| n.json(&["vip", "list"])[0]["ring_digest"].clone())
+        .collect();
+    assert!(digests[0].is_string(), "{digests:?}");
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    assert_eq!(a.json(&["status"])["ring_digests"][VIP_REF], digests[0]);
+
+    // One node's `vip list` saved to a file serves as a source too.
+    let saved = a.paths.dir.join("node-a-vips.json");
+    std::fs::write(&saved, a.json(&["vip", "list"]).to_string()).unwrap();
+    let sources = [
+        saved.to_str().unwrap(),
+        b.paths.socket.to_str().unwrap(),
+        c.paths.socket.to_str().unwrap(),
+    ];
+    let mut args = vec!["cluster", "check"];
+    args.extend(sources);
+    let agree = a.ctl(&args);
+    assert!(
+        agree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&agree.stderr)
+    );
+    assert!(String::from_utf8_lossy(&agree.stdout).contains("same"));
+
+    c.json(&["backend", "weight", VIP_REF, B3, "2"]);
+    assert_ne!(ring_as_addresses(&c).1, rings[0].1);
+    let differ = a.ctl(&args);
+    let stderr = String::from_utf8_lossy(&differ.stderr);
+    assert!(
+        !differ.status.success(),
+        "a differing ring must fail the check"
+    );
+    assert!(
+        stderr.contains("1 VIP(s) have different rings") && stderr.contains(VIP_REF),
+        "{stderr}"
+    );
+}

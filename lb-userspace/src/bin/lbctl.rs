@@ -68,6 +68,22 @@ enum Cmd {
         #[command(subcommand)]
         command: ConfigCmd,
     },
+    /// Several load-balancer nodes behind one ECMP route.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Compare the VIPs' live ring digests of several nodes: each SOURCE
+    /// is a node's control socket, or a file with what `lbctl --json vip
+    /// list` printed on a node. Fails when a VIP's rings differ.
+    Check {
+        #[arg(required = true, num_args = 2.., value_name = "SOURCE")]
+        sources: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -379,6 +395,9 @@ async fn run(cli: &Cli) -> Result<(), String> {
             print_done,
         ),
         Cmd::Stats { interval } => return stats(cli, *interval).await,
+        Cmd::Cluster {
+            command: ClusterCmd::Check { sources },
+        } => return cluster_check(cli, sources).await,
         Cmd::Top { once } => return lb_userspace::top::run(&cli.socket, *once).await,
         Cmd::Flow {
             src,
@@ -530,6 +549,45 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     }
 }
 
+async fn cluster_check(cli: &Cli, sources: &[PathBuf]) -> Result<(), String> {
+    use lb_userspace::cluster::{self, Comparison};
+    let mut read = Vec::new();
+    for source in sources {
+        read.push((source.display().to_string(), cluster::read(source).await?));
+    }
+    let cmp = Comparison::new(read);
+    if cli.json {
+        print_json(&cmp.to_json());
+    } else {
+        let mut header = vec!["VIP".to_string()];
+        header.extend(cmp.sources.iter().cloned());
+        header.push("RINGS".into());
+        let rows: Vec<Vec<String>> = cmp
+            .vips
+            .iter()
+            .map(|(vip, row)| {
+                let mut cells = vec![vip.clone()];
+                cells.extend(row.iter().map(|d| d.clone().unwrap_or_else(|| "-".into())));
+                let same = !cmp.differing().contains(&vip.as_str());
+                cells.push(if same { "same" } else { "DIFFER" }.into());
+                cells
+            })
+            .collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        table(&header, rows.into_iter());
+    }
+    let differing = cmp.differing();
+    if differing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} VIP(s) have different rings on these nodes (flows would reach different backends depending on the node): {}",
+            differing.len(),
+            differing.join(", ")
+        ))
+    }
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -573,6 +631,9 @@ fn print_status(v: &Value) {
         "vips {}  backends {} ({} healthy)  maglev table {} slots  table rebuilds {}",
         v["vips"], v["backends"], v["backends_up"], v["ring_size"], v["table_rebuilds"]
     );
+    for (vip, digest) in v["ring_digests"].as_object().into_iter().flatten() {
+        println!("ring {vip}: digest {}", s(digest));
+    }
     let o = &v["occupancy"];
     let fill = |t: &Value| {
         format!(
@@ -610,6 +671,7 @@ fn print_vips(v: &Value) {
             "BACKENDS",
             "HEALTHY",
             "IN TABLE",
+            "RING",
         ],
         v.as_array().into_iter().flatten().map(|r| {
             let addr = s(&r["address"]);
@@ -626,6 +688,7 @@ fn print_vips(v: &Value) {
                 s(&r["backends"]),
                 s(&r["healthy"]),
                 s(&r["in_table"]),
+                s(&r["ring_digest"]),
             ]
         }),
     );
