@@ -91,6 +91,10 @@ pub struct Metrics {
     table_entries: Family<TableLabels, Gauge>,
     table_capacity: Family<TableLabels, Gauge>,
     ring_info: Family<RingLabels, Gauge>,
+    vip_announced: Family<VipLabels, Gauge>,
+    node_drained: Gauge,
+    /// Refreshes of the announcing routes that failed (`announce`).
+    pub announce_failures: Counter,
     /// The per-VIP and per-backend label sets that have series, so that
     /// those of VIPs and backends gone from the configuration can be removed.
     series: Mutex<Series>,
@@ -126,6 +130,9 @@ impl Default for Metrics {
             table_entries: Family::default(),
             table_capacity: Family::default(),
             ring_info: Family::default(),
+            vip_announced: Family::default(),
+            node_drained: Gauge::default(),
+            announce_failures: Counter::default(),
             series: Mutex::new(Series::default()),
         };
         {
@@ -210,6 +217,21 @@ impl Default for Metrics {
                 "1 for each VIP, labelled with its live Maglev ring's digest: equal on every node that serves the same backends",
                 m.ring_info.clone(),
             );
+            r.register(
+                "vip_announced",
+                "1 while the route that announces the VIP's address is in lbd's routing table (announce), else 0",
+                m.vip_announced.clone(),
+            );
+            r.register(
+                "node_drained",
+                "1 while the node is drained (lbctl node drain): no VIP announced",
+                m.node_drained.clone(),
+            );
+            r.register(
+                "announce_failures",
+                "Refreshes of lbd's announcing routes that failed (netlink errors), one a second while it lasts",
+                m.announce_failures.clone(),
+            );
         }
         m
     }
@@ -234,6 +256,9 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("conn_table_entries", "gauge"),
     ("conn_table_capacity", "gauge"),
     ("vip_ring_info", "gauge"),
+    ("vip_announced", "gauge"),
+    ("node_drained", "gauge"),
+    ("announce_failures", "counter"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -289,6 +314,28 @@ impl Metrics {
                 })
                 .set(1);
         }
+    }
+
+    /// Show whether each VIP's address is announced (only with `announce`
+    /// configured) and whether the node is drained.
+    pub fn set_announced(
+        &self,
+        config: &Config,
+        announced: impl Fn(std::net::IpAddr) -> bool,
+        drained: bool,
+    ) {
+        self.vip_announced.clear();
+        if config.announce.is_some() {
+            for v in &config.vips {
+                let l = VipLabels {
+                    vip: vip_name(v.address, v.port, v.protocol),
+                };
+                self.vip_announced
+                    .get_or_create(&l)
+                    .set(announced(v.address) as i64);
+            }
+        }
+        self.node_drained.set(drained as i64);
     }
 
     /// Record how full the connection and probation tables are.
@@ -605,6 +652,10 @@ mod tests {
             method: crate::maps::FillMethod::Kernel,
         });
         m.set_ring_digests([("v".to_string(), 7)]);
+        let mut announcing = two_vips();
+        announcing.announce = Some(crate::config::Announce::default());
+        m.set_announced(&announcing, |_| true, false);
+        m.announce_failures.inc();
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

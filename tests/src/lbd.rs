@@ -196,6 +196,28 @@ impl Lbd {
         self.spawn();
     }
 
+    /// lbd's configuration file as the test wrote it.
+    pub fn config_file(&self) -> serde_json::Value {
+        let text = std::fs::read(&self.paths.config).expect("lbd's configuration file");
+        serde_json::from_slice(&text).expect("JSON")
+    }
+
+    /// Run `lbd --config FILE ARGS` in lbd's namespace and return what it
+    /// did: for runs that end (`--teardown`, `--check`, a start that must
+    /// fail), killed after 30 s if one does not.
+    pub fn run_once(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("30")
+            .arg("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(binary("lbd"))
+            .arg("--config")
+            .arg(&self.paths.config)
+            .args(args)
+            .output()
+            .expect("run lbd")
+    }
+
     /// Start lbd again with the same configuration file and `args` in
     /// place of the extra arguments it had.
     pub fn restart_with(&mut self, args: &[&str]) {
@@ -216,7 +238,29 @@ impl Drop for Lbd {
             .ok()
             .and_then(|e| Some(e.parent()?.parent()?.join("lbd")));
         if let Some(lbd) = lbd {
-            let _ = Command::new(lbd)
+            // In lbd's namespace, where its routes are (`announce`). With
+            // the namespace gone, so are they: tear down the rest from
+            // here, without the routes, which must never be looked for in
+            // the host's own tables.
+            let netns = PathBuf::from("/var/run/netns").join(&self.ns);
+            let mut teardown = if netns.exists() {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display())).arg(lbd);
+                c
+            } else {
+                let _ = std::fs::remove_file(self.paths.dir.join("state.json"));
+                if let Some(mut config) = std::fs::read(&self.paths.config)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                {
+                    if let Some(c) = config.as_object_mut() {
+                        c.remove("announce");
+                    }
+                    let _ = std::fs::write(&self.paths.config, config.to_string());
+                }
+                Command::new(lbd)
+            };
+            let _ = teardown
                 .arg("--config")
                 .arg(&self.paths.config)
                 .arg("--teardown")
