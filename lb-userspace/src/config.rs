@@ -67,6 +67,10 @@ pub struct Config {
     /// announced, the VIPs are routed to this host by other means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<Announce>,
+    /// The BGP speaker that exports the announced routes, which lbd asks
+    /// whether it is running and peering (shown in `lbctl status`).
+    #[serde(default)]
+    pub speaker: Speaker,
     /// The virtual services.
     #[serde(default)]
     pub vips: Vec<Vip>,
@@ -289,6 +293,29 @@ impl fmt::Display for Announce {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "table {} protocol {}", self.table, self.protocol)
     }
+}
+
+/// The BGP speaker lbd watches while it announces VIPs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speaker {
+    /// BIRD's control socket, asked once a second for BGP sessions while
+    /// `announce` is set. `null`: not watched (FRR, GoBGP). Default
+    /// `/run/bird/bird.ctl`, where Debian's bird2 puts it.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: Option<PathBuf>,
+}
+
+impl Default for Speaker {
+    fn default() -> Self {
+        Self {
+            bird_socket: default_bird_socket(),
+        }
+    }
+}
+
+fn default_bird_socket() -> Option<PathBuf> {
+    Some(PathBuf::from("/run/bird/bird.ctl"))
 }
 
 /// Why lbd's routes cannot go in kernel table `table`, if they cannot:

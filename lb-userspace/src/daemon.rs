@@ -57,6 +57,7 @@ use crate::{
     pin_lock::PinDirLock,
     ring_digest,
     runtime_state::{self, DataPlaneId, StateWriter},
+    speaker::SpeakerWatch,
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
 };
@@ -134,6 +135,8 @@ pub struct Daemon {
     ring_digests: BTreeMap<VipKeyOrd, u64>,
     /// The routes that announce VIPs, and whether the node is drained.
     announcer: Announcer,
+    /// Whether BIRD is there to export those routes.
+    speaker: SpeakerWatch,
     pub metrics: Arc<Metrics>,
 }
 
@@ -274,6 +277,7 @@ impl Daemon {
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
         let announcer = Announcer::new(config.announce, &resumed.node);
+        let speaker = SpeakerWatch::start(watched_speaker(&config));
         for a in attachments.iter() {
             log_attached(&a.name, &a.attached);
             show_attachment(&metrics, &a.name, Some(&a.attached));
@@ -314,6 +318,7 @@ impl Daemon {
             ticks: 0,
             ring_digests: BTreeMap::new(),
             announcer,
+            speaker,
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
@@ -500,6 +505,7 @@ impl Daemon {
         self.metrics
             .table_rebuilds
             .inc_by(report.rings_rebuilt as u64);
+        self.speaker.set_socket(watched_speaker(&config));
         self.config = config;
         self.ids = ids;
         self.applied = image;
@@ -720,6 +726,7 @@ impl Daemon {
         }
         // Puts back what someone removed, retries what failed.
         self.refresh_announcements();
+        self.metrics.set_speaker(&self.speaker.state());
     }
 
     /// Compare the attached interfaces with those that exist now (a link
@@ -953,6 +960,7 @@ impl Daemon {
             "table_rebuilds": self.metrics.table_rebuilds.get(),
             "drained": self.announcer.drained(),
             "announce": self.announcer.status(),
+            "speaker": self.config.announce.map(|_| self.speaker.state().to_json()),
             "ring_digests": self.config.vips.iter().map(|v| {
                 let key = image::vip_key(v.address, v.port, v.protocol);
                 let vip = VipRef { address: v.address, port: v.port, protocol: v.protocol };
@@ -1365,6 +1373,13 @@ pub type ControlMsg = (Request, oneshot::Sender<Reply>);
 
 /// Accept control connections; each is served by its own task, so a slow
 /// or stalled client holds up no one else.
+/// The BIRD socket to watch: only while VIPs are announced.
+fn watched_speaker(config: &Config) -> Option<PathBuf> {
+    config
+        .announce
+        .and_then(|_| config.speaker.bird_socket.clone())
+}
+
 pub async fn serve_control(listener: UnixListener, tx: mpsc::Sender<ControlMsg>) {
     loop {
         let stream = match listener.accept().await {

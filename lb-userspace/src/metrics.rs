@@ -30,7 +30,14 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image,
     maps::{Fill, Maps},
+    speaker::SpeakerState,
 };
+
+/// The BGP speaker lbd watches (today always `bird`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpeakerLabels {
+    pub speaker: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VipLabels {
@@ -93,6 +100,8 @@ pub struct Metrics {
     ring_info: Family<RingLabels, Gauge>,
     vip_announced: Family<VipLabels, Gauge>,
     node_drained: Gauge,
+    speaker_up: Family<SpeakerLabels, Gauge>,
+    bgp_sessions: Family<SpeakerLabels, Gauge>,
     /// Refreshes of the announcing routes that failed (`announce`).
     pub announce_failures: Counter,
     /// The per-VIP and per-backend label sets that have series, so that
@@ -132,6 +141,8 @@ impl Default for Metrics {
             ring_info: Family::default(),
             vip_announced: Family::default(),
             node_drained: Gauge::default(),
+            speaker_up: Family::default(),
+            bgp_sessions: Family::default(),
             announce_failures: Counter::default(),
             series: Mutex::new(Series::default()),
         };
@@ -228,6 +239,16 @@ impl Default for Metrics {
                 m.node_drained.clone(),
             );
             r.register(
+                "bgp_speaker_up",
+                "1 while BIRD answers on speaker.bird_socket, else 0 (only while lbd announces VIPs and watches BIRD)",
+                m.speaker_up.clone(),
+            );
+            r.register(
+                "bgp_sessions_established",
+                "BIRD's BGP sessions in state Established (only while lbd announces VIPs and watches BIRD)",
+                m.bgp_sessions.clone(),
+            );
+            r.register(
                 "announce_failures",
                 "Refreshes of lbd's announcing routes that failed (netlink errors), one a second while it lasts",
                 m.announce_failures.clone(),
@@ -259,6 +280,8 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("vip_announced", "gauge"),
     ("node_drained", "gauge"),
     ("announce_failures", "counter"),
+    ("bgp_speaker_up", "gauge"),
+    ("bgp_sessions_established", "gauge"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -336,6 +359,24 @@ impl Metrics {
             }
         }
         self.node_drained.set(drained as i64);
+    }
+
+    /// Show what BIRD answered: no series while it is not watched.
+    pub fn set_speaker(&self, state: &SpeakerState) {
+        self.speaker_up.clear();
+        self.bgp_sessions.clear();
+        if matches!(state, SpeakerState::NotWatched | SpeakerState::Unknown) {
+            return;
+        }
+        let l = SpeakerLabels {
+            speaker: "bird".into(),
+        };
+        self.speaker_up
+            .get_or_create(&l)
+            .set(matches!(state, SpeakerState::Answered { .. }) as i64);
+        self.bgp_sessions
+            .get_or_create(&l)
+            .set(state.established().unwrap_or(0) as i64);
     }
 
     /// Record how full the connection and probation tables are.

@@ -102,6 +102,11 @@ impl Bird {
         bird
     }
 
+    /// BIRD's control socket (what lbd's `speaker.bird_socket` names).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default()
     }

@@ -700,15 +700,28 @@ fn cp_bird_exports_lbds_routes_to_the_router() {
         ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
         ns.exec(&["ip", "addr", "add", v6, "dev", dev, "nodad"]);
     }
-    let lbd = Lbd::start(
-        &site.lb,
-        Paths::new("anbird"),
-        site.config(json!({"type": "none"})),
-    );
+    let paths = Paths::new("anbird");
+    let mut config = site.config(json!({"type": "none"}));
+    let no_bird = paths.dir.join("no-bird.ctl");
+    config["speaker"] = json!({ "bird_socket": no_bird });
+    let lbd = Lbd::start_with(&site.lb, paths, config, &["--metrics", "127.0.0.1:9464"]);
     wait_for(
         "both VIP addresses announced",
         Duration::from_secs(5),
         || site.routes() == [ours(VIP), ours(VIP6)],
+    );
+    // Nobody exports the routes yet, and lbd says so.
+    let speaker = |lbd: &Lbd| lbd.json(&["status"])["speaker"].clone();
+    wait_for("lbd to find no BIRD", Duration::from_secs(5), || {
+        speaker(&lbd)["reachable"] == false
+    });
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "speaker: BIRD not reachable at {}",
+            no_bird.display()
+        )) && text.contains("no router hears of this node's VIPs"),
+        "{text}"
     );
     let node_conf = with_defines(
         LB_NODE_CONF,
@@ -733,6 +746,26 @@ fn cp_bird_exports_lbds_routes_to_the_router() {
                 && route("-6", VIP6).contains("dev down0 proto bird")
         },
     );
+    // Pointed at the node's BIRD (a reload), lbd sees both sessions up.
+    let mut config = lbd.config_file();
+    config["speaker"] = json!({ "bird_socket": lb_bird.socket() });
+    let file = lbd.paths.dir.join("with-bird.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    lbd.json(&["apply", "-f", file.to_str().unwrap()]);
+    wait_for("lbd to see both sessions", Duration::from_secs(5), || {
+        speaker(&lbd)["established"] == 2
+    });
+    let text = String::from_utf8_lossy(&lbd.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("speaker: BIRD 2.") && text.contains("2 of 2 BGP sessions established"),
+        "{text}"
+    );
+    let metrics = scrape(&site);
+    assert!(
+        metrics.contains("lb_bgp_speaker_up{speaker=\"bird\"} 1")
+            && metrics.contains("lb_bgp_sessions_established{speaker=\"bird\"} 2"),
+        "{metrics}"
+    );
     // Only lbd's routes: BIRD learnt nothing else from the table.
     let learnt = lb_bird.birdc(&["show", "route", "protocol", "lbd_vips4"]);
     assert!(learnt.contains(&format!("{VIP}/32")), "{learnt}");
@@ -751,5 +784,21 @@ fn cp_bird_exports_lbds_routes_to_the_router() {
         Duration::from_secs(5),
         || route("-4", VIP).contains("via 192.0.2.11") && route("-6", VIP6).contains("proto bird"),
     );
+    // The router's BIRD gone: the node is peering with nobody.
     drop(router_bird);
+    wait_for("lbd to see no session", Duration::from_secs(15), || {
+        speaker(&lbd)["established"] == 0
+    });
+    let status = speaker(&lbd);
+    assert!(
+        status["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("no BGP session established (router4 ")),
+        "{status}"
+    );
+    assert!(
+        lbd.log().contains("BGP speaker not peering"),
+        "{}",
+        lbd.log()
+    );
 }

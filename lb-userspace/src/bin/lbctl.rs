@@ -851,6 +851,7 @@ fn print_status(v: &Value) {
         println!("ring {vip}: digest {}", s(digest));
     }
     print_announce(&v["announce"]);
+    print_speaker(&v["speaker"]);
     let o = &v["occupancy"];
     let fill = |t: &Value| {
         format!(
@@ -894,6 +895,13 @@ fn print_announce(a: &Value) {
     }
     if let Some(e) = a["error"].as_str() {
         println!("announce error: {e}");
+    }
+}
+
+/// Whether BIRD is there to tell the router (only while announcing).
+fn print_speaker(speaker: &Value) {
+    if let Some(summary) = speaker["summary"].as_str() {
+        println!("speaker: {summary}");
     }
 }
 
