@@ -917,6 +917,16 @@ impl Daemon {
         }
     }
 
+    /// One line for the service manager's status (`systemctl status lbd`).
+    pub fn summary(&self) -> String {
+        let in_service: usize = self.applied.vips.values().map(|v| v.members.len()).sum();
+        format!(
+            "forwarding: {} VIPs, {} backends in service",
+            self.config.vips.len(),
+            in_service
+        )
+    }
+
     fn status(&self) -> Value {
         let backends: usize = self.config.vips.iter().map(|v| v.backends.len()).sum();
         let up = self.health.values().filter(|h| h.up).count();

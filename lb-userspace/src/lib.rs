@@ -31,6 +31,7 @@ pub mod ring_digest;
 pub mod ring_memory;
 pub mod route_table;
 pub mod runtime_state;
+pub mod service_manager;
 pub mod speaker;
 pub mod sync;
 pub mod top;

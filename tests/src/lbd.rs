@@ -80,6 +80,7 @@ pub struct Lbd {
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Lbd {
@@ -90,11 +91,18 @@ impl Lbd {
     }
 
     /// As `start`, with extra lbd arguments.
-    pub fn start_with(
+    pub fn start_with(ns: &Netns, paths: Paths, config: serde_json::Value, args: &[&str]) -> Self {
+        Self::start_with_env(ns, paths, config, args, &[])
+    }
+
+    /// As `start_with`, with extra environment variables for lbd (kept
+    /// over restarts).
+    pub fn start_with_env(
         ns: &Netns,
         paths: Paths,
         mut config: serde_json::Value,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         config["pin_dir"] = paths.pin_dir.display().to_string().into();
         config["state_file"] = paths.dir.join("state.json").display().to_string().into();
@@ -118,6 +126,10 @@ impl Lbd {
             child: None,
             log,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         lbd.spawn();
         lbd
@@ -133,6 +145,7 @@ impl Lbd {
             .arg("--config")
             .arg(&self.paths.config)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

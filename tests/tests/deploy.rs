@@ -115,6 +115,10 @@ fn systemd_unit_reloads_restarts_and_is_hardened() {
     assert!(get("ExecStart").contains("lbd --config /etc/lbd/lbd.json"));
     assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(get("Restart"), "on-failure");
+    // lbd notifies readiness and pets the watchdog (cp_lbd checks that).
+    assert_eq!(get("Type"), "notify");
+    assert_eq!(get("NotifyAccess"), "main");
+    assert_eq!(get("WatchdogSec"), "30s");
     assert_eq!(
         get("CapabilityBoundingSet"),
         "CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW"
