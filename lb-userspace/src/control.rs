@@ -32,10 +32,7 @@ pub struct VipRef {
 
 impl std::fmt::Display for VipRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = self.protocol;
         match self.address {
             IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
             IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),

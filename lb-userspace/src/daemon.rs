@@ -79,6 +79,13 @@ pub struct CheckKey {
     pub generation: u64,
 }
 
+/// How a health check names itself in logs: the backend and its VIP.
+impl std::fmt::Display for CheckKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.backend.fmt(f)
+    }
+}
+
 /// What the daemon knows of one backend's health.
 struct HealthRecord {
     up: bool,
@@ -138,13 +145,6 @@ pub struct Daemon {
     /// Whether BIRD is there to export those routes.
     speaker: SpeakerWatch,
     pub metrics: Arc<Metrics>,
-}
-
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
 }
 
 impl Daemon {
@@ -1004,7 +1004,7 @@ impl Daemon {
                     "name": v.name,
                     "address": v.address,
                     "port": v.port,
-                    "protocol": proto_name(v.protocol),
+                    "protocol": v.protocol.name(),
                     "forwarding": v.forwarding,
                     "affinity": v.affinity,
                     "id": self.ids.vip(&key),
@@ -1131,7 +1131,7 @@ impl Daemon {
             .into_iter()
             .find_map(|k| self.applied.vips.get(&k).map(|v| (k, v.clone())))
             .filter(|(k, v)| k.port == dport || v.flags & VIP_F_PORTLESS != 0)
-            .ok_or_else(|| format!("{dst}:{dport}/{} is not a VIP", proto_name(protocol)))?;
+            .ok_or_else(|| format!("{dst}:{dport}/{} is not a VIP", protocol.name()))?;
         let (s, family) = to_map(src);
         let (d, _) = to_map(dst);
         let proto = vkey.proto;

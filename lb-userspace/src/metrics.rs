@@ -285,10 +285,7 @@ pub const EXPORTED: &[(&str, &str)] = &[
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
-    let p = match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
+    let p = protocol.name();
     if address.is_ipv6() {
         format!("[{address}]:{port}/{p}")
     } else {

@@ -240,6 +240,8 @@ fn cp_a_vip_address_is_announced_while_it_has_a_backend_in_service() {
         log.contains("VIP address withdrawn (route removed)"),
         "{log}"
     );
+    // Health events name the backend and its VIP as lbctl does.
+    assert!(log.contains(&format!("check={B1} of {VIP_REF}")), "{log}");
 }
 
 /// Keeps a trickle of datagrams to the VIP going from a thread while it

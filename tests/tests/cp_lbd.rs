@@ -476,7 +476,7 @@ fn cp_lbd_check_reports_a_bad_config_once_on_stderr() {
     assert_eq!(stderr, format!("lbd: {file}: {problem}\n"));
 
     // As a JSON log line instead, still once and on standard error.
-    let out = lbd_output(&["--config", &file, "--check", "--log-json"]);
+    let out = lbd_output(&["--config", &file, "--check", "--log-format", "json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
