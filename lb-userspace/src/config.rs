@@ -69,7 +69,9 @@ pub struct Config {
     pub announce: Option<Announce>,
     /// The BGP speaker that exports the announced routes, which lbd asks
     /// whether it is running and peering (shown in `lbctl status`).
-    #[serde(default)]
+    /// Left out of dumps and saved state when it is the default, so that
+    /// they stay readable by an lbd from before it.
+    #[serde(default, skip_serializing_if = "Speaker::is_default")]
     pub speaker: Speaker,
     /// The virtual services.
     #[serde(default)]
@@ -311,6 +313,12 @@ impl Default for Speaker {
         Self {
             bird_socket: default_bird_socket(),
         }
+    }
+}
+
+impl Speaker {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 

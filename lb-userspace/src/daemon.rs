@@ -389,14 +389,16 @@ impl Daemon {
     /// Write the runtime state (lbctl's edits, drain start times) so a
     /// restart resumes it. A failure is logged: forwarding does not depend
     /// on it, only what a restart remembers.
-    fn save_state(&mut self) {
+    /// Save what a restart must not lose; the error, if it could not be.
+    fn save_state(&mut self) -> Option<String> {
         let node = self.announcer.node_state();
-        if let Err(e) = self
+        let saved = self
             .state
-            .save(&self.config, &self.file_text, &self.drain_started, &node)
-        {
-            warn!(state_file = %self.config.state_file.display(), error = %e, "saving the runtime state failed: a restart would lose lbctl edits and drain times");
+            .save(&self.config, &self.file_text, &self.drain_started, &node);
+        if let Err(e) = &saved {
+            warn!(state_file = %self.config.state_file.display(), error = %e, "saving the runtime state failed: a restart would lose lbctl edits, drain times and a node drain");
         }
+        saved.err().map(|e| e.to_string())
     }
 
     /// Make `config` the running configuration, or change nothing. The
@@ -569,7 +571,7 @@ impl Daemon {
         let was = self.announcer.drained();
         self.announcer.set_drained(drained);
         self.refresh_announcements();
-        self.save_state();
+        let unsaved = self.save_state();
         if was != drained {
             if drained {
                 warn!(
@@ -584,6 +586,7 @@ impl Daemon {
             "was_drained": was,
             "announced": self.announcer.announced().collect::<Vec<_>>(),
             "error": self.announcer.error(),
+            "unsaved": unsaved,
         }))
     }
 
@@ -1554,17 +1557,36 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    // The routes first: the router stops sending before forwarding stops.
+    // The routes first, and all of them, or nothing else: routes left in
+    // the table would keep the router sending to a node that no longer
+    // balances.
     let saved = runtime_state::saved_node_state(&config.state_file, dir).unwrap_or_default();
     let tables: std::collections::BTreeSet<_> = config
         .announce
         .into_iter()
         .chain(saved.route_tables)
         .collect();
-    let routes = announce::remove_all(&tables);
+    let withdrawn = announce::remove_all(&tables).map_err(|e| {
+        let flush: Vec<String> = tables
+            .iter()
+            .map(|t| format!("ip route flush table {} proto {}", t.table, t.protocol))
+            .collect();
+        anyhow::anyhow!(
+            "removing lbd's routes failed: {e}; nothing was detached, since the routes would keep the router sending here: fix that and run --teardown again, or remove them by hand ({}) first",
+            flush.join("; ")
+        )
+    })?;
     if !dir.exists() {
         info!(pin_dir = %dir.display(), "nothing pinned");
-        return routes.map_err(|e| anyhow::anyhow!("removing lbd's routes: {e}"));
+        return Ok(());
+    }
+    if withdrawn > 0 {
+        // BIRD withdraws at once; the router needs a moment to follow.
+        info!(
+            seconds = TEARDOWN_WITHDRAW_WAIT.as_secs(),
+            "VIP routes withdrawn: waiting for the router to stop sending before forwarding stops"
+        );
+        std::thread::sleep(TEARDOWN_WITHDRAW_WAIT);
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -1575,7 +1597,11 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
     runtime_state::remove(&config.state_file)
         .with_context(|| format!("removing {}", config.state_file.display()))?;
     info!(pin_dir = %dir.display(), "detached and unpinned");
-    routes.map_err(|e| {
-        anyhow::anyhow!("detached and unpinned, but removing lbd's routes failed: {e}")
-    })
+    Ok(())
 }
+
+/// How long `lbd --teardown` waits between withdrawing its VIP routes and
+/// detaching: BIRD withdraws them over BGP at once, the router's forwarding
+/// table follows within milliseconds to a second. For no loss at all, drain
+/// the node first (`lbctl node drain --wait`).
+const TEARDOWN_WITHDRAW_WAIT: Duration = Duration::from_secs(2);

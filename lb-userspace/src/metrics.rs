@@ -113,6 +113,8 @@ pub struct Metrics {
 struct Series {
     vips: HashSet<VipLabels>,
     backends: HashSet<BackendLabels>,
+    /// VIPs with an `lb_vip_announced` series.
+    announced: HashSet<VipLabels>,
 }
 
 impl Default for Metrics {
@@ -344,7 +346,9 @@ impl Metrics {
         announced: impl Fn(std::net::IpAddr) -> bool,
         drained: bool,
     ) {
-        self.vip_announced.clear();
+        // Series are set in place and only those of VIPs gone removed, so
+        // that a scrape never finds them missing.
+        let mut wanted = HashSet::new();
         if config.announce.is_some() {
             for v in &config.vips {
                 let l = VipLabels {
@@ -353,21 +357,27 @@ impl Metrics {
                 self.vip_announced
                     .get_or_create(&l)
                     .set(announced(v.address) as i64);
+                wanted.insert(l);
             }
         }
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in series.announced.difference(&wanted) {
+            self.vip_announced.remove(gone);
+        }
+        series.announced = wanted;
         self.node_drained.set(drained as i64);
     }
 
     /// Show what BIRD answered: no series while it is not watched.
     pub fn set_speaker(&self, state: &SpeakerState) {
-        self.speaker_up.clear();
-        self.bgp_sessions.clear();
-        if matches!(state, SpeakerState::NotWatched | SpeakerState::Unknown) {
-            return;
-        }
         let l = SpeakerLabels {
             speaker: "bird".into(),
         };
+        if matches!(state, SpeakerState::NotWatched | SpeakerState::Unknown) {
+            self.speaker_up.remove(&l);
+            self.bgp_sessions.remove(&l);
+            return;
+        }
         self.speaker_up
             .get_or_create(&l)
             .set(matches!(state, SpeakerState::Answered { .. }) as i64);
@@ -472,7 +482,8 @@ impl Metrics {
             self.backend_up.remove(l);
             self.check_latency.remove(l);
         }
-        *series = Series { vips, backends };
+        series.vips = vips;
+        series.backends = backends;
     }
 
     /// The Prometheus text exposition.

@@ -4,7 +4,13 @@
 //! exits non-zero with a one-line reason on stderr (status 1; `node drain
 //! --wait` exits 2 when its deadline passes with traffic still arriving).
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
@@ -512,7 +518,7 @@ struct Idle {
     deadline: u64,
     /// Packets per second below which traffic counts as stopped...
     below: u64,
-    /// ...for this many one-second samples in a row.
+    /// ...for this many seconds in a row.
     seconds: u64,
 }
 
@@ -533,6 +539,15 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
         if !(1..=3_600).contains(&w.seconds) {
             return Err(format!("--idle-for {} is out of range 1..=3600", w.seconds));
         }
+        if w.below == 0 {
+            return Err("--idle-below 0 can never be met: give 1 or more packets/s".into());
+        }
+        if w.seconds > w.deadline {
+            return Err(format!(
+                "--idle-for {} is longer than --deadline {}: the traffic could never be seen stopped in time",
+                w.seconds, w.deadline
+            ));
+        }
     }
     let reply = call(cli, Request::NodeDrain).await?;
     let line = |v: &Value| println!("{}", serde_json::to_string(v).unwrap_or_default());
@@ -545,6 +560,11 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
         }
     } else {
         print_drained(&reply);
+    }
+    if let Some(error) = reply["unsaved"].as_str() {
+        eprintln!(
+            "warning: lbd could not save the drain in its state_file ({error}): a restart of lbd would announce the VIPs again"
+        );
     }
     if let Some(error) = reply["error"].as_str() {
         return Err(format!(
@@ -560,32 +580,48 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
             idle.below, idle.seconds, idle.deadline
         );
     }
-    let mut last = vip_packets(&call(cli, Request::Stats).await?);
-    let mut quiet = 0;
+    // Rates and quiet time over this process's monotonic clock, read when
+    // each reply arrives: requests go one at a time, and a late tick is
+    // not made up for, so samples are never closer than a second even if
+    // lbd was slow to answer.
+    let started = Instant::now();
+    let mut last = (
+        vip_packets(&call(cli, Request::Stats).await?),
+        Instant::now(),
+    );
+    let mut quiet = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    // Seconds are counted in samples, one a second, so that the deadline
-    // is a number of samples whatever the scheduling delays.
-    let mut elapsed = 0;
+    let idle_for = Duration::from_secs(idle.seconds);
+    let deadline = Duration::from_secs(idle.deadline);
     loop {
         tick.tick().await;
-        elapsed += 1;
-        let now = vip_packets(&call(cli, Request::Stats).await?);
-        // The rate over lbd's own clock between the two samples.
-        let dt = (now.1 - last.1).max(1e-3);
-        let pps = now.0.saturating_sub(last.0) as f64 / dt;
+        let now = (
+            vip_packets(&call(cli, Request::Stats).await?),
+            Instant::now(),
+        );
+        let elapsed = started.elapsed().as_secs();
+        let dt = now.1.duration_since(last.1);
+        // Counters that went down were reset (a VIP removed and added):
+        // that sample says nothing.
+        let pps = now
+            .0
+            .checked_sub(last.0)
+            .map(|n| n as f64 / dt.as_secs_f64().max(1e-3));
         last = now;
+        let shown = pps.map_or("-".to_string(), |p| num(&p.into()));
         if cli.json {
             line(&serde_json::json!({ "elapsed_s": elapsed, "packets_per_s": pps }));
         } else {
-            println!("  {elapsed:>5} s  {:>8} packets/s", num(&pps.into()));
+            println!("  {elapsed:>5} s  {shown:>8} packets/s");
         }
-        quiet = if pps < idle.below as f64 {
-            quiet + 1
-        } else {
-            0
-        };
-        if quiet >= idle.seconds {
+        match pps {
+            Some(p) if p < idle.below as f64 => quiet += dt,
+            Some(_) => quiet = Duration::ZERO,
+            None => {}
+        }
+        if quiet >= idle_for {
             if cli.json {
                 line(&serde_json::json!({ "stopped": true, "elapsed_s": elapsed }));
             } else {
@@ -596,15 +632,14 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        if elapsed >= idle.deadline {
+        if started.elapsed() >= deadline {
             if cli.json {
                 line(
                     &serde_json::json!({ "stopped": false, "elapsed_s": elapsed, "packets_per_s": pps }),
                 );
             } else {
                 println!(
-                    "deadline passed after {elapsed} s: traffic still arrives ({} packets/s)",
-                    num(&pps.into())
+                    "deadline passed after {elapsed} s: traffic still arrives ({shown} packets/s)"
                 );
             }
             return Ok(ExitCode::from(EXIT_DEADLINE));
@@ -612,15 +647,14 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
     }
 }
 
-/// All packets that reached a VIP (forwarded or dropped), and lbd's clock.
-fn vip_packets(stats: &Value) -> (u64, f64) {
-    let packets = stats["vips"]
+/// All packets that reached a VIP (forwarded or dropped).
+fn vip_packets(stats: &Value) -> u64 {
+    stats["vips"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|v| v["packets"].as_u64().unwrap_or(0) + v["dropped"].as_u64().unwrap_or(0))
-        .sum();
-    (packets, stats["time_s"].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
 fn print_drained(v: &Value) {
@@ -883,10 +917,20 @@ fn print_announce(a: &Value) {
     if a.is_null() {
         return;
     }
-    println!(
-        "announce: routes in table {} with protocol {}",
-        a["table"], a["protocol"]
-    );
+    if a["table"].is_null() {
+        println!("announce: not configured");
+    } else {
+        println!(
+            "announce: routes in table {} with protocol {}",
+            a["table"], a["protocol"]
+        );
+    }
+    for table in a["leftover_tables"].as_array().into_iter().flatten() {
+        println!(
+            "  routes still to remove from an earlier announce: {}",
+            s(table)
+        );
+    }
     for row in a["addresses"].as_array().into_iter().flatten() {
         println!("  {}: {}", s(&row["address"]), s(&row["state"]));
     }
