@@ -13,7 +13,11 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{Reason, maps::FlowStats};
+use lb_common::{
+    Reason,
+    maps::{FlowStats, LAYOUT_VERSION},
+    stats::ReasonKind,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -53,7 +57,22 @@ pub struct BackendLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
-    pub kind: String,
+    /// `forwarded`, `passed`, `dropped` or `answered`.
+    pub verdict: String,
+}
+
+/// A counted event (not a verdict: `lb_events_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+/// What this lbd is (`lb_build_info`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    /// The layout of the pinned maps it writes (`LAYOUT_VERSION`).
+    pub map_layout: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +112,8 @@ pub struct Metrics {
     backend_up: Family<BackendLabels, Gauge>,
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    build_info: Family<BuildLabels, Gauge>,
     pub attached: Family<InterfaceLabels, Gauge>,
     pub reattached: Family<InterfaceName, Counter>,
     table_entries: Family<TableLabels, Gauge>,
@@ -136,6 +157,8 @@ impl Default for Metrics {
                 ])
             }),
             packets: Family::default(),
+            events: Family::default(),
+            build_info: Family::default(),
             attached: Family::default(),
             reattached: Family::default(),
             table_entries: Family::default(),
@@ -202,8 +225,18 @@ impl Default for Metrics {
             );
             r.register(
                 "packets",
-                "Packets by verdict reason (see README counters)",
+                "Packets of the lb program by the reason of their verdict: each packet once, so sum() is every packet",
                 m.packets.clone(),
+            );
+            r.register(
+                "events",
+                "Events the lb program counts in addition to verdicts (connection hits, new flows, fragments, ...)",
+                m.events.clone(),
+            );
+            r.register(
+                "build_info",
+                "1, labelled with lbd's version and the layout version of the pinned maps it writes",
+                m.build_info.clone(),
             );
             r.register(
                 "attached",
@@ -256,6 +289,12 @@ impl Default for Metrics {
                 m.announce_failures.clone(),
             );
         }
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                map_layout: LAYOUT_VERSION.to_string(),
+            })
+            .set(1);
         m
     }
 }
@@ -274,6 +313,8 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("backend_up", "gauge"),
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
+    ("events", "counter"),
+    ("build_info", "gauge"),
     ("attached", "gauge"),
     ("reattach", "counter"),
     ("conn_table_entries", "gauge"),
@@ -426,16 +467,17 @@ impl Metrics {
         up: impl Fn(&BackendKey) -> bool,
     ) {
         for r in Reason::ALL {
-            if let Some(n) = reason_count(*r) {
-                let kind = format!("{:?}", r.kind()).to_lowercase();
-                set(
-                    &self.packets.get_or_create(&ReasonLabels {
-                        reason: r.name().into(),
-                        kind,
-                    }),
-                    n,
-                );
-            }
+            let Some(n) = reason_count(*r) else { continue };
+            let counter = match r.kind() {
+                ReasonKind::Event => self.events.get_or_create(&EventLabels {
+                    event: r.name().into(),
+                }),
+                kind => self.packets.get_or_create(&ReasonLabels {
+                    reason: r.name().into(),
+                    verdict: format!("{kind:?}").to_lowercase(),
+                }),
+            };
+            set(&counter, n);
         }
         let mut series = self.series_lock();
         let mut vips = HashSet::new();

@@ -960,13 +960,21 @@ fn cp_metrics_endpoint_serves_prometheus_text() {
     let text = scrape();
     assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
     for needle in [
-        "lb_packets_total{reason=\"tx\",kind=\"forwarded\"} 10",
+        "lb_packets_total{reason=\"tx\",verdict=\"forwarded\"} 10",
+        "lb_events_total{event=\"new_flow\"} 10",
+        "lb_build_info{version=\"",
         "lb_backend_up{vip=\"198.51.100.10:53/udp\",backend=\"198.51.100.101\"} 1",
         "lb_attached",
         "lb_table_rebuilds_total",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // Verdicts and events are two families: summing packets adds no event.
+    assert!(
+        !text.contains("lb_packets_total{reason=\"new_flow\"")
+            && !text.contains("lb_packets_total{reason=\"conn_miss\""),
+        "{text}"
+    );
     let new_flows: u64 = text
         .lines()
         .filter(|l| l.starts_with("lb_backend_new_flows_total{"))
