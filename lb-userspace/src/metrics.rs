@@ -718,7 +718,12 @@ mod tests {
         m.packets
             .get_or_create(&ReasonLabels {
                 reason: "tx".into(),
-                kind: "forwarded".into(),
+                verdict: "forwarded".into(),
+            })
+            .inc();
+        m.events
+            .get_or_create(&EventLabels {
+                event: "conn_hit".into(),
             })
             .inc();
         m.attached
@@ -747,6 +752,10 @@ mod tests {
         announcing.announce = Some(crate::config::Announce::default());
         m.set_announced(&announcing, |_| true, false);
         m.announce_failures.inc();
+        m.set_speaker(&SpeakerState::Answered {
+            version: "2.0.12".into(),
+            sessions: Vec::new(),
+        });
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");
