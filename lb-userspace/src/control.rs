@@ -86,6 +86,15 @@ pub enum Request {
         dport: u16,
         protocol: Protocol,
     },
+    /// The flows in the connection table (`lbctl conn list`).
+    ConnList {
+        vip: Option<VipRef>,
+        backend: Option<IpAddr>,
+        client: Option<ipnet::IpNet>,
+        probation: bool,
+        limit: usize,
+        scan: usize,
+    },
     /// Replace the whole configuration with `text` (JSON).
     Apply {
         text: String,

@@ -43,6 +43,7 @@ use crate::{
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
+    conn_list,
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes, pinned_entries},
     egress::{self, Outlets},
@@ -907,6 +908,26 @@ impl Daemon {
                 dport,
                 protocol,
             } => self.flow(src, sport, dst, dport, protocol),
+            Request::ConnList {
+                vip,
+                backend,
+                client,
+                probation,
+                limit,
+                scan,
+            } => {
+                let filter = conn_list::ConnFilter {
+                    vip,
+                    backend,
+                    client,
+                    probation,
+                    limit: limit.min(CONN_LIST_MAX_ROWS),
+                    scan: scan.min(CONN_LIST_MAX_SCAN),
+                };
+                let list =
+                    conn_list::list(&self.maps, &self.ids, &filter).map_err(|e| e.to_string())?;
+                serde_json::to_value(list).map_err(|e| e.to_string())
+            }
             Request::Apply { text } => {
                 let config = Config::from_json_for(&text, &self.node).map_err(|e| e.to_string())?;
                 let report = self.apply(config)?;
@@ -1599,6 +1620,12 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
     info!(pin_dir = %dir.display(), "detached and unpinned");
     Ok(())
 }
+
+/// `lbctl conn list` bounds: rows returned, and entries read per table
+/// (the daemon's loop waits while the table is read, about a microsecond
+/// per entry).
+const CONN_LIST_MAX_ROWS: usize = 100_000;
+const CONN_LIST_MAX_SCAN: usize = 2_000_000;
 
 /// How long `lbd --teardown` waits between withdrawing its VIP routes and
 /// detaching: BIRD withdraws them over BGP at once, the router's forwarding

@@ -57,6 +57,11 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// The flows the data plane holds, like `ipvsadm -Lc`.
+    Conn {
+        #[command(subcommand)]
+        command: ConnCmd,
+    },
     /// Which backend a flow goes to, and why.
     Flow {
         src: IpAddr,
@@ -166,6 +171,39 @@ enum VipCmd {
     Del {
         vip: VipArg,
     },
+}
+
+#[derive(Subcommand)]
+enum ConnCmd {
+    /// Flows in the connection table (in the table's order), with filters.
+    List {
+        /// Only this VIP's flows (`198.51.100.10:80/tcp`).
+        #[arg(long)]
+        vip: Option<VipArg>,
+        /// Only flows pinned to this backend address.
+        #[arg(long)]
+        backend: Option<IpAddr>,
+        /// Only clients in this prefix (`203.0.113.0/24`, or one address).
+        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
+        client: Option<ipnet::IpNet>,
+        /// Also flows seen once (the probation table).
+        #[arg(long)]
+        probation: bool,
+        /// Show at most this many flows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Read at most this many entries of each table (lbd waits while
+        /// it reads, about a microsecond each).
+        #[arg(long, default_value_t = 1_000_000)]
+        scan: usize,
+    },
+}
+
+/// A prefix, or one address as a host prefix.
+fn parse_prefix(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not a prefix (203.0.113.0/24) or an address"))
 }
 
 #[derive(Subcommand)]
@@ -463,6 +501,27 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
         Cmd::Node {
             command: NodeCmd::Resume,
         } => return node_resume(cli).await,
+        Cmd::Conn {
+            command:
+                ConnCmd::List {
+                    vip,
+                    backend,
+                    client,
+                    probation,
+                    limit,
+                    scan,
+                },
+        } => (
+            Request::ConnList {
+                vip: vip.map(|v| v.0),
+                backend: *backend,
+                client: *client,
+                probation: *probation,
+                limit: *limit,
+                scan: *scan,
+            },
+            print_conns,
+        ),
         Cmd::Flow {
             src,
             sport,
@@ -1017,6 +1076,35 @@ fn print_backends(v: &Value) {
             ]
         }),
     );
+}
+
+fn print_conns(v: &Value) {
+    table(
+        &[
+            "PROTO", "CLIENT", "VIP", "BACKEND", "TABLE", "IDLE", "PINNED",
+        ],
+        v["rows"].as_array().into_iter().flatten().map(|r| {
+            vec![
+                s(&r["protocol"]),
+                s(&r["client"]),
+                s(&r["vip"]),
+                s(&r["backend"]),
+                s(&r["table"]),
+                format!("{} s", s(&r["idle_s"])),
+                r["stale"]
+                    .as_str()
+                    .map_or("yes".to_string(), |why| format!("no: {why}")),
+            ]
+        }),
+    );
+    let shown = v["rows"].as_array().map_or(0, Vec::len);
+    println!("{shown} flows shown, {} entries read", s(&v["scanned"]));
+    if v["more"] == true {
+        println!("more flows match: raise --limit");
+    }
+    if v["truncated"] == true {
+        println!("the table holds more entries than --scan: flows may be missing");
+    }
 }
 
 fn print_flow(v: &Value) {
