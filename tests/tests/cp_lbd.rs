@@ -2571,11 +2571,9 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
             && first.contains("STATUS=forwarding: 1 VIPs, 2 backends in service"),
         "{first:?}"
     );
-    let started = Instant::now();
+    // The watchdog keeps being petted (each `next` waits 10 s at most).
     let pets = (0..4).map(|_| next()).collect::<Vec<_>>();
     assert!(pets.iter().all(|m| m == "WATCHDOG=1\n"), "{pets:?}");
-    // Four pets at 500 ms take about 1.5 s or more (the first comes at once).
-    assert!(started.elapsed() >= Duration::from_millis(1200), "{pets:?}");
 
     let pid = lbd.pid().expect("lbd's pid");
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
