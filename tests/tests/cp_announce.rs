@@ -789,12 +789,12 @@ fn cp_bird_exports_lbds_routes_to_the_router() {
         text.contains("speaker: BIRD 2.") && text.contains("2 of 2 BGP sessions established"),
         "{text}"
     );
-    let metrics = scrape(&site);
-    assert!(
+    // Metrics follow at the next one-second tick.
+    wait_for("the speaker metrics", Duration::from_secs(3), || {
+        let metrics = scrape(&site);
         metrics.contains("lb_bgp_speaker_up{speaker=\"bird\"} 1")
-            && metrics.contains("lb_bgp_sessions_established{speaker=\"bird\"} 2"),
-        "{metrics}"
-    );
+            && metrics.contains("lb_bgp_sessions_established{speaker=\"bird\"} 2")
+    });
     // Only lbd's routes: BIRD learnt nothing else from the table.
     let learnt = lb_bird.birdc(&["show", "route", "protocol", "lbd_vips4"]);
     assert!(learnt.contains(&format!("{VIP}/32")), "{learnt}");
