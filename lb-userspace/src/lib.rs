@@ -29,6 +29,7 @@ pub mod pinned_links;
 pub mod ring_digest;
 pub mod ring_memory;
 pub mod runtime_state;
+pub mod second_chance;
 pub mod sync;
 pub mod top;
 pub mod tunnel_probe;

@@ -125,6 +125,10 @@ enum VipCmd {
         fall: u32,
         #[arg(long, default_value_t = 300)]
         drain_timeout_s: u64,
+        /// Seconds a moved ring slot's previous owner gets a second hop
+        /// (default: the drain timeout).
+        #[arg(long)]
+        second_chance_s: Option<u64>,
     },
     Del {
         vip: VipArg,
@@ -288,6 +292,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     rise,
                     fall,
                     drain_timeout_s,
+                    second_chance_s,
                 },
         } => {
             let v = Vip {
@@ -309,6 +314,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
                     ..HealthCheck::default()
                 },
                 drain_timeout_s: *drain_timeout_s,
+                second_chance_s: *second_chance_s,
                 backends: Vec::new(),
             };
             (Request::VipAdd { vip: v }, print_done)
