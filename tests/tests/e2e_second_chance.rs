@@ -158,6 +158,19 @@ fn e2e_handshake_whose_ack_follows_a_ring_change_completes_on_the_backend_that_s
         ports.len()
     );
 
+    // lbctl flow names the second hop of each moved flow.
+    for (port, (was, _)) in &moved {
+        let reply = lbd.json(&[
+            "flow",
+            &CLIENT.to_string(),
+            &port.to_string(),
+            &VIP.to_string(),
+            "80",
+            "tcp",
+        ]);
+        assert_eq!(reply["second_hop"], json!(was), "port {port}: {reply}");
+    }
+
     topo.client.exec(&["nft", "delete table inet hold"]);
     for (port, mut conn) in conns {
         conn.write_all(request(IpAddr::V4(VIP), "/").as_bytes())
