@@ -65,6 +65,16 @@ pub struct Config {
     /// The local control socket `lbctl` talks to.
     #[serde(default)]
     pub control: Control,
+    /// Announce the VIPs to the network: lbd keeps one route per VIP
+    /// address it announces in a kernel routing table of its own, which a
+    /// BGP speaker (BIRD, deploy/bird/) exports. Unset: nothing is
+    /// announced, the VIPs are routed to this host by other means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
+    /// The BGP speaker that exports the announced routes, which lbd asks
+    /// whether it is running and peering (shown in `lbctl status`).
+    #[serde(default)]
+    pub speaker: Speaker,
     /// The virtual services.
     #[serde(default)]
     pub vips: Vec<Vip>,
@@ -283,6 +293,88 @@ impl Default for Control {
             socket: default_socket(),
             group: None,
         }
+    }
+}
+
+/// Where lbd writes the routes that announce VIPs (`announce_routes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// The kernel routing table of lbd's routes: one that no `ip rule`
+    /// looks up, so that they never change how this host routes (checked
+    /// when lbd starts and when the table changes). At most 252 for FRR's
+    /// `ip import-table`. Default 200.
+    #[serde(default = "default_announce_table")]
+    pub table: u32,
+    /// The route protocol number of lbd's routes: lbd lists, adds and
+    /// removes only routes of this number in `table`, and BIRD's import
+    /// filter selects them by it (`krt_source`). Default 201.
+    #[serde(default = "default_announce_protocol")]
+    pub protocol: u8,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self {
+            table: default_announce_table(),
+            protocol: default_announce_protocol(),
+        }
+    }
+}
+
+impl fmt::Display for Announce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "table {} protocol {}", self.table, self.protocol)
+    }
+}
+
+/// The BGP speaker lbd watches while it announces VIPs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speaker {
+    /// BIRD's control socket, asked once a second for BGP sessions while
+    /// `announce` is set. `null`: not watched (FRR, GoBGP). Default
+    /// `/run/bird/bird.ctl`, where Debian's bird2 puts it.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: Option<PathBuf>,
+}
+
+impl Default for Speaker {
+    fn default() -> Self {
+        Self {
+            bird_socket: default_bird_socket(),
+        }
+    }
+}
+
+fn default_bird_socket() -> Option<PathBuf> {
+    Some(PathBuf::from("/run/bird/bird.ctl"))
+}
+
+/// Why lbd's routes cannot go in kernel table `table`, if they cannot:
+/// the tables every host routes by.
+fn reserved_table(table: u32) -> Option<&'static str> {
+    match table {
+        0 => Some("is no table (the kernel reads 0 as unspecified)"),
+        253 => Some("is the kernel's default table, which the host routes by"),
+        254 => Some("is the kernel's main table, which the host routes by"),
+        255 => Some("is the kernel's local table, which the host routes by"),
+        _ => None,
+    }
+}
+
+/// Why lbd's routes cannot carry route protocol `protocol`, if they
+/// cannot: the kernel's own numbers, and those of routing programs that
+/// take the routes of their number for their own (and remove them).
+fn reserved_protocol(protocol: u8) -> Option<&'static str> {
+    match protocol {
+        0..=4 => Some("is the kernel's own (unspec, redirect, kernel, boot, static)"),
+        12 => Some("is BIRD's: BIRD takes routes of that number for its own and removes them"),
+        8..=11 | 13..=16 | 18 | 42 | 99 => {
+            Some("is another routing program's (see /etc/iproute2/rt_protos)")
+        }
+        186..=198 => Some("is FRR's: its zebra takes routes of that number for its own"),
+        _ => None,
     }
 }
 
@@ -532,6 +624,12 @@ fn default_state_file() -> PathBuf {
 }
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/lbd/lbd.sock")
+}
+fn default_announce_table() -> u32 {
+    200
+}
+fn default_announce_protocol() -> u8 {
+    201
 }
 fn default_ring_size() -> u32 {
     lb_common::maps::DEFAULT_RING_SIZE
@@ -792,6 +890,26 @@ impl Config {
                     t.conn_entries
                 ),
             );
+        }
+        if let Some(announce) = &self.announce {
+            if let Some(why) = reserved_table(announce.table) {
+                bad(
+                    "announce.table".into(),
+                    format!(
+                        "{} {why}: give lbd a table of its own, which no ip rule looks up",
+                        announce.table
+                    ),
+                );
+            }
+            if let Some(why) = reserved_protocol(announce.protocol) {
+                bad(
+                    "announce.protocol".into(),
+                    format!(
+                        "{} {why}: give lbd a number no other program writes routes with",
+                        announce.protocol
+                    ),
+                );
+            }
         }
         if self.vips.len() > t.max_vips as usize {
             bad(
@@ -1543,6 +1661,51 @@ mod tests {
         );
         v["vips"][0]["health_check"]["through_tunnel"] = false.into();
         assert_eq!(problems(&v.to_string()), [""; 0]);
+    }
+
+    #[test]
+    fn announce_is_off_unless_given_and_refuses_the_hosts_tables_and_others_protocols() {
+        assert_eq!(Config::from_json(GOOD).unwrap().announce, None);
+        let with = |announce: &str| {
+            GOOD.replace("\"vips\":", &format!("\"announce\": {announce}, \"vips\":"))
+        };
+        assert_eq!(
+            Config::from_json(&with("{}")).unwrap().announce,
+            Some(Announce {
+                table: 200,
+                protocol: 201
+            })
+        );
+        assert_eq!(
+            problems(&with(r#"{"table": 254, "protocol": 12}"#)),
+            [
+                "announce.table: 254 is the kernel's main table, which the host routes by: give lbd a table of its own, which no ip rule looks up",
+                "announce.protocol: 12 is BIRD's: BIRD takes routes of that number for its own and removes them: give lbd a number no other program writes routes with",
+            ]
+        );
+        for table in [0, 253, 255] {
+            assert_eq!(
+                problems(&with(&format!("{{\"table\": {table}}}"))).len(),
+                1,
+                "{table}"
+            );
+        }
+        for protocol in [0, 2, 4, 11, 42, 186, 198] {
+            assert_eq!(
+                problems(&with(&format!("{{\"protocol\": {protocol}}}"))).len(),
+                1,
+                "{protocol}"
+            );
+        }
+        for (table, protocol) in [(1, 5), (252, 199), (1000, 250), (u32::MAX, 255)] {
+            let text = with(&format!("{{\"table\": {table}, \"protocol\": {protocol}}}"));
+            assert_eq!(problems(&text), [""; 0], "{table} {protocol}");
+        }
+        assert!(
+            problems(&with(r#"{"protocol": 256}"#))[0]
+                .starts_with("announce.protocol: invalid value"),
+            "a protocol number is one byte"
+        );
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub enum Request {
         text: String,
     },
     ConfigDump,
+    /// Withdraw every VIP from the network (`announce`); forwarding goes on.
+    NodeDrain,
+    /// Announce the VIPs again after `NodeDrain`.
+    NodeResume,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

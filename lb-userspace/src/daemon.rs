@@ -7,7 +7,8 @@
 //! written (`sync`). A change that fails leaves the running state as it was.
 //!
 //! lbd never detaches the program when it exits: the link and maps are
-//! pinned, forwarding continues, and the next lbd adopts them. One lbd
+//! pinned, forwarding continues, and the next lbd adopts them. The routes
+//! that announce VIPs (`announce`) stay too, and are adopted the same way. One lbd
 //! runs per pin directory (`pin_lock`). Link events from the kernel make
 //! it attach again to an interface deleted and created anew
 //! (`attachments`).
@@ -39,6 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     addr::{from_map, to_map},
+    announce::{self, Announcer},
     attachments::{self, Attachments, Change},
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     control::{self, Reply, Request, VipRef},
@@ -55,6 +57,7 @@ use crate::{
     pin_lock::PinDirLock,
     ring_digest,
     runtime_state::{self, DataPlaneId, StateWriter},
+    speaker::SpeakerWatch,
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
 };
@@ -130,6 +133,10 @@ pub struct Daemon {
     /// Each VIP's live ring digest (`ring_digest`), taken after every
     /// write that changed a ring.
     ring_digests: BTreeMap<VipKeyOrd, u64>,
+    /// The routes that announce VIPs, and whether the node is drained.
+    announcer: Announcer,
+    /// Whether BIRD is there to export those routes.
+    speaker: SpeakerWatch,
     pub metrics: Arc<Metrics>,
 }
 
@@ -165,10 +172,18 @@ impl Daemon {
         }
         let config = resumed.config;
         let drain_started = resumed.drain_started;
+        if resumed.node.drained {
+            warn!(
+                "this node is drained (lbctl node drain): no VIP is announced until `lbctl node resume`"
+            );
+        }
         // What can fail from the host's side is checked before any map is
         // written: a start that fails leaves a running data plane as it was.
         let outlets = egress::resolve(&config)?;
         onlink::check(&config, None)?;
+        if let Some(table) = config.announce {
+            announce::check_table(table).map_err(anyhow::Error::msg)?;
+        }
         if let Some(name) = &config.control.group {
             group_id(name).with_context(|| format!("control.group: no group {name:?}"))?;
         }
@@ -261,6 +276,8 @@ impl Daemon {
         let attachments = Attachments::attach_all(&mut dp, &config)?;
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
+        let announcer = Announcer::new(config.announce, &resumed.node);
+        let speaker = SpeakerWatch::start(watched_speaker(&config));
         for a in attachments.iter() {
             log_attached(&a.name, &a.attached);
             show_attachment(&metrics, &a.name, Some(&a.attached));
@@ -300,6 +317,8 @@ impl Daemon {
             outlets,
             ticks: 0,
             ring_digests: BTreeMap::new(),
+            announcer,
+            speaker,
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
@@ -308,6 +327,7 @@ impl Daemon {
         daemon.refresh_ring_digests();
         daemon.refresh_checkers();
         daemon.refresh_drains();
+        daemon.refresh_announcements();
         daemon.save_state();
         Ok(daemon)
     }
@@ -370,9 +390,10 @@ impl Daemon {
     /// restart resumes it. A failure is logged: forwarding does not depend
     /// on it, only what a restart remembers.
     fn save_state(&mut self) {
+        let node = self.announcer.node_state();
         if let Err(e) = self
             .state
-            .save(&self.config, &self.file_text, &self.drain_started)
+            .save(&self.config, &self.file_text, &self.drain_started, &node)
         {
             warn!(state_file = %self.config.state_file.display(), error = %e, "saving the runtime state failed: a restart would lose lbctl edits and drain times");
         }
@@ -405,6 +426,9 @@ impl Daemon {
             warn!(interface = %name, "interface gone: the configuration is applied without it; lbd sends out of it again when it returns");
         }
         onlink::check(&config, Some(&self.config)).map_err(|e| e.to_string())?;
+        if let Some(table) = config.announce.filter(|t| Some(*t) != self.config.announce) {
+            announce::check_table(table)?;
+        }
         self.write(config, outlets)
     }
 
@@ -481,6 +505,7 @@ impl Daemon {
         self.metrics
             .table_rebuilds
             .inc_by(report.rings_rebuilt as u64);
+        self.speaker.set_socket(watched_speaker(&config));
         self.config = config;
         self.ids = ids;
         self.applied = image;
@@ -490,6 +515,7 @@ impl Daemon {
         }
         self.refresh_checkers();
         self.refresh_drains();
+        self.refresh_announcements();
         self.save_state();
         info!(?report, "configuration applied");
         Ok(report)
@@ -505,6 +531,60 @@ impl Daemon {
         if let Err(e) = self.write(config, outlets) {
             error!(error = %e, "re-applying the configuration failed");
         }
+    }
+
+    /// Bring the routes that announce VIPs in line with what should be
+    /// announced now (`announce::plan`), and show the result in metrics.
+    /// Called after every write, every interface change and once a second:
+    /// a failure is retried at the next call.
+    fn refresh_announcements(&mut self) {
+        let attached = self.attachments.iter().any(|a| a.ifindex.is_some());
+        let plan = announce::plan(
+            &self.config,
+            &self.applied,
+            attached,
+            self.announcer.drained(),
+        );
+        let before = self.announcer.node_state();
+        if !self.announcer.refresh(self.config.announce, plan) {
+            self.metrics.announce_failures.inc();
+        }
+        self.metrics.set_announced(
+            &self.config,
+            |address| self.announcer.is_announced(address),
+            self.announcer.drained(),
+        );
+        if self.announcer.node_state() != before {
+            self.save_state();
+        }
+    }
+
+    /// `lbctl node drain` (`drained`) and `node resume`: withdraw every VIP
+    /// or announce again. The node goes on forwarding what arrives. The
+    /// reply comes once the routes are written, and says if that failed.
+    fn set_drained(&mut self, drained: bool) -> Result<Value, String> {
+        if drained && self.config.announce.is_none() {
+            return Err("announce is not configured: this node announces no VIP, so draining would withdraw nothing (see docs/cluster.md)".into());
+        }
+        let was = self.announcer.drained();
+        self.announcer.set_drained(drained);
+        self.refresh_announcements();
+        self.save_state();
+        if was != drained {
+            if drained {
+                warn!(
+                    "node drained: every VIP withdrawn; forwarding goes on for what still arrives"
+                );
+            } else {
+                info!("node resumed: VIPs announced again");
+            }
+        }
+        Ok(json!({
+            "drained": drained,
+            "was_drained": was,
+            "announced": self.announcer.announced().collect::<Vec<_>>(),
+            "error": self.announcer.error(),
+        }))
     }
 
     /// Start checkers for new backends, restart those whose check changed,
@@ -644,6 +724,9 @@ impl Daemon {
         {
             self.metrics.set_fill(&fill);
         }
+        // Puts back what someone removed, retries what failed.
+        self.refresh_announcements();
+        self.metrics.set_speaker(&self.speaker.state());
     }
 
     /// Compare the attached interfaces with those that exist now (a link
@@ -698,6 +781,9 @@ impl Daemon {
             }
         }
         self.refresh_outlets();
+        // An interface gone may have been the last one attached, or the
+        // first one back.
+        self.refresh_announcements();
     }
 
     /// Interfaces deleted and created again have new indexes, and the
@@ -826,7 +912,19 @@ impl Daemon {
                 )
             }
             Request::ConfigDump => serde_json::to_value(&self.config).map_err(|e| e.to_string()),
+            Request::NodeDrain => self.set_drained(true),
+            Request::NodeResume => self.set_drained(false),
         }
+    }
+
+    /// One line for the service manager's status (`systemctl status lbd`).
+    pub fn summary(&self) -> String {
+        let in_service: usize = self.applied.vips.values().map(|v| v.members.len()).sum();
+        format!(
+            "forwarding: {} VIPs, {} backends in service",
+            self.config.vips.len(),
+            in_service
+        )
     }
 
     fn status(&self) -> Value {
@@ -870,6 +968,9 @@ impl Daemon {
                 }),
             },
             "table_rebuilds": self.metrics.table_rebuilds.get(),
+            "drained": self.announcer.drained(),
+            "announce": self.announcer.status(),
+            "speaker": self.config.announce.map(|_| self.speaker.state().to_json()),
             "ring_digests": self.config.vips.iter().map(|v| {
                 let key = image::vip_key(v.address, v.port, v.protocol);
                 let vip = VipRef { address: v.address, port: v.port, protocol: v.protocol };
@@ -911,6 +1012,7 @@ impl Daemon {
                     "healthy": up,
                     "in_table": in_table,
                     "ring_digest": self.ring_digests.get(&key).map(|d| ring_digest::hex(*d)),
+                    "announced": self.config.announce.map(|_| self.announcer.is_announced(v.address)),
                 })
             })
             .collect();
@@ -1306,6 +1408,13 @@ pub type ControlMsg = (Request, oneshot::Sender<Reply>);
 
 /// Accept control connections; each is served by its own task, so a slow
 /// or stalled client holds up no one else.
+/// The BIRD socket to watch: only while VIPs are announced.
+fn watched_speaker(config: &Config) -> Option<PathBuf> {
+    config
+        .announce
+        .and_then(|_| config.speaker.bird_socket.clone())
+}
+
 pub async fn serve_control(listener: UnixListener, tx: mpsc::Sender<ControlMsg>) {
     loop {
         let stream = match listener.accept().await {
@@ -1459,17 +1568,29 @@ fn refuse_other_table_sizes(pin_dir: &Path, t: &Tables) -> anyhow::Result<()> {
 /// that no longer drive anything.
 pub fn teardown(config: &Config) -> anyhow::Result<()> {
     let dir = &config.pin_dir;
+    let _lock = if dir.exists() {
+        Some(PinDirLock::acquire(dir).map_err(|e| {
+            if e.is_held() {
+                anyhow::anyhow!("{e}: stop lbd first (e.g. `systemctl stop lbd`), then tear down")
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?)
+    } else {
+        None
+    };
+    // The routes first: the router stops sending before forwarding stops.
+    let saved = runtime_state::saved_node_state(&config.state_file, dir).unwrap_or_default();
+    let tables: std::collections::BTreeSet<_> = config
+        .announce
+        .into_iter()
+        .chain(saved.route_tables)
+        .collect();
+    let routes = announce::remove_all(&tables);
     if !dir.exists() {
         info!(pin_dir = %dir.display(), "nothing pinned");
-        return Ok(());
+        return routes.map_err(|e| anyhow::anyhow!("removing lbd's routes: {e}"));
     }
-    let _lock = PinDirLock::acquire(dir).map_err(|e| {
-        if e.is_held() {
-            anyhow::anyhow!("{e}: stop lbd first (e.g. `systemctl stop lbd`), then tear down")
-        } else {
-            anyhow::Error::new(e)
-        }
-    })?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -1479,5 +1600,7 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
     runtime_state::remove(&config.state_file)
         .with_context(|| format!("removing {}", config.state_file.display()))?;
     info!(pin_dir = %dir.display(), "detached and unpinned");
-    Ok(())
+    routes.map_err(|e| {
+        anyhow::anyhow!("detached and unpinned, but removing lbd's routes failed: {e}")
+    })
 }

@@ -3,6 +3,7 @@
 //! CLI around them.
 
 pub mod addr;
+pub mod announce;
 pub mod attachments;
 pub mod bpffs;
 pub mod cluster;
@@ -28,8 +29,11 @@ pub mod pin_lock;
 pub mod pinned_links;
 pub mod ring_digest;
 pub mod ring_memory;
+pub mod route_table;
 pub mod runtime_state;
 pub mod second_chance;
+pub mod service_manager;
+pub mod speaker;
 pub mod sync;
 pub mod top;
 pub mod tunnel_probe;

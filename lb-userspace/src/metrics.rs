@@ -30,7 +30,14 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image,
     maps::{Fill, Maps},
+    speaker::SpeakerState,
 };
+
+/// The BGP speaker lbd watches (today always `bird`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpeakerLabels {
+    pub speaker: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VipLabels {
@@ -91,6 +98,12 @@ pub struct Metrics {
     table_entries: Family<TableLabels, Gauge>,
     table_capacity: Family<TableLabels, Gauge>,
     ring_info: Family<RingLabels, Gauge>,
+    vip_announced: Family<VipLabels, Gauge>,
+    node_drained: Gauge,
+    speaker_up: Family<SpeakerLabels, Gauge>,
+    bgp_sessions: Family<SpeakerLabels, Gauge>,
+    /// Refreshes of the announcing routes that failed (`announce`).
+    pub announce_failures: Counter,
     /// The per-VIP and per-backend label sets that have series, so that
     /// those of VIPs and backends gone from the configuration can be removed.
     series: Mutex<Series>,
@@ -126,6 +139,11 @@ impl Default for Metrics {
             table_entries: Family::default(),
             table_capacity: Family::default(),
             ring_info: Family::default(),
+            vip_announced: Family::default(),
+            node_drained: Gauge::default(),
+            speaker_up: Family::default(),
+            bgp_sessions: Family::default(),
+            announce_failures: Counter::default(),
             series: Mutex::new(Series::default()),
         };
         {
@@ -210,6 +228,31 @@ impl Default for Metrics {
                 "1 for each VIP, labelled with its live Maglev ring's digest: equal on every node that serves the same backends",
                 m.ring_info.clone(),
             );
+            r.register(
+                "vip_announced",
+                "1 while the route that announces the VIP's address is in lbd's routing table (announce), else 0",
+                m.vip_announced.clone(),
+            );
+            r.register(
+                "node_drained",
+                "1 while the node is drained (lbctl node drain): no VIP announced",
+                m.node_drained.clone(),
+            );
+            r.register(
+                "bgp_speaker_up",
+                "1 while BIRD answers on speaker.bird_socket, else 0 (only while lbd announces VIPs and watches BIRD)",
+                m.speaker_up.clone(),
+            );
+            r.register(
+                "bgp_sessions_established",
+                "BIRD's BGP sessions in state Established (only while lbd announces VIPs and watches BIRD)",
+                m.bgp_sessions.clone(),
+            );
+            r.register(
+                "announce_failures",
+                "Refreshes of lbd's announcing routes that failed (netlink errors), one a second while it lasts",
+                m.announce_failures.clone(),
+            );
         }
         m
     }
@@ -234,6 +277,11 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("conn_table_entries", "gauge"),
     ("conn_table_capacity", "gauge"),
     ("vip_ring_info", "gauge"),
+    ("vip_announced", "gauge"),
+    ("node_drained", "gauge"),
+    ("announce_failures", "counter"),
+    ("bgp_speaker_up", "gauge"),
+    ("bgp_sessions_established", "gauge"),
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
@@ -289,6 +337,46 @@ impl Metrics {
                 })
                 .set(1);
         }
+    }
+
+    /// Show whether each VIP's address is announced (only with `announce`
+    /// configured) and whether the node is drained.
+    pub fn set_announced(
+        &self,
+        config: &Config,
+        announced: impl Fn(std::net::IpAddr) -> bool,
+        drained: bool,
+    ) {
+        self.vip_announced.clear();
+        if config.announce.is_some() {
+            for v in &config.vips {
+                let l = VipLabels {
+                    vip: vip_name(v.address, v.port, v.protocol),
+                };
+                self.vip_announced
+                    .get_or_create(&l)
+                    .set(announced(v.address) as i64);
+            }
+        }
+        self.node_drained.set(drained as i64);
+    }
+
+    /// Show what BIRD answered: no series while it is not watched.
+    pub fn set_speaker(&self, state: &SpeakerState) {
+        self.speaker_up.clear();
+        self.bgp_sessions.clear();
+        if matches!(state, SpeakerState::NotWatched | SpeakerState::Unknown) {
+            return;
+        }
+        let l = SpeakerLabels {
+            speaker: "bird".into(),
+        };
+        self.speaker_up
+            .get_or_create(&l)
+            .set(matches!(state, SpeakerState::Answered { .. }) as i64);
+        self.bgp_sessions
+            .get_or_create(&l)
+            .set(state.established().unwrap_or(0) as i64);
     }
 
     /// Record how full the connection and probation tables are.
@@ -605,6 +693,10 @@ mod tests {
             method: crate::maps::FillMethod::Kernel,
         });
         m.set_ring_digests([("v".to_string(), 7)]);
+        let mut announcing = two_vips();
+        announcing.announce = Some(crate::config::Announce::default());
+        m.set_announced(&announcing, |_| true, false);
+        m.announce_failures.inc();
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

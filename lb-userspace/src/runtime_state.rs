@@ -17,6 +17,14 @@
 //! with the state: one no longer given at the restart gives way to the
 //! file's value. Drain start times are kept on CLOCK_BOOTTIME, which a
 //! restart does not reset.
+//!
+//! The node's state of announcing (`announce::NodeState`: drained by
+//! `lbctl node drain`, the tables that may hold lbd's routes) is the
+//! exception: it is not derived from the configuration file or tied to
+//! the pins, so it is resumed from any state file of the same pin
+//! directory. A drain ends only with `lbctl node resume` (or a teardown,
+//! which removes the file), and routes left in a table no longer
+//! configured are still found and removed.
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +36,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    announce::NodeState,
     config::{Config, NodeOverrides},
     control::VipRef,
     ids::BackendKey,
@@ -53,6 +62,10 @@ struct StateFile {
     overrides: NodeOverrides,
     running: Config,
     drains: Vec<DrainRecord>,
+    /// Absent from the files of lbds without announcing: not drained, no
+    /// routes.
+    #[serde(default)]
+    node: NodeState,
 }
 
 /// Only the version, read first: a file of another version may not parse
@@ -103,6 +116,9 @@ pub struct Resumed {
     pub drain_started: BTreeMap<BackendKey, Instant>,
     /// Why the saved state was not used, when there was one.
     pub discarded: Option<String>,
+    /// The node's announcing state, from any readable state file of this
+    /// pin directory (even one whose configuration is not resumed).
+    pub node: NodeState,
 }
 
 /// What to start from: the saved state when it belongs to the data plane
@@ -117,22 +133,35 @@ pub fn resume(
     node: &NodeOverrides,
     adopting: Option<Result<DataPlaneId, String>>,
 ) -> Resumed {
-    let fresh = |config, discarded| Resumed {
-        config,
-        drain_started: BTreeMap::new(),
-        discarded,
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return fresh(
+                file_config,
+                Some(format!("cannot be read: {e}")),
+                NodeState::default(),
+            );
+        }
+    };
+    let saved = text.as_deref().map(parse);
+    let node_state = match &saved {
+        Some(Ok(s)) if s.pin_dir == file_config.pin_dir => s.node.clone(),
+        _ => NodeState::default(),
     };
     let Some(adopting) = adopting else {
-        return fresh(file_config, None);
+        // A new data plane: only the node's state carries over. A file
+        // that cannot be parsed is worth a word all the same.
+        let discarded = match saved {
+            Some(Err(why)) => Some(why),
+            _ => None,
+        };
+        return fresh(file_config, discarded, node_state);
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fresh(file_config, None),
-        Err(e) => return fresh(file_config, Some(format!("cannot be read: {e}"))),
-    };
-    let saved = match parse(&text) {
-        Ok(s) => s,
-        Err(why) => return fresh(file_config, Some(why)),
+    let saved = match saved {
+        None => return fresh(file_config, None, node_state),
+        Some(Err(why)) => return fresh(file_config, Some(why), node_state),
+        Some(Ok(s)) => s,
     };
     let adopting = match adopting {
         Ok(id) => id,
@@ -140,18 +169,23 @@ pub fn resume(
             return fresh(
                 file_config,
                 Some(format!("the pinned data plane cannot be identified: {e}")),
+                node_state,
             );
         }
     };
     if let Some(why) = why_not(&saved, &file_config.pin_dir, file_text, &adopting) {
-        return fresh(file_config, Some(why));
+        return fresh(file_config, Some(why), node_state);
     }
     let mut running = saved.running;
     // An override given then and not now gives way to the file.
     saved.overrides.restore(&mut running, &file_config);
     node.apply(&mut running);
     if let Err(e) = running.validate() {
-        return fresh(file_config, Some(format!("no longer valid: {e}")));
+        return fresh(
+            file_config,
+            Some(format!("no longer valid: {e}")),
+            node_state,
+        );
     }
     let now_ms = boottime_ms();
     let now = Instant::now();
@@ -171,6 +205,17 @@ pub fn resume(
         config: running,
         drain_started,
         discarded: None,
+        node: node_state,
+    }
+}
+
+/// Start from the file's configuration, with no drain history.
+fn fresh(config: Config, discarded: Option<String>, node: NodeState) -> Resumed {
+    Resumed {
+        config,
+        drain_started: BTreeMap::new(),
+        discarded,
+        node,
     }
 }
 
@@ -242,6 +287,7 @@ impl StateWriter {
         running: &Config,
         file_text: &str,
         drain_started: &BTreeMap<BackendKey, Instant>,
+        node: &NodeState,
     ) -> std::io::Result<()> {
         let now_ms = boottime_ms();
         let mut drains = Vec::new();
@@ -271,6 +317,7 @@ impl StateWriter {
             overrides: self.overrides,
             running: running.clone(),
             drains,
+            node: node.clone(),
         };
         let text = serde_json::to_string_pretty(&state).map_err(std::io::Error::other)?;
         if self.last.as_deref() == Some(text.as_str()) {
@@ -280,6 +327,13 @@ impl StateWriter {
         self.last = Some(text);
         Ok(())
     }
+}
+
+/// The node's announcing state saved in `path` for `pin_dir`, if any (for
+/// `lbd --teardown`, which removes lbd's routes from every table).
+pub fn saved_node_state(path: &Path, pin_dir: &Path) -> Option<NodeState> {
+    let saved = parse(&std::fs::read_to_string(path).ok()?).ok()?;
+    (saved.pin_dir == pin_dir).then_some(saved.node)
 }
 
 /// Remove the state file (with the pins, at teardown).
@@ -349,6 +403,7 @@ mod tests {
             overrides: NodeOverrides::default(),
             running: Config::from_json(FILE).unwrap(),
             drains: Vec::new(),
+            node: NodeState::default(),
         }
     }
 
@@ -403,7 +458,9 @@ mod tests {
         let mut running = Config::from_json_for(FILE, &given).unwrap();
         running.vips[0].backends[1].weight = 4;
         let mut writer = StateWriter::new(path.clone(), plane(), given);
-        writer.save(&running, FILE, &BTreeMap::new()).unwrap();
+        writer
+            .save(&running, FILE, &BTreeMap::new(), &NodeState::default())
+            .unwrap();
 
         let resume_with = |node: &NodeOverrides| {
             let file_config = Config::from_json_for(FILE, node).unwrap();

@@ -80,6 +80,7 @@ pub struct Lbd {
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Lbd {
@@ -90,11 +91,18 @@ impl Lbd {
     }
 
     /// As `start`, with extra lbd arguments.
-    pub fn start_with(
+    pub fn start_with(ns: &Netns, paths: Paths, config: serde_json::Value, args: &[&str]) -> Self {
+        Self::start_with_env(ns, paths, config, args, &[])
+    }
+
+    /// As `start_with`, with extra environment variables for lbd (kept
+    /// over restarts).
+    pub fn start_with_env(
         ns: &Netns,
         paths: Paths,
         mut config: serde_json::Value,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         config["pin_dir"] = paths.pin_dir.display().to_string().into();
         config["state_file"] = paths.dir.join("state.json").display().to_string().into();
@@ -118,6 +126,10 @@ impl Lbd {
             child: None,
             log,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         lbd.spawn();
         lbd
@@ -133,6 +145,7 @@ impl Lbd {
             .arg("--config")
             .arg(&self.paths.config)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -196,6 +209,28 @@ impl Lbd {
         self.spawn();
     }
 
+    /// lbd's configuration file as the test wrote it.
+    pub fn config_file(&self) -> serde_json::Value {
+        let text = std::fs::read(&self.paths.config).expect("lbd's configuration file");
+        serde_json::from_slice(&text).expect("JSON")
+    }
+
+    /// Run `lbd --config FILE ARGS` in lbd's namespace and return what it
+    /// did: for runs that end (`--teardown`, `--check`, a start that must
+    /// fail), killed after 30 s if one does not.
+    pub fn run_once(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("30")
+            .arg("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(binary("lbd"))
+            .arg("--config")
+            .arg(&self.paths.config)
+            .args(args)
+            .output()
+            .expect("run lbd")
+    }
+
     /// Start lbd again with the same configuration file and `args` in
     /// place of the extra arguments it had.
     pub fn restart_with(&mut self, args: &[&str]) {
@@ -216,7 +251,29 @@ impl Drop for Lbd {
             .ok()
             .and_then(|e| Some(e.parent()?.parent()?.join("lbd")));
         if let Some(lbd) = lbd {
-            let _ = Command::new(lbd)
+            // In lbd's namespace, where its routes are (`announce`). With
+            // the namespace gone, so are they: tear down the rest from
+            // here, without the routes, which must never be looked for in
+            // the host's own tables.
+            let netns = PathBuf::from("/var/run/netns").join(&self.ns);
+            let mut teardown = if netns.exists() {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display())).arg(lbd);
+                c
+            } else {
+                let _ = std::fs::remove_file(self.paths.dir.join("state.json"));
+                if let Some(mut config) = std::fs::read(&self.paths.config)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                {
+                    if let Some(c) = config.as_object_mut() {
+                        c.remove("announce");
+                    }
+                    let _ = std::fs::write(&self.paths.config, config.to_string());
+                }
+                Command::new(lbd)
+            };
+            let _ = teardown
                 .arg("--config")
                 .arg(&self.paths.config)
                 .arg("--teardown")

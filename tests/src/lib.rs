@@ -3,6 +3,7 @@
 //! clean up after themselves.
 
 pub mod backend_server;
+pub mod bird;
 pub mod capture;
 pub mod flood;
 pub mod fuzz;

@@ -85,6 +85,48 @@ impl Netns {
         links[0]["xdp"]["prog"]["id"].as_u64()
     }
 
+    /// Every route of kernel routing table `table` (IPv4 and IPv6) as
+    /// `TYPE DESTINATION proto NUMBER`, e.g. `blackhole 198.51.100.10
+    /// proto 201`, sorted: what `ip route show table N` lists, with the
+    /// protocol as a number.
+    pub fn routes_in_table(&self, table: u32) -> Vec<String> {
+        let mut routes = Vec::new();
+        for family in ["-4", "-6"] {
+            let table = table.to_string();
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "ip", "-N", "-j", family])
+                .args(["route", "show", "table", &table])
+                .output()
+                .expect("run ip");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // A table that never held a route does not exist: it is empty.
+            if stderr.contains("table does not exist") {
+                continue;
+            }
+            assert!(
+                out.status.success(),
+                "in {}: ip route show: {stderr}",
+                self.name
+            );
+            let list: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("ip -json output");
+            for r in list.as_array().into_iter().flatten() {
+                // rtnetlink's RTN_* numbers, as `ip -N` prints them.
+                let kind = match r["type"].as_str().unwrap_or("") {
+                    "1" => "unicast",
+                    "6" => "blackhole",
+                    "7" => "unreachable",
+                    other => other,
+                };
+                let dst = r["dst"].as_str().unwrap_or("?");
+                let protocol = r["protocol"].as_str().unwrap_or("0");
+                routes.push(format!("{kind} {dst} proto {protocol}"));
+            }
+        }
+        routes.sort();
+        routes
+    }
+
     /// Run `f` with the calling thread inside this namespace.
     pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
         enter_named(&self.name, f)

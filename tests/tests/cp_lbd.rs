@@ -2527,3 +2527,65 @@ fn cp_nodes_with_the_same_backends_have_identical_rings_whatever_their_history()
         "{stderr}"
     );
 }
+
+/// Started as systemd starts it (`Type=notify`, `WatchdogSec=`), lbd says
+/// READY=1 only once it answers on its control socket, with a status line;
+/// pets the watchdog at half its period from its loop; says RELOADING=1
+/// then READY=1 around a SIGHUP, and STOPPING=1 on exit.
+#[test]
+fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::new();
+    let paths = Paths::new("cpnotify");
+    let notify_path = paths.dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let notify_env = notify_path.display().to_string();
+    // WatchdogSec=1: petted every 500 ms.
+    let mut lbd = Lbd::start_with_env(
+        &site.lb,
+        paths,
+        site.config(&[B1, B2], json!({"type": "none"})),
+        &[],
+        &[("NOTIFY_SOCKET", &notify_env), ("WATCHDOG_USEC", "1000000")],
+    );
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Lbd::start returned once lbd answered; READY=1 was the first message.
+    let first = next();
+    assert!(
+        first.starts_with("READY=1\n")
+            && first.contains("STATUS=forwarding: 1 VIPs, 2 backends in service"),
+        "{first:?}"
+    );
+    let started = Instant::now();
+    let pets = (0..4).map(|_| next()).collect::<Vec<_>>();
+    assert!(pets.iter().all(|m| m == "WATCHDOG=1\n"), "{pets:?}");
+    // Four pets at 500 ms take about 1.5 s or more (the first comes at once).
+    assert!(started.elapsed() >= Duration::from_millis(1200), "{pets:?}");
+
+    let pid = lbd.pid().expect("lbd's pid");
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
+        let m = next();
+        if m != "WATCHDOG=1\n" {
+            seen.push(m);
+        }
+    }
+    assert_eq!(seen[0], "RELOADING=1\n", "{seen:?}");
+    assert!(seen[1].contains("STATUS=forwarding"), "{seen:?}");
+
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut last = next();
+    while last == "WATCHDOG=1\n" {
+        last = next();
+    }
+    assert!(last.starts_with("STOPPING=1\n"), "{last:?}");
+    lbd.kill();
+}

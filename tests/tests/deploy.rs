@@ -115,6 +115,10 @@ fn systemd_unit_reloads_restarts_and_is_hardened() {
     assert!(get("ExecStart").contains("lbd --config /etc/lbd/lbd.json"));
     assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(get("Restart"), "on-failure");
+    // lbd notifies readiness and pets the watchdog (cp_lbd checks that).
+    assert_eq!(get("Type"), "notify");
+    assert_eq!(get("NotifyAccess"), "main");
+    assert_eq!(get("WatchdogSec"), "30s");
     assert_eq!(
         get("CapabilityBoundingSet"),
         "CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW"
@@ -127,6 +131,61 @@ fn systemd_unit_reloads_restarts_and_is_hardened() {
     assert_eq!(get("NoNewPrivileges"), "yes");
     assert_eq!(get("ProtectSystem"), "strict");
     assert!(get("ReadWritePaths").contains("/sys/fs/bpf"));
+}
+
+/// Both BIRD configurations of deploy/bird/ parse (`bird -p`, which reads
+/// the file and exits), as shipped and with every define changed the way
+/// docs/cluster.md says; and the LB node's names the defaults of lbd's
+/// `announce`. cp_announce runs them.
+#[test]
+fn bird_configurations_parse_and_match_lbds_defaults() {
+    use lb_tests::bird::{LB_NODE_CONF, ROUTER_CONF, bird_binary, with_defines};
+    let parse = |name: &str, text: &str| {
+        let path = std::env::temp_dir().join(format!("lbt-bird-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(bird_binary())
+            .arg("-p")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run bird -p");
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    parse("lb-node.conf", LB_NODE_CONF);
+    parse("router.conf", ROUTER_CONF);
+    parse(
+        "lb-node-edited.conf",
+        &with_defines(
+            LB_NODE_CONF,
+            &[
+                ("LB_TABLE", "1000"),
+                ("LB_PROTOCOL", "210"),
+                ("NODE_ID", "192.0.2.12"),
+                ("NODE_AS", "4200000001"),
+                ("NODE_V4", "192.0.2.12"),
+                ("NODE_V6", "2001:db8:1::12"),
+            ],
+        ),
+    );
+    // Something BIRD refuses is caught: the test can fail.
+    let path = std::env::temp_dir().join(format!("lbt-bird-{}-bad", std::process::id()));
+    std::fs::write(&path, LB_NODE_CONF.replace("learn;", "lern;")).unwrap();
+    let out = std::process::Command::new(bird_binary())
+        .args(["-p", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+
+    let defaults = lb_userspace::config::Announce::default();
+    assert!(LB_NODE_CONF.contains(&format!("define LB_TABLE    = {};", defaults.table)));
+    assert!(LB_NODE_CONF.contains(&format!("define LB_PROTOCOL = {};", defaults.protocol)));
 }
 
 #[test]

@@ -28,13 +28,15 @@ const ARCHITECTURE: &str = include_str!("../../docs/architecture.md");
 const CONFIGURATION: &str = include_str!("../../docs/configuration.md");
 const OPERATIONS: &str = include_str!("../../docs/operations.md");
 const METRICS: &str = include_str!("../../docs/metrics.md");
+const CLUSTER: &str = include_str!("../../docs/cluster.md");
 const THIS_FILE: &str = include_str!("docs.rs");
 
-const DOCS: [(&str, &str); 4] = [
+const DOCS: [(&str, &str); 5] = [
     ("docs/architecture.md", ARCHITECTURE),
     ("docs/configuration.md", CONFIGURATION),
     ("docs/operations.md", OPERATIONS),
     ("docs/metrics.md", METRICS),
+    ("docs/cluster.md", CLUSTER),
 ];
 
 // ---------------------------------------------------------------------------
@@ -412,7 +414,11 @@ fn value_at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 
 #[test]
 fn configuration_doc_defaults_are_the_code_defaults() {
-    let defaults = serde_json::to_value(parse_config(REQUIRED_ONLY, "REQUIRED_ONLY")).unwrap();
+    // Optional objects given empty, so that their fields have values.
+    let mut required: Value = serde_json::from_str(REQUIRED_ONLY).unwrap();
+    required["announce"] = json!({});
+    let defaults =
+        serde_json::to_value(parse_config(&required.to_string(), "REQUIRED_ONLY")).unwrap();
     let paths = config_paths();
     let mut checked = 0;
     for path in &paths {
@@ -561,6 +567,13 @@ fn configuration_doc_error_messages_are_the_real_ones() {
             v["vips"][0]["backends"][1]["mac"] = "02:00:5e:00:53:02".into();
         },
         |v| v["tables"] = json!({"ring_size": 7}),
+        |v| v["announce"] = json!({"protocol": 300}),
+        |v| v["announce"] = json!({"table": 254}),
+        |v| v["announce"] = json!({"table": 0}),
+        |v| v["announce"] = json!({"protocol": 2}),
+        |v| v["announce"] = json!({"protocol": 12}),
+        |v| v["announce"] = json!({"protocol": 188}),
+        |v| v["announce"] = json!({"protocol": 42}),
     ];
     let mut texts: Vec<String> = edits
         .iter()

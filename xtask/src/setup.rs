@@ -14,8 +14,9 @@ const LINKED_TOOLCHAIN: &str = "lb-bpf";
 const LINKED_TOOLCHAIN_DIR: &str = "/opt/lb-bpf-toolchain";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Tools the tests and the demo use at run time.
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux"];
+/// Tools the tests and the demo use at run time. BIRD 2 (`bird2`) is the
+/// BGP speaker of deploy/bird/, whose configurations the tests parse.
+const RUNTIME_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "bird2"];
 /// Debian's compiler and library source, for the linked toolchain.
 const DEBIAN_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// bpf-linker is built against Debian's LLVM.

@@ -1,7 +1,8 @@
 //! lbctl: the operator's CLI for lbd, over its control socket.
 //!
 //! Human-readable tables by default, `--json` for scripts. Any failure
-//! exits non-zero with a one-line reason on stderr.
+//! exits non-zero with a one-line reason on stderr (status 1; `node drain
+//! --wait` exits 2 when its deadline passes with traffic still arriving).
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration};
 
@@ -73,6 +74,36 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// This node in a cluster: withdraw its VIPs from the network, or
+    /// announce them again.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Withdraw every VIP (the node goes on forwarding what still
+    /// arrives); stays drained, also over lbd restarts, until `node resume`.
+    Drain {
+        /// Then print the node's VIP traffic every second until it stops
+        /// (exit status 0) or the deadline passes (exit status 2).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: seconds to wait at most.
+        #[arg(long, value_name = "S", default_value_t = 60, requires = "wait")]
+        deadline: u64,
+        /// With --wait: traffic has stopped when it stays below this many
+        /// packets per second...
+        #[arg(long, value_name = "PPS", default_value_t = 1, requires = "wait")]
+        idle_below: u64,
+        /// ...for this many seconds in a row.
+        #[arg(long, value_name = "S", default_value_t = 3, requires = "wait")]
+        idle_for: u64,
+    },
+    /// Announce the VIPs again after a drain.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -256,7 +287,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(&cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("lbctl: {e}");
             ExitCode::FAILURE
@@ -270,7 +301,7 @@ async fn call(cli: &Cli, request: Request) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn run(cli: &Cli) -> Result<(), String> {
+async fn run(cli: &Cli) -> Result<ExitCode, String> {
     let (request, render): (Request, fn(&Value)) = match &cli.command {
         Cmd::Status => (Request::Status, print_status),
         Cmd::Vip {
@@ -400,11 +431,38 @@ async fn run(cli: &Cli) -> Result<(), String> {
             },
             print_done,
         ),
-        Cmd::Stats { interval } => return stats(cli, *interval).await,
+        Cmd::Stats { interval } => return stats(cli, *interval).await.map(|()| ExitCode::SUCCESS),
         Cmd::Cluster {
             command: ClusterCmd::Check { sources },
-        } => return cluster_check(cli, sources).await,
-        Cmd::Top { once } => return lb_userspace::top::run(&cli.socket, *once).await,
+        } => {
+            return cluster_check(cli, sources)
+                .await
+                .map(|()| ExitCode::SUCCESS);
+        }
+        Cmd::Top { once } => {
+            return lb_userspace::top::run(&cli.socket, *once)
+                .await
+                .map(|()| ExitCode::SUCCESS);
+        }
+        Cmd::Node {
+            command:
+                NodeCmd::Drain {
+                    wait,
+                    deadline,
+                    idle_below,
+                    idle_for,
+                },
+        } => {
+            let wait = wait.then_some(Idle {
+                deadline: *deadline,
+                below: *idle_below,
+                seconds: *idle_for,
+            });
+            return node_drain(cli, wait).await;
+        }
+        Cmd::Node {
+            command: NodeCmd::Resume,
+        } => return node_resume(cli).await,
         Cmd::Flow {
             src,
             sport,
@@ -436,7 +494,165 @@ async fn run(cli: &Cli) -> Result<(), String> {
     } else {
         render(&reply)
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node_resume(cli: &Cli) -> Result<ExitCode, String> {
+    let reply = call(cli, Request::NodeResume).await?;
+    if cli.json {
+        print_json(&reply)
+    } else {
+        print_resumed(&reply)
+    }
+    if let Some(error) = reply["error"].as_str() {
+        return Err(format!(
+            "the node is resumed, but its routes are not all written: {error}; lbd retries every second (see lbctl status)"
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// When `node drain --wait` says the node's traffic has stopped.
+struct Idle {
+    /// Seconds to wait at most.
+    deadline: u64,
+    /// Packets per second below which traffic counts as stopped...
+    below: u64,
+    /// ...for this many one-second samples in a row.
+    seconds: u64,
+}
+
+/// Exit status of `node drain --wait` when the deadline passed first.
+const EXIT_DEADLINE: u8 = 2;
+
+/// Drain, then with `wait`, sample the node's VIP traffic every second
+/// (packets forwarded and dropped for every VIP, from lbd's counters)
+/// until it stays below `wait.below` for `wait.seconds` samples.
+async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
+    if let Some(w) = &wait {
+        if !(1..=86_400).contains(&w.deadline) {
+            return Err(format!(
+                "--deadline {} is out of range 1..=86400",
+                w.deadline
+            ));
+        }
+        if !(1..=3_600).contains(&w.seconds) {
+            return Err(format!("--idle-for {} is out of range 1..=3600", w.seconds));
+        }
+    }
+    let reply = call(cli, Request::NodeDrain).await?;
+    let line = |v: &Value| println!("{}", serde_json::to_string(v).unwrap_or_default());
+    if cli.json {
+        // One JSON document per line when samples follow.
+        if wait.is_some() {
+            line(&reply)
+        } else {
+            print_json(&reply)
+        }
+    } else {
+        print_drained(&reply);
+    }
+    if let Some(error) = reply["error"].as_str() {
+        return Err(format!(
+            "the node is drained, but its routes are not all withdrawn: {error}; lbd retries every second (see lbctl status)"
+        ));
+    }
+    let Some(idle) = wait else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !cli.json {
+        println!(
+            "waiting for the node's VIP traffic to stay below {} packets/s for {} s (at most {} s):",
+            idle.below, idle.seconds, idle.deadline
+        );
+    }
+    let mut last = vip_packets(&call(cli, Request::Stats).await?);
+    let mut quiet = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    // Seconds are counted in samples, one a second, so that the deadline
+    // is a number of samples whatever the scheduling delays.
+    let mut elapsed = 0;
+    loop {
+        tick.tick().await;
+        elapsed += 1;
+        let now = vip_packets(&call(cli, Request::Stats).await?);
+        // The rate over lbd's own clock between the two samples.
+        let dt = (now.1 - last.1).max(1e-3);
+        let pps = now.0.saturating_sub(last.0) as f64 / dt;
+        last = now;
+        if cli.json {
+            line(&serde_json::json!({ "elapsed_s": elapsed, "packets_per_s": pps }));
+        } else {
+            println!("  {elapsed:>5} s  {:>8} packets/s", num(&pps.into()));
+        }
+        quiet = if pps < idle.below as f64 {
+            quiet + 1
+        } else {
+            0
+        };
+        if quiet >= idle.seconds {
+            if cli.json {
+                line(&serde_json::json!({ "stopped": true, "elapsed_s": elapsed }));
+            } else {
+                println!(
+                    "traffic stopped: below {} packets/s for {} s, after {elapsed} s",
+                    idle.below, idle.seconds
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if elapsed >= idle.deadline {
+            if cli.json {
+                line(
+                    &serde_json::json!({ "stopped": false, "elapsed_s": elapsed, "packets_per_s": pps }),
+                );
+            } else {
+                println!(
+                    "deadline passed after {elapsed} s: traffic still arrives ({} packets/s)",
+                    num(&pps.into())
+                );
+            }
+            return Ok(ExitCode::from(EXIT_DEADLINE));
+        }
+    }
+}
+
+/// All packets that reached a VIP (forwarded or dropped), and lbd's clock.
+fn vip_packets(stats: &Value) -> (u64, f64) {
+    let packets = stats["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v["packets"].as_u64().unwrap_or(0) + v["dropped"].as_u64().unwrap_or(0))
+        .sum();
+    (packets, stats["time_s"].as_f64().unwrap_or(0.0))
+}
+
+fn print_drained(v: &Value) {
+    let state = if v["was_drained"] == true {
+        "node already drained"
+    } else {
+        "node drained"
+    };
+    println!(
+        "{state}: every VIP withdrawn; it goes on forwarding what still arrives, and stays drained until `lbctl node resume`"
+    );
+}
+
+fn print_resumed(v: &Value) {
+    let announced: Vec<String> = v["announced"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    let list = if announced.is_empty() {
+        "none yet (no VIP address has a backend in service)".to_string()
+    } else {
+        announced.join(", ")
+    };
+    println!("node resumed: VIP addresses announced: {list}");
 }
 
 /// Two samples `interval` seconds apart; rates from their difference.
@@ -640,6 +856,8 @@ fn print_status(v: &Value) {
     for (vip, digest) in v["ring_digests"].as_object().into_iter().flatten() {
         println!("ring {vip}: digest {}", s(digest));
     }
+    print_announce(&v["announce"]);
+    print_speaker(&v["speaker"]);
     let o = &v["occupancy"];
     let fill = |t: &Value| {
         format!(
@@ -667,6 +885,32 @@ fn print_status(v: &Value) {
     }
 }
 
+fn print_announce(a: &Value) {
+    if a.is_null() {
+        return;
+    }
+    println!(
+        "announce: routes in table {} with protocol {}",
+        a["table"], a["protocol"]
+    );
+    for row in a["addresses"].as_array().into_iter().flatten() {
+        println!("  {}: {}", s(&row["address"]), s(&row["state"]));
+    }
+    if a["drained"] == true {
+        println!("node: DRAINED (every VIP withdrawn; `lbctl node resume` announces again)");
+    }
+    if let Some(e) = a["error"].as_str() {
+        println!("announce error: {e}");
+    }
+}
+
+/// Whether BIRD is there to tell the router (only while announcing).
+fn print_speaker(speaker: &Value) {
+    if let Some(summary) = speaker["summary"].as_str() {
+        println!("speaker: {summary}");
+    }
+}
+
 fn print_vips(v: &Value) {
     table(
         &[
@@ -678,6 +922,7 @@ fn print_vips(v: &Value) {
             "HEALTHY",
             "IN TABLE",
             "RING",
+            "ANNOUNCED",
         ],
         v.as_array().into_iter().flatten().map(|r| {
             let addr = s(&r["address"]);
@@ -695,6 +940,11 @@ fn print_vips(v: &Value) {
                 s(&r["healthy"]),
                 s(&r["in_table"]),
                 s(&r["ring_digest"]),
+                match r["announced"].as_bool() {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
             ]
         }),
     );

@@ -7,7 +7,7 @@ use clap::Parser;
 use lb_userspace::{
     config::{Config, NodeOverrides},
     daemon::{self, ControlMsg, Daemon},
-    errors, link_events, metrics,
+    errors, link_events, metrics, service_manager,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -131,7 +131,11 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    info!(socket = %socket.display(), "lbd ready");
+    // Petted from this loop: the watchdog fires when the loop stops turning.
+    let watchdog_period = service_manager::watchdog_period();
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+    info!(socket = %socket.display(), ?watchdog_period, "lbd ready");
+    service_manager::ready(&daemon.summary());
     loop {
         tokio::select! {
             Some((req, reply)) = ctl_rx.recv() => {
@@ -139,12 +143,18 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
             }
             Some(ev) = health_rx.recv() => daemon.on_health(ev),
             _ = links_changed.notified() => daemon.reconcile_interfaces(),
-            _ = hup.recv() => daemon.reload(),
+            _ = hup.recv() => {
+                service_manager::reloading();
+                daemon.reload();
+                service_manager::ready(&daemon.summary());
+            }
+            _ = watchdog.tick(), if watchdog_period.is_some() => service_manager::pet_watchdog(),
             _ = tick.tick() => daemon.on_tick(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    service_manager::stopping();
     let _ = std::fs::remove_file(&socket);
     info!("lbd exiting; the program stays attached and keeps forwarding");
     Ok(())
