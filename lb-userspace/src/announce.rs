@@ -243,8 +243,21 @@ impl Announcer {
 
     /// The `announce` part of `lbctl status`: `null` when not configured.
     pub fn status(&self) -> Value {
+        let leftover: Vec<String> = self.leftover.iter().map(|t| t.to_string()).collect();
         let Some(current) = self.current else {
-            return Value::Null;
+            // Routes of an earlier `announce` not yet removed are still
+            // exported: worth showing with `announce` gone.
+            if leftover.is_empty() && self.error.is_none() {
+                return Value::Null;
+            }
+            return json!({
+                "table": null,
+                "protocol": null,
+                "drained": self.drained,
+                "addresses": [],
+                "leftover_tables": leftover,
+                "error": self.error,
+            });
         };
         let addresses: Vec<Value> = self
             .plan
@@ -267,26 +280,29 @@ impl Announcer {
             "protocol": current.protocol,
             "drained": self.drained,
             "addresses": addresses,
-            "leftover_tables": self.leftover.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "leftover_tables": leftover,
             "error": self.error,
         })
     }
 }
 
-/// Remove lbd's routes from every table in `tables` (`lbd --teardown`).
-pub fn remove_all(tables: &BTreeSet<Announce>) -> Result<(), String> {
+/// Remove lbd's routes from every table in `tables` (`lbd --teardown`);
+/// how many VIP routes were removed.
+pub fn remove_all(tables: &BTreeSet<Announce>) -> Result<usize, String> {
     let mut errors = Vec::new();
+    let mut withdrawn = 0;
     for table in tables {
         match block_on(route_table::remove_all(*table)) {
             Ok(report) => {
                 info!(routes = %table, withdrawn = ?report.withdrawn, "lbd's routes removed");
+                withdrawn += report.withdrawn.len();
                 errors.extend(report.failed);
             }
             Err(e) => errors.push(format!("{table}: {e}")),
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(withdrawn)
     } else {
         Err(errors.join("; "))
     }

@@ -73,7 +73,9 @@ pub struct Config {
     pub announce: Option<Announce>,
     /// The BGP speaker that exports the announced routes, which lbd asks
     /// whether it is running and peering (shown in `lbctl status`).
-    #[serde(default)]
+    /// Left out of dumps and saved state when it is the default, so that
+    /// they stay readable by an lbd from before it.
+    #[serde(default, skip_serializing_if = "Speaker::is_default")]
     pub speaker: Speaker,
     /// The virtual services.
     #[serde(default)]
@@ -347,6 +349,12 @@ impl Default for Speaker {
     }
 }
 
+impl Speaker {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 fn default_bird_socket() -> Option<PathBuf> {
     Some(PathBuf::from("/run/bird/bird.ctl"))
 }
@@ -443,6 +451,31 @@ impl Vip {
 pub enum Protocol {
     Tcp,
     Udp,
+}
+
+impl Protocol {
+    /// The one spelling of each protocol in configs, output and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The protocol of IP protocol number `number`, if lb balances it.
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

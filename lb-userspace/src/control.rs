@@ -32,10 +32,7 @@ pub struct VipRef {
 
 impl std::fmt::Display for VipRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = self.protocol;
         match self.address {
             IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
             IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
@@ -88,6 +85,15 @@ pub enum Request {
         dst: IpAddr,
         dport: u16,
         protocol: Protocol,
+    },
+    /// The flows in the connection table (`lbctl conn list`).
+    ConnList {
+        vip: Option<VipRef>,
+        backend: Option<IpAddr>,
+        client: Option<ipnet::IpNet>,
+        probation: bool,
+        limit: usize,
+        scan: usize,
     },
     /// Replace the whole configuration with `text` (JSON).
     Apply {

@@ -43,6 +43,7 @@ use crate::{
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
+    conn_list,
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes, pinned_entries},
     egress::{self, Outlets},
@@ -77,6 +78,13 @@ const WALK_EVERY_TICKS: u64 = 30;
 pub struct CheckKey {
     pub backend: BackendKey,
     pub generation: u64,
+}
+
+/// How a health check names itself in logs: the backend and its VIP.
+impl std::fmt::Display for CheckKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.backend.fmt(f)
+    }
 }
 
 /// What the daemon knows of one backend's health.
@@ -138,13 +146,6 @@ pub struct Daemon {
     /// Whether BIRD is there to export those routes.
     speaker: SpeakerWatch,
     pub metrics: Arc<Metrics>,
-}
-
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
 }
 
 impl Daemon {
@@ -389,14 +390,16 @@ impl Daemon {
     /// Write the runtime state (lbctl's edits, drain start times) so a
     /// restart resumes it. A failure is logged: forwarding does not depend
     /// on it, only what a restart remembers.
-    fn save_state(&mut self) {
+    /// Save what a restart must not lose; the error, if it could not be.
+    fn save_state(&mut self) -> Option<String> {
         let node = self.announcer.node_state();
-        if let Err(e) = self
+        let saved = self
             .state
-            .save(&self.config, &self.file_text, &self.drain_started, &node)
-        {
-            warn!(state_file = %self.config.state_file.display(), error = %e, "saving the runtime state failed: a restart would lose lbctl edits and drain times");
+            .save(&self.config, &self.file_text, &self.drain_started, &node);
+        if let Err(e) = &saved {
+            warn!(state_file = %self.config.state_file.display(), error = %e, "saving the runtime state failed: a restart would lose lbctl edits, drain times and a node drain");
         }
+        saved.err().map(|e| e.to_string())
     }
 
     /// Make `config` the running configuration, or change nothing. The
@@ -569,7 +572,7 @@ impl Daemon {
         let was = self.announcer.drained();
         self.announcer.set_drained(drained);
         self.refresh_announcements();
-        self.save_state();
+        let unsaved = self.save_state();
         if was != drained {
             if drained {
                 warn!(
@@ -584,6 +587,7 @@ impl Daemon {
             "was_drained": was,
             "announced": self.announcer.announced().collect::<Vec<_>>(),
             "error": self.announcer.error(),
+            "unsaved": unsaved,
         }))
     }
 
@@ -904,6 +908,26 @@ impl Daemon {
                 dport,
                 protocol,
             } => self.flow(src, sport, dst, dport, protocol),
+            Request::ConnList {
+                vip,
+                backend,
+                client,
+                probation,
+                limit,
+                scan,
+            } => {
+                let filter = conn_list::ConnFilter {
+                    vip,
+                    backend,
+                    client,
+                    probation,
+                    limit: limit.min(CONN_LIST_MAX_ROWS),
+                    scan: scan.min(CONN_LIST_MAX_SCAN),
+                };
+                let list =
+                    conn_list::list(&self.maps, &self.ids, &filter).map_err(|e| e.to_string())?;
+                serde_json::to_value(list).map_err(|e| e.to_string())
+            }
             Request::Apply { text } => {
                 let config = Config::from_json_for(&text, &self.node).map_err(|e| e.to_string())?;
                 let report = self.apply(config)?;
@@ -1004,7 +1028,7 @@ impl Daemon {
                     "name": v.name,
                     "address": v.address,
                     "port": v.port,
-                    "protocol": proto_name(v.protocol),
+                    "protocol": v.protocol.name(),
                     "forwarding": v.forwarding,
                     "affinity": v.affinity,
                     "id": self.ids.vip(&key),
@@ -1131,7 +1155,7 @@ impl Daemon {
             .into_iter()
             .find_map(|k| self.applied.vips.get(&k).map(|v| (k, v.clone())))
             .filter(|(k, v)| k.port == dport || v.flags & VIP_F_PORTLESS != 0)
-            .ok_or_else(|| format!("{dst}:{dport}/{} is not a VIP", proto_name(protocol)))?;
+            .ok_or_else(|| format!("{dst}:{dport}/{} is not a VIP", protocol.name()))?;
         let (s, family) = to_map(src);
         let (d, _) = to_map(dst);
         let proto = vkey.proto;
@@ -1579,17 +1603,36 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    // The routes first: the router stops sending before forwarding stops.
+    // The routes first, and all of them, or nothing else: routes left in
+    // the table would keep the router sending to a node that no longer
+    // balances.
     let saved = runtime_state::saved_node_state(&config.state_file, dir).unwrap_or_default();
     let tables: std::collections::BTreeSet<_> = config
         .announce
         .into_iter()
         .chain(saved.route_tables)
         .collect();
-    let routes = announce::remove_all(&tables);
+    let withdrawn = announce::remove_all(&tables).map_err(|e| {
+        let flush: Vec<String> = tables
+            .iter()
+            .map(|t| format!("ip route flush table {} proto {}", t.table, t.protocol))
+            .collect();
+        anyhow::anyhow!(
+            "removing lbd's routes failed: {e}; nothing was detached, since the routes would keep the router sending here: fix that and run --teardown again, or remove them by hand ({}) first",
+            flush.join("; ")
+        )
+    })?;
     if !dir.exists() {
         info!(pin_dir = %dir.display(), "nothing pinned");
-        return routes.map_err(|e| anyhow::anyhow!("removing lbd's routes: {e}"));
+        return Ok(());
+    }
+    if withdrawn > 0 {
+        // BIRD withdraws at once; the router needs a moment to follow.
+        info!(
+            seconds = TEARDOWN_WITHDRAW_WAIT.as_secs(),
+            "VIP routes withdrawn: waiting for the router to stop sending before forwarding stops"
+        );
+        std::thread::sleep(TEARDOWN_WITHDRAW_WAIT);
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -1600,7 +1643,17 @@ pub fn teardown(config: &Config) -> anyhow::Result<()> {
     runtime_state::remove(&config.state_file)
         .with_context(|| format!("removing {}", config.state_file.display()))?;
     info!(pin_dir = %dir.display(), "detached and unpinned");
-    routes.map_err(|e| {
-        anyhow::anyhow!("detached and unpinned, but removing lbd's routes failed: {e}")
-    })
+    Ok(())
 }
+
+/// `lbctl conn list` bounds: rows returned, and entries read per table
+/// (the daemon's loop waits while the table is read, about a microsecond
+/// per entry).
+const CONN_LIST_MAX_ROWS: usize = 100_000;
+const CONN_LIST_MAX_SCAN: usize = 2_000_000;
+
+/// How long `lbd --teardown` waits between withdrawing its VIP routes and
+/// detaching: BIRD withdraws them over BGP at once, the router's forwarding
+/// table follows within milliseconds to a second. For no loss at all, drain
+/// the node first (`lbctl node drain --wait`).
+const TEARDOWN_WITHDRAW_WAIT: Duration = Duration::from_secs(2);

@@ -514,7 +514,7 @@ pub fn spawn_checker<K>(
     tx: mpsc::Sender<HealthEvent<K>>,
 ) -> JoinHandle<()>
 where
-    K: Clone + Send + fmt::Debug + 'static,
+    K: Clone + Send + fmt::Display + 'static,
 {
     tokio::spawn(async move {
         if check.kind == CheckKind::None {
@@ -537,7 +537,7 @@ async fn report_unchecked<K>(key: K, initially_up: bool, tx: &mpsc::Sender<Healt
     let _ = tx.send(event).await;
 }
 
-async fn run_checker<K: Clone + fmt::Debug>(
+async fn run_checker<K: Clone + fmt::Display>(
     check: HealthCheck,
     target: Target,
     mut tunnel: Option<TunnelProber>,
@@ -586,20 +586,25 @@ async fn run_checker<K: Clone + fmt::Debug>(
 /// address but not through the tunnel loses every client packet); one
 /// that passes again is logged at info level. Not every failure: there is
 /// one per interval.
-fn log_tunnel<K: fmt::Debug>(path: &TunnelPath, key: &K, result: &ProbeResult, failing: &mut bool) {
+fn log_tunnel<K: fmt::Display>(
+    path: &TunnelPath,
+    key: &K,
+    result: &ProbeResult,
+    failing: &mut bool,
+) {
     match (&result.tunnel_failure, *failing) {
         (Some(reason), false) => warn!(
             backend = %path.backend,
             vip = %path.vip,
             tunnel_source = %path.outer_src,
-            key = ?key,
+            check = %key,
             reason = %reason,
             "health check: probe through the tunnel failed"
         ),
         (None, true) => info!(
             backend = %path.backend,
             vip = %path.vip,
-            key = ?key,
+            check = %key,
             "health check: probe through the tunnel passes again"
         ),
         _ => {}
@@ -609,7 +614,7 @@ fn log_tunnel<K: fmt::Debug>(path: &TunnelPath, key: &K, result: &ProbeResult, f
 
 /// Transitions at info level (they change forwarding); single results at
 /// debug level (there is one per backend per interval).
-fn log_probe<K: fmt::Debug>(
+fn log_probe<K: fmt::Display>(
     target: Target,
     key: &K,
     result: &ProbeResult,
@@ -625,7 +630,7 @@ fn log_probe<K: fmt::Debug>(
         Some(t) => info!(
             backend = %target.addr,
             port = target.port,
-            key = ?key,
+            check = %key,
             state = %t,
             reason = %result.reason,
             consecutive,
@@ -635,7 +640,7 @@ fn log_probe<K: fmt::Debug>(
         None => debug!(
             backend = %target.addr,
             port = target.port,
-            key = ?key,
+            check = %key,
             success = result.success,
             reason = %result.reason,
             consecutive,

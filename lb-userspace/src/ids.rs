@@ -9,10 +9,13 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    fmt,
     net::IpAddr,
 };
 
-use lb_common::maps::VipKey;
+use lb_common::{flow::FAMILY_V4, maps::VipKey};
+
+use crate::config::Protocol;
 
 /// A backend is one address serving one VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +31,32 @@ pub struct VipKeyOrd {
     pub port: u16,
     pub proto: u8,
     pub family: u8,
+}
+
+/// `198.51.100.10:443/tcp`, `[2001:db8::10]:443/tcp`: as lbctl and the
+/// metrics name a VIP.
+impl fmt::Display for VipKeyOrd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let address = if self.family == FAMILY_V4 {
+            IpAddr::from([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+        } else {
+            IpAddr::from(self.addr)
+        };
+        let protocol = Protocol::from_number(self.proto)
+            .map(|p| p.name().to_string())
+            .unwrap_or_else(|| format!("proto {}", self.proto));
+        match address {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{protocol}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{protocol}", self.port),
+        }
+    }
+}
+
+/// `198.51.100.101 of 198.51.100.10:443/tcp`.
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {}", self.addr, self.vip)
+    }
 }
 
 impl From<VipKey> for VipKeyOrd {
@@ -221,6 +250,29 @@ impl Ids {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vips_and_backends_are_shown_as_lbctl_names_them() {
+        let backend = BackendKey {
+            vip: vip(443),
+            addr: "198.51.100.101".parse().unwrap(),
+        };
+        assert_eq!(
+            backend.to_string(),
+            "198.51.100.101 of 198.51.100.10:443/tcp"
+        );
+        let mut addr = [0u8; 16];
+        addr[..2].copy_from_slice(&[0x20, 0x01]);
+        addr[2..4].copy_from_slice(&[0x0d, 0xb8]);
+        addr[15] = 0x10;
+        let v6 = VipKeyOrd {
+            addr,
+            port: 53,
+            proto: 17,
+            family: lb_common::flow::FAMILY_V6,
+        };
+        assert_eq!(v6.to_string(), "[2001:db8::10]:53/udp");
+    }
 
     fn vip(port: u16) -> VipKeyOrd {
         VipKeyOrd {

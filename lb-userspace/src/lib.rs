@@ -8,6 +8,7 @@ pub mod attachments;
 pub mod bpffs;
 pub mod cluster;
 pub mod config;
+pub mod conn_list;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

@@ -410,6 +410,28 @@ impl Maps {
         }
     }
 
+    /// Up to `limit` entries of the connection table, in the kernel's
+    /// order (a syscall pair each). Entries that vanish while read (an LRU
+    /// eviction) are skipped.
+    pub fn conns(&self, limit: usize) -> Result<Vec<(FlowKey, ConnEntry)>, MapsError> {
+        Ok(self
+            .conns
+            .iter()
+            .take(limit)
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    /// Up to `limit` entries of the probation table, as `conns`.
+    pub fn probation_entries(&self, limit: usize) -> Result<Vec<(FlowKey, ConnEntry)>, MapsError> {
+        Ok(self
+            .probation
+            .iter()
+            .take(limit)
+            .filter_map(Result::ok)
+            .collect())
+    }
+
     /// Number of entries in the connection table, counting at most
     /// `limit` (each one is a syscall). Tests use it for exact counts;
     /// `fill` is the cheap way.

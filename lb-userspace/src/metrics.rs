@@ -13,7 +13,11 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{Reason, maps::FlowStats};
+use lb_common::{
+    Reason,
+    maps::{FlowStats, LAYOUT_VERSION},
+    stats::ReasonKind,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -53,7 +57,22 @@ pub struct BackendLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
-    pub kind: String,
+    /// `forwarded`, `passed`, `dropped` or `answered`.
+    pub verdict: String,
+}
+
+/// A counted event (not a verdict: `lb_events_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+/// What this lbd is (`lb_build_info`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    /// The layout of the pinned maps it writes (`LAYOUT_VERSION`).
+    pub map_layout: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +112,8 @@ pub struct Metrics {
     backend_up: Family<BackendLabels, Gauge>,
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    build_info: Family<BuildLabels, Gauge>,
     pub attached: Family<InterfaceLabels, Gauge>,
     pub reattached: Family<InterfaceName, Counter>,
     table_entries: Family<TableLabels, Gauge>,
@@ -113,6 +134,8 @@ pub struct Metrics {
 struct Series {
     vips: HashSet<VipLabels>,
     backends: HashSet<BackendLabels>,
+    /// VIPs with an `lb_vip_announced` series.
+    announced: HashSet<VipLabels>,
 }
 
 impl Default for Metrics {
@@ -134,6 +157,8 @@ impl Default for Metrics {
                 ])
             }),
             packets: Family::default(),
+            events: Family::default(),
+            build_info: Family::default(),
             attached: Family::default(),
             reattached: Family::default(),
             table_entries: Family::default(),
@@ -200,8 +225,18 @@ impl Default for Metrics {
             );
             r.register(
                 "packets",
-                "Packets by verdict reason (see README counters)",
+                "Packets of the lb program by the reason of their verdict: each packet once, so sum() is every packet",
                 m.packets.clone(),
+            );
+            r.register(
+                "events",
+                "Events the lb program counts in addition to verdicts (connection hits, new flows, fragments, ...)",
+                m.events.clone(),
+            );
+            r.register(
+                "build_info",
+                "1, labelled with lbd's version and the layout version of the pinned maps it writes",
+                m.build_info.clone(),
             );
             r.register(
                 "attached",
@@ -254,6 +289,12 @@ impl Default for Metrics {
                 m.announce_failures.clone(),
             );
         }
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                map_layout: LAYOUT_VERSION.to_string(),
+            })
+            .set(1);
         m
     }
 }
@@ -272,6 +313,8 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("backend_up", "gauge"),
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
+    ("events", "counter"),
+    ("build_info", "gauge"),
     ("attached", "gauge"),
     ("reattach", "counter"),
     ("conn_table_entries", "gauge"),
@@ -285,10 +328,7 @@ pub const EXPORTED: &[(&str, &str)] = &[
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
-    let p = match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
+    let p = protocol.name();
     if address.is_ipv6() {
         format!("[{address}]:{port}/{p}")
     } else {
@@ -347,7 +387,9 @@ impl Metrics {
         announced: impl Fn(std::net::IpAddr) -> bool,
         drained: bool,
     ) {
-        self.vip_announced.clear();
+        // Series are set in place and only those of VIPs gone removed, so
+        // that a scrape never finds them missing.
+        let mut wanted = HashSet::new();
         if config.announce.is_some() {
             for v in &config.vips {
                 let l = VipLabels {
@@ -356,21 +398,27 @@ impl Metrics {
                 self.vip_announced
                     .get_or_create(&l)
                     .set(announced(v.address) as i64);
+                wanted.insert(l);
             }
         }
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in series.announced.difference(&wanted) {
+            self.vip_announced.remove(gone);
+        }
+        series.announced = wanted;
         self.node_drained.set(drained as i64);
     }
 
     /// Show what BIRD answered: no series while it is not watched.
     pub fn set_speaker(&self, state: &SpeakerState) {
-        self.speaker_up.clear();
-        self.bgp_sessions.clear();
-        if matches!(state, SpeakerState::NotWatched | SpeakerState::Unknown) {
-            return;
-        }
         let l = SpeakerLabels {
             speaker: "bird".into(),
         };
+        if matches!(state, SpeakerState::NotWatched | SpeakerState::Unknown) {
+            self.speaker_up.remove(&l);
+            self.bgp_sessions.remove(&l);
+            return;
+        }
         self.speaker_up
             .get_or_create(&l)
             .set(matches!(state, SpeakerState::Answered { .. }) as i64);
@@ -419,16 +467,17 @@ impl Metrics {
         up: impl Fn(&BackendKey) -> bool,
     ) {
         for r in Reason::ALL {
-            if let Some(n) = reason_count(*r) {
-                let kind = format!("{:?}", r.kind()).to_lowercase();
-                set(
-                    &self.packets.get_or_create(&ReasonLabels {
-                        reason: r.name().into(),
-                        kind,
-                    }),
-                    n,
-                );
-            }
+            let Some(n) = reason_count(*r) else { continue };
+            let counter = match r.kind() {
+                ReasonKind::Event => self.events.get_or_create(&EventLabels {
+                    event: r.name().into(),
+                }),
+                kind => self.packets.get_or_create(&ReasonLabels {
+                    reason: r.name().into(),
+                    verdict: format!("{kind:?}").to_lowercase(),
+                }),
+            };
+            set(&counter, n);
         }
         let mut series = self.series_lock();
         let mut vips = HashSet::new();
@@ -475,7 +524,8 @@ impl Metrics {
             self.backend_up.remove(l);
             self.check_latency.remove(l);
         }
-        *series = Series { vips, backends };
+        series.vips = vips;
+        series.backends = backends;
     }
 
     /// The Prometheus text exposition.
@@ -668,7 +718,12 @@ mod tests {
         m.packets
             .get_or_create(&ReasonLabels {
                 reason: "tx".into(),
-                kind: "forwarded".into(),
+                verdict: "forwarded".into(),
+            })
+            .inc();
+        m.events
+            .get_or_create(&EventLabels {
+                event: "conn_hit".into(),
             })
             .inc();
         m.attached
@@ -697,6 +752,10 @@ mod tests {
         announcing.announce = Some(crate::config::Announce::default());
         m.set_announced(&announcing, |_| true, false);
         m.announce_failures.inc();
+        m.set_speaker(&SpeakerState::Answered {
+            version: "2.0.12".into(),
+            sessions: Vec::new(),
+        });
         let text = m.render();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(types, EXPORTED.len(), "{text}");

@@ -68,6 +68,21 @@ struct StateFile {
     node: NodeState,
 }
 
+/// The node's state alone, read whatever the file's version: a drained
+/// node must stay drained over an upgrade that changes the rest.
+#[derive(Deserialize)]
+struct NodePart {
+    pin_dir: PathBuf,
+    #[serde(default)]
+    node: NodeState,
+}
+
+/// The node state in `text` if it was saved for `pin_dir`, of any version.
+fn node_state_of(text: &str, pin_dir: &Path) -> Option<NodeState> {
+    let part = serde_json::from_str::<NodePart>(text).ok()?;
+    (part.pin_dir == pin_dir).then_some(part.node)
+}
+
 /// Only the version, read first: a file of another version may not parse
 /// as this one.
 #[derive(Deserialize)]
@@ -145,10 +160,10 @@ pub fn resume(
         }
     };
     let saved = text.as_deref().map(parse);
-    let node_state = match &saved {
-        Some(Ok(s)) if s.pin_dir == file_config.pin_dir => s.node.clone(),
-        _ => NodeState::default(),
-    };
+    let node_state = text
+        .as_deref()
+        .and_then(|t| node_state_of(t, &file_config.pin_dir))
+        .unwrap_or_default();
     let Some(adopting) = adopting else {
         // A new data plane: only the node's state carries over. A file
         // that cannot be parsed is worth a word all the same.
@@ -332,8 +347,7 @@ impl StateWriter {
 /// The node's announcing state saved in `path` for `pin_dir`, if any (for
 /// `lbd --teardown`, which removes lbd's routes from every table).
 pub fn saved_node_state(path: &Path, pin_dir: &Path) -> Option<NodeState> {
-    let saved = parse(&std::fs::read_to_string(path).ok()?).ok()?;
-    (saved.pin_dir == pin_dir).then_some(saved.node)
+    node_state_of(&std::fs::read_to_string(path).ok()?, pin_dir)
 }
 
 /// Remove the state file (with the pins, at teardown).
@@ -434,6 +448,19 @@ mod tests {
         assert!(why.contains("belongs to /sys/fs/bpf/lbd-test"), "{why}");
         let why = why_not(&saved(), pin_dir, "{}", &plane()).unwrap();
         assert!(why.contains("the file wins"), "{why}");
+    }
+
+    /// Review: a drained node was announced again after an upgrade that
+    /// changed the state file's version (the whole file was discarded).
+    #[test]
+    fn the_node_state_is_read_from_a_file_of_any_version() {
+        let text = r#"{"version": 99, "pin_dir": "/sys/fs/bpf/lbd-test", "running": 7,
+            "node": {"drained": true, "route_tables": [{"table": 300, "protocol": 201}]}}"#;
+        assert!(parse(text).is_err());
+        let node = node_state_of(text, Path::new("/sys/fs/bpf/lbd-test")).unwrap();
+        assert!(node.drained);
+        assert_eq!(node.route_tables.len(), 1);
+        assert_eq!(node_state_of(text, Path::new("/sys/fs/bpf/other")), None);
     }
 
     #[test]

@@ -120,7 +120,13 @@ impl SpeakerState {
 
 /// Ask the BIRD at `socket` for its version and BGP sessions.
 pub fn query_bird(socket: &Path, timeout: Duration) -> Result<SpeakerState, String> {
-    let stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    // A BIRD that stopped accepting must not hold this thread forever.
+    let stream = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .and_then(|s| {
+            s.connect_timeout(&socket2::SockAddr::unix(socket)?, timeout)?;
+            Ok(UnixStream::from(std::os::fd::OwnedFd::from(s)))
+        })
+        .map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))

@@ -240,6 +240,8 @@ fn cp_a_vip_address_is_announced_while_it_has_a_backend_in_service() {
         log.contains("VIP address withdrawn (route removed)"),
         "{log}"
     );
+    // Health events name the backend and its VIP as lbctl does.
+    assert!(log.contains(&format!("check={B1} of {VIP_REF}")), "{log}");
 }
 
 /// Keeps a trickle of datagrams to the VIP going from a thread while it
@@ -335,10 +337,37 @@ fn cp_node_drain_withdraws_every_vip_until_resume_and_the_node_keeps_forwarding(
         counter(&lbd, "tx") >= tx + 10
     });
 
+    // Waits that could never end well are refused before anything is done.
+    for (args, says) in [
+        (
+            &["--idle-below", "0"][..],
+            "--idle-below 0 can never be met",
+        ),
+        (
+            &["--deadline", "2"][..],
+            "--idle-for 3 is longer than --deadline 2",
+        ),
+    ] {
+        let mut all = vec!["node", "drain", "--wait"];
+        all.extend_from_slice(args);
+        let out = lbd.ctl(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+
     // Traffic still arriving: the deadline passes, exit status 2.
     {
         let _trickle = Trickle::start(&site);
-        let out = lbd.ctl(&["node", "drain", "--wait", "--deadline", "2"]);
+        let out = lbd.ctl(&[
+            "node",
+            "drain",
+            "--wait",
+            "--deadline",
+            "2",
+            "--idle-for",
+            "2",
+        ]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(2), "{text}");
         assert!(text.contains("node already drained"), "{text}");

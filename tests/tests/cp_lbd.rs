@@ -476,7 +476,7 @@ fn cp_lbd_check_reports_a_bad_config_once_on_stderr() {
     assert_eq!(stderr, format!("lbd: {file}: {problem}\n"));
 
     // As a JSON log line instead, still once and on standard error.
-    let out = lbd_output(&["--config", &file, "--check", "--log-json"]);
+    let out = lbd_output(&["--config", &file, "--check", "--log-format", "json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -960,13 +960,21 @@ fn cp_metrics_endpoint_serves_prometheus_text() {
     let text = scrape();
     assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
     for needle in [
-        "lb_packets_total{reason=\"tx\",kind=\"forwarded\"} 10",
+        "lb_packets_total{reason=\"tx\",verdict=\"forwarded\"} 10",
+        "lb_events_total{event=\"new_flow\"} 10",
+        "lb_build_info{version=\"",
         "lb_backend_up{vip=\"198.51.100.10:53/udp\",backend=\"198.51.100.101\"} 1",
         "lb_attached",
         "lb_table_rebuilds_total",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // Verdicts and events are two families: summing packets adds no event.
+    assert!(
+        !text.contains("lb_packets_total{reason=\"new_flow\"")
+            && !text.contains("lb_packets_total{reason=\"conn_miss\""),
+        "{text}"
+    );
     let new_flows: u64 = text
         .lines()
         .filter(|l| l.starts_with("lb_backend_new_flows_total{"))
@@ -2588,4 +2596,68 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
     }
     assert!(last.starts_with("STOPPING=1\n"), "{last:?}");
     lbd.kill();
+}
+
+/// `lbctl conn list` shows the flows the data plane holds, each on the
+/// backend `lbctl flow` names for it, and its filters and limit work.
+#[test]
+fn cp_conn_list_shows_each_flow_on_its_backend_with_filters() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("cpconns"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.establish_flows(47000..47020);
+    site.send_flows(47100..47105);
+    let all = lbd.json(&["conn", "list"]);
+    let rows = all["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 20, "{all}");
+    assert_eq!(all["more"], false);
+    let mut on_b1 = 0;
+    for row in &rows {
+        assert_eq!(row["protocol"], "udp");
+        assert_eq!(row["vip"], VIP_REF);
+        assert_eq!(row["table"], "connection");
+        assert_eq!(row["stale"], Value::Null, "{row}");
+        let client = row["client"].as_str().unwrap();
+        let port = client.rsplit(':').next().unwrap();
+        let flow = lbd.json(&["flow", CLIENT, port, VIP, "53", "udp"]);
+        assert_eq!(row["backend"], flow["backend"], "{row} vs {flow}");
+        on_b1 += (row["backend"] == B1) as usize;
+    }
+    assert!(on_b1 > 0 && on_b1 < 20, "20 flows on one backend: {all}");
+    let b1 = lbd.json(&["conn", "list", "--backend", B1]);
+    assert_eq!(b1["rows"].as_array().unwrap().len(), on_b1);
+    let with_probation = lbd.json(&["conn", "list", "--probation"]);
+    let probation: Vec<_> = with_probation["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"] == "probation")
+        .collect();
+    assert_eq!(probation.len(), 5, "{with_probation}");
+    let mine = lbd.json(&[
+        "conn",
+        "list",
+        "--client",
+        "203.0.113.0/24",
+        "--vip",
+        VIP_REF,
+    ]);
+    assert_eq!(mine["rows"].as_array().unwrap().len(), 20);
+    let others = lbd.json(&["conn", "list", "--client", "192.0.2.0/24"]);
+    assert_eq!(others["rows"], json!([]));
+    let three = lbd.json(&["conn", "list", "--limit", "3"]);
+    assert_eq!(three["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(three["more"], true);
+    let text =
+        String::from_utf8_lossy(&lbd.ctl(&["conn", "list", "--limit", "3"]).stdout).into_owned();
+    assert!(
+        text.starts_with("PROTO") && text.contains("more flows match: raise --limit"),
+        "{text}"
+    );
+    let out = lbd.ctl(&["conn", "list", "--client", "not-a-prefix"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a prefix"));
 }

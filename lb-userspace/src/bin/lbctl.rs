@@ -4,7 +4,13 @@
 //! exits non-zero with a one-line reason on stderr (status 1; `node drain
 //! --wait` exits 2 when its deadline passes with traffic still arriving).
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
@@ -50,6 +56,11 @@ enum Cmd {
         /// Print one screen (rates over one second) and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// The flows the data plane holds, like `ipvsadm -Lc`.
+    Conn {
+        #[command(subcommand)]
+        command: ConnCmd,
     },
     /// Which backend a flow goes to, and why.
     Flow {
@@ -164,6 +175,39 @@ enum VipCmd {
     Del {
         vip: VipArg,
     },
+}
+
+#[derive(Subcommand)]
+enum ConnCmd {
+    /// Flows in the connection table (in the table's order), with filters.
+    List {
+        /// Only this VIP's flows (`198.51.100.10:80/tcp`).
+        #[arg(long)]
+        vip: Option<VipArg>,
+        /// Only flows pinned to this backend address.
+        #[arg(long)]
+        backend: Option<IpAddr>,
+        /// Only clients in this prefix (`203.0.113.0/24`, or one address).
+        #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
+        client: Option<ipnet::IpNet>,
+        /// Also flows seen once (the probation table).
+        #[arg(long)]
+        probation: bool,
+        /// Show at most this many flows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Read at most this many entries of each table (lbd waits while
+        /// it reads, about a microsecond each).
+        #[arg(long, default_value_t = 1_000_000)]
+        scan: usize,
+    },
+}
+
+/// A prefix, or one address as a host prefix.
+fn parse_prefix(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not a prefix (203.0.113.0/24) or an address"))
 }
 
 #[derive(Subcommand)]
@@ -463,6 +507,27 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
         Cmd::Node {
             command: NodeCmd::Resume,
         } => return node_resume(cli).await,
+        Cmd::Conn {
+            command:
+                ConnCmd::List {
+                    vip,
+                    backend,
+                    client,
+                    probation,
+                    limit,
+                    scan,
+                },
+        } => (
+            Request::ConnList {
+                vip: vip.map(|v| v.0),
+                backend: *backend,
+                client: *client,
+                probation: *probation,
+                limit: *limit,
+                scan: *scan,
+            },
+            print_conns,
+        ),
         Cmd::Flow {
             src,
             sport,
@@ -518,7 +583,7 @@ struct Idle {
     deadline: u64,
     /// Packets per second below which traffic counts as stopped...
     below: u64,
-    /// ...for this many one-second samples in a row.
+    /// ...for this many seconds in a row.
     seconds: u64,
 }
 
@@ -539,6 +604,15 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
         if !(1..=3_600).contains(&w.seconds) {
             return Err(format!("--idle-for {} is out of range 1..=3600", w.seconds));
         }
+        if w.below == 0 {
+            return Err("--idle-below 0 can never be met: give 1 or more packets/s".into());
+        }
+        if w.seconds > w.deadline {
+            return Err(format!(
+                "--idle-for {} is longer than --deadline {}: the traffic could never be seen stopped in time",
+                w.seconds, w.deadline
+            ));
+        }
     }
     let reply = call(cli, Request::NodeDrain).await?;
     let line = |v: &Value| println!("{}", serde_json::to_string(v).unwrap_or_default());
@@ -551,6 +625,11 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
         }
     } else {
         print_drained(&reply);
+    }
+    if let Some(error) = reply["unsaved"].as_str() {
+        eprintln!(
+            "warning: lbd could not save the drain in its state_file ({error}): a restart of lbd would announce the VIPs again"
+        );
     }
     if let Some(error) = reply["error"].as_str() {
         return Err(format!(
@@ -566,32 +645,48 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
             idle.below, idle.seconds, idle.deadline
         );
     }
-    let mut last = vip_packets(&call(cli, Request::Stats).await?);
-    let mut quiet = 0;
+    // Rates and quiet time over this process's monotonic clock, read when
+    // each reply arrives: requests go one at a time, and a late tick is
+    // not made up for, so samples are never closer than a second even if
+    // lbd was slow to answer.
+    let started = Instant::now();
+    let mut last = (
+        vip_packets(&call(cli, Request::Stats).await?),
+        Instant::now(),
+    );
+    let mut quiet = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    // Seconds are counted in samples, one a second, so that the deadline
-    // is a number of samples whatever the scheduling delays.
-    let mut elapsed = 0;
+    let idle_for = Duration::from_secs(idle.seconds);
+    let deadline = Duration::from_secs(idle.deadline);
     loop {
         tick.tick().await;
-        elapsed += 1;
-        let now = vip_packets(&call(cli, Request::Stats).await?);
-        // The rate over lbd's own clock between the two samples.
-        let dt = (now.1 - last.1).max(1e-3);
-        let pps = now.0.saturating_sub(last.0) as f64 / dt;
+        let now = (
+            vip_packets(&call(cli, Request::Stats).await?),
+            Instant::now(),
+        );
+        let elapsed = started.elapsed().as_secs();
+        let dt = now.1.duration_since(last.1);
+        // Counters that went down were reset (a VIP removed and added):
+        // that sample says nothing.
+        let pps = now
+            .0
+            .checked_sub(last.0)
+            .map(|n| n as f64 / dt.as_secs_f64().max(1e-3));
         last = now;
+        let shown = pps.map_or("-".to_string(), |p| num(&p.into()));
         if cli.json {
             line(&serde_json::json!({ "elapsed_s": elapsed, "packets_per_s": pps }));
         } else {
-            println!("  {elapsed:>5} s  {:>8} packets/s", num(&pps.into()));
+            println!("  {elapsed:>5} s  {shown:>8} packets/s");
         }
-        quiet = if pps < idle.below as f64 {
-            quiet + 1
-        } else {
-            0
-        };
-        if quiet >= idle.seconds {
+        match pps {
+            Some(p) if p < idle.below as f64 => quiet += dt,
+            Some(_) => quiet = Duration::ZERO,
+            None => {}
+        }
+        if quiet >= idle_for {
             if cli.json {
                 line(&serde_json::json!({ "stopped": true, "elapsed_s": elapsed }));
             } else {
@@ -602,15 +697,14 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        if elapsed >= idle.deadline {
+        if started.elapsed() >= deadline {
             if cli.json {
                 line(
                     &serde_json::json!({ "stopped": false, "elapsed_s": elapsed, "packets_per_s": pps }),
                 );
             } else {
                 println!(
-                    "deadline passed after {elapsed} s: traffic still arrives ({} packets/s)",
-                    num(&pps.into())
+                    "deadline passed after {elapsed} s: traffic still arrives ({shown} packets/s)"
                 );
             }
             return Ok(ExitCode::from(EXIT_DEADLINE));
@@ -618,15 +712,14 @@ async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, String> {
     }
 }
 
-/// All packets that reached a VIP (forwarded or dropped), and lbd's clock.
-fn vip_packets(stats: &Value) -> (u64, f64) {
-    let packets = stats["vips"]
+/// All packets that reached a VIP (forwarded or dropped).
+fn vip_packets(stats: &Value) -> u64 {
+    stats["vips"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|v| v["packets"].as_u64().unwrap_or(0) + v["dropped"].as_u64().unwrap_or(0))
-        .sum();
-    (packets, stats["time_s"].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
 fn print_drained(v: &Value) {
@@ -889,10 +982,20 @@ fn print_announce(a: &Value) {
     if a.is_null() {
         return;
     }
-    println!(
-        "announce: routes in table {} with protocol {}",
-        a["table"], a["protocol"]
-    );
+    if a["table"].is_null() {
+        println!("announce: not configured");
+    } else {
+        println!(
+            "announce: routes in table {} with protocol {}",
+            a["table"], a["protocol"]
+        );
+    }
+    for table in a["leftover_tables"].as_array().into_iter().flatten() {
+        println!(
+            "  routes still to remove from an earlier announce: {}",
+            s(table)
+        );
+    }
     for row in a["addresses"].as_array().into_iter().flatten() {
         println!("  {}: {}", s(&row["address"]), s(&row["state"]));
     }
@@ -979,6 +1082,35 @@ fn print_backends(v: &Value) {
             ]
         }),
     );
+}
+
+fn print_conns(v: &Value) {
+    table(
+        &[
+            "PROTO", "CLIENT", "VIP", "BACKEND", "TABLE", "IDLE", "PINNED",
+        ],
+        v["rows"].as_array().into_iter().flatten().map(|r| {
+            vec![
+                s(&r["protocol"]),
+                s(&r["client"]),
+                s(&r["vip"]),
+                s(&r["backend"]),
+                s(&r["table"]),
+                format!("{} s", s(&r["idle_s"])),
+                r["stale"]
+                    .as_str()
+                    .map_or("yes".to_string(), |why| format!("no: {why}")),
+            ]
+        }),
+    );
+    let shown = v["rows"].as_array().map_or(0, Vec::len);
+    println!("{shown} flows shown, {} entries read", s(&v["scanned"]));
+    if v["more"] == true {
+        println!("more flows match: raise --limit");
+    }
+    if v["truncated"] == true {
+        println!("the table holds more entries than --scan: flows may be missing");
+    }
 }
 
 fn print_flow(v: &Value) {

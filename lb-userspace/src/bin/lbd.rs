@@ -24,8 +24,11 @@ struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
+    /// Log as text for people or as JSON lines for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// The same as --log-format json (kept for existing units).
+    #[arg(long, hide = true)]
     log_json: bool,
     /// Check the configuration and exit.
     #[arg(long)]
@@ -43,6 +46,12 @@ struct Args {
     tunnel_source_v6: Option<std::net::Ipv6Addr>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 impl Args {
     fn node(&self) -> NodeOverrides {
         NodeOverrides {
@@ -58,7 +67,7 @@ fn main() -> std::process::ExitCode {
     // output carries only what was asked for (`--check`'s "ok").
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let log_json = args.log_json;
+    let log_json = args.log_json || args.log_format == LogFormat::Json;
     if log_json {
         tracing_subscriber::fmt()
             .json()

@@ -1,0 +1,184 @@
+//! `lbctl conn list`: the flows the data plane holds, like `ipvsadm -Lc`.
+//!
+//! Read from the connection table (and, if asked, the probation table) by
+//! walking the map in the kernel's order, a syscall pair per entry, so a
+//! walk is bounded (`scan`) and says when it stopped early: the daemon's
+//! loop waits while it runs. Each row says whether the entry still pins
+//! its flow, by the same rule the data plane applies (`entry_pins`).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use lb_common::{
+    FlowKey,
+    maps::{ConnEntry, entry_pins},
+};
+use serde::Serialize;
+
+use crate::{
+    addr::from_map,
+    config::Protocol,
+    control::VipRef,
+    ids::Ids,
+    image,
+    maps::{Maps, MapsError},
+};
+
+/// Which flows to show.
+#[derive(Clone, Debug, Default)]
+pub struct ConnFilter {
+    pub vip: Option<VipRef>,
+    pub backend: Option<IpAddr>,
+    pub client: Option<IpNet>,
+    /// Also the probation table (flows seen once).
+    pub probation: bool,
+    /// Rows to return at most.
+    pub limit: usize,
+    /// Entries to read at most, per table.
+    pub scan: usize,
+}
+
+/// One flow.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnRow {
+    pub protocol: &'static str,
+    pub client: String,
+    pub vip: String,
+    pub backend: String,
+    /// `connection` or `probation`.
+    pub table: &'static str,
+    /// Seconds since the flow's last packet (refreshed at most once a
+    /// second by the data plane).
+    pub idle_s: u64,
+    /// `None` while the entry pins the flow; else why the data plane would
+    /// send the flow's next packet elsewhere.
+    pub stale: Option<&'static str>,
+}
+
+/// The answer: rows, and how much was read.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnList {
+    pub rows: Vec<ConnRow>,
+    /// Entries read.
+    pub scanned: usize,
+    /// A table had more entries than `scan`: flows may be missing.
+    pub truncated: bool,
+    /// More rows matched than `limit`.
+    pub more: bool,
+}
+
+pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, MapsError> {
+    let vip_id = match &filter.vip {
+        Some(v) => match ids.vip(&image::vip_key(v.address, v.port, v.protocol)) {
+            Some(id) => Some(id),
+            None => {
+                return Ok(ConnList {
+                    rows: Vec::new(),
+                    scanned: 0,
+                    truncated: false,
+                    more: false,
+                });
+            }
+        },
+        None => None,
+    };
+    let vip_names: std::collections::BTreeMap<u32, String> =
+        ids.vips().map(|(k, id)| (*id, k.to_string())).collect();
+    let backend_addrs: std::collections::BTreeMap<u32, IpAddr> =
+        ids.backends().map(|(k, id)| (*id, k.addr)).collect();
+    let now_ns = monotonic_coarse_ns();
+    let mut out = ConnList {
+        rows: Vec::new(),
+        scanned: 0,
+        truncated: false,
+        more: false,
+    };
+    let tables: &[&'static str] = if filter.probation {
+        &["connection", "probation"]
+    } else {
+        &["connection"]
+    };
+    for &table in tables {
+        let entries = if table == "connection" {
+            maps.conns(filter.scan + 1)?
+        } else {
+            maps.probation_entries(filter.scan + 1)?
+        };
+        if entries.len() > filter.scan {
+            out.truncated = true;
+        }
+        for (flow, entry) in entries.into_iter().take(filter.scan) {
+            out.scanned += 1;
+            if vip_id.is_some_and(|id| id != entry.vip_id) {
+                continue;
+            }
+            let backend = backend_addrs.get(&entry.backend_id).copied();
+            if filter.backend.is_some() && filter.backend != backend {
+                continue;
+            }
+            let Some(client) = from_map(&flow.src, flow.family) else {
+                continue;
+            };
+            if filter.client.is_some_and(|net| !net.contains(&client)) {
+                continue;
+            }
+            if out.rows.len() == filter.limit {
+                out.more = true;
+                continue;
+            }
+            out.rows.push(row(
+                &flow, &entry, table, client, backend, &vip_names, maps, now_ns,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    flow: &FlowKey,
+    entry: &ConnEntry,
+    table: &'static str,
+    client: IpAddr,
+    backend: Option<IpAddr>,
+    vip_names: &std::collections::BTreeMap<u32, String>,
+    maps: &Maps,
+    now_ns: u64,
+) -> ConnRow {
+    let stale = match maps.backend(entry.backend_id) {
+        Ok(b) => entry_pins(entry, entry.vip_id, &b)
+            .err()
+            .map(|why| why.help()),
+        Err(_) => Some("its backend id is not in the backend table"),
+    };
+    let client = match client {
+        IpAddr::V4(a) => format!("{a}:{}", flow.sport),
+        IpAddr::V6(a) => format!("[{a}]:{}", flow.sport),
+    };
+    ConnRow {
+        protocol: Protocol::from_number(flow.proto).map_or("?", Protocol::name),
+        client,
+        vip: vip_names
+            .get(&entry.vip_id)
+            .cloned()
+            .unwrap_or_else(|| format!("VIP id {}", entry.vip_id)),
+        backend: backend.map_or_else(
+            || format!("backend id {}", entry.backend_id),
+            |a| a.to_string(),
+        ),
+        table,
+        idle_s: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
+        stale,
+    }
+}
+
+/// The clock of `bpf_ktime_get_coarse_ns`.
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
