@@ -1245,19 +1245,44 @@ impl Daemon {
                 "reason": format!("table slot {slot} names backend {}, which cannot take it: dropped as {} ({}){rescheduled}", describe(id), why.name(), why.help()),
             }));
         }
-        let note = if proto == PROTO_TCP {
-            " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)"
+        let second_hop = if proto == PROTO_TCP {
+            self.second_hop(meta.vip_id, slot, id)?
         } else {
-            ""
+            None
+        };
+        let note = match second_hop {
+            Some(prev) => format!(
+                " (the slot moved from {} within the VIP's second-chance window: a packet in neither table but a SYN goes there with {} as its second hop, which keeps it if it has the connection)",
+                describe(prev),
+                describe(prev)
+            ),
+            None if proto == PROTO_TCP => " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)".to_string(),
+            None => String::new(),
         };
         Ok(json!({
             "backend": describe(id),
             "backend_id": id,
             "hash": hash,
             "slot": slot,
+            "second_hop": second_hop.map(describe),
             "stale_entry": stale,
             "reason": format!("table slot {slot} of {}{note}{rescheduled}", self.config.tables.ring_size),
         }))
+    }
+
+    /// The previous owner a packet on `slot` of VIP `vip_id` (owned by
+    /// `owner` now) takes along as a second hop, while the VIP's window is
+    /// open and second chance is on.
+    fn second_hop(&self, vip_id: u32, slot: u32, owner: u32) -> Result<Option<u32>, String> {
+        let e = |e: crate::maps::MapsError| e.to_string();
+        if self.maps.second_chance().map_err(e)?.gue_port == 0
+            || self.maps.prev_owners_until(vip_id).map_err(e)?
+                <= crate::second_chance::monotonic_ns()
+        {
+            return Ok(None);
+        }
+        let prev = self.maps.prev_owners(vip_id).map_err(e)?[slot as usize];
+        Ok((prev != lb_common::maps::NO_BACKEND && prev != owner).then_some(prev))
     }
 
     pub fn control_socket(&self) -> (PathBuf, Option<String>) {

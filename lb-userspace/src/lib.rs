@@ -32,6 +32,7 @@ pub mod ring_digest;
 pub mod ring_memory;
 pub mod route_table;
 pub mod runtime_state;
+pub mod second_chance;
 pub mod service_manager;
 pub mod speaker;
 pub mod sync;
