@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod flow;
+pub mod gue;
 pub mod maps;
 pub mod stats;
 

@@ -23,6 +23,10 @@ pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
 pub const MAP_PROMOTION_LIMIT: &str = "PROMOTION_LIMIT";
+pub const MAP_PREV_OWNERS: &str = "PREV_OWNERS";
+pub const MAP_PREV_OWNERS_UNTIL: &str = "PREV_OWNERS_UNTIL";
+pub const MAP_SECOND_CHANCE: &str = "SECOND_CHANCE";
+pub const MAP_DECAP_PEERS: &str = "DECAP_PEERS";
 /// Pinned beside the others, created by the control plane (the programs
 /// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
 /// last adopted the maps. Its own layout never changes.
@@ -62,6 +66,24 @@ pub const DEFAULT_RING_ENTRIES: u32 = DEFAULT_MAX_VIPS * 2 * DEFAULT_RING_SIZE;
 pub const MAX_TX_PORTS: u32 = 64;
 pub const MAX_DECAP_ADDRS: u32 = 64;
 pub const MAX_DECAP_SOURCES: u32 = 256;
+pub const MAX_DECAP_PEERS: u32 = 256;
+/// Ring slots per `PREV_OWNERS` entry. The kernel rounds an array's values
+/// up to 8 bytes, so one `u32` per entry would take twice the memory.
+pub const PREV_OWNER_SLOTS_PER_ENTRY: u32 = 2;
+/// `PREV_OWNERS` entries per VIP: its ring's slots, two to an entry.
+pub const fn prev_owner_entries_per_vip(ring_size: u32) -> u32 {
+    ring_size.div_ceil(PREV_OWNER_SLOTS_PER_ENTRY)
+}
+pub const DEFAULT_PREV_OWNER_ENTRIES: u32 =
+    DEFAULT_MAX_VIPS * prev_owner_entries_per_vip(DEFAULT_RING_SIZE);
+
+/// Where slot `slot` of VIP `vip_id`'s previous-owner ring is: the
+/// `PREV_OWNERS` entry and the half of it.
+#[inline(always)]
+pub fn prev_owner_index(vip_id: u32, slot: u32, ring_size: u32) -> (u32, usize) {
+    let entry = vip_id * prev_owner_entries_per_vip(ring_size) + slot / PREV_OWNER_SLOTS_PER_ENTRY;
+    (entry, (slot % PREV_OWNER_SLOTS_PER_ENTRY) as usize)
+}
 
 /// The default probation-table size for a connection table of
 /// `conn_entries`: an eighth of it, at least one entry.
@@ -139,6 +161,18 @@ pub struct PromotionLimit {
     pub interval_ns: u64,
     /// Most credit a CPU saves up.
     pub burst_ns: u64,
+}
+
+/// Second chance on this host, the single entry of `SECOND_CHANCE`: the
+/// UDP port of GUE second-chance packets (`gue`), which the load balancer
+/// sends to and a backend's decapsulation program accepts. 0 (never
+/// written): off, the load balancer sends none and the decapsulation
+/// program takes UDP for what it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecondChance {
+    pub gue_port: u16,
+    pub _pad: [u8; 2],
 }
 
 /// A virtual service: address, port (0 for a port-less VIP), protocol.
@@ -331,6 +365,7 @@ const _: () = {
     assert!(size_of::<DecapAddr>() == 20);
     assert!(size_of::<DecapConfig>() == 4);
     assert!(size_of::<TooBigLimit>() == 16);
+    assert!(size_of::<SecondChance>() == 4);
     assert!(size_of::<crate::FlowKey>() == 40);
 };
 
@@ -354,5 +389,6 @@ mod pod {
     unsafe impl aya::Pod for DecapConfig {}
     unsafe impl aya::Pod for TooBigLimit {}
     unsafe impl aya::Pod for PromotionLimit {}
+    unsafe impl aya::Pod for SecondChance {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -75,16 +75,22 @@ reasons!(Reason, REASON_COUNT {
     ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
     AnswerTooBig = "answer_too_big", Answered, "encapsulated packet would exceed the MTU: answered with ICMP too-big";
     ConnPromotionDeferred = "conn_promotion_deferred", Event, "second or later packet of a flow in probation, promotion rate limit reached: flow left in the probation table";
+    SecondChance = "second_chance", Event, "TCP packet of a flow in neither table, on a ring slot whose owner changed within the VIP's second-chance window: sent to the slot's owner in GUE with the previous owner as a second hop";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {
     Decapsulated = "decapsulated", Passed, "outer header stripped, inner packet passed up";
-    PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet";
+    PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet, nor UDP to the GUE port (with second chance on)";
     PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS, or routed on past ours by an IPv6 routing header";
-    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer or inner header, an IPv6 extension-header chain not walkable to its end, or a fragmented tunnel";
+    PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer, UDP, GUE or inner header (a GUE header of another version, with flags, not our hop list or more hops than one), an IPv6 extension-header chain not walkable to its end, or a fragmented tunnel";
     DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel (or IPv6 packet whose extension headers may hide one) for one of our addresses from an outer source not allowed";
     DropBadOuterChecksum = "drop_bad_outer_checksum", Dropped, "tunnel whose outer IPv4 header checksum is wrong";
     DropCeNotEct = "drop_ce_not_ect", Dropped, "outer ECN CE over an inner packet that is not ECN-capable (RFC 6040)";
+    SecondChanceReceived = "second_chance_received", Passed, "GUE packet with no hop left (sent on by the flow's new ring owner to this backend, its previous one): stripped, passed up";
+    SecondChanceLocal = "second_chance_local", Passed, "GUE packet with a second hop that stays here: this backend has a socket for the flow (established, request or time-wait), the ACK carries a valid SYN cookie, or it is no TCP segment of a connection (a SYN, not TCP): stripped, passed up";
+    SecondChanceForwarded = "second_chance_forwarded", Forwarded, "GUE packet with a second hop and no socket here: sent on to the hop with the hop list shortened, from this backend's address (XDP_TX)";
+    DropSecondHopNotPeer = "drop_second_hop_not_peer", Dropped, "GUE packet with a second hop not in DECAP_PEERS (lb-decap --peer) and no socket here: never sent on outside the configured backends";
+    DropSecondHopNoRoute = "drop_second_hop_no_route", Dropped, "GUE packet to send on, but the kernel has no route to the second hop out of the interface it came in on";
 });
 
 #[cfg(test)]
@@ -107,7 +113,10 @@ mod tests {
     fn decap_reasons_are_verdicts() {
         for r in DecapReason::ALL {
             assert!(
-                matches!(r.kind(), ReasonKind::Passed | ReasonKind::Dropped),
+                matches!(
+                    r.kind(),
+                    ReasonKind::Passed | ReasonKind::Dropped | ReasonKind::Forwarded
+                ),
                 "{}",
                 r.name()
             );

@@ -1,11 +1,12 @@
 //! The load balancer's packet path, start to verdict:
-//! parse -> (fragment | ICMP too-big | vip -> conntrack -> maglev) -> forward.
+//! parse -> (fragment | ICMP too-big | vip -> conntrack -> maglev) -> forward
+//! (with a second hop when `second_chance` says so).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Reason,
     flow::{PROTO_ICMP, PROTO_ICMPV6},
-    maps::{LbConfig, VipMeta},
+    maps::{LbConfig, NO_BACKEND, VipMeta},
     stats::ReasonKind,
 };
 
@@ -22,6 +23,8 @@ struct Target {
     vip: VipMeta,
     chosen: Chosen,
     new_flow: bool,
+    /// `NO_BACKEND`, or the previous owner to take along (`second_chance`).
+    second_hop: u32,
 }
 
 #[inline(always)]
@@ -55,8 +58,16 @@ pub fn process(ctx: &XdpContext) -> Reason {
         ip_len: p.ip_len,
         tos: p.tos,
     };
-    let reason = forward::forward(ctx, cfg, target.vip.flags, &target.chosen.backend, &out);
+    let reason = if target.second_hop == NO_BACKEND {
+        forward::forward(ctx, cfg, target.vip.flags, &target.chosen.backend, &out)
+    } else {
+        let hop = target.second_hop;
+        forward::forward_with_second_hop(ctx, cfg, &target.chosen.backend, hop, &out)
+    };
     if reason.kind() == ReasonKind::Forwarded {
+        if target.second_hop != NO_BACKEND {
+            stats::event(Reason::SecondChance);
+        }
         stats::forwarded(
             target.vip.vip_id,
             target.chosen.id,
@@ -86,18 +97,21 @@ fn find_target(
             vip,
             chosen,
             new_flow: false,
+            second_hop: NO_BACKEND,
         });
     }
     if p.flow.proto == PROTO_ICMP || p.flow.proto == PROTO_ICMPV6 {
         return too_big_target(ctx, p, cfg);
     }
     let vip = vip::lookup(&p.flow, cfg).ok_or((Reason::PassNonVip, None))?;
-    let selected = conntrack::select(&p.flow, p.tcp_flags, &vip, cfg.ring_size)
+    let whole = p.fragment == Fragment::None;
+    let selected = conntrack::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
         .map_err(|r| (r, Some(vip.vip_id)))?;
     Ok(Target {
         vip,
         chosen: selected.chosen,
         new_flow: selected.new_flow,
+        second_hop: selected.second_hop,
     })
 }
 
@@ -127,5 +141,6 @@ fn too_big_target(
         vip,
         chosen,
         new_flow: false,
+        second_hop: NO_BACKEND,
     })
 }

@@ -16,7 +16,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
-    maps::{BACKEND_F_DRAINING, ConnEntry, VipMeta, entry_pins},
+    maps::{BACKEND_F_DRAINING, ConnEntry, NO_BACKEND, VipMeta, entry_pins},
 };
 
 use crate::{
@@ -32,6 +32,9 @@ const REFRESH_NS: u64 = 1_000_000_000;
 pub struct Selected {
     pub chosen: Chosen,
     pub new_flow: bool,
+    /// The backend id the packet takes along as a second hop
+    /// (`second_chance.rs`); `NO_BACKEND` for none, the steady state.
+    pub second_hop: u32,
 }
 
 /// What `select` knows about the packet, passed on to the miss path.
@@ -43,6 +46,8 @@ pub struct Packet<'a> {
     /// A TCP SYN without ACK: opens a connection, never enters a table.
     pub syn_only: bool,
     pub is_tcp: bool,
+    /// Not a fragment: it has its ports, and no later fragment follows it.
+    pub whole: bool,
 }
 
 /// The backend `entry` pins its flow to, if the entry still holds for VIP
@@ -72,6 +77,7 @@ fn syn_leaves(pkt: &Packet, chosen: &Chosen) -> bool {
 pub fn select(
     flow: &FlowKey,
     tcp_flags: u8,
+    whole: bool,
     vip: &VipMeta,
     ring_size: u32,
 ) -> Result<Selected, Reason> {
@@ -84,6 +90,7 @@ pub fn select(
         now: unsafe { bpf_ktime_get_coarse_ns() },
         syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
         is_tcp,
+        whole,
     };
     let Some(entry) = CONNS.get_ptr_mut(flow) else {
         return probation::select(&pkt);
@@ -103,6 +110,7 @@ pub fn select(
             return Ok(Selected {
                 chosen,
                 new_flow: false,
+                second_hop: NO_BACKEND,
             });
         }
         Err(_) => {}
@@ -116,6 +124,7 @@ pub fn select(
     Ok(Selected {
         chosen,
         new_flow: new_flow(&pkt),
+        second_hop: NO_BACKEND,
     })
 }
 

@@ -2,6 +2,12 @@
 //! packet addressed to this backend and hand the inner packet to the kernel,
 //! which then sees a packet for the VIP (configured on its loopback).
 //!
+//! With second chance on (`SECOND_CHANCE` holds the GUE port), GUE to that
+//! port is a tunnel too (`gue.rs`): with no hop left it is stripped like
+//! IP-in-IP; with one, `second_hop.rs` decides whether the packet stays
+//! here or goes on to the hop. GUE may also come from a peer backend
+//! (`DECAP_PEERS`), which sends a second hop on to its previous owner.
+//!
 //! This kernel has no ipip/sit module, so without this program a backend
 //! could not receive our tunnels at all.
 //!
@@ -24,16 +30,18 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
     Reason,
-    flow::{FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6},
+    flow::{FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP},
     maps::{DECAP_F_ANY_SOURCE, DECAP_SOURCE_FAMILY_BITS, DecapAddr, DecapSource},
     stats::DecapReason,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_SOURCES},
+    gue,
+    maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_PEERS, DECAP_SOURCES, gue_port},
     packet::{self, header, read},
     parse::{self, ETH_P_IPV4, ETH_P_IPV6, Fragment, L2, parse_l2},
+    second_hop,
 };
 
 const ECN_MASK: u8 = 0x03;
@@ -53,10 +61,13 @@ struct Outer {
     /// its total length): the inner packet must end by then. What follows
     /// is link padding or junk, not tunnel payload.
     end: usize,
-    /// `PROTO_IPIP` or `PROTO_IPV6`; 0 when an IPv6 extension-header chain
-    /// could not be walked to the end, so what it carries is unknown.
+    /// `PROTO_IPIP` or `PROTO_IPV6`, `PROTO_UDP` for GUE; 0 when an IPv6
+    /// extension-header chain could not be walked to the end, so what it
+    /// carries is unknown.
     inner_proto: u8,
     ecn: u8,
+    /// The IPv6 flow label (0 for IPv4): kept when a second hop is sent on.
+    label: u32,
     fragmented: bool,
     /// An IPv6 routing header still has segments left: our address is a
     /// waypoint, not where the packet ends up.
@@ -74,18 +85,20 @@ pub fn process(ctx: &XdpContext) -> DecapReason {
 fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
     let (l2, ether_type) = parse_l2(ctx).map_err(|_| DecapReason::PassNotTunnel)?;
     let l3 = l2.len();
+    let gue_port = gue_port();
     let mut ours = DecapAddr::default();
     let mut from = DecapSource::default();
     let outer = match ether_type {
-        ETH_P_IPV4 => outer_ipv4(ctx, l3, &mut ours, &mut from)?,
-        ETH_P_IPV6 => outer_ipv6(ctx, l3, &mut ours, &mut from)?,
+        ETH_P_IPV4 => outer_ipv4(ctx, l3, gue_port, &mut ours, &mut from)?,
+        ETH_P_IPV6 => outer_ipv6(ctx, l3, gue_port, &mut ours, &mut from)?,
         _ => return Err(DecapReason::PassNotTunnel),
     };
     // SAFETY: only tested for presence.
     if unsafe { DECAP_ADDRS.get(&ours) }.is_none() {
         return Err(DecapReason::PassNotOurAddress);
     }
-    if !source_allowed(&from) {
+    let is_gue = outer.inner_proto == PROTO_UDP;
+    if !source_allowed(&from, is_gue) {
         return Err(DecapReason::DropUntrustedSource);
     }
     // A fragmented tunnel packet cannot be stripped piecewise.
@@ -95,15 +108,72 @@ fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
     if outer.passes_through {
         return Err(DecapReason::PassNotOurAddress);
     }
-    let inner = l3 + outer.len;
-    let inner_type = match outer.inner_proto {
-        PROTO_IPIP if inner_ipv4_fits(ctx, inner, outer.end) => ETH_P_IPV4,
-        PROTO_IPV6 if inner_ipv6_fits(ctx, inner, outer.end) => ETH_P_IPV6,
+    let mut inner = l3 + outer.len;
+    let mut end = outer.end;
+    let mut inner_proto = outer.inner_proto;
+    let mut hops = None;
+    if is_gue {
+        let g = gue::parse(ctx, inner, end, ours.family)?;
+        inner += g.len;
+        end = g.end;
+        inner_proto = g.inner_proto;
+        hops = Some(g);
+    }
+    let inner_type = match inner_proto {
+        PROTO_IPIP if inner_ipv4_fits(ctx, inner, end) => ETH_P_IPV4,
+        PROTO_IPV6 if inner_ipv6_fits(ctx, inner, end) => ETH_P_IPV6,
         _ => return Err(DecapReason::PassMalformed),
     };
+    let reason = match &hops {
+        None => DecapReason::Decapsulated,
+        Some(g) if g.hops == 0 => DecapReason::SecondChanceReceived,
+        Some(_) if second_hop::stays_here(ctx, inner, inner_type, end) => {
+            DecapReason::SecondChanceLocal
+        }
+        Some(g) => {
+            let inner_len = inner_len(ctx, inner, inner_type)?;
+            let tot_len = second_hop::outer_len(ours.family, inner_len);
+            let via = second_hop::route(ctx, &l2, ours.family, &ours.addr, &g.hop, tot_len as u16)?;
+            set_inner_ecn(ctx, inner, inner_type, outer.ecn)?;
+            let onward = second_hop::Onward {
+                l2: &l2,
+                via: &via,
+                family: ours.family,
+                from: &ours.addr,
+                hop: &g.hop,
+                sport: g.sport,
+                label: outer.label,
+                inner,
+                inner_type,
+                inner_len,
+            };
+            second_hop::send_on(ctx, &onward)?;
+            return Ok(DecapReason::SecondChanceForwarded);
+        }
+    };
     set_inner_ecn(ctx, inner, inner_type, outer.ecn)?;
-    strip(ctx, &l2, outer.len, inner_type)?;
-    Ok(DecapReason::Decapsulated)
+    strip(ctx, &l2, inner - l3, inner_type)?;
+    Ok(reason)
+}
+
+/// Whether the UDP datagram whose header is at `udp` goes to the GUE port
+/// (`port`, 0: second chance off, nothing does).
+#[inline(always)]
+fn to_gue_port(ctx: &XdpContext, udp: usize, port: u16) -> bool {
+    port != 0 && read::<[u8; 4]>(ctx, udp).is_some_and(|p| u16::from_be_bytes([p[2], p[3]]) == port)
+}
+
+/// The length of the whole inner packet at `inner` (checked by
+/// `inner_ipv4_fits` / `inner_ipv6_fits`).
+#[inline(always)]
+fn inner_len(ctx: &XdpContext, inner: usize, inner_type: u16) -> Result<u16, DecapReason> {
+    let h: [u8; 6] = read(ctx, inner).ok_or(DecapReason::PassMalformed)?;
+    let len = if inner_type == ETH_P_IPV4 {
+        u16::from_be_bytes([h[2], h[3]])
+    } else {
+        u16::from_be_bytes([h[4], h[5]]).saturating_add(Ipv6Hdr::LEN as u16)
+    };
+    Ok(len)
 }
 
 /// The outer IPv4 header at `l3`: whole, consistent with the frame, and
@@ -114,14 +184,22 @@ fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
 fn outer_ipv4(
     ctx: &XdpContext,
     l3: usize,
+    gue_port: u16,
     ours: &mut DecapAddr,
     from: &mut DecapSource,
 ) -> Result<Outer, DecapReason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(DecapReason::PassMalformed)?;
-    if ip.proto != PROTO_IPIP && ip.proto != PROTO_IPV6 {
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let frags = u16::from_be_bytes(ip.frags);
+    // A later fragment's UDP "header" is payload: no GUE to see there.
+    let tunnel = match ip.proto {
+        PROTO_IPIP | PROTO_IPV6 => true,
+        PROTO_UDP => frags & 0x1fff == 0 && to_gue_port(ctx, l3 + ihl, gue_port),
+        _ => false,
+    };
+    if !tunnel {
         return Err(DecapReason::PassNotTunnel);
     }
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > packet::len(ctx) {
         return Err(DecapReason::PassMalformed);
@@ -135,7 +213,8 @@ fn outer_ipv4(
         end: l3 + tot_len,
         inner_proto: ip.proto,
         ecn: ip.tos & ECN_MASK,
-        fragmented: u16::from_be_bytes(ip.frags) & 0x3fff != 0,
+        label: 0,
+        fragmented: frags & 0x3fff != 0,
         passes_through: false,
     };
     match ipv4_header_sum(ctx, l3, ihl) {
@@ -176,12 +255,19 @@ fn fold(mut sum: u32) -> u16 {
 fn outer_ipv6(
     ctx: &XdpContext,
     l3: usize,
+    gue_port: u16,
     ours: &mut DecapAddr,
     from: &mut DecapSource,
 ) -> Result<Outer, DecapReason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(DecapReason::PassMalformed)?;
     let next = ip.next_hdr;
-    if next != PROTO_IPIP && next != PROTO_IPV6 && !parse::is_ipv6_extension(next) {
+    let maybe = match next {
+        PROTO_IPIP | PROTO_IPV6 => true,
+        // Most UDP to a backend is not GUE: tell at once.
+        PROTO_UDP => to_gue_port(ctx, l3 + Ipv6Hdr::LEN, gue_port),
+        _ => parse::is_ipv6_extension(next),
+    };
+    if !maybe {
         return Err(DecapReason::PassNotTunnel);
     }
     if ip.vcf[0] >> 4 != 6 {
@@ -197,6 +283,7 @@ fn outer_ipv6(
         end,
         inner_proto: 0,
         ecn: (ip.vcf[1] >> 4) & ECN_MASK,
+        label: u32::from_be_bytes([0, ip.vcf[1] & 0x0f, ip.vcf[2], ip.vcf[3]]),
         fragmented: false,
         passes_through: false,
     };
@@ -216,12 +303,14 @@ fn outer_ipv6(
     let Ok(chain) = chain else {
         return Ok(outer);
     };
-    let tunnel = chain.proto == PROTO_IPIP || chain.proto == PROTO_IPV6;
+    let later = matches!(chain.fragment, Fragment::Later(_));
+    let tunnel = chain.proto == PROTO_IPIP
+        || chain.proto == PROTO_IPV6
+        || (chain.proto == PROTO_UDP && !later && to_gue_port(ctx, chain.l4_off, gue_port));
     // A later fragment shows only the next header its fragment header
     // names. The kernel takes the chain from the first fragment (checked
     // on its own), but an extension header named here may still lead to
     // a tunnel: treat it as one.
-    let later = matches!(chain.fragment, Fragment::Later(_));
     let may_hide_one = later && parse::is_ipv6_extension(chain.proto);
     if !(tunnel || may_hide_one) {
         return Err(DecapReason::PassNotTunnel);
@@ -233,10 +322,11 @@ fn outer_ipv6(
     Ok(outer)
 }
 
-/// The outer source is in `DECAP_SOURCES`, or the operator opted out of
-/// the check (`DECAP_F_ANY_SOURCE`).
+/// The outer source is in `DECAP_SOURCES` (a load balancer), for GUE
+/// also in `DECAP_PEERS` (a backend sending a second hop on), or the
+/// operator opted out of the check (`DECAP_F_ANY_SOURCE`).
 #[inline(always)]
-fn source_allowed(from: &DecapSource) -> bool {
+fn source_allowed(from: &DecapSource, gue: bool) -> bool {
     if DECAP_CONFIG
         .get(0)
         .is_some_and(|c| c.flags & DECAP_F_ANY_SOURCE != 0)
@@ -245,7 +335,7 @@ fn source_allowed(from: &DecapSource) -> bool {
     }
     let addr_bits = if from.family == FAMILY_V4 { 32 } else { 128 };
     let key = Key::new(DECAP_SOURCE_FAMILY_BITS + addr_bits, *from);
-    DECAP_SOURCES.get(&key).is_some()
+    DECAP_SOURCES.get(&key).is_some() || (gue && DECAP_PEERS.get(&key).is_some())
 }
 
 /// The inner IPv4 header at `off` is whole, and so is the packet it heads,

@@ -1,35 +1,32 @@
 //! Sending a packet on to its backend: the next hop, then either IP-in-IP
-//! encapsulation (DSR across routers) or L2 DSR (only the destination MAC
-//! changes), then XDP_TX or a devmap redirect.
+//! encapsulation (DSR across routers), GUE with a second hop (a flow that
+//! may belong to its ring slot's previous owner, `second_chance`), or L2
+//! DSR (only the destination MAC changes), then XDP_TX or a devmap
+//! redirect.
 //!
 //! Everything that can fail is decided before the packet is touched, so a
 //! dropped packet is dropped as it arrived. A packet too big to encapsulate
 //! is handed to `pmtu`, which may answer it with an ICMP too-big instead.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibLookup,
-    },
-    helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::bpf_xdp_adjust_head,
     programs::XdpContext,
 };
 use lb_common::{
     FlowKey, Reason,
-    flow::{FAMILY_V4, PROTO_IPIP, PROTO_IPV6, flow_hash},
+    flow::{FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, flow_hash},
     maps::{Backend, CFG_F_NEXTHOP_FIB, LbConfig, VIP_F_L2_DSR},
 };
 
 use crate::{
-    csum,
-    maps::{SCRATCH, TX_PORT_MACS, TX_PORTS},
-    mem, packet,
+    csum, fib, gue,
+    maps::{BACKENDS, TX_PORT_MACS, TX_PORTS, gue_port},
+    packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
     pmtu,
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 /// TTL / hop limit of the outer header.
@@ -64,7 +61,7 @@ pub fn forward(
     if vip_flags & VIP_F_L2_DSR != 0 {
         let hop = match next_hop(ctx, cfg, out.l2, backend, out.ip_len, true) {
             Ok(hop) => hop,
-            Err(Reason::DropTooBig) => return pmtu::answer(ctx, out, route_mtu()),
+            Err(Reason::DropTooBig) => return pmtu::answer(ctx, out, fib::route_mtu()),
             Err(reason) => return reason,
         };
         let egress = match egress(ctx, hop.ifindex) {
@@ -76,11 +73,71 @@ pub fn forward(
         }
         return send(egress);
     }
-    let overhead = if backend.family == FAMILY_V4 {
-        IPV4_HDR_LEN
-    } else {
-        IPV6_HDR_LEN
+    encapsulate(ctx, cfg, backend, out, Tunnel::IpIp)
+}
+
+/// Forward `out` to `backend` in GUE, with backend `hop_id` (the previous
+/// owner of the flow's ring slot, `second_chance`) as the second hop.
+///
+/// Inlined, as a branch of its own: a call would stack its frame below
+/// the packet path's, and the two do not fit the 512 bytes together. The
+/// path without a second hop runs none of it.
+#[inline(always)]
+pub fn forward_with_second_hop(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    backend: &Backend,
+    hop_id: u32,
+    out: &Outgoing,
+) -> Reason {
+    // `second_chance` found a port; 0 now means lbd turned second chance
+    // off since, and the packet is not worth a tunnel nobody decodes.
+    let port = gue_port();
+    let Some(hop) = BACKENDS.get(hop_id) else {
+        return Reason::DropEncapFailed;
     };
+    if port == 0 {
+        return Reason::DropEncapFailed;
+    }
+    let tunnel = Tunnel::SecondHop {
+        hop: &hop.addr,
+        port,
+    };
+    encapsulate(ctx, cfg, backend, out, tunnel)
+}
+
+/// How a packet travels to its backend.
+#[derive(Clone, Copy)]
+enum Tunnel<'a> {
+    /// IP-in-IP: an outer header only.
+    IpIp,
+    /// GUE to `port` with one hop, `hop` (of the outer header's family).
+    SecondHop { hop: &'a [u8; 16], port: u16 },
+}
+
+impl Tunnel<'_> {
+    /// Bytes in front of the client's packet, link header aside.
+    #[inline(always)]
+    fn overhead(&self, family: u8) -> usize {
+        match self {
+            Tunnel::IpIp if family == FAMILY_V4 => IPV4_HDR_LEN,
+            Tunnel::IpIp => IPV6_HDR_LEN,
+            Tunnel::SecondHop { .. } => gue::overhead(family),
+        }
+    }
+}
+
+/// Encapsulate `out` for `backend` and send it: the MTU and the next hop
+/// are checked before the packet changes.
+#[inline(always)]
+fn encapsulate(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    backend: &Backend,
+    out: &Outgoing,
+    tunnel: Tunnel,
+) -> Reason {
+    let overhead = tunnel.overhead(backend.family);
     let outer_len = out.ip_len as u32 + overhead as u32;
     if outer_len > u16::MAX as u32 {
         return Reason::DropTooBig;
@@ -91,7 +148,7 @@ pub fn forward(
     let hop = match next_hop(ctx, cfg, out.l2, backend, outer_len as u16, false) {
         Ok(hop) => hop,
         Err(Reason::DropTooBig) => {
-            return pmtu::answer(ctx, out, route_mtu().saturating_sub(overhead as u32));
+            return pmtu::answer(ctx, out, fib::route_mtu().saturating_sub(overhead as u32));
         }
         Err(reason) => return reason,
     };
@@ -103,13 +160,39 @@ pub fn forward(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Reason::DropEncapFailed;
     }
+    let ip_payload = (outer_len as usize - gue::ip_hdr_len(backend.family)) as u16;
+    let proto = match tunnel {
+        Tunnel::IpIp if out.flow.family == FAMILY_V4 => PROTO_IPIP,
+        Tunnel::IpIp => PROTO_IPV6,
+        Tunnel::SecondHop { .. } => PROTO_UDP,
+    };
     let written = if backend.family == FAMILY_V4 {
         write_l2(ctx, out.l2, &hop.dmac, &hop.smac, ETH_P_IPV4)
-            && write_outer_v4(ctx, out, cfg, backend)
+            && write_outer_v4(ctx, out, cfg, backend, proto, ip_payload)
     } else {
         write_l2(ctx, out.l2, &hop.dmac, &hop.smac, ETH_P_IPV6)
-            && write_outer_v6(ctx, out, cfg, backend)
+            && write_outer_v6(ctx, out, cfg, backend, proto, ip_payload)
     };
+    let written = written
+        && match tunnel {
+            Tunnel::IpIp => true,
+            Tunnel::SecondHop { hop, port } => {
+                let header = gue::Header {
+                    family: backend.family,
+                    sport: gue::source_port(flow_hash(out.flow, false)),
+                    dport: port,
+                    inner_proto: if out.flow.family == FAMILY_V4 {
+                        PROTO_IPIP
+                    } else {
+                        PROTO_IPV6
+                    },
+                    inner_len: out.ip_len,
+                    hop: Some(hop),
+                };
+                let off = out.l2.len() + gue::ip_hdr_len(backend.family);
+                gue::write(ctx, off, &header)
+            }
+        };
     if !written {
         return Reason::DropEncapFailed;
     }
@@ -177,35 +260,16 @@ fn next_hop(
     }
     let gateway_mac = if l2_dsr { ZERO_MAC } else { cfg.gateway_mac };
     if cfg.flags & CFG_F_NEXTHOP_FIB != 0 {
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        let (src, dst): (&[u8], &[u8]) = if backend.family == FAMILY_V4 {
+            (&cfg.outer_src_v4, &backend.addr)
+        } else {
+            (&cfg.outer_src_v6, &backend.addr)
+        };
+        let Some((rc, fib)) = fib::lookup(ctx, backend.family, src, dst, tot_len) else {
             return Err(Reason::DropNoRoute);
         };
-        // SAFETY: a per-CPU map value, ours for this run; all-zero is valid.
-        let fib = unsafe { &mut *core::ptr::addr_of_mut!((*scratch).fib) };
-        mem::zero(fib);
-        fib.ifindex = ctx.ingress_ifindex() as u32;
-        fib.__bindgen_anon_1.tot_len = tot_len;
-        if backend.family == FAMILY_V4 {
-            fib.family = AF_INET;
-            fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(first4(&cfg.outer_src_v4));
-            fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(first4(&backend.addr));
-        } else {
-            fib.family = AF_INET6;
-            fib.__bindgen_anon_3.ipv6_src = words(&cfg.outer_src_v6);
-            fib.__bindgen_anon_4.ipv6_dst = words(&backend.addr);
-        }
-        // SAFETY: `fib` is a valid, fully initialised parameter block.
-        let rc = unsafe {
-            bpf_fib_lookup(
-                ctx.ctx as *mut _,
-                fib as *mut FibLookup,
-                core::mem::size_of::<FibLookup>() as i32,
-                0,
-            )
-        };
-        let rc = rc as u32;
         let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
-        if l2_dsr && routed && !fib_next_hop_is(fib, backend) {
+        if l2_dsr && routed && !fib::next_hop_is(fib, backend.family, &backend.addr) {
             return Err(Reason::DropL2DsrOffLink);
         }
         match rc {
@@ -231,23 +295,6 @@ fn next_hop(
     Err(Reason::DropNoRoute)
 }
 
-/// Whether the FIB's next hop is the backend itself. For a route through
-/// a router `bpf_fib_lookup` replaces the destination with the router's
-/// address (an IPv6 one, family and all, for an IPv4 route via IPv6), on
-/// success and when only the neighbour is missing alike.
-#[inline(always)]
-fn fib_next_hop_is(fib: &FibLookup, backend: &Backend) -> bool {
-    // SAFETY: plain integers in unions the kernel wrote per `family`.
-    unsafe {
-        if backend.family == FAMILY_V4 {
-            fib.family == AF_INET
-                && fib.__bindgen_anon_4.ipv4_dst == u32::from_ne_bytes(first4(&backend.addr))
-        } else {
-            fib.family == AF_INET6 && fib.__bindgen_anon_4.ipv6_dst == words(&backend.addr)
-        }
-    }
-}
-
 /// Next-hop MAC `dmac` out of interface `ifindex`: back out of the ingress
 /// interface with the MAC the frame came to, or redirected with the MAC lbd
 /// wrote for that port (none: not a port we may send from).
@@ -269,34 +316,6 @@ fn through(ctx: &XdpContext, l2: &L2, dmac: [u8; 6], ifindex: u32) -> Result<Nex
         }),
         None => Err(Reason::DropNoTxPort),
     }
-}
-
-/// The MTU of the route to the backend, after `next_hop`'s FIB lookup said
-/// the packet exceeds it (the kernel writes it over `tot_len`); 0 if
-/// unknown, which `pmtu` never reports.
-#[inline(always)]
-fn route_mtu() -> u32 {
-    match SCRATCH.get_ptr(0) {
-        // SAFETY: a per-CPU map value; the union's fields are all plain
-        // integers.
-        Some(scratch) => unsafe { (*scratch).fib.__bindgen_anon_1.mtu_result as u32 },
-        None => 0,
-    }
-}
-
-#[inline(always)]
-fn first4(a: &[u8]) -> [u8; 4] {
-    [a[0], a[1], a[2], a[3]]
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes(first4(&a[0..4])),
-        u32::from_ne_bytes(first4(&a[4..8])),
-        u32::from_ne_bytes(first4(&a[8..12])),
-        u32::from_ne_bytes(first4(&a[12..16])),
-    ]
 }
 
 /// The link header in front of a new IP header, `l2`'s VLAN tag kept.
@@ -322,13 +341,21 @@ pub fn write_l2(
 }
 
 /// Outer IPv4: DF set (we never fragment), DSCP/ECN copied from the inner
-/// header, protocol 4 (IPv4 inside) or 41 (IPv6 inside).
+/// header, protocol `proto` (4: IPv4 inside, 41: IPv6 inside, 17: GUE),
+/// followed by `payload` bytes.
 #[inline(always)]
-fn write_outer_v4(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Backend) -> bool {
+fn write_outer_v4(
+    ctx: &XdpContext,
+    out: &Outgoing,
+    cfg: &LbConfig,
+    backend: &Backend,
+    proto: u8,
+    payload: u16,
+) -> bool {
     let Some(h) = packet::header::<[u8; IPV4_HDR_LEN]>(ctx, out.l2.len()) else {
         return false;
     };
-    let len = (out.ip_len + IPV4_HDR_LEN as u16).to_be_bytes();
+    let len = (payload + IPV4_HDR_LEN as u16).to_be_bytes();
     h[0] = 0x45;
     h[1] = out.tos;
     h[2] = len[0];
@@ -338,11 +365,7 @@ fn write_outer_v4(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Ba
     h[6] = 0x40;
     h[7] = 0;
     h[8] = OUTER_TTL;
-    h[9] = if out.flow.family == FAMILY_V4 {
-        PROTO_IPIP
-    } else {
-        PROTO_IPV6
-    };
+    h[9] = proto;
     h[10] = 0;
     h[11] = 0;
     h[12..16].copy_from_slice(&cfg.outer_src_v4);
@@ -354,14 +377,22 @@ fn write_outer_v4(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Ba
 }
 
 /// Outer IPv6: traffic class copied, flow label from the flow hash so that
-/// receivers spread tunnels of different flows across queues.
+/// receivers spread tunnels of different flows across queues; next header
+/// `proto` (as for IPv4), `payload` bytes after it.
 #[inline(always)]
-fn write_outer_v6(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Backend) -> bool {
+fn write_outer_v6(
+    ctx: &XdpContext,
+    out: &Outgoing,
+    cfg: &LbConfig,
+    backend: &Backend,
+    proto: u8,
+    payload: u16,
+) -> bool {
     let Some(h) = packet::header::<[u8; IPV6_HDR_LEN]>(ctx, out.l2.len()) else {
         return false;
     };
     let label = flow_hash(out.flow, false) & 0x000f_ffff;
-    let len = out.ip_len.to_be_bytes();
+    let len = payload.to_be_bytes();
     let tc = out.tos;
     h[0] = 0x60 | (tc >> 4);
     h[1] = (tc << 4) | ((label >> 16) as u8 & 0x0f);
@@ -369,11 +400,7 @@ fn write_outer_v6(ctx: &XdpContext, out: &Outgoing, cfg: &LbConfig, backend: &Ba
     h[3] = label as u8;
     h[4] = len[0];
     h[5] = len[1];
-    h[6] = if out.flow.family == FAMILY_V4 {
-        PROTO_IPIP
-    } else {
-        PROTO_IPV6
-    };
+    h[6] = proto;
     h[7] = OUTER_TTL;
     h[8..24].copy_from_slice(&cfg.outer_src_v6);
     h[24..40].copy_from_slice(&backend.addr);

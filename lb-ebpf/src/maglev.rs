@@ -28,13 +28,18 @@ pub fn backend_of_vip(id: u32, vip_id: u32) -> Result<Chosen, Reason> {
     Ok(Chosen { id, backend })
 }
 
+/// The slot of the VIP's rings the flow hashes to.
+#[inline(always)]
+pub fn slot_of(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> u32 {
+    maglev_slot(flow_hash(flow, vip.flags & VIP_F_AFFINITY != 0), ring_size)
+}
+
 /// Look the flow up on the VIP's live ring. The slot's backend must serve
 /// this VIP: a ring that outlived its backends' ids (recycled to another
 /// VIP) must not send this VIP's flow to another VIP's backend.
 #[inline(always)]
 pub fn pick(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Reason> {
-    let hash = flow_hash(flow, vip.flags & VIP_F_AFFINITY != 0);
-    let slot = maglev_slot(hash, ring_size);
+    let slot = slot_of(flow, vip, ring_size);
     let index = ring_index(vip.vip_id, vip.active_ring, slot, ring_size);
     let id = match RINGS.get(index) {
         Some(id) => *id,

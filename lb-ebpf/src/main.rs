@@ -3,9 +3,10 @@
 //! the programs `cargo xtask bench` measures them against.
 //!
 //! The packet path reads top to bottom through the modules:
-//! parse -> vip -> conntrack (-> probation) -> maglev -> forward
-//! (encap / l2) -> stats, with icmp and fragment handling branching off
-//! after parse, and pmtu answering packets too big for the tunnel.
+//! parse -> vip -> conntrack (-> probation -> second_chance) -> maglev ->
+//! forward (encap / gue / l2) -> stats, with icmp and fragment handling
+//! branching off after parse, and pmtu answering packets too big for the
+//! tunnel. `lb_decap`: decap (-> gue -> second_hop) -> stats.
 #![no_std]
 #![no_main]
 // Map keys and values go to aya-ebpf by reference on purpose: a by-value
@@ -17,8 +18,10 @@ mod bench;
 mod conntrack;
 mod csum;
 mod decap;
+mod fib;
 mod forward;
 mod fragment;
+mod gue;
 mod icmp;
 mod maglev;
 mod maps;
@@ -28,6 +31,8 @@ mod parse;
 mod pmtu;
 mod probation;
 mod rate;
+mod second_chance;
+mod second_hop;
 mod stats;
 mod vip;
 
@@ -41,7 +46,8 @@ pub fn lb(ctx: XdpContext) -> u32 {
     stats::verdict(reason)
 }
 
-/// The backend-side tunnel terminator.
+/// The backend-side tunnel terminator, which also sends second-chance
+/// packets on to their second hop (XDP_TX).
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     let reason = decap::process(&ctx);

@@ -102,6 +102,35 @@ pub static PROMOTION_LIMIT: Array<PromotionLimit> = Array::with_max_entries(1, 0
 #[map(name = "PROMOTION_BUCKET")]
 pub static PROMOTION_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
+/// The previous owner of each VIP's ring slots, two slots to an entry
+/// (`lb_common::maps::prev_owner_index`): the backend id that held the slot
+/// before the rebuild that last changed it, or `NO_BACKEND`. Read only
+/// while the VIP's `PREV_OWNERS_UNTIL` lies ahead (`second_chance.rs`).
+/// Mmapable, written by lbd like the rings.
+#[map(name = "PREV_OWNERS")]
+pub static PREV_OWNERS: Array<[u32; 2]> =
+    Array::with_max_entries(DEFAULT_PREV_OWNER_ENTRIES, BPF_F_MMAPABLE);
+
+/// Per VIP id: until when (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC) its
+/// `PREV_OWNERS` slots count. 0: never.
+#[map(name = "PREV_OWNERS_UNTIL")]
+pub static PREV_OWNERS_UNTIL: Array<u64> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// The GUE port of second-chance packets; 0: off (`lb_common::gue`).
+#[map(name = "SECOND_CHANCE")]
+pub static SECOND_CHANCE: Array<SecondChance> = Array::with_max_entries(1, 0);
+
+/// On a backend: the addresses second-chance packets may be sent on to
+/// (the other backends), and GUE may come from besides `DECAP_SOURCES`.
+#[map(name = "DECAP_PEERS")]
+pub static DECAP_PEERS: LpmTrie<DecapSource, u32> = LpmTrie::with_max_entries(MAX_DECAP_PEERS, 0);
+
+/// The GUE port, or 0 when second chance is off.
+#[inline(always)]
+pub fn gue_port() -> u16 {
+    SECOND_CHANCE.get(0).map_or(0, |c| c.gue_port)
+}
+
 /// Per-CPU working memory for one packet: the parsed headers and the FIB
 /// lookup's parameter block would not fit on the 512-byte BPF stack next to
 /// the rest of the packet path.

@@ -18,12 +18,15 @@
 //! entry. A promotion without credit is deferred: the flow stays on
 //! probation, pinned there, and its next packet tries again.
 
-use lb_common::{Reason, maps::ConnEntry};
+use lb_common::{
+    Reason,
+    maps::{ConnEntry, NO_BACKEND},
+};
 
 use crate::{
     conntrack::{self, Packet, Selected},
     maps::{PROBATION, PROMOTION_BUCKET, PROMOTION_LIMIT},
-    rate, stats,
+    rate, second_chance, stats,
 };
 
 /// The backend for a packet whose flow has no `CONNS` entry.
@@ -34,12 +37,17 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
     let Some(entry) = waiting else {
         stats::event(Reason::ConnMiss);
         let chosen = conntrack::from_ring(pkt)?;
-        if !pkt.syn_only {
+        // A flow sent with a second hop is not entered: this node cannot
+        // tell which of the two backends has it, so every packet of it
+        // takes the same path until the VIP's window closes.
+        let second_hop = second_chance::previous_owner(pkt, &chosen);
+        if !pkt.syn_only && second_hop == NO_BACKEND {
             enter(pkt, chosen.id);
         }
         return Ok(Selected {
             chosen,
             new_flow: conntrack::new_flow(pkt),
+            second_hop,
         });
     };
     if pkt.syn_only {
@@ -52,6 +60,7 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
         return Ok(Selected {
             chosen,
             new_flow: conntrack::new_flow(pkt),
+            second_hop: NO_BACKEND,
         });
     }
     // The second packet (or a later one, if the promotion was deferred):
@@ -71,12 +80,20 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
             // The probation pin follows the flow to its new backend.
             let _ = PROBATION.insert(pkt.flow, &pin(pkt, chosen.id, entry.last_seen_ns), 0);
         }
-        return Ok(Selected { chosen, new_flow });
+        return Ok(Selected {
+            chosen,
+            new_flow,
+            second_hop: NO_BACKEND,
+        });
     }
     conntrack::insert(pkt, chosen.id);
     let _ = PROBATION.remove(pkt.flow);
     stats::event(Reason::ConnPromoted);
-    Ok(Selected { chosen, new_flow })
+    Ok(Selected {
+        chosen,
+        new_flow,
+        second_hop: NO_BACKEND,
+    })
 }
 
 /// Whether this CPU may promote one more flow now. No limit written: yes.

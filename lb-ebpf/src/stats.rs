@@ -43,6 +43,7 @@ pub fn decap_verdict(reason: DecapReason) -> u32 {
     bump(DECAP_STATS.get_ptr_mut(reason as u32));
     match reason.kind() {
         ReasonKind::Dropped => xdp_action::XDP_DROP,
+        ReasonKind::Forwarded => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
 }

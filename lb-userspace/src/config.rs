@@ -46,6 +46,10 @@ pub struct Config {
     /// How fast flows may enter the connection table.
     #[serde(default)]
     pub conn_promotions: ConnPromotions,
+    /// Second chance: TCP flows that reach this node without a connection
+    /// entry keep their backend across ring changes (GUE second hop).
+    #[serde(default)]
+    pub second_chance: SecondChance,
     /// Sizes of the data plane's tables.
     #[serde(default)]
     pub tables: Tables,
@@ -143,6 +147,35 @@ pub struct ConnPromotions {
     /// replaced at most once in ten seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_second: Option<u32>,
+}
+
+/// Second chance. A TCP packet of a flow in neither of this node's tables
+/// (the node lost them, or another node had the flow until an ECMP change)
+/// whose ring slot changed within the VIP's window goes to the slot's
+/// owner in GUE, with the slot's previous owner as a second hop; the
+/// owner's `lb_decap` keeps it if it has a socket for the flow and sends
+/// it on otherwise. Needs every backend to run an `lb_decap` that accepts
+/// GUE on `gue_port` with the other backends as peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondChance {
+    /// Send packets with a second hop. Default false: a backend whose
+    /// `lb_decap` does not take GUE would reset the flows it gets.
+    #[serde(default)]
+    pub enabled: bool,
+    /// UDP destination port of the GUE packets; the backends'
+    /// `lb-decap attach --gue-port`. Default 6080.
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
+}
+
+impl Default for SecondChance {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            gue_port: default_gue_port(),
+        }
+    }
 }
 
 /// The rate limit of ICMP too-big answers: a token bucket on each CPU.
@@ -347,12 +380,27 @@ pub struct Vip {
     /// cut off. Default 300.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_s: u64,
+    /// Seconds a ring slot's previous owner gets a second hop after a
+    /// rebuild moved the slot (`second_chance`); 0: never for this VIP.
+    /// Unset: `drain_timeout_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_chance_s: Option<u64>,
     /// The backends.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
 }
 
 impl Vip {
+    /// How long a ring slot's previous owner gets a second hop, with
+    /// second chance on: as set, else `drain_timeout_s`; zero for `l2_dsr`,
+    /// which has no tunnel to carry a hop.
+    pub fn second_chance_window(&self) -> std::time::Duration {
+        if self.forwarding == Forwarding::L2Dsr {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs(self.second_chance_s.unwrap_or(self.drain_timeout_s))
+    }
+
     /// Whether backends must also pass the probe through the tunnel
     /// (`health_check.through_tunnel`): as set, else on for every `ipip`
     /// VIP that has a check. `l2_dsr` has no tunnel, so never there.
@@ -568,6 +616,9 @@ fn default_max_vips() -> u32 {
 fn default_max_backends() -> u32 {
     lb_common::maps::DEFAULT_MAX_BACKENDS
 }
+fn default_gue_port() -> u16 {
+    lb_common::gue::DEFAULT_GUE_PORT
+}
 fn default_drain_timeout() -> u64 {
     300
 }
@@ -763,6 +814,12 @@ impl Config {
                 format!("{} is out of range 1..={MAX_TOO_BIG_BURST}", answers.burst),
             );
         }
+        if self.second_chance.gue_port == 0 {
+            bad(
+                "second_chance.gue_port".into(),
+                "0 cannot be a destination port".into(),
+            );
+        }
         if let Some(rate) = self.conn_promotions.per_second
             && !(1..=MAX_PROMOTIONS_PER_SECOND).contains(&rate)
         {
@@ -863,6 +920,18 @@ impl Config {
                     format!("{} is more than a day", vip.drain_timeout_s),
                 );
             }
+            match vip.second_chance_s {
+                Some(s) if s > 86_400 => bad(
+                    format!("{at}.second_chance_s"),
+                    format!("{s} is more than a day"),
+                ),
+                Some(_) if vip.forwarding == Forwarding::L2Dsr => bad(
+                    format!("{at}.second_chance_s"),
+                    "does not apply to l2_dsr forwarding: there is no tunnel to carry a second hop"
+                        .into(),
+                ),
+                _ => {}
+            }
             check_health(
                 &vip.health_check,
                 vip.port,
@@ -920,19 +989,37 @@ impl Config {
             // IPv6 guarantees every path 1280 bytes, and clients discard an
             // ICMPv6 too-big that reports less: a tunnel with less room
             // would black-hole full-size IPv6 packets however they shrink.
+            // A second hop travels in GUE, whose header is larger.
+            let gue = self.second_chance.enabled && !vip.second_chance_window().is_zero();
             let overhead = vip
                 .backends
                 .iter()
-                .map(|b| if b.address.is_ipv4() { 20 } else { 40 })
+                .map(|b| {
+                    let family = if b.address.is_ipv4() {
+                        lb_common::flow::FAMILY_V4
+                    } else {
+                        lb_common::flow::FAMILY_V6
+                    };
+                    if gue {
+                        lb_common::gue::overhead(family) as u32
+                    } else {
+                        lb_common::gue::ip_hdr_len(family) as u32
+                    }
+                })
                 .max();
             if let (IpAddr::V6(_), Forwarding::Ipip, Some(overhead)) =
                 (vip.address, vip.forwarding, overhead)
                 && (self.mtu as u32) < IPV6_MIN_MTU + overhead
             {
+                let header = if gue {
+                    "GUE second-hop header"
+                } else {
+                    "header"
+                };
                 bad(
                     "mtu".into(),
                     format!(
-                        "{} is too small for the IPv6 VIP {at}: IPv6 needs {IPV6_MIN_MTU} bytes inside the tunnel, with its {overhead}-byte header at least {}",
+                        "{} is too small for the IPv6 VIP {at}: IPv6 needs {IPV6_MIN_MTU} bytes inside the tunnel, with its {overhead}-byte {header} at least {}",
                         self.mtu,
                         IPV6_MIN_MTU + overhead
                     ),

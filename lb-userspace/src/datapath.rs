@@ -208,12 +208,14 @@ impl Datapath {
 }
 
 /// The maps whose number of entries is chosen at load time, and theirs.
-fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 8], DatapathError> {
+fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 10], DatapathError> {
     let ring_entries = sizes
         .max_vips
         .checked_mul(2)
         .and_then(|n| n.checked_mul(sizes.ring_size))
         .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
+    // Half of one ring per VIP: fits whenever the two rings do.
+    let prev_owner_entries = sizes.max_vips * prev_owner_entries_per_vip(sizes.ring_size);
     Ok([
         (MAP_VIPS, sizes.max_vips),
         (MAP_VIP_STATS, sizes.max_vips),
@@ -223,6 +225,8 @@ fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 8], DatapathError
         (MAP_CONNS, sizes.conn_entries),
         (MAP_PROBATION, sizes.probation_entries),
         (MAP_FRAGS, sizes.frag_entries),
+        (MAP_PREV_OWNERS, prev_owner_entries),
+        (MAP_PREV_OWNERS_UNTIL, sizes.max_vips),
     ])
 }
 
@@ -282,6 +286,10 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_DECAP_CONFIG,
     MAP_TOO_BIG_LIMIT,
     MAP_PROMOTION_LIMIT,
+    MAP_PREV_OWNERS,
+    MAP_PREV_OWNERS_UNTIL,
+    MAP_SECOND_CHANCE,
+    MAP_DECAP_PEERS,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -93,9 +93,10 @@ mod tests {
                 name: "VIPS",
                 error: map(),
             }),
-            Box::new(crate::maps::MapsError::from(
-                crate::ring_memory::RingMemoryError::Mmap(io()),
-            )),
+            Box::new(crate::maps::MapsError::Memory {
+                name: "RINGS",
+                error: crate::ring_memory::RingMemoryError::Mmap(io()),
+            }),
             Box::new(crate::ring_memory::RingMemoryError::from(map())),
             Box::new(crate::control::ClientError::Connect {
                 path: "/run/lbd/lbd.sock".into(),

@@ -44,6 +44,9 @@ pub struct VipImage {
     /// The backends that get new flows, with their weights: the Maglev
     /// table is built from these (sorted, so equal sets compare equal).
     pub members: Vec<MaglevBackend>,
+    /// How long a slot's previous owner gets a second hop after a
+    /// rebuild moves the slot; zero: never (`second_chance`).
+    pub second_chance_window: std::time::Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct Image {
     /// Promotions into the connection table per second, all CPUs together
     /// (`promotion_limit` splits them among the CPUs).
     pub promotions_per_second: u32,
+    /// The GUE port of second-chance packets; 0 with second chance off.
+    pub second_chance: SecondChance,
     pub vips: BTreeMap<VipKeyOrd, VipImage>,
     pub backends: BTreeMap<u32, Backend>,
 }
@@ -198,12 +203,18 @@ pub fn build(
             }
         }
         members.sort_by_key(|m| (m.addr, m.id));
+        let second_chance_window = if config.second_chance.enabled {
+            vip.second_chance_window()
+        } else {
+            std::time::Duration::ZERO
+        };
         vips.insert(
             key,
             VipImage {
                 id: vip_id,
                 flags,
                 members,
+                second_chance_window,
             },
         );
     }
@@ -211,6 +222,14 @@ pub fn build(
         config: lb_config(config, egress),
         too_big_limit: too_big_limit(&config.too_big_answers),
         promotions_per_second: config.promotions_per_second(),
+        second_chance: SecondChance {
+            gue_port: if config.second_chance.enabled {
+                config.second_chance.gue_port
+            } else {
+                0
+            },
+            _pad: [0; 2],
+        },
         vips,
         backends,
     })

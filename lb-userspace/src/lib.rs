@@ -31,6 +31,7 @@ pub mod ring_digest;
 pub mod ring_memory;
 pub mod route_table;
 pub mod runtime_state;
+pub mod second_chance;
 pub mod sync;
 pub mod top;
 pub mod tunnel_probe;

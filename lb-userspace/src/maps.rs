@@ -32,12 +32,19 @@ pub enum MapsError {
     Unsupported(&'static str),
     #[error("VIP {0:?} is not in the VIP map")]
     UnknownVip(VipKey),
-    #[error("map RINGS: {0}")]
-    RingMemory(crate::ring_memory::RingMemoryError),
+    #[error("map {name}: {error}")]
+    Memory {
+        name: &'static str,
+        error: crate::ring_memory::RingMemoryError,
+    },
     #[error("ring has {got} slots, the data plane was loaded with {want}")]
     RingSize { got: usize, want: u32 },
-    #[error("map DECAP_SOURCES holds at most {max} prefixes: {got} were given")]
-    TooManyDecapSources { got: usize, max: u32 },
+    #[error("map {name} holds at most {max} prefixes: {got} were given")]
+    TooManyPrefixes {
+        name: &'static str,
+        got: usize,
+        max: u32,
+    },
     #[error("map {name}: {error}")]
     PerCpu {
         name: &'static str,
@@ -45,10 +52,8 @@ pub enum MapsError {
     },
 }
 
-impl From<crate::ring_memory::RingMemoryError> for MapsError {
-    fn from(e: crate::ring_memory::RingMemoryError) -> Self {
-        Self::RingMemory(e)
-    }
+fn memory(name: &'static str) -> impl FnOnce(crate::ring_memory::RingMemoryError) -> MapsError {
+    move |error| MapsError::Memory { name, error }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -90,6 +95,12 @@ pub struct Maps {
     decap_config: Array<MapData, DecapConfig>,
     too_big_limit: Array<MapData, TooBigLimit>,
     promotion_limit: Array<MapData, PromotionLimit>,
+    /// `PREV_OWNERS`, written and read through `prev_owner_memory` only.
+    _prev_owners: Array<MapData, [u32; 2]>,
+    prev_owner_memory: RingMemory,
+    prev_owners_until: Array<MapData, u64>,
+    second_chance: Array<MapData, SecondChance>,
+    decap_peers: LpmTrie<MapData, DecapSource, u32>,
     ring_size: u32,
 }
 
@@ -97,7 +108,10 @@ impl Maps {
     /// Take the maps out of `ebpf` (the programs stay there).
     pub fn take(ebpf: &mut Ebpf, ring_size: u32) -> Result<Self, MapsError> {
         let rings: Array<MapData, u32> = take(ebpf, MAP_RINGS)?;
-        let ring_memory = RingMemory::new(rings.map())?;
+        let ring_memory = RingMemory::new(rings.map(), 1).map_err(memory(MAP_RINGS))?;
+        let prev_owners: Array<MapData, [u32; 2]> = take(ebpf, MAP_PREV_OWNERS)?;
+        let prev_owner_memory = RingMemory::new(prev_owners.map(), PREV_OWNER_SLOTS_PER_ENTRY)
+            .map_err(memory(MAP_PREV_OWNERS))?;
         let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
         let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
         Ok(Self {
@@ -122,6 +136,11 @@ impl Maps {
             decap_config: take(ebpf, MAP_DECAP_CONFIG)?,
             too_big_limit: take(ebpf, MAP_TOO_BIG_LIMIT)?,
             promotion_limit: take(ebpf, MAP_PROMOTION_LIMIT)?,
+            _prev_owners: prev_owners,
+            prev_owner_memory,
+            prev_owners_until: take(ebpf, MAP_PREV_OWNERS_UNTIL)?,
+            second_chance: take(ebpf, MAP_SECOND_CHANCE)?,
+            decap_peers: take(ebpf, MAP_DECAP_PEERS)?,
             ring_size,
         })
     }
@@ -273,8 +292,8 @@ impl Maps {
             });
         }
         self.ring_memory
-            .write(ring_index(vip_id, table, 0, self.ring_size), ring)?;
-        Ok(())
+            .write(ring_index(vip_id, table, 0, self.ring_size), ring)
+            .map_err(memory(MAP_RINGS))
     }
 
     /// Every VIP entry.
@@ -301,7 +320,65 @@ impl Maps {
     /// mapping of the ring map (one read, not a syscall per slot).
     pub fn live_ring(&self, meta: &VipMeta) -> Result<Vec<u32>, MapsError> {
         let first = ring_index(meta.vip_id, meta.active_ring, 0, self.ring_size);
-        Ok(self.ring_memory.read(first, self.ring_size as usize)?)
+        self.ring_memory
+            .read(first, self.ring_size as usize)
+            .map_err(memory(MAP_RINGS))
+    }
+
+    /// The previous owner of each slot of VIP `vip_id`'s ring (`NO_BACKEND`
+    /// for none), as the program reads them: counted only while the VIP's
+    /// `prev_owners_until` lies ahead.
+    pub fn prev_owners(&self, vip_id: u32) -> Result<Vec<u32>, MapsError> {
+        self.prev_owner_memory
+            .read(self.prev_owner_first(vip_id), self.ring_size as usize)
+            .map_err(memory(MAP_PREV_OWNERS))
+    }
+
+    /// Write VIP `vip_id`'s previous owners, one per ring slot. Each slot
+    /// is a single aligned store: a packet reads a slot's old value or its
+    /// new one.
+    pub fn set_prev_owners(&mut self, vip_id: u32, owners: &[u32]) -> Result<(), MapsError> {
+        if owners.len() != self.ring_size as usize {
+            return Err(MapsError::RingSize {
+                got: owners.len(),
+                want: self.ring_size,
+            });
+        }
+        self.prev_owner_memory
+            .write(self.prev_owner_first(vip_id), owners)
+            .map_err(memory(MAP_PREV_OWNERS))
+    }
+
+    /// The first `u32` slot of VIP `vip_id` in `PREV_OWNERS`.
+    fn prev_owner_first(&self, vip_id: u32) -> u32 {
+        prev_owner_index(vip_id, 0, self.ring_size).0 * PREV_OWNER_SLOTS_PER_ENTRY
+    }
+
+    /// Until when (CLOCK_MONOTONIC ns) VIP `vip_id`'s previous owners count;
+    /// 0: not at all.
+    pub fn prev_owners_until(&self, vip_id: u32) -> Result<u64, MapsError> {
+        self.prev_owners_until
+            .get(&vip_id, 0)
+            .map_err(err(MAP_PREV_OWNERS_UNTIL))
+    }
+
+    pub fn set_prev_owners_until(&mut self, vip_id: u32, until_ns: u64) -> Result<(), MapsError> {
+        self.prev_owners_until
+            .set(vip_id, until_ns, 0)
+            .map_err(err(MAP_PREV_OWNERS_UNTIL))
+    }
+
+    /// The GUE port of second-chance packets (0: off).
+    pub fn second_chance(&self) -> Result<SecondChance, MapsError> {
+        self.second_chance
+            .get(&0, 0)
+            .map_err(err(MAP_SECOND_CHANCE))
+    }
+
+    pub fn set_second_chance(&mut self, value: &SecondChance) -> Result<(), MapsError> {
+        self.second_chance
+            .set(0, value, 0)
+            .map_err(err(MAP_SECOND_CHANCE))
     }
 
     /// The backend id in `slot` of the VIP's live ring.
@@ -523,52 +600,32 @@ impl Maps {
     /// cleared after they are written. Only if old and new together
     /// overflow the map do stale prefixes go first.
     pub fn set_decap_sources(&mut self, sources: &DecapSources) -> Result<(), MapsError> {
-        let old = self.decap_source_keys()?;
         let any = |maps: &mut Self, on: bool| {
             let flags = if on { DECAP_F_ANY_SOURCE } else { 0 };
             maps.decap_config
                 .set(0, DecapConfig { flags }, 0)
                 .map_err(err(MAP_DECAP_CONFIG))
         };
-        let new: Vec<(u32, DecapSource)> = match sources {
+        let new: Vec<IpNet> = match sources {
             DecapSources::Any => {
                 any(self, true)?;
                 Vec::new()
             }
-            DecapSources::Only(nets) => nets.iter().map(decap_sources::to_key).collect(),
+            DecapSources::Only(nets) => nets.clone(),
         };
-        let stale: Vec<(u32, DecapSource)> = old.into_iter().filter(|k| !new.contains(k)).collect();
-        let max = self
-            .decap_sources
-            .map()
-            .info()
-            .map_err(err(MAP_DECAP_SOURCES))?
-            .max_entries();
-        let mut distinct = new.clone();
-        distinct.sort_by_key(|(bits, data)| (*bits, data.family, data.addr));
-        distinct.dedup();
-        if distinct.len() > max as usize {
-            return Err(MapsError::TooManyDecapSources {
-                got: distinct.len(),
-                max,
-            });
+        let stale = Prefixes {
+            trie: &mut self.decap_sources,
+            name: MAP_DECAP_SOURCES,
         }
-        let stale_first = distinct.len() + stale.len() > max as usize;
-        if stale_first {
-            self.remove_decap_sources(&stale)?;
-        }
-        for (bits, data) in &distinct {
-            self.decap_sources
-                .insert(&Key::new(*bits, *data), 1, 0)
-                .map_err(err(MAP_DECAP_SOURCES))?;
-        }
+        .replace_adding(&new)?;
         if let DecapSources::Only(_) = sources {
             any(self, false)?;
         }
-        if !stale_first {
-            self.remove_decap_sources(&stale)?;
+        Prefixes {
+            trie: &mut self.decap_sources,
+            name: MAP_DECAP_SOURCES,
         }
-        Ok(())
+        .remove(&stale)
     }
 
     /// The outer sources tunnels are accepted from.
@@ -580,36 +637,27 @@ impl Maps {
         if config.flags & DECAP_F_ANY_SOURCE != 0 {
             return Ok(DecapSources::Any);
         }
-        let mut nets: Vec<IpNet> = self
-            .decap_source_keys()?
-            .iter()
-            .filter_map(|(bits, data)| decap_sources::from_key(*bits, data))
-            .collect();
-        nets.sort();
-        Ok(DecapSources::Only(nets))
+        Ok(DecapSources::Only(nets_of(
+            &self.decap_sources,
+            MAP_DECAP_SOURCES,
+        )?))
     }
 
-    fn decap_source_keys(&self) -> Result<Vec<(u32, DecapSource)>, MapsError> {
-        self.decap_sources
-            .keys()
-            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
-            .collect::<Result<_, _>>()
-            .map_err(err(MAP_DECAP_SOURCES))
+    /// Send second hops on only to `peers` (the other backends), and take
+    /// GUE from them, replacing the previous set the way
+    /// `set_decap_sources` does.
+    pub fn set_decap_peers(&mut self, peers: &[IpNet]) -> Result<(), MapsError> {
+        let mut trie = Prefixes {
+            trie: &mut self.decap_peers,
+            name: MAP_DECAP_PEERS,
+        };
+        let stale = trie.replace_adding(peers)?;
+        trie.remove(&stale)
     }
 
-    fn remove_decap_sources(&mut self, keys: &[(u32, DecapSource)]) -> Result<(), MapsError> {
-        for (bits, data) in keys {
-            match self.decap_sources.remove(&Key::new(*bits, *data)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => {
-                    return Err(MapsError::Map {
-                        name: MAP_DECAP_SOURCES,
-                        error,
-                    });
-                }
-            }
-        }
-        Ok(())
+    /// The peers second hops may be sent on to.
+    pub fn decap_peers(&self) -> Result<Vec<IpNet>, MapsError> {
+        nets_of(&self.decap_peers, MAP_DECAP_PEERS)
     }
 
     /// Sum over CPUs of the counter for `reason`.
@@ -664,6 +712,87 @@ impl Maps {
             .map_err(err(MAP_BACKEND_STATS))?;
         Ok(sum(&values))
     }
+}
+
+/// An LPM trie of address prefixes (`DECAP_SOURCES`, `DECAP_PEERS`).
+struct Prefixes<'a> {
+    trie: &'a mut LpmTrie<MapData, DecapSource, u32>,
+    name: &'static str,
+}
+
+impl Prefixes<'_> {
+    /// Put `nets` in, keeping what else is there unless old and new
+    /// together overflow the map (then what is stale goes first). The
+    /// stale keys still in: a packet in flight meets the old set, the new
+    /// one, or their union, never less than both.
+    fn replace_adding(&mut self, nets: &[IpNet]) -> Result<Vec<(u32, DecapSource)>, MapsError> {
+        let old = keys_of(self.trie, self.name)?;
+        let mut new: Vec<(u32, DecapSource)> = nets.iter().map(decap_sources::to_key).collect();
+        new.sort_by_key(|(bits, data)| (*bits, data.family, data.addr));
+        new.dedup();
+        let stale: Vec<(u32, DecapSource)> = old.into_iter().filter(|k| !new.contains(k)).collect();
+        let max = self
+            .trie
+            .map()
+            .info()
+            .map_err(err(self.name))?
+            .max_entries();
+        if new.len() > max as usize {
+            return Err(MapsError::TooManyPrefixes {
+                name: self.name,
+                got: new.len(),
+                max,
+            });
+        }
+        let stale_first = new.len() + stale.len() > max as usize;
+        if stale_first {
+            self.remove(&stale)?;
+        }
+        for (bits, data) in &new {
+            self.trie
+                .insert(&Key::new(*bits, *data), 1, 0)
+                .map_err(err(self.name))?;
+        }
+        Ok(if stale_first { Vec::new() } else { stale })
+    }
+
+    fn remove(&mut self, keys: &[(u32, DecapSource)]) -> Result<(), MapsError> {
+        for (bits, data) in keys {
+            match self.trie.remove(&Key::new(*bits, *data)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => {
+                    return Err(MapsError::Map {
+                        name: self.name,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn keys_of(
+    trie: &LpmTrie<MapData, DecapSource, u32>,
+    name: &'static str,
+) -> Result<Vec<(u32, DecapSource)>, MapsError> {
+    trie.keys()
+        .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+        .collect::<Result<_, _>>()
+        .map_err(err(name))
+}
+
+/// The prefixes in `trie`, sorted.
+fn nets_of(
+    trie: &LpmTrie<MapData, DecapSource, u32>,
+    name: &'static str,
+) -> Result<Vec<IpNet>, MapsError> {
+    let mut nets: Vec<IpNet> = keys_of(trie, name)?
+        .iter()
+        .filter_map(|(bits, data)| decap_sources::from_key(*bits, data))
+        .collect();
+    nets.sort();
+    Ok(nets)
 }
 
 /// What the maps were created to hold.

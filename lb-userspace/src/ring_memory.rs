@@ -1,4 +1,5 @@
-//! The Maglev ring map, written through a shared memory mapping.
+//! The Maglev ring map (and the previous-owner map, `PREV_OWNERS`, which
+//! has a slot per ring slot too), written through a shared memory mapping.
 //!
 //! `RINGS` is an array created with `BPF_F_MMAPABLE`, so its slots can be
 //! written with plain stores instead of one `bpf(MAP_UPDATE_ELEM)` call per
@@ -14,9 +15,10 @@ use std::{
 
 use aya::maps::MapData;
 
-/// The kernel rounds array values up to 8 bytes; a `u32` slot `i` starts
-/// at byte `8 * i` of the mapping.
-const SLOT_STRIDE: usize = 8;
+/// The kernel rounds array values up to 8 bytes: a `u32` value `i` starts
+/// at byte `8 * i` of the mapping, and a value of two `u32` slots (as
+/// `PREV_OWNERS` has) holds slot `i` at byte `4 * i`.
+const VALUE_ALIGN: usize = 8;
 
 /// `BPF_F_MMAPABLE` from the kernel's uapi (aya does not export it).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -47,15 +49,20 @@ impl From<aya::maps::MapError> for RingMemoryError {
 pub struct RingMemory {
     fd: OwnedFd,
     slots: u32,
+    /// Bytes from one slot to the next in the mapping.
+    stride: usize,
     page: usize,
 }
 
 impl RingMemory {
-    pub fn new(data: &MapData) -> Result<Self, RingMemoryError> {
+    /// The slots of the array `data`, whose values each hold
+    /// `slots_per_value` `u32` slots.
+    pub fn new(data: &MapData, slots_per_value: u32) -> Result<Self, RingMemoryError> {
         let info = data.info()?;
         if info.map_flags() & BPF_F_MMAPABLE == 0 {
             return Err(RingMemoryError::NotMmapable);
         }
+        let value = (info.value_size() as usize).div_ceil(VALUE_ALIGN) * VALUE_ALIGN;
         let fd = data
             .fd()
             .as_fd()
@@ -65,7 +72,8 @@ impl RingMemory {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         Ok(Self {
             fd,
-            slots: info.max_entries(),
+            slots: info.max_entries() * slots_per_value,
+            stride: value / slots_per_value as usize,
             page,
         })
     }
@@ -114,9 +122,9 @@ impl RingMemory {
                 slots: self.slots,
             });
         }
-        let start_byte = first as usize * SLOT_STRIDE;
+        let start_byte = first as usize * self.stride;
         let map_offset = start_byte / self.page * self.page;
-        let len = (end * SLOT_STRIDE).div_ceil(self.page) * self.page - map_offset;
+        let len = (end * self.stride).div_ceil(self.page) * self.page - map_offset;
         let prot = if write {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -138,10 +146,12 @@ impl RingMemory {
             return Err(RingMemoryError::Mmap(std::io::Error::last_os_error()));
         }
         let ring = base.cast::<u8>();
+        let stride = self.stride;
         let slot = |i: usize| {
-            let offset = start_byte - map_offset + i * SLOT_STRIDE;
+            let offset = start_byte - map_offset + i * stride;
             // SAFETY: inside the mapping (offset + 4 <= len by the sizes
-            // above), 4-byte aligned (8-byte stride from a page boundary).
+            // above), 4-byte aligned (a stride of 4 or 8 from a page
+            // boundary).
             unsafe { ring.add(offset).cast::<u32>() }
         };
         f(&slot);

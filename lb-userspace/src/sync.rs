@@ -2,11 +2,16 @@
 //! before, in an order where no packet can see a reference to something not
 //! written yet.
 //!
-//! 1. Backends that are new or changed (so rings may name them).
-//! 2. Rings: a new VIP's table is filled before its VIP entry exists; a
-//!    changed VIP's inactive table is filled, then the VIP flips to it.
+//! 1. Backends that are new or changed (so rings may name them), and the
+//!    GUE port of second chance when it turns on.
+//! 2. Rings: a new VIP's table is filled before its VIP entry exists (its
+//!    previous owners closed first: the id may be a removed VIP's); a
+//!    changed VIP's previous owners are recorded (`second_chance`), its
+//!    inactive table is filled, then the VIP flips to it.
 //! 3. VIP entries that are new or changed; removed VIPs are deleted.
-//! 4. Removed backends are cleared (their flows get rescheduled).
+//! 4. Removed backends leave the previous owners, then are cleared (their
+//!    flows get rescheduled); the GUE port goes when second chance turns
+//!    off.
 //! 5. The rate limit of ICMP too-big answers, then the global
 //!    configuration, last on first apply: forwarding starts
 //!    only once everything it needs is in place. One exception: a live
@@ -21,6 +26,7 @@ use crate::{
     image::{self, Image},
     maglev,
     maps::{Maps, MapsError},
+    second_chance,
 };
 
 /// What one apply did, for logs and metrics.
@@ -31,6 +37,8 @@ pub struct SyncReport {
     pub vips_written: usize,
     pub vips_removed: usize,
     pub rings_rebuilt: usize,
+    /// VIPs whose rebuild moved slots, their previous owners recorded.
+    pub previous_owners_recorded: usize,
     pub too_big_limit_written: bool,
     pub promotion_limit_written: bool,
     pub config_written: bool,
@@ -60,6 +68,13 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
             report.backends_written += 1;
         }
     }
+    // On before this apply's rebuilds, so that their second hops go out;
+    // off (below) only after them.
+    let turning_on = new.second_chance.gue_port != 0;
+    if turning_on && maps.second_chance()? != new.second_chance {
+        maps.set_second_chance(&new.second_chance)?;
+    }
+    let now = second_chance::monotonic_ns();
 
     for (key, vip) in &new.vips {
         let before = old.and_then(|o| o.vips.get(key));
@@ -73,6 +88,19 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
             Some(meta) if meta.vip_id == vip.id => {
                 if members_changed {
                     let ring = maglev::build(&vip.members, maps.ring_size());
+                    let live = maps.live_ring(&meta)?;
+                    let window = vip.second_chance_window;
+                    if second_chance::record(
+                        maps,
+                        vip.id,
+                        &live,
+                        &ring,
+                        window,
+                        &new.backends,
+                        now,
+                    )? {
+                        report.previous_owners_recorded += 1;
+                    }
                     maps.publish_ring(&(*key).into(), &ring, vip.flags)?;
                     report.rings_rebuilt += 1;
                     report.vips_written += usize::from(meta.flags != vip.flags);
@@ -90,6 +118,7 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
             // New (or its id changed): table 0 first, then the entry.
             _ => {
                 let ring = maglev::build(&vip.members, maps.ring_size());
+                maps.set_prev_owners_until(vip.id, 0)?;
                 maps.fill_ring(vip.id, 0, &ring)?;
                 report.rings_rebuilt += 1;
                 let meta = VipMeta {
@@ -111,7 +140,14 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         }
     }
 
-    for (id, _) in maps.backends()? {
+    let live_backends = maps.backends()?;
+    if live_backends
+        .iter()
+        .any(|(id, _)| !new.backends.contains_key(id))
+    {
+        second_chance::forget_removed(maps, new.vips.values().map(|v| v.id), &new.backends, now)?;
+    }
+    for (id, _) in live_backends {
         if !new.backends.contains_key(&id) {
             // Inactive first (only the flags change), then cleared: a
             // packet reading the entry meanwhile never finds it active
@@ -123,6 +159,9 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         }
     }
 
+    if !turning_on && maps.second_chance()? != new.second_chance {
+        maps.set_second_chance(&new.second_chance)?;
+    }
     // Compared with what the maps hold, not with `old`: a restore over
     // maps of unknown contents then writes only what differs.
     if maps.too_big_limit()? != new.too_big_limit {

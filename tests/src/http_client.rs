@@ -64,20 +64,28 @@ fn host(addr: IpAddr) -> String {
     }
 }
 
+/// A `GET path` request to `addr` that asks the server to close after it.
+pub fn request(addr: IpAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        host(addr)
+    )
+}
+
+/// The body of the response read from `s` to its end, if its status was
+/// 200: for a request the caller sent itself.
+pub fn response_body(s: TcpStream) -> Result<String, String> {
+    read_body(s)
+}
+
 fn connect(addr: IpAddr, port: u16, path: &str) -> Result<TcpStream, String> {
     let sock = SocketAddr::new(addr, port);
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            host(addr)
-        )
-        .as_bytes(),
-    )
-    .map_err(|e| format!("send: {e}"))?;
+    s.write_all(request(addr, path).as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
     Ok(s)
 }
 
@@ -88,7 +96,20 @@ pub struct Stream {
 
 impl Stream {
     pub fn open(addr: IpAddr, port: u16, path: &str) -> Result<Self, String> {
-        let s = connect(addr, port, path)?;
+        Self::over(connect(addr, port, path)?)
+    }
+
+    /// As `open`, over `s`, a connection the caller made (from a port of
+    /// its choosing, say) to `addr`.
+    pub fn request(mut s: TcpStream, addr: IpAddr, path: &str) -> Result<Self, String> {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(request(addr, path).as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        Self::over(s)
+    }
+
+    fn over(s: TcpStream) -> Result<Self, String> {
         let mut reader = BufReader::new(s);
         loop {
             let mut line = String::new();

@@ -88,3 +88,27 @@ pub fn objects(dir: &Path) -> BTreeMap<String, (u32, u32)> {
     }
     out
 }
+
+/// Delete every entry of the pinned connection and probation tables under
+/// `pin_dir`: as if the flows had come to an LB node that never saw them.
+/// How many entries went.
+pub fn forget_flows(pin_dir: &Path) -> usize {
+    use aya::maps::HashMap;
+    use lb_common::{
+        FlowKey,
+        maps::{ConnEntry, MAP_CONNS, MAP_PROBATION},
+    };
+    let mut gone = 0;
+    for name in [MAP_CONNS, MAP_PROBATION] {
+        let map = MapData::from_pin(pin_dir.join(name)).expect("pinned table");
+        let mut table: HashMap<MapData, FlowKey, ConnEntry> =
+            HashMap::try_from(Map::LruHashMap(map)).expect("an LRU hash of flows");
+        let keys: Vec<FlowKey> = table.keys().map(|k| k.expect("key")).collect();
+        for k in keys {
+            if table.remove(&k).is_ok() {
+                gone += 1;
+            }
+        }
+    }
+    gone
+}

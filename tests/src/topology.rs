@@ -67,7 +67,7 @@ pub struct Topology {
     /// on the bridge port facing the LB (a veth receiving XDP_TX frames
     /// needs an XDP program on its peer).
     decap: Vec<Decap>,
-    _pass: Datapath,
+    pass: Datapath,
 }
 
 /// A backend's `lb_decap`: the program, its maps, and its attachment to
@@ -322,7 +322,7 @@ impl Topology {
             lb,
             backends: hosts,
             decap: decaps,
-            _pass: pass,
+            pass,
         }
     }
 
@@ -332,6 +332,49 @@ impl Topology {
             .maps
             .decap_count(lb_common::stats::DecapReason::Decapsulated)
             .expect("decap counter")
+    }
+
+    /// Backend `i`'s decap counter of `reason`.
+    pub fn decap_count(&self, i: usize, reason: lb_common::stats::DecapReason) -> u64 {
+        self.decap[i]
+            .maps
+            .decap_count(reason)
+            .expect("decap counter")
+    }
+
+    /// Second chance on every backend, as `lb-decap attach --gue-port
+    /// 6080 --peer ...` with the other backends as peers; and the bridge
+    /// ports facing the backends get the pass-through program, since a
+    /// backend now sends frames back out (XDP_TX) too.
+    pub fn enable_second_chance(&mut self) {
+        let all: Vec<(IpAddr, IpAddr)> = self
+            .backends
+            .iter()
+            .map(|b| (IpAddr::V4(b.addr), IpAddr::V6(b.addr6)))
+            .collect();
+        for (i, decap) in self.decap.iter_mut().enumerate() {
+            let peers: Vec<IpNet> = all
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .flat_map(|(_, (a, a6))| [IpNet::from(*a), IpNet::from(*a6)])
+                .collect();
+            decap.maps.set_decap_peers(&peers).expect("peers");
+            decap
+                .maps
+                .set_second_chance(&lb_common::maps::SecondChance {
+                    gue_port: lb_common::gue::DEFAULT_GUE_PORT,
+                    _pad: [0; 2],
+                })
+                .expect("gue port");
+        }
+        for b in &self.backends {
+            let port = format!("p-{}", b.name);
+            let pass = &mut self.pass;
+            self.net
+                .enter(|| pass.attach(PROG_DECAP, &port, XdpMode::Driver))
+                .expect("pass-through on a backend's bridge port");
+        }
     }
 
     /// Detach backend `i`'s `lb_decap` from its eth0, as when its

@@ -222,3 +222,148 @@ fn cp_sync_a_ring_slot_naming_another_vips_backend_is_not_followed() {
     assert_eq!(out.action, XDP_DROP, "{out:?}");
     assert_eq!(lb.count(Reason::DropNoBackend), 1);
 }
+
+/// `image_of` with second chance on (GUE port 6080) and the VIP's
+/// `second_chance_s` at `window_s` (none: the drain timeout's default).
+fn image_with_second_chance(backends: &[usize], window_s: Option<u64>, ids: &mut Ids) -> Image {
+    let mut vip: serde_json::Value =
+        serde_json::from_str(&vip_json(backends, false, "ipip")).unwrap();
+    if let Some(s) = window_s {
+        vip["second_chance_s"] = s.into();
+    }
+    let json = serde_json::json!({
+        "interfaces": [{"name": "eth0"}],
+        "tunnel_source": {"ipv4": OUTER_SRC_V4},
+        "next_hop": {"fib": false, "gateway_mac": "02:00:00:00:00:fe"},
+        "tables": {"ring_size": RING},
+        "second_chance": {"enabled": true},
+        "vips": [vip],
+    });
+    let config = Config::from_json(&json.to_string()).expect("valid config");
+    image::build(
+        &config,
+        ids,
+        |_| BackendStatus {
+            healthy: true,
+            drain_expired: false,
+        },
+        image::Egress::default(),
+    )
+    .expect("image")
+}
+
+/// The VIP's previous owner of every ring slot, as `lb` reads them: none
+/// at all unless the VIP's window lies ahead.
+fn previous_owners_in_effect(lb: &Lb, vip_id: u32) -> Option<Vec<u32>> {
+    let until = lb.maps.prev_owners_until(vip_id).unwrap();
+    (until > lb_userspace::second_chance::monotonic_ns())
+        .then(|| lb.maps.prev_owners(vip_id).unwrap())
+}
+
+#[test]
+fn cp_sync_a_rebuild_remembers_each_moved_slots_previous_owner_for_the_vips_window() {
+    use lb_common::maps::NO_BACKEND;
+    let mut lb = Lb::new();
+    let mut ids = Ids::new(8, 64);
+    let key = vip_key(VIP_V4, 80, lb_common::flow::PROTO_TCP);
+    let first = image_with_second_chance(&[0, 1], Some(60), &mut ids);
+    sync::apply(&mut lb.maps, None, &first).expect("first apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    assert_eq!(lb.maps.second_chance().unwrap().gue_port, 6080);
+    assert_eq!(
+        previous_owners_in_effect(&lb, meta.vip_id),
+        None,
+        "a new VIP moved nothing"
+    );
+
+    // A backend joins: every slot it takes remembers its owner before.
+    let before = lb.maps.live_ring(&meta).unwrap();
+    let second = image_with_second_chance(&[0, 1, 2], Some(60), &mut ids);
+    let now = lb_userspace::second_chance::monotonic_ns();
+    sync::apply(&mut lb.maps, Some(&first), &second).expect("second apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    let after = lb.maps.live_ring(&meta).unwrap();
+    let owners = previous_owners_in_effect(&lb, meta.vip_id).expect("window open");
+    let want: Vec<u32> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| if b != a { *b } else { NO_BACKEND })
+        .collect();
+    assert_eq!(owners, want);
+    assert!(want.iter().any(|id| *id != NO_BACKEND), "no slot moved");
+    let until = lb.maps.prev_owners_until(meta.vip_id).unwrap();
+    let window = until - now;
+    assert!(
+        (59_000_000_000..=61_000_000_000).contains(&window),
+        "window of {window} ns, not 60 s"
+    );
+
+    // The program sends an ACK on a moved slot to the new owner with the
+    // old one as the hop (IPv4 outer: the hop right after the 16 bytes of
+    // UDP, GUE and hop-list head).
+    let slot_moved = (40000..41000)
+        .find(|port| {
+            let ack = tcp4(CLIENT_V4, *port, VIP_V4, 80, Tcp::Ack, b"");
+            let slot =
+                lb_common::flow::maglev_slot(lb_common::flow_hash(&flow_of(&ack), false), RING);
+            want[slot as usize] != NO_BACKEND
+        })
+        .expect("a port on a moved slot");
+    let ack = tcp4(CLIENT_V4, slot_moved, VIP_V4, 80, Tcp::Ack, b"");
+    let slot = lb_common::flow::maglev_slot(lb_common::flow_hash(&flow_of(&ack), false), RING);
+    let out = lb.run(&to_lb(&ack));
+    assert_eq!(out.action, XDP_TX);
+    let hop_id = want[slot as usize];
+    let hop = lb.maps.backend(hop_id).unwrap();
+    assert_eq!(out.data[14 + 9], 17, "GUE over UDP");
+    assert_eq!(&out.data[14 + 20 + 16..14 + 20 + 20], &hop.addr[..4]);
+
+    // Backend 0 leaves: no slot names it any more (its id may be reused);
+    // a slot moved by the join that kept its owner keeps its previous one.
+    let third = image_with_second_chance(&[1, 2], Some(60), &mut ids);
+    let removed = second
+        .backends
+        .iter()
+        .find(|(_, b)| b.addr[..4] == v4(BACKEND_V4[0]))
+        .map(|(id, _)| *id)
+        .unwrap();
+    sync::apply(&mut lb.maps, Some(&second), &third).expect("third apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    let last = lb.maps.live_ring(&meta).unwrap();
+    let owners = previous_owners_in_effect(&lb, meta.vip_id).expect("window open");
+    for s in 0..RING as usize {
+        assert_ne!(owners[s], removed, "slot {s} names the removed backend");
+        let expected = if after[s] != last[s] && after[s] != removed {
+            after[s]
+        } else if after[s] == last[s] && want[s] != removed {
+            want[s]
+        } else {
+            NO_BACKEND
+        };
+        assert_eq!(owners[s], expected, "slot {s}");
+    }
+
+    // Window 0 for the VIP: nothing counts from now on.
+    let fourth = image_with_second_chance(&[1], Some(0), &mut ids);
+    sync::apply(&mut lb.maps, Some(&third), &fourth).expect("fourth apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    assert_eq!(previous_owners_in_effect(&lb, meta.vip_id), None);
+}
+
+#[test]
+fn cp_sync_second_chance_off_records_nothing_and_sends_no_gue() {
+    let mut lb = Lb::new();
+    let mut ids = Ids::new(8, 64);
+    let key = vip_key(VIP_V4, 80, lb_common::flow::PROTO_TCP);
+    let first = image_of(&vip_json(&[0, 1], false, "ipip"), &mut ids);
+    sync::apply(&mut lb.maps, None, &first).expect("first apply");
+    let second = image_of(&vip_json(&[0, 1, 2], false, "ipip"), &mut ids);
+    sync::apply(&mut lb.maps, Some(&first), &second).expect("second apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    assert_eq!(lb.maps.second_chance().unwrap().gue_port, 0);
+    assert_eq!(lb.maps.prev_owners_until(meta.vip_id).unwrap(), 0);
+    for port in 40000..40050 {
+        let out = lb.run(&to_lb(&tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Ack, b"")));
+        assert_eq!(out.data[14 + 9], lb_common::flow::PROTO_IPIP, "port {port}");
+    }
+}

@@ -512,6 +512,20 @@ fn configuration_doc_error_messages_are_the_real_ones() {
             v["vips"].as_array_mut().unwrap().push(same);
         },
         |v| v["vips"][0]["drain_timeout_s"] = 90000.into(),
+        |v| v["vips"][0]["second_chance_s"] = 90000.into(),
+        |v| {
+            v["vips"][0]["forwarding"] = "l2_dsr".into();
+            v["vips"][0]["health_check"] = json!({"type": "none"});
+            v["vips"][0]["second_chance_s"] = 60.into();
+        },
+        |v| v["second_chance"] = json!({"enabled": true, "gue_port": 0}),
+        |v| {
+            v["mtu"] = 1320.into();
+            v["second_chance"] = json!({"enabled": true});
+            v["tunnel_source"]["ipv6"] = "2001:db8:100::2".into();
+            v["vips"][0]["address"] = "2001:db8:100::10".into();
+            v["vips"][0]["backends"][1]["address"] = "2001:db8:200::3".into();
+        },
         |v| {
             v["vips"][0]["health_check"] =
                 json!({"type": "http", "interval_ms": 50, "timeout_ms": 20})

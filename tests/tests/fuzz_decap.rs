@@ -23,6 +23,12 @@
 //! - the test run itself succeeds for every frame but one shorter than an
 //!   Ethernet header, which the kernel refuses to run (counted).
 //!
+//! With second chance on (GUE on its port, peers given), GUE seeds of
+//! every shape (hop or none, a peer hop or not, trusted, peer or foreign
+//! source) get their exact verdict unmutated, and whatever arrives is
+//! sent on (XDP_TX) only to a peer, from the address it came to, with an
+//! empty hop list, and only if it came from a trusted source.
+//!
 //! The expectations are computed here, independently of the program: the
 //! allowlist with `IpNet::contains`, ECN with the RFC's table, the IPv6
 //! chain by a walk written from RFC 8200.
@@ -693,4 +699,286 @@ fn fuzz_decap_mutated_tunnels_are_decapsulated_exactly_or_counted_untouched() {
             share(&by_reason, reason)
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// GUE (second chance): the program also parses UDP to the GUE port, and
+// may send a packet on (XDP_TX). Whatever arrives, it sends on only to a
+// peer, only from one of our addresses, only what came from a source it
+// trusts, and only with no hop left.
+
+const GUE_PORT: u16 = lb_common::gue::DEFAULT_GUE_PORT;
+const PEERS: [&str; 2] = [BACKEND_V4[1], BACKEND_V6[1]];
+
+/// A GUE tunnel of a random shape (outer family, source, hop or none, a
+/// peer hop or not, inner family) carrying a TCP ACK no socket here has,
+/// and what it must get unmutated: the verdict's counter and action.
+fn random_gue(rng: &mut SmallRng, t: &Target, peers: &[IpNet]) -> (Vec<u8>, DecapReason, u32) {
+    let payload: Vec<u8> = (0..rng.random_range(0..40)).map(|_| rng.random()).collect();
+    let inner = if rng.random_bool(0.5) {
+        tcp4(
+            CLIENT_V4,
+            rng.random_range(1024..u16::MAX),
+            VIP_V4,
+            80,
+            Tcp::Ack,
+            &payload,
+        )
+    } else {
+        tcp6(
+            CLIENT_V6,
+            rng.random_range(1024..u16::MAX),
+            VIP_V6,
+            80,
+            Tcp::Ack,
+            &payload,
+        )
+    };
+    let proto = if inner[0] >> 4 == 4 { 4 } else { 41 };
+    let v4_outer = rng.random_bool(0.5);
+    let (src, dst, hop) = if v4_outer {
+        let src = pick(
+            rng,
+            &[SOURCES_V4[0], SOURCES_V4[1], SOURCES_V4[4], PEERS[0]],
+        );
+        let hop = pick(rng, &["", PEERS[0], BACKEND_V4[2]]);
+        (src, BACKEND_V4[0], hop)
+    } else {
+        let src = pick(rng, &[SOURCES_V6[0], SOURCES_V6[2], PEERS[1]]);
+        let hop = pick(rng, &["", PEERS[1], BACKEND_V6[2]]);
+        (src, BACKEND_V6[0], hop)
+    };
+    let hop_bytes = match (hop, v4_outer) {
+        ("", _) => Vec::new(),
+        (h, true) => v4(h).to_vec(),
+        (h, false) => v6(h).to_vec(),
+    };
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&rng.random_range(49152..=u16::MAX).to_be_bytes());
+    udp.extend_from_slice(&GUE_PORT.to_be_bytes());
+    udp.extend_from_slice(&((16 + hop_bytes.len() + inner.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[
+        0,
+        0,
+        ((4 + hop_bytes.len()) / 4) as u8,
+        proto,
+        0,
+        0,
+        0x4c,
+        0x42,
+    ]);
+    udp.extend_from_slice(&[u8::from(!hop.is_empty()), 0]);
+    udp.extend_from_slice(&hop_bytes);
+    udp.extend_from_slice(&inner);
+    let packet = if v4_outer {
+        let mut h = Ipv4Header::new(udp.len() as u16, 64, IpNumber::UDP, v4(src), v4(dst)).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        cat(&h.to_bytes(), &udp)
+    } else {
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::try_new(rng.random_range(0..1 << 20)).unwrap(),
+            payload_length: udp.len() as u16,
+            next_header: IpNumber::UDP,
+            hop_limit: 64,
+            source: v6(src),
+            destination: v6(dst),
+        };
+        cat(&h.to_bytes(), &udp)
+    };
+    let vlan = rng.random_bool(0.3).then(|| rng.random_range(1..4095));
+    let input = frame(HOST_MAC, HOP_MAC, vlan, ether_type_of(&packet), &packet);
+    let src: IpAddr = src.parse().unwrap();
+    let trusted = t.allowed.iter().chain(peers).any(|n| n.contains(&src));
+    let (reason, action) = if !trusted {
+        (DecapReason::DropUntrustedSource, XDP_DROP)
+    } else if hop.is_empty() {
+        (DecapReason::SecondChanceReceived, XDP_PASS)
+    } else if peers
+        .iter()
+        .any(|n| n.contains(&hop.parse::<IpAddr>().unwrap()))
+    {
+        (DecapReason::SecondChanceForwarded, XDP_TX)
+    } else {
+        (DecapReason::DropSecondHopNotPeer, XDP_DROP)
+    };
+    (input, reason, action)
+}
+
+/// The outer source and destination of the IP packet in `p`, and the
+/// frame offset of what follows the fixed outer header.
+fn outer_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
+    let (l3, et) = link_of(p)?;
+    let ip = p.get(l3..)?;
+    match et {
+        ETH_IPV4 if ip.len() >= 20 => {
+            let src: [u8; 4] = ip[12..16].try_into().unwrap();
+            let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+            Some((
+                Ipv4Addr::from(src).into(),
+                Ipv4Addr::from(dst).into(),
+                l3 + 20,
+            ))
+        }
+        ETH_IPV6 if ip.len() >= 40 => {
+            let src: [u8; 16] = ip[8..24].try_into().unwrap();
+            let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+            Some((
+                Ipv6Addr::from(src).into(),
+                Ipv6Addr::from(dst).into(),
+                l3 + 40,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The rules for a run with GUE on.
+fn check_gue(
+    t: &Target,
+    peers: &[IpNet],
+    input: &[u8],
+    out: &Outcome,
+    counted: &[(DecapReason, u64)],
+) -> Result<(), String> {
+    let [(reason, 1)] = counted else {
+        return Err(format!("counted {counted:?}, not one verdict"));
+    };
+    let want_action = match reason.kind() {
+        ReasonKind::Dropped => XDP_DROP,
+        ReasonKind::Forwarded => XDP_TX,
+        _ => XDP_PASS,
+    };
+    if out.action != want_action {
+        return Err(format!("{reason:?} with action {}", out.action));
+    }
+    let stripped = matches!(
+        reason,
+        DecapReason::Decapsulated
+            | DecapReason::SecondChanceReceived
+            | DecapReason::SecondChanceLocal
+    );
+    let trusted = |a: &IpAddr| t.allowed.iter().chain(peers).any(|n| n.contains(a));
+    if *reason == DecapReason::SecondChanceForwarded {
+        let (in_src, in_dst, _) = outer_addrs(input).ok_or("sent on what has no outer header")?;
+        let (src, dst, udp) = outer_addrs(&out.data).ok_or("sent on without an outer header")?;
+        if !trusted(&in_src) || !t.ours.contains(&in_dst) {
+            return Err(format!("sent on a packet from {in_src} to {in_dst}"));
+        }
+        if !peers.iter().any(|n| n.contains(&dst)) {
+            return Err(format!("sent on to {dst}, not a peer"));
+        }
+        if src != in_dst {
+            return Err(format!("sent on from {src}, not from {in_dst}"));
+        }
+        let h = out.data.get(udp..udp + 16).ok_or("no GUE header sent on")?;
+        if u16::from_be_bytes([h[2], h[3]]) != GUE_PORT || h[14] != 0 || h[8] != 1 {
+            return Err(format!(
+                "sent on with UDP/GUE header {h:02x?}, not an empty hop list"
+            ));
+        }
+    } else if stripped {
+        let (src, dst, _) = outer_addrs(input).ok_or("stripped what has no outer header")?;
+        if !trusted(&src) || !t.ours.contains(&dst) {
+            return Err(format!("stripped a packet from {src} to {dst}"));
+        }
+        if out.data.len() >= input.len() {
+            return Err("stripped, yet no shorter".into());
+        }
+    } else if out.data != input {
+        return Err(format!("{reason:?}, yet the packet changed"));
+    }
+    Ok(())
+}
+
+#[test]
+fn fuzz_decap_mutated_gue_is_sent_on_only_to_peers_from_trusted_sources() {
+    let mut t = target();
+    let peers: Vec<IpNet> = PEERS
+        .iter()
+        .map(|p| lb_userspace::decap_sources::parse_source(p).unwrap())
+        .collect();
+    t.lb.maps.set_decap_peers(&peers).unwrap();
+    t.lb.maps
+        .set_second_chance(&lb_common::maps::SecondChance {
+            gue_port: GUE_PORT,
+            _pad: [0; 2],
+        })
+        .unwrap();
+    // No sockets, no forwarding: a packet with a peer hop is sent on,
+    // back to the MAC it came from.
+    let ns = lb_tests::netns::Netns::new("fuzz-gue");
+    ns.exec(&["sysctl", "-q", "-w", "net.ipv4.conf.all.forwarding=0"]);
+    ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
+    let mut rng = SmallRng::seed_from_u64(seed() ^ 2);
+    let n = fuzz::cases(20_000);
+    let mut seeds = [0u64; DecapReason::ALL.len()];
+    let mut by_reason = [0u64; DecapReason::ALL.len()];
+    let mut failures = Vec::new();
+    let mut before = counts(&t.lb);
+    for _ in 0..n {
+        let (frame, reason, action) = random_gue(&mut rng, &t, &peers);
+        let exact = rng.random_bool(0.2);
+        let input = if exact {
+            seeds[reason as usize] += 1;
+            frame
+        } else {
+            let mut p = fuzz::mutate(&mut rng, &frame, 100);
+            if rng.random_bool(0.5) {
+                fix_outer_checksum(&mut p);
+            }
+            p
+        };
+        let prog = t.lb.dp.decap().unwrap();
+        let out = match ns.enter(|| try_run_frame(prog, &input)) {
+            Ok(out) => out,
+            Err(_) if input.len() < 14 => continue,
+            Err(e) => {
+                failures.push(format!("test run failed: {e}: input {input:02x?}"));
+                continue;
+            }
+        };
+        let after = counts(&t.lb);
+        let counted: Vec<(DecapReason, u64)> = DecapReason::ALL
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(r, (b, a))| (*r, a - b))
+            .collect();
+        before = after;
+        for (r, k) in &counted {
+            by_reason[*r as usize] += k;
+        }
+        let verdict = if exact && (out.action, counted.as_slice()) != (action, &[(reason, 1)][..]) {
+            Err(format!(
+                "seed: got action {} counting {counted:?}; want {action} counting {reason:?}",
+                out.action
+            ))
+        } else {
+            check_gue(&t, &peers, &input, &out, &counted)
+        };
+        if let Err(e) = verdict {
+            failures.push(format!("{e}: input {input:02x?}"));
+        }
+    }
+    failures.truncate(5);
+    assert!(failures.is_empty(), "{failures:#?}");
+    for reason in [
+        DecapReason::SecondChanceReceived,
+        DecapReason::SecondChanceForwarded,
+        DecapReason::DropSecondHopNotPeer,
+        DecapReason::DropUntrustedSource,
+    ] {
+        assert!(
+            seeds[reason as usize] > 10,
+            "only {} unmutated seeds expected {reason:?}",
+            seeds[reason as usize]
+        );
+        assert!(
+            by_reason[reason as usize] > n as u64 / 500,
+            "only {} of {n} counted {reason:?}",
+            by_reason[reason as usize]
+        );
+    }
+    assert!(by_reason[DecapReason::PassMalformed as usize] > n as u64 / 500);
 }

@@ -18,7 +18,10 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lb_common::{
-    maps::{MAP_DECAP_SOURCES, MAP_DECAP_STATS, MAX_DECAP_SOURCES, PROG_DECAP},
+    maps::{
+        MAP_DECAP_SOURCES, MAP_DECAP_STATS, MAX_DECAP_PEERS, MAX_DECAP_SOURCES, PROG_DECAP,
+        SecondChance,
+    },
     stats::DecapReason,
 };
 use lb_userspace::{
@@ -69,6 +72,18 @@ enum Cmd {
         /// deliver packets from any address past its firewall).
         #[arg(long, conflicts_with = "allow_sources")]
         allow_any_source: bool,
+        /// Also take second-chance packets: GUE to this UDP port (lbd's
+        /// `second_chance.gue_port`, usually 6080) from the allowed
+        /// sources and the peers. Without it, UDP is never a tunnel.
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        gue_port: Option<u16>,
+        /// Another backend of the same VIPs, as an address or CIDR prefix:
+        /// a second-chance packet whose flow has no socket here is sent on
+        /// to its hop only if the hop is a peer, and GUE from a peer is
+        /// accepted. Repeat for each; replaces the set a previous attach
+        /// gave.
+        #[arg(long = "peer", value_name = "PREFIX", value_parser = source, requires = "gue_port")]
+        peers: Vec<IpNet>,
         /// Generic (skb) mode instead of native; native falls back to it
         /// by itself when the driver refuses.
         #[arg(long)]
@@ -123,10 +138,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             addresses,
             allow_sources,
             allow_any_source,
+            gue_port,
+            peers,
             generic,
         } => {
             let sources = allowed(allow_sources, allow_any_source)?;
-            attach(&args.pin_dir, &interface, &addresses, &sources, !generic)
+            if peers.len() > MAX_DECAP_PEERS as usize {
+                bail!(
+                    "{} peers given: at most {MAX_DECAP_PEERS} fit (use prefixes that cover several backends)",
+                    peers.len()
+                );
+            }
+            let second_chance = SecondChanceSide {
+                gue_port: gue_port.unwrap_or(0),
+                peers,
+            };
+            attach(
+                &args.pin_dir,
+                &interface,
+                &addresses,
+                &sources,
+                &second_chance,
+                !generic,
+            )
         }
         Cmd::Detach { interface } => detach(&args.pin_dir, &interface),
         Cmd::Forget { addresses } => {
@@ -210,11 +244,19 @@ fn open(pin_dir: &std::path::Path) -> anyhow::Result<(Datapath, Maps)> {
     Ok((dp, maps))
 }
 
+/// What an attach says about second chance: the GUE port (0: off) and
+/// the peers second hops may go to.
+struct SecondChanceSide {
+    gue_port: u16,
+    peers: Vec<IpNet>,
+}
+
 fn attach(
     pin_dir: &std::path::Path,
     interface: &str,
     addresses: &[IpAddr],
     sources: &DecapSources,
+    second_chance: &SecondChanceSide,
     native: bool,
 ) -> anyhow::Result<()> {
     if netdev::ifindex(interface).is_err() {
@@ -230,6 +272,14 @@ fn attach(
     }
     maps.set_decap_sources(sources)
         .context("writing the allowed sources")?;
+    // Peers before the port: GUE is never taken with a stale peer set.
+    maps.set_decap_peers(&second_chance.peers)
+        .context("writing the peers")?;
+    maps.set_second_chance(&SecondChance {
+        gue_port: second_chance.gue_port,
+        _pad: [0; 2],
+    })
+    .context("writing the GUE port")?;
     let attached = dp
         .attach_program_pinned(PROG_DECAP, interface, pin_dir, native)
         .with_context(|| format!("attaching to {interface}"))?;
@@ -253,6 +303,13 @@ fn attach(
         comma_list(&maps.decap_addrs()?),
         sources_text(&maps.decap_sources()?),
     );
+    if second_chance.gue_port != 0 {
+        println!(
+            "second chance: GUE on UDP port {}, second hops sent on to {}",
+            second_chance.gue_port,
+            peers_text(&second_chance.peers)
+        );
+    }
     // The other interfaces share the maps just written: each must run the
     // program built for them, not an older release's.
     let others =
@@ -316,6 +373,14 @@ fn sources_text(sources: &DecapSources) -> String {
             "no source (every tunnel is dropped)".to_string()
         }
         DecapSources::Only(nets) => comma_list(nets),
+    }
+}
+
+fn peers_text(peers: &[IpNet]) -> String {
+    if peers.is_empty() {
+        "no peer (dropped when no socket here has them)".to_string()
+    } else {
+        comma_list(peers)
     }
 }
 
@@ -465,6 +530,8 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     } else {
         maps.decap_sources()?
     };
+    let gue_port = maps.second_chance()?.gue_port;
+    let peers = maps.decap_peers()?;
     let links = link_reports(pin_dir);
     let interfaces: Vec<&str> = links.iter().map(|l| l.interface.as_str()).collect();
     // Interfaces whose program strips tunnels from any source, whatever
@@ -520,6 +587,8 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 "addresses": addresses,
                 "allow_any_source": sources == DecapSources::Any || !unchecked.is_empty(),
                 "allowed_sources": allowed,
+                "gue_port": (gue_port != 0).then_some(gue_port),
+                "peers": peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "warnings": warnings,
                 "counters": counters,
             })
@@ -553,6 +622,14 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             String::new()
         };
         println!("sources:    {}{note}", sources_text(&sources));
+        if gue_port == 0 {
+            println!("second chance: off (no --gue-port)");
+        } else {
+            println!(
+                "second chance: GUE on UDP port {gue_port}, peers: {}",
+                peers_text(&peers)
+            );
+        }
         for w in &warnings {
             println!("warning: {w}");
         }

@@ -156,6 +156,10 @@ enum VipCmd {
         fall: u32,
         #[arg(long, default_value_t = 300)]
         drain_timeout_s: u64,
+        /// Seconds a moved ring slot's previous owner gets a second hop
+        /// (default: the drain timeout).
+        #[arg(long)]
+        second_chance_s: Option<u64>,
     },
     Del {
         vip: VipArg,
@@ -319,6 +323,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                     rise,
                     fall,
                     drain_timeout_s,
+                    second_chance_s,
                 },
         } => {
             let v = Vip {
@@ -340,6 +345,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                     ..HealthCheck::default()
                 },
                 drain_timeout_s: *drain_timeout_s,
+                second_chance_s: *second_chance_s,
                 backends: Vec::new(),
             };
             (Request::VipAdd { vip: v }, print_done)

@@ -1,0 +1,554 @@
+//! Golden packets for second chance (`lb_common::gue`): the exact GUE
+//! packet the `lb` program sends for a TCP packet it cannot place on a
+//! ring slot that changed hands, and what `lb_decap` does with one: keep it
+//! when the backend has a socket for it, send it on to the hop with the
+//! hop list emptied, drop a hop that is not a peer, strip GUE with no hop
+//! left, drop GUE from a source it does not trust. Steady-state packets
+//! (a SYN, a slot whose window closed) stay plain IP-in-IP.
+//!
+//! The decap tests run in a namespace of their own: `lb_decap` asks its
+//! namespace's sockets and FIB (of the loopback device, under
+//! BPF_PROG_TEST_RUN), so the host's state must not leak in.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+
+use etherparse::{IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
+use lb_common::{
+    FlowKey, Reason,
+    flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, flow_hash},
+    gue::{DEFAULT_GUE_PORT, HOPS_TYPE, source_port},
+    maps::{NO_BACKEND, SecondChance, VipKey},
+    stats::DecapReason,
+};
+use lb_tests::{harness::*, netns::Netns, packets::*};
+use lb_userspace::decap_sources::parse_source;
+
+const PORT: u16 = DEFAULT_GUE_PORT;
+/// The backend host's own NIC, and the router (or LB) that delivers to it.
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];
+
+// ---------------------------------------------------------------------------
+// The wire format, built independently of the program's writer.
+
+/// UDP, GUE and the hop list in front of `inner`, as the format says.
+fn gue(sport: u16, inner: &[u8], hop: &[u8]) -> Vec<u8> {
+    let udp_len = (8 + 4 + 4 + hop.len() + inner.len()) as u16;
+    let proto = if inner[0] >> 4 == 4 {
+        PROTO_IPIP
+    } else {
+        PROTO_IPV6
+    };
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&PORT.to_be_bytes());
+    h.extend_from_slice(&udp_len.to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    // Version 0, C 0, Hlen in words after the base header; no flags.
+    h.extend_from_slice(&[((4 + hop.len()) / 4) as u8, proto, 0, 0]);
+    h.extend_from_slice(&HOPS_TYPE.to_be_bytes());
+    h.extend_from_slice(&[u8::from(!hop.is_empty()), 0]);
+    h.extend_from_slice(hop);
+    h
+}
+
+fn inner_tos(inner: &[u8]) -> u8 {
+    if inner[0] >> 4 == 4 {
+        inner[1]
+    } else {
+        (inner[0] << 4) | (inner[1] >> 4)
+    }
+}
+
+/// An outer IPv4 header carrying `payload_len` bytes of UDP.
+fn outer_udp_v4(src: &str, dst: &str, tos: u8, payload_len: usize) -> Vec<u8> {
+    let mut h =
+        Ipv4Header::new(payload_len as u16, 64, IpNumber::UDP, v4(src), v4(dst)).expect("outer");
+    h.dont_fragment = true;
+    h.identification = 0;
+    h.dscp = IpDscp::try_new(tos >> 2).unwrap();
+    h.ecn = IpEcn::try_new(tos & 3).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    h.to_bytes().to_vec()
+}
+
+/// An outer IPv6 header carrying `payload_len` bytes of UDP.
+fn outer_udp_v6(src: &str, dst: &str, tc: u8, label: u32, payload_len: usize) -> Vec<u8> {
+    Ipv6Header {
+        traffic_class: tc,
+        flow_label: Ipv6FlowLabel::try_new(label).unwrap(),
+        payload_length: payload_len as u16,
+        next_header: IpNumber::UDP,
+        hop_limit: 64,
+        source: v6(src),
+        destination: v6(dst),
+    }
+    .to_bytes()
+    .to_vec()
+}
+
+/// The IP packet (outer header onwards) of `inner` in GUE from `src` to
+/// `dst` with `hop` (an address of the outer family, or none).
+fn gue_packet(src: &str, dst: &str, sport: u16, label: u32, inner: &[u8], hop: &str) -> Vec<u8> {
+    let tos = inner_tos(inner);
+    if src.contains(':') {
+        let hop = if hop.is_empty() {
+            vec![]
+        } else {
+            v6(hop).to_vec()
+        };
+        let udp = cat(&gue(sport, inner, &hop), inner);
+        cat(&outer_udp_v6(src, dst, tos, label, udp.len()), &udp)
+    } else {
+        let hop = if hop.is_empty() {
+            vec![]
+        } else {
+            v4(hop).to_vec()
+        };
+        let udp = cat(&gue(sport, inner, &hop), inner);
+        cat(&outer_udp_v4(src, dst, tos, udp.len()), &udp)
+    }
+}
+
+fn ether_type(ip: &[u8]) -> u16 {
+    ether_type_of(ip)
+}
+
+// ---------------------------------------------------------------------------
+// The load balancer's side.
+
+/// A VIP over two backends whose every ring slot changed hands within an
+/// open window: each slot's previous owner is the other backend.
+fn moved_vip(vip: &str, backends: [&str; 2]) -> (Lb, VipKey, Vec<u32>) {
+    let mut lb = Lb::new();
+    let key = vip_key(vip, 80, PROTO_TCP);
+    let specs = [
+        BackendSpec::new(0, backends[0]),
+        BackendSpec::new(1, backends[1]),
+    ];
+    let meta = lb.add_vip(key, 0, &specs);
+    let ring = lb.maps.live_ring(&meta).expect("ring");
+    let prev: Vec<u32> = ring
+        .iter()
+        .map(|id| {
+            if *id == NO_BACKEND {
+                NO_BACKEND
+            } else {
+                1 - id
+            }
+        })
+        .collect();
+    lb.maps.set_prev_owners(meta.vip_id, &prev).expect("prev");
+    lb.maps
+        .set_prev_owners_until(meta.vip_id, u64::MAX)
+        .expect("until");
+    lb.maps
+        .set_second_chance(&SecondChance {
+            gue_port: PORT,
+            _pad: [0; 2],
+        })
+        .expect("gue port");
+    (lb, key, prev)
+}
+
+fn lb_sport(inner: &[u8]) -> u16 {
+    source_port(flow_hash(&flow_of(inner), false))
+}
+
+fn lb_label(flow: &FlowKey) -> u32 {
+    flow_hash(flow, false) & 0xfffff
+}
+
+/// The ACK goes to the ring's backend with the other one as the hop, and
+/// enters no table: its second packet travels the same way.
+fn expect_second_hop(
+    lb: &mut Lb,
+    key: &VipKey,
+    inner: &[u8],
+    backends: [&str; 2],
+    outer_src: &str,
+) {
+    let owner = lb.ring_backend(key, &flow_of(inner)) as usize;
+    let (to, hop) = (backends[owner], backends[1 - owner]);
+    let ip = gue_packet(
+        outer_src,
+        to,
+        lb_sport(inner),
+        lb_label(&flow_of(inner)),
+        inner,
+        hop,
+    );
+    let expected = Outcome {
+        action: XDP_TX,
+        data: frame(GATEWAY_MAC, LB_MAC, None, ether_type(&ip), &ip),
+    };
+    for packet in ["first", "second"] {
+        let (out, moved) = lb.run_counted(&to_lb(inner));
+        assert_eq!(out, expected, "{packet} ACK");
+        assert_eq!(
+            moved,
+            vec![
+                (Reason::Tx, 1),
+                (Reason::ConnMiss, 1),
+                (Reason::SecondChance, 1)
+            ],
+            "{packet} ACK"
+        );
+    }
+}
+
+#[test]
+fn golden_ipv4_tcp_ack_on_a_moved_slot_goes_in_gue_with_the_previous_owner_as_hop() {
+    let (mut lb, key, _) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
+    let inner = tcp4(
+        CLIENT_V4,
+        40000,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    expect_second_hop(
+        &mut lb,
+        &key,
+        &inner,
+        [BACKEND_V4[0], BACKEND_V4[1]],
+        OUTER_SRC_V4,
+    );
+}
+
+#[test]
+fn golden_ipv6_tcp_ack_on_a_moved_slot_goes_in_gue_with_the_previous_owner_as_hop() {
+    let (mut lb, key, _) = moved_vip(VIP_V6, [BACKEND_V6[0], BACKEND_V6[1]]);
+    let inner = tcp6(
+        CLIENT_V6,
+        40000,
+        VIP_V6,
+        80,
+        Tcp::Ack,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    expect_second_hop(
+        &mut lb,
+        &key,
+        &inner,
+        [BACKEND_V6[0], BACKEND_V6[1]],
+        OUTER_SRC_V6,
+    );
+}
+
+#[test]
+fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
+    let (mut lb, key, _) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
+    let backend =
+        |lb: &Lb, inner: &[u8]| BACKEND_V4[lb.ring_backend(&key, &flow_of(inner)) as usize];
+    // A SYN opens its connection on the owner now: no hop.
+    let syn = tcp4(CLIENT_V4, 40001, VIP_V4, 80, Tcp::Syn, b"");
+    let out = lb.run(&to_lb(&syn));
+    assert_eq!(out.data, tunnelled(&syn, backend(&lb, &syn)), "SYN");
+    // UDP has no socket to ask.
+    let udp_key = vip_key(VIP_V4, 53, lb_common::flow::PROTO_UDP);
+    lb.add_vip(udp_key, 0, &[BackendSpec::new(2, BACKEND_V4[2])]);
+    let dgram = udp4(CLIENT_V4, 40002, VIP_V4, 53, b"q");
+    assert_eq!(
+        lb.run(&to_lb(&dgram)).data,
+        tunnelled(&dgram, BACKEND_V4[2]),
+        "UDP"
+    );
+    // A flow in the connection table keeps its plain tunnel: its first
+    // packet came before the window opened.
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    lb.maps.set_prev_owners_until(meta.vip_id, 0).unwrap();
+    let ack = tcp4(CLIENT_V4, 40003, VIP_V4, 80, Tcp::Ack, b"x");
+    for _ in 0..2 {
+        assert_eq!(
+            lb.run(&to_lb(&ack)).data,
+            tunnelled(&ack, backend(&lb, &ack))
+        );
+    }
+    lb.maps
+        .set_prev_owners_until(meta.vip_id, u64::MAX)
+        .unwrap();
+    let (out, moved) = lb.run_counted(&to_lb(&ack));
+    assert_eq!(out.data, tunnelled(&ack, backend(&lb, &ack)), "table hit");
+    assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::ConnHit, 1)]);
+    // The window closed: the ring alone, as before.
+    lb.maps.set_prev_owners_until(meta.vip_id, 1).unwrap();
+    let fresh = tcp4(CLIENT_V4, 40004, VIP_V4, 80, Tcp::Ack, b"x");
+    assert_eq!(
+        lb.run(&to_lb(&fresh)).data,
+        tunnelled(&fresh, backend(&lb, &fresh))
+    );
+    assert_eq!(lb.count(Reason::SecondChance), 0);
+}
+
+// ---------------------------------------------------------------------------
+// The backend's side.
+
+/// A backend host in a namespace of its own (no forwarding: a sent-on
+/// packet goes back to the MAC it came from), whose `lb_decap` takes
+/// tunnels for `BACKEND_*[0]` from the LB and GUE on `PORT`, with
+/// `BACKEND_*[1]` as its only peer.
+struct BackendHost {
+    lb: Lb,
+    ns: Netns,
+}
+
+impl BackendHost {
+    fn new() -> Self {
+        let ns = Netns::new("gue");
+        ns.exec(&["sysctl", "-q", "-w", "net.ipv4.conf.all.forwarding=0"]);
+        ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
+        let mut lb = Lb::new();
+        lb.accept_tunnels(
+            &[BACKEND_V4[0], BACKEND_V6[0]],
+            &[OUTER_SRC_V4, OUTER_SRC_V6],
+        );
+        let peers = [BACKEND_V4[1], BACKEND_V6[1]].map(|p| parse_source(p).unwrap());
+        lb.maps.set_decap_peers(&peers).expect("peers");
+        lb.maps
+            .set_second_chance(&SecondChance {
+                gue_port: PORT,
+                _pad: [0; 2],
+            })
+            .expect("gue port");
+        Self { lb, ns }
+    }
+
+    /// Run `frame` through `lb_decap` in this host's namespace: the
+    /// outcome and the decap counters it moved.
+    fn run(&mut self, frame: &[u8]) -> (Outcome, Vec<(DecapReason, u64)>) {
+        let counts = |lb: &Lb| -> Vec<u64> {
+            DecapReason::ALL
+                .iter()
+                .map(|r| lb.decap_count(*r))
+                .collect()
+        };
+        let before = counts(&self.lb);
+        let lb = &mut self.lb;
+        let out = self.ns.enter(|| lb.run_decap(frame));
+        let after = counts(&self.lb);
+        let moved = DecapReason::ALL
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(r, (b, a))| (*r, a - b))
+            .collect();
+        (out, moved)
+    }
+}
+
+/// The frame the LB (or a peer) sends the backend: GUE from `src` to the
+/// backend's address with `hop`.
+fn gue_frame(src: &str, dst: &str, inner: &[u8], hop: &str) -> Vec<u8> {
+    let ip = gue_packet(src, dst, 0xc123, 0x12345, inner, hop);
+    frame(HOST_MAC, HOP_MAC, None, ether_type(&ip), &ip)
+}
+
+/// The inner packet as the backend's kernel gets it: the link header
+/// kept, with the inner packet's ethertype.
+fn stripped(inner: &[u8]) -> Vec<u8> {
+    frame(HOST_MAC, HOP_MAC, None, ether_type(inner), inner)
+}
+
+#[test]
+fn golden_decap_gue_without_a_hop_is_stripped_from_a_peer_and_from_the_lb() {
+    let mut host = BackendHost::new();
+    for (src, dst, inner) in [
+        (
+            OUTER_SRC_V4,
+            BACKEND_V4[0],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            BACKEND_V4[1],
+            BACKEND_V4[0],
+            tcp6(CLIENT_V6, 40000, VIP_V6, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            BACKEND_V6[1],
+            BACKEND_V6[0],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+    ] {
+        let (out, moved) = host.run(&gue_frame(src, dst, &inner, ""));
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_PASS,
+                data: stripped(&inner),
+            },
+            "from {src}"
+        );
+        assert_eq!(
+            moved,
+            vec![(DecapReason::SecondChanceReceived, 1)],
+            "from {src}"
+        );
+    }
+}
+
+#[test]
+fn golden_decap_gue_from_an_untrusted_source_is_dropped() {
+    let mut host = BackendHost::new();
+    let inner = tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data");
+    for (src, dst, hop) in [
+        ("203.0.113.66", BACKEND_V4[0], ""),
+        ("203.0.113.66", BACKEND_V4[0], BACKEND_V4[1]),
+        ("2001:db8:66::1", BACKEND_V6[0], ""),
+    ] {
+        let f = gue_frame(src, dst, &inner, hop);
+        let (out, moved) = host.run(&f);
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_DROP,
+                data: f.clone(),
+            },
+            "from {src}"
+        );
+        assert_eq!(
+            moved,
+            vec![(DecapReason::DropUntrustedSource, 1)],
+            "from {src}"
+        );
+    }
+    // With second chance off on this host, UDP to the port is no tunnel.
+    host.lb
+        .maps
+        .set_second_chance(&SecondChance::default())
+        .unwrap();
+    let f = gue_frame("203.0.113.66", BACKEND_V4[0], &inner, "");
+    let (out, moved) = host.run(&f);
+    assert_eq!((out.action, out.data), (XDP_PASS, f));
+    assert_eq!(moved, vec![(DecapReason::PassNotTunnel, 1)]);
+}
+
+#[test]
+fn golden_decap_second_hop_without_a_socket_is_sent_on_with_the_hop_list_emptied() {
+    let mut host = BackendHost::new();
+    for (lb_src, ours, hop, inner) in [
+        (
+            OUTER_SRC_V4,
+            BACKEND_V4[0],
+            BACKEND_V4[1],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            OUTER_SRC_V6,
+            BACKEND_V6[0],
+            BACKEND_V6[1],
+            tcp6(CLIENT_V6, 40000, VIP_V6, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            OUTER_SRC_V6,
+            BACKEND_V6[0],
+            BACKEND_V6[1],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+    ] {
+        let (out, moved) = host.run(&gue_frame(lb_src, ours, &inner, hop));
+        // From our address to the hop, no hop left, the LB's UDP source
+        // port and flow label kept; back to the MAC it came from (this
+        // host does not forward).
+        let ip = gue_packet(ours, hop, 0xc123, 0x12345, &inner, "");
+        let expected = Outcome {
+            action: XDP_TX,
+            data: frame(HOP_MAC, HOST_MAC, None, ether_type(&ip), &ip),
+        };
+        assert_eq!(out, expected, "to {hop}");
+        assert_eq!(
+            moved,
+            vec![(DecapReason::SecondChanceForwarded, 1)],
+            "to {hop}"
+        );
+    }
+}
+
+#[test]
+fn golden_decap_second_hop_that_is_not_a_peer_is_dropped_never_sent_on() {
+    let mut host = BackendHost::new();
+    let inner = tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data");
+    for (ours, hop) in [
+        (BACKEND_V4[0], BACKEND_V4[2]),
+        (BACKEND_V4[0], "192.0.2.1"),
+        (BACKEND_V6[0], BACKEND_V6[2]),
+    ] {
+        let f = gue_frame(
+            if ours.contains(':') {
+                OUTER_SRC_V6
+            } else {
+                OUTER_SRC_V4
+            },
+            ours,
+            &inner,
+            hop,
+        );
+        let (out, moved) = host.run(&f);
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_DROP,
+                data: f.clone(),
+            },
+            "hop {hop}"
+        );
+        assert_eq!(
+            moved,
+            vec![(DecapReason::DropSecondHopNotPeer, 1)],
+            "hop {hop}"
+        );
+    }
+}
+
+#[test]
+fn golden_decap_second_hop_with_a_local_socket_stays_here() {
+    let mut host = BackendHost::new();
+    // The service and a connection of the client's, established in the
+    // host's namespace (client and VIP on its loopback).
+    host.ns
+        .exec(&["ip", "addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
+    host.ns
+        .exec(&["ip", "addr", "add", &format!("{CLIENT_V4}/32"), "dev", "lo"]);
+    let vip: IpAddr = VIP_V4.parse().unwrap();
+    let client: IpAddr = CLIENT_V4.parse().unwrap();
+    let (_listener, _client, _server) = host.ns.enter(|| {
+        let listener = TcpListener::bind(SocketAddr::new(vip, 8080)).expect("listen");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::new(client, 40100).into())
+            .expect("bind");
+        socket
+            .connect(&SocketAddr::new(vip, 8080).into())
+            .expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (listener, socket, server)
+    });
+    let ours = tcp4(CLIENT_V4, 40100, VIP_V4, 8080, Tcp::Ack, b"data");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &ours,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&ours),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    // Another port of the same client: only the listener, which would
+    // answer with a reset. Sent on.
+    let theirs = tcp4(CLIENT_V4, 40101, VIP_V4, 8080, Tcp::Ack, b"data");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &theirs,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+}
