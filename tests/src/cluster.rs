@@ -20,6 +20,7 @@
 //! to one node; every node has the same ring, so to the same backend.
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::Command,
@@ -46,6 +47,8 @@ pub const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const PORT: u16 = 7;
 pub const VIP_REF: &str = "198.51.100.10:7/tcp";
+/// The GUE port of second chance (lbd's default `second_chance.gue_port`).
+pub const GUE_PORT: u16 = 6080;
 /// LB nodes: deploy/bird/router.conf lists these three.
 pub const NODES: usize = 3;
 /// Backends in the configuration from the start; one more is ready to be
@@ -54,6 +57,12 @@ pub const BACKENDS: usize = 5;
 
 pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 11 + i as u8)
+}
+
+/// Node `i`'s IPv6 address on the segment (deploy/bird's NODE_V6), for
+/// the IPv6 BGP session the shipped router configuration expects.
+pub fn node_addr6(i: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x11 + i as u16)
 }
 
 pub fn backend_addr(i: usize) -> Ipv4Addr {
@@ -257,19 +266,13 @@ impl Cluster {
                 }
             }
         }
-        for b in &backends {
-            decap_attach(b, &backends, options);
-        }
-
-        let mut nodes = Vec::new();
+        let mut node_nss = Vec::new();
         for i in 0..NODES {
-            let name = format!("lb{}", i + 1);
-            let ns = Netns::new(&format!("c{name}"));
-            let port = format!("p-{name}");
+            let ns = Netns::new(&format!("clb{}", i + 1));
+            let port = format!("p-lb{}", i + 1);
             join(&ns, "eth0", &port);
             net.enter(|| pass.attach(PROG_DECAP, &port, XdpMode::Driver))
                 .expect("pass-through on a node's port");
-            let addr = node_addr(i);
             sysctl(
                 &ns,
                 &[
@@ -277,12 +280,19 @@ impl Cluster {
                     "net.ipv6.conf.all.forwarding=1",
                 ],
             );
-            ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ns.exec(&[
                 "ip",
                 "addr",
                 "add",
-                &format!("2001:db8:1::{}/64", 11 + i),
+                &format!("{}/24", node_addr(i)),
+                "dev",
+                "eth0",
+            ]);
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/64", node_addr6(i)),
                 "dev",
                 "eth0",
                 "nodad",
@@ -291,18 +301,47 @@ impl Cluster {
             for b in &backends {
                 permanent_neighbour(&ns, b.addr, &b.ns.mac_text("eth0"));
             }
-            let lbd = Lbd::start_with(
-                &ns,
-                Paths::new(&format!("c{name}")),
-                lbd_config(options),
-                &["--tunnel-source-v4", &addr.to_string()],
-            );
+            node_nss.push(ns);
+        }
+
+        // Loading programs is most of the time here: all at once.
+        let lbds: Vec<Lbd> = std::thread::scope(|s| {
+            let decaps: Vec<_> = backends
+                .iter()
+                .map(|b| s.spawn(|| decap_attach(b, &backends, options)))
+                .collect();
+            let lbds: Vec<_> = node_nss
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    s.spawn(move || {
+                        Lbd::start_with(
+                            ns,
+                            Paths::new(&format!("clb{}", i + 1)),
+                            lbd_config(options),
+                            &["--tunnel-source-v4", &node_addr(i).to_string()],
+                        )
+                    })
+                })
+                .collect();
+            for d in decaps {
+                d.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            }
+            lbds.into_iter()
+                .map(|l| l.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+
+        let mut nodes = Vec::new();
+        for (i, (ns, lbd)) in node_nss.into_iter().zip(lbds).enumerate() {
+            let name = format!("lb{}", i + 1);
+            let addr = node_addr(i);
             let bird_conf = with_defines(
                 LB_NODE_CONF,
                 &[
                     ("NODE_ID", &addr.to_string()),
                     ("NODE_V4", &addr.to_string()),
-                    ("NODE_V6", &format!("2001:db8:1::{}", 11 + i)),
+                    ("NODE_V6", &node_addr6(i).to_string()),
                 ],
             );
             let bird = Bird::start(&ns, &name, &bird_conf);
@@ -428,16 +467,30 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// Counter `name` of `lb-decap status`, summed over the backends.
-    pub fn backend_counter(&self, name: &str) -> u64 {
-        self.backends
-            .iter()
-            .map(|b| {
-                let out = lb_decap(b, &["status", "--json"]);
-                let status: Value = serde_json::from_str(&out).expect("lb-decap status JSON");
-                status["counters"][name].as_u64().unwrap_or(0)
-            })
-            .sum()
+    /// The counters of `lb-decap status`, summed over the backends (each
+    /// status loads the program: the backends are asked at once).
+    pub fn backend_counters(&self) -> BTreeMap<String, u64> {
+        let statuses: Vec<Value> = std::thread::scope(|s| {
+            let asked: Vec<_> = self
+                .backends
+                .iter()
+                .map(|b| s.spawn(move || lb_decap(b, &["status", "--json"])))
+                .collect();
+            asked
+                .into_iter()
+                .map(|a| {
+                    let out = a.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                    serde_json::from_str(&out).expect("lb-decap status JSON")
+                })
+                .collect()
+        });
+        let mut sums = BTreeMap::new();
+        for status in statuses {
+            for (name, n) in status["counters"].as_object().into_iter().flatten() {
+                *sums.entry(name.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+        sums
     }
 }
 
@@ -498,6 +551,7 @@ fn decap_attach(b: &Backend, all: &[Backend], options: Options) {
         args.extend(["--allow-source".into(), node_addr(n).to_string()]);
     }
     if options.second_chance {
+        args.extend(["--gue-port".into(), GUE_PORT.to_string()]);
         for other in all.iter().filter(|o| o.addr != b.addr) {
             args.extend(["--peer".into(), other.addr.to_string()]);
         }

@@ -7,7 +7,10 @@
 //! The two tests run one after the other (a lock): each times stalls, and
 //! two clusters at once on a small machine would time each other.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use lb_tests::{
     cluster::{Cluster, Options},
@@ -18,11 +21,25 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(ending: Ending) -> Outcome {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
     let mut cluster = Cluster::start(Options {
         second_chance: true,
     });
-    let outcome = cluster_story::run(&mut cluster, ending, &mut |line| eprintln!("{line}"));
+    eprintln!("cluster up after {:?}", started.elapsed());
+    let outcome = cluster_story::run(&mut cluster, ending, &mut |line| {
+        eprintln!("{:>5.1} s  {line}", started.elapsed().as_secs_f64())
+    });
     eprintln!("{}", outcome.traffic.summary());
+    eprintln!(
+        "second chance: {} sent by the nodes, {} kept and {} sent on by the backends, {} received",
+        outcome.second_chance_sent,
+        outcome.second_chance_local,
+        outcome.second_chance_forwarded,
+        outcome.second_chance_received
+    );
+    let story_done = Instant::now();
+    drop(cluster);
+    eprintln!("cluster removed in {:?}", story_done.elapsed());
     outcome
 }
 
