@@ -96,9 +96,7 @@ fn assert_common(o: &Outcome) {
 #[test]
 fn cluster_a_node_cut_off_after_a_backend_was_added_breaks_no_connection() {
     let o = run(Ending::Cut);
-    let converged = o
-        .router_converged
-        .expect("the router never dropped the node");
+    let converged = o.convergence().expect("the router never dropped the node");
     assert!(
         converged <= Duration::from_secs(1),
         "the router dropped the node after {converged:?}"
@@ -122,7 +120,7 @@ fn cluster_a_node_cut_off_after_a_backend_was_added_breaks_no_connection() {
 fn cluster_a_node_drained_after_a_backend_was_added_breaks_no_connection() {
     let o = run(Ending::Drain);
     assert!(
-        o.router_converged.is_some(),
+        o.convergence().is_some(),
         "the router never dropped the node"
     );
     assert_common(&o);
