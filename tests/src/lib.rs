@@ -5,6 +5,9 @@
 pub mod backend_server;
 pub mod bird;
 pub mod capture;
+pub mod cluster;
+pub mod cluster_story;
+pub mod conversations;
 pub mod flood;
 pub mod fuzz;
 pub mod harness;

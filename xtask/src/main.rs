@@ -35,10 +35,21 @@ enum Cmd {
     /// Build the previous release and test upgrading from it and back,
     /// under traffic (needs root).
     UpgradeTest,
-    /// Run the demo (needs root).
-    Demo,
+    /// Run the demo (needs root): one load balancer, or `cluster`: three
+    /// LB nodes behind a BGP router.
+    Demo {
+        #[arg(value_enum)]
+        which: Option<DemoKind>,
+    },
     /// Run the benchmarks; results in target/bench/ (needs root).
     Bench,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoKind {
+    /// Three LB nodes behind a router running BIRD: a backend added, a
+    /// node cut off, another drained, under traffic.
+    Cluster,
 }
 
 fn main() -> Result<()> {
@@ -113,11 +124,15 @@ fn main() -> Result<()> {
                 "fuzz_decap",
             ])
         }
-        Cmd::Demo => {
+        Cmd::Demo { which } => {
             setup::run()?;
             require_root("the demo loads XDP programs and creates network namespaces")?;
-            // The demo runs the real lbd and lbctl.
+            // The demo runs the real lbd and lbctl (and lb-decap, BIRD).
             cargo(&["build", "--release", "--bins"])?;
+            let example = match which {
+                None => "demo",
+                Some(DemoKind::Cluster) => "demo_cluster",
+            };
             cargo(&[
                 "run",
                 "--release",
@@ -125,7 +140,7 @@ fn main() -> Result<()> {
                 "-p",
                 "lb-tests",
                 "--example",
-                "demo",
+                example,
             ])
         }
     }

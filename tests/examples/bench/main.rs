@@ -10,10 +10,13 @@
 //!   balancer, both fed by trafgen.
 //! - `control`: failover and restart times, lbd's memory at 100 x 100.
 //! - `memory`: kernel memory of the maps at the default sizes.
+//! - `cluster`: connections broken when an LB node is cut off after a
+//!   backend was added, with second chance off and on.
 //!
 //! Writes target/bench/bench.md and target/bench/bench.json.
 //! `BENCH_ONLY=forwarding,maglev` runs only the sections named.
 
+mod cluster;
 mod control;
 mod forwarding;
 mod maglev;
@@ -135,6 +138,33 @@ fn main() -> anyhow::Result<()> {
             c["large"]["rss_mib"].as_f64().unwrap(),
         ));
         out.insert("control".into(), c);
+    }
+    if wanted("cluster") {
+        let c = cluster::run();
+        md.push_str(&format!(
+            "\n## Three LB nodes, one cut off after a backend was added ({} long-lived connections, 50 new per second)\n\n\
+             | Second chance | long-lived broken | longest stall ms | new failed / ok | router converged ms |\n\
+             |---|---:|---:|---:|---:|\n",
+            c[0]["long_lived"]
+        ));
+        for r in c.as_array().into_iter().flatten() {
+            md.push_str(&format!(
+                "| {} | {} | {:.0} | {} / {} | {} |\n",
+                if r["second_chance"] == true {
+                    "on"
+                } else {
+                    "off"
+                },
+                r["broken"],
+                r["max_stall_ms"].as_f64().unwrap_or(0.0),
+                r["new_failed"],
+                r["new_ok"],
+                r["router_converged_ms"]
+                    .as_f64()
+                    .map_or("never".to_string(), |ms| format!("{ms:.0}")),
+            ));
+        }
+        out.insert("cluster".into(), c);
     }
     if wanted("memory") {
         let memory = memory::map_memory();
