@@ -15,14 +15,16 @@ const LINKED_TOOLCHAIN_DIR: &str = "/opt/lb-bpf-toolchain";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Tools the tests and the demo use at run time. BIRD 2 (`bird2`) is the
-/// BGP speaker of deploy/bird/, whose configurations the tests parse.
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "bird2"];
+/// BGP speaker of deploy/bird/, whose configurations the tests run;
+/// nftables holds a handshake's ACK back in e2e_second_chance.
+const RUNTIME_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "bird2", "nftables"];
 /// Debian's compiler and library source, for the linked toolchain.
 const DEBIAN_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// bpf-linker is built against Debian's LLVM.
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
-/// The benchmarks' traffic generator (trafgen) and the nftables reference.
-const BENCH_PACKAGES: &[&str] = &["netsniff-ng", "nftables"];
+/// The benchmarks' traffic generator (trafgen); nftables, the reference,
+/// is a runtime package.
+const BENCH_PACKAGES: &[&str] = &["netsniff-ng"];
 
 pub fn run() -> Result<()> {
     let nightly = toolchain_has_rust_src("nightly");
