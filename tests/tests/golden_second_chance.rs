@@ -17,7 +17,7 @@ use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, flow_hash},
     gue::{DEFAULT_GUE_PORT, HOPS_TYPE, source_port},
-    maps::{NO_BACKEND, SecondChance, VipKey},
+    maps::{NO_BACKEND, PrevOwner, SecondChance, VipKey},
     stats::DecapReason,
 };
 use lb_tests::{harness::*, netns::Netns, packets::*};
@@ -138,10 +138,7 @@ fn moved_vip(vip: &str, backends: [&str; 2]) -> (Lb, VipKey, Vec<u32>) {
             }
         })
         .collect();
-    lb.maps.set_prev_owners(meta.vip_id, &prev).expect("prev");
-    lb.maps
-        .set_prev_owners_until(meta.vip_id, u64::MAX)
-        .expect("until");
+    set_prev_owners(&mut lb, meta.vip_id, &prev, u32::MAX);
     lb.maps
         .set_second_chance(&SecondChance {
             gue_port: PORT,
@@ -149,6 +146,16 @@ fn moved_vip(vip: &str, backends: [&str; 2]) -> (Lb, VipKey, Vec<u32>) {
         })
         .expect("gue port");
     (lb, key, prev)
+}
+
+/// Give every slot of VIP `vip_id` its previous owner in `prev`, all until
+/// `until_s` (`lb_common::maps::coarse_seconds`; 0: none counts).
+fn set_prev_owners(lb: &mut Lb, vip_id: u32, prev: &[u32], until_s: u32) {
+    let owners: Vec<PrevOwner> = prev
+        .iter()
+        .map(|&owner| PrevOwner { owner, until_s })
+        .collect();
+    lb.maps.set_prev_owners(vip_id, &owners).expect("prev");
 }
 
 fn lb_sport(inner: &[u8]) -> u16 {
@@ -239,7 +246,7 @@ fn golden_ipv6_tcp_ack_on_a_moved_slot_goes_in_gue_with_the_previous_owner_as_ho
 
 #[test]
 fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
-    let (mut lb, key, _) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
+    let (mut lb, key, prev) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
     let backend =
         |lb: &Lb, inner: &[u8]| BACKEND_V4[lb.ring_backend(&key, &flow_of(inner)) as usize];
     // A SYN opens its connection on the owner now: no hop.
@@ -258,7 +265,7 @@ fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
     // A flow in the connection table keeps its plain tunnel: its first
     // packet came before the window opened.
     let meta = lb.maps.vip(&key).unwrap().unwrap();
-    lb.maps.set_prev_owners_until(meta.vip_id, 0).unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, 0);
     let ack = tcp4(CLIENT_V4, 40003, VIP_V4, 80, Tcp::Ack, b"x");
     for _ in 0..2 {
         assert_eq!(
@@ -266,20 +273,57 @@ fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
             tunnelled(&ack, backend(&lb, &ack))
         );
     }
-    lb.maps
-        .set_prev_owners_until(meta.vip_id, u64::MAX)
-        .unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, u32::MAX);
     let (out, moved) = lb.run_counted(&to_lb(&ack));
     assert_eq!(out.data, tunnelled(&ack, backend(&lb, &ack)), "table hit");
     assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::ConnHit, 1)]);
     // The window closed: the ring alone, as before.
-    lb.maps.set_prev_owners_until(meta.vip_id, 1).unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, 1);
     let fresh = tcp4(CLIENT_V4, 40004, VIP_V4, 80, Tcp::Ack, b"x");
     assert_eq!(
         lb.run(&to_lb(&fresh)).data,
         tunnelled(&fresh, backend(&lb, &fresh))
     );
     assert_eq!(lb.count(Reason::SecondChance), 0);
+}
+
+/// A first fragment (not the whole segment) of a flow on a moved slot
+/// cannot take a hop along: it goes plain to the owner now, and its flow
+/// is entered in no table, so the flow's next whole segment still gets its
+/// second chance (entered, it would be pinned to the owner now and reset
+/// there if it is the previous owner's).
+#[test]
+fn golden_first_fragment_on_a_moved_slot_is_not_entered_and_the_next_segment_takes_the_hop() {
+    let backends = [BACKEND_V4[0], BACKEND_V4[1]];
+    let (mut lb, key, _) = moved_vip(VIP_V4, backends);
+    let whole = tcp4(
+        CLIENT_V4,
+        40010,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        b"a segment long enough for two fragments",
+    );
+    // The IP header again, with MF set and the first 24 bytes of L4.
+    let mut h = Ipv4Header::from_slice(&whole).expect("ipv4").0;
+    h.more_fragments = true;
+    h.identification = 0x4321;
+    h.set_payload_len(24).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let first = cat(&h.to_bytes(), &whole[20..44]);
+    let owner = backends[lb.ring_backend(&key, &flow_of(&whole)) as usize];
+    let (out, moved) = lb.run_counted(&to_lb(&first));
+    assert_eq!(out.data, tunnelled(&first, owner), "first fragment");
+    assert_eq!(
+        moved,
+        vec![
+            (Reason::Tx, 1),
+            (Reason::ConnMiss, 1),
+            (Reason::Fragment, 1)
+        ],
+        "first fragment: not on probation"
+    );
+    expect_second_hop(&mut lb, &key, &whole, backends, OUTER_SRC_V4);
 }
 
 // ---------------------------------------------------------------------------
