@@ -545,30 +545,65 @@ fn golden_decap_second_hop_that_is_not_a_peer_is_dropped_never_sent_on() {
     }
 }
 
+/// Put `addrs` on the host's loopback (IPv6 without duplicate address
+/// detection, so they are usable at once).
+fn on_loopback(host: &BackendHost, addrs: &[&str]) {
+    for a in addrs {
+        if a.contains(':') {
+            host.ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        } else {
+            host.ns
+                .exec(&["ip", "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+    }
+}
+
+/// The sockets of a connection from `client:cport` to a service on
+/// `vip:port`, established in the host's namespace: listener, client,
+/// server. Kept open by the caller.
+fn establish(
+    host: &BackendHost,
+    client: &str,
+    cport: u16,
+    vip: &str,
+    port: u16,
+) -> (TcpListener, socket2::Socket, std::net::TcpStream) {
+    let vip: IpAddr = vip.parse().unwrap();
+    let client: IpAddr = client.parse().unwrap();
+    host.ns.enter(|| {
+        let listener = TcpListener::bind(SocketAddr::new(vip, port)).expect("listen");
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(SocketAddr::new(client, 0)),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(client, cport).into())
+            .expect("bind");
+        socket
+            .connect(&SocketAddr::new(vip, port).into())
+            .expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (listener, socket, server)
+    })
+}
+
 #[test]
 fn golden_decap_second_hop_with_a_local_socket_stays_here() {
     let mut host = BackendHost::new();
     // The service and a connection of the client's, established in the
     // host's namespace (client and VIP on its loopback).
-    host.ns
-        .exec(&["ip", "addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
-    host.ns
-        .exec(&["ip", "addr", "add", &format!("{CLIENT_V4}/32"), "dev", "lo"]);
-    let vip: IpAddr = VIP_V4.parse().unwrap();
-    let client: IpAddr = CLIENT_V4.parse().unwrap();
-    let (_listener, _client, _server) = host.ns.enter(|| {
-        let listener = TcpListener::bind(SocketAddr::new(vip, 8080)).expect("listen");
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket
-            .bind(&SocketAddr::new(client, 40100).into())
-            .expect("bind");
-        socket
-            .connect(&SocketAddr::new(vip, 8080).into())
-            .expect("connect");
-        let (server, _) = listener.accept().expect("accept");
-        (listener, socket, server)
-    });
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let _sockets = establish(&host, CLIENT_V4, 40100, VIP_V4, 8080);
     let ours = tcp4(CLIENT_V4, 40100, VIP_V4, 8080, Tcp::Ack, b"data");
     let (out, moved) = host.run(&gue_frame(
         OUTER_SRC_V4,
@@ -595,4 +630,94 @@ fn golden_decap_second_hop_with_a_local_socket_stays_here() {
     ));
     assert_eq!(out.action, XDP_TX);
     assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+    // A hop that is no peer is dropped before the socket lookup: even
+    // the flow whose socket is here.
+    let f = gue_frame(OUTER_SRC_V4, BACKEND_V4[0], &ours, BACKEND_V4[2]);
+    let (out, moved) = host.run(&f);
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_DROP,
+            data: f
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::DropSecondHopNotPeer, 1)]);
+}
+
+/// The IPv6 socket lookup: a packet of an established IPv6 connection
+/// stays; one of a port with only the listener is sent on.
+#[test]
+fn golden_decap_ipv6_second_hop_with_a_local_socket_stays_here() {
+    let mut host = BackendHost::new();
+    on_loopback(&host, &[VIP_V6, CLIENT_V6]);
+    let _sockets = establish(&host, CLIENT_V6, 40100, VIP_V6, 8080);
+    let ours = tcp6(CLIENT_V6, 40100, VIP_V6, 8080, Tcp::Ack, b"data");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V6,
+        BACKEND_V6[0],
+        &ours,
+        BACKEND_V6[1],
+    ));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&ours),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    let theirs = tcp6(CLIENT_V6, 40101, VIP_V6, 8080, Tcp::Ack, b"data");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V6,
+        BACKEND_V6[0],
+        &theirs,
+        BACKEND_V6[1],
+    ));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+}
+
+/// GUE with a hop left comes only from a load balancer: a peer (or any
+/// other host) cannot make this backend send packets on, nor have them
+/// kept, whatever the hop. A peer's GUE with no hop left is taken
+/// (`golden_decap_gue_without_a_hop_is_stripped_from_a_peer_and_from_the_lb`).
+#[test]
+fn golden_decap_gue_with_a_hop_left_from_a_peer_is_dropped() {
+    let mut host = BackendHost::new();
+    for (peer, ours, hop, inner) in [
+        (
+            BACKEND_V4[1],
+            BACKEND_V4[0],
+            BACKEND_V4[1],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            BACKEND_V6[1],
+            BACKEND_V6[0],
+            BACKEND_V6[1],
+            tcp6(CLIENT_V6, 40000, VIP_V6, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            BACKEND_V4[1],
+            BACKEND_V4[0],
+            BACKEND_V4[2],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+    ] {
+        let f = gue_frame(peer, ours, &inner, hop);
+        let (out, moved) = host.run(&f);
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_DROP,
+                data: f.clone(),
+            },
+            "from {peer} with hop {hop}"
+        );
+        assert_eq!(
+            moved,
+            vec![(DecapReason::DropUntrustedSource, 1)],
+            "from {peer} with hop {hop}"
+        );
+    }
 }
