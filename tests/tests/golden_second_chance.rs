@@ -1,10 +1,13 @@
 //! Golden packets for second chance (`lb_common::gue`): the exact GUE
 //! packet the `lb` program sends for a TCP packet it cannot place on a
 //! ring slot that changed hands, and what `lb_decap` does with one: keep it
-//! when the backend has a socket for it, send it on to the hop with the
-//! hop list emptied, drop a hop that is not a peer, strip GUE with no hop
-//! left, drop GUE from a source it does not trust. Steady-state packets
-//! (a SYN, a slot whose window closed) stay plain IP-in-IP.
+//! when the backend has a socket for it (established, IPv4 and IPv6; a
+//! valid SYN cookie; time-wait), send it on to the hop with the hop list
+//! emptied, drop a hop that is not a peer before asking for a socket,
+//! strip GUE with no hop left, drop GUE from a source it does not trust
+//! and GUE with a hop from a peer. Steady-state packets (a SYN, a slot
+//! whose window closed) stay plain IP-in-IP, and a first fragment on a
+//! moved slot goes plain without taking the flow's second chance away.
 //!
 //! The decap tests run in a namespace of their own: `lb_decap` asks its
 //! namespace's sockets and FIB (of the loopback device, under
@@ -12,7 +15,9 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
-use etherparse::{IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
+use etherparse::{
+    IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, TcpHeader,
+};
 use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, flow_hash},
@@ -675,6 +680,141 @@ fn golden_decap_ipv6_second_hop_with_a_local_socket_stays_here() {
     ));
     assert_eq!(out.action, XDP_TX);
     assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+}
+
+/// An IPv4 TCP segment from `src:sport` to `dst:dport` with sequence and
+/// acknowledgment numbers of our choosing.
+fn segment(src: &str, sport: u16, dst: &str, dport: u16, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let mut h = TcpHeader::new(sport, dport, seq, 64240);
+    match ack {
+        Some(n) => {
+            h.ack = true;
+            h.acknowledgment_number = n;
+        }
+        None => h.syn = true,
+    }
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(v4(src), v4(dst), 64)
+        .tcp_header(h)
+        .write(&mut out, b"")
+        .expect("build");
+    out
+}
+
+/// A listener that answers with SYN cookies keeps no request socket: the
+/// handshake's ACK stays here because it carries a valid cookie (from a
+/// real SYN-ACK of this host's kernel), and one with a wrong cookie is
+/// sent on.
+#[test]
+fn golden_decap_second_hop_with_a_valid_syn_cookie_stays_here() {
+    let mut host = BackendHost::new();
+    host.ns
+        .exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syncookies=2"]);
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let (cport, port, isn) = (40200, 8081, 7000);
+    // The same listener throughout: the kernel checks a cookie only on a
+    // listener that sent cookies recently.
+    let (_listener, cookie) = host.ns.enter(|| {
+        let listener =
+            TcpListener::bind(SocketAddr::new(VIP_V4.parse().unwrap(), port)).expect("listen");
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("raw socket");
+        raw.set_header_included_v4(true).expect("IP_HDRINCL");
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let vip = SocketAddr::new(VIP_V4.parse().unwrap(), 0);
+        let syn = segment(CLIENT_V4, cport, VIP_V4, port, isn, None);
+        raw.send_to(&syn, &vip.into()).expect("send the SYN");
+        // The raw socket sees every TCP segment this host takes in, our SYN
+        // too: wait for the listener's SYN-ACK.
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = std::io::Read::read(&mut &raw, &mut buf).expect("a SYN-ACK within 2 s");
+            let (ip, tcp) = buf[..n].split_at(20);
+            let from_listener = ip[12..16] == v4(VIP_V4)
+                && u16::from_be_bytes([tcp[0], tcp[1]]) == port
+                && u16::from_be_bytes([tcp[2], tcp[3]]) == cport;
+            if from_listener && tcp[13] & 0x12 == 0x12 {
+                assert_eq!(
+                    u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+                    isn + 1,
+                    "a SYN-ACK of our SYN"
+                );
+                break (
+                    listener,
+                    u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+                );
+            }
+        }
+    });
+    let ack = segment(CLIENT_V4, cport, VIP_V4, port, isn + 1, Some(cookie + 1));
+    let (out, moved) = host.run(&gue_frame(OUTER_SRC_V4, BACKEND_V4[0], &ack, BACKEND_V4[1]));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&ack),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    // A cookie from another time (its top byte counts minutes): the same
+    // hash bits, too old to be valid.
+    let stale = (cookie ^ 0x8000_0000).wrapping_add(1);
+    let forged = segment(CLIENT_V4, cport, VIP_V4, port, isn + 1, Some(stale));
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &forged,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(out.action, XDP_TX, "a wrong cookie");
+    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+}
+
+/// A connection this host closed first sits in time-wait: a late segment
+/// of it stays here (the kernel answers it as time-wait says), not sent
+/// on, with no listener left.
+#[test]
+fn golden_decap_second_hop_of_a_time_wait_connection_stays_here() {
+    let mut host = BackendHost::new();
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let (listener, client, server) = establish(&host, CLIENT_V4, 40300, VIP_V4, 8082);
+    drop(listener);
+    // The server closes first, then the client: the server's end waits.
+    drop(server);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let tw = host.ns.exec(&["ss", "-Htan", "state", "time-wait"]);
+        if tw.contains(&format!("{VIP_V4}:8082")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no time-wait socket: {tw}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let late = tcp4(CLIENT_V4, 40300, VIP_V4, 8082, Tcp::Ack, b"late");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &late,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&late),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
 }
 
 /// GUE with a hop left comes only from a load balancer: a peer (or any
