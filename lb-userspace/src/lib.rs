@@ -6,6 +6,7 @@ pub mod addr;
 pub mod announce;
 pub mod attachments;
 pub mod bpffs;
+pub mod cli_docs;
 pub mod cluster;
 pub mod config;
 pub mod conn_list;

@@ -317,6 +317,9 @@ impl FromStr for CheckArg {
 }
 
 fn main() -> ExitCode {
+    if let Some(status) = lb_userspace::cli_docs::handle::<Cli>("lbctl") {
+        return status;
+    }
     let cli = Cli::parse();
     // Multi-threaded: `top` waits for keys with block_in_place.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
