@@ -65,6 +65,11 @@ pub struct ConnList {
     pub truncated: bool,
     /// More rows matched than `limit`.
     pub more: bool,
+    /// Flows that matched, shown or not.
+    pub matched: usize,
+    /// Of those, the ones whose entry still pins them (a drained backend's
+    /// flows still running).
+    pub pinned: usize,
 }
 
 pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, MapsError> {
@@ -77,6 +82,8 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
                     scanned: 0,
                     truncated: false,
                     more: false,
+                    matched: 0,
+                    pinned: 0,
                 });
             }
         },
@@ -92,6 +99,8 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
         scanned: 0,
         truncated: false,
         more: false,
+        matched: 0,
+        pinned: 0,
     };
     let tables: &[&'static str] = if filter.probation {
         &["connection", "probation"]
@@ -122,13 +131,16 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
             if filter.client.is_some_and(|net| !net.contains(&client)) {
                 continue;
             }
+            let row = row(
+                &flow, &entry, table, client, backend, &vip_names, maps, now_ns,
+            );
+            out.matched += 1;
+            out.pinned += row.stale.is_none() as usize;
             if out.rows.len() == filter.limit {
                 out.more = true;
                 continue;
             }
-            out.rows.push(row(
-                &flow, &entry, table, client, backend, &vip_names, maps, now_ns,
-            ));
+            out.rows.push(row);
         }
     }
     Ok(out)

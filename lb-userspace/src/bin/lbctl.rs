@@ -235,6 +235,15 @@ enum BackendCmd {
     Drain {
         vip: VipArg,
         address: IpAddr,
+        /// Then print the backend's flows still pinned to it every second
+        /// until none is left (exit status 0) or the deadline passes (exit
+        /// status 2).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: seconds to wait at most (default: the drain time
+        /// left, after which lbd cuts the flows anyway, plus 2 s).
+        #[arg(long, value_name = "S", requires = "wait")]
+        deadline: Option<u64>,
     },
     Undrain {
         vip: VipArg,
@@ -446,7 +455,16 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_done,
         ),
         Cmd::Backend {
-            command: BackendCmd::Drain { vip, address },
+            command:
+                BackendCmd::Drain {
+                    vip,
+                    address,
+                    wait: true,
+                    deadline,
+                },
+        } => return backend_drain_wait(cli, vip.0, *address, *deadline).await,
+        Cmd::Backend {
+            command: BackendCmd::Drain { vip, address, .. },
         } => (
             Request::BackendDrain {
                 vip: vip.0,
@@ -578,6 +596,81 @@ async fn node_resume(cli: &Cli) -> Result<ExitCode, String> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Drain a backend, then print its flows still pinned to it once a second
+/// until none is left (exit status 0) or `deadline` seconds pass (exit
+/// status 2; default: the drain time lbd reports left, plus 2 s).
+async fn backend_drain_wait(
+    cli: &Cli,
+    vip: VipRef,
+    address: IpAddr,
+    deadline: Option<u64>,
+) -> Result<ExitCode, String> {
+    let reply = call(cli, Request::BackendDrain { vip, address }).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+    } else {
+        println!("{address} of {vip} drained: no new flows");
+    }
+    let deadline = match deadline {
+        Some(s) => s,
+        None => {
+            let rows = call(cli, Request::BackendList { vip: Some(vip) }).await?;
+            rows.as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["address"] == address.to_string())
+                .and_then(|r| r["drain_remaining_s"].as_u64())
+                .map_or(60, |s| s + 2)
+        }
+    };
+    // Counted by lbd over the connection and probation tables, by the
+    // data plane's own rule: a flow the drain timeout cut is not pinned.
+    let count = Request::ConnList {
+        vip: Some(vip),
+        backend: Some(address),
+        client: None,
+        probation: true,
+        limit: 0,
+        scan: usize::MAX,
+    };
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let list = call(cli, count.clone()).await?;
+        let pinned = list["pinned"].as_u64().unwrap_or(0);
+        let elapsed = started.elapsed().as_secs();
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({ "elapsed_s": elapsed, "pinned_flows": pinned })
+            );
+        } else {
+            println!("  {elapsed:>5} s  {pinned:>8} flows pinned");
+        }
+        if pinned == 0 {
+            // Entries left behind no longer pin their flows: the drain
+            // timeout cut them.
+            let cut = list["matched"].as_u64().unwrap_or(0);
+            if !cli.json && cut > 0 {
+                println!("no flow left on {address}: the drain timeout cut the last {cut}");
+            } else if !cli.json {
+                println!("no flow left on {address}: it can be removed");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if elapsed >= deadline {
+            if !cli.json {
+                println!(
+                    "deadline passed after {elapsed} s: {pinned} flows still pinned to {address}"
+                );
+            }
+            return Ok(ExitCode::from(EXIT_DEADLINE));
+        }
+    }
 }
 
 /// When `node drain --wait` says the node's traffic has stopped.
