@@ -42,6 +42,7 @@ use crate::{
     addr::{from_map, to_map},
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
+    backend_load::BackendLoad,
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     conn_list,
     control::{self, Reply, Request, VipRef},
@@ -145,6 +146,8 @@ pub struct Daemon {
     announcer: Announcer,
     /// Whether BIRD is there to export those routes.
     speaker: SpeakerWatch,
+    /// Live flows and rates per backend, from the data plane.
+    load: BackendLoad,
     pub metrics: Arc<Metrics>,
 }
 
@@ -320,6 +323,7 @@ impl Daemon {
             ring_digests: BTreeMap::new(),
             announcer,
             speaker,
+            load: BackendLoad::default(),
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
@@ -720,6 +724,7 @@ impl Daemon {
             .update_from(&self.maps, &self.ids, &self.config, |k| {
                 self.health.get(k).is_none_or(|h| h.up)
             });
+        self.sample_load();
         // The kernel's element counts cost a syscall each; a key walk (on
         // kernels without them) costs one per entry, so it is done rarely.
         self.ticks = self.ticks.wrapping_add(1);
@@ -731,6 +736,17 @@ impl Daemon {
         // Puts back what someone removed, retries what failed.
         self.refresh_announcements();
         self.metrics.set_speaker(&self.speaker.state());
+    }
+
+    /// Read the backends' live load (`backend_load`) into the metrics.
+    fn sample_load(&mut self) {
+        let ids: Vec<u32> = self.ids.backends().map(|(_, id)| *id).collect();
+        if let Err(e) = self.load.sample(&self.maps, &ids, Instant::now()) {
+            warn!("reading the backends' load: {e}");
+        }
+        self.metrics.set_backend_load(&self.config, |k| {
+            self.ids.backend(k).and_then(|id| self.load.get(id))
+        });
     }
 
     /// Compare the attached interfaces with those that exist now (a link
@@ -1071,6 +1087,7 @@ impl Daemon {
                 };
                 let id = self.ids.backend(&bkey);
                 let h = self.health.get(&bkey);
+                let load = id.and_then(|id| self.load.get(id));
                 let health = match h {
                     _ if v.health_check.kind == CheckKind::None => "unchecked",
                     Some(h) if h.up => "up",
@@ -1092,6 +1109,10 @@ impl Daemon {
                     "last_check": h.map(|h| h.last_reason.clone()),
                     "check_latency_ms": h.and_then(|h| h.last_latency).map(|d| d.as_secs_f64() * 1e3),
                     "drain_remaining_s": drain_left,
+                    "active_flows": load.map(|l| l.active_flows),
+                    "inactive_flows": load.map(|l| l.inactive_flows),
+                    "new_flows_per_s": load.map(|l| l.new_flows_per_s),
+                    "bytes_per_s": load.map(|l| l.bytes_per_s),
                 }));
             }
         }
@@ -1338,6 +1359,7 @@ fn clear_stats_of_new_ids(maps: &mut Maps, now: &Ids, before: &Ids) -> Result<()
     }
     for id in backends {
         maps.clear_backend_stats(id)?;
+        maps.clear_backend_flows(id)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod announce;
 pub mod attachments;
+pub mod backend_load;
 pub mod bpffs;
 pub mod cluster;
 pub mod config;

@@ -1062,6 +1062,9 @@ fn print_backends(v: &Value) {
             "STATE",
             "HEALTH",
             "IN TABLE",
+            "ACTIVE",
+            "INACTIVE",
+            "NEW/S",
             "LAST CHECK",
             "DRAIN LEFT",
         ],
@@ -1077,6 +1080,11 @@ fn print_backends(v: &Value) {
                 s(&r["state"]),
                 s(&r["health"]),
                 s(&r["in_table"]),
+                s(&r["active_flows"]),
+                s(&r["inactive_flows"]),
+                r["new_flows_per_s"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |x| format!("{x:.1}")),
                 s(&r["last_check"]),
                 drain,
             ]
@@ -1095,7 +1103,11 @@ fn print_conns(v: &Value) {
                 s(&r["client"]),
                 s(&r["vip"]),
                 s(&r["backend"]),
-                s(&r["table"]),
+                if r["closed"] == true {
+                    format!("{}, closed", s(&r["table"]))
+                } else {
+                    s(&r["table"])
+                },
                 format!("{} s", s(&r["idle_s"])),
                 r["stale"]
                     .as_str()
