@@ -39,6 +39,7 @@ pub mod speaker;
 pub mod sync;
 pub mod top;
 pub mod tunnel_probe;
+pub mod weight_controller;
 pub mod xdp_link;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.

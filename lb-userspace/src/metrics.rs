@@ -9,7 +9,10 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -113,6 +116,7 @@ pub struct Metrics {
     backend_up: Family<BackendLabels, Gauge>,
     backend_active_flows: Family<BackendLabels, Gauge>,
     backend_inactive_flows: Family<BackendLabels, Gauge>,
+    backend_effective_weight: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
     events: Family<EventLabels, Counter>,
@@ -156,6 +160,7 @@ impl Default for Metrics {
             backend_up: Family::default(),
             backend_active_flows: Family::default(),
             backend_inactive_flows: Family::default(),
+            backend_effective_weight: Family::default(),
             check_latency: Family::new_with_constructor(|| {
                 Histogram::new([
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -232,6 +237,11 @@ impl Default for Metrics {
                 "backend_inactive_flows",
                 "Flows of a backend seen closing, still in the connection table (ipvsadm's InActConn)",
                 m.backend_inactive_flows.clone(),
+            );
+            r.register(
+                "backend_effective_weight",
+                "The weight the backend's share of new flows follows, in units of its configured weight: the configured weight with balancing static, the weight controller's with balancing load; absent while the backend takes no new flows",
+                m.backend_effective_weight.clone(),
             );
             r.register(
                 "health_check_seconds",
@@ -328,6 +338,7 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("backend_up", "gauge"),
     ("backend_active_flows", "gauge"),
     ("backend_inactive_flows", "gauge"),
+    ("backend_effective_weight", "gauge"),
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
     ("events", "counter"),
@@ -501,6 +512,37 @@ impl Metrics {
         }
     }
 
+    /// Set each configured backend's effective weight, in configured-weight
+    /// units; a backend out of the ring has no series. After `update_from`.
+    pub fn set_effective_weights(
+        &self,
+        config: &Config,
+        weight: impl Fn(&BackendKey) -> Option<f64>,
+    ) {
+        for v in &config.vips {
+            let key = image::vip_key(v.address, v.port, v.protocol);
+            let name = vip_name(v.address, v.port, v.protocol);
+            for b in &v.backends {
+                let bkey = BackendKey {
+                    vip: key,
+                    addr: b.address,
+                };
+                let l = BackendLabels {
+                    vip: name.clone(),
+                    backend: b.address.to_string(),
+                };
+                match weight(&bkey) {
+                    Some(w) => {
+                        self.backend_effective_weight.get_or_create(&l).set(w);
+                    }
+                    None => {
+                        self.backend_effective_weight.remove(&l);
+                    }
+                }
+            }
+        }
+    }
+
     /// `update_from`, with the counters read through the given functions.
     fn update(
         &self,
@@ -568,6 +610,7 @@ impl Metrics {
             self.backend_up.remove(l);
             self.backend_active_flows.remove(l);
             self.backend_inactive_flows.remove(l);
+            self.backend_effective_weight.remove(l);
             self.check_latency.remove(l);
         }
         series.vips = vips;
@@ -795,6 +838,7 @@ mod tests {
         });
         m.set_ring_digests([("v".to_string(), 7)]);
         m.set_backend_load(&two_vips(), |_| Some(Load::default()));
+        m.set_effective_weights(&two_vips(), |_| Some(1.0));
         let mut announcing = two_vips();
         announcing.announce = Some(crate::config::Announce::default());
         m.set_announced(&announcing, |_| true, false);

@@ -390,9 +390,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 },
                 drain_timeout_s: *drain_timeout_s,
                 second_chance_s: *second_chance_s,
+                balancing: Default::default(),
                 backends: Vec::new(),
             };
-            (Request::VipAdd { vip: v }, print_done)
+            (Request::VipAdd { vip: Box::new(v) }, print_done)
         }
         Cmd::Vip {
             command: VipCmd::Del { vip },
@@ -1059,6 +1060,7 @@ fn print_backends(v: &Value) {
             "VIP",
             "BACKEND",
             "WEIGHT",
+            "EFFECTIVE",
             "STATE",
             "HEALTH",
             "IN TABLE",
@@ -1077,6 +1079,9 @@ fn print_backends(v: &Value) {
                 s(&r["vip"]),
                 s(&r["address"]),
                 s(&r["weight"]),
+                r["effective_weight"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |x| format!("{x:.2}")),
                 s(&r["state"]),
                 s(&r["health"]),
                 s(&r["in_table"]),
