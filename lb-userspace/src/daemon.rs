@@ -54,7 +54,6 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     layout::PinOwner,
-    maglev,
     maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
@@ -847,8 +846,9 @@ impl Daemon {
                     })
                 })
                 .collect();
-            let ring_moved =
-                |old: &[(u32, u32)], new: &[(u32, u32)]| moved_share(&members, old, new, ring_size);
+            let ring_moved = |old: &[(u32, u32)], new: &[(u32, u32)]| {
+                weight_controller::moved_share(&members, old, new, ring_size)
+            };
             if let Some(change) = controller.step(params, &members, now, ring_moved) {
                 info!(
                     vip = %key,
@@ -1497,26 +1497,6 @@ fn effective_weight(
         .get(&key.vip)?
         .weight(&key.addr)
         .map(|w| w.effective)
-}
-
-/// The share of a ring's slots that change backend between the rings of
-/// weights `old` and `new` (backend id, weight) over `members`.
-fn moved_share(members: &[Member], old: &[(u32, u32)], new: &[(u32, u32)], ring_size: u32) -> f64 {
-    let ring = |weights: &[(u32, u32)]| {
-        let backends: Vec<maglev::MaglevBackend> = members
-            .iter()
-            .zip(weights)
-            .map(|(m, (id, weight))| maglev::MaglevBackend {
-                id: *id,
-                addr: m.addr,
-                weight: *weight,
-            })
-            .collect();
-        maglev::build(&backends, ring_size)
-    };
-    let (a, b) = (ring(old), ring(new));
-    let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-    moved as f64 / f64::from(ring_size.max(1))
 }
 
 fn vip_of<'a>(config: &'a Config, key: &VipKeyOrd) -> Option<&'a Vip> {

@@ -38,7 +38,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::config::Balancing;
+use crate::{
+    config::Balancing,
+    maglev::{self, MaglevBackend},
+};
 
 /// Effective weights are in units of a configured weight over this.
 pub const SCALE: u32 = 100;
@@ -319,6 +322,35 @@ pub fn utilizations(p: &Balancing, members: &[Member]) -> Vec<Option<f64>> {
         .collect()
 }
 
+/// The share of the ring's slots (of `ring_size`) that change backend
+/// between the Maglev rings of weights `old` and `new` (backend id,
+/// weight) over `members`. Two ring builds; nothing when equal.
+pub fn moved_share(
+    members: &[Member],
+    old: &[(u32, u32)],
+    new: &[(u32, u32)],
+    ring_size: u32,
+) -> f64 {
+    if old == new {
+        return 0.0;
+    }
+    let ring = |weights: &[(u32, u32)]| {
+        let backends: Vec<MaglevBackend> = members
+            .iter()
+            .zip(weights)
+            .map(|(m, (id, weight))| MaglevBackend {
+                id: *id,
+                addr: m.addr,
+                weight: *weight,
+            })
+            .collect();
+        maglev::build(&backends, ring_size)
+    };
+    let (a, b) = (ring(old), ring(new));
+    let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    moved as f64 / f64::from(ring_size.max(1))
+}
+
 /// `fraction` of the way from `old` to `new`, at least 1.
 fn between(old: u32, new: u32, fraction: f64) -> u32 {
     let w = f64::from(old) + (f64::from(new) - f64::from(old)) * fraction;
@@ -351,6 +383,18 @@ mod tests {
 
     fn no_ring(_: &[(u32, u32)], _: &[(u32, u32)]) -> f64 {
         0.0
+    }
+
+    #[test]
+    fn moved_share_counts_the_slots_that_change_backend() {
+        let members = [member(1, None), member(2, None)];
+        let equal = [(1, 100), (2, 100)];
+        assert_eq!(moved_share(&members, &equal, &equal, 251), 0.0);
+        // Proportional weights build the same ring.
+        assert_eq!(moved_share(&members, &equal, &[(1, 7), (2, 7)], 251), 0.0);
+        // From half each to a tenth: about 40% of the slots move.
+        let moved = moved_share(&members, &equal, &[(1, 10), (2, 90)], 251);
+        assert!((0.35..0.45).contains(&moved), "{moved}");
     }
 
     fn effective(c: &Controller, m: &Member) -> u32 {
