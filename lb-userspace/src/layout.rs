@@ -159,6 +159,7 @@ pub fn entries_of(name: &str) -> Entries {
         | MAP_VIP_STATS
         | MAP_BACKENDS
         | MAP_BACKEND_STATS
+        | MAP_BACKEND_FLOWS
         | MAP_RINGS
         | MAP_CONNS
         | MAP_PROBATION

@@ -402,9 +402,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 },
                 drain_timeout_s: *drain_timeout_s,
                 second_chance_s: *second_chance_s,
+                balancing: Default::default(),
                 backends: Vec::new(),
             };
-            (Request::VipAdd { vip: v }, print_done)
+            (Request::VipAdd { vip: Box::new(v) }, print_done)
         }
         Cmd::Vip {
             command: VipCmd::Del { vip },
@@ -1155,9 +1156,13 @@ fn print_backends(v: &Value) {
             "VIP",
             "BACKEND",
             "WEIGHT",
+            "EFFECTIVE",
             "STATE",
             "HEALTH",
             "IN TABLE",
+            "ACTIVE",
+            "INACTIVE",
+            "NEW/S",
             "LAST CHECK",
             "DRAIN LEFT",
         ],
@@ -1170,9 +1175,17 @@ fn print_backends(v: &Value) {
                 s(&r["vip"]),
                 s(&r["address"]),
                 s(&r["weight"]),
+                r["effective_weight"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |x| format!("{x:.2}")),
                 s(&r["state"]),
                 s(&r["health"]),
                 s(&r["in_table"]),
+                s(&r["active_flows"]),
+                s(&r["inactive_flows"]),
+                r["new_flows_per_s"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |x| format!("{x:.1}")),
                 s(&r["last_check"]),
                 drain,
             ]
@@ -1191,7 +1204,11 @@ fn print_conns(v: &Value) {
                 s(&r["client"]),
                 s(&r["vip"]),
                 s(&r["backend"]),
-                s(&r["table"]),
+                if r["closed"] == true {
+                    format!("{}, closed", s(&r["table"]))
+                } else {
+                    s(&r["table"])
+                },
                 format!("{} s", s(&r["idle_s"])),
                 r["stale"]
                     .as_str()
