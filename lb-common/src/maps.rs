@@ -26,6 +26,7 @@ pub const MAP_PROMOTION_LIMIT: &str = "PROMOTION_LIMIT";
 pub const MAP_PREV_OWNERS: &str = "PREV_OWNERS";
 pub const MAP_SECOND_CHANCE: &str = "SECOND_CHANCE";
 pub const MAP_DECAP_PEERS: &str = "DECAP_PEERS";
+pub const MAP_BACKEND_FLOWS: &str = "BACKEND_FLOWS";
 /// Pinned beside the others, created by the control plane (the programs
 /// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
 /// last adopted the maps. Its own layout never changes.
@@ -307,8 +308,36 @@ pub fn entry_pins(entry: &ConnEntry, vip_id: u32, backend: &Backend) -> Result<(
 pub struct ConnEntry {
     pub backend_id: u32,
     pub vip_id: u32,
-    /// `bpf_ktime_get_coarse_ns` at the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` at the last packet, refreshed at most
+    /// once a second; bit 63 is `CONN_CLOSED` (read it through
+    /// `last_seen` and `closed`).
     pub last_seen_ns: u64,
+}
+
+/// Set in a connection entry's `last_seen_ns` once its TCP flow was seen
+/// closing (a FIN or RST from the client). The entry stays, so the flow's
+/// last packets still reach its backend; the mark tells the data plane to
+/// count the close once (`BACKEND_FLOWS`) and lbd to list the flow as
+/// inactive. The bit lives in the timestamp so that `ConnEntry`, and so
+/// the pinned connection table, keeps its layout across upgrades: the
+/// clock (CLOCK_MONOTONIC in ns) reaches bit 63 only after 292 years of
+/// uptime, so no entry written by an older release has it set, and an
+/// older release reading a marked entry sees a time in the future (idle
+/// 0 s, refreshed, and so unmarked, by its next packet).
+pub const CONN_CLOSED: u64 = 1 << 63;
+
+impl ConnEntry {
+    /// When the flow last sent a packet (`bpf_ktime_get_coarse_ns`).
+    #[inline(always)]
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen_ns & !CONN_CLOSED
+    }
+
+    /// Whether the flow was seen closing (`CONN_CLOSED`).
+    #[inline(always)]
+    pub fn closed(&self) -> bool {
+        self.last_seen_ns & CONN_CLOSED != 0
+    }
 }
 
 /// Identifies the fragments of one datagram.
@@ -341,6 +370,23 @@ pub struct FlowStats {
     pub bytes: u64,
     pub new_flows: u64,
     pub dropped: u64,
+}
+
+/// Per-backend flow events of the connection table (per CPU in the
+/// kernel), `BACKEND_FLOWS`: how many flows entered it for the backend
+/// and how many of those were seen closing. lbd turns them into the live
+/// active-flow count between its exact walks of the table
+/// (`lb-userspace/src/backend_load.rs`); they drift (an LRU eviction, an
+/// entry replaced, is no event), which the walks correct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvents {
+    /// Flows entered into `CONNS` for the backend (promoted from
+    /// probation, rescheduled to it, or a closed one opened anew by a SYN).
+    pub opened: u64,
+    /// Flows in `CONNS` for the backend that were marked `CONN_CLOSED`, or
+    /// moved away from it before they closed.
+    pub closed: u64,
 }
 
 /// Value of `TX_PORT_MACS`, keyed by the ifindex of a `TX_PORTS` interface:
@@ -415,6 +461,7 @@ const _: () = {
     assert!(size_of::<TooBigLimit>() == 16);
     assert!(size_of::<SecondChance>() == 4);
     assert!(size_of::<PrevOwner>() == 8);
+    assert!(size_of::<FlowEvents>() == 16);
     assert!(size_of::<crate::FlowKey>() == 40);
 };
 
@@ -440,5 +487,6 @@ mod pod {
     unsafe impl aya::Pod for PromotionLimit {}
     unsafe impl aya::Pod for SecondChance {}
     unsafe impl aya::Pod for PrevOwner {}
+    unsafe impl aya::Pod for FlowEvents {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -76,6 +76,7 @@ reasons!(Reason, REASON_COUNT {
     AnswerTooBig = "answer_too_big", Answered, "encapsulated packet would exceed the MTU: answered with ICMP too-big";
     ConnPromotionDeferred = "conn_promotion_deferred", Event, "second or later packet of a flow in probation, promotion rate limit reached: flow left in the probation table";
     SecondChance = "second_chance", Event, "TCP packet of a flow in neither table, on a ring slot whose owner changed within the VIP's second-chance window: sent to the slot's owner in GUE with the previous owner as a second hop";
+    PassOtherHost = "pass_other_host", Passed, "VIP packet in a frame addressed to another host's MAC (a switch flooding unknown unicast, a promiscuous NIC) or to a group address: not balanced here, the host it was sent to balances it";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

@@ -13,8 +13,8 @@ use lb_common::{
 use crate::{
     conntrack, forward, fragment, icmp,
     maglev::{self, Chosen},
-    maps::{CONNS, PROBATION, SCRATCH, live_config},
-    parse::{self, Fragment, Parsed},
+    maps::{CONNS, PROBATION, SCRATCH, TX_PORT_MACS, live_config},
+    parse::{self, Fragment, L2, Parsed},
     stats, vip,
 };
 
@@ -104,6 +104,9 @@ fn find_target(
         return too_big_target(ctx, p, cfg);
     }
     let vip = vip::lookup(&p.flow, cfg).ok_or((Reason::PassNonVip, None))?;
+    if !addressed_here(ctx, &p.l2) {
+        return Err((Reason::PassOtherHost, None));
+    }
     let whole = p.fragment == Fragment::None;
     let selected = conntrack::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
         .map_err(|r| (r, Some(vip.vip_id)))?;
@@ -113,6 +116,25 @@ fn find_target(
         new_flow: selected.new_flow,
         second_hop: selected.second_hop,
     })
+}
+
+/// Whether the frame was sent to this host: to the ingress interface's MAC
+/// as lbd wrote it in `TX_PORT_MACS`. A switch flooding unknown unicast,
+/// or a NIC in promiscuous mode (tcpdump, a bridge port), hands XDP frames
+/// meant for other hosts; with several LB nodes on one segment the node
+/// they were sent to balances them, and a second copy from here would
+/// reach the backend too. A group address is no host's: a reply sent back
+/// would carry it as its source. Checked only once the packet is known to
+/// be for a VIP, so other traffic pays nothing.
+#[inline(always)]
+fn addressed_here(ctx: &XdpContext, l2: &L2) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: copied out at once.
+    match unsafe { TX_PORT_MACS.get(&ifindex) } {
+        Some(port) => port.mac == l2.dst_mac,
+        // An interface lbd did not write (a test run): unicast is ours.
+        None => l2.dst_mac[0] & 1 == 0,
+    }
 }
 
 /// An ICMP too-big goes where its flow goes: the connection entry's
@@ -129,6 +151,9 @@ fn too_big_target(
         None => return Err((Reason::PassNonVip, None)),
     };
     let vip = vip::lookup(&flow, cfg).ok_or((Reason::PassNonVip, None))?;
+    if !addressed_here(ctx, &p.l2) {
+        return Err((Reason::PassOtherHost, None));
+    }
     stats::event(Reason::IcmpTooBig);
     // SAFETY: copied out at once.
     let entry = unsafe { CONNS.get(&flow).or_else(|| PROBATION.get(&flow)) };

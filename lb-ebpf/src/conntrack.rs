@@ -11,18 +11,25 @@
 //! only the probation table and cannot evict real clients' connections.
 //! The hit path (`CONNS` has the flow) is the same lookup as without
 //! probation.
+//!
+//! Each entry made counts a flow opened for its backend, and the first
+//! FIN or RST of a TCP flow marks its entry closed (`CONN_CLOSED`, kept
+//! in the entry's timestamp) and counts a flow closed (`BACKEND_FLOWS`);
+//! a SYN on a closed entry opens it anew. The entry itself stays until
+//! the LRU evicts it, so a closing flow's last packets still reach its
+//! backend.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
-    maps::{BACKEND_F_DRAINING, ConnEntry, NO_BACKEND, VipMeta, entry_pins},
+    maps::{BACKEND_F_DRAINING, CONN_CLOSED, ConnEntry, NO_BACKEND, VipMeta, entry_pins},
 };
 
 use crate::{
     maglev::{self, Chosen},
     maps::{BACKENDS, CONNS},
-    parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
+    parse::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     probation, stats,
 };
 
@@ -104,9 +111,7 @@ pub fn select(
         }
         Ok(chosen) => {
             stats::event(Reason::ConnHit);
-            if pkt.now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
-                entry.last_seen_ns = pkt.now;
-            }
+            touch(entry, &pkt, tcp_flags);
             return Ok(Selected {
                 chosen,
                 new_flow: false,
@@ -126,6 +131,32 @@ pub fn select(
         new_flow: new_flow(&pkt),
         second_hop: NO_BACKEND,
     })
+}
+
+/// Keep a hit entry's timestamp current (at most once a second) and its
+/// close mark true: set by the flow's first FIN or RST, cleared by a SYN
+/// that opens the 5-tuple anew. Each change of the mark is counted once
+/// per entry; two CPUs marking it at once count twice, which lbd's next
+/// walk of the table corrects.
+#[inline(always)]
+fn touch(entry: &mut ConnEntry, pkt: &Packet, tcp_flags: u8) {
+    let last = entry.last_seen_ns;
+    if tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST | TCP_FLAG_SYN) != 0 {
+        let closed = last & CONN_CLOSED != 0;
+        if pkt.syn_only && closed {
+            entry.last_seen_ns = pkt.now;
+            stats::flow_opened(entry.backend_id);
+            return;
+        }
+        if tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && !closed {
+            entry.last_seen_ns = pkt.now | CONN_CLOSED;
+            stats::flow_closed(entry.backend_id);
+            return;
+        }
+    }
+    if pkt.now.wrapping_sub(last & !CONN_CLOSED) > REFRESH_NS {
+        entry.last_seen_ns = pkt.now | (last & CONN_CLOSED);
+    }
 }
 
 /// The ring's backend for the packet, counting a SYN left out of the tables.
@@ -149,9 +180,10 @@ pub fn new_flow(pkt: &Packet) -> bool {
     new_flow
 }
 
-/// Enter (or overwrite) the flow in `CONNS`, pinned to `backend_id`. A
-/// full table evicts its least recently used entry; a failed insert only
-/// costs this flow its pinning, so the packet is still sent.
+/// Enter (or overwrite) the flow in `CONNS`, pinned to `backend_id`, and
+/// count it opened there. A full table evicts its least recently used
+/// entry; a failed insert only costs this flow its pinning, so the packet
+/// is still sent.
 #[inline(always)]
 pub fn insert(pkt: &Packet, backend_id: u32) {
     let entry = ConnEntry {
@@ -159,5 +191,7 @@ pub fn insert(pkt: &Packet, backend_id: u32) {
         vip_id: pkt.vip.vip_id,
         last_seen_ns: pkt.now,
     };
-    let _ = CONNS.insert(pkt.flow, &entry, 0);
+    if CONNS.insert(pkt.flow, &entry, 0).is_ok() {
+        stats::flow_opened(backend_id);
+    }
 }

@@ -66,6 +66,12 @@ pub static VIP_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(DEF
 pub static BACKEND_STATS: PerCpuArray<FlowStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Per backend id: flows that entered `CONNS` for it, and closed there
+/// (`conntrack.rs`); lbd reads them between its walks of the table.
+#[map(name = "BACKEND_FLOWS")]
+pub static BACKEND_FLOWS: PerCpuArray<FlowEvents> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
 /// Interfaces we may redirect to, keyed by ifindex.
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);

@@ -27,7 +27,9 @@ const IPV6_EXT_DEST_OPTS: u8 = 60;
 /// Extension headers we walk before giving up on a packet.
 const IPV6_MAX_EXT_HEADERS: usize = 4;
 
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The link-layer header, kept to rebuild it in front of a tunnel header.

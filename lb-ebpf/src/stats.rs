@@ -6,7 +6,7 @@ use lb_common::{
     stats::{DecapReason, Reason, ReasonKind},
 };
 
-use crate::maps::{BACKEND_STATS, DECAP_STATS, GLOBAL_STATS, VIP_STATS};
+use crate::maps::{BACKEND_FLOWS, BACKEND_STATS, DECAP_STATS, GLOBAL_STATS, VIP_STATS};
 
 #[inline(always)]
 fn bump(slot: Option<*mut u64>) {
@@ -79,5 +79,23 @@ pub fn vip_dropped(vip_id: u32) {
     if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot.
         unsafe { (*s).dropped += 1 };
+    }
+}
+
+/// A flow entered the connection table for `backend_id`.
+#[inline(always)]
+pub fn flow_opened(backend_id: u32) {
+    if let Some(e) = BACKEND_FLOWS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*e).opened += 1 };
+    }
+}
+
+/// A flow of `backend_id` in the connection table was seen closing.
+#[inline(always)]
+pub fn flow_closed(backend_id: u32) {
+    if let Some(e) = BACKEND_FLOWS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*e).closed += 1 };
     }
 }

@@ -377,6 +377,7 @@ mod tests {
             |k| BackendStatus {
                 healthy: !down.contains(&k.addr),
                 drain_expired: false,
+                weight: None,
             },
             Egress::default(),
         )

@@ -420,6 +420,10 @@ pub struct Vip {
     /// Unset: `drain_timeout_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_chance_s: Option<u64>,
+    /// How new flows are shared among the backends: by configured weight
+    /// (`static`, default) or by weights a controller adjusts to their load.
+    #[serde(default)]
+    pub balancing: Balancing,
     /// The backends.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -475,6 +479,156 @@ impl Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How a VIP shares new flows among its backends (`vips[].balancing`).
+/// In `load` mode a controller in lbd scales each backend's configured
+/// weight by its headroom, smoothed and bounded so that the ring moves
+/// slowly (`weight_controller`). Established flows never move: only the
+/// share of new flows changes.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balancing {
+    /// `static` (default) or `load`.
+    #[serde(default)]
+    pub mode: BalancingMode,
+    /// Where a backend's load comes from in `load` mode: `flows` (default),
+    /// its active flows in this node's connection table.
+    #[serde(default)]
+    pub source: LoadSource,
+    /// The utilization the controller keeps backends under, 0.1 to 0.95.
+    /// Default 0.8.
+    #[serde(default = "default_target_utilization")]
+    pub target_utilization: f64,
+    /// Active flows per unit of configured weight at which a backend is
+    /// fully used. Unset: utilization is relative, a backend's active
+    /// flows per weight against the VIP's mean (at the mean it is at
+    /// `target_utilization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_per_weight: Option<u64>,
+    /// Seconds between two adjustments, 1 to 60. Default 2.
+    #[serde(default = "default_balancing_interval")]
+    pub interval_s: u64,
+    /// Weight of the newest measurement in the moving average (EWMA),
+    /// above 0 up to 1. Default 0.5.
+    #[serde(default = "default_smoothing")]
+    pub smoothing: f64,
+    /// Most an effective weight changes per adjustment, as a share of the
+    /// configured weight, above 0 up to 1. Default 0.2.
+    #[serde(default = "default_max_step")]
+    pub max_step: f64,
+    /// The least effective weight, as a share of the configured weight,
+    /// 0.01 to 1. Default 0.1.
+    #[serde(default = "default_min_weight")]
+    pub min_weight: f64,
+    /// Most of the ring that may change hands per adjustment, above 0 up
+    /// to 1. Default 0.05.
+    #[serde(default = "default_ring_budget")]
+    pub ring_budget: f64,
+    /// Seconds over which a new or returning backend's weight rises from
+    /// nothing to its full share, 0 to 3600. Default 30.
+    #[serde(default = "default_slow_start")]
+    pub slow_start_s: u64,
+    /// Adjustments without a load report after which a backend falls back
+    /// to its configured weight, 1 to 100. Default 3.
+    #[serde(default = "default_stale_after")]
+    pub stale_after: u32,
+}
+
+impl Default for Balancing {
+    fn default() -> Self {
+        Self {
+            mode: BalancingMode::default(),
+            source: LoadSource::default(),
+            target_utilization: default_target_utilization(),
+            flows_per_weight: None,
+            interval_s: default_balancing_interval(),
+            smoothing: default_smoothing(),
+            max_step: default_max_step(),
+            min_weight: default_min_weight(),
+            ring_budget: default_ring_budget(),
+            slow_start_s: default_slow_start(),
+            stale_after: default_stale_after(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancingMode {
+    #[default]
+    Static,
+    Load,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadSource {
+    #[default]
+    Flows,
+}
+
+fn default_target_utilization() -> f64 {
+    0.8
+}
+fn default_balancing_interval() -> u64 {
+    2
+}
+fn default_smoothing() -> f64 {
+    0.5
+}
+fn default_max_step() -> f64 {
+    0.2
+}
+fn default_min_weight() -> f64 {
+    0.1
+}
+fn default_ring_budget() -> f64 {
+    0.05
+}
+fn default_slow_start() -> u64 {
+    30
+}
+fn default_stale_after() -> u32 {
+    3
+}
+
+/// The problems of `vips[].balancing`, reported at `at`.
+fn check_balancing(b: &Balancing, at: &str, bad: &mut impl FnMut(String, String)) {
+    let share = |name: &str, x: f64, low: f64, low_open: bool, high: f64| {
+        let below = if low_open { x <= low } else { x < low };
+        (below || x > high || x.is_nan()).then(|| {
+            let why = if low_open {
+                format!("{x} must be above {low} and at most {high}")
+            } else {
+                format!("{x} is out of range {low}..={high}")
+            };
+            (format!("{at}.{name}"), why)
+        })
+    };
+    let integer = |name: &str, x: u64, low: u64, high: u64| {
+        (x < low || x > high).then(|| {
+            (
+                format!("{at}.{name}"),
+                format!("{x} is out of range {low}..={high}"),
+            )
+        })
+    };
+    let problems = [
+        share("target_utilization", b.target_utilization, 0.1, false, 0.95),
+        share("smoothing", b.smoothing, 0.0, true, 1.0),
+        share("max_step", b.max_step, 0.0, true, 1.0),
+        share("min_weight", b.min_weight, 0.01, false, 1.0),
+        share("ring_budget", b.ring_budget, 0.0, true, 1.0),
+        integer("interval_s", b.interval_s, 1, 60),
+        integer("slow_start_s", b.slow_start_s, 0, 3600),
+        integer("stale_after", u64::from(b.stale_after), 1, 100),
+        b.flows_per_weight
+            .and_then(|f| integer("flows_per_weight", f, 1, u64::MAX)),
+    ];
+    for (field, why) in problems.into_iter().flatten() {
+        bad(field, why);
     }
 }
 
@@ -992,6 +1146,7 @@ impl Config {
                 ),
                 _ => {}
             }
+            check_balancing(&vip.balancing, &format!("{at}.balancing"), &mut bad);
             check_health(
                 &vip.health_check,
                 vip.port,

@@ -50,6 +50,9 @@ pub struct ConnRow {
     /// Seconds since the flow's last packet (refreshed at most once a
     /// second by the data plane).
     pub idle_s: u64,
+    /// The flow was seen closing (a FIN or RST); its entry stays for its
+    /// last packets.
+    pub closed: bool,
     /// `None` while the entry pins the flow; else why the data plane would
     /// send the flow's next packet elsewhere.
     pub stale: Option<&'static str>,
@@ -65,6 +68,11 @@ pub struct ConnList {
     pub truncated: bool,
     /// More rows matched than `limit`.
     pub more: bool,
+    /// Flows that matched, shown or not.
+    pub matched: usize,
+    /// Of those, the ones whose entry still pins them and that the client
+    /// has not closed (a drained backend's flows still running).
+    pub pinned: usize,
 }
 
 pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, MapsError> {
@@ -77,6 +85,8 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
                     scanned: 0,
                     truncated: false,
                     more: false,
+                    matched: 0,
+                    pinned: 0,
                 });
             }
         },
@@ -92,6 +102,8 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
         scanned: 0,
         truncated: false,
         more: false,
+        matched: 0,
+        pinned: 0,
     };
     let tables: &[&'static str] = if filter.probation {
         &["connection", "probation"]
@@ -122,13 +134,17 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
             if filter.client.is_some_and(|net| !net.contains(&client)) {
                 continue;
             }
+            let row = row(
+                &flow, &entry, table, client, backend, &vip_names, maps, now_ns,
+            );
+            out.matched += 1;
+            // A flow the client closed (FIN or RST seen) is ending.
+            out.pinned += (row.stale.is_none() && !row.closed) as usize;
             if out.rows.len() == filter.limit {
                 out.more = true;
                 continue;
             }
-            out.rows.push(row(
-                &flow, &entry, table, client, backend, &vip_names, maps, now_ns,
-            ));
+            out.rows.push(row);
         }
     }
     Ok(out)
@@ -167,13 +183,14 @@ fn row(
             |a| a.to_string(),
         ),
         table,
-        idle_s: now_ns.saturating_sub(entry.last_seen_ns) / 1_000_000_000,
+        idle_s: now_ns.saturating_sub(entry.last_seen()) / 1_000_000_000,
+        closed: entry.closed(),
         stale,
     }
 }
 
 /// The clock of `bpf_ktime_get_coarse_ns`.
-fn monotonic_coarse_ns() -> u64 {
+pub(crate) fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

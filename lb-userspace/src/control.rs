@@ -47,7 +47,8 @@ pub enum Request {
     Status,
     VipList,
     VipAdd {
-        vip: Vip,
+        /// Boxed: a VIP is far larger than any other request.
+        vip: Box<Vip>,
     },
     VipDel {
         vip: VipRef,

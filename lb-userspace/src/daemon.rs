@@ -42,6 +42,8 @@ use crate::{
     addr::{from_map, to_map},
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
+    backend_load::BackendLoad,
+    config::BalancingMode,
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     conn_list,
     control::{self, Reply, Request, VipRef},
@@ -61,6 +63,7 @@ use crate::{
     speaker::SpeakerWatch,
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
+    weight_controller::{self, Member},
 };
 
 /// Where the kernel keeps no element count, `status` and metrics count
@@ -145,6 +148,12 @@ pub struct Daemon {
     announcer: Announcer,
     /// Whether BIRD is there to export those routes.
     speaker: SpeakerWatch,
+    /// Live flows and rates per backend, from the data plane.
+    load: BackendLoad,
+    /// Whether the last sample of `load` succeeded.
+    load_fresh: bool,
+    /// The weight controller of each `load`-mode VIP.
+    balancers: BTreeMap<VipKeyOrd, weight_controller::Controller>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -320,6 +329,9 @@ impl Daemon {
             ring_digests: BTreeMap::new(),
             announcer,
             speaker,
+            load: BackendLoad::default(),
+            load_fresh: false,
+            balancers: BTreeMap::new(),
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
@@ -342,6 +354,7 @@ impl Daemon {
         BackendStatus {
             healthy,
             drain_expired,
+            weight: self.effective_weight(key),
         }
     }
 
@@ -442,6 +455,7 @@ impl Daemon {
         // ones with checks wait for `rise` successes.
         let health = &self.health;
         let drains = &self.drain_started;
+        let balancers = &self.balancers;
         let status = |k: &BackendKey| {
             let healthy = match health.get(k) {
                 Some(h) => h.up,
@@ -462,6 +476,7 @@ impl Daemon {
             BackendStatus {
                 healthy,
                 drain_expired,
+                weight: effective_weight(&config, balancers, k),
             }
         };
         let image =
@@ -720,6 +735,12 @@ impl Daemon {
             .update_from(&self.maps, &self.ids, &self.config, |k| {
                 self.health.get(k).is_none_or(|h| h.up)
             });
+        self.sample_load();
+        self.balance();
+        self.metrics.set_effective_weights(&self.config, |k| {
+            self.weight_shown(k)
+                .map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE))
+        });
         // The kernel's element counts cost a syscall each; a key walk (on
         // kernels without them) costs one per entry, so it is done rarely.
         self.ticks = self.ticks.wrapping_add(1);
@@ -731,6 +752,116 @@ impl Daemon {
         // Puts back what someone removed, retries what failed.
         self.refresh_announcements();
         self.metrics.set_speaker(&self.speaker.state());
+    }
+
+    /// Read the backends' live load (`backend_load`) into the metrics.
+    fn sample_load(&mut self) {
+        let ids: Vec<u32> = self.ids.backends().map(|(_, id)| *id).collect();
+        self.load_fresh = match self.load.sample(&self.maps, &ids, Instant::now()) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("reading the backends' load: {e}");
+                false
+            }
+        };
+        self.metrics.set_backend_load(&self.config, |k| {
+            self.ids.backend(k).and_then(|id| self.load.get(id))
+        });
+    }
+
+    /// The weight `key`'s share of new flows follows, and why, as shown:
+    /// the configured one in `static` mode, the controller's in `load`
+    /// mode; `None` while the backend is out of the ring.
+    fn weight_shown(&self, key: &BackendKey) -> Option<weight_controller::Weight> {
+        let vip = vip_of(&self.config, &key.vip)?;
+        let backend = vip.backends.iter().find(|b| b.address == key.addr)?;
+        let id = self.ids.backend(key)?;
+        let in_ring = self
+            .applied
+            .vips
+            .get(&key.vip)
+            .is_some_and(|i| i.members.iter().any(|m| m.id == id));
+        match vip.balancing.mode {
+            BalancingMode::Static => in_ring.then(|| weight_controller::Weight {
+                effective: backend.weight * weight_controller::SCALE,
+                why: "configured (balancing static)".into(),
+            }),
+            BalancingMode::Load => self.balancers.get(&key.vip)?.weight(&key.addr),
+        }
+    }
+
+    /// The effective weight of `key` (`weight_controller`), if its VIP is
+    /// in `load` mode and the backend in service.
+    fn effective_weight(&self, key: &BackendKey) -> Option<u32> {
+        effective_weight(&self.config, &self.balancers, key)
+    }
+
+    /// Each `load`-mode VIP whose interval has passed: adjust its
+    /// backends' effective weights, and rebuild its ring if they changed,
+    /// logging why. Controllers of VIPs no longer in `load` mode go (their
+    /// next rebuild uses the configured weights).
+    fn balance(&mut self) {
+        let now = Instant::now();
+        let load_vips: BTreeMap<VipKeyOrd, crate::config::Balancing> = self
+            .config
+            .vips
+            .iter()
+            .filter(|v| v.balancing.mode == BalancingMode::Load)
+            .map(|v| {
+                (
+                    image::vip_key(v.address, v.port, v.protocol),
+                    v.balancing.clone(),
+                )
+            })
+            .collect();
+        let before = self.balancers.len();
+        self.balancers.retain(|k, _| load_vips.contains_key(k));
+        let mut rebuild = self.balancers.len() != before;
+        let ring_size = self.config.tables.ring_size;
+        for (key, params) in &load_vips {
+            let controller = self.balancers.entry(*key).or_default();
+            if !controller.due(params, now) {
+                continue;
+            }
+            let Some(vip) = self.applied.vips.get(key) else {
+                continue;
+            };
+            let Some(config) = vip_of(&self.config, key) else {
+                continue;
+            };
+            let members: Vec<Member> = vip
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let configured = config.backends.iter().find(|b| b.address == m.addr)?.weight;
+                    let active_flows = self
+                        .load_fresh
+                        .then(|| self.load.get(m.id).map(|l| l.active_flows))
+                        .flatten();
+                    Some(Member {
+                        addr: m.addr,
+                        id: m.id,
+                        configured,
+                        active_flows,
+                    })
+                })
+                .collect();
+            let ring_moved = |old: &[(u32, u32)], new: &[(u32, u32)]| {
+                weight_controller::moved_share(&members, old, new, ring_size)
+            };
+            if let Some(change) = controller.step(params, &members, now, ring_moved) {
+                info!(
+                    vip = %key,
+                    ring_moved = format!("{:.1}%", change.ring_moved * 100.0),
+                    reason = %change.reason,
+                    "effective weights changed: rebuilding the ring"
+                );
+                rebuild = true;
+            }
+        }
+        if rebuild {
+            self.reapply();
+        }
     }
 
     /// Compare the attached interfaces with those that exist now (a link
@@ -866,7 +997,7 @@ impl Daemon {
             Request::Status => Ok(self.status()),
             Request::VipList => Ok(self.vip_list()),
             Request::VipAdd { vip } => self.edit(|c| {
-                c.vips.push(vip);
+                c.vips.push(*vip);
                 Ok(())
             }),
             Request::VipDel { vip } => self.edit(|c| {
@@ -1071,6 +1202,8 @@ impl Daemon {
                 };
                 let id = self.ids.backend(&bkey);
                 let h = self.health.get(&bkey);
+                let load = id.and_then(|id| self.load.get(id));
+                let effective = self.weight_shown(&bkey);
                 let health = match h {
                     _ if v.health_check.kind == CheckKind::None => "unchecked",
                     Some(h) if h.up => "up",
@@ -1092,6 +1225,12 @@ impl Daemon {
                     "last_check": h.map(|h| h.last_reason.clone()),
                     "check_latency_ms": h.and_then(|h| h.last_latency).map(|d| d.as_secs_f64() * 1e3),
                     "drain_remaining_s": drain_left,
+                    "effective_weight": effective.as_ref().map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE)),
+                    "weight_reason": effective.map(|w| w.why),
+                    "active_flows": load.map(|l| l.active_flows),
+                    "inactive_flows": load.map(|l| l.inactive_flows),
+                    "new_flows_per_s": load.map(|l| l.new_flows_per_s),
+                    "bytes_per_s": load.map(|l| l.bytes_per_s),
                 }));
             }
         }
@@ -1336,8 +1475,26 @@ fn clear_stats_of_new_ids(maps: &mut Maps, now: &Ids, before: &Ids) -> Result<()
     }
     for id in backends {
         maps.clear_backend_stats(id)?;
+        maps.clear_backend_flows(id)?;
     }
     Ok(())
+}
+
+/// The effective weight of backend `key` in `config`: its controller's, if
+/// its VIP is in `load` mode and the controller has it in service.
+fn effective_weight(
+    config: &Config,
+    balancers: &BTreeMap<VipKeyOrd, weight_controller::Controller>,
+    key: &BackendKey,
+) -> Option<u32> {
+    let vip = vip_of(config, &key.vip)?;
+    if vip.balancing.mode != BalancingMode::Load {
+        return None;
+    }
+    balancers
+        .get(&key.vip)?
+        .weight(&key.addr)
+        .map(|w| w.effective)
 }
 
 fn vip_of<'a>(config: &'a Config, key: &VipKeyOrd) -> Option<&'a Vip> {
@@ -1398,6 +1555,7 @@ fn initial_health(
     let status = move |k: &BackendKey| BackendStatus {
         healthy: ups.get(k).copied().unwrap_or(true),
         drain_expired: false,
+        weight: None,
     };
     (records, Box::new(status))
 }

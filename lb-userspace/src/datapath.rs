@@ -209,7 +209,7 @@ impl Datapath {
 }
 
 /// The maps whose number of entries is chosen at load time, and theirs.
-fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 9], DatapathError> {
+fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 10], DatapathError> {
     let ring_entries = sizes
         .max_vips
         .checked_mul(2)
@@ -222,6 +222,7 @@ fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 9], DatapathError
         (MAP_VIP_STATS, sizes.max_vips),
         (MAP_BACKENDS, sizes.max_backends),
         (MAP_BACKEND_STATS, sizes.max_backends),
+        (MAP_BACKEND_FLOWS, sizes.max_backends),
         (MAP_RINGS, ring_entries),
         (MAP_CONNS, sizes.conn_entries),
         (MAP_PROBATION, sizes.probation_entries),
@@ -289,6 +290,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_PREV_OWNERS,
     MAP_SECOND_CHANCE,
     MAP_DECAP_PEERS,
+    MAP_BACKEND_FLOWS,
 ];
 
 /// Where the XDP link of `iface` is pinned.

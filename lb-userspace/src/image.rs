@@ -26,6 +26,9 @@ pub struct BackendStatus {
     pub healthy: bool,
     /// Draining for longer than the VIP's drain timeout: cut off.
     pub drain_expired: bool,
+    /// The weight its VIP's ring is built with, if not the configured
+    /// one: the weight controller's (`weight_controller`, in its units).
+    pub weight: Option<u32>,
 }
 
 impl Default for BackendStatus {
@@ -33,6 +36,7 @@ impl Default for BackendStatus {
         Self {
             healthy: true,
             drain_expired: false,
+            weight: None,
         }
     }
 }
@@ -198,7 +202,7 @@ pub fn build(
                 members.push(MaglevBackend {
                     id,
                     addr: b.address,
-                    weight: b.weight,
+                    weight: st.weight.unwrap_or(b.weight),
                 });
             }
         }
@@ -280,6 +284,7 @@ mod tests {
             |k| BackendStatus {
                 healthy: k.addr != sick,
                 drain_expired: false,
+                weight: None,
             },
             Egress::default(),
         )
@@ -346,6 +351,7 @@ mod tests {
             |_| BackendStatus {
                 healthy: true,
                 drain_expired: true,
+                weight: None,
             },
             Egress::default(),
         )

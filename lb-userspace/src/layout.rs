@@ -155,8 +155,8 @@ pub enum Entries {
 
 pub fn entries_of(name: &str) -> Entries {
     match name {
-        MAP_VIPS | MAP_VIP_STATS | MAP_BACKENDS | MAP_BACKEND_STATS | MAP_RINGS | MAP_CONNS
-        | MAP_PROBATION | MAP_PREV_OWNERS => Entries::Configured,
+        MAP_VIPS | MAP_VIP_STATS | MAP_BACKENDS | MAP_BACKEND_STATS | MAP_BACKEND_FLOWS
+        | MAP_RINGS | MAP_CONNS | MAP_PROBATION | MAP_PREV_OWNERS => Entries::Configured,
         MAP_GLOBAL_STATS | MAP_DECAP_STATS => Entries::PerReason,
         MAP_CONFIG => Entries::ConfigSlots,
         _ => Entries::Fixed,

@@ -5,7 +5,9 @@
 pub mod addr;
 pub mod announce;
 pub mod attachments;
+pub mod backend_load;
 pub mod bpffs;
+pub mod cli_docs;
 pub mod cluster;
 pub mod config;
 pub mod conn_list;
@@ -38,6 +40,7 @@ pub mod speaker;
 pub mod sync;
 pub mod top;
 pub mod tunnel_probe;
+pub mod weight_controller;
 pub mod xdp_link;
 
 /// The compiled eBPF object holding the `lb` and `lb_decap` programs.

@@ -87,6 +87,7 @@ pub struct Maps {
     global_stats: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
+    backend_flows: PerCpuArray<MapData, FlowEvents>,
     tx_ports: DevMapHash<MapData>,
     tx_port_macs: HashMap<MapData, u32, PortMac>,
     decap_addrs: HashMap<MapData, DecapAddr, u32>,
@@ -127,6 +128,7 @@ impl Maps {
             global_stats: take(ebpf, MAP_GLOBAL_STATS)?,
             vip_stats: take(ebpf, MAP_VIP_STATS)?,
             backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            backend_flows: take(ebpf, MAP_BACKEND_FLOWS)?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             tx_port_macs: take(ebpf, MAP_TX_PORT_MACS)?,
             decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
@@ -720,6 +722,26 @@ impl Maps {
             .map_err(err(MAP_BACKEND_STATS))?;
         Ok(sum(&values))
     }
+
+    /// Backend `backend_id`'s connection-table events, summed over CPUs.
+    pub fn backend_flows(&self, backend_id: u32) -> Result<FlowEvents, MapsError> {
+        let values = self
+            .backend_flows
+            .get(&backend_id, 0)
+            .map_err(err(MAP_BACKEND_FLOWS))?;
+        Ok(values
+            .iter()
+            .fold(FlowEvents::default(), |acc, e| FlowEvents {
+                opened: acc.opened + e.opened,
+                closed: acc.closed + e.closed,
+            }))
+    }
+
+    /// Zero backend `backend_id`'s connection-table events (see
+    /// `clear_vip_stats`).
+    pub fn clear_backend_flows(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        clear(&mut self.backend_flows, MAP_BACKEND_FLOWS, backend_id)
+    }
 }
 
 /// An LPM trie of address prefixes (`DECAP_SOURCES`, `DECAP_PEERS`).
@@ -849,14 +871,14 @@ pub struct Fill {
     pub method: FillMethod,
 }
 
-fn clear(
-    map: &mut PerCpuArray<MapData, FlowStats>,
+fn clear<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
     name: &'static str,
     index: u32,
 ) -> Result<(), MapsError> {
     let per_cpu = |error| MapsError::PerCpu { name, error };
     let cpus = aya::util::nr_cpus().map_err(|(_, error)| per_cpu(error))?;
-    let zero = PerCpuValues::try_from(vec![FlowStats::default(); cpus]).map_err(per_cpu)?;
+    let zero = PerCpuValues::try_from(vec![T::default(); cpus]).map_err(per_cpu)?;
     map.set(index, zero, 0).map_err(err(name))
 }
 

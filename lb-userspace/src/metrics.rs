@@ -9,7 +9,10 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,6 +33,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
+    backend_load::Load,
     config::{Config, Protocol},
     ids::{BackendKey, Ids, VipKeyOrd},
     image,
@@ -110,6 +114,9 @@ pub struct Metrics {
     backend_bytes: Family<BackendLabels, Counter>,
     backend_new_flows: Family<BackendLabels, Counter>,
     backend_up: Family<BackendLabels, Gauge>,
+    backend_active_flows: Family<BackendLabels, Gauge>,
+    backend_inactive_flows: Family<BackendLabels, Gauge>,
+    backend_effective_weight: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
     events: Family<EventLabels, Counter>,
@@ -151,6 +158,9 @@ impl Default for Metrics {
             backend_bytes: Family::default(),
             backend_new_flows: Family::default(),
             backend_up: Family::default(),
+            backend_active_flows: Family::default(),
+            backend_inactive_flows: Family::default(),
+            backend_effective_weight: Family::default(),
             check_latency: Family::new_with_constructor(|| {
                 Histogram::new([
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -217,6 +227,21 @@ impl Default for Metrics {
                 "backend_up",
                 "1 if the backend passes its health checks",
                 m.backend_up.clone(),
+            );
+            r.register(
+                "backend_active_flows",
+                "Open flows of a backend in the connection table, heard from within their idle timeout (ipvsadm's ActiveConn)",
+                m.backend_active_flows.clone(),
+            );
+            r.register(
+                "backend_inactive_flows",
+                "Flows of a backend seen closing, still in the connection table (ipvsadm's InActConn)",
+                m.backend_inactive_flows.clone(),
+            );
+            r.register(
+                "backend_effective_weight",
+                "The weight the backend's share of new flows follows, in units of its configured weight: the configured weight with balancing static, the weight controller's with balancing load; absent while the backend takes no new flows",
+                m.backend_effective_weight.clone(),
             );
             r.register(
                 "health_check_seconds",
@@ -311,6 +336,9 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("backend_bytes", "counter"),
     ("backend_new_flows", "counter"),
     ("backend_up", "gauge"),
+    ("backend_active_flows", "gauge"),
+    ("backend_inactive_flows", "gauge"),
+    ("backend_effective_weight", "gauge"),
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
     ("events", "counter"),
@@ -457,6 +485,64 @@ impl Metrics {
         );
     }
 
+    /// Set each configured backend's flow counts (`backend_load`). After
+    /// `update_from`, which removes the series of backends gone.
+    pub fn set_backend_load(&self, config: &Config, load: impl Fn(&BackendKey) -> Option<Load>) {
+        for v in &config.vips {
+            let key = image::vip_key(v.address, v.port, v.protocol);
+            let name = vip_name(v.address, v.port, v.protocol);
+            for b in &v.backends {
+                let bkey = BackendKey {
+                    vip: key,
+                    addr: b.address,
+                };
+                let Some(load) = load(&bkey) else { continue };
+                let l = BackendLabels {
+                    vip: name.clone(),
+                    backend: b.address.to_string(),
+                };
+                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                self.backend_active_flows
+                    .get_or_create(&l)
+                    .set(gauge(load.active_flows));
+                self.backend_inactive_flows
+                    .get_or_create(&l)
+                    .set(gauge(load.inactive_flows));
+            }
+        }
+    }
+
+    /// Set each configured backend's effective weight, in configured-weight
+    /// units; a backend out of the ring has no series. After `update_from`.
+    pub fn set_effective_weights(
+        &self,
+        config: &Config,
+        weight: impl Fn(&BackendKey) -> Option<f64>,
+    ) {
+        for v in &config.vips {
+            let key = image::vip_key(v.address, v.port, v.protocol);
+            let name = vip_name(v.address, v.port, v.protocol);
+            for b in &v.backends {
+                let bkey = BackendKey {
+                    vip: key,
+                    addr: b.address,
+                };
+                let l = BackendLabels {
+                    vip: name.clone(),
+                    backend: b.address.to_string(),
+                };
+                match weight(&bkey) {
+                    Some(w) => {
+                        self.backend_effective_weight.get_or_create(&l).set(w);
+                    }
+                    None => {
+                        self.backend_effective_weight.remove(&l);
+                    }
+                }
+            }
+        }
+    }
+
     /// `update_from`, with the counters read through the given functions.
     fn update(
         &self,
@@ -522,6 +608,9 @@ impl Metrics {
             self.backend_bytes.remove(l);
             self.backend_new_flows.remove(l);
             self.backend_up.remove(l);
+            self.backend_active_flows.remove(l);
+            self.backend_inactive_flows.remove(l);
+            self.backend_effective_weight.remove(l);
             self.check_latency.remove(l);
         }
         series.vips = vips;
@@ -748,6 +837,8 @@ mod tests {
             method: crate::maps::FillMethod::Kernel,
         });
         m.set_ring_digests([("v".to_string(), 7)]);
+        m.set_backend_load(&two_vips(), |_| Some(Load::default()));
+        m.set_effective_weights(&two_vips(), |_| Some(1.0));
         let mut announcing = two_vips();
         announcing.announce = Some(crate::config::Announce::default());
         m.set_announced(&announcing, |_| true, false);

@@ -273,11 +273,11 @@ impl Cluster {
             join(&ns, "eth0", &port);
             net.enter(|| pass.attach(PROG_DECAP, &port, XdpMode::Driver))
                 .expect("pass-through on a node's port");
-            // XDP on a veth sees every frame, whatever its destination MAC,
-            // where a NIC would filter: without this, frames to a node cut
-            // off (its MAC forgotten by the bridge, so flooded) would be
-            // balanced by the others, and the cut would lose nothing.
-            net.exec(&["bridge", "link", "set", "dev", &port, "flood", "off"]);
+            // The bridge floods frames to a node cut off (its MAC forgotten)
+            // to the others, as a switch does; XDP on a veth sees them,
+            // and the lb program leaves them to the kernel, which drops
+            // them (pass_other_host): the cut loses what the router still
+            // sends to the dead node until it notices.
             sysctl(
                 &ns,
                 &[

@@ -91,6 +91,10 @@ pub enum Tcp {
     Syn,
     Ack,
     SynAck,
+    /// FIN with ACK: the client closes its side.
+    FinAck,
+    /// RST with ACK: the client aborts.
+    RstAck,
 }
 
 fn tcp_header(sport: u16, dport: u16, flags: Tcp) -> TcpHeader {
@@ -104,6 +108,12 @@ fn tcp_header(sport: u16, dport: u16, flags: Tcp) -> TcpHeader {
         Tcp::SynAck => {
             h.syn = true;
             h.ack = true;
+        }
+        Tcp::FinAck | Tcp::RstAck => {
+            h.fin = flags == Tcp::FinAck;
+            h.rst = flags == Tcp::RstAck;
+            h.ack = true;
+            h.acknowledgment_number = 1;
         }
     }
     h

@@ -2718,3 +2718,39 @@ fn cp_conn_list_shows_each_flow_on_its_backend_with_filters() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a prefix"));
 }
+
+/// `lbctl backend drain --wait` drains, then counts the backend's pinned
+/// flows once a second: with flows still running it gives up at the
+/// deadline (exit status 2); when the drain timeout cuts them it says so
+/// and exits 0.
+#[test]
+fn cp_backend_drain_wait_counts_pinned_flows_until_none_or_the_deadline() {
+    let site = Site::new();
+    let mut config = site.config(&[B1, B2], json!({"type": "none"}));
+    config["vips"][0]["drain_timeout_s"] = json!(4);
+    let lbd = Lbd::start(&site.lb, Paths::new("cpdrainwait"), config);
+    site.establish_flows(48000..48030);
+    let on_b1 = lbd.json(&["conn", "list", "--backend", B1])["pinned"]
+        .as_u64()
+        .unwrap();
+    assert!(on_b1 > 0, "no flow on {B1}");
+
+    let out = lbd.ctl(&["backend", "drain", VIP_REF, B1, "--wait", "--deadline", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("{on_b1} flows pinned"))
+            && text.contains(&format!("{on_b1} flows still pinned to {B1}")),
+        "{text}"
+    );
+    // The flows go on; the 4 s drain timeout cuts them, and the wait
+    // (by default the drain time left) sees them go.
+    let out = lbd.ctl(&["backend", "drain", VIP_REF, B1, "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("the drain timeout cut the last {on_b1}")),
+        "{text}"
+    );
+    assert_eq!(lbd.json(&["conn", "list", "--backend", B1])["pinned"], 0);
+}

@@ -28,6 +28,7 @@ fn image_of(vips: &str, ids: &mut Ids) -> Image {
         |_| BackendStatus {
             healthy: true,
             drain_expired: false,
+            weight: None,
         },
         image::Egress::default(),
     )
@@ -246,6 +247,7 @@ fn image_with_second_chance(backends: &[usize], window_s: Option<u64>, ids: &mut
         |_| BackendStatus {
             healthy: true,
             drain_expired: false,
+            weight: None,
         },
         image::Egress::default(),
     )

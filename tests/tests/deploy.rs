@@ -390,3 +390,109 @@ fn deploy_lb_decap_unit_commands_attach_and_detach() {
     assert_eq!(status["allowed_sources"], serde_json::json!(sources));
     assert!(!detached.contains("prog/xdp"), "{detached}");
 }
+
+/// `cargo xtask package` builds a Debian package that dpkg installs into a
+/// clean root: the three binaries, the units pointing at them, a man page
+/// for every command and subcommand, completions for three shells, the
+/// example configuration (which `lbd --check` accepts, run from the
+/// installed tree) and the docs.
+#[test]
+fn deploy_package_installs_into_a_clean_root_and_lbd_checks_from_it() {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("lbt-package-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let out = std::process::Command::new("cargo")
+        .args(["xtask", "package", "--debug", "--out"])
+        .arg(&dir)
+        .current_dir(workspace)
+        .output()
+        .expect("run cargo xtask package");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let deb = dir.join(format!("lbd_{version}_amd64.deb"));
+
+    let root = dir.join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("run");
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // libc6 is the host's; the clean root has no package database of it.
+    run(std::process::Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-depends", "--force-script-chrootless", "-i"])
+        .arg(&deb));
+    let status = run(std::process::Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["-s", "lbd"]));
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(status.contains(&format!("Version: {version}")), "{status}");
+
+    let installed = |path: &str| root.join(path);
+    for bin in ["lbd", "lbctl", "lb-decap"] {
+        assert!(installed(&format!("usr/bin/{bin}")).is_file(), "{bin}");
+        for completion in [
+            format!("usr/share/bash-completion/completions/{bin}"),
+            format!("usr/share/zsh/vendor-completions/_{bin}"),
+            format!("usr/share/fish/vendor_completions.d/{bin}.fish"),
+        ] {
+            let text = std::fs::read_to_string(installed(&completion)).unwrap();
+            assert!(text.contains(bin), "{completion}");
+        }
+    }
+    let unit = std::fs::read_to_string(installed("lib/systemd/system/lbd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/lbd --config"), "{unit}");
+    assert!(!unit.contains("/usr/local/bin"), "{unit}");
+    let decap_unit =
+        std::fs::read_to_string(installed("lib/systemd/system/lb-decap.service")).unwrap();
+    assert!(decap_unit.contains("ExecStart=/usr/bin/lb-decap attach"));
+    // A page for every command, down to each subcommand.
+    for page in [
+        "lbd",
+        "lbctl",
+        "lbctl-conn-list",
+        "lbctl-node-drain",
+        "lbctl-backend-drain",
+        "lb-decap-attach",
+    ] {
+        assert!(
+            installed(&format!("usr/share/man/man1/{page}.1.gz")).is_file(),
+            "{page}"
+        );
+    }
+    for doc in [
+        "operations.md",
+        "configuration.md",
+        "cluster.md",
+        "examples/bird/lb-node.conf",
+    ] {
+        assert!(
+            installed(&format!("usr/share/doc/lbd/{doc}")).is_file(),
+            "{doc}"
+        );
+    }
+    let check = run(std::process::Command::new(installed("usr/bin/lbd"))
+        .arg("--config")
+        .arg(installed("usr/share/doc/lbd/examples/lbd.json"))
+        .arg("--check"));
+    assert!(check.trim_end().ends_with(": ok"), "{check}");
+}
+
+/// Removes a directory when dropped, also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

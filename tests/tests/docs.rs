@@ -518,6 +518,9 @@ fn configuration_doc_error_messages_are_the_real_ones() {
             v["vips"][0]["health_check"] = json!({"type": "none"});
             v["vips"][0]["second_chance_s"] = 60.into();
         },
+        |v| v["vips"][0]["balancing"] = json!({"mode": "load", "target_utilization": 1.5}),
+        |v| v["vips"][0]["balancing"] = json!({"ring_budget": 0}),
+        |v| v["vips"][0]["balancing"] = json!({"interval_s": 0}),
         |v| v["second_chance"] = json!({"enabled": true, "gue_port": 0}),
         |v| {
             v["mtu"] = 1320.into();

@@ -553,6 +553,75 @@ fn golden_tcp_syn_is_not_entered_its_ack_goes_on_probation_and_the_request_promo
 }
 
 #[test]
+fn golden_tcp_flow_counts_opened_at_promotion_and_closed_once_at_its_first_fin_or_rst() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let packet = |flags, payload: &[u8]| tcp4(CLIENT_V4, 40020, VIP_V4, 80, flags, payload);
+    let flow = flow_of(&packet(Tcp::Syn, b""));
+    let owner = lb.ring_backend(&key, &flow);
+    let events = |lb: &Lb| {
+        let e = lb.maps.backend_flows(owner).unwrap();
+        (e.opened, e.closed)
+    };
+    let closed = |lb: &Lb| lb.maps.conn(&flow).unwrap().expect("entry").closed();
+    let to_owner = |p: &[u8]| Outcome {
+        action: XDP_TX,
+        data: tunnelled(p, &addr_of(&backends, owner)),
+    };
+    for p in [packet(Tcp::Syn, b""), packet(Tcp::Ack, b"")] {
+        assert_eq!(lb.run(&to_lb(&p)), to_owner(&p));
+    }
+    assert_eq!(events(&lb), (0, 0), "not in the connection table yet");
+    let request = packet(Tcp::Ack, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(lb.run(&to_lb(&request)), to_owner(&request));
+    assert_eq!(
+        (events(&lb), closed(&lb)),
+        ((1, 0), false),
+        "promoted: open"
+    );
+    // The client's FIN, and its retransmission: one close, the entry kept
+    // (and its mark) for the flow's last packets.
+    let fin = packet(Tcp::FinAck, b"");
+    for _ in 0..2 {
+        assert_eq!(lb.run(&to_lb(&fin)), to_owner(&fin));
+        assert_eq!((events(&lb), closed(&lb)), ((1, 1), true));
+    }
+    let last_ack = packet(Tcp::Ack, b"");
+    assert_eq!(lb.run(&to_lb(&last_ack)), to_owner(&last_ack));
+    assert_eq!((events(&lb), closed(&lb)), ((1, 1), true));
+    let entry = lb.maps.conn(&flow).unwrap().expect("entry");
+    assert_eq!((entry.backend_id, entry.vip_id), (owner, 0));
+    // A new connection on the same 5-tuple opens the entry again; its RST
+    // closes it again.
+    let syn = packet(Tcp::Syn, b"");
+    assert_eq!(lb.run(&to_lb(&syn)), to_owner(&syn));
+    assert_eq!((events(&lb), closed(&lb)), ((2, 1), false));
+    let rst = packet(Tcp::RstAck, b"");
+    assert_eq!(lb.run(&to_lb(&rst)), to_owner(&rst));
+    assert_eq!((events(&lb), closed(&lb)), ((2, 2), true));
+    for b in backends.iter().filter(|b| b.id != owner) {
+        assert_eq!(lb.maps.backend_flows(b.id).unwrap(), FlowEvents::default());
+    }
+}
+
+#[test]
+fn golden_udp_flow_counts_opened_at_promotion_and_never_closed() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 53, PROTO_UDP);
+    let backends = three_v4();
+    lb.add_vip(key, 0, &backends);
+    let dgram = udp4(CLIENT_V4, 5300, VIP_V4, 53, b"query");
+    let owner = lb.ring_backend(&key, &flow_of(&dgram));
+    for _ in 0..3 {
+        lb.run(&to_lb(&dgram));
+    }
+    let events = lb.maps.backend_flows(owner).unwrap();
+    assert_eq!((events.opened, events.closed), (1, 0));
+}
+
+#[test]
 fn golden_first_udp_datagram_goes_on_probation_and_the_second_promotes_it() {
     let mut lb = Lb::new();
     let key = vip_key(VIP_V6, 53, PROTO_UDP);

@@ -1,10 +1,11 @@
 //! Developer workflows: `cargo xtask setup | build | test | upgrade-test |
-//! demo | bench`.
+//! demo | bench | package`.
 //!
 //! Every command first runs `setup`, which installs what building the eBPF
 //! program needs, idempotently, and says what it does. xtask itself depends
 //! on nothing of ours, so it builds on a machine that has nothing yet.
 
+mod package;
 mod setup;
 mod upgrade;
 
@@ -43,6 +44,16 @@ enum Cmd {
     },
     /// Run the benchmarks; results in target/bench/ (needs root).
     Bench,
+    /// Build the Debian package (binaries, systemd units, man pages,
+    /// completions, examples, docs) into target/dist/.
+    Package {
+        /// Package the debug binaries (quicker; for tests).
+        #[arg(long)]
+        debug: bool,
+        /// Where to put the package (default: target/dist).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -123,6 +134,21 @@ fn main() -> Result<()> {
                 "--test",
                 "fuzz_decap",
             ])
+        }
+        Cmd::Package { debug, out } => {
+            setup::run()?;
+            let root = workspace_root();
+            let profile = if debug { "debug" } else { "release" };
+            if debug {
+                cargo(&["build", "--bins"])?;
+            } else {
+                cargo(&["build", "--release", "--bins"])?;
+            }
+            let out = out.unwrap_or_else(|| root.join("target/dist"));
+            std::fs::create_dir_all(&out)?;
+            let deb = package::build(&root, &root.join("target").join(profile), &out, debug)?;
+            println!("xtask: {}", deb.display());
+            Ok(())
         }
         Cmd::Demo { which } => {
             setup::run()?;

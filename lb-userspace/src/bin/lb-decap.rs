@@ -123,6 +123,9 @@ const SIZES: MapSizes = MapSizes {
 };
 
 fn main() -> ExitCode {
+    if let Some(status) = lb_userspace::cli_docs::handle::<Args>("lb-decap") {
+        return status;
+    }
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -235,6 +235,15 @@ enum BackendCmd {
     Drain {
         vip: VipArg,
         address: IpAddr,
+        /// Then print the backend's flows still pinned to it every second
+        /// until none is left (exit status 0) or the deadline passes (exit
+        /// status 2).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: seconds to wait at most (default: the drain time
+        /// left, after which lbd cuts the flows anyway, plus 2 s).
+        #[arg(long, value_name = "S", requires = "wait")]
+        deadline: Option<u64>,
     },
     Undrain {
         vip: VipArg,
@@ -317,6 +326,9 @@ impl FromStr for CheckArg {
 }
 
 fn main() -> ExitCode {
+    if let Some(status) = lb_userspace::cli_docs::handle::<Cli>("lbctl") {
+        return status;
+    }
     let cli = Cli::parse();
     // Multi-threaded: `top` waits for keys with block_in_place.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -390,9 +402,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 },
                 drain_timeout_s: *drain_timeout_s,
                 second_chance_s: *second_chance_s,
+                balancing: Default::default(),
                 backends: Vec::new(),
             };
-            (Request::VipAdd { vip: v }, print_done)
+            (Request::VipAdd { vip: Box::new(v) }, print_done)
         }
         Cmd::Vip {
             command: VipCmd::Del { vip },
@@ -443,7 +456,16 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_done,
         ),
         Cmd::Backend {
-            command: BackendCmd::Drain { vip, address },
+            command:
+                BackendCmd::Drain {
+                    vip,
+                    address,
+                    wait: true,
+                    deadline,
+                },
+        } => return backend_drain_wait(cli, vip.0, *address, *deadline).await,
+        Cmd::Backend {
+            command: BackendCmd::Drain { vip, address, .. },
         } => (
             Request::BackendDrain {
                 vip: vip.0,
@@ -575,6 +597,81 @@ async fn node_resume(cli: &Cli) -> Result<ExitCode, String> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Drain a backend, then print its flows still pinned to it once a second
+/// until none is left (exit status 0) or `deadline` seconds pass (exit
+/// status 2; default: the drain time lbd reports left, plus 2 s).
+async fn backend_drain_wait(
+    cli: &Cli,
+    vip: VipRef,
+    address: IpAddr,
+    deadline: Option<u64>,
+) -> Result<ExitCode, String> {
+    let reply = call(cli, Request::BackendDrain { vip, address }).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+    } else {
+        println!("{address} of {vip} drained: no new flows");
+    }
+    let deadline = match deadline {
+        Some(s) => s,
+        None => {
+            let rows = call(cli, Request::BackendList { vip: Some(vip) }).await?;
+            rows.as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["address"] == address.to_string())
+                .and_then(|r| r["drain_remaining_s"].as_u64())
+                .map_or(60, |s| s + 2)
+        }
+    };
+    // Counted by lbd over the connection and probation tables, by the
+    // data plane's own rule: a flow the drain timeout cut is not pinned.
+    let count = Request::ConnList {
+        vip: Some(vip),
+        backend: Some(address),
+        client: None,
+        probation: true,
+        limit: 0,
+        scan: usize::MAX,
+    };
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let list = call(cli, count.clone()).await?;
+        let pinned = list["pinned"].as_u64().unwrap_or(0);
+        let elapsed = started.elapsed().as_secs();
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({ "elapsed_s": elapsed, "pinned_flows": pinned })
+            );
+        } else {
+            println!("  {elapsed:>5} s  {pinned:>8} flows pinned");
+        }
+        if pinned == 0 {
+            // Entries left behind no longer pin their flows: the drain
+            // timeout cut them.
+            let cut = list["matched"].as_u64().unwrap_or(0);
+            if !cli.json && cut > 0 {
+                println!("no flow left on {address}: the drain timeout cut the last {cut}");
+            } else if !cli.json {
+                println!("no flow left on {address}: it can be removed");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if elapsed >= deadline {
+            if !cli.json {
+                println!(
+                    "deadline passed after {elapsed} s: {pinned} flows still pinned to {address}"
+                );
+            }
+            return Ok(ExitCode::from(EXIT_DEADLINE));
+        }
+    }
 }
 
 /// When `node drain --wait` says the node's traffic has stopped.
@@ -1059,9 +1156,13 @@ fn print_backends(v: &Value) {
             "VIP",
             "BACKEND",
             "WEIGHT",
+            "EFFECTIVE",
             "STATE",
             "HEALTH",
             "IN TABLE",
+            "ACTIVE",
+            "INACTIVE",
+            "NEW/S",
             "LAST CHECK",
             "DRAIN LEFT",
         ],
@@ -1074,9 +1175,17 @@ fn print_backends(v: &Value) {
                 s(&r["vip"]),
                 s(&r["address"]),
                 s(&r["weight"]),
+                r["effective_weight"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |x| format!("{x:.2}")),
                 s(&r["state"]),
                 s(&r["health"]),
                 s(&r["in_table"]),
+                s(&r["active_flows"]),
+                s(&r["inactive_flows"]),
+                r["new_flows_per_s"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |x| format!("{x:.1}")),
                 s(&r["last_check"]),
                 drain,
             ]
@@ -1095,7 +1204,11 @@ fn print_conns(v: &Value) {
                 s(&r["client"]),
                 s(&r["vip"]),
                 s(&r["backend"]),
-                s(&r["table"]),
+                if r["closed"] == true {
+                    format!("{}, closed", s(&r["table"]))
+                } else {
+                    s(&r["table"])
+                },
                 format!("{} s", s(&r["idle_s"])),
                 r["stale"]
                     .as_str()

@@ -62,6 +62,9 @@ impl Args {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(status) = lb_userspace::cli_docs::handle::<Args>("lbd") {
+        return status;
+    }
     let args = Args::parse();
     // Logs go to standard error, like the failure message below: standard
     // output carries only what was asked for (`--check`'s "ok").

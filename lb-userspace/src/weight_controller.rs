@@ -1,0 +1,607 @@
+//! The weight controller of a `load`-mode VIP (`vips[].balancing`): each
+//! interval it turns the backends' load into effective weights, the
+//! weights the VIP's Maglev ring is built from. Only new flows follow
+//! them; established ones stay pinned by the connection table.
+//!
+//! For each backend in service, in this order:
+//!
+//! 1. **Utilization** `u`: its active flows over its capacity
+//!    (`flows_per_weight` × configured weight), or, without a capacity,
+//!    relative: `target_utilization` × its flows per weight over the
+//!    VIP's mean (a backend at the mean is at the target).
+//! 2. **Headroom factor** `(1 - u) / (1 - target)`, in `min_weight..=1`:
+//!    1 at or under the target, falling to `min_weight` as `u` nears 1.
+//! 3. **Smoothing**: a moving average (EWMA, `smoothing` the weight of
+//!    the newest factor).
+//! 4. **Slow start**: a new or returning backend's share rises from
+//!    nothing to full over `slow_start_s`.
+//! 5. **Step bound**: the effective weight moves at most `max_step` of
+//!    the configured weight per interval.
+//! 6. **Staleness**: a backend without a load report for `stale_after`
+//!    intervals falls back to its configured weight (through the step
+//!    bound too).
+//!
+//! Then, for the VIP as a whole, the **ring budget**: if the new weights
+//! would hand more than `ring_budget` of the ring's slots to other
+//! backends, the changes are scaled down (halved up to three times) until
+//! they fit, and held back if they never do. Every moved slot is a slot
+//! whose new flows change backend, and a previous owner that second
+//! chance must remember; the budget bounds both.
+//!
+//! Effective weights are in hundredths of a configured weight (`SCALE`);
+//! Maglev's shares depend only on the ratios of the weights, so a VIP
+//! whose weights are all scaled alike keeps its ring.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::Balancing,
+    maglev::{self, MaglevBackend},
+};
+
+/// Effective weights are in units of a configured weight over this.
+pub const SCALE: u32 = 100;
+/// Changes of less than this share of the configured weight are not
+/// made (unless they reach the configured weight): they would rebuild
+/// the ring for nothing.
+const DEAD_BAND: f64 = 0.02;
+/// Times the budget halves a change before it holds it back.
+const BUDGET_TRIES: u32 = 3;
+
+/// A backend in service (up, active) this interval.
+#[derive(Clone, Copy, Debug)]
+pub struct Member {
+    pub addr: IpAddr,
+    /// Backend id, for the ring.
+    pub id: u32,
+    /// `vips[].backends[].weight`.
+    pub configured: u32,
+    /// Its active flows, if a fresh report has them.
+    pub active_flows: Option<u64>,
+}
+
+/// What the controller keeps of one backend between intervals.
+#[derive(Clone, Debug)]
+struct Track {
+    /// The smoothed headroom factor.
+    smoothed: f64,
+    /// The effective weight in use, in `SCALE` units.
+    effective: u32,
+    /// In service since.
+    since: Instant,
+    /// Intervals in a row without a report.
+    stale_for: u32,
+    why: String,
+}
+
+/// A backend's effective weight and why it is what it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weight {
+    /// In `SCALE` units.
+    pub effective: u32,
+    pub why: String,
+}
+
+/// The controller of one VIP.
+#[derive(Debug, Default)]
+pub struct Controller {
+    tracks: BTreeMap<IpAddr, Track>,
+    last_step: Option<Instant>,
+}
+
+/// What one interval changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// (backend, old effective, new effective), `SCALE` units.
+    pub moved: Vec<(IpAddr, u32, u32)>,
+    /// Share of the ring the change hands to other backends.
+    pub ring_moved: f64,
+    /// Why the weights moved, one clause per backend moved.
+    pub reason: String,
+}
+
+impl Controller {
+    /// Whether an interval has passed since the last step.
+    pub fn due(&self, p: &Balancing, now: Instant) -> bool {
+        // Half a second early at most: the daemon ticks once a second.
+        let interval = Duration::from_secs(p.interval_s).saturating_sub(Duration::from_millis(500));
+        self.last_step
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval)
+    }
+
+    /// The effective weight of `addr`, if it is in service.
+    pub fn weight(&self, addr: &IpAddr) -> Option<Weight> {
+        self.tracks.get(addr).map(|t| Weight {
+            effective: t.effective,
+            why: t.why.clone(),
+        })
+    }
+
+    /// One interval over `members`, the backends in service now.
+    /// `ring_moved(old, new)` says what share of the ring's slots change
+    /// hands between the rings of two weight sets (id, weight).
+    pub fn step(
+        &mut self,
+        p: &Balancing,
+        members: &[Member],
+        now: Instant,
+        ring_moved: impl Fn(&[(u32, u32)], &[(u32, u32)]) -> f64,
+    ) -> Option<Change> {
+        self.last_step = Some(now);
+        // Backends out of service are forgotten: back, they start slow.
+        self.tracks
+            .retain(|addr, _| members.iter().any(|m| m.addr == *addr));
+        // The weights the live ring was built from: with no history (the
+        // controller just started), the configured ones; a backend new to
+        // a running controller has next to no share yet.
+        let first = self.tracks.is_empty();
+        let current: Vec<(u32, u32)> = members
+            .iter()
+            .map(|m| match self.tracks.get(&m.addr) {
+                Some(t) => (m.id, t.effective),
+                None if first => (m.id, m.configured * SCALE),
+                None => (m.id, 0),
+            })
+            .collect();
+        let utilization = utilizations(p, members);
+        let mut proposed = Vec::with_capacity(members.len());
+        for (m, u) in members.iter().zip(&utilization) {
+            let (effective, why) = self.propose(p, m, *u, now);
+            proposed.push((m.id, effective, why));
+        }
+        // The budget: scale the changes down until they fit.
+        let mut fraction = 1.0;
+        let mut weights: Vec<(u32, u32)> = proposed.iter().map(|(id, w, _)| (*id, *w)).collect();
+        let mut moved = ring_moved(&current, &weights);
+        let mut tries = 0;
+        while moved > p.ring_budget && tries < BUDGET_TRIES {
+            fraction /= 2.0;
+            tries += 1;
+            weights = current
+                .iter()
+                .zip(&proposed)
+                .map(|((id, old), (_, new, _))| (*id, between(*old, *new, fraction)))
+                .collect();
+            moved = ring_moved(&current, &weights);
+        }
+        let held = moved > p.ring_budget;
+        if held {
+            weights = current.iter().map(|(id, w)| (*id, (*w).max(1))).collect();
+            moved = ring_moved(&current, &weights);
+        }
+        let mut change = Change {
+            moved: Vec::new(),
+            ring_moved: moved,
+            reason: String::new(),
+        };
+        let mut clauses = Vec::new();
+        for ((m, (_, new)), (_, _, why)) in members.iter().zip(&weights).zip(proposed) {
+            let track = self.tracks.get_mut(&m.addr).expect("tracked by propose");
+            let mut why = why;
+            if held {
+                why = format!(
+                    "{why}; held back: the change would move more than {:.1}% of the ring",
+                    p.ring_budget * 100.0
+                );
+            } else if fraction < 1.0 {
+                why = format!(
+                    "{why}; {:.0}% of the change, to move at most {:.1}% of the ring",
+                    fraction * 100.0,
+                    p.ring_budget * 100.0
+                );
+            }
+            if *new != track.effective {
+                change.moved.push((m.addr, track.effective, *new));
+                clauses.push(format!("{} {} -> {}: {why}", m.addr, track.effective, new));
+            }
+            track.effective = *new;
+            track.why = why;
+        }
+        if change.moved.is_empty() {
+            return None;
+        }
+        change.reason = clauses.join("; ");
+        Some(change)
+    }
+
+    /// The weight `m` would take this interval, before the budget, and why;
+    /// updates its track (smoothing, staleness) but not its effective weight.
+    fn propose(
+        &mut self,
+        p: &Balancing,
+        m: &Member,
+        u: Option<f64>,
+        now: Instant,
+    ) -> (u32, String) {
+        let full = m.configured * SCALE;
+        let fresh = !self.tracks.contains_key(&m.addr);
+        let track = self.tracks.entry(m.addr).or_insert(Track {
+            smoothed: 1.0,
+            effective: 0,
+            since: now,
+            stale_for: 0,
+            why: String::new(),
+        });
+        let mut why = match u {
+            Some(u) => {
+                track.stale_for = 0;
+                let f = headroom(p, u);
+                track.smoothed = p.smoothing * f + (1.0 - p.smoothing) * track.smoothed;
+                format!(
+                    "load: utilization {u:.2} (target {:.2}), weight {:.0}%",
+                    p.target_utilization,
+                    track.smoothed * 100.0
+                )
+            }
+            None => {
+                track.stale_for += 1;
+                if track.stale_for >= p.stale_after {
+                    track.smoothed = 1.0;
+                    format!(
+                        "no load report for {} intervals: back to the configured weight",
+                        track.stale_for
+                    )
+                } else {
+                    format!("no load report for {} intervals: held", track.stale_for)
+                }
+            }
+        };
+        let mut share = track.smoothed;
+        let elapsed = now.saturating_duration_since(track.since);
+        if p.slow_start_s > 0 && elapsed < Duration::from_secs(p.slow_start_s) {
+            let ramp = slow_start_ramp(p, elapsed);
+            share *= ramp;
+            why = format!(
+                "slow start, {:.0}% of the way ({} s of {} s); {why}",
+                ramp * 100.0,
+                elapsed.as_secs(),
+                p.slow_start_s
+            );
+        }
+        let target = ((f64::from(full) * share).round() as u32).clamp(1, full);
+        if fresh {
+            // Nothing to step from: a new backend enters at its slow-start
+            // share (or in full, without slow start).
+            return (target, why);
+        }
+        let prev = track.effective;
+        let step = ((f64::from(full) * p.max_step).round() as u32).max(1);
+        let bounded = target.clamp(prev.saturating_sub(step), prev.saturating_add(step));
+        if bounded != target {
+            why = format!(
+                "{why}; step bound {:.0}% of the configured weight",
+                p.max_step * 100.0
+            );
+        }
+        let band = (f64::from(full) * DEAD_BAND).round() as u32;
+        if bounded.abs_diff(prev) < band.max(1) && bounded != full {
+            return (prev, why);
+        }
+        (bounded, why)
+    }
+}
+
+/// How far into its slow start a backend in service for `elapsed` is: at
+/// least one interval's worth, so that it starts with some share.
+fn slow_start_ramp(p: &Balancing, elapsed: Duration) -> f64 {
+    let whole = p.slow_start_s as f64;
+    let at = elapsed.as_secs_f64().max(p.interval_s as f64);
+    (at / whole).min(1.0)
+}
+
+/// The headroom factor of utilization `u`: 1 at or under the target,
+/// `min_weight` at full use or over.
+pub fn headroom(p: &Balancing, u: f64) -> f64 {
+    ((1.0 - u) / (1.0 - p.target_utilization)).clamp(p.min_weight, 1.0)
+}
+
+/// Each member's utilization, `None` for those without a report.
+pub fn utilizations(p: &Balancing, members: &[Member]) -> Vec<Option<f64>> {
+    let reporting = members
+        .iter()
+        .filter_map(|m| m.active_flows.map(|a| (a, m.configured)));
+    let (flows, weight) = reporting.fold((0u64, 0u64), |(f, w), (a, c)| (f + a, w + u64::from(c)));
+    members
+        .iter()
+        .map(|m| {
+            let active = m.active_flows? as f64;
+            let configured = f64::from(m.configured.max(1));
+            Some(match p.flows_per_weight {
+                Some(capacity) => active / (configured * capacity as f64),
+                None if flows == 0 => 0.0,
+                None => {
+                    let mean = flows as f64 / weight.max(1) as f64;
+                    p.target_utilization * (active / configured) / mean
+                }
+            })
+        })
+        .collect()
+}
+
+/// The share of the ring's slots (of `ring_size`) that change backend
+/// between the Maglev rings of weights `old` and `new` (backend id,
+/// weight) over `members`. Two ring builds; nothing when equal.
+pub fn moved_share(
+    members: &[Member],
+    old: &[(u32, u32)],
+    new: &[(u32, u32)],
+    ring_size: u32,
+) -> f64 {
+    if old == new {
+        return 0.0;
+    }
+    let ring = |weights: &[(u32, u32)]| {
+        let backends: Vec<MaglevBackend> = members
+            .iter()
+            .zip(weights)
+            .map(|(m, (id, weight))| MaglevBackend {
+                id: *id,
+                addr: m.addr,
+                weight: *weight,
+            })
+            .collect();
+        maglev::build(&backends, ring_size)
+    };
+    let (a, b) = (ring(old), ring(new));
+    let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    moved as f64 / f64::from(ring_size.max(1))
+}
+
+/// `fraction` of the way from `old` to `new`, at least 1.
+fn between(old: u32, new: u32, fraction: f64) -> u32 {
+    let w = f64::from(old) + (f64::from(new) - f64::from(old)) * fraction;
+    (w.round() as u32).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Balancing {
+        Balancing {
+            mode: crate::config::BalancingMode::Load,
+            slow_start_s: 0,
+            max_step: 1.0,
+            smoothing: 1.0,
+            ring_budget: 1.0,
+            ..Balancing::default()
+        }
+    }
+
+    fn member(last: u8, active: Option<u64>) -> Member {
+        Member {
+            addr: IpAddr::from([198, 51, 100, last]),
+            id: u32::from(last),
+            configured: 1,
+            active_flows: active,
+        }
+    }
+
+    fn no_ring(_: &[(u32, u32)], _: &[(u32, u32)]) -> f64 {
+        0.0
+    }
+
+    #[test]
+    fn moved_share_counts_the_slots_that_change_backend() {
+        let members = [member(1, None), member(2, None)];
+        let equal = [(1, 100), (2, 100)];
+        assert_eq!(moved_share(&members, &equal, &equal, 251), 0.0);
+        // Proportional weights build the same ring.
+        assert_eq!(moved_share(&members, &equal, &[(1, 7), (2, 7)], 251), 0.0);
+        // From half each to a tenth: about 40% of the slots move.
+        let moved = moved_share(&members, &equal, &[(1, 10), (2, 90)], 251);
+        assert!((0.35..0.45).contains(&moved), "{moved}");
+    }
+
+    fn effective(c: &Controller, m: &Member) -> u32 {
+        c.weight(&m.addr).expect("in service").effective
+    }
+
+    #[test]
+    fn a_backend_over_the_mean_loses_weight_and_one_under_keeps_it() {
+        let p = params();
+        let (a, b) = (member(1, Some(30)), member(2, Some(10)));
+        let mut c = Controller::default();
+        let t = Instant::now();
+        c.step(&p, &[a, b], t, no_ring);
+        // a: 1.5 x the mean, u = 1.2: the floor; b: u = 0.4, full.
+        assert_eq!(effective(&c, &a), (p.min_weight * 100.0) as u32);
+        assert_eq!(effective(&c, &b), 100);
+        // Equal load: both at the target, full weight.
+        let (a, b) = (member(1, Some(10)), member(2, Some(10)));
+        let mut c = Controller::default();
+        c.step(&p, &[a, b], t, no_ring);
+        assert_eq!((effective(&c, &a), effective(&c, &b)), (100, 100));
+    }
+
+    #[test]
+    fn with_a_capacity_utilization_is_absolute() {
+        let p = Balancing {
+            flows_per_weight: Some(100),
+            ..params()
+        };
+        let u = utilizations(&p, &[member(1, Some(90)), member(2, Some(50))]);
+        assert_eq!(u, vec![Some(0.9), Some(0.5)]);
+        // (1 - 0.9) / (1 - 0.8) = 0.5.
+        assert!((headroom(&p, 0.9) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_weight_moves_at_most_one_step_per_interval() {
+        let p = Balancing {
+            max_step: 0.2,
+            ..params()
+        };
+        let mut c = Controller::default();
+        let t = Instant::now();
+        let (a, b) = (member(1, Some(10)), member(2, Some(10)));
+        c.step(&p, &[a, b], t, no_ring);
+        assert_eq!(effective(&c, &a), 100);
+        // a now far over the mean: its target is the floor, 10.
+        let a = member(1, Some(100));
+        let mut seen = Vec::new();
+        for i in 1..=5 {
+            c.step(&p, &[a, b], t + Duration::from_secs(2 * i), no_ring);
+            let w = c.weight(&a.addr).expect("in service");
+            assert_eq!(w.why.contains("step bound"), w.effective > 10, "{}", w.why);
+            seen.push(w.effective);
+        }
+        assert_eq!(seen, vec![80, 60, 40, 20, 10]);
+    }
+
+    #[test]
+    fn smoothing_averages_the_factor_over_intervals() {
+        let p = Balancing {
+            smoothing: 0.5,
+            ..params()
+        };
+        let mut c = Controller::default();
+        let t = Instant::now();
+        let (a, b) = (member(1, Some(100)), member(2, Some(0)));
+        c.step(&p, &[a, b], t, no_ring);
+        // Factor 0.1 (the floor) averaged with the starting 1: 0.55.
+        assert_eq!(effective(&c, &a), 55);
+        c.step(&p, &[a, b], t + Duration::from_secs(2), no_ring);
+        // 0.5 x 0.1 + 0.5 x 0.55 = 0.325.
+        assert!((32..=33).contains(&effective(&c, &a)));
+    }
+
+    #[test]
+    fn the_ring_budget_scales_a_change_down_or_holds_it_back() {
+        let p = Balancing {
+            ring_budget: 0.1,
+            ..params()
+        };
+        let t = Instant::now();
+        let (a, b) = (member(1, Some(10)), member(2, Some(10)));
+        // A stand-in ring: the share moved is the change of a's weight
+        // share.
+        let ring = |old: &[(u32, u32)], new: &[(u32, u32)]| {
+            let share = |w: &[(u32, u32)]| f64::from(w[0].1) / f64::from(w[0].1 + w[1].1);
+            (share(old) - share(new)).abs()
+        };
+        let mut c = Controller::default();
+        c.step(&p, &[a, b], t, ring);
+        let a = member(1, Some(100));
+        let change = c
+            .step(&p, &[a, b], t + Duration::from_secs(2), ring)
+            .expect("a change");
+        // All the way (100 -> 10) moves 41% of the ring, half of it 14%;
+        // a quarter (100 -> 78) moves 6%.
+        assert_eq!(change.moved, vec![(a.addr, 100, 78)]);
+        assert!(change.ring_moved <= p.ring_budget);
+        assert!(
+            change.reason.contains("25% of the change"),
+            "{}",
+            change.reason
+        );
+        // A budget nothing fits: held back.
+        let p = Balancing {
+            ring_budget: 0.0001,
+            ..p
+        };
+        assert_eq!(c.step(&p, &[a, b], t + Duration::from_secs(4), ring), None);
+        assert_eq!(effective(&c, &a), 78);
+        assert!(c.weight(&a.addr).unwrap().why.contains("held back"));
+    }
+
+    #[test]
+    fn a_new_or_returning_backend_starts_slow() {
+        let p = Balancing {
+            slow_start_s: 10,
+            interval_s: 2,
+            ..params()
+        };
+        let t = Instant::now();
+        let (a, b) = (member(1, Some(0)), member(2, Some(0)));
+        let mut c = Controller::default();
+        c.step(&p, &[a], t, no_ring);
+        c.step(&p, &[a], t + Duration::from_secs(20), no_ring);
+        assert_eq!(effective(&c, &a), 100);
+        // b joins: one interval's worth (2 s of 10), then up with time.
+        let mut seen = Vec::new();
+        for s in [20, 24, 28, 32] {
+            c.step(&p, &[a, b], t + Duration::from_secs(s), no_ring);
+            seen.push(effective(&c, &b));
+        }
+        assert_eq!(seen, vec![20, 40, 80, 100]);
+        assert_eq!(effective(&c, &a), 100, "a is past its slow start");
+        // b leaves (down, drained) and comes back: slow again.
+        c.step(&p, &[a], t + Duration::from_secs(34), no_ring);
+        assert_eq!(c.weight(&b.addr), None);
+        c.step(&p, &[a, b], t + Duration::from_secs(36), no_ring);
+        assert_eq!(effective(&c, &b), 20);
+        assert!(c.weight(&b.addr).unwrap().why.starts_with("slow start"));
+    }
+
+    #[test]
+    fn stale_reports_hold_the_weight_then_fall_back_to_the_configured_one() {
+        let p = Balancing {
+            stale_after: 3,
+            ..params()
+        };
+        let t = Instant::now();
+        let (a, b) = (member(1, Some(100)), member(2, Some(0)));
+        let mut c = Controller::default();
+        c.step(&p, &[a, b], t, no_ring);
+        assert_eq!(effective(&c, &a), 10);
+        let (a, b) = (member(1, None), member(2, None));
+        let mut seen = Vec::new();
+        for i in 1..=3 {
+            c.step(&p, &[a, b], t + Duration::from_secs(2 * i), no_ring);
+            seen.push(effective(&c, &a));
+        }
+        assert_eq!(seen, vec![10, 10, 100]);
+        assert!(
+            c.weight(&a.addr)
+                .unwrap()
+                .why
+                .contains("back to the configured")
+        );
+    }
+
+    #[test]
+    fn changes_within_the_dead_band_rebuild_nothing() {
+        let p = Balancing {
+            flows_per_weight: Some(1000),
+            ..params()
+        };
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let b = member(2, Some(0));
+        c.step(&p, &[member(1, Some(950)), b], t, no_ring);
+        // u 0.95: (1 - 0.95) / 0.2 = 0.25.
+        assert_eq!(effective(&c, &member(1, None)), 25);
+        // u 0.949: 25.5, within the band.
+        let again = c.step(
+            &p,
+            &[member(1, Some(949)), b],
+            t + Duration::from_secs(2),
+            no_ring,
+        );
+        assert_eq!(again, None);
+        // u 0.94: 30, beyond it.
+        let change = c.step(
+            &p,
+            &[member(1, Some(940)), b],
+            t + Duration::from_secs(4),
+            no_ring,
+        );
+        assert_eq!(change.map(|c| c.moved.len()), Some(1));
+    }
+
+    #[test]
+    fn due_once_per_interval() {
+        let p = params();
+        let t = Instant::now();
+        let mut c = Controller::default();
+        assert!(c.due(&p, t));
+        c.step(&p, &[member(1, Some(0))], t, no_ring);
+        assert!(!c.due(&p, t + Duration::from_secs(1)));
+        assert!(c.due(&p, t + Duration::from_secs(2)));
+    }
+}
