@@ -24,7 +24,6 @@ pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 pub const MAP_TOO_BIG_LIMIT: &str = "TOO_BIG_LIMIT";
 pub const MAP_PROMOTION_LIMIT: &str = "PROMOTION_LIMIT";
 pub const MAP_PREV_OWNERS: &str = "PREV_OWNERS";
-pub const MAP_PREV_OWNERS_UNTIL: &str = "PREV_OWNERS_UNTIL";
 pub const MAP_SECOND_CHANCE: &str = "SECOND_CHANCE";
 pub const MAP_DECAP_PEERS: &str = "DECAP_PEERS";
 pub const MAP_BACKEND_FLOWS: &str = "BACKEND_FLOWS";
@@ -41,7 +40,11 @@ pub const MAP_LAYOUT_VERSION: &str = "LAYOUT_VERSION";
 ///
 /// - 2: `LB_CONFIG` holds `CONFIG_SLOTS` slots, the live one named by
 ///   `CONFIG_ACTIVE` (a one-slot map of layout 1 grows, its entry kept).
-pub const LAYOUT_VERSION: u32 = 2;
+/// - 3: `PREV_OWNERS` holds a `PrevOwner` (owner and expiry) per ring
+///   slot; `PREV_OWNERS_UNTIL` is gone. Only pre-release builds pinned
+///   the layout-2 form (a bare owner, two slots to an entry): it is made
+///   anew, empty (`layout::Migration::ForgetPrevOwners`).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Slots of `LB_CONFIG`. An array value is updated in place, by a copy a
 /// packet on another CPU can read half-way (new flags with the old egress
@@ -68,22 +71,67 @@ pub const MAX_TX_PORTS: u32 = 64;
 pub const MAX_DECAP_ADDRS: u32 = 64;
 pub const MAX_DECAP_SOURCES: u32 = 256;
 pub const MAX_DECAP_PEERS: u32 = 256;
-/// Ring slots per `PREV_OWNERS` entry. The kernel rounds an array's values
-/// up to 8 bytes, so one `u32` per entry would take twice the memory.
-pub const PREV_OWNER_SLOTS_PER_ENTRY: u32 = 2;
-/// `PREV_OWNERS` entries per VIP: its ring's slots, two to an entry.
+/// `PREV_OWNERS` entries per VIP: one per ring slot.
 pub const fn prev_owner_entries_per_vip(ring_size: u32) -> u32 {
-    ring_size.div_ceil(PREV_OWNER_SLOTS_PER_ENTRY)
+    ring_size
 }
 pub const DEFAULT_PREV_OWNER_ENTRIES: u32 =
     DEFAULT_MAX_VIPS * prev_owner_entries_per_vip(DEFAULT_RING_SIZE);
 
-/// Where slot `slot` of VIP `vip_id`'s previous-owner ring is: the
-/// `PREV_OWNERS` entry and the half of it.
+/// The `PREV_OWNERS` entry of slot `slot` of VIP `vip_id`'s ring.
 #[inline(always)]
-pub fn prev_owner_index(vip_id: u32, slot: u32, ring_size: u32) -> (u32, usize) {
-    let entry = vip_id * prev_owner_entries_per_vip(ring_size) + slot / PREV_OWNER_SLOTS_PER_ENTRY;
-    (entry, (slot % PREV_OWNER_SLOTS_PER_ENTRY) as usize)
+pub fn prev_owner_index(vip_id: u32, slot: u32, ring_size: u32) -> u32 {
+    vip_id * prev_owner_entries_per_vip(ring_size) + slot
+}
+
+/// Value of `PREV_OWNERS`: the backend that owned a ring slot before the
+/// rebuild that last moved it, and until when (`coarse_seconds`) a packet
+/// on the slot may take it along as a second hop. Each slot has its own
+/// expiry, set when the slot moves and never extended by a rebuild that
+/// leaves the slot where it is. All zero (as created): none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrevOwner {
+    /// A backend id, or `NO_BACKEND`.
+    pub owner: u32,
+    /// Counts while `coarse_seconds(now) < until_s`; 0: never.
+    pub until_s: u32,
+}
+
+impl PrevOwner {
+    pub const NONE: Self = Self {
+        owner: NO_BACKEND,
+        until_s: 0,
+    };
+
+    /// Whether the slot has a previous owner at `now_s`.
+    #[inline(always)]
+    pub fn live_at(&self, now_s: u32) -> bool {
+        self.owner != NO_BACKEND && self.until_s > now_s
+    }
+
+    /// The value as one `u64`, as the program reads it: a slot's owner and
+    /// expiry are written and read together, never half of each.
+    #[inline(always)]
+    pub fn to_bits(self) -> u64 {
+        (self.until_s as u64) << 32 | self.owner as u64
+    }
+
+    #[inline(always)]
+    pub fn from_bits(bits: u64) -> Self {
+        Self {
+            owner: bits as u32,
+            until_s: (bits >> 32) as u32,
+        }
+    }
+}
+
+/// The clock of `PrevOwner::until_s`: whole seconds of CLOCK_MONOTONIC
+/// (`bpf_ktime_get_coarse_ns` in the program), which a `u32` holds for
+/// 136 years of uptime.
+#[inline(always)]
+pub fn coarse_seconds(monotonic_ns: u64) -> u32 {
+    (monotonic_ns / 1_000_000_000) as u32
 }
 
 /// The default probation-table size for a connection table of
@@ -412,6 +460,7 @@ const _: () = {
     assert!(size_of::<DecapConfig>() == 4);
     assert!(size_of::<TooBigLimit>() == 16);
     assert!(size_of::<SecondChance>() == 4);
+    assert!(size_of::<PrevOwner>() == 8);
     assert!(size_of::<FlowEvents>() == 16);
     assert!(size_of::<crate::FlowKey>() == 40);
 };
@@ -437,6 +486,7 @@ mod pod {
     unsafe impl aya::Pod for TooBigLimit {}
     unsafe impl aya::Pod for PromotionLimit {}
     unsafe impl aya::Pod for SecondChance {}
+    unsafe impl aya::Pod for PrevOwner {}
     unsafe impl aya::Pod for FlowEvents {}
     unsafe impl aya::Pod for FlowKey {}
 }

@@ -84,14 +84,15 @@ reasons!(DecapReason, DECAP_REASON_COUNT {
     PassNotTunnel = "pass_not_tunnel", Passed, "not an IP-in-IP packet, nor UDP to the GUE port (with second chance on)";
     PassNotOurAddress = "pass_not_our_address", Passed, "tunnel packet for an address not in DECAP_ADDRS, or routed on past ours by an IPv6 routing header";
     PassMalformed = "pass_malformed", Passed, "truncated or inconsistent outer, UDP, GUE or inner header (a GUE header of another version, with flags, not our hop list or more hops than one), an IPv6 extension-header chain not walkable to its end, or a fragmented tunnel";
-    DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel (or IPv6 packet whose extension headers may hide one) for one of our addresses from an outer source not allowed";
+    DropUntrustedSource = "drop_untrusted_source", Dropped, "tunnel (or IPv6 packet whose extension headers may hide one) for one of our addresses from an outer source not allowed, or GUE with a hop left from a peer (only the allowed sources, the load balancers, may send those)";
     DropBadOuterChecksum = "drop_bad_outer_checksum", Dropped, "tunnel whose outer IPv4 header checksum is wrong";
     DropCeNotEct = "drop_ce_not_ect", Dropped, "outer ECN CE over an inner packet that is not ECN-capable (RFC 6040)";
     SecondChanceReceived = "second_chance_received", Passed, "GUE packet with no hop left (sent on by the flow's new ring owner to this backend, its previous one): stripped, passed up";
     SecondChanceLocal = "second_chance_local", Passed, "GUE packet with a second hop that stays here: this backend has a socket for the flow (established, request or time-wait), the ACK carries a valid SYN cookie, or it is no TCP segment of a connection (a SYN, not TCP): stripped, passed up";
     SecondChanceForwarded = "second_chance_forwarded", Forwarded, "GUE packet with a second hop and no socket here: sent on to the hop with the hop list shortened, from this backend's address (XDP_TX)";
-    DropSecondHopNotPeer = "drop_second_hop_not_peer", Dropped, "GUE packet with a second hop not in DECAP_PEERS (lb-decap --peer) and no socket here: never sent on outside the configured backends";
+    DropSecondHopNotPeer = "drop_second_hop_not_peer", Dropped, "GUE packet with a second hop not in DECAP_PEERS (lb-decap --peer): dropped before any socket lookup, never sent on outside the configured backends";
     DropSecondHopNoRoute = "drop_second_hop_no_route", Dropped, "GUE packet to send on, but the kernel has no route to the second hop out of the interface it came in on";
+    DropSecondHopRewriteFailed = "drop_second_hop_rewrite_failed", Dropped, "GUE packet to send on whose new headers could not be written once its head was moved (not expected to happen): dropped rather than passed up half rewritten";
 });
 
 #[cfg(test)]

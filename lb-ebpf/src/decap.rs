@@ -5,8 +5,11 @@
 //! With second chance on (`SECOND_CHANCE` holds the GUE port), GUE to that
 //! port is a tunnel too (`gue.rs`): with no hop left it is stripped like
 //! IP-in-IP; with one, `second_hop.rs` decides whether the packet stays
-//! here or goes on to the hop. GUE may also come from a peer backend
-//! (`DECAP_PEERS`), which sends a second hop on to its previous owner.
+//! here or goes on to the hop, which must be a peer (`DECAP_PEERS`, one
+//! address per other backend). GUE with no hop left may also come from a
+//! peer (a second hop it sent on); GUE with a hop left only from a load
+//! balancer (`DECAP_SOURCES`), so no host can make this backend send
+//! packets on for it.
 //!
 //! This kernel has no ipip/sit module, so without this program a backend
 //! could not receive our tunnels at all.
@@ -98,9 +101,7 @@ fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
         return Err(DecapReason::PassNotOurAddress);
     }
     let is_gue = outer.inner_proto == PROTO_UDP;
-    if !source_allowed(&from, is_gue) {
-        return Err(DecapReason::DropUntrustedSource);
-    }
+    let sender = sender(&from, is_gue).ok_or(DecapReason::DropUntrustedSource)?;
     // A fragmented tunnel packet cannot be stripped piecewise.
     if outer.fragmented {
         return Err(DecapReason::PassMalformed);
@@ -114,6 +115,9 @@ fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
     let mut hops = None;
     if is_gue {
         let g = gue::parse(ctx, inner, end, ours.family)?;
+        if g.hops != 0 && sender == Sender::Peer {
+            return Err(DecapReason::DropUntrustedSource);
+        }
         inner += g.len;
         end = g.end;
         inner_proto = g.inner_proto;
@@ -127,6 +131,11 @@ fn try_process(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
     let reason = match &hops {
         None => DecapReason::Decapsulated,
         Some(g) if g.hops == 0 => DecapReason::SecondChanceReceived,
+        // Before the socket lookup: a flood of hops to anywhere costs a
+        // trie lookup each, no more.
+        Some(g) if !second_hop::is_peer(ours.family, &g.hop) => {
+            return Err(DecapReason::DropSecondHopNotPeer);
+        }
         Some(_) if second_hop::stays_here(ctx, inner, inner_type, end) => {
             DecapReason::SecondChanceLocal
         }
@@ -322,20 +331,35 @@ fn outer_ipv6(
     Ok(outer)
 }
 
-/// The outer source is in `DECAP_SOURCES` (a load balancer), for GUE
-/// also in `DECAP_PEERS` (a backend sending a second hop on), or the
-/// operator opted out of the check (`DECAP_F_ANY_SOURCE`).
+/// Who sent a tunnel packet, as far as its outer source says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// In `DECAP_SOURCES`, or any source when the operator opted out of
+    /// the check (`DECAP_F_ANY_SOURCE`): any tunnel.
+    LoadBalancer,
+    /// In `DECAP_PEERS`: GUE with no hop left only (a second hop it sent
+    /// on here).
+    Peer,
+}
+
+/// The sender of a tunnel (`gue`: GUE) from `from`; `None`: untrusted.
 #[inline(always)]
-fn source_allowed(from: &DecapSource, gue: bool) -> bool {
+fn sender(from: &DecapSource, gue: bool) -> Option<Sender> {
     if DECAP_CONFIG
         .get(0)
         .is_some_and(|c| c.flags & DECAP_F_ANY_SOURCE != 0)
     {
-        return true;
+        return Some(Sender::LoadBalancer);
     }
     let addr_bits = if from.family == FAMILY_V4 { 32 } else { 128 };
     let key = Key::new(DECAP_SOURCE_FAMILY_BITS + addr_bits, *from);
-    DECAP_SOURCES.get(&key).is_some() || (gue && DECAP_PEERS.get(&key).is_some())
+    if DECAP_SOURCES.get(&key).is_some() {
+        Some(Sender::LoadBalancer)
+    } else if gue && DECAP_PEERS.get(&key).is_some() {
+        Some(Sender::Peer)
+    } else {
+        None
+    }
 }
 
 /// The inner IPv4 header at `off` is whole, and so is the packet it heads,

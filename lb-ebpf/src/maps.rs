@@ -108,19 +108,13 @@ pub static PROMOTION_LIMIT: Array<PromotionLimit> = Array::with_max_entries(1, 0
 #[map(name = "PROMOTION_BUCKET")]
 pub static PROMOTION_BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
-/// The previous owner of each VIP's ring slots, two slots to an entry
-/// (`lb_common::maps::prev_owner_index`): the backend id that held the slot
-/// before the rebuild that last changed it, or `NO_BACKEND`. Read only
-/// while the VIP's `PREV_OWNERS_UNTIL` lies ahead (`second_chance.rs`).
-/// Mmapable, written by lbd like the rings.
+/// The previous owner of each VIP's ring slots and until when it counts,
+/// one `PrevOwner` per slot (`lb_common::maps::prev_owner_index`), each
+/// with its own expiry (`second_chance.rs`). Mmapable, written by lbd like
+/// the rings.
 #[map(name = "PREV_OWNERS")]
-pub static PREV_OWNERS: Array<[u32; 2]> =
+pub static PREV_OWNERS: Array<PrevOwner> =
     Array::with_max_entries(DEFAULT_PREV_OWNER_ENTRIES, BPF_F_MMAPABLE);
-
-/// Per VIP id: until when (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC) its
-/// `PREV_OWNERS` slots count. 0: never.
-#[map(name = "PREV_OWNERS_UNTIL")]
-pub static PREV_OWNERS_UNTIL: Array<u64> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// The GUE port of second-chance packets; 0: off (`lb_common::gue`).
 #[map(name = "SECOND_CHANCE")]

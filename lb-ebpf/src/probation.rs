@@ -26,7 +26,9 @@ use lb_common::{
 use crate::{
     conntrack::{self, Packet, Selected},
     maps::{PROBATION, PROMOTION_BUCKET, PROMOTION_LIMIT},
-    rate, second_chance, stats,
+    rate,
+    second_chance::{self, Placement},
+    stats,
 };
 
 /// The backend for a packet whose flow has no `CONNS` entry.
@@ -37,17 +39,17 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
     let Some(entry) = waiting else {
         stats::event(Reason::ConnMiss);
         let chosen = conntrack::from_ring(pkt)?;
-        // A flow sent with a second hop is not entered: this node cannot
-        // tell which of the two backends has it, so every packet of it
-        // takes the same path until the VIP's window closes.
-        let second_hop = second_chance::previous_owner(pkt, &chosen);
-        if !pkt.syn_only && second_hop == NO_BACKEND {
+        // A flow on a slot that moved recently is not entered: this node
+        // cannot tell which of the slot's two backends has it, so every
+        // packet of it takes the same path until the slot's window closes.
+        let placement = second_chance::placement(pkt, &chosen);
+        if !pkt.syn_only && placement == Placement::Settled {
             enter(pkt, chosen.id);
         }
         return Ok(Selected {
             chosen,
             new_flow: conntrack::new_flow(pkt),
-            second_hop,
+            second_hop: placement.hop(),
         });
     };
     if pkt.syn_only {

@@ -6,50 +6,78 @@
 //! hop (`gue`); the backend keeps it if it has a socket for the flow and
 //! sends it on otherwise (`lb_decap`, `second_hop.rs`).
 //!
-//! lbd keeps each slot's previous owner in `PREV_OWNERS` and the end of
-//! the VIP's window in `PREV_OWNERS_UNTIL` (lb-userspace `second_chance`).
-//! A VIP outside its window costs the miss path one array lookup; the hit
-//! path, SYNs and UDP cost nothing.
+//! lbd keeps each slot's previous owner, with the slot's own expiry, in
+//! `PREV_OWNERS` (lb-userspace `second_chance`). The miss path of a TCP
+//! packet on a tunnel VIP costs one array lookup; the hit path, SYNs and
+//! UDP cost nothing.
 
-use lb_common::maps::{NO_BACKEND, VIP_F_L2_DSR, prev_owner_index};
+use lb_common::maps::{NO_BACKEND, PrevOwner, VIP_F_L2_DSR, coarse_seconds, prev_owner_index};
 
 use crate::{
     conntrack::Packet,
     maglev::{self, Chosen},
-    maps::{PREV_OWNERS, PREV_OWNERS_UNTIL, gue_port},
+    maps::{PREV_OWNERS, gue_port},
 };
 
-/// The previous owner of the packet's ring slot, if the packet should
-/// take it along as a second hop; `NO_BACKEND` otherwise. Only a whole TCP
-/// packet that is not a SYN qualifies (a SYN starts a connection on the
-/// owner now; UDP has no socket to ask; later fragments follow the first
-/// without their ports), on a tunnel VIP within its window, when the
-/// previous owner still serves the VIP and has the family of the owner
-/// now (the hop is carried in the outer header's family).
+/// What the ring's choice is worth for a packet of a flow in neither table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// As good as anyone can tell: the packet's slot has no previous owner
+    /// in effect (or second chance does not apply to it). The flow may be
+    /// entered in a table.
+    Settled,
+    /// Send the packet with this previous owner as its second hop, and
+    /// enter the flow in no table: this node cannot tell which of the two
+    /// backends has it.
+    SecondHop(u32),
+    /// The slot has a previous owner in effect, but the packet cannot take
+    /// it along: a first fragment (the backend would have to reassemble
+    /// before it could ask for a socket, and the later fragments carry no
+    /// ports to follow it by on the backend). It goes plain to the owner
+    /// now, as UDP does, and the flow is entered in no table, so that its
+    /// next whole packet still gets its second chance.
+    Unsettled,
+}
+
+impl Placement {
+    /// The second hop to take along, or `NO_BACKEND`.
+    #[inline(always)]
+    pub fn hop(self) -> u32 {
+        match self {
+            Self::SecondHop(id) => id,
+            Self::Settled | Self::Unsettled => NO_BACKEND,
+        }
+    }
+}
+
+/// Whether the packet should take its slot's previous owner along. Only
+/// TCP that is not a SYN qualifies (a SYN starts a connection on the
+/// owner now; UDP has no socket to ask), on a tunnel VIP, while the slot's
+/// own expiry lies ahead, when the previous owner still serves the VIP and
+/// has the family of the owner now (the hop is carried in the outer
+/// header's family).
 #[inline(always)]
-pub fn previous_owner(pkt: &Packet, chosen: &Chosen) -> u32 {
-    if !pkt.is_tcp || pkt.syn_only || !pkt.whole || pkt.vip.flags & VIP_F_L2_DSR != 0 {
-        return NO_BACKEND;
-    }
-    match PREV_OWNERS_UNTIL.get(pkt.vip.vip_id) {
-        Some(until) if *until > pkt.now => {}
-        _ => return NO_BACKEND,
-    }
-    if gue_port() == 0 {
-        return NO_BACKEND;
+pub fn placement(pkt: &Packet, chosen: &Chosen) -> Placement {
+    if !pkt.is_tcp || pkt.syn_only || pkt.vip.flags & VIP_F_L2_DSR != 0 || gue_port() == 0 {
+        return Placement::Settled;
     }
     let slot = maglev::slot_of(pkt.flow, pkt.vip, pkt.ring_size);
-    let (entry, half) = prev_owner_index(pkt.vip.vip_id, slot, pkt.ring_size);
-    let prev = match PREV_OWNERS.get(entry) {
-        Some(pair) if half == 0 => pair[0],
-        Some(pair) => pair[1],
-        None => return NO_BACKEND,
+    let Some(entry) = PREV_OWNERS.get_ptr(prev_owner_index(pkt.vip.vip_id, slot, pkt.ring_size))
+    else {
+        return Placement::Settled;
     };
-    if prev == NO_BACKEND || prev == chosen.id {
-        return NO_BACKEND;
+    // SAFETY: a map value, 8-byte aligned; one load, so owner and expiry
+    // come from the same write (lbd stores a slot as one `u64` too).
+    let prev = PrevOwner::from_bits(unsafe { (entry as *const u64).read_volatile() });
+    if !prev.live_at(coarse_seconds(pkt.now)) || prev.owner == chosen.id {
+        return Placement::Settled;
     }
-    match maglev::backend_of_vip(prev, pkt.vip.vip_id) {
-        Ok(p) if p.backend.family == chosen.backend.family => prev,
-        _ => NO_BACKEND,
+    match maglev::backend_of_vip(prev.owner, pkt.vip.vip_id) {
+        Ok(p) if p.backend.family == chosen.backend.family => {}
+        _ => return Placement::Settled,
     }
+    if !pkt.whole {
+        return Placement::Unsettled;
+    }
+    Placement::SecondHop(prev.owner)
 }

@@ -13,8 +13,9 @@
 //! balancer never sends with a hop, or another protocol) stays.
 //!
 //! A hop is only ever sent to an address in `DECAP_PEERS` (the other
-//! backends, `lb-decap attach --peer`), from this backend's own address,
-//! with no hop left. The next hop's MAC comes from the kernel's FIB; when
+//! backends, `lb-decap attach --peer`, one address each), from this
+//! backend's own address, with no hop left; `decap.rs` checks the hop
+//! before it asks for a socket. The next hop's MAC comes from the kernel's FIB; when
 //! this host does not forward (the FIB then answers nothing) or has not
 //! resolved the neighbour, the packet goes back to the MAC it came from: a
 //! router or a load balancer, which routes it on.
@@ -179,9 +180,9 @@ pub struct Via {
     pub smac: [u8; 6],
 }
 
-/// The way to `hop` (of `family`, from our address `from`) for an outer
-/// packet of `tot_len` bytes: refused unless `hop` is a peer, and only out
-/// of the interface the packet came in on.
+/// The way to `hop` (a peer, of `family`, from our address `from`) for an
+/// outer packet of `tot_len` bytes: only out of the interface the packet
+/// came in on.
 #[inline(always)]
 pub fn route(
     ctx: &XdpContext,
@@ -191,9 +192,6 @@ pub fn route(
     hop: &[u8; 16],
     tot_len: u16,
 ) -> Result<Via, DecapReason> {
-    if !is_peer(family, hop) {
-        return Err(DecapReason::DropSecondHopNotPeer);
-    }
     let back = Via {
         dmac: l2.src_mac,
         smac: l2.dst_mac,
@@ -215,7 +213,7 @@ pub fn route(
 
 /// Whether `addr` (of `family`) is in `DECAP_PEERS`.
 #[inline(always)]
-fn is_peer(family: u8, addr: &[u8; 16]) -> bool {
+pub fn is_peer(family: u8, addr: &[u8; 16]) -> bool {
     let bits = if family == FAMILY_V4 { 32 } else { 128 };
     let key = Key::new(
         DECAP_SOURCE_FAMILY_BITS + bits,
@@ -282,6 +280,8 @@ pub fn send_on(ctx: &XdpContext, o: &Onward) -> Result<(), DecapReason> {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, shrink as i32) } != 0 {
         return Err(DecapReason::PassMalformed);
     }
+    // From here on the frame is half rewritten: a failure drops it, never
+    // passes it up.
     let payload = (header.len() + o.inner_len as usize) as u16;
     let written = if o.family == FAMILY_V4 {
         write_l2(ctx, o.l2, &o.via.dmac, &o.via.smac, ETH_P_IPV4)
@@ -291,7 +291,7 @@ pub fn send_on(ctx: &XdpContext, o: &Onward) -> Result<(), DecapReason> {
             && write_ipv6(ctx, o.l2.len(), tos, o.label, payload, o.from, o.hop)
     };
     if !written || !gue::write(ctx, o.l2.len() + ip_len, &header) {
-        return Err(DecapReason::PassMalformed);
+        return Err(DecapReason::DropSecondHopRewriteFailed);
     }
     Ok(())
 }

@@ -1410,18 +1410,16 @@ impl Daemon {
     }
 
     /// The previous owner a packet on `slot` of VIP `vip_id` (owned by
-    /// `owner` now) takes along as a second hop, while the VIP's window is
+    /// `owner` now) takes along as a second hop, while the slot's window is
     /// open and second chance is on.
     fn second_hop(&self, vip_id: u32, slot: u32, owner: u32) -> Result<Option<u32>, String> {
         let e = |e: crate::maps::MapsError| e.to_string();
-        if self.maps.second_chance().map_err(e)?.gue_port == 0
-            || self.maps.prev_owners_until(vip_id).map_err(e)?
-                <= crate::second_chance::monotonic_ns()
-        {
+        if self.maps.second_chance().map_err(e)?.gue_port == 0 {
             return Ok(None);
         }
+        let now_s = lb_common::maps::coarse_seconds(crate::second_chance::monotonic_ns());
         let prev = self.maps.prev_owners(vip_id).map_err(e)?[slot as usize];
-        Ok((prev != lb_common::maps::NO_BACKEND && prev != owner).then_some(prev))
+        Ok((prev.live_at(now_s) && prev.owner != owner).then_some(prev.owner))
     }
 
     pub fn control_socket(&self) -> (PathBuf, Option<String>) {

@@ -145,11 +145,12 @@ impl Datapath {
         pin_dir: &Path,
         owner: PinOwner,
     ) -> Result<Self, DatapathError> {
-        layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
+        let plan = layout::check(pin_dir, &pinned_definitions(sizes)?, owner)?;
+        let stale = plan.not_adoptable();
         let pins: Vec<&str> = PINNED_MAPS
             .iter()
             .copied()
-            .filter(|name| pin_dir.join(name).exists())
+            .filter(|name| pin_dir.join(name).exists() && !stale.contains(name))
             .collect();
         Self::load_with(sizes, Some((pin_dir, &pins)))
     }
@@ -208,13 +209,13 @@ impl Datapath {
 }
 
 /// The maps whose number of entries is chosen at load time, and theirs.
-fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 11], DatapathError> {
+fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 10], DatapathError> {
     let ring_entries = sizes
         .max_vips
         .checked_mul(2)
         .and_then(|n| n.checked_mul(sizes.ring_size))
         .ok_or(DatapathError::RingTooLarge(sizes.ring_size, sizes.max_vips))?;
-    // Half of one ring per VIP: fits whenever the two rings do.
+    // One ring per VIP: fits whenever the two rings do.
     let prev_owner_entries = sizes.max_vips * prev_owner_entries_per_vip(sizes.ring_size);
     Ok([
         (MAP_VIPS, sizes.max_vips),
@@ -227,7 +228,6 @@ fn sized_maps(sizes: MapSizes) -> Result<[(&'static str, u32); 11], DatapathErro
         (MAP_PROBATION, sizes.probation_entries),
         (MAP_FRAGS, sizes.frag_entries),
         (MAP_PREV_OWNERS, prev_owner_entries),
-        (MAP_PREV_OWNERS_UNTIL, sizes.max_vips),
     ])
 }
 
@@ -288,7 +288,6 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_TOO_BIG_LIMIT,
     MAP_PROMOTION_LIMIT,
     MAP_PREV_OWNERS,
-    MAP_PREV_OWNERS_UNTIL,
     MAP_SECOND_CHANCE,
     MAP_DECAP_PEERS,
     MAP_BACKEND_FLOWS,

@@ -1,7 +1,9 @@
 //! Which outer sources a backend's `lb_decap` accepts tunnels from: the load
 //! balancers' tunnel sources, as addresses or CIDR prefixes of either
-//! family, or, as an explicit opt-out, any source. Parsing, and the key
-//! form of `DECAP_SOURCES` entries, live here; `maps` writes them.
+//! family, or, as an explicit opt-out, any source; and its second-chance
+//! peers, the other backends, one address each. Parsing, and the key form
+//! of `DECAP_SOURCES` and `DECAP_PEERS` entries, live here; `maps` writes
+//! them.
 
 use std::net::IpAddr;
 
@@ -30,6 +32,11 @@ pub enum SourceError {
         len: u8,
         network: IpNet,
     },
+    #[error(
+        "{0:?} is a prefix: a peer is one backend's address (repeat --peer for each), \
+         so that no other host of the prefix may send GUE here or be sent second hops"
+    )]
+    PeerPrefix(String),
 }
 
 /// An allowed source as an operator writes it: an address (a /32 or /128)
@@ -49,6 +56,17 @@ pub fn parse_source(text: &str) -> Result<IpNet, SourceError> {
             len: net.prefix_len(),
             network: net.trunc(),
         });
+    }
+    Ok(net)
+}
+
+/// A second-chance peer as an operator writes it: one backend's address
+/// (or the same as a /32 or /128). A peer may send GUE with no hop left
+/// and is where second hops go: a prefix would trust every host in it.
+pub fn parse_peer(text: &str) -> Result<IpNet, SourceError> {
+    let net = parse_source(text)?;
+    if net.prefix_len() != net.max_prefix_len() {
+        return Err(SourceError::PeerPrefix(text.to_string()));
     }
     Ok(net)
 }
@@ -106,6 +124,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_is_one_address_and_a_prefix_is_refused() {
+        for (text, want) in [
+            ("198.51.100.3", "198.51.100.3/32"),
+            ("198.51.100.3/32", "198.51.100.3/32"),
+            ("2001:db8::3", "2001:db8::3/128"),
+        ] {
+            assert_eq!(parse_peer(text), Ok(want.parse().unwrap()), "{text}");
+        }
+        for prefix in ["198.51.100.0/24", "2001:db8::/64", "0.0.0.0/0"] {
+            assert_eq!(
+                parse_peer(prefix),
+                Err(SourceError::PeerPrefix(prefix.to_string()))
+            );
+        }
+        assert_eq!(
+            parse_peer("198.51.100.0/24").unwrap_err().to_string(),
+            "\"198.51.100.0/24\" is a prefix: a peer is one backend's address (repeat --peer \
+             for each), so that no other host of the prefix may send GUE here or be sent \
+             second hops"
+        );
+        assert!(matches!(
+            parse_peer("backend2"),
+            Err(SourceError::NotAPrefix(_))
+        ));
     }
 
     #[test]

@@ -155,16 +155,8 @@ pub enum Entries {
 
 pub fn entries_of(name: &str) -> Entries {
     match name {
-        MAP_VIPS
-        | MAP_VIP_STATS
-        | MAP_BACKENDS
-        | MAP_BACKEND_STATS
-        | MAP_BACKEND_FLOWS
-        | MAP_RINGS
-        | MAP_CONNS
-        | MAP_PROBATION
-        | MAP_PREV_OWNERS
-        | MAP_PREV_OWNERS_UNTIL => Entries::Configured,
+        MAP_VIPS | MAP_VIP_STATS | MAP_BACKENDS | MAP_BACKEND_STATS | MAP_BACKEND_FLOWS
+        | MAP_RINGS | MAP_CONNS | MAP_PROBATION | MAP_PREV_OWNERS => Entries::Configured,
         MAP_GLOBAL_STATS | MAP_DECAP_STATS => Entries::PerReason,
         MAP_CONFIG => Entries::ConfigSlots,
         _ => Entries::Fixed,
@@ -260,7 +252,17 @@ pub enum Migration {
         name: &'static str,
         to: aya_obj::Map,
     },
+    /// Layout 2's `PREV_OWNERS` (a bare owner per slot, two slots to an
+    /// entry, one expiry per VIP in `PREV_OWNERS_UNTIL`), which only
+    /// pre-release builds pinned, is unpinned with `PREV_OWNERS_UNTIL`:
+    /// the programs then make `PREV_OWNERS` anew, empty. Its values would
+    /// read as other slots' owners, so nothing is carried over: flows on
+    /// slots that moved within the window lose their second hop.
+    ForgetPrevOwners,
 }
+
+/// The pin name of layout 2's per-VIP expiry map, gone since layout 3.
+pub const LAYOUT_2_PREV_OWNERS_UNTIL: &str = "PREV_OWNERS_UNTIL";
 
 impl fmt::Display for Migration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -274,6 +276,11 @@ impl fmt::Display for Migration {
                 f,
                 "{name}: grown to {} slots, the configuration kept",
                 to.max_entries()
+            ),
+            Self::ForgetPrevOwners => write!(
+                f,
+                "{MAP_PREV_OWNERS}: a pre-release layout (one expiry per VIP), made anew \
+                 with an expiry per slot; the previous owners it held are forgotten"
             ),
         }
     }
@@ -307,9 +314,16 @@ pub fn check(
     }
     let mut differences = Vec::new();
     let mut migrations = Vec::new();
+    let layout_2_prev_owners = pinned_version.is_some_and(|v| v < 3)
+        && [MAP_PREV_OWNERS, LAYOUT_2_PREV_OWNERS_UNTIL]
+            .iter()
+            .any(|name| pin_dir.join(name).exists());
+    if layout_2_prev_owners {
+        migrations.push(Migration::ForgetPrevOwners);
+    }
     for (name, def) in wanted {
         let path = pin_dir.join(name);
-        if !path.exists() {
+        if !path.exists() || (layout_2_prev_owners && *name == MAP_PREV_OWNERS) {
             continue;
         }
         let pinned = MapShape::of_pin(&path, name)?;
@@ -347,9 +361,24 @@ impl Plan {
             match m {
                 Migration::GrowCounters { name, to, .. } => grow_counters(&self.pin_dir, name, to)?,
                 Migration::GrowConfigSlots { name, to } => grow_config(&self.pin_dir, name, to)?,
+                Migration::ForgetPrevOwners => {
+                    for name in [MAP_PREV_OWNERS, LAYOUT_2_PREV_OWNERS_UNTIL] {
+                        unpin(&self.pin_dir.join(name))?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Pinned maps this plan does not adopt as they are: a caller that
+    /// migrates nothing (`Datapath::open_pinned`) must not read them.
+    pub fn not_adoptable(&self) -> Vec<&'static str> {
+        self.migrations
+            .iter()
+            .filter(|m| matches!(m, Migration::ForgetPrevOwners))
+            .map(|_| MAP_PREV_OWNERS)
+            .collect()
     }
 
     /// Record that the pins have this binary's layout now. After the
@@ -422,6 +451,18 @@ pub fn write_version(pin_dir: &Path, version: u32) -> Result<(), LayoutError> {
     map.set(0, version, 0).map_err(err)?;
     map.pin(&path)
         .map_err(|error| LayoutError::Pin { path, error })
+}
+
+/// Remove the pin at `path`, if there is one (the map lives on while a
+/// program uses it).
+fn unpin(path: &Path) -> Result<(), LayoutError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(LayoutError::Replace {
+            path: path.to_path_buf(),
+            error,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Grow the per-CPU counter map `name` to `to`'s size: a new map with the

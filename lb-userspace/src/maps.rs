@@ -97,9 +97,8 @@ pub struct Maps {
     too_big_limit: Array<MapData, TooBigLimit>,
     promotion_limit: Array<MapData, PromotionLimit>,
     /// `PREV_OWNERS`, written and read through `prev_owner_memory` only.
-    _prev_owners: Array<MapData, [u32; 2]>,
+    _prev_owners: Array<MapData, PrevOwner>,
     prev_owner_memory: RingMemory,
-    prev_owners_until: Array<MapData, u64>,
     second_chance: Array<MapData, SecondChance>,
     decap_peers: LpmTrie<MapData, DecapSource, u32>,
     ring_size: u32,
@@ -109,10 +108,10 @@ impl Maps {
     /// Take the maps out of `ebpf` (the programs stay there).
     pub fn take(ebpf: &mut Ebpf, ring_size: u32) -> Result<Self, MapsError> {
         let rings: Array<MapData, u32> = take(ebpf, MAP_RINGS)?;
-        let ring_memory = RingMemory::new(rings.map(), 1).map_err(memory(MAP_RINGS))?;
-        let prev_owners: Array<MapData, [u32; 2]> = take(ebpf, MAP_PREV_OWNERS)?;
-        let prev_owner_memory = RingMemory::new(prev_owners.map(), PREV_OWNER_SLOTS_PER_ENTRY)
-            .map_err(memory(MAP_PREV_OWNERS))?;
+        let ring_memory = RingMemory::new(rings.map()).map_err(memory(MAP_RINGS))?;
+        let prev_owners: Array<MapData, PrevOwner> = take(ebpf, MAP_PREV_OWNERS)?;
+        let prev_owner_memory =
+            RingMemory::new(prev_owners.map()).map_err(memory(MAP_PREV_OWNERS))?;
         let conns: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_CONNS)?;
         let probation: HashMap<MapData, FlowKey, ConnEntry> = take(ebpf, MAP_PROBATION)?;
         Ok(Self {
@@ -140,7 +139,6 @@ impl Maps {
             promotion_limit: take(ebpf, MAP_PROMOTION_LIMIT)?,
             _prev_owners: prev_owners,
             prev_owner_memory,
-            prev_owners_until: take(ebpf, MAP_PREV_OWNERS_UNTIL)?,
             second_chance: take(ebpf, MAP_SECOND_CHANCE)?,
             decap_peers: take(ebpf, MAP_DECAP_PEERS)?,
             ring_size,
@@ -327,47 +325,35 @@ impl Maps {
             .map_err(memory(MAP_RINGS))
     }
 
-    /// The previous owner of each slot of VIP `vip_id`'s ring (`NO_BACKEND`
-    /// for none), as the program reads them: counted only while the VIP's
-    /// `prev_owners_until` lies ahead.
-    pub fn prev_owners(&self, vip_id: u32) -> Result<Vec<u32>, MapsError> {
-        self.prev_owner_memory
+    /// The previous owner of each slot of VIP `vip_id`'s ring, with its
+    /// expiry, as the program reads them.
+    pub fn prev_owners(&self, vip_id: u32) -> Result<Vec<PrevOwner>, MapsError> {
+        let bits: Vec<u64> = self
+            .prev_owner_memory
             .read(self.prev_owner_first(vip_id), self.ring_size as usize)
-            .map_err(memory(MAP_PREV_OWNERS))
+            .map_err(memory(MAP_PREV_OWNERS))?;
+        Ok(bits.into_iter().map(PrevOwner::from_bits).collect())
     }
 
     /// Write VIP `vip_id`'s previous owners, one per ring slot. Each slot
-    /// is a single aligned store: a packet reads a slot's old value or its
-    /// new one.
-    pub fn set_prev_owners(&mut self, vip_id: u32, owners: &[u32]) -> Result<(), MapsError> {
+    /// is a single aligned 8-byte store: a packet reads a slot's old owner
+    /// and expiry or its new ones.
+    pub fn set_prev_owners(&mut self, vip_id: u32, owners: &[PrevOwner]) -> Result<(), MapsError> {
         if owners.len() != self.ring_size as usize {
             return Err(MapsError::RingSize {
                 got: owners.len(),
                 want: self.ring_size,
             });
         }
+        let bits: Vec<u64> = owners.iter().map(|o| o.to_bits()).collect();
         self.prev_owner_memory
-            .write(self.prev_owner_first(vip_id), owners)
+            .write(self.prev_owner_first(vip_id), &bits)
             .map_err(memory(MAP_PREV_OWNERS))
     }
 
-    /// The first `u32` slot of VIP `vip_id` in `PREV_OWNERS`.
+    /// The `PREV_OWNERS` entry of slot 0 of VIP `vip_id`.
     fn prev_owner_first(&self, vip_id: u32) -> u32 {
-        prev_owner_index(vip_id, 0, self.ring_size).0 * PREV_OWNER_SLOTS_PER_ENTRY
-    }
-
-    /// Until when (CLOCK_MONOTONIC ns) VIP `vip_id`'s previous owners count;
-    /// 0: not at all.
-    pub fn prev_owners_until(&self, vip_id: u32) -> Result<u64, MapsError> {
-        self.prev_owners_until
-            .get(&vip_id, 0)
-            .map_err(err(MAP_PREV_OWNERS_UNTIL))
-    }
-
-    pub fn set_prev_owners_until(&mut self, vip_id: u32, until_ns: u64) -> Result<(), MapsError> {
-        self.prev_owners_until
-            .set(vip_id, until_ns, 0)
-            .map_err(err(MAP_PREV_OWNERS_UNTIL))
+        prev_owner_index(vip_id, 0, self.ring_size)
     }
 
     /// The GUE port of second-chance packets (0: off).

@@ -1,5 +1,6 @@
 //! The Maglev ring map (and the previous-owner map, `PREV_OWNERS`, which
-//! has a slot per ring slot too), written through a shared memory mapping.
+//! has an entry per ring slot too), written through a shared memory
+//! mapping.
 //!
 //! `RINGS` is an array created with `BPF_F_MMAPABLE`, so its slots can be
 //! written with plain stores instead of one `bpf(MAP_UPDATE_ELEM)` call per
@@ -15,10 +16,15 @@ use std::{
 
 use aya::maps::MapData;
 
-/// The kernel rounds array values up to 8 bytes: a `u32` value `i` starts
-/// at byte `8 * i` of the mapping, and a value of two `u32` slots (as
-/// `PREV_OWNERS` has) holds slot `i` at byte `4 * i`.
+/// The kernel rounds array values up to 8 bytes: a `u32` value `i` (a
+/// ring slot) starts at byte `8 * i` of the mapping, as does an 8-byte
+/// `PREV_OWNERS` value.
 const VALUE_ALIGN: usize = 8;
+
+/// What a slot may hold: a value the CPU stores and loads in one go.
+pub trait Slot: Copy {}
+impl Slot for u32 {}
+impl Slot for u64 {}
 
 /// `BPF_F_MMAPABLE` from the kernel's uapi (aya does not export it).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -55,9 +61,8 @@ pub struct RingMemory {
 }
 
 impl RingMemory {
-    /// The slots of the array `data`, whose values each hold
-    /// `slots_per_value` `u32` slots.
-    pub fn new(data: &MapData, slots_per_value: u32) -> Result<Self, RingMemoryError> {
+    /// The slots of the array `data`, one per value.
+    pub fn new(data: &MapData) -> Result<Self, RingMemoryError> {
         let info = data.info()?;
         if info.map_flags() & BPF_F_MMAPABLE == 0 {
             return Err(RingMemoryError::NotMmapable);
@@ -72,18 +77,21 @@ impl RingMemory {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         Ok(Self {
             fd,
-            slots: info.max_entries() * slots_per_value,
-            stride: value / slots_per_value as usize,
+            slots: info.max_entries(),
+            stride: value,
             page,
         })
     }
 
-    /// Write `ids` into the slots from `first` on.
-    pub fn write(&mut self, first: u32, ids: &[u32]) -> Result<(), RingMemoryError> {
-        self.with_slots(first, ids.len(), true, |slot| {
-            for (i, id) in ids.iter().enumerate() {
-                // SAFETY: `slot(i)` is inside the mapping and aligned.
-                unsafe { slot(i).write_volatile(*id) };
+    /// Write `values` into the slots from `first` on, each with one store
+    /// (a `u32` or a `u64`): a packet reads a slot's old value or its new
+    /// one, never half of each.
+    pub fn write<T: Slot>(&mut self, first: u32, values: &[T]) -> Result<(), RingMemoryError> {
+        self.with_slots(first, values.len(), true, |slot| {
+            for (i, value) in values.iter().enumerate() {
+                // SAFETY: `slot(i)` is inside the mapping and aligned for
+                // `T` (`Slot` types fit a slot's 8 bytes).
+                unsafe { slot(i).cast::<T>().write_volatile(*value) };
             }
         })?;
         // Everything written is visible before whatever the caller does next
@@ -93,15 +101,15 @@ impl RingMemory {
     }
 
     /// The `n` slots from `first` on, as the program reads them.
-    pub fn read(&self, first: u32, n: usize) -> Result<Vec<u32>, RingMemoryError> {
-        let mut ids = Vec::with_capacity(n);
+    pub fn read<T: Slot>(&self, first: u32, n: usize) -> Result<Vec<T>, RingMemoryError> {
+        let mut values = Vec::with_capacity(n);
         self.with_slots(first, n, false, |slot| {
             for i in 0..n {
-                // SAFETY: `slot(i)` is inside the mapping and aligned.
-                ids.push(unsafe { slot(i).read_volatile() });
+                // SAFETY: as in `write`.
+                values.push(unsafe { slot(i).cast::<T>().read_volatile() });
             }
         })?;
-        Ok(ids)
+        Ok(values)
     }
 
     /// Map the pages that hold slots `first..first + n` (writable if
@@ -112,7 +120,7 @@ impl RingMemory {
         first: u32,
         n: usize,
         write: bool,
-        f: impl FnOnce(&dyn Fn(usize) -> *mut u32),
+        f: impl FnOnce(&dyn Fn(usize) -> *mut u8),
     ) -> Result<(), RingMemoryError> {
         let end = first as usize + n;
         if end > self.slots as usize {
@@ -149,10 +157,10 @@ impl RingMemory {
         let stride = self.stride;
         let slot = |i: usize| {
             let offset = start_byte - map_offset + i * stride;
-            // SAFETY: inside the mapping (offset + 4 <= len by the sizes
-            // above), 4-byte aligned (a stride of 4 or 8 from a page
+            // SAFETY: inside the mapping (offset + stride <= len by the
+            // sizes above), 8-byte aligned (a stride of 8 from a page
             // boundary).
-            unsafe { ring.add(offset).cast::<u32>() }
+            unsafe { ring.add(offset) }
         };
         f(&slot);
         // SAFETY: the mapping made above, unmapped once.

@@ -5,9 +5,10 @@
 //! 1. Backends that are new or changed (so rings may name them), and the
 //!    GUE port of second chance when it turns on.
 //! 2. Rings: a new VIP's table is filled before its VIP entry exists (its
-//!    previous owners closed first: the id may be a removed VIP's); a
+//!    previous owners cleared first: the id may be a removed VIP's); a
 //!    changed VIP's previous owners are recorded (`second_chance`), its
-//!    inactive table is filled, then the VIP flips to it.
+//!    inactive table is filled, then the VIP flips to it. A VIP whose
+//!    second-chance window alone changed has its expiries cut to it.
 //! 3. VIP entries that are new or changed; removed VIPs are deleted.
 //! 4. Removed backends leave the previous owners, then are cleared (their
 //!    flows get rescheduled); the GUE port goes when second chance turns
@@ -79,6 +80,9 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
     for (key, vip) in &new.vips {
         let before = old.and_then(|o| o.vips.get(key));
         let members_changed = before.is_none_or(|b| b.members != vip.members);
+        // Unknown after a restart: the window may have shrunk meanwhile.
+        let window_changed =
+            before.is_none_or(|b| b.second_chance_window != vip.second_chance_window);
         let live = maps.vip(&(*key).into())?;
         match live {
             // Already serving (from before, or adopted): flip rings. The
@@ -104,7 +108,12 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
                     maps.publish_ring(&(*key).into(), &ring, vip.flags)?;
                     report.rings_rebuilt += 1;
                     report.vips_written += usize::from(meta.flags != vip.flags);
-                } else if meta.flags != vip.flags {
+                    continue;
+                }
+                if window_changed {
+                    second_chance::cap(maps, vip.id, vip.second_chance_window, now)?;
+                }
+                if meta.flags != vip.flags {
                     maps.set_vip(
                         &(*key).into(),
                         &VipMeta {
@@ -118,7 +127,7 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
             // New (or its id changed): table 0 first, then the entry.
             _ => {
                 let ring = maglev::build(&vip.members, maps.ring_size());
-                maps.set_prev_owners_until(vip.id, 0)?;
+                second_chance::forget(maps, vip.id)?;
                 maps.fill_ring(vip.id, 0, &ring)?;
                 report.rings_rebuilt += 1;
                 let meta = VipMeta {
@@ -145,7 +154,7 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         .iter()
         .any(|(id, _)| !new.backends.contains_key(id))
     {
-        second_chance::forget_removed(maps, new.vips.values().map(|v| v.id), &new.backends, now)?;
+        second_chance::forget_removed(maps, new.vips.values().map(|v| v.id), &new.backends)?;
     }
     for (id, _) in live_backends {
         if !new.backends.contains_key(&id) {

@@ -30,6 +30,21 @@ pub fn replace(path: &Path, shape: MapShape) -> MapData {
     before
 }
 
+/// Pin at `path`, where nothing is pinned, a new, empty map of `shape`, as
+/// a release that had such a map would have left it.
+pub fn create(path: &Path, shape: MapShape) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let def = aya_obj::Map::new_from_params(
+        shape.map_type,
+        shape.key_size,
+        shape.value_size,
+        shape.max_entries,
+        shape.flags,
+    );
+    let map = MapData::create(def, name, None).expect("create a map");
+    map.pin(path).expect("pin");
+}
+
 /// Pin `map` at `path` again, in place of whatever is there.
 pub fn restore(path: &Path, map: &MapData) {
     std::fs::remove_file(path).expect("unpin");

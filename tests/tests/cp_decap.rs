@@ -470,6 +470,19 @@ fn cp_decap_attach_requires_an_allowlist_replaces_it_and_drops_other_sources() {
             vec!["-s", OUTER_SRC_V4, "--allow-any-source"],
             "cannot be used with",
         ),
+        // A peer is trusted to send GUE and to receive second hops: one
+        // backend each, never a prefix of hosts.
+        (
+            vec![
+                "-s",
+                OUTER_SRC_V4,
+                "--gue-port",
+                "6080",
+                "--peer",
+                "198.51.100.0/24",
+            ],
+            "\"198.51.100.0/24\" is a prefix: a peer is one backend's address",
+        ),
     ] {
         let err = attach(&bad).unwrap_err();
         assert!(err.contains(says), "{bad:?}: {err}");

@@ -9,7 +9,7 @@ use std::{
 
 use lb_common::{
     Reason,
-    maps::{LAYOUT_VERSION, MAP_CONNS, MAP_GLOBAL_STATS, MAP_LAYOUT_VERSION},
+    maps::{LAYOUT_VERSION, MAP_CONNS, MAP_GLOBAL_STATS, MAP_LAYOUT_VERSION, MAP_PREV_OWNERS},
     stats::REASON_COUNT,
 };
 use lb_tests::{
@@ -1867,6 +1867,65 @@ fn cp_pins_of_a_newer_layout_version_are_refused() {
     layout::write_version(&pin_dir, LAYOUT_VERSION).unwrap();
     lbd.restart();
     assert_eq!(lbd.json(&["status"])["adopted_running_data_plane"], true);
+}
+
+/// Pre-release builds of second chance pinned `PREV_OWNERS` with one
+/// owner per slot, two slots to an entry, and one expiry per VIP in
+/// `PREV_OWNERS_UNTIL` (layout 2). Read as this lbd's per-slot values they
+/// would name wrong owners with wrong expiries: they are made anew, empty,
+/// saying so, the old expiry map goes, and everything else is adopted.
+#[test]
+fn cp_pins_of_the_pre_release_previous_owner_layout_are_made_anew() {
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("prevowners"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    site.establish_flows(43400..43410);
+    wait_for("20 forwarded packets", Duration::from_secs(5), || {
+        counter(&lbd, "tx") >= 20
+    });
+    lbd.kill();
+    let pin_dir = lbd.paths.pin_dir.clone();
+    let prev_owners = pin_dir.join(MAP_PREV_OWNERS);
+    let ours = pins::shape(&prev_owners);
+    let _running = pins::replace(
+        &prev_owners,
+        MapShape {
+            max_entries: ours.max_entries.div_ceil(2),
+            ..ours
+        },
+    );
+    let until = pin_dir.join(layout::LAYOUT_2_PREV_OWNERS_UNTIL);
+    pins::create(
+        &until,
+        MapShape {
+            map_type: ours.map_type,
+            key_size: 4,
+            value_size: 8,
+            flags: 0,
+            max_entries: 64,
+        },
+    );
+    layout::write_version(&pin_dir, 2).unwrap();
+
+    lbd.restart();
+    let made_anew = "PREV_OWNERS: a pre-release layout (one expiry per VIP), made anew with an \
+                     expiry per slot; the previous owners it held are forgotten";
+    assert!(lbd.log().contains(made_anew), "{}", lbd.log());
+    assert_eq!(pins::shape(&prev_owners), ours);
+    assert!(!until.exists(), "PREV_OWNERS_UNTIL left pinned");
+    assert_eq!(
+        layout::read_version(&pin_dir, PinOwner::LBD).unwrap(),
+        Some(LAYOUT_VERSION)
+    );
+    let status = lbd.json(&["status"]);
+    assert_eq!(status["adopted_running_data_plane"], true);
+    assert!(
+        status["connection_entries"].as_u64().unwrap() >= 10,
+        "{status}"
+    );
 }
 
 /// v0.1.0 pinned no layout version: such pins are the first layout, are

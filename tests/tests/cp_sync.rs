@@ -3,7 +3,7 @@
 
 use lb_common::{
     Reason,
-    maps::{CFG_F_PORTLESS_VIPS, VIP_F_AFFINITY, VIP_F_L2_DSR},
+    maps::{CFG_F_PORTLESS_VIPS, VIP_F_AFFINITY, VIP_F_L2_DSR, coarse_seconds},
 };
 use lb_tests::{harness::*, packets::*};
 use lb_userspace::{
@@ -254,12 +254,28 @@ fn image_with_second_chance(backends: &[usize], window_s: Option<u64>, ids: &mut
     .expect("image")
 }
 
-/// The VIP's previous owner of every ring slot, as `lb` reads them: none
-/// at all unless the VIP's window lies ahead.
+/// The VIP's previous owner of every ring slot in effect now, as `lb`
+/// reads them (`NO_BACKEND` for a slot whose window closed); `None` when
+/// no slot has one.
 fn previous_owners_in_effect(lb: &Lb, vip_id: u32) -> Option<Vec<u32>> {
-    let until = lb.maps.prev_owners_until(vip_id).unwrap();
-    (until > lb_userspace::second_chance::monotonic_ns())
-        .then(|| lb.maps.prev_owners(vip_id).unwrap())
+    let now_s = coarse_seconds(lb_userspace::second_chance::monotonic_ns());
+    let owners: Vec<u32> = lb
+        .maps
+        .prev_owners(vip_id)
+        .unwrap()
+        .iter()
+        .map(|p| {
+            if p.live_at(now_s) {
+                p.owner
+            } else {
+                lb_common::maps::NO_BACKEND
+            }
+        })
+        .collect();
+    owners
+        .iter()
+        .any(|id| *id != lb_common::maps::NO_BACKEND)
+        .then_some(owners)
 }
 
 #[test]
@@ -293,12 +309,16 @@ fn cp_sync_a_rebuild_remembers_each_moved_slots_previous_owner_for_the_vips_wind
         .collect();
     assert_eq!(owners, want);
     assert!(want.iter().any(|id| *id != NO_BACKEND), "no slot moved");
-    let until = lb.maps.prev_owners_until(meta.vip_id).unwrap();
-    let window = until - now;
-    assert!(
-        (59_000_000_000..=61_000_000_000).contains(&window),
-        "window of {window} ns, not 60 s"
-    );
+    let now_s = coarse_seconds(now);
+    for (slot, p) in lb.maps.prev_owners(meta.vip_id).unwrap().iter().enumerate() {
+        if want[slot] != NO_BACKEND {
+            let window = p.until_s - now_s;
+            assert!(
+                (60..=62).contains(&window),
+                "slot {slot}: window of {window} s, not 60 s"
+            );
+        }
+    }
 
     // The program sends an ACK on a moved slot to the new owner with the
     // old one as the hop (IPv4 outer: the hop right after the 16 bytes of
@@ -363,9 +383,127 @@ fn cp_sync_second_chance_off_records_nothing_and_sends_no_gue() {
     sync::apply(&mut lb.maps, Some(&first), &second).expect("second apply");
     let meta = lb.maps.vip(&key).unwrap().unwrap();
     assert_eq!(lb.maps.second_chance().unwrap().gue_port, 0);
-    assert_eq!(lb.maps.prev_owners_until(meta.vip_id).unwrap(), 0);
+    assert!(
+        lb.maps
+            .prev_owners(meta.vip_id)
+            .unwrap()
+            .iter()
+            .all(|p| *p == lb_common::maps::PrevOwner::NONE || p.until_s == 0)
+    );
     for port in 40000..40050 {
         let out = lb.run(&to_lb(&tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Ack, b"")));
         assert_eq!(out.data[14 + 9], lb_common::flow::PROTO_IPIP, "port {port}");
     }
+}
+
+/// Where the program sends an ACK from `CLIENT_V4:port`: in GUE (a second
+/// hop) or plain IP-in-IP.
+fn takes_second_hop(lb: &mut Lb, port: u16) -> bool {
+    let out = lb.run(&to_lb(&tcp4(CLIENT_V4, port, VIP_V4, 80, Tcp::Ack, b"")));
+    assert_eq!(out.action, XDP_TX, "port {port}");
+    out.data[14 + 9] == lb_common::flow::PROTO_UDP
+}
+
+/// A client port whose flow falls on a slot in `slots`.
+fn port_on(slots: &[usize]) -> u16 {
+    (40000..60000)
+        .find(|port| {
+            let ack = tcp4(CLIENT_V4, *port, VIP_V4, 80, Tcp::Ack, b"");
+            let slot =
+                lb_common::flow::maglev_slot(lb_common::flow_hash(&flow_of(&ack), false), RING);
+            slots.contains(&(slot as usize))
+        })
+        .expect("a port on one of the slots")
+}
+
+/// Each slot's window runs from when that slot moved: rebuilds that keep
+/// coming (a backend flapping) and move other slots do not keep a slot
+/// that moved once "recent", so its new connections stop travelling in
+/// GUE once its window is over.
+#[test]
+fn cp_sync_a_slot_moved_once_leaves_second_chance_on_time_while_other_slots_keep_moving() {
+    let mut lb = Lb::new();
+    let mut ids = Ids::new(8, 64);
+    let key = vip_key(VIP_V4, 80, lb_common::flow::PROTO_TCP);
+    let window = std::time::Duration::from_secs(2);
+    let one = image_with_second_chance(&[0], Some(2), &mut ids);
+    sync::apply(&mut lb.maps, None, &one).expect("first apply");
+    let ring = |lb: &Lb| {
+        let meta = lb.maps.vip(&key).unwrap().unwrap();
+        lb.maps.live_ring(&meta).unwrap()
+    };
+    let before = ring(&lb);
+    // Backend 1 joins: the slots it takes move, once.
+    let two = image_with_second_chance(&[0, 1], Some(2), &mut ids);
+    sync::apply(&mut lb.maps, Some(&one), &two).expect("join");
+    let joined = std::time::Instant::now();
+    let after = ring(&lb);
+    // Backend 2 then flaps in and out every 200 ms, past the window.
+    let three = image_with_second_chance(&[0, 1, 2], Some(2), &mut ids);
+    let with_2 = lb_userspace::maglev::build(&three.vips.values().next().unwrap().members, RING);
+    // Slots backend 1 took and backend 2 never touches.
+    let once: Vec<usize> = (0..RING as usize)
+        .filter(|&s| before[s] != after[s] && with_2[s] == after[s])
+        .collect();
+    let flapping: Vec<usize> = (0..RING as usize)
+        .filter(|&s| with_2[s] != after[s])
+        .collect();
+    assert!(!once.is_empty() && !flapping.is_empty());
+    let (settled_port, flapping_port) = (port_on(&once), port_on(&flapping));
+    assert!(takes_second_hop(&mut lb, settled_port), "within its window");
+    let mut live = &two;
+    while joined.elapsed() < window + std::time::Duration::from_millis(1500) {
+        let next = if std::ptr::eq(live, &two) {
+            &three
+        } else {
+            &two
+        };
+        sync::apply(&mut lb.maps, Some(live), next).expect("flap");
+        live = next;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !std::ptr::eq(live, &three) {
+        sync::apply(&mut lb.maps, Some(live), &three).expect("flap");
+    }
+    assert!(
+        !takes_second_hop(&mut lb, settled_port),
+        "a slot that moved {:?} ago, not since, still sends in GUE",
+        joined.elapsed()
+    );
+    assert!(
+        takes_second_hop(&mut lb, flapping_port),
+        "a slot that just moved has its second chance"
+    );
+}
+
+/// A window made shorter while lbd runs takes effect at once, not at the
+/// next ring change: 0 ends every second hop of the VIP.
+#[test]
+fn cp_sync_a_window_set_to_zero_ends_second_hops_without_a_ring_change() {
+    let mut lb = Lb::new();
+    let mut ids = Ids::new(8, 64);
+    let key = vip_key(VIP_V4, 80, lb_common::flow::PROTO_TCP);
+    let two = image_with_second_chance(&[0, 1], Some(60), &mut ids);
+    sync::apply(&mut lb.maps, None, &two).expect("first apply");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    let before = lb.maps.live_ring(&meta).unwrap();
+    let three = image_with_second_chance(&[0, 1, 2], Some(60), &mut ids);
+    sync::apply(&mut lb.maps, Some(&two), &three).expect("join");
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    let after = lb.maps.live_ring(&meta).unwrap();
+    let moved: Vec<usize> = (0..RING as usize)
+        .filter(|&s| before[s] != after[s])
+        .collect();
+    let port = port_on(&moved);
+    assert!(takes_second_hop(&mut lb, port), "within the window");
+    let off = image_with_second_chance(&[0, 1, 2], Some(0), &mut ids);
+    sync::apply(&mut lb.maps, Some(&three), &off).expect("window 0");
+    assert_eq!(
+        lb.maps
+            .live_ring(&lb.maps.vip(&key).unwrap().unwrap())
+            .unwrap(),
+        after,
+        "no ring change"
+    );
+    assert!(!takes_second_hop(&mut lb, port), "window 0");
 }

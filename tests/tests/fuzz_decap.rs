@@ -789,11 +789,15 @@ fn random_gue(rng: &mut SmallRng, t: &Target, peers: &[IpNet]) -> (Vec<u8>, Deca
     let vlan = rng.random_bool(0.3).then(|| rng.random_range(1..4095));
     let input = frame(HOST_MAC, HOP_MAC, vlan, ether_type_of(&packet), &packet);
     let src: IpAddr = src.parse().unwrap();
-    let trusted = t.allowed.iter().chain(peers).any(|n| n.contains(&src));
-    let (reason, action) = if !trusted {
+    // A hop left only from a load balancer; none left from one or a peer.
+    let from_lb = t.allowed.iter().any(|n| n.contains(&src));
+    let from_peer = peers.iter().any(|n| n.contains(&src));
+    let (reason, action) = if !(from_lb || from_peer) {
         (DecapReason::DropUntrustedSource, XDP_DROP)
     } else if hop.is_empty() {
         (DecapReason::SecondChanceReceived, XDP_PASS)
+    } else if !from_lb {
+        (DecapReason::DropUntrustedSource, XDP_DROP)
     } else if peers
         .iter()
         .any(|n| n.contains(&hop.parse::<IpAddr>().unwrap()))
@@ -859,10 +863,11 @@ fn check_gue(
             | DecapReason::SecondChanceLocal
     );
     let trusted = |a: &IpAddr| t.allowed.iter().chain(peers).any(|n| n.contains(a));
+    let from_lb = |a: &IpAddr| t.allowed.iter().any(|n| n.contains(a));
     if *reason == DecapReason::SecondChanceForwarded {
         let (in_src, in_dst, _) = outer_addrs(input).ok_or("sent on what has no outer header")?;
         let (src, dst, udp) = outer_addrs(&out.data).ok_or("sent on without an outer header")?;
-        if !trusted(&in_src) || !t.ours.contains(&in_dst) {
+        if !from_lb(&in_src) || !t.ours.contains(&in_dst) {
             return Err(format!("sent on a packet from {in_src} to {in_dst}"));
         }
         if !peers.iter().any(|n| n.contains(&dst)) {
@@ -882,6 +887,10 @@ fn check_gue(
         if !trusted(&src) || !t.ours.contains(&dst) {
             return Err(format!("stripped a packet from {src} to {dst}"));
         }
+        // Kept with a hop left: only a load balancer sends those.
+        if *reason == DecapReason::SecondChanceLocal && !from_lb(&src) {
+            return Err(format!("kept a packet with a hop from {src}"));
+        }
         if out.data.len() >= input.len() {
             return Err("stripped, yet no shorter".into());
         }
@@ -896,7 +905,7 @@ fn fuzz_decap_mutated_gue_is_sent_on_only_to_peers_from_trusted_sources() {
     let mut t = target();
     let peers: Vec<IpNet> = PEERS
         .iter()
-        .map(|p| lb_userspace::decap_sources::parse_source(p).unwrap())
+        .map(|p| lb_userspace::decap_sources::parse_peer(p).unwrap())
         .collect();
     t.lb.maps.set_decap_peers(&peers).unwrap();
     t.lb.maps

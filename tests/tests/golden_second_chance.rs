@@ -1,10 +1,13 @@
 //! Golden packets for second chance (`lb_common::gue`): the exact GUE
 //! packet the `lb` program sends for a TCP packet it cannot place on a
 //! ring slot that changed hands, and what `lb_decap` does with one: keep it
-//! when the backend has a socket for it, send it on to the hop with the
-//! hop list emptied, drop a hop that is not a peer, strip GUE with no hop
-//! left, drop GUE from a source it does not trust. Steady-state packets
-//! (a SYN, a slot whose window closed) stay plain IP-in-IP.
+//! when the backend has a socket for it (established, IPv4 and IPv6; a
+//! valid SYN cookie; time-wait), send it on to the hop with the hop list
+//! emptied, drop a hop that is not a peer before asking for a socket,
+//! strip GUE with no hop left, drop GUE from a source it does not trust
+//! and GUE with a hop from a peer. Steady-state packets (a SYN, a slot
+//! whose window closed) stay plain IP-in-IP, and a first fragment on a
+//! moved slot goes plain without taking the flow's second chance away.
 //!
 //! The decap tests run in a namespace of their own: `lb_decap` asks its
 //! namespace's sockets and FIB (of the loopback device, under
@@ -12,12 +15,14 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
-use etherparse::{IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
+use etherparse::{
+    IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, TcpHeader,
+};
 use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, flow_hash},
     gue::{DEFAULT_GUE_PORT, HOPS_TYPE, source_port},
-    maps::{NO_BACKEND, SecondChance, VipKey},
+    maps::{NO_BACKEND, PrevOwner, SecondChance, VipKey},
     stats::DecapReason,
 };
 use lb_tests::{harness::*, netns::Netns, packets::*};
@@ -138,10 +143,7 @@ fn moved_vip(vip: &str, backends: [&str; 2]) -> (Lb, VipKey, Vec<u32>) {
             }
         })
         .collect();
-    lb.maps.set_prev_owners(meta.vip_id, &prev).expect("prev");
-    lb.maps
-        .set_prev_owners_until(meta.vip_id, u64::MAX)
-        .expect("until");
+    set_prev_owners(&mut lb, meta.vip_id, &prev, u32::MAX);
     lb.maps
         .set_second_chance(&SecondChance {
             gue_port: PORT,
@@ -149,6 +151,16 @@ fn moved_vip(vip: &str, backends: [&str; 2]) -> (Lb, VipKey, Vec<u32>) {
         })
         .expect("gue port");
     (lb, key, prev)
+}
+
+/// Give every slot of VIP `vip_id` its previous owner in `prev`, all until
+/// `until_s` (`lb_common::maps::coarse_seconds`; 0: none counts).
+fn set_prev_owners(lb: &mut Lb, vip_id: u32, prev: &[u32], until_s: u32) {
+    let owners: Vec<PrevOwner> = prev
+        .iter()
+        .map(|&owner| PrevOwner { owner, until_s })
+        .collect();
+    lb.maps.set_prev_owners(vip_id, &owners).expect("prev");
 }
 
 fn lb_sport(inner: &[u8]) -> u16 {
@@ -239,7 +251,7 @@ fn golden_ipv6_tcp_ack_on_a_moved_slot_goes_in_gue_with_the_previous_owner_as_ho
 
 #[test]
 fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
-    let (mut lb, key, _) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
+    let (mut lb, key, prev) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
     let backend =
         |lb: &Lb, inner: &[u8]| BACKEND_V4[lb.ring_backend(&key, &flow_of(inner)) as usize];
     // A SYN opens its connection on the owner now: no hop.
@@ -258,7 +270,7 @@ fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
     // A flow in the connection table keeps its plain tunnel: its first
     // packet came before the window opened.
     let meta = lb.maps.vip(&key).unwrap().unwrap();
-    lb.maps.set_prev_owners_until(meta.vip_id, 0).unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, 0);
     let ack = tcp4(CLIENT_V4, 40003, VIP_V4, 80, Tcp::Ack, b"x");
     for _ in 0..2 {
         assert_eq!(
@@ -266,20 +278,57 @@ fn golden_steady_state_packets_stay_plain_ipip_with_second_chance_on() {
             tunnelled(&ack, backend(&lb, &ack))
         );
     }
-    lb.maps
-        .set_prev_owners_until(meta.vip_id, u64::MAX)
-        .unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, u32::MAX);
     let (out, moved) = lb.run_counted(&to_lb(&ack));
     assert_eq!(out.data, tunnelled(&ack, backend(&lb, &ack)), "table hit");
     assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::ConnHit, 1)]);
     // The window closed: the ring alone, as before.
-    lb.maps.set_prev_owners_until(meta.vip_id, 1).unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, 1);
     let fresh = tcp4(CLIENT_V4, 40004, VIP_V4, 80, Tcp::Ack, b"x");
     assert_eq!(
         lb.run(&to_lb(&fresh)).data,
         tunnelled(&fresh, backend(&lb, &fresh))
     );
     assert_eq!(lb.count(Reason::SecondChance), 0);
+}
+
+/// A first fragment (not the whole segment) of a flow on a moved slot
+/// cannot take a hop along: it goes plain to the owner now, and its flow
+/// is entered in no table, so the flow's next whole segment still gets its
+/// second chance (entered, it would be pinned to the owner now and reset
+/// there if it is the previous owner's).
+#[test]
+fn golden_first_fragment_on_a_moved_slot_is_not_entered_and_the_next_segment_takes_the_hop() {
+    let backends = [BACKEND_V4[0], BACKEND_V4[1]];
+    let (mut lb, key, _) = moved_vip(VIP_V4, backends);
+    let whole = tcp4(
+        CLIENT_V4,
+        40010,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        b"a segment long enough for two fragments",
+    );
+    // The IP header again, with MF set and the first 24 bytes of L4.
+    let mut h = Ipv4Header::from_slice(&whole).expect("ipv4").0;
+    h.more_fragments = true;
+    h.identification = 0x4321;
+    h.set_payload_len(24).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let first = cat(&h.to_bytes(), &whole[20..44]);
+    let owner = backends[lb.ring_backend(&key, &flow_of(&whole)) as usize];
+    let (out, moved) = lb.run_counted(&to_lb(&first));
+    assert_eq!(out.data, tunnelled(&first, owner), "first fragment");
+    assert_eq!(
+        moved,
+        vec![
+            (Reason::Tx, 1),
+            (Reason::ConnMiss, 1),
+            (Reason::Fragment, 1)
+        ],
+        "first fragment: not on probation"
+    );
+    expect_second_hop(&mut lb, &key, &whole, backends, OUTER_SRC_V4);
 }
 
 // ---------------------------------------------------------------------------
@@ -501,30 +550,65 @@ fn golden_decap_second_hop_that_is_not_a_peer_is_dropped_never_sent_on() {
     }
 }
 
+/// Put `addrs` on the host's loopback (IPv6 without duplicate address
+/// detection, so they are usable at once).
+fn on_loopback(host: &BackendHost, addrs: &[&str]) {
+    for a in addrs {
+        if a.contains(':') {
+            host.ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        } else {
+            host.ns
+                .exec(&["ip", "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+    }
+}
+
+/// The sockets of a connection from `client:cport` to a service on
+/// `vip:port`, established in the host's namespace: listener, client,
+/// server. Kept open by the caller.
+fn establish(
+    host: &BackendHost,
+    client: &str,
+    cport: u16,
+    vip: &str,
+    port: u16,
+) -> (TcpListener, socket2::Socket, std::net::TcpStream) {
+    let vip: IpAddr = vip.parse().unwrap();
+    let client: IpAddr = client.parse().unwrap();
+    host.ns.enter(|| {
+        let listener = TcpListener::bind(SocketAddr::new(vip, port)).expect("listen");
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(SocketAddr::new(client, 0)),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(client, cport).into())
+            .expect("bind");
+        socket
+            .connect(&SocketAddr::new(vip, port).into())
+            .expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (listener, socket, server)
+    })
+}
+
 #[test]
 fn golden_decap_second_hop_with_a_local_socket_stays_here() {
     let mut host = BackendHost::new();
     // The service and a connection of the client's, established in the
     // host's namespace (client and VIP on its loopback).
-    host.ns
-        .exec(&["ip", "addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"]);
-    host.ns
-        .exec(&["ip", "addr", "add", &format!("{CLIENT_V4}/32"), "dev", "lo"]);
-    let vip: IpAddr = VIP_V4.parse().unwrap();
-    let client: IpAddr = CLIENT_V4.parse().unwrap();
-    let (_listener, _client, _server) = host.ns.enter(|| {
-        let listener = TcpListener::bind(SocketAddr::new(vip, 8080)).expect("listen");
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket
-            .bind(&SocketAddr::new(client, 40100).into())
-            .expect("bind");
-        socket
-            .connect(&SocketAddr::new(vip, 8080).into())
-            .expect("connect");
-        let (server, _) = listener.accept().expect("accept");
-        (listener, socket, server)
-    });
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let _sockets = establish(&host, CLIENT_V4, 40100, VIP_V4, 8080);
     let ours = tcp4(CLIENT_V4, 40100, VIP_V4, 8080, Tcp::Ack, b"data");
     let (out, moved) = host.run(&gue_frame(
         OUTER_SRC_V4,
@@ -551,4 +635,229 @@ fn golden_decap_second_hop_with_a_local_socket_stays_here() {
     ));
     assert_eq!(out.action, XDP_TX);
     assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+    // A hop that is no peer is dropped before the socket lookup: even
+    // the flow whose socket is here.
+    let f = gue_frame(OUTER_SRC_V4, BACKEND_V4[0], &ours, BACKEND_V4[2]);
+    let (out, moved) = host.run(&f);
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_DROP,
+            data: f
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::DropSecondHopNotPeer, 1)]);
+}
+
+/// The IPv6 socket lookup: a packet of an established IPv6 connection
+/// stays; one of a port with only the listener is sent on.
+#[test]
+fn golden_decap_ipv6_second_hop_with_a_local_socket_stays_here() {
+    let mut host = BackendHost::new();
+    on_loopback(&host, &[VIP_V6, CLIENT_V6]);
+    let _sockets = establish(&host, CLIENT_V6, 40100, VIP_V6, 8080);
+    let ours = tcp6(CLIENT_V6, 40100, VIP_V6, 8080, Tcp::Ack, b"data");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V6,
+        BACKEND_V6[0],
+        &ours,
+        BACKEND_V6[1],
+    ));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&ours),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    let theirs = tcp6(CLIENT_V6, 40101, VIP_V6, 8080, Tcp::Ack, b"data");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V6,
+        BACKEND_V6[0],
+        &theirs,
+        BACKEND_V6[1],
+    ));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+}
+
+/// An IPv4 TCP segment from `src:sport` to `dst:dport` with sequence and
+/// acknowledgment numbers of our choosing.
+fn segment(src: &str, sport: u16, dst: &str, dport: u16, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let mut h = TcpHeader::new(sport, dport, seq, 64240);
+    match ack {
+        Some(n) => {
+            h.ack = true;
+            h.acknowledgment_number = n;
+        }
+        None => h.syn = true,
+    }
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(v4(src), v4(dst), 64)
+        .tcp_header(h)
+        .write(&mut out, b"")
+        .expect("build");
+    out
+}
+
+/// A listener that answers with SYN cookies keeps no request socket: the
+/// handshake's ACK stays here because it carries a valid cookie (from a
+/// real SYN-ACK of this host's kernel), and one with a wrong cookie is
+/// sent on.
+#[test]
+fn golden_decap_second_hop_with_a_valid_syn_cookie_stays_here() {
+    let mut host = BackendHost::new();
+    host.ns
+        .exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syncookies=2"]);
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let (cport, port, isn) = (40200, 8081, 7000);
+    // The same listener throughout: the kernel checks a cookie only on a
+    // listener that sent cookies recently.
+    let (_listener, cookie) = host.ns.enter(|| {
+        let listener =
+            TcpListener::bind(SocketAddr::new(VIP_V4.parse().unwrap(), port)).expect("listen");
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("raw socket");
+        raw.set_header_included_v4(true).expect("IP_HDRINCL");
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let vip = SocketAddr::new(VIP_V4.parse().unwrap(), 0);
+        let syn = segment(CLIENT_V4, cport, VIP_V4, port, isn, None);
+        raw.send_to(&syn, &vip.into()).expect("send the SYN");
+        // The raw socket sees every TCP segment this host takes in, our SYN
+        // too: wait for the listener's SYN-ACK.
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = std::io::Read::read(&mut &raw, &mut buf).expect("a SYN-ACK within 2 s");
+            let (ip, tcp) = buf[..n].split_at(20);
+            let from_listener = ip[12..16] == v4(VIP_V4)
+                && u16::from_be_bytes([tcp[0], tcp[1]]) == port
+                && u16::from_be_bytes([tcp[2], tcp[3]]) == cport;
+            if from_listener && tcp[13] & 0x12 == 0x12 {
+                assert_eq!(
+                    u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+                    isn + 1,
+                    "a SYN-ACK of our SYN"
+                );
+                break (
+                    listener,
+                    u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+                );
+            }
+        }
+    });
+    let ack = segment(CLIENT_V4, cport, VIP_V4, port, isn + 1, Some(cookie + 1));
+    let (out, moved) = host.run(&gue_frame(OUTER_SRC_V4, BACKEND_V4[0], &ack, BACKEND_V4[1]));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&ack),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    // A cookie from another time (its top byte counts minutes): the same
+    // hash bits, too old to be valid.
+    let stale = (cookie ^ 0x8000_0000).wrapping_add(1);
+    let forged = segment(CLIENT_V4, cport, VIP_V4, port, isn + 1, Some(stale));
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &forged,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(out.action, XDP_TX, "a wrong cookie");
+    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+}
+
+/// A connection this host closed first sits in time-wait: a late segment
+/// of it stays here (the kernel answers it as time-wait says), not sent
+/// on, with no listener left.
+#[test]
+fn golden_decap_second_hop_of_a_time_wait_connection_stays_here() {
+    let mut host = BackendHost::new();
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let (listener, client, server) = establish(&host, CLIENT_V4, 40300, VIP_V4, 8082);
+    drop(listener);
+    // The server closes first, then the client: the server's end waits.
+    drop(server);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let tw = host.ns.exec(&["ss", "-Htan", "state", "time-wait"]);
+        if tw.contains(&format!("{VIP_V4}:8082")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no time-wait socket: {tw}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let late = tcp4(CLIENT_V4, 40300, VIP_V4, 8082, Tcp::Ack, b"late");
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &late,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&late),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+}
+
+/// GUE with a hop left comes only from a load balancer: a peer (or any
+/// other host) cannot make this backend send packets on, nor have them
+/// kept, whatever the hop. A peer's GUE with no hop left is taken
+/// (`golden_decap_gue_without_a_hop_is_stripped_from_a_peer_and_from_the_lb`).
+#[test]
+fn golden_decap_gue_with_a_hop_left_from_a_peer_is_dropped() {
+    let mut host = BackendHost::new();
+    for (peer, ours, hop, inner) in [
+        (
+            BACKEND_V4[1],
+            BACKEND_V4[0],
+            BACKEND_V4[1],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            BACKEND_V6[1],
+            BACKEND_V6[0],
+            BACKEND_V6[1],
+            tcp6(CLIENT_V6, 40000, VIP_V6, 80, Tcp::Ack, b"data"),
+        ),
+        (
+            BACKEND_V4[1],
+            BACKEND_V4[0],
+            BACKEND_V4[2],
+            tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
+        ),
+    ] {
+        let f = gue_frame(peer, ours, &inner, hop);
+        let (out, moved) = host.run(&f);
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_DROP,
+                data: f.clone(),
+            },
+            "from {peer} with hop {hop}"
+        );
+        assert_eq!(
+            moved,
+            vec![(DecapReason::DropUntrustedSource, 1)],
+            "from {peer} with hop {hop}"
+        );
+    }
 }

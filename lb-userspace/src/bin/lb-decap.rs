@@ -26,7 +26,7 @@ use lb_common::{
 };
 use lb_userspace::{
     datapath::{Datapath, MapSizes, link_pin_path},
-    decap_sources::{DecapSources, IpNet, parse_source},
+    decap_sources::{DecapSources, IpNet, parse_peer, parse_source},
     layout::PinOwner,
     maps::Maps,
     netdev,
@@ -77,12 +77,13 @@ enum Cmd {
         /// sources and the peers. Without it, UDP is never a tunnel.
         #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
         gue_port: Option<u16>,
-        /// Another backend of the same VIPs, as an address or CIDR prefix:
-        /// a second-chance packet whose flow has no socket here is sent on
-        /// to its hop only if the hop is a peer, and GUE from a peer is
-        /// accepted. Repeat for each; replaces the set a previous attach
-        /// gave.
-        #[arg(long = "peer", value_name = "PREFIX", value_parser = source, requires = "gue_port")]
+        /// Another backend of the same VIPs, by its address (not a
+        /// prefix): a second-chance packet whose flow has no socket here is
+        /// sent on to its hop only if the hop is a peer, and GUE with no hop
+        /// left is accepted from a peer (GUE with a hop only from the
+        /// allowed sources). Repeat for each; replaces the set a previous
+        /// attach gave.
+        #[arg(long = "peer", value_name = "ADDRESS", value_parser = peer, requires = "gue_port")]
         peers: Vec<IpNet>,
         /// Generic (skb) mode instead of native; native falls back to it
         /// by itself when the driver refuses.
@@ -147,10 +148,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let sources = allowed(allow_sources, allow_any_source)?;
             if peers.len() > MAX_DECAP_PEERS as usize {
-                bail!(
-                    "{} peers given: at most {MAX_DECAP_PEERS} fit (use prefixes that cover several backends)",
-                    peers.len()
-                );
+                bail!("{} peers given: at most {MAX_DECAP_PEERS} fit", peers.len());
             }
             let second_chance = SecondChanceSide {
                 gue_port: gue_port.unwrap_or(0),
@@ -198,6 +196,10 @@ fn lock(pin_dir: &std::path::Path) -> anyhow::Result<PinDirLock> {
 
 fn source(text: &str) -> Result<IpNet, String> {
     parse_source(text).map_err(|e| e.to_string())
+}
+
+fn peer(text: &str) -> Result<IpNet, String> {
+    parse_peer(text).map_err(|e| e.to_string())
 }
 
 /// The allowed sources of an attach. Secure by default: with none given,
