@@ -125,6 +125,8 @@ pub fn select(
     let chosen = from_ring(&pkt)?;
     if !pkt.syn_only {
         insert(&pkt, chosen.id);
+    } else {
+        probation::enter_syn_on_moved_slot(&pkt, chosen.id, &chosen);
     }
     Ok(Selected {
         chosen,

@@ -334,32 +334,41 @@ fn outer_ipv6(
 /// Who sent a tunnel packet, as far as its outer source says.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sender {
-    /// In `DECAP_SOURCES`, or any source when the operator opted out of
-    /// the check (`DECAP_F_ANY_SOURCE`): any tunnel.
+    /// In `DECAP_SOURCES` (and no peer), or any source of IP-in-IP when
+    /// the operator opted out of the check (`DECAP_F_ANY_SOURCE`): any
+    /// tunnel.
     LoadBalancer,
-    /// In `DECAP_PEERS`: GUE with no hop left only (a second hop it sent
-    /// on here).
+    /// In `DECAP_PEERS`, or any source of GUE under `DECAP_F_ANY_SOURCE`:
+    /// GUE with no hop left only (a second hop sent on here).
     Peer,
 }
 
-/// The sender of a tunnel (`gue`: GUE) from `from`; `None`: untrusted.
+/// The sender of a tunnel (`gue`: GUE) from `from`; `None`: untrusted. A
+/// peer is a peer even inside an allowed source prefix, and a source that
+/// is allowed only because the operator opted out of the check
+/// (`DECAP_F_ANY_SOURCE`) counts as a peer for GUE: neither may start a
+/// second hop through this backend to its peers.
 #[inline(always)]
 fn sender(from: &DecapSource, gue: bool) -> Option<Sender> {
+    let addr_bits = if from.family == FAMILY_V4 { 32 } else { 128 };
+    let key = Key::new(DECAP_SOURCE_FAMILY_BITS + addr_bits, *from);
+    if gue && DECAP_PEERS.get(&key).is_some() {
+        return Some(Sender::Peer);
+    }
+    if DECAP_SOURCES.get(&key).is_some() {
+        return Some(Sender::LoadBalancer);
+    }
     if DECAP_CONFIG
         .get(0)
         .is_some_and(|c| c.flags & DECAP_F_ANY_SOURCE != 0)
     {
-        return Some(Sender::LoadBalancer);
+        return Some(if gue {
+            Sender::Peer
+        } else {
+            Sender::LoadBalancer
+        });
     }
-    let addr_bits = if from.family == FAMILY_V4 { 32 } else { 128 };
-    let key = Key::new(DECAP_SOURCE_FAMILY_BITS + addr_bits, *from);
-    if DECAP_SOURCES.get(&key).is_some() {
-        Some(Sender::LoadBalancer)
-    } else if gue && DECAP_PEERS.get(&key).is_some() {
-        Some(Sender::Peer)
-    } else {
-        None
-    }
+    None
 }
 
 /// The inner IPv4 header at `off` is whole, and so is the packet it heads,

@@ -45,6 +45,8 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
         let placement = second_chance::placement(pkt, &chosen);
         if !pkt.syn_only && placement == Placement::Settled {
             enter(pkt, chosen.id);
+        } else if pkt.syn_only {
+            enter_syn_on_moved_slot(pkt, chosen.id, &chosen);
         }
         return Ok(Selected {
             chosen,
@@ -59,6 +61,7 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
         let _ = PROBATION.remove(pkt.flow);
         stats::event(Reason::ConnMiss);
         let chosen = conntrack::from_ring(pkt)?;
+        enter_syn_on_moved_slot(pkt, chosen.id, &chosen);
         return Ok(Selected {
             chosen,
             new_flow: conntrack::new_flow(pkt),
@@ -96,6 +99,21 @@ pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
         new_flow,
         second_hop: NO_BACKEND,
     })
+}
+
+/// A SYN on a slot that moved recently opens its connection on the owner
+/// now, which this node sees; so it is pinned there on probation, and its
+/// handshake's ACK is promoted like any second packet. Left out, the
+/// connection's packets would all miss both tables and travel with a hop
+/// until the slot's window closed, and a further move of the slot within
+/// it would send them to backends that never had the connection.
+/// Elsewhere a SYN enters nothing (the SYN-flood guard); here a flood of
+/// them churns only the probation table.
+#[inline(always)]
+pub fn enter_syn_on_moved_slot(pkt: &Packet, backend_id: u32, chosen: &crate::maglev::Chosen) {
+    if second_chance::previous_owner(pkt, chosen).is_some() {
+        enter(pkt, backend_id);
+    }
 }
 
 /// Whether this CPU may promote one more flow now. No limit written: yes.

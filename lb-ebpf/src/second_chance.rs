@@ -58,26 +58,36 @@ impl Placement {
 /// header's family).
 #[inline(always)]
 pub fn placement(pkt: &Packet, chosen: &Chosen) -> Placement {
-    if !pkt.is_tcp || pkt.syn_only || pkt.vip.flags & VIP_F_L2_DSR != 0 || gue_port() == 0 {
+    if pkt.syn_only {
         return Placement::Settled;
     }
-    let slot = maglev::slot_of(pkt.flow, pkt.vip, pkt.ring_size);
-    let Some(entry) = PREV_OWNERS.get_ptr(prev_owner_index(pkt.vip.vip_id, slot, pkt.ring_size))
-    else {
+    let Some(prev) = previous_owner(pkt, chosen) else {
         return Placement::Settled;
     };
+    if !pkt.whole {
+        return Placement::Unsettled;
+    }
+    Placement::SecondHop(prev)
+}
+
+/// The previous owner of the packet's slot a TCP packet of this VIP would
+/// take along, whatever the packet's flags: live, still the VIP's, of the
+/// family of `chosen` (the owner now) and not `chosen` itself.
+#[inline(always)]
+pub fn previous_owner(pkt: &Packet, chosen: &Chosen) -> Option<u32> {
+    if !pkt.is_tcp || pkt.vip.flags & VIP_F_L2_DSR != 0 || gue_port() == 0 {
+        return None;
+    }
+    let slot = maglev::slot_of(pkt.flow, pkt.vip, pkt.ring_size);
+    let entry = PREV_OWNERS.get_ptr(prev_owner_index(pkt.vip.vip_id, slot, pkt.ring_size))?;
     // SAFETY: a map value, 8-byte aligned; one load, so owner and expiry
     // come from the same write (lbd stores a slot as one `u64` too).
     let prev = PrevOwner::from_bits(unsafe { (entry as *const u64).read_volatile() });
     if !prev.live_at(coarse_seconds(pkt.now)) || prev.owner == chosen.id {
-        return Placement::Settled;
+        return None;
     }
     match maglev::backend_of_vip(prev.owner, pkt.vip.vip_id) {
-        Ok(p) if p.backend.family == chosen.backend.family => {}
-        _ => return Placement::Settled,
+        Ok(p) if p.backend.family == chosen.backend.family => Some(prev.owner),
+        _ => None,
     }
-    if !pkt.whole {
-        return Placement::Unsettled;
-    }
-    Placement::SecondHop(prev.owner)
 }

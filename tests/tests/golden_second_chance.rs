@@ -26,7 +26,7 @@ use lb_common::{
     stats::DecapReason,
 };
 use lb_tests::{harness::*, netns::Netns, packets::*};
-use lb_userspace::decap_sources::parse_source;
+use lb_userspace::decap_sources::{DecapSources, parse_source};
 
 const PORT: u16 = DEFAULT_GUE_PORT;
 /// The backend host's own NIC, and the router (or LB) that delivers to it.
@@ -860,4 +860,99 @@ fn golden_decap_gue_with_a_hop_left_from_a_peer_is_dropped() {
             "from {peer} with hop {hop}"
         );
     }
+}
+
+/// A connection whose SYN this node sees on a slot that moved recently
+/// opens on the owner now, which holds it: the SYN is pinned there on
+/// probation (a retransmitted SYN too) and its ACK promotes the flow, so
+/// every later packet is a table hit in plain IP-in-IP. Left out of the
+/// tables, the connection would travel with a hop for the slot's whole
+/// window, and a further move of the slot would send it to backends that
+/// never had it.
+#[test]
+fn golden_a_connection_opened_on_a_moved_slot_is_entered_at_its_ack_and_takes_no_hop() {
+    let (mut lb, key, _) = moved_vip(VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]]);
+    let syn = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Syn, b"");
+    let owner = BACKEND_V4[lb.ring_backend(&key, &flow_of(&syn)) as usize];
+    for attempt in ["SYN", "retransmitted SYN"] {
+        let (out, moved) = lb.run_counted(&to_lb(&syn));
+        assert_eq!(out.data, tunnelled(&syn, owner), "{attempt}");
+        assert!(
+            moved.contains(&(Reason::ConnProbation, 1)),
+            "{attempt}: {moved:?}"
+        );
+    }
+    assert_eq!(lb.maps.probation_count(usize::MAX), 1);
+    let ack = tcp4(CLIENT_V4, 40010, VIP_V4, 80, Tcp::Ack, b"");
+    let (out, moved) = lb.run_counted(&to_lb(&ack));
+    assert_eq!(
+        out.data,
+        tunnelled(&ack, owner),
+        "the ACK: plain, to the SYN's backend"
+    );
+    assert!(moved.contains(&(Reason::ConnPromoted, 1)), "{moved:?}");
+    let data = tcp4(
+        CLIENT_V4,
+        40010,
+        VIP_V4,
+        80,
+        Tcp::Ack,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let (out, moved) = lb.run_counted(&to_lb(&data));
+    assert_eq!(out.data, tunnelled(&data, owner));
+    assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::ConnHit, 1)]);
+    assert_eq!(lb.count(Reason::SecondChance), 0);
+    assert_eq!(lb.maps.conn_count(usize::MAX), 1);
+    // A flow whose SYN this node did not see still takes the hop.
+    let unseen = tcp4(CLIENT_V4, 40011, VIP_V4, 80, Tcp::Ack, b"x");
+    lb.run(&to_lb(&unseen));
+    assert_eq!(lb.count(Reason::SecondChance), 1);
+}
+
+/// A peer inside an allowed source prefix is still only a peer: it may
+/// hand on what an LB node sent it (no hop left), never start a second
+/// hop. With `--allow-any-source` anyone may tunnel, but no source that is
+/// not listed may start a second hop through this backend to its peers.
+#[test]
+fn golden_decap_no_peer_inside_an_allowed_prefix_and_no_stranger_starts_a_second_hop() {
+    let mut host = BackendHost::new();
+    let inner = tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data");
+    let drop_untrusted = |host: &mut BackendHost, f: Vec<u8>, what: &str| {
+        let (out, moved) = host.run(&f);
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_DROP,
+                data: f
+            },
+            "{what}"
+        );
+        assert_eq!(moved, vec![(DecapReason::DropUntrustedSource, 1)], "{what}");
+    };
+    // The LB's prefix takes in the peers too.
+    host.lb
+        .maps
+        .set_decap_sources(&DecapSources::Only(vec![
+            parse_source("198.51.100.0/24").unwrap(),
+        ]))
+        .unwrap();
+    drop_untrusted(
+        &mut host,
+        gue_frame(BACKEND_V4[1], BACKEND_V4[0], &inner, BACKEND_V4[1]),
+        "a peer inside the allowed prefix, with a hop",
+    );
+    let (out, _) = host.run(&gue_frame(BACKEND_V4[1], BACKEND_V4[0], &inner, ""));
+    assert_eq!(out.data, stripped(&inner), "the same peer, no hop left");
+
+    host.lb.maps.set_decap_sources(&DecapSources::Any).unwrap();
+    let stranger = "203.0.113.99";
+    drop_untrusted(
+        &mut host,
+        gue_frame(stranger, BACKEND_V4[0], &inner, BACKEND_V4[1]),
+        "any source, with a hop",
+    );
+    let (out, moved) = host.run(&gue_frame(stranger, BACKEND_V4[0], &inner, ""));
+    assert_eq!(out.data, stripped(&inner), "any source, no hop left");
+    assert_eq!(moved, vec![(DecapReason::SecondChanceReceived, 1)]);
 }
