@@ -18,6 +18,16 @@ use crate::control::{self, Request};
 /// VIP whose ring the node could not read.
 pub type Digests = BTreeMap<String, Option<String>>;
 
+/// An address as it goes before `:port`: IPv6 in brackets, as
+/// `SocketAddr` writes it (for addresses read back as text from JSON).
+pub fn bracketed(address: &str) -> std::borrow::Cow<'_, str> {
+    if address.contains(':') {
+        format!("[{address}]").into()
+    } else {
+        address.into()
+    }
+}
+
 /// The digests in a `vip list` reply.
 pub fn digests_of(vip_list: &Value) -> Result<Digests, String> {
     let rows = vip_list
@@ -26,19 +36,12 @@ pub fn digests_of(vip_list: &Value) -> Result<Digests, String> {
     let mut out = Digests::new();
     for row in rows {
         let address = row["address"].as_str().ok_or("a VIP without an address")?;
-        let vip = if address.contains(':') {
-            format!(
-                "[{address}]:{}/{}",
-                row["port"],
-                row["protocol"].as_str().unwrap_or("?")
-            )
-        } else {
-            format!(
-                "{address}:{}/{}",
-                row["port"],
-                row["protocol"].as_str().unwrap_or("?")
-            )
-        };
+        let vip = format!(
+            "{}:{}/{}",
+            bracketed(address),
+            row["port"],
+            row["protocol"].as_str().unwrap_or("?")
+        );
         out.insert(vip, row["ring_digest"].as_str().map(str::to_string));
     }
     Ok(out)

@@ -167,10 +167,7 @@ fn row(
             .map(|why| why.help()),
         Err(_) => Some("its backend id is not in the backend table"),
     };
-    let client = match client {
-        IpAddr::V4(a) => format!("{a}:{}", flow.sport),
-        IpAddr::V6(a) => format!("[{a}]:{}", flow.sport),
-    };
+    let client = std::net::SocketAddr::new(client, flow.sport).to_string();
     ConnRow {
         protocol: Protocol::from_number(flow.proto).map_or("?", Protocol::name),
         client,

@@ -30,13 +30,12 @@ pub struct VipRef {
     pub protocol: Protocol,
 }
 
+/// `198.51.100.10:443/tcp`, `[2001:db8::10]:443/tcp`: the one spelling of
+/// a VIP in lbctl, metrics and logs.
 impl std::fmt::Display for VipRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proto = self.protocol;
-        match self.address {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
-        }
+        let socket = std::net::SocketAddr::new(self.address, self.port);
+        write!(f, "{socket}/{}", self.protocol)
     }
 }
 

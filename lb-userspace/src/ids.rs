@@ -13,9 +13,9 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{flow::FAMILY_V4, maps::VipKey};
+use lb_common::maps::VipKey;
 
-use crate::config::Protocol;
+use crate::{addr::from_map, config::Protocol, control::VipRef};
 
 /// A backend is one address serving one VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,21 +33,25 @@ pub struct VipKeyOrd {
     pub family: u8,
 }
 
-/// `198.51.100.10:443/tcp`, `[2001:db8::10]:443/tcp`: as lbctl and the
-/// metrics name a VIP.
+/// As `VipRef` spells a VIP; a key no configuration makes (an unknown
+/// family or protocol) shows its raw fields.
 impl fmt::Display for VipKeyOrd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let address = if self.family == FAMILY_V4 {
-            IpAddr::from([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
-        } else {
-            IpAddr::from(self.addr)
-        };
-        let protocol = Protocol::from_number(self.proto)
-            .map(|p| p.name().to_string())
-            .unwrap_or_else(|| format!("proto {}", self.proto));
-        match address {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{protocol}", self.port),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{protocol}", self.port),
+        match (
+            from_map(&self.addr, self.family),
+            Protocol::from_number(self.proto),
+        ) {
+            (Some(address), Some(protocol)) => VipRef {
+                address,
+                port: self.port,
+                protocol,
+            }
+            .fmt(f),
+            _ => write!(
+                f,
+                "{:?} family {} port {} proto {}",
+                self.addr, self.family, self.port, self.proto
+            ),
         }
     }
 }

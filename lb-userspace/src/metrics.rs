@@ -356,12 +356,12 @@ pub const EXPORTED: &[(&str, &str)] = &[
 ];
 
 fn vip_name(address: std::net::IpAddr, port: u16, protocol: Protocol) -> String {
-    let p = protocol.name();
-    if address.is_ipv6() {
-        format!("[{address}]:{port}/{p}")
-    } else {
-        format!("{address}:{port}/{p}")
+    crate::control::VipRef {
+        address,
+        port,
+        protocol,
     }
+    .to_string()
 }
 
 fn set(c: &Counter, v: u64) {

@@ -1126,11 +1126,12 @@ fn print_vips(v: &Value) {
         ],
         v.as_array().into_iter().flatten().map(|r| {
             let addr = s(&r["address"]);
-            let vip = if addr.contains(':') {
-                format!("[{addr}]:{}/{}", r["port"], s(&r["protocol"]))
-            } else {
-                format!("{addr}:{}/{}", r["port"], s(&r["protocol"]))
-            };
+            let vip = format!(
+                "{}:{}/{}",
+                lb_userspace::cluster::bracketed(&addr),
+                r["port"],
+                s(&r["protocol"])
+            );
             vec![
                 vip,
                 s(&r["name"]),
