@@ -3,7 +3,7 @@
 //! directory and control socket, and is killed and unpinned on drop.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -12,6 +12,39 @@ use std::{
 use crate::netns::Netns;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Run the `lbctl` at `lbctl` against the lbd listening on `socket` (this
+/// tree's or a release's).
+pub fn run_lbctl(lbctl: &Path, socket: &Path, args: &[&str]) -> Output {
+    Command::new(lbctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lbctl")
+}
+
+/// `run_lbctl` with `--json`, expected to succeed (else the failure and
+/// the lbd `log` are shown), the reply parsed.
+pub fn lbctl_json(
+    lbctl: &Path,
+    socket: &Path,
+    args: &[&str],
+    log: impl Fn() -> String,
+) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run_lbctl(lbctl, socket, &all);
+    assert!(
+        out.status.success(),
+        "lbctl {}: {}\nlbd log:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    serde_json::from_slice(&out.stdout).expect("lbctl --json output")
+}
 
 /// Path of a binary of this workspace, built by `cargo test --workspace`
 /// next to the test executables' directory.
@@ -170,28 +203,12 @@ impl Lbd {
 
     /// Run lbctl against this lbd.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(binary("lbctl"))
-            .arg("--socket")
-            .arg(&self.paths.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run lbctl")
+        run_lbctl(&binary("lbctl"), &self.paths.socket, args)
     }
 
     /// Run lbctl with `--json`, expect success, parse the reply.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.ctl(&all);
-        assert!(
-            out.status.success(),
-            "lbctl {}: {}\nlbd log:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).expect("lbctl --json output")
+        lbctl_json(&binary("lbctl"), &self.paths.socket, args, || self.log())
     }
 
     /// SIGKILL, no chance to clean up: what a crash looks like.

@@ -10,10 +10,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
 };
 
-use crate::{lbd::wait_until_answering, netns::Netns};
+use crate::{
+    lbd::{lbctl_json, run_lbctl, wait_until_answering},
+    netns::Netns,
+};
 
 /// Where one release's `lbd` and `lbctl` are.
 #[derive(Clone, Debug)]
@@ -95,28 +98,14 @@ impl ReleaseLbd {
 
     /// Run this release's lbctl against this lbd.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(self.bins.dir.join("lbctl"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run lbctl")
+        run_lbctl(&self.bins.dir.join("lbctl"), &self.socket, args)
     }
 
     /// `lbctl --json ARGS`, expected to succeed, parsed.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.ctl(&all);
-        assert!(
-            out.status.success(),
-            "lbctl {}: {}\nlbd log:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
+        lbctl_json(&self.bins.dir.join("lbctl"), &self.socket, args, || {
             self.log()
-        );
-        serde_json::from_slice(&out.stdout).expect("lbctl --json output")
+        })
     }
 
     /// Stop as a service manager does (SIGTERM) and wait for the exit.
