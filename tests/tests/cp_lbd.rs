@@ -2663,6 +2663,7 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
     assert!(pets.iter().all(|m| m == "WATCHDOG=1\n"), "{pets:?}");
 
     let pid = lbd.pid().expect("lbd's pid");
+    // SAFETY: kill(2) has no memory effects; `pid` is our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     let mut seen = Vec::new();
     while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
@@ -2674,6 +2675,7 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
     assert_eq!(seen[0], "RELOADING=1\n", "{seen:?}");
     assert!(seen[1].contains("STATUS=forwarding"), "{seen:?}");
 
+    // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let mut last = next();
     while last == "WATCHDOG=1\n" {
