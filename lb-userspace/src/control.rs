@@ -14,7 +14,10 @@ use tokio::{
     net::UnixStream,
 };
 
-use crate::config::{BackendConfig, Protocol, Vip};
+use crate::{
+    config::{BackendConfig, Protocol, Vip},
+    config_format::ConfigFormat,
+};
 
 /// Largest request accepted (a whole configuration fits comfortably).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -95,9 +98,13 @@ pub enum Request {
         limit: usize,
         scan: usize,
     },
-    /// Replace the whole configuration with `text` (JSON).
+    /// Replace the whole configuration with `text`, a file written in
+    /// `format`. Left out for JSON, so that an lbd from before TOML takes
+    /// the request as it always did (and refuses a TOML one by name).
     Apply {
         text: String,
+        #[serde(default, skip_serializing_if = "ConfigFormat::is_json")]
+        format: ConfigFormat,
     },
     ConfigDump,
     /// Withdraw every VIP from the network (`announce`); forwarding goes on.
