@@ -19,16 +19,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
 
-/// How a configuration file is written, chosen by its extension.
+/// How a configuration file is written, chosen by its extension: JSON
+/// (`.json`) or TOML (`.toml`, which allows comments). The variants have
+/// no doc comments, which clap would print as a long list in `--help`.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ConfigFormat {
-    /// JSON (`.json`).
     #[default]
     Json,
-    /// TOML (`.toml`), which allows comments.
     Toml,
 }
 

@@ -289,4 +289,39 @@ mod tests {
         let mut r = BufReader::new(&b""[..]);
         assert_eq!(read_request(&mut r).await.unwrap(), None);
     }
+
+    /// An apply of a JSON file is the request lbds before TOML took; a
+    /// TOML one names its format, which such an lbd refuses by name
+    /// rather than reading TOML as JSON.
+    #[test]
+    fn apply_names_its_format_unless_json() {
+        let apply = |format| Request::Apply {
+            text: "{}".into(),
+            format,
+        };
+        let json = serde_json::to_string(&apply(ConfigFormat::Json)).unwrap();
+        assert_eq!(json, r#"{"cmd":"apply","text":"{}"}"#);
+        let toml = serde_json::to_string(&apply(ConfigFormat::Toml)).unwrap();
+        assert_eq!(toml, r#"{"cmd":"apply","text":"{}","format":"toml"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(&toml).unwrap(),
+            apply(ConfigFormat::Toml)
+        );
+
+        /// `Request::Apply` as it was before TOML.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+        enum Before {
+            Apply {
+                #[allow(dead_code)]
+                text: String,
+            },
+        }
+        assert!(serde_json::from_str::<Before>(&json).is_ok());
+        let refused = serde_json::from_str::<Before>(&toml).unwrap_err();
+        assert!(
+            refused.to_string().starts_with("unknown field `format`"),
+            "{refused}"
+        );
+    }
 }
