@@ -981,12 +981,12 @@ impl Config {
     }
 
     /// `load` with this host's overrides applied before validation. The
-    /// file's extension says whether it is JSON or TOML.
+    /// file's extension says whether it is JSON or TOML (checked once the
+    /// file is read: a missing file is the first thing to hear about).
     pub fn load_for(path: &std::path::Path, node: &NodeOverrides) -> Result<Self, ConfigError> {
-        let format = ConfigFormat::of_path(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one("", format!("the file cannot be read: {e}")))?;
-        Self::from_text_for(&text, format, node)
+        Self::from_text_for(&text, ConfigFormat::of_path(path)?, node)
     }
 
     /// Everything serde cannot check: ranges, uniqueness, consistency.

@@ -391,9 +391,10 @@ weight = "heavy"
             "docs/configuration.md does not show the message\n  {message}\nof\n{text}"
         );
     }
-    let unknown = Config::load(Path::new("/etc/lbd/lbd.conf"))
-        .expect_err("an unknown extension")
-        .to_string();
+    let unknown =
+        lb_userspace::config_format::ConfigFormat::of_path(Path::new("/etc/lbd/lbd.conf"))
+            .expect_err("an unknown extension")
+            .to_string();
     assert!(
         CONFIGURATION.contains(&format!("lbd: /etc/lbd/lbd.conf: {unknown}")),
         "docs/configuration.md does not show {unknown:?}"

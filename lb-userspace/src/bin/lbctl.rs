@@ -576,10 +576,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_flow,
         ),
         Cmd::Apply { file } => {
-            let format =
-                ConfigFormat::of_path(file).map_err(|e| format!("{}: {e}", file.display()))?;
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let format =
+                ConfigFormat::of_path(file).map_err(|e| format!("{}: {e}", file.display()))?;
             (Request::Apply { text, format }, print_done)
         }
         Cmd::Config {
