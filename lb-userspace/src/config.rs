@@ -1,4 +1,5 @@
-//! lbd's configuration file: its JSON shape, defaults, and validation.
+//! lbd's configuration: its shape, defaults, and validation. The file is
+//! JSON or TOML (`config_format`), read into these same types.
 //!
 //! Every field is documented here. The operators' reference,
 //! docs/configuration.md, is written by hand, not generated from these
@@ -17,6 +18,8 @@ use std::{
 };
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::config_format::{self, ConfigFormat};
 
 /// Largest backend weight; weights are relative, so this bounds the ratio.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -335,9 +338,13 @@ impl fmt::Display for Announce {
 #[serde(deny_unknown_fields)]
 pub struct Speaker {
     /// BIRD's control socket, asked once a second for BGP sessions while
-    /// `announce` is set. `null`: not watched (FRR, GoBGP). Default
-    /// `/run/bird/bird.ctl`, where Debian's bird2 puts it.
-    #[serde(default = "default_bird_socket")]
+    /// `announce` is set. `null` or `""` (TOML has no null): not watched
+    /// (FRR, GoBGP). Default `/run/bird/bird.ctl`, where Debian's bird2
+    /// puts it.
+    #[serde(
+        default = "default_bird_socket",
+        deserialize_with = "empty_path_is_none"
+    )]
     pub bird_socket: Option<PathBuf>,
 }
 
@@ -353,6 +360,12 @@ impl Speaker {
     fn is_default(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// A path that may be unset: `null`, or `""`, which TOML must use.
+fn empty_path_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = Option::<PathBuf>::deserialize(d)?;
+    Ok(path.filter(|p| !p.as_os_str().is_empty()))
 }
 
 fn default_bird_socket() -> Option<PathBuf> {
@@ -884,7 +897,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             problems: vec![Problem {
                 path: path.into(),
@@ -935,30 +948,30 @@ impl Config {
 
     /// Parse JSON text, apply this host's overrides, then validate.
     pub fn from_json_for(text: &str, node: &NodeOverrides) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let reason = if inner.is_syntax() || inner.is_eof() {
-                format!(
-                    "invalid JSON at line {} column {}: {inner}",
-                    inner.line(),
-                    inner.column()
-                )
-            } else {
-                // serde_json appends " at line L column C"; the path says where.
-                let text = inner.to_string();
-                match text.rfind(" at line ") {
-                    Some(i) => text[..i].to_string(),
-                    None => text,
-                }
-            };
-            ConfigError::one(path, reason)
-        })?;
-        let mut config = config;
+        Self::from_text_for(text, ConfigFormat::Json, node)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_text_for(text, ConfigFormat::Toml, &NodeOverrides::default())
+    }
+
+    /// Parse text written in `format`, apply this host's overrides, then
+    /// validate: the one way in for a configuration, whatever its format.
+    pub fn from_text_for(
+        text: &str,
+        format: ConfigFormat,
+        node: &NodeOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut config = format.parse(text)?;
         node.apply(&mut config);
         config.validate()?;
         Ok(config)
+    }
+
+    /// This configuration as a TOML file (`config_format::to_toml`).
+    pub fn to_toml(&self) -> Result<String, String> {
+        config_format::to_toml(self)
     }
 
     /// Read, parse and validate a file. The messages do not repeat the
@@ -967,11 +980,13 @@ impl Config {
         Self::load_for(path, &NodeOverrides::default())
     }
 
-    /// `load` with this host's overrides applied before validation.
+    /// `load` with this host's overrides applied before validation. The
+    /// file's extension says whether it is JSON or TOML (checked once the
+    /// file is read: a missing file is the first thing to hear about).
     pub fn load_for(path: &std::path::Path, node: &NodeOverrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one("", format!("the file cannot be read: {e}")))?;
-        Self::from_json_for(&text, node)
+        Self::from_text_for(&text, ConfigFormat::of_path(path)?, node)
     }
 
     /// Everything serde cannot check: ranges, uniqueness, consistency.

@@ -14,7 +14,10 @@ use tokio::{
     net::UnixStream,
 };
 
-use crate::config::{BackendConfig, Protocol, Vip};
+use crate::{
+    config::{BackendConfig, Protocol, Vip},
+    config_format::ConfigFormat,
+};
 
 /// Largest request accepted (a whole configuration fits comfortably).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -95,9 +98,13 @@ pub enum Request {
         limit: usize,
         scan: usize,
     },
-    /// Replace the whole configuration with `text` (JSON).
+    /// Replace the whole configuration with `text`, a file written in
+    /// `format`. Left out for JSON, so that an lbd from before TOML takes
+    /// the request as it always did (and refuses a TOML one by name).
     Apply {
         text: String,
+        #[serde(default, skip_serializing_if = "ConfigFormat::is_json")]
+        format: ConfigFormat,
     },
     ConfigDump,
     /// Withdraw every VIP from the network (`announce`); forwarding goes on.
@@ -281,5 +288,40 @@ mod tests {
         assert_eq!(read_request(&mut r).await.unwrap(), Some(Request::Status));
         let mut r = BufReader::new(&b""[..]);
         assert_eq!(read_request(&mut r).await.unwrap(), None);
+    }
+
+    /// An apply of a JSON file is the request lbds before TOML took; a
+    /// TOML one names its format, which such an lbd refuses by name
+    /// rather than reading TOML as JSON.
+    #[test]
+    fn apply_names_its_format_unless_json() {
+        let apply = |format| Request::Apply {
+            text: "{}".into(),
+            format,
+        };
+        let json = serde_json::to_string(&apply(ConfigFormat::Json)).unwrap();
+        assert_eq!(json, r#"{"cmd":"apply","text":"{}"}"#);
+        let toml = serde_json::to_string(&apply(ConfigFormat::Toml)).unwrap();
+        assert_eq!(toml, r#"{"cmd":"apply","text":"{}","format":"toml"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(&toml).unwrap(),
+            apply(ConfigFormat::Toml)
+        );
+
+        /// `Request::Apply` as it was before TOML.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+        enum Before {
+            Apply {
+                #[allow(dead_code)]
+                text: String,
+            },
+        }
+        assert!(serde_json::from_str::<Before>(&json).is_ok());
+        let refused = serde_json::from_str::<Before>(&toml).unwrap_err();
+        assert!(
+            refused.to_string().starts_with("unknown field `format`"),
+            "{refused}"
+        );
     }
 }

@@ -45,6 +45,7 @@ use crate::{
     backend_load::BackendLoad,
     config::BalancingMode,
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
+    config_format::ConfigFormat,
     conn_list,
     control::{self, Reply, Request, VipRef},
     datapath::{Attached, Datapath, MapSizes, pinned_entries},
@@ -956,7 +957,10 @@ impl Daemon {
                 return;
             }
         };
-        match Config::from_json_for(&text, &self.node) {
+        // lbd started with this file, so its name has a format's extension.
+        let parsed = ConfigFormat::of_path(&self.config_path)
+            .and_then(|format| Config::from_text_for(&text, format, &self.node));
+        match parsed {
             Ok(c) => match self.apply(c) {
                 Ok(_) => {
                     self.file_text = text;
@@ -1059,8 +1063,9 @@ impl Daemon {
                     conn_list::list(&self.maps, &self.ids, &filter).map_err(|e| e.to_string())?;
                 serde_json::to_value(list).map_err(|e| e.to_string())
             }
-            Request::Apply { text } => {
-                let config = Config::from_json_for(&text, &self.node).map_err(|e| e.to_string())?;
+            Request::Apply { text, format } => {
+                let config =
+                    Config::from_text_for(&text, format, &self.node).map_err(|e| e.to_string())?;
                 let report = self.apply(config)?;
                 Ok(
                     json!({ "applied": true, "rings_rebuilt": report.rings_rebuilt, "elapsed_ms": report.elapsed.as_secs_f64() * 1e3 }),

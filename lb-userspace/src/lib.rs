@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod cli_docs;
 pub mod cluster;
 pub mod config;
+pub mod config_format;
 pub mod conn_list;
 pub mod control;
 pub mod daemon;

@@ -92,6 +92,7 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Paths for an lbd whose configuration file is JSON (`lbd.json`).
     pub fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!("lbt-{tag}-{}-{n}", std::process::id());
@@ -103,6 +104,44 @@ impl Paths {
             config: dir.join("lbd.json"),
             dir,
         }
+    }
+
+    /// The same, with the configuration file in TOML (`lbd.toml`).
+    pub fn toml(self) -> Self {
+        Self {
+            config: self.dir.join("lbd.toml"),
+            ..self
+        }
+    }
+}
+
+/// Write `config` to `path` in the format its extension names: TOML for
+/// `.toml` (under a comment, which JSON could not hold), else JSON.
+pub fn write_config(path: &Path, config: &serde_json::Value) {
+    let text = config_text(path, config).expect("the test's configuration as TOML");
+    std::fs::write(path, text).expect("write config");
+}
+
+/// `config` as the text of a file at `path`; `None` if TOML cannot hold it
+/// (a `null`).
+fn config_text(path: &Path, config: &serde_json::Value) -> Option<String> {
+    if path.extension().is_some_and(|e| e == "toml") {
+        let body = toml::to_string(config).ok()?;
+        Some(format!(
+            "# Written by the test helper (tests/src/lbd.rs).\n{body}"
+        ))
+    } else {
+        serde_json::to_string_pretty(config).ok()
+    }
+}
+
+/// The configuration file at `path`, read as `write_config` wrote it.
+pub fn read_config(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).ok()
+    } else {
+        serde_json::from_str(&text).ok()
     }
 }
 
@@ -117,8 +156,9 @@ pub struct Lbd {
 }
 
 impl Lbd {
-    /// Write `config` (JSON, with `pin_dir` and `control.socket` filled in
-    /// by us) and start lbd in namespace `ns`; waits until it answers.
+    /// Write `config` (with `pin_dir` and `control.socket` filled in by us,
+    /// as JSON or TOML by `paths.config`'s extension) and start lbd in
+    /// namespace `ns`; waits until it answers.
     pub fn start(ns: &Netns, paths: Paths, config: serde_json::Value) -> Self {
         Self::start_with(ns, paths, config, &[])
     }
@@ -146,8 +186,7 @@ impl Lbd {
             .unwrap_or_else(|| serde_json::json!({}));
         control["socket"] = paths.socket.display().to_string().into();
         config["control"] = control;
-        std::fs::write(&paths.config, serde_json::to_vec_pretty(&config).unwrap())
-            .expect("write config");
+        write_config(&paths.config, &config);
         let log = paths.dir.join(format!(
             "lbd-{}.log",
             COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -228,8 +267,7 @@ impl Lbd {
 
     /// lbd's configuration file as the test wrote it.
     pub fn config_file(&self) -> serde_json::Value {
-        let text = std::fs::read(&self.paths.config).expect("lbd's configuration file");
-        serde_json::from_slice(&text).expect("JSON")
+        read_config(&self.paths.config).expect("lbd's configuration file")
     }
 
     /// Run `lbd --config FILE ARGS` in lbd's namespace and return what it
@@ -279,14 +317,13 @@ impl Drop for Lbd {
                 c
             } else {
                 let _ = std::fs::remove_file(self.paths.dir.join("state.json"));
-                if let Some(mut config) = std::fs::read(&self.paths.config)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                {
+                if let Some(mut config) = read_config(&self.paths.config) {
                     if let Some(c) = config.as_object_mut() {
                         c.remove("announce");
                     }
-                    let _ = std::fs::write(&self.paths.config, config.to_string());
+                    if let Some(text) = config_text(&self.paths.config, &config) {
+                        let _ = std::fs::write(&self.paths.config, text);
+                    }
                 }
                 Command::new(lbd)
             };

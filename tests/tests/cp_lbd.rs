@@ -404,13 +404,18 @@ fn lbd_output(args: &[&str]) -> std::process::Output {
 
 /// The configuration file the helper wrote for `lbd`.
 fn written_config(lbd: &Lbd) -> Value {
-    serde_json::from_slice(&std::fs::read(&lbd.paths.config).unwrap())
-        .expect("config written by the helper")
+    lbd.config_file()
 }
 
-/// Replace `lbd`'s configuration file with `config` and send it SIGHUP.
+/// Replace `lbd`'s configuration file with `config` (in the file's
+/// format) and send it SIGHUP.
 fn write_and_sighup(lbd: &Lbd, config: &Value) {
-    std::fs::write(&lbd.paths.config, serde_json::to_vec(config).unwrap()).unwrap();
+    lb_tests::lbd::write_config(&lbd.paths.config, config);
+    sighup(lbd);
+}
+
+/// Send `lbd` SIGHUP: re-read its configuration file.
+fn sighup(lbd: &Lbd) {
     let pid = lbd.pid().expect("lbd pid").to_string();
     assert!(
         Command::new("kill")
@@ -1411,6 +1416,170 @@ fn cp_members_and_flags_changed_together_apply_at_sighup_lbctl_apply_and_restart
     std::fs::write(&lbd.paths.config, file.to_string()).unwrap();
     lbd.restart();
     assert_serves(&site, &lbd, &[B1, B2], true, 41300..41320);
+}
+
+/// A TOML configuration file, comments and all, serves like a JSON one: at
+/// start, at SIGHUP (the file's extension says how it is written) and
+/// through `lbctl apply -f FILE.toml`; `lbctl config dump --format toml`
+/// writes the running configuration as a TOML file that lbd takes back
+/// unchanged.
+#[test]
+fn cp_lbd_serves_from_a_toml_config_at_start_sighup_and_apply() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("toml").toml(),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let text = std::fs::read_to_string(&lbd.paths.config).unwrap();
+    assert!(
+        text.starts_with("# ") && text.contains("[[vips]]"),
+        "{text}"
+    );
+    assert_serves(&site, &lbd, &[B1, B2], false, 42000..42020);
+
+    let mut file = written_config(&lbd);
+    file["vips"][0]["backends"] = json!([{"address": B2}, {"address": B3}]);
+    write_and_sighup(&lbd, &file);
+    wait_for("reload", Duration::from_secs(5), || {
+        lbd.json(&["backend", "list"])[0]["address"] == B2
+    });
+    assert_serves(&site, &lbd, &[B2, B3], false, 42100..42120);
+
+    file["vips"][0]["backends"] = json!([{"address": B1}, {"address": B3}]);
+    file["vips"][0]["affinity"] = json!(true);
+    let applied = lbd.paths.dir.join("apply.toml");
+    lb_tests::lbd::write_config(&applied, &file);
+    lbd.json(&["apply", "-f", applied.to_str().unwrap()]);
+    assert_serves(&site, &lbd, &[B1, B3], true, 42200..42220);
+
+    let running = lbd.json(&["config", "dump"]);
+    let out = lbd.ctl(&["config", "dump", "--format", "toml"]);
+    assert!(out.status.success(), "{out:?}");
+    let toml = String::from_utf8(out.stdout).unwrap();
+    let as_json = lb_userspace::config::Config::from_json(&running.to_string()).unwrap();
+    assert_eq!(
+        lb_userspace::config::Config::from_toml(&toml),
+        Ok(as_json),
+        "{toml}"
+    );
+    let dumped = lbd.paths.dir.join("dump.toml");
+    std::fs::write(&dumped, &toml).unwrap();
+    lbd.json(&["apply", "-f", dumped.to_str().unwrap()]);
+    assert_eq!(lbd.json(&["config", "dump"]), running);
+    // --json asks for JSON: it does not go with --format toml.
+    let both = lbd.ctl(&["--json", "config", "dump", "--format", "toml"]);
+    assert!(!both.status.success());
+}
+
+/// The line of the `weight` of the second backend of the first VIP in a
+/// TOML dump (1-based), and the text with that value replaced by `value`.
+fn second_backend_weight(toml: &str, value: &str) -> (usize, String) {
+    let mut lines: Vec<String> = toml.lines().map(String::from).collect();
+    let second = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "[[vips.backends]]")
+        .nth(1)
+        .expect("a second backend")
+        .0;
+    let at = (second..lines.len())
+        .find(|i| lines[*i].starts_with("weight = "))
+        .expect("its weight");
+    lines[at] = format!("weight = {value}");
+    (at + 1, lines.join("\n"))
+}
+
+/// A TOML file with a problem is refused whichever way it comes (`lbd
+/// --check`, SIGHUP, `lbctl apply`), with the field's path as for JSON and,
+/// where the parser knows it, the line; the running state stays as it was.
+/// A file named neither .json nor .toml is refused, not guessed at.
+#[test]
+fn cp_a_bad_toml_config_is_refused_with_its_path_and_line_and_changes_nothing() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("badtoml").toml(),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    let out = lbd.ctl(&["config", "dump", "--format", "toml"]);
+    assert!(out.status.success(), "{out:?}");
+    let dump = String::from_utf8(out.stdout).unwrap();
+
+    let (line, wrong_type) = second_backend_weight(&dump, "\"heavy\"");
+    let (_, out_of_range) = second_backend_weight(&dump, "0");
+    let syntax = dump.replacen("mtu = ", "mtu = = ", 1);
+    let syntax_line = syntax
+        .lines()
+        .position(|l| l.starts_with("mtu = ="))
+        .unwrap()
+        + 1;
+    let cases = [
+        (
+            wrong_type,
+            format!(
+                "vips[0].backends[1].weight: invalid type: string \"heavy\", expected u32 (TOML at line {line} column 10)"
+            ),
+        ),
+        (
+            out_of_range,
+            "vips[0].backends[1].weight: 0 is out of range 1..=1000".to_string(),
+        ),
+        (
+            syntax,
+            format!("invalid TOML at line {syntax_line} column 7: "),
+        ),
+    ];
+    let file = lbd.paths.dir.join("bad.toml");
+    let path = file.to_str().unwrap();
+    for (text, message) in &cases {
+        std::fs::write(&file, text).unwrap();
+        let out = lbd.ctl(&["apply", "-f", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        assert!(
+            err.contains(message.as_str()),
+            "expected {message:?} in {err:?}"
+        );
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(lbd.json(&["config", "dump"]), before, "after {message}");
+
+        let out = lbd_output(&["--config", path, "--check"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with(&format!("lbd: {path}: {message}")), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    // SIGHUP with the wrongly typed weight in lbd's own file.
+    std::fs::write(&lbd.paths.config, &cases[0].0).unwrap();
+    sighup(&lbd);
+    wait_for("rejection logged", Duration::from_secs(5), || {
+        lbd.log().contains("reload rejected")
+    });
+    assert!(lbd.log().contains(cases[0].1.as_str()), "{}", lbd.log());
+    assert_eq!(lbd.json(&["config", "dump"]), before);
+    assert_serves(&site, &lbd, &[B1, B2], false, 42300..42320);
+    // A good file again, for the teardown at the end.
+    std::fs::write(&lbd.paths.config, &dump).unwrap();
+
+    // Neither .json nor .toml: refused by name, before lbd is asked.
+    let yaml = lbd.paths.dir.join("lbd.yaml");
+    std::fs::write(&yaml, before.to_string()).unwrap();
+    let yaml = yaml.to_str().unwrap();
+    let reason = "the file name must end in .json or .toml, which says how the file is written";
+    let out = lbd.ctl(&["apply", "-f", yaml]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("lbctl: {yaml}: {reason}\n")
+    );
+    let out = lbd_output(&["--config", yaml, "--check"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("lbd: {yaml}: {reason}\n")
+    );
+    assert_eq!(lbd.json(&["config", "dump"]), before);
 }
 
 /// Make a pinned map read-only for every writer from now on

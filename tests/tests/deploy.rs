@@ -394,8 +394,8 @@ fn deploy_lb_decap_unit_commands_attach_and_detach() {
 /// `cargo xtask package` builds a Debian package that dpkg installs into a
 /// clean root: the three binaries, the units pointing at them, a man page
 /// for every command and subcommand, completions for three shells, the
-/// example configuration (which `lbd --check` accepts, run from the
-/// installed tree) and the docs.
+/// example configurations, JSON and TOML (which `lbd --check` accepts, run
+/// from the installed tree) and the docs.
 #[test]
 fn deploy_package_installs_into_a_clean_root_and_lbd_checks_from_it() {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -481,11 +481,15 @@ fn deploy_package_installs_into_a_clean_root_and_lbd_checks_from_it() {
             "{doc}"
         );
     }
-    let check = run(std::process::Command::new(installed("usr/bin/lbd"))
-        .arg("--config")
-        .arg(installed("usr/share/doc/lbd/examples/lbd.json"))
-        .arg("--check"));
-    assert!(check.trim_end().ends_with(": ok"), "{check}");
+    // Both examples, the JSON one and the commented TOML one.
+    for example in ["lbd.json", "lbd.toml"] {
+        let file = installed(&format!("usr/share/doc/lbd/examples/{example}"));
+        let check = run(std::process::Command::new(installed("usr/bin/lbd"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--check"));
+        assert_eq!(check, format!("{}: ok\n", file.display()));
+    }
 }
 
 /// Removes a directory when dropped, also when the test fails.

@@ -329,6 +329,78 @@ fn every_json_example_in_the_docs_is_a_valid_configuration() {
     );
 }
 
+/// The ```toml examples are valid configurations, and the TOML one right
+/// after the minimal JSON example says the same.
+#[test]
+fn every_toml_example_in_the_docs_is_a_valid_configuration() {
+    let mut n = 0;
+    for (file, doc) in DOCS {
+        for (info, body) in code_blocks(doc) {
+            if info == "toml" {
+                Config::from_toml(&body).unwrap_or_else(|e| {
+                    panic!("a ```toml block of {file} is not a valid configuration: {e}")
+                });
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 1, "docs/configuration.md has no ```toml example");
+    let blocks = code_blocks(CONFIGURATION);
+    let first = |lang: &str| {
+        blocks
+            .iter()
+            .find(|(info, _)| info == lang)
+            .map(|(_, body)| body.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        Config::from_toml(&first("toml")).unwrap(),
+        parse_config(&first("json"), "the minimal example"),
+        "the first ```toml example of docs/configuration.md is not the minimal JSON one"
+    );
+}
+
+/// The TOML messages docs/configuration.md shows are the ones lbd gives.
+#[test]
+fn configuration_doc_toml_error_messages_are_the_real_ones() {
+    let heavy = r#"interfaces = [{ name = "eth0" }]
+tunnel_source = { ipv4 = "198.51.100.2" }
+
+[[vips]]
+address = "198.51.100.10"
+port = 80
+protocol = "tcp"
+[[vips.backends]]
+address = "198.51.100.101"
+[[vips.backends]]
+address = "198.51.100.102"
+weight = "heavy"
+"#;
+    let excerpt: String = heavy.lines().skip(9).map(|l| format!("{l}\n")).collect();
+    assert!(
+        code_blocks(CONFIGURATION)
+            .iter()
+            .any(|(_, body)| format!("{body}\n") == excerpt),
+        "docs/configuration.md does not show lines 10 to 12 of the file:\n{excerpt}"
+    );
+    let syntax = "interfaces = [{ name = \"eth0\" }]\nmtu = = 1500\n";
+    for text in [heavy, syntax] {
+        let message = Config::from_toml(text).expect_err(text).to_string();
+        assert!(
+            CONFIGURATION.contains(&message),
+            "docs/configuration.md does not show the message\n  {message}\nof\n{text}"
+        );
+    }
+    let unknown =
+        lb_userspace::config_format::ConfigFormat::of_path(Path::new("/etc/lbd/lbd.conf"))
+            .expect_err("an unknown extension")
+            .to_string();
+    assert!(
+        CONFIGURATION.contains(&format!("lbd: /etc/lbd/lbd.conf: {unknown}")),
+        "docs/configuration.md does not show {unknown:?}"
+    );
+}
+
 #[test]
 fn configuration_doc_has_an_example_that_sets_every_field() {
     let wanted = config_paths();

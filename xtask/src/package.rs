@@ -48,11 +48,13 @@ pub fn build(root: &Path, bin_dir: &Path, out_dir: &Path, quick: bool) -> Result
             install(&path, &doc.join(path.file_name().unwrap()), 0o644)?;
         }
     }
-    install(
-        &root.join("examples/lbd.json"),
-        &doc.join("examples/lbd.json"),
-        0o644,
-    )?;
+    for example in ["lbd.json", "lbd.toml"] {
+        install(
+            &root.join("examples").join(example),
+            &doc.join("examples").join(example),
+            0o644,
+        )?;
+    }
     for conf in ["lb-node.conf", "router.conf"] {
         install(
             &root.join("deploy/bird").join(conf),

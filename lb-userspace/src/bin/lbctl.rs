@@ -14,7 +14,10 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    config::{AdminState, BackendConfig, CheckKind, Forwarding, HealthCheck, Mac, Protocol, Vip},
+    config::{
+        AdminState, BackendConfig, CheckKind, Config, Forwarding, HealthCheck, Mac, Protocol, Vip,
+    },
+    config_format::ConfigFormat,
     control::{self, Request, VipRef},
 };
 use serde_json::Value;
@@ -72,6 +75,7 @@ enum Cmd {
     },
     /// Replace the running configuration with a file (validated first).
     Apply {
+        /// A JSON (.json) or TOML (.toml) file, by its extension.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
@@ -130,8 +134,13 @@ enum ClusterCmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Print the running configuration as JSON.
-    Dump,
+    /// Print the running configuration, every default filled in: a valid
+    /// configuration file.
+    Dump {
+        /// Written as JSON, or as TOML (for a file to add comments to).
+        #[arg(long, value_enum, default_value_t = ConfigFormat::Json)]
+        format: ConfigFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -569,11 +578,16 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
         Cmd::Apply { file } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("reading {}: {e}", file.display()))?;
-            (Request::Apply { text }, print_done)
+            let format =
+                ConfigFormat::of_path(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            (Request::Apply { text, format }, print_done)
         }
         Cmd::Config {
-            command: ConfigCmd::Dump,
-        } => (Request::ConfigDump, print_json),
+            command: ConfigCmd::Dump { format },
+        } => match format {
+            ConfigFormat::Json => (Request::ConfigDump, print_json),
+            ConfigFormat::Toml => return config_dump_toml(cli).await,
+        },
     };
     let reply = call(cli, request).await?;
     if cli.json {
@@ -581,6 +595,22 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
     } else {
         render(&reply)
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `config dump --format toml`: lbd's JSON read back into the
+/// configuration's own types, so that TOML is written as lbd reads it.
+async fn config_dump_toml(cli: &Cli) -> Result<ExitCode, String> {
+    if cli.json {
+        return Err("--json and --format toml ask for two different outputs".into());
+    }
+    let reply = call(cli, Request::ConfigDump).await?;
+    let config: Config = serde_json::from_value(reply)
+        .map_err(|e| format!("lbd's configuration is not one this lbctl knows: {e}"))?;
+    let text = config
+        .to_toml()
+        .map_err(|e| format!("the running configuration {e}; use --format json"))?;
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
