@@ -619,10 +619,12 @@ async fn generate(mut out: TcpStream, shared: &Shared, tokens: u32, id: u64) {
             shared.note(index, bytes, false);
         }
     }
-    drop(permit);
-    let _ = out.shutdown().await;
+    // Counted before the close, so a client that saw the end of the
+    // stream finds it counted.
     shared.finished.fetch_add(1, Ordering::Relaxed);
     shared.note(index, bytes, true);
+    drop(permit);
+    let _ = out.shutdown().await;
 }
 
 /// What [`StreamLoad`] runs.
