@@ -12,20 +12,20 @@ use std::{
 
 use lb_tests::{
     inference_sim::{
-        InferenceSim, Reporting, SimConfig, StreamLoad, StreamPlan, StreamResult,
-        parse_load_header,
+        InferenceSim, Reporting, SimConfig, StreamLoad, StreamPlan, StreamResult, parse_load_header,
     },
     lbd::{Lbd, Paths},
+    netns::Netns,
     topology::{Topology, VIP},
 };
 use serde_json::json;
 
 const PORT: u16 = 8000;
 
-/// The raw response to `GET path` from `to`, read in the client's
-/// namespace: status line, headers and body.
-fn fetch(topo: &Topology, to: SocketAddr, path: &str) -> Result<String, String> {
-    topo.client.enter(|| {
+/// The raw response to `GET path` from `to`, read in namespace `ns`:
+/// status line, headers and body.
+fn fetch(ns: &Netns, to: SocketAddr, path: &str) -> Result<String, String> {
+    ns.enter(|| {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
             .map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))
@@ -77,12 +77,12 @@ fn e2e_inference_sim_queues_beyond_max_running_reports_its_load_and_streams_inta
         assert!(std::time::Instant::now() < deadline, "{:?}", sim.counters());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let metrics = fetch(&topo, direct, "/metrics").expect("metrics");
+    let metrics = fetch(&topo.client, direct, "/metrics").expect("metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert_eq!(gauge(&metrics, "vllm:num_requests_running"), 2.0);
     assert_eq!(gauge(&metrics, "vllm:num_requests_waiting"), 3.0);
     assert_eq!(gauge(&metrics, "vllm:gpu_cache_usage_perc"), 1.0);
-    let health = fetch(&topo, direct, "/health").expect("health");
+    let health = fetch(&topo.client, direct, "/health").expect("health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let header = health
         .lines()
@@ -95,16 +95,16 @@ fn e2e_inference_sim_queues_beyond_max_running_reports_its_load_and_streams_inta
 
     // Reports switched off; generation goes on.
     sim.set_reporting(Reporting::NoLoad);
-    let health = fetch(&topo, direct, "/health").expect("health");
+    let health = fetch(&topo.client, direct, "/health").expect("health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(!health.contains("endpoint-load-metrics"), "{health}");
-    let metrics = fetch(&topo, direct, "/metrics").expect("metrics");
+    let metrics = fetch(&topo.client, direct, "/metrics").expect("metrics");
     assert!(metrics.starts_with("HTTP/1.1 503"), "{metrics}");
     sim.set_reporting(Reporting::Unavailable);
-    let health = fetch(&topo, direct, "/health").expect("health");
+    let health = fetch(&topo.client, direct, "/health").expect("health");
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     sim.set_reporting(Reporting::Hang);
-    let hung = fetch(&topo, direct, "/metrics");
+    let hung = fetch(&topo.client, direct, "/metrics");
     assert!(hung.is_err(), "a hung report answered: {hung:?}");
 
     let results = load.finish();
@@ -119,7 +119,10 @@ fn e2e_inference_sim_queues_beyond_max_running_reports_its_load_and_streams_inta
     firsts.sort();
     assert!(firsts[2] >= Duration::from_millis(40 * 50), "{firsts:?}");
     let counters = sim.counters();
-    assert_eq!((counters.started, counters.finished, counters.cut), (5, 5, 0));
+    assert_eq!(
+        (counters.started, counters.finished, counters.cut),
+        (5, 5, 0)
+    );
     let served = sim.streams();
     assert!(
         served.iter().all(|s| s.finished
@@ -168,7 +171,12 @@ fn e2e_inference_slow_backend_loses_share_and_no_stream_breaks() {
         "mode": "load", "source": "flows", "interval_s": 1, "max_step": 0.3,
         "ring_budget": 0.2, "smoothing": 0.7, "slow_start_s": 0,
     });
-    let lbd = Lbd::start(&topo.lb, Paths::new("inference"), config);
+    let lbd = Lbd::start_with(
+        &topo.lb,
+        Paths::new("inference"),
+        config,
+        &["--metrics", "127.0.0.1:9464"],
+    );
 
     // A closed loop of 24 streams of about 30 tokens (20 ms each on a fast
     // backend, 60 ms on b3) for 22 s; shares are counted over streams
@@ -214,5 +222,20 @@ fn e2e_inference_slow_backend_loses_share_and_no_stream_breaks() {
         lbd.log().contains("effective weights changed"),
         "no rebuild logged:\n{}",
         lbd.log()
+    );
+    // The weight changes moved ring slots, and the metrics count them.
+    let metrics = fetch(
+        &topo.lb,
+        SocketAddr::from(([127, 0, 0, 1], 9464)),
+        "/metrics",
+    )
+    .expect("lbd's metrics");
+    let moved = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lb_ring_slots_moved_total{vip=\"198.51.100.10:8000/tcp\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        moved.is_some_and(|n| n > 0),
+        "slots moved: {moved:?}\n{metrics}"
     );
 }
