@@ -5,39 +5,19 @@
 //! while no stream breaks.
 
 use std::{
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use lb_tests::{
+    inference_fleet::{Fleet, PORT, get_raw},
     inference_sim::{
-        InferenceSim, Reporting, SimConfig, StreamLoad, StreamPlan, StreamResult, parse_load_header,
+        InferenceSim, Reporting, SimConfig, StreamLoad, StreamPlan, StreamResult, expected_body,
+        parse_load_header, token_mix,
     },
-    lbd::{Lbd, Paths},
-    netns::Netns,
-    topology::{Topology, VIP},
+    topology::Topology,
 };
 use serde_json::json;
-
-const PORT: u16 = 8000;
-
-/// The raw response to `GET path` from `to`, read in namespace `ns`:
-/// status line, headers and body.
-fn fetch(ns: &Netns, to: SocketAddr, path: &str) -> Result<String, String> {
-    ns.enter(|| {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .map_err(|e| format!("send: {e}"))?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)
-            .map_err(|e| format!("read: {e}"))?;
-        Ok(text)
-    })
-}
 
 /// The value of gauge `name` in a `/metrics` response.
 fn gauge(response: &str, name: &str) -> f64 {
@@ -77,12 +57,12 @@ fn e2e_inference_sim_queues_beyond_max_running_reports_its_load_and_streams_inta
         assert!(std::time::Instant::now() < deadline, "{:?}", sim.counters());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let metrics = fetch(&topo.client, direct, "/metrics").expect("metrics");
+    let metrics = get_raw(&topo.client, direct, "/metrics").expect("metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert_eq!(gauge(&metrics, "vllm:num_requests_running"), 2.0);
     assert_eq!(gauge(&metrics, "vllm:num_requests_waiting"), 3.0);
     assert_eq!(gauge(&metrics, "vllm:gpu_cache_usage_perc"), 1.0);
-    let health = fetch(&topo.client, direct, "/health").expect("health");
+    let health = get_raw(&topo.client, direct, "/health").expect("health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let header = health
         .lines()
@@ -95,16 +75,16 @@ fn e2e_inference_sim_queues_beyond_max_running_reports_its_load_and_streams_inta
 
     // Reports switched off; generation goes on.
     sim.set_reporting(Reporting::NoLoad);
-    let health = fetch(&topo.client, direct, "/health").expect("health");
+    let health = get_raw(&topo.client, direct, "/health").expect("health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(!health.contains("endpoint-load-metrics"), "{health}");
-    let metrics = fetch(&topo.client, direct, "/metrics").expect("metrics");
+    let metrics = get_raw(&topo.client, direct, "/metrics").expect("metrics");
     assert!(metrics.starts_with("HTTP/1.1 503"), "{metrics}");
     sim.set_reporting(Reporting::Unavailable);
-    let health = fetch(&topo.client, direct, "/health").expect("health");
+    let health = get_raw(&topo.client, direct, "/health").expect("health");
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     sim.set_reporting(Reporting::Hang);
-    let hung = fetch(&topo.client, direct, "/metrics");
+    let hung = get_raw(&topo.client, direct, "/metrics");
     assert!(hung.is_err(), "a hung report answered: {hung:?}");
 
     let results = load.finish();
@@ -125,57 +105,24 @@ fn e2e_inference_sim_queues_beyond_max_running_reports_its_load_and_streams_inta
     );
     let served = sim.streams();
     assert!(
-        served.iter().all(|s| s.finished
-            && s.bytes == lb_tests::inference_sim::expected_body("b1", s.stream, 40).len() as u64),
+        served
+            .iter()
+            .all(|s| s.finished && s.bytes == expected_body("b1", s.stream, 40).len() as u64),
         "{served:?}"
     );
 }
 
-/// Streams by backend index (0-based) among those started at or after
-/// `from`, and the broken ones.
-fn tally(topo: &Topology, results: &[StreamResult], from: Duration) -> (Vec<usize>, usize) {
-    let mut by = vec![0; topo.backends.len()];
-    for r in results.iter().filter(|r| r.started >= from) {
-        if let Some(i) = r
-            .backend
-            .as_deref()
-            .and_then(|b| topo.backends.iter().position(|h| h.name == b))
-        {
-            by[i] += 1;
-        }
-    }
-    (by, results.iter().filter(|r| !r.intact()).count())
-}
-
 #[test]
 fn e2e_inference_slow_backend_loses_share_and_no_stream_breaks() {
-    let topo = Topology::new(3);
     // b3 makes each token three times as slowly: its streams last three
     // times as long, so it holds more of the open streams.
-    let _sims: Vec<InferenceSim> = topo
-        .backends
-        .iter()
-        .map(|b| {
-            InferenceSim::start(
-                &b.ns,
-                SocketAddr::from(([0, 0, 0, 0], PORT)),
-                SimConfig {
-                    slowness: if b.name == "b3" { 3.0 } else { 1.0 },
-                    ..SimConfig::new(&b.name)
-                },
-            )
-        })
-        .collect();
-    let mut config = topo.lbd_config(PORT, "tcp", json!({"type": "none"}));
-    config["vips"][0]["balancing"] = json!({
-        "mode": "load", "source": "flows", "interval_s": 1, "max_step": 0.3,
-        "ring_budget": 0.2, "smoothing": 0.7, "slow_start_s": 0,
-    });
-    let lbd = Lbd::start_with(
-        &topo.lb,
-        Paths::new("inference"),
-        config,
-        &["--metrics", "127.0.0.1:9464"],
+    let fleet = Fleet::start(&[1.0, 1.0, 3.0], &SimConfig::new("sim"));
+    let lbd = fleet.start_lbd(
+        "inference",
+        json!({
+            "mode": "load", "source": "flows", "interval_s": 1, "max_step": 0.3,
+            "ring_budget": 0.2, "smoothing": 0.7, "slow_start_s": 0,
+        }),
     );
 
     // A closed loop of 24 streams of about 30 tokens (20 ms each on a fast
@@ -184,24 +131,29 @@ fn e2e_inference_slow_backend_loses_share_and_no_stream_breaks() {
     // move.
     let warm_up = Duration::from_secs(7);
     let results = StreamLoad::run(
-        &topo.client,
+        &fleet.topo.client,
         StreamPlan {
-            to: SocketAddr::new(IpAddr::V4(VIP), PORT),
-            tokens: lb_tests::inference_sim::token_mix(13, 5000, 30, 30, 0.0),
+            to: fleet.vip(),
+            tokens: token_mix(13, 5000, 30, 30, 0.0),
             concurrency: 24,
             duration: Duration::from_secs(22),
             stream_timeout: Duration::from_secs(20),
         },
     );
-    let (by, broken) = tally(&topo, &results, warm_up);
+    let by = fleet.streams_by_backend(&results, warm_up);
+    let broken: Vec<&StreamResult> = results.iter().filter(|r| !r.intact()).collect();
     let total: usize = by.iter().sum();
     let summary = format!(
-        "streams started after {warm_up:?} by backend (b1, b2, b3 slow): {by:?}, broken {broken} of {}",
+        "streams started after {warm_up:?} by backend (b1, b2, b3 slow): {by:?}, broken {} of {}",
+        broken.len(),
         results.len()
     );
     println!("{summary}");
-    let failures: Vec<&StreamResult> = results.iter().filter(|r| !r.intact()).take(5).collect();
-    assert_eq!(broken, 0, "{summary}; first broken: {failures:?}");
+    assert!(
+        broken.is_empty(),
+        "{summary}; first broken: {:?}",
+        &broken[..broken.len().min(5)]
+    );
     assert!(total >= 100, "{summary}");
     let share = |i: usize| by[i] as f64 / total as f64;
     assert!(
@@ -224,18 +176,10 @@ fn e2e_inference_slow_backend_loses_share_and_no_stream_breaks() {
         lbd.log()
     );
     // The weight changes moved ring slots, and the metrics count them.
-    let metrics = fetch(
-        &topo.lb,
-        SocketAddr::from(([127, 0, 0, 1], 9464)),
-        "/metrics",
-    )
-    .expect("lbd's metrics");
-    let moved = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("lb_ring_slots_moved_total{vip=\"198.51.100.10:8000/tcp\"} "))
-        .and_then(|v| v.parse::<u64>().ok());
+    let moved = fleet.slots_moved();
     assert!(
         moved.is_some_and(|n| n > 0),
-        "slots moved: {moved:?}\n{metrics}"
+        "slots moved: {moved:?}\n{:?}",
+        fleet.lbd_metrics()
     );
 }
