@@ -547,10 +547,10 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>, stop: Arc<AtomicBool>
     let _ = stream.write_all(reply.as_bytes()).await;
 }
 
-/// Counts a stream as waiting until dropped.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a stream in a gauge (running, waiting) until dropped.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -585,7 +585,7 @@ async fn generate(mut out: TcpStream, shared: &Shared, tokens: u32, id: u64) {
     }
     shared.waiting.fetch_add(1, Ordering::Relaxed);
     let permit = {
-        let _waiting = Waiting(&shared.waiting);
+        let _waiting = Counted(&shared.waiting);
         shared
             .slots
             .acquire()
@@ -593,7 +593,7 @@ async fn generate(mut out: TcpStream, shared: &Shared, tokens: u32, id: u64) {
             .expect("the semaphore is never closed")
     };
     shared.running.fetch_add(1, Ordering::Relaxed);
-    let _running = Waiting(&shared.running);
+    let _running = Counted(&shared.running);
     let mut bytes = 0u64;
     for seq in 0..=tokens {
         let running = shared.running.load(Ordering::Relaxed);
