@@ -857,6 +857,14 @@ mod tests {
             method: crate::maps::FillMethod::Kernel,
         });
         m.set_ring_digests([("v".to_string(), 7)]);
+        m.add_slots_moved(&BTreeMap::from([(
+            image::vip_key(
+                "192.0.2.1".parse().expect("address"),
+                80,
+                crate::config::Protocol::Tcp,
+            ),
+            3,
+        )]));
         m.set_backend_load(&two_vips(), |_| Some(Load::default()));
         m.set_effective_weights(&two_vips(), |_| Some(1.0));
         let mut announcing = two_vips();
