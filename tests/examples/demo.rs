@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: the load balancer in front of three backends, on a
 //! lab network of namespaces, with real HTTP traffic. It shows how flows
 //! spread, what `lbctl status` says, how fast a dead backend is taken out,
-//! and a long streaming response that survives its backend being drained.
+//! a long streaming response that survives its backend being drained, and
+//! load-aware balancing moving new token streams off a server that slows
+//! down.
 //! Everything it creates is removed at the end, also on failure.
 
 use std::{
@@ -13,6 +15,7 @@ use std::{
 use lb_tests::{
     backend_server::BackendServer,
     http_client::{Stream, get},
+    inference_sim::{InferenceSim, SimConfig, StreamLoad, StreamPlan, StreamResult, token_mix},
     lbd::{Lbd, Paths},
     topology::{CLIENT, LB, Topology, VIP},
 };
@@ -22,7 +25,7 @@ const REQUESTS: usize = 3000;
 const VIP_REF: &str = "198.51.100.10:80/tcp";
 
 fn step(n: u32, text: &str) {
-    println!("\n[{n}/6] {text}");
+    println!("\n[{n}/7] {text}");
 }
 
 fn bar_chart(counts: &BTreeMap<String, usize>, total: usize) {
@@ -182,10 +185,114 @@ fn main() -> anyhow::Result<()> {
         last.trim()
     );
 
-    println!("\nteardown: stopping lbd, detaching the program, removing the namespaces");
     drop(lbd);
+    weights_follow_load(&topo)?;
+
+    println!("\nteardown: stopping lbd, detaching the program, removing the namespaces");
     drop(servers);
     drop(topo);
     println!("done.");
+    Ok(())
+}
+
+/// New streams by backend name among `results` started in `from..to`.
+fn streams_between(
+    results: &[StreamResult],
+    from: Duration,
+    to: Duration,
+) -> (BTreeMap<String, usize>, usize) {
+    let mut counts = BTreeMap::new();
+    for r in results.iter().filter(|r| (from..to).contains(&r.started)) {
+        if let Some(b) = &r.backend {
+            *counts.entry(b.clone()).or_insert(0) += 1;
+        }
+    }
+    let total = counts.values().sum();
+    (counts, total)
+}
+
+/// Step 7: lbd again, with a VIP in `balancing.mode: load` in front of a
+/// simulated inference server on each backend; streams flow, then b3
+/// becomes three times slower and loses its share of new streams.
+fn weights_follow_load(topo: &Topology) -> anyhow::Result<()> {
+    const PORT: u16 = 8000;
+    step(
+        7,
+        "load-aware balancing: token streams from three inference servers, then b3 gets 3x slower",
+    );
+    let sims: Vec<InferenceSim> = topo
+        .backends
+        .iter()
+        .map(|b| InferenceSim::start(&b.ns, ([0, 0, 0, 0], PORT).into(), SimConfig::new(&b.name)))
+        .collect();
+    let mut config = topo.lbd_config(PORT, "tcp", json!({"type": "none"}));
+    config["vips"][0]["balancing"] = json!({
+        "mode": "load", "source": "flows", "interval_s": 1, "smoothing": 0.5,
+        "max_step": 0.3, "ring_budget": 0.2, "slow_start_s": 0, "target_utilization": 0.5,
+    });
+    let lbd = Lbd::start(&topo.lb, Paths::new("demo-load"), config);
+    let vip_ref = format!("{VIP}:{PORT}/tcp");
+    println!(
+        "    lbd restarted with VIP {vip_ref}, balancing.mode load: each second, weights follow the backends' open streams"
+    );
+    let load = StreamLoad::start(
+        &topo.client,
+        StreamPlan {
+            to: (IpAddr::V4(VIP), PORT).into(),
+            tokens: token_mix(7, 20_000, 30, 30, 0.0),
+            concurrency: 24,
+            duration: Duration::from_secs(25),
+            stream_timeout: Duration::from_secs(30),
+        },
+    );
+    let weights = || -> String {
+        let rows = lbd.json(&["backend", "list"]);
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["vip"].as_str().is_none_or(|v| v == vip_ref))
+            .map(|r| {
+                let name = topo
+                    .backends
+                    .iter()
+                    .find(|b| r["address"] == b.addr.to_string())
+                    .map_or("?", |b| b.name.as_str());
+                format!(
+                    "{name} {:.2}",
+                    r["effective_weight"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    std::thread::sleep(Duration::from_secs(6));
+    println!(
+        "    24 streams at a time, all servers equal; effective weights: {}",
+        weights()
+    );
+    sims[2].set_slowness(3.0);
+    let slowed = Duration::from_secs(5);
+    println!(
+        "    b3 now makes each token 3x more slowly; its streams last longer, it holds more of them:"
+    );
+    for t in 1..=7 {
+        std::thread::sleep(Duration::from_secs(2));
+        println!("      +{:>2} s  effective weights: {}", t * 2, weights());
+    }
+    let results = load.stop();
+    let broken = results.iter().filter(|r| !r.intact()).count();
+    let (before, n_before) = streams_between(&results, Duration::ZERO, slowed);
+    println!("    new streams before b3 slowed (first 5 s):");
+    bar_chart(&before, n_before.max(1));
+    let (after, n_after) =
+        streams_between(&results, slowed + Duration::from_secs(6), Duration::MAX);
+    println!("    new streams from 6 s after b3 slowed:");
+    bar_chart(&after, n_after.max(1));
+    println!(
+        "    {} streams in all, {broken} broken: streams already open stay on their server (the connection table pins them), only new ones move",
+        results.len()
+    );
+    drop(lbd);
+    drop(sims);
     Ok(())
 }

@@ -12,6 +12,10 @@
 //! - `memory`: kernel memory of the maps at the default sizes.
 //! - `cluster`: connections broken when an LB node is cut off after a
 //!   backend was added, with second chance off and on.
+//! - `inference`: token streams over simulated inference servers, one
+//!   three times slower, with static Maglev and with load-aware balancing:
+//!   time to first token, completion time, broken streams, ring moved
+//!   (`BENCH_INFERENCE_ROUNDS`, default 3).
 //!
 //! Writes target/bench/bench.md and target/bench/bench.json.
 //! `BENCH_ONLY=forwarding,maglev` runs only the sections named.
@@ -19,6 +23,7 @@
 mod cluster;
 mod control;
 mod forwarding;
+mod inference;
 mod maglev;
 mod memory;
 mod nftables;
@@ -165,6 +170,51 @@ fn main() -> anyhow::Result<()> {
             ));
         }
         out.insert("cluster".into(), c);
+    }
+    if wanted("inference") {
+        let rounds = std::env::var("BENCH_INFERENCE_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
+        let i = inference::run(rounds);
+        let s = &i["summary"];
+        md.push_str(&format!(
+            "\n## Inference streams, one of three servers 3x slower ({} streams at a time, median of {} rounds, range in brackets)\n\n\
+             | Measure | static Maglev | load mode (flows) | load / static |\n|---|---:|---:|---:|\n",
+            i["concurrency"], i["rounds"]
+        ));
+        for (key, label, unit) in [
+            ("ttft_p50_ms", "time to first token p50", " ms"),
+            ("ttft_p99_ms", "time to first token p99", " ms"),
+            ("completion_p50_ms", "stream completion p50", " ms"),
+            ("completion_p99_ms", "stream completion p99", " ms"),
+            ("slow_share", "slow server's share of new streams", ""),
+        ] {
+            let r = &s[key];
+            let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            let digits = if unit.is_empty() { 2 } else { 0 };
+            md.push_str(&format!(
+                "| {label} | {:.digits$}{unit} [{:.digits$}-{:.digits$}] | {:.digits$}{unit} [{:.digits$}-{:.digits$}] | {:.2} |\n",
+                f("static"),
+                f("static_min"),
+                f("static_max"),
+                f("load"),
+                f("load_min"),
+                f("load_max"),
+                f("load_over_static"),
+            ));
+        }
+        let moved = &i["ring_moved_per_minute"];
+        md.push_str(&format!(
+            "| broken streams | {} | {} | |\n\n\
+             Load mode moved {:.1}% of the ring per minute (median, range {:.1}-{:.1}%), counted by `lb_ring_slots_moved_total` over each run.\n",
+            i["broken_static"],
+            i["broken_load"],
+            moved["median"].as_f64().unwrap_or(0.0) * 100.0,
+            moved["min"].as_f64().unwrap_or(0.0) * 100.0,
+            moved["max"].as_f64().unwrap_or(0.0) * 100.0,
+        ));
+        out.insert("inference".into(), i);
     }
     if wanted("memory") {
         let memory = memory::map_memory();
