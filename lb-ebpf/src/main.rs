@@ -15,6 +15,7 @@
 
 mod balancer;
 mod bench;
+mod capture;
 mod conntrack;
 mod csum;
 mod decap;
@@ -39,11 +40,14 @@ mod vip;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// The load balancer. Every packet leaves through `stats::verdict`, which
-/// counts the reason and maps it to the XDP action.
+/// counts the reason and maps it to the XDP action; `capture` sees the
+/// verdict last, when nothing about the packet can change any more.
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
     let reason = balancer::process(&ctx);
-    stats::verdict(reason)
+    let action = stats::verdict(reason);
+    capture::packet(&ctx, reason, action);
+    action
 }
 
 /// The backend-side tunnel terminator, which also sends second-chance

@@ -1,0 +1,439 @@
+//! `lbctl capture`: switching the data plane's packet capture on and off
+//! (`lb_common::capture`) and reading its records.
+//!
+//! lbd owns the two capture maps; one capture runs at a time. The program
+//! enforces the capture's deadline and budget itself, and a `Session`
+//! switches capture off when dropped, so capture ends with its request
+//! whether it ran its course, lbctl went away or lbd stopped; a restarted
+//! lbd loads fresh (unpinned) capture maps, off.
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, MapError, RingBuf},
+};
+use lb_common::{
+    Reason,
+    capture::{
+        CAPTURE_ALL, CAPTURE_SNAP_LEN, CAPTURE_VIP, CaptureConfig, CaptureRecord, MAP_CAPTURE,
+        MAP_CAPTURE_RING,
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{control::VipRef, image::vip_key};
+
+/// The longest capture a request may ask for.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// The most packets a request may ask for.
+pub const MAX_COUNT: u64 = 1_000_000;
+
+/// What to capture, as `lbctl capture` asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// Only packets for this VIP (destination address, port, protocol); a
+    /// port of 0 takes every port of the address. None: every packet.
+    pub vip: Option<VipRef>,
+    /// Stop after this many packets.
+    pub count: u64,
+    /// Stop after this many seconds.
+    pub duration_s: u64,
+    /// Record one matching packet in this many (per CPU).
+    pub sample: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("capture --count {0}: must be 1 to {MAX_COUNT}")]
+    Count(u64),
+    #[error("capture --duration {0}: must be 1 to {max} seconds", max = MAX_DURATION.as_secs())]
+    Duration(u64),
+    #[error("capture --sample {0}: must be at least 1")]
+    Sample(u32),
+    #[error("map {name}: {error}")]
+    Map { name: &'static str, error: MapError },
+    #[error("map {0} is missing from the eBPF object")]
+    Missing(&'static str),
+}
+
+impl CaptureSpec {
+    /// Refuse what is out of bounds, saying which flag.
+    pub fn check(&self) -> Result<(), CaptureError> {
+        if self.count == 0 || self.count > MAX_COUNT {
+            return Err(CaptureError::Count(self.count));
+        }
+        if self.duration_s == 0 || self.duration_s > MAX_DURATION.as_secs() {
+            return Err(CaptureError::Duration(self.duration_s));
+        }
+        if self.sample == 0 {
+            return Err(CaptureError::Sample(self.sample));
+        }
+        Ok(())
+    }
+
+    /// The data plane's configuration for this capture, ending at
+    /// `until_ns` on the program's clock (`monotonic_ns`).
+    pub fn config(&self, until_ns: u64) -> CaptureConfig {
+        let mut cfg = CaptureConfig {
+            on: 1,
+            sample: self.sample,
+            until_ns,
+            budget: self.count,
+            filter: CAPTURE_ALL,
+            ..CaptureConfig::default()
+        };
+        if let Some(vip) = &self.vip {
+            let key = vip_key(vip.address, vip.port, vip.protocol);
+            cfg.filter = CAPTURE_VIP;
+            cfg.addr = key.addr;
+            cfg.family = key.family;
+            cfg.port = key.port;
+            cfg.proto = key.proto;
+        }
+        cfg
+    }
+}
+
+/// One captured packet, as lbd sends it to lbctl.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedPacket {
+    /// When the verdict was made, in nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    pub ifindex: u32,
+    /// `XDP_TX`, `XDP_PASS`, ...
+    pub action: String,
+    /// The verdict's counter name, as in `lbctl stats`.
+    pub reason: String,
+    /// The whole frame's length.
+    pub frame_len: u32,
+    /// Its first bytes (up to `CAPTURE_SNAP_LEN`), in hex.
+    pub data: String,
+}
+
+impl CapturedPacket {
+    /// From a ring-buffer record; `None` for one too short to be one.
+    /// `clock_offset_ns` turns the program's monotonic time into Unix time.
+    pub fn from_record(bytes: &[u8], clock_offset_ns: u64) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<CaptureRecord>() {
+            return None;
+        }
+        // SAFETY: enough bytes for a CaptureRecord, plain data of any bit
+        // pattern, read unaligned.
+        let r: CaptureRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let captured = (r.captured_len as usize).min(CAPTURE_SNAP_LEN);
+        Some(Self {
+            time_ns: r.ts_ns.wrapping_add(clock_offset_ns),
+            ifindex: r.ifindex,
+            action: action_name(r.action).into(),
+            reason: Reason::ALL
+                .get(r.reason as usize)
+                .map_or("unknown", |r| r.name())
+                .into(),
+            frame_len: r.frame_len,
+            data: hex(&r.data[..captured]),
+        })
+    }
+
+    /// The captured bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        (0..self.data.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&self.data[2 * i..2 * i + 2], 16).ok())
+            .collect()
+    }
+}
+
+/// How a capture ended, lbd's last line to lbctl.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureEnd {
+    pub packets: u64,
+    /// `count` or `duration`: which bound ended it.
+    pub ended_by: String,
+    /// Records the ring buffer had no room for during the capture
+    /// (`capture_lost`).
+    pub lost: u64,
+}
+
+/// What lbd streams for a capture: packets, then one end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureEvent {
+    Packet(CapturedPacket),
+    End(CaptureEnd),
+}
+
+/// The XDP action's name.
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "XDP_UNKNOWN",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The program's clock (`bpf_ktime_get_ns`): CLOCK_MONOTONIC.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// What to add to a `monotonic_ns` time to make it Unix time.
+pub fn clock_offset_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME).wrapping_sub(monotonic_ns())
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to fill.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The capture maps of a loaded data plane.
+pub struct CaptureMaps {
+    config: Array<MapData, CaptureConfig>,
+    pub ring: RingBuf<MapData>,
+}
+
+impl CaptureMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, CaptureError> {
+        let config = ebpf
+            .take_map(MAP_CAPTURE)
+            .ok_or(CaptureError::Missing(MAP_CAPTURE))?;
+        let ring = ebpf
+            .take_map(MAP_CAPTURE_RING)
+            .ok_or(CaptureError::Missing(MAP_CAPTURE_RING))?;
+        Ok(Self {
+            config: Array::try_from(config).map_err(map_err(MAP_CAPTURE))?,
+            ring: RingBuf::try_from(ring).map_err(map_err(MAP_CAPTURE_RING))?,
+        })
+    }
+
+    /// The data plane's capture configuration as it is now.
+    pub fn config(&self) -> Result<CaptureConfig, CaptureError> {
+        self.config.get(&0, 0).map_err(map_err(MAP_CAPTURE))
+    }
+
+    /// Write the data plane's capture configuration.
+    pub fn set_config(&mut self, cfg: &CaptureConfig) -> Result<(), CaptureError> {
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CAPTURE))
+    }
+
+    /// Switch capture off.
+    pub fn off(&mut self) -> Result<(), CaptureError> {
+        self.set_config(&CaptureConfig::default())
+    }
+
+    /// Every record waiting in the ring buffer, as packets.
+    pub fn drain(&mut self, clock_offset_ns: u64) -> Vec<CapturedPacket> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.extend(CapturedPacket::from_record(&item, clock_offset_ns));
+        }
+        out
+    }
+
+    /// Switch capture on for `spec` (records left from an earlier capture
+    /// dropped first), until `duration_s` from now at the latest.
+    pub fn start(&mut self, spec: &CaptureSpec) -> Result<(), CaptureError> {
+        spec.check()?;
+        self.off()?;
+        self.drain(0);
+        let until = monotonic_ns() + spec.duration_s * 1_000_000_000;
+        self.set_config(&spec.config(until))
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> CaptureError {
+    move |error| CaptureError::Map { name, error }
+}
+
+/// `198.51.100.10` in `lbctl capture` output: the frame's addresses and
+/// ports, from the captured bytes (outer header of a tunnel).
+pub fn summary(bytes: &[u8]) -> String {
+    let mut off = 12;
+    let mut ethertype =
+        u16::from_be_bytes([*bytes.get(12).unwrap_or(&0), *bytes.get(13).unwrap_or(&0)]);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        off += 4;
+        ethertype =
+            u16::from_be_bytes([*bytes.get(16).unwrap_or(&0), *bytes.get(17).unwrap_or(&0)]);
+    }
+    let l3 = off + 2;
+    let ip = |range: std::ops::Range<usize>| bytes.get(range);
+    let (src, dst, proto, l4) = match ethertype {
+        0x0800 => match (ip(l3 + 12..l3 + 16), ip(l3 + 16..l3 + 20), bytes.get(l3)) {
+            (Some(s), Some(d), Some(vihl)) => {
+                let s: [u8; 4] = s.try_into().unwrap_or_default();
+                let d: [u8; 4] = d.try_into().unwrap_or_default();
+                (
+                    IpAddr::from(s),
+                    IpAddr::from(d),
+                    bytes.get(l3 + 9).copied().unwrap_or(0),
+                    l3 + usize::from(vihl & 0xf) * 4,
+                )
+            }
+            _ => return "IPv4, header cut short".into(),
+        },
+        0x86dd => match (ip(l3 + 8..l3 + 24), ip(l3 + 24..l3 + 40)) {
+            (Some(s), Some(d)) => {
+                let s: [u8; 16] = s.try_into().unwrap_or_default();
+                let d: [u8; 16] = d.try_into().unwrap_or_default();
+                (
+                    IpAddr::from(s),
+                    IpAddr::from(d),
+                    bytes.get(l3 + 6).copied().unwrap_or(0),
+                    l3 + 40,
+                )
+            }
+            _ => return "IPv6, header cut short".into(),
+        },
+        other => return format!("ethertype 0x{other:04x}"),
+    };
+    let port = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+    };
+    let name = crate::config::Protocol::from_number(proto)
+        .map_or_else(|| format!("proto {proto}"), |p| p.to_string());
+    match (port(l4), port(l4 + 2)) {
+        (Some(sp), Some(dp)) if matches!(proto, 6 | 17) => {
+            let s = std::net::SocketAddr::new(src, sp);
+            let d = std::net::SocketAddr::new(dst, dp);
+            format!("{s} > {d} {name}")
+        }
+        _ => format!("{src} > {dst} {name}"),
+    }
+}
+
+/// lbd's capture: the maps, held by one request at a time.
+pub struct Capturer {
+    maps: tokio::sync::Mutex<tokio::io::unix::AsyncFd<CaptureMaps>>,
+    /// Where `GLOBAL_STATS` is pinned, to count the records lost.
+    pin_dir: std::path::PathBuf,
+}
+
+impl std::os::fd::AsRawFd for CaptureMaps {
+    /// The ring buffer's: readable when records wait.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// Switches capture off however a request ends (also when its task is
+/// dropped mid-way).
+struct Session<'a>(&'a mut tokio::io::unix::AsyncFd<CaptureMaps>);
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.get_mut().off() {
+            tracing::error!(error = %e, "switching capture off");
+        }
+    }
+}
+
+impl Capturer {
+    /// Must be called from within the tokio runtime.
+    pub fn new(maps: CaptureMaps, pin_dir: std::path::PathBuf) -> std::io::Result<Self> {
+        // SAFETY: `CaptureMaps` owns the ring buffer's descriptor, which
+        // stays open as long as the AsyncFd holds the maps.
+        let maps =
+            unsafe { tokio::io::unix::AsyncFd::register(maps) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            maps: tokio::sync::Mutex::new(maps),
+            pin_dir,
+        })
+    }
+
+    /// Run the capture `spec` asks for, sending each packet to `events`
+    /// until the count or the duration is reached, or `gone` completes
+    /// (the client went away: no end is sent then). Errors are a reason
+    /// the capture could not run.
+    pub async fn run(
+        &self,
+        spec: &CaptureSpec,
+        gone: impl std::future::Future<Output = ()>,
+        events: tokio::sync::mpsc::Sender<CaptureEvent>,
+    ) -> Result<Option<CaptureEnd>, String> {
+        let send = |event| events.send(event);
+        spec.check().map_err(|e| e.to_string())?;
+        let mut maps = self.maps.try_lock().map_err(|_| {
+            "another capture is running (one at a time): wait for it to end".to_string()
+        })?;
+        let lost_before = self.lost();
+        let offset = clock_offset_ns();
+        maps.get_mut().start(spec).map_err(|e| e.to_string())?;
+        let session = Session(&mut maps);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.duration_s);
+        let mut packets = 0u64;
+        tokio::pin!(gone);
+        let ended_by = loop {
+            tokio::select! {
+                ready = session.0.readable_mut() => {
+                    let mut ready = ready.map_err(|e| format!("waiting for capture records: {e}"))?;
+                    let batch = ready.get_inner_mut().drain(offset);
+                    ready.clear_ready();
+                    for p in batch.into_iter().take((spec.count - packets) as usize) {
+                        packets += 1;
+                        if send(CaptureEvent::Packet(p)).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    if packets >= spec.count {
+                        break "count";
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break "duration",
+                _ = &mut gone => return Ok(None),
+            }
+        };
+        // Records made before the end, still waiting.
+        session.0.get_mut().off().map_err(|e| e.to_string())?;
+        let rest = session.0.get_mut().drain(offset);
+        drop(session);
+        for p in rest.into_iter().take((spec.count - packets) as usize) {
+            packets += 1;
+            if send(CaptureEvent::Packet(p)).await.is_err() {
+                return Ok(None);
+            }
+        }
+        let end = CaptureEnd {
+            packets,
+            ended_by: ended_by.into(),
+            lost: self.lost().saturating_sub(lost_before),
+        };
+        if send(CaptureEvent::End(end.clone())).await.is_err() {
+            return Ok(None);
+        }
+        Ok(Some(end))
+    }
+
+    /// `capture_lost` now, summed over CPUs (0 if it cannot be read).
+    fn lost(&self) -> u64 {
+        let path = self.pin_dir.join(lb_common::maps::MAP_GLOBAL_STATS);
+        let read = || -> Option<u64> {
+            let data = MapData::from_pin(&path).ok()?;
+            let stats =
+                aya::maps::PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(data))
+                    .ok()?;
+            let values = stats.get(&(Reason::CaptureLost as u32), 0).ok()?;
+            Some(values.iter().sum())
+        };
+        read().unwrap_or(0)
+    }
+}
