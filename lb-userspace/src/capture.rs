@@ -262,63 +262,124 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> CaptureError {
     move |error| CaptureError::Map { name, error }
 }
 
-/// `198.51.100.10` in `lbctl capture` output: the frame's addresses and
-/// ports, from the captured bytes (outer header of a tunnel).
-pub fn summary(bytes: &[u8]) -> String {
-    let mut off = 12;
-    let mut ethertype =
-        u16::from_be_bytes([*bytes.get(12).unwrap_or(&0), *bytes.get(13).unwrap_or(&0)]);
+/// A captured frame's addresses, ports and protocol, as `lbctl capture`
+/// prints them: `203.0.113.7:5353 > 198.51.100.10:53 udp`; for a tunnel,
+/// the outer header then the inner one.
+pub fn summary(frame: &[u8]) -> String {
+    let at = |i: usize| frame.get(i).copied().unwrap_or(0);
+    let mut ethertype = u16::from_be_bytes([at(12), at(13)]);
+    let mut l3 = 14;
     if ethertype == 0x8100 || ethertype == 0x88a8 {
-        off += 4;
-        ethertype =
-            u16::from_be_bytes([*bytes.get(16).unwrap_or(&0), *bytes.get(17).unwrap_or(&0)]);
+        ethertype = u16::from_be_bytes([at(16), at(17)]);
+        l3 = 18;
     }
-    let l3 = off + 2;
-    let ip = |range: std::ops::Range<usize>| bytes.get(range);
-    let (src, dst, proto, l4) = match ethertype {
-        0x0800 => match (ip(l3 + 12..l3 + 16), ip(l3 + 16..l3 + 20), bytes.get(l3)) {
-            (Some(s), Some(d), Some(vihl)) => {
+    match ethertype {
+        0x0800 | 0x86dd => ip_summary(frame, l3, 2),
+        other => format!("ethertype 0x{other:04x}"),
+    }
+}
+
+/// The IP packet at `l3`, and up to `depth - 1` packets tunnelled in it.
+fn ip_summary(frame: &[u8], l3: usize, depth: u32) -> String {
+    let bytes = |from: usize, len: usize| frame.get(from..from + len);
+    let (src, dst, proto, l4) = match frame.get(l3).map(|b| b >> 4) {
+        Some(4) => match (bytes(l3 + 12, 4), bytes(l3 + 16, 4)) {
+            (Some(s), Some(d)) => {
                 let s: [u8; 4] = s.try_into().unwrap_or_default();
                 let d: [u8; 4] = d.try_into().unwrap_or_default();
+                let ihl = usize::from(frame[l3] & 0xf) * 4;
                 (
                     IpAddr::from(s),
                     IpAddr::from(d),
-                    bytes.get(l3 + 9).copied().unwrap_or(0),
-                    l3 + usize::from(vihl & 0xf) * 4,
+                    frame.get(l3 + 9),
+                    l3 + ihl,
                 )
             }
-            _ => return "IPv4, header cut short".into(),
+            _ => return "IPv4, cut short".into(),
         },
-        0x86dd => match (ip(l3 + 8..l3 + 24), ip(l3 + 24..l3 + 40)) {
+        Some(6) => match (bytes(l3 + 8, 16), bytes(l3 + 24, 16)) {
             (Some(s), Some(d)) => {
                 let s: [u8; 16] = s.try_into().unwrap_or_default();
                 let d: [u8; 16] = d.try_into().unwrap_or_default();
-                (
-                    IpAddr::from(s),
-                    IpAddr::from(d),
-                    bytes.get(l3 + 6).copied().unwrap_or(0),
-                    l3 + 40,
-                )
+                (IpAddr::from(s), IpAddr::from(d), frame.get(l3 + 6), l3 + 40)
             }
-            _ => return "IPv6, header cut short".into(),
+            _ => return "IPv6, cut short".into(),
         },
-        other => return format!("ethertype 0x{other:04x}"),
+        _ => return "IP, bad version".into(),
     };
-    let port = |at: usize| {
-        bytes
-            .get(at..at + 2)
-            .map(|p| u16::from_be_bytes([p[0], p[1]]))
-    };
-    let name = crate::config::Protocol::from_number(proto)
-        .map_or_else(|| format!("proto {proto}"), |p| p.to_string());
-    match (port(l4), port(l4 + 2)) {
-        (Some(sp), Some(dp)) if matches!(proto, 6 | 17) => {
+    let proto = proto.copied().unwrap_or(0);
+    let port = |at: usize| bytes(at, 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    match (proto, port(l4), port(l4 + 2)) {
+        (4 | 41, _, _) if depth > 1 => {
+            format!(
+                "{src} > {dst} ip-in-ip: {}",
+                ip_summary(frame, l4, depth - 1)
+            )
+        }
+        (6 | 17, Some(sp), Some(dp)) => {
+            let name = crate::config::Protocol::from_number(proto).map_or("", |p| p.name());
             let s = std::net::SocketAddr::new(src, sp);
             let d = std::net::SocketAddr::new(dst, dp);
             format!("{s} > {d} {name}")
         }
-        _ => format!("{src} > {dst} {name}"),
+        (1, _, _) => format!("{src} > {dst} icmp"),
+        (58, _, _) => format!("{src} > {dst} icmpv6"),
+        _ => format!("{src} > {dst} proto {proto}"),
     }
+}
+
+/// A pcapng file of captured packets (`lbctl capture -w`): one Ethernet
+/// interface, an Enhanced Packet Block per packet with its whole length
+/// and a comment naming its verdict and reason.
+pub struct PcapngFile<W: std::io::Write> {
+    writer: pcap_file::pcapng::PcapNgWriter<W>,
+}
+
+impl<W: std::io::Write> PcapngFile<W> {
+    pub fn new(out: W) -> Result<Self, pcap_file::PcapError> {
+        use pcap_file::pcapng::blocks::interface_description::{
+            InterfaceDescriptionBlock, InterfaceDescriptionOption,
+        };
+        let mut writer = pcap_file::pcapng::PcapNgWriter::new(out)?;
+        writer.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: pcap_file::DataLink::ETHERNET,
+            snaplen: CAPTURE_SNAP_LEN as u32,
+            // pcap-file writes nanoseconds; the default is microseconds.
+            options: vec![
+                InterfaceDescriptionOption::IfName("lb".into()),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        })?;
+        Ok(Self { writer })
+    }
+
+    pub fn write(&mut self, p: &CapturedPacket) -> Result<(), pcap_file::PcapError> {
+        use pcap_file::pcapng::blocks::enhanced_packet::{
+            EnhancedPacketBlock, EnhancedPacketOption,
+        };
+        let data = p.bytes();
+        self.writer.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_nanos(p.time_ns),
+            original_len: p.frame_len,
+            data: data.into(),
+            options: vec![EnhancedPacketOption::Comment(comment(p).into())],
+        })?;
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> W {
+        self.writer.into_inner()
+    }
+}
+
+/// `verdict=XDP_TX reason=tx ifindex=3`: a packet's comment in a pcapng
+/// file.
+pub fn comment(p: &CapturedPacket) -> String {
+    format!(
+        "verdict={} reason={} ifindex={}",
+        p.action, p.reason, p.ifindex
+    )
 }
 
 /// lbd's capture: the maps, held by one request at a time.
@@ -379,6 +440,10 @@ impl Capturer {
         let offset = clock_offset_ns();
         maps.get_mut().start(spec).map_err(|e| e.to_string())?;
         let session = Session(&mut maps);
+        let vip = spec
+            .vip
+            .map_or_else(|| "all".to_string(), |v| v.to_string());
+        tracing::info!(%vip, count = spec.count, duration_s = spec.duration_s, sample = spec.sample, "capture started");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.duration_s);
         let mut packets = 0u64;
         tokio::pin!(gone);
