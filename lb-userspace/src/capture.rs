@@ -502,3 +502,103 @@ impl Capturer {
         read().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: u32, reason: Reason, frame: &[u8]) -> Vec<u8> {
+        let mut r = CaptureRecord {
+            ts_ns: 5,
+            ifindex: 2,
+            action,
+            reason: reason as u32,
+            frame_len: frame.len() as u32,
+            captured_len: frame.len().min(CAPTURE_SNAP_LEN) as u32,
+            _pad: 0,
+            data: [0; CAPTURE_SNAP_LEN],
+        };
+        let n = frame.len().min(CAPTURE_SNAP_LEN);
+        r.data[..n].copy_from_slice(&frame[..n]);
+        // SAFETY: plain data, read as the bytes the ring buffer holds.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&r as *const CaptureRecord).cast::<u8>(),
+                std::mem::size_of::<CaptureRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    /// Ethernet + IPv4 `src` > `dst` with protocol `proto`, then `rest`.
+    fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, rest: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(rest);
+        f
+    }
+
+    #[test]
+    fn a_record_reads_back_with_its_names_and_bytes() {
+        let frame = ipv4([203, 0, 113, 7], [198, 51, 100, 10], 17, &[0, 1, 0, 53]);
+        let p = CapturedPacket::from_record(&record(1, Reason::DropNoBackend, &frame), 10).unwrap();
+        assert_eq!(p.time_ns, 15);
+        assert_eq!(
+            (p.action.as_str(), p.reason.as_str()),
+            ("XDP_DROP", "drop_no_backend")
+        );
+        assert_eq!(p.bytes(), frame);
+        assert_eq!(
+            comment(&p),
+            "verdict=XDP_DROP reason=drop_no_backend ifindex=2"
+        );
+        assert!(
+            CapturedPacket::from_record(&[0; 8], 0).is_none(),
+            "short record"
+        );
+    }
+
+    #[test]
+    fn summary_shows_a_tunnel_and_the_packet_inside() {
+        let inner = ipv4(
+            [203, 0, 113, 7],
+            [198, 51, 100, 10],
+            17,
+            &[0x9c, 0x40, 0, 53],
+        );
+        let outer = ipv4([198, 51, 100, 2], [198, 51, 100, 101], 4, &inner[14..]);
+        assert_eq!(
+            summary(&outer),
+            "198.51.100.2 > 198.51.100.101 ip-in-ip: 203.0.113.7:40000 > 198.51.100.10:53 udp"
+        );
+        assert_eq!(summary(&inner[..30]), "IPv4, cut short");
+        assert_eq!(summary(&[0u8; 14]), "ethertype 0x0000");
+    }
+
+    #[test]
+    fn bounds_are_refused_naming_the_flag() {
+        let ok = CaptureSpec {
+            vip: None,
+            count: 10,
+            duration_s: 10,
+            sample: 1,
+        };
+        assert!(ok.check().is_ok());
+        let e = CaptureSpec { count: 0, ..ok }.check().unwrap_err();
+        assert_eq!(e.to_string(), "capture --count 0: must be 1 to 1000000");
+        let e = CaptureSpec {
+            duration_s: 3601,
+            ..ok
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "capture --duration 3601: must be 1 to 3600 seconds"
+        );
+        let e = CaptureSpec { sample: 0, ..ok }.check().unwrap_err();
+        assert_eq!(e.to_string(), "capture --sample 0: must be at least 1");
+    }
+}

@@ -92,9 +92,11 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
-    /// Capture packets at the load balancer with the verdict and reason
-    /// each got (the counter names of `lbctl stats`): "why doesn't it
-    /// forward?" in one command. Prints one line per packet, or writes a
+    /// Capture packets with the verdict and reason each got.
+    ///
+    /// "Why doesn't it forward?" in one command: each packet the load
+    /// balancer sees, with its verdict and the counter it was counted
+    /// under in `lbctl stats`. Prints one line per packet, or writes a
     /// pcapng file with the verdict in each packet's comment. Forwarded
     /// packets are captured as sent (tunnelled), the others as received,
     /// their first 256 bytes. Ends at --count packets, after --duration,
