@@ -176,7 +176,8 @@ fn e2e_capture_records_packets_with_their_verdicts() {
         0x0800,
         &ip,
     );
-    topo.client.send_frames("eth0", &[malformed.clone()]);
+    topo.client
+        .send_frames("eth0", std::slice::from_ref(&malformed));
 
     let out = capture.finish();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -137,7 +137,17 @@ fn golden_capture_vip_filter_sampling_and_snap_length() {
             ..all(100)
         })
         .unwrap();
-    for frame in [&f.forwarded, &f.no_backend, &f.non_vip, &f.malformed] {
+    // Right after the VIP's packet, one with no flow of its own (a VLAN
+    // tag cut short, `pass_short_frame`): it must not match by the flow
+    // the previous packet left in the scratch.
+    let cut_tag = frame(LB_MAC, ROUTER_MAC, None, 0x8100, &[0, 1]);
+    for frame in [
+        &f.forwarded,
+        &f.no_backend,
+        &cut_tag,
+        &f.non_vip,
+        &f.malformed,
+    ] {
         lb.run(frame);
     }
     let reasons = |records: Vec<CapturedPacket>| -> Vec<String> {
