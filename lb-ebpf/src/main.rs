@@ -6,7 +6,8 @@
 //! parse -> vip -> conntrack (-> probation -> second_chance) -> maglev ->
 //! forward (encap / gue / l2) -> stats, with icmp and fragment handling
 //! branching off after parse, and pmtu answering packets too big for the
-//! tunnel. `lb_decap`: decap (-> gue -> second_hop) -> stats.
+//! tunnel; once the verdict is counted, capture records the packet when
+//! `lbctl capture` runs. `lb_decap`: decap (-> gue -> second_hop) -> stats.
 #![no_std]
 #![no_main]
 // Map keys and values go to aya-ebpf by reference on purpose: a by-value
