@@ -469,24 +469,34 @@ const _: () = {
 mod pod {
     use super::*;
     use crate::FlowKey;
-    // SAFETY: all of these are #[repr(C)] plain data with no padding holes
-    // that the kernel could leave uninitialised (explicit _pad fields).
-    unsafe impl aya::Pod for LbConfig {}
-    unsafe impl aya::Pod for VipKey {}
-    unsafe impl aya::Pod for VipMeta {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for ConnEntry {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragEntry {}
-    unsafe impl aya::Pod for FlowStats {}
-    unsafe impl aya::Pod for DecapAddr {}
-    unsafe impl aya::Pod for PortMac {}
-    unsafe impl aya::Pod for DecapSource {}
-    unsafe impl aya::Pod for DecapConfig {}
-    unsafe impl aya::Pod for TooBigLimit {}
-    unsafe impl aya::Pod for PromotionLimit {}
-    unsafe impl aya::Pod for SecondChance {}
-    unsafe impl aya::Pod for PrevOwner {}
-    unsafe impl aya::Pod for FlowEvents {}
-    unsafe impl aya::Pod for FlowKey {}
+    /// `aya::Pod` for map keys and values: plain `#[repr(C)]` data whose
+    /// sizes the assertions above pin, with explicit `_pad` fields.
+    macro_rules! plain_data {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: #[repr(C)] plain data with no padding holes that the
+            // kernel could leave uninitialised (explicit _pad fields), and
+            // every bit pattern is a valid value (integers and byte arrays).
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    plain_data!(
+        LbConfig,
+        VipKey,
+        VipMeta,
+        Backend,
+        ConnEntry,
+        FragKey,
+        FragEntry,
+        FlowStats,
+        DecapAddr,
+        PortMac,
+        DecapSource,
+        DecapConfig,
+        TooBigLimit,
+        PromotionLimit,
+        SecondChance,
+        PrevOwner,
+        FlowEvents,
+        FlowKey,
+    );
 }

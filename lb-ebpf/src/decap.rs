@@ -40,7 +40,7 @@ use lb_common::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    gue,
+    gue, ipv4,
     maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_PEERS, DECAP_SOURCES, gue_port},
     packet::{self, header, read},
     parse::{self, ETH_P_IPV4, ETH_P_IPV6, Fragment, L2, parse_l2},
@@ -198,21 +198,20 @@ fn outer_ipv4(
     from: &mut DecapSource,
 ) -> Result<Outer, DecapReason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(DecapReason::PassMalformed)?;
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    // The header is checked once it is known to be a tunnel's: a header
+    // that is not one passes as not ours, whatever its shape.
+    let claimed_ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let frags = u16::from_be_bytes(ip.frags);
     // A later fragment's UDP "header" is payload: no GUE to see there.
     let tunnel = match ip.proto {
         PROTO_IPIP | PROTO_IPV6 => true,
-        PROTO_UDP => frags & 0x1fff == 0 && to_gue_port(ctx, l3 + ihl, gue_port),
+        PROTO_UDP => frags & 0x1fff == 0 && to_gue_port(ctx, l3 + claimed_ihl, gue_port),
         _ => false,
     };
     if !tunnel {
         return Err(DecapReason::PassNotTunnel);
     }
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > packet::len(ctx) {
-        return Err(DecapReason::PassMalformed);
-    }
+    let (ihl, tot_len) = ipv4::whole(ip, l3, packet::len(ctx)).ok_or(DecapReason::PassMalformed)?;
     ours.family = FAMILY_V4;
     ours.addr[..4].copy_from_slice(&ip.dst_addr);
     from.family = FAMILY_V4;
@@ -380,9 +379,7 @@ fn inner_ipv4_fits(ctx: &XdpContext, off: usize, end: usize) -> bool {
     let Some(ip) = header::<Ipv4Hdr>(ctx, off) else {
         return false;
     };
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    ip.vihl >> 4 == 4 && ihl >= Ipv4Hdr::LEN && tot_len >= ihl && off + tot_len <= end
+    ipv4::whole(ip, off, end).is_some()
 }
 
 /// `inner_ipv4_fits` for an inner IPv6 packet.

@@ -16,6 +16,7 @@ use lb_common::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
+    ipv4,
     packet::{header, read},
     parse::{Fragment, Parsed, ipv6_chain},
 };
@@ -43,10 +44,7 @@ pub fn too_big_flow(ctx: &XdpContext, p: &Parsed) -> Result<Option<FlowKey>, Rea
             return Ok(None);
         }
         let ip: &Ipv4Hdr = header(ctx, inner_off).ok_or(Reason::PassBadL4Header)?;
-        let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-            return Err(Reason::PassBadL4Header);
-        }
+        let ihl = ipv4::header_len(ip).ok_or(Reason::PassBadL4Header)?;
         flow.proto = ip.proto;
         flow.src[..4].copy_from_slice(&ip.dst_addr);
         flow.dst[..4].copy_from_slice(&ip.src_addr);

@@ -25,6 +25,7 @@ mod forward;
 mod fragment;
 mod gue;
 mod icmp;
+mod ipv4;
 mod maglev;
 mod maps;
 mod mem;

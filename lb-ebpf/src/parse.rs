@@ -11,7 +11,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
-    mem,
+    ipv4, mem,
     packet::{self, header, read},
 };
 
@@ -127,16 +127,8 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> Result<(), Reason> {
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize, p: &mut Parsed) -> Result<(), Reason> {
     let ip: &Ipv4Hdr = header(ctx, l3).ok_or(Reason::PassBadIpHeader)?;
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    let tot_len = be16(ip.tot_len);
-    if ip.vihl >> 4 != 4
-        || ihl < Ipv4Hdr::LEN
-        || (tot_len as usize) < ihl
-        || l3 + tot_len as usize > packet::len(ctx)
-    {
-        return Err(Reason::PassBadIpHeader);
-    }
-    p.ip_len = tot_len;
+    let (ihl, tot_len) = ipv4::whole(ip, l3, packet::len(ctx)).ok_or(Reason::PassBadIpHeader)?;
+    p.ip_len = tot_len as u16;
     p.tos = ip.tos;
     p.flow.family = FAMILY_V4;
     p.flow.proto = ip.proto;

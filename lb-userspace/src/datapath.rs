@@ -412,13 +412,10 @@ impl Datapath {
     }
 }
 
-/// Whether `iface` runs its XDP program in generic (skb) mode.
+/// Whether `iface` runs its XDP program in generic (skb) mode; an
+/// interface the kernel cannot tell about counts as native.
 fn link_is_generic(iface: &str) -> bool {
-    std::process::Command::new("ip")
-        .args(["-details", "link", "show", iface])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("xdpgeneric"))
-        .unwrap_or(false)
+    crate::netdev::xdp_is_generic(iface).unwrap_or(false)
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {

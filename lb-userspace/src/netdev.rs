@@ -2,6 +2,12 @@
 //! through /sys/class/net, which shows the namespace sysfs was mounted in).
 
 use anyhow::{Context, bail};
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// The index of interface `name` in this network namespace.
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
@@ -58,4 +64,85 @@ pub fn mac_address(name: &str) -> anyhow::Result<[u8; 6]> {
     // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
     Ok(std::array::from_fn(|i| data[i] as u8))
+}
+
+/// Whether interface `name` runs its XDP program in generic (skb) mode,
+/// as the kernel reports it over netlink (`RTM_GETLINK`, `IFLA_XDP`).
+pub fn xdp_is_generic(name: &str) -> anyhow::Result<bool> {
+    let mut message = LinkMessage::default();
+    message.header.index = ifindex(name)?;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(message));
+    request.header.flags = NLM_F_REQUEST;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    let mut socket = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
+    socket.bind_auto().context("netlink bind")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("netlink connect")?;
+    socket.send(&buf, 0).context("RTM_GETLINK")?;
+    let (reply, _) = socket.recv_from_full().context("RTM_GETLINK reply")?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
+        .with_context(|| format!("reading the kernel's reply about {name}"))?;
+    match reply.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+            Ok(attributes_say_generic(&link.attributes))
+        }
+        NetlinkPayload::Error(e) => Err(e.to_io()).with_context(|| format!("RTM_GETLINK {name}")),
+        other => bail!("unexpected netlink reply {:?}", other.message_type()),
+    }
+}
+
+/// Generic mode: the skb attachment alone, or several attachments of
+/// which none is the driver's or the hardware's.
+fn attributes_say_generic(attributes: &[LinkAttribute]) -> bool {
+    let Some(xdp) = attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(xdp) => Some(xdp),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let has = |want: fn(&LinkXdp) -> bool| xdp.iter().any(want);
+    has(|x| matches!(x, LinkXdp::Attached(XdpAttached::SocketBuffer)))
+        || (has(|x| matches!(x, LinkXdp::Attached(XdpAttached::Multiple)))
+            && !has(|x| matches!(x, LinkXdp::DrvProgId(id) | LinkXdp::HwProgId(id) if *id != 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_skb_attachment_is_generic_and_the_driver_one_is_not() {
+        let xdp = |x: Vec<LinkXdp>| vec![LinkAttribute::Xdp(x)];
+        assert!(attributes_say_generic(&xdp(vec![
+            LinkXdp::Attached(XdpAttached::SocketBuffer),
+            LinkXdp::ProgId(7),
+        ])));
+        assert!(!attributes_say_generic(&xdp(vec![
+            LinkXdp::Attached(XdpAttached::Driver),
+            LinkXdp::ProgId(7),
+        ])));
+        assert!(!attributes_say_generic(&xdp(vec![LinkXdp::Attached(
+            XdpAttached::None
+        )])));
+        assert!(!attributes_say_generic(&[]));
+        assert!(attributes_say_generic(&xdp(vec![
+            LinkXdp::Attached(XdpAttached::Multiple),
+            LinkXdp::SkbProgId(7),
+        ])));
+        assert!(!attributes_say_generic(&xdp(vec![
+            LinkXdp::Attached(XdpAttached::Multiple),
+            LinkXdp::SkbProgId(7),
+            LinkXdp::DrvProgId(8),
+        ])));
+    }
+
+    #[test]
+    fn loopback_without_a_program_is_not_generic() {
+        assert!(!xdp_is_generic("lo").unwrap());
+        assert!(xdp_is_generic("no-such-if0").is_err());
+    }
 }

@@ -71,8 +71,9 @@ fn open_pin(path: &Path) -> io::Result<OwnedFd> {
 
 /// `BPF_OBJ_GET_INFO_BY_FD` on a link.
 fn link_info(link: &OwnedFd) -> io::Result<bpf_link_info> {
-    // SAFETY: all-zero is a valid bpf_link_info and bpf_attr.
+    // SAFETY: all-zero is a valid bpf_link_info (a C struct of integers).
     let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    // SAFETY: all-zero is a valid bpf_attr (a C union of integer structs).
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.info.bpf_fd = link.as_raw_fd() as u32;
     attr.info.info_len = size_of::<bpf_link_info>() as u32;

@@ -184,19 +184,14 @@ pub fn enter_named<T>(name: &str, f: impl FnOnce() -> T) -> T {
     use std::{fs::File, os::fd::AsRawFd};
     let here = File::open("/proc/thread-self/ns/net").expect("current netns");
     let there = File::open(format!("/var/run/netns/{name}")).expect("test netns");
-    // SAFETY: setns on this thread only, with valid namespace fds; we
+    // SAFETY: setns on this thread only, with a valid namespace fd; we
     // switch back before returning.
-    assert_eq!(
-        unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns"
-    );
+    let entered = unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(entered, 0, "setns");
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    assert_eq!(
-        unsafe { libc::setns(here.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns back"
-    );
+    // SAFETY: as above, back to the namespace the thread came from.
+    let back = unsafe { libc::setns(here.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(back, 0, "setns back");
     match result {
         Ok(v) => v,
         Err(panic) => std::panic::resume_unwind(panic),

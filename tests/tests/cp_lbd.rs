@@ -2160,6 +2160,34 @@ fn cp_restart_after_the_interface_was_created_again_attaches_anew() {
     );
 }
 
+/// A link whose driver has no native XDP (a bridge) runs the program in
+/// generic mode, and says so; after a restart lbd adopts the pinned link
+/// and still says generic (it asks the kernel over netlink which mode the
+/// link runs in, not iproute2).
+#[test]
+fn cp_a_generic_mode_link_is_reported_generic_before_and_after_a_restart() {
+    let site = Site::new();
+    site.lb
+        .exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    site.lb.exec(&["ip", "link", "set", "br0", "up"]);
+    let mut config = site.config(&[B1], json!({"type": "none"}));
+    config["interfaces"] = json!([{"name": "br0"}]);
+    let mut lbd = Lbd::start(&site.lb, Paths::new("generic"), config);
+    let mode = |lbd: &Lbd| {
+        let status = lbd.json(&["status"]);
+        (
+            status["interfaces"][0]["mode"].clone(),
+            status["adopted_running_data_plane"].clone(),
+        )
+    };
+    assert_eq!(mode(&lbd), (json!("generic"), json!(false)));
+    let link = site.lb.exec(&["ip", "-details", "link", "show", "br0"]);
+    assert!(link.contains("xdpgeneric"), "{link}");
+
+    lbd.restart();
+    assert_eq!(mode(&lbd), (json!("generic"), json!(true)));
+}
+
 /// One lbd per pin directory: a second lbd over the same pins exits at
 /// once, naming the directory and the running lbd's PID, and writes
 /// nothing (the first keeps its tables, its socket and its traffic).
@@ -2635,6 +2663,7 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
     assert!(pets.iter().all(|m| m == "WATCHDOG=1\n"), "{pets:?}");
 
     let pid = lbd.pid().expect("lbd's pid");
+    // SAFETY: kill(2) has no memory effects; `pid` is our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     let mut seen = Vec::new();
     while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
@@ -2646,6 +2675,7 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
     assert_eq!(seen[0], "RELOADING=1\n", "{seen:?}");
     assert!(seen[1].contains("STATUS=forwarding"), "{seen:?}");
 
+    // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let mut last = next();
     while last == "WATCHDOG=1\n" {

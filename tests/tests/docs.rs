@@ -873,3 +873,45 @@ fn operations_doc_decap_example_is_the_compiled_one() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The test layout.
+
+/// Every file under tests/tests is built: a test binary of tests/Cargo.toml
+/// (which turns `autotests` off) or a module of one. A file left out would
+/// never run, and nothing else would say so.
+#[test]
+fn every_test_file_is_a_test_binary_or_a_module_of_one() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let quoted = |line: &str, key: &str| {
+        let rest = line.trim().strip_prefix(key)?.trim_start();
+        let rest = rest.strip_prefix('=')?.trim_start().strip_prefix('"')?;
+        rest.split('"').next().map(str::to_string)
+    };
+    let roots: Vec<String> = manifest
+        .lines()
+        .filter_map(|l| quoted(l, "path"))
+        .filter_map(|p| p.strip_prefix("tests/").map(str::to_string))
+        .collect();
+    assert!(roots.len() >= 8, "test binaries in Cargo.toml: {roots:?}");
+    let mut built: BTreeSet<String> = roots.iter().cloned().collect();
+    for root in &roots {
+        let text = std::fs::read_to_string(dir.join("tests").join(root)).unwrap();
+        built.extend(
+            text.lines()
+                .filter_map(|l| quoted(l.trim().strip_prefix("#[")?.strip_suffix(']')?, "path")),
+        );
+    }
+    let files: BTreeSet<String> = std::fs::read_dir(dir.join("tests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".rs"))
+        .collect();
+    let left_out: Vec<&String> = files.difference(&built).collect();
+    assert!(
+        left_out.is_empty(),
+        "tests/tests files no test binary builds: {left_out:?}; add each to its prefix's \
+         group (tests/golden.rs, cp.rs, e2e.rs, fuzz.rs) or as a [[test]] in tests/Cargo.toml"
+    );
+}

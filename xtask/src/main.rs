@@ -130,9 +130,10 @@ fn main() -> Result<()> {
                 "-p",
                 "lb-tests",
                 "--test",
-                "fuzz_packets",
-                "--test",
-                "fuzz_decap",
+                "fuzz",
+                "--",
+                "fuzz_packets::",
+                "fuzz_decap::",
             ])
         }
         Cmd::Package { debug, out } => {

@@ -57,7 +57,15 @@ pub fn run(root: &Path) -> Result<()> {
     let tested = Instant::now();
     super::cargo_in(
         root,
-        &["test", "-p", "lb-tests", "--test", "e2e_upgrade"],
+        &[
+            "test",
+            "-p",
+            "lb-tests",
+            "--test",
+            "e2e",
+            "--",
+            "e2e_upgrade::",
+        ],
         &[(OLD_BINARIES_VAR, old_binaries.as_os_str())],
     )?;
     println!(
