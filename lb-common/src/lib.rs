@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod bench;
+pub mod capture;
 pub mod flow;
 pub mod gue;
 pub mod maps;

@@ -77,6 +77,7 @@ reasons!(Reason, REASON_COUNT {
     ConnPromotionDeferred = "conn_promotion_deferred", Event, "second or later packet of a flow in probation, promotion rate limit reached: flow left in the probation table";
     SecondChance = "second_chance", Event, "TCP packet of a flow in neither table, on a ring slot whose owner changed within the VIP's second-chance window: sent to the slot's owner in GUE with the previous owner as a second hop";
     PassOtherHost = "pass_other_host", Passed, "VIP packet in a frame addressed to another host's MAC (a switch flooding unknown unicast, a promiscuous NIC) or to a group address: not balanced here, the host it was sent to balances it";
+    CaptureLost = "capture_lost", Event, "packet chosen for `lbctl capture` whose record found the capture ring buffer full: not in the capture (its verdict is unchanged)";
 });
 
 reasons!(DecapReason, DECAP_REASON_COUNT {

@@ -6,7 +6,8 @@
 //! parse -> vip -> conntrack (-> probation -> second_chance) -> maglev ->
 //! forward (encap / gue / l2) -> stats, with icmp and fragment handling
 //! branching off after parse, and pmtu answering packets too big for the
-//! tunnel. `lb_decap`: decap (-> gue -> second_hop) -> stats.
+//! tunnel; once the verdict is counted, capture records the packet when
+//! `lbctl capture` runs. `lb_decap`: decap (-> gue -> second_hop) -> stats.
 #![no_std]
 #![no_main]
 // Map keys and values go to aya-ebpf by reference on purpose: a by-value
@@ -15,6 +16,7 @@
 
 mod balancer;
 mod bench;
+mod capture;
 mod conntrack;
 mod csum;
 mod decap;
@@ -40,11 +42,14 @@ mod vip;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// The load balancer. Every packet leaves through `stats::verdict`, which
-/// counts the reason and maps it to the XDP action.
+/// counts the reason and maps it to the XDP action; `capture` sees the
+/// verdict last, when nothing about the packet can change any more.
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
     let reason = balancer::process(&ctx);
-    stats::verdict(reason)
+    let action = stats::verdict(reason);
+    capture::packet(&ctx, reason, action);
+    action
 }
 
 /// The backend-side tunnel terminator, which also sends second-chance

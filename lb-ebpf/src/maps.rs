@@ -137,6 +137,9 @@ pub fn gue_port() -> u16 {
 pub struct Scratch {
     pub parsed: crate::parse::Parsed,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    /// Packets `lbctl capture --sample N` passed over since its last record
+    /// on this CPU (`capture.rs`).
+    pub capture_seen: u32,
 }
 
 #[map(name = "SCRATCH")]

@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use crate::{
+    capture::{CaptureEvent, CaptureSpec},
     config::{BackendConfig, Protocol, Vip},
     config_format::ConfigFormat,
 };
@@ -111,6 +112,11 @@ pub enum Request {
     NodeDrain,
     /// Announce the VIPs again after `NodeDrain`.
     NodeResume,
+    /// Capture packets with their verdicts (`lbctl capture`): replied to
+    /// with one line per `CaptureEvent`, packets then an end.
+    Capture {
+        spec: CaptureSpec,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,6 +201,43 @@ pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value,
                 .unwrap_or_else(|| "lbd refused the request".into()),
         ))
     }
+}
+
+/// Send a capture request and hand each event lbd streams back to
+/// `on_event`, up to and including the end (the `lbctl capture` side).
+pub async fn capture(
+    socket: &Path,
+    spec: CaptureSpec,
+    mut on_event: impl FnMut(CaptureEvent) -> Result<(), String>,
+) -> Result<(), ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|error| ClientError::Connect {
+            path: socket.display().to_string(),
+            error,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(&Request::Capture { spec })?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(text) = lines.next_line().await? {
+        let reply: Reply = serde_json::from_str(&text)?;
+        if !reply.ok {
+            return Err(ClientError::Refused(
+                reply
+                    .error
+                    .unwrap_or_else(|| "lbd refused the capture".into()),
+            ));
+        }
+        let event: CaptureEvent = serde_json::from_value(reply.data.unwrap_or_default())?;
+        let end = matches!(event, CaptureEvent::End(_));
+        on_event(event).map_err(ClientError::Refused)?;
+        if end {
+            return Ok(());
+        }
+    }
+    Err(ClientError::NoReply)
 }
 
 /// Read one request line of at most `MAX_REQUEST_BYTES` (the daemon side).

@@ -32,7 +32,7 @@ use lb_common::{
 };
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
@@ -43,6 +43,7 @@ use crate::{
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
     backend_load::BackendLoad,
+    capture::{CaptureEvent, CaptureMaps, CaptureSpec, Capturer},
     config::BalancingMode,
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     config_format::ConfigFormat,
@@ -1076,6 +1077,7 @@ impl Daemon {
             Request::ConfigDump => serde_json::to_value(&self.config).map_err(|e| e.to_string()),
             Request::NodeDrain => self.set_drained(true),
             Request::NodeResume => self.set_drained(false),
+            Request::Capture { .. } => Err("capture is served on its own connection".into()),
         }
     }
 
@@ -1429,6 +1431,13 @@ impl Daemon {
         Ok((prev.live_at(now_s) && prev.owner != owner).then_some(prev.owner))
     }
 
+    /// The data plane's packet capture, for the control socket to serve
+    /// (once: it takes the capture maps).
+    pub fn capturer(&mut self) -> anyhow::Result<Capturer> {
+        let maps = CaptureMaps::take(&mut self.dp.ebpf).context("capture maps")?;
+        Capturer::new(maps, self.config.pin_dir.clone()).context("capture ring buffer")
+    }
+
     pub fn control_socket(&self) -> (PathBuf, Option<String>) {
         (
             self.config.control.socket.clone(),
@@ -1602,7 +1611,11 @@ fn watched_speaker(config: &Config) -> Option<PathBuf> {
         .and_then(|_| config.speaker.bird_socket.clone())
 }
 
-pub async fn serve_control(listener: UnixListener, tx: mpsc::Sender<ControlMsg>) {
+pub async fn serve_control(
+    listener: UnixListener,
+    tx: mpsc::Sender<ControlMsg>,
+    capturer: Option<Arc<Capturer>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -1613,12 +1626,17 @@ pub async fn serve_control(listener: UnixListener, tx: mpsc::Sender<ControlMsg>)
             }
         };
         let tx = tx.clone();
+        let capturer = capturer.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut reader = BufReader::new(read);
             loop {
                 let reply = match control::read_request(&mut reader).await {
                     Ok(None) => return,
+                    // Streams its replies, then the connection ends.
+                    Ok(Some(Request::Capture { spec })) => {
+                        return serve_capture(capturer.as_deref(), &spec, reader, write).await;
+                    }
                     Ok(Some(req)) => {
                         let (reply_tx, reply_rx) = oneshot::channel();
                         if tx.send((req, reply_tx)).await.is_err() {
@@ -1639,6 +1657,47 @@ pub async fn serve_control(listener: UnixListener, tx: mpsc::Sender<ControlMsg>)
                 }
             }
         });
+    }
+}
+
+/// One `lbctl capture` on its connection: a line per event, or one error.
+async fn serve_capture(
+    capturer: Option<&Capturer>,
+    spec: &CaptureSpec,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) {
+    let Some(capturer) = capturer else {
+        let _ = write_reply(&mut write, &Reply::error("this lbd cannot capture")).await;
+        return;
+    };
+    // lbctl sends nothing more: anything readable is its end.
+    let gone = async {
+        let _ = reader.fill_buf().await;
+    };
+    let (events_tx, mut events) = mpsc::channel::<CaptureEvent>(1024);
+    let run = capturer.run(spec, gone, events_tx);
+    let forward = async {
+        while let Some(event) = events.recv().await {
+            let reply = match serde_json::to_value(&event) {
+                Ok(data) => Reply::data(data),
+                Err(e) => Reply::error(format!("encoding a capture record: {e}")),
+            };
+            if write_reply(&mut write, &reply).await.is_err() {
+                // Dropping the receiver ends the capture.
+                return;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(run, forward);
+    match result {
+        Ok(Some(end)) => {
+            info!(packets = end.packets, ended_by = %end.ended_by, lost = end.lost, "capture ended")
+        }
+        Ok(None) => info!("capture ended: lbctl went away"),
+        Err(why) => {
+            let _ = write_reply(&mut write, &Reply::error(why)).await;
+        }
     }
 }
 

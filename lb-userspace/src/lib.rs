@@ -7,6 +7,7 @@ pub mod announce;
 pub mod attachments;
 pub mod backend_load;
 pub mod bpffs;
+pub mod capture;
 pub mod cli_docs;
 pub mod cluster;
 pub mod config;

@@ -6,6 +6,8 @@
 
 #[path = "e2e_backend_load.rs"]
 mod e2e_backend_load;
+#[path = "e2e_capture.rs"]
+mod e2e_capture;
 #[path = "e2e_inference.rs"]
 mod e2e_inference;
 #[path = "e2e_load_balancing.rs"]

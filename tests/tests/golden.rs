@@ -4,6 +4,8 @@
 //! One test binary per prefix (tests/Cargo.toml), a module per file (below),
 //! so a cold build links aya and tokio into a few binaries, not 30.
 
+#[path = "golden_capture.rs"]
+mod golden_capture;
 #[path = "golden_decap.rs"]
 mod golden_decap;
 #[path = "golden_fib.rs"]

@@ -16,8 +16,16 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Tools the tests and the demo use at run time. BIRD 2 (`bird2`) is the
 /// BGP speaker of deploy/bird/, whose configurations the tests run;
-/// nftables holds a handshake's ACK back in e2e_second_chance.
-const RUNTIME_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "bird2", "nftables"];
+/// nftables holds a handshake's ACK back in e2e_second_chance; tcpdump
+/// reads the pcapng file of e2e_capture.
+const RUNTIME_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "bird2",
+    "nftables",
+    "tcpdump",
+];
 /// Debian's compiler and library source, for the linked toolchain.
 const DEBIAN_RUST_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// bpf-linker is built against Debian's LLVM.

@@ -14,6 +14,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
+    capture::{CaptureEvent, CaptureSpec, CapturedPacket, PcapngFile, summary},
     config::{
         AdminState, BackendConfig, CheckKind, Config, Forwarding, HealthCheck, Mac, Protocol, Vip,
     },
@@ -94,6 +95,36 @@ enum Cmd {
     Node {
         #[command(subcommand)]
         command: NodeCmd,
+    },
+    /// Capture packets with the verdict and reason each got.
+    ///
+    /// "Why doesn't it forward?" in one command: each packet the load
+    /// balancer sees, with its verdict and the counter it was counted
+    /// under in `lbctl stats`. Prints one line per packet, or writes a
+    /// pcapng file with the verdict in each packet's comment. Forwarded
+    /// packets are captured as sent (tunnelled), the others as received,
+    /// their first 256 bytes. Ends at --count packets, after --duration,
+    /// or on Ctrl-C; lbd and the data plane end it even if lbctl is killed.
+    Capture {
+        /// Only packets for this VIP (`198.51.100.10:80/tcp`; port 0: any
+        /// port of the address). Packets whose headers could not be read
+        /// (the `pass_bad_*`, `pass_short_frame`, `pass_not_ip` reasons)
+        /// have no VIP: capture without --vip to see them.
+        #[arg(long)]
+        vip: Option<VipArg>,
+        /// Stop after this many packets.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this many seconds (at most 3600).
+        #[arg(long, value_name = "S", default_value_t = 30)]
+        duration: u64,
+        /// Record one matching packet in N (per CPU).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        sample: u32,
+        /// Write a pcapng file (readable by tcpdump -r, tshark) instead
+        /// of printing.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: Option<PathBuf>,
     },
 }
 
@@ -507,6 +538,21 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_done,
         ),
         Cmd::Stats { interval } => return stats(cli, *interval).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Capture {
+            vip,
+            count,
+            duration,
+            sample,
+            write,
+        } => {
+            let spec = CaptureSpec {
+                vip: vip.map(|v| v.0),
+                count: *count,
+                duration_s: *duration,
+                sample: *sample,
+            };
+            return capture(cli, spec, write.as_deref()).await;
+        }
         Cmd::Cluster {
             command: ClusterCmd::Check { sources },
         } => {
@@ -627,6 +673,86 @@ async fn node_resume(cli: &Cli) -> Result<ExitCode, String> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lbctl capture`: stream the packets lbd captures to stdout or a pcapng
+/// file until lbd ends the capture or Ctrl-C.
+async fn capture(
+    cli: &Cli,
+    spec: CaptureSpec,
+    file: Option<&std::path::Path>,
+) -> Result<ExitCode, String> {
+    spec.check().map_err(|e| e.to_string())?;
+    let mut pcap = match file {
+        Some(path) => {
+            let out =
+                std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let w = PcapngFile::new(std::io::BufWriter::new(out))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Some((path, w))
+        }
+        None => None,
+    };
+    let mut packets = 0u64;
+    let mut end = None;
+    let on_event = |event: CaptureEvent| -> Result<(), String> {
+        match event {
+            CaptureEvent::Packet(p) => {
+                packets += 1;
+                match &mut pcap {
+                    Some((path, w)) => w
+                        .write(&p)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                    None if cli.json => {
+                        println!("{}", serde_json::to_string(&p).unwrap_or_default())
+                    }
+                    None => println!("{}", capture_line(&p)),
+                }
+            }
+            CaptureEvent::End(e) => end = Some(e),
+        }
+        Ok(())
+    };
+    tokio::select! {
+        r = control::capture(&cli.socket, spec, on_event) => r.map_err(|e| e.to_string())?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    if let Some((path, w)) = pcap {
+        use std::io::Write;
+        w.into_inner()
+            .flush()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let how = match &end {
+        Some(e) if e.lost > 0 => format!(
+            "{} by {}; {} more packets matched but the ring buffer was full (capture_lost)",
+            e.packets, e.ended_by, e.lost
+        ),
+        Some(e) => format!("{} by {}", e.packets, e.ended_by),
+        None => format!("{packets}, interrupted"),
+    };
+    if !cli.json {
+        eprintln!("lbctl: captured {how}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `21:04:05.123456  if 3  203.0.113.7:5353 > 198.51.100.10:53 udp  XDP_DROP drop_no_backend  47 bytes`
+fn capture_line(p: &CapturedPacket) -> String {
+    let secs = p.time_ns / 1_000_000_000;
+    let micros = (p.time_ns % 1_000_000_000) / 1000;
+    let day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}  if {}  {}  {} {}  {} bytes",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        p.ifindex,
+        summary(&p.bytes()),
+        p.action,
+        p.reason,
+        p.frame_len,
+    )
 }
 
 /// Drain a backend, then print its flows still pinned to it once a second

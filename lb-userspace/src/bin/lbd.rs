@@ -130,7 +130,8 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     let (socket, group) = daemon.control_socket();
     let listener = daemon::bind_control(&socket, group.as_deref())?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
-    tokio::spawn(daemon::serve_control(listener, ctl_tx));
+    let capturer = Arc::new(daemon.capturer()?);
+    tokio::spawn(daemon::serve_control(listener, ctl_tx, Some(capturer)));
     if let Some(addr) = args.metrics {
         let m = daemon.metrics.clone();
         tokio::spawn(async move {

@@ -4,10 +4,17 @@
 //! program (MAC swap + XDP_TX) timed the same way. The output of each timed
 //! path is checked.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{
+    Reason,
     bench::PROG_BENCH_FLOOR,
     flow::{PROTO_TCP, PROTO_UDP},
     maps::*,
@@ -17,6 +24,7 @@ use lb_tests::{harness::vip_key, packets::*};
 use crate::forwarding::xdp;
 use lb_userspace::{
     addr::to_map,
+    capture::{CaptureMaps, CaptureSpec, MAX_COUNT},
     datapath::{Datapath, MapSizes},
     maglev::{self, MaglevBackend},
     maps::Maps,
@@ -285,4 +293,57 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         let (median, p10) = time(xdp(&mut dp, PROG_LB), frames, *want, *before);
         results.push((name.to_string(), median, p10));
     }
+    capture_rows(&mut dp, &maps, &cases, results);
 }
+
+/// `lbctl capture` recording every packet, its records drained by a
+/// thread as lbd would: the cost of a capture while it runs (off, the
+/// rows above pay one lookup and a branch).
+fn capture_rows(
+    dp: &mut Datapath,
+    maps: &Maps,
+    cases: &[(&str, Vec<Vec<u8>>, u32, Before)],
+    results: &mut Vec<(String, f64, f64)>,
+) {
+    let mut capture = CaptureMaps::take(&mut dp.ebpf).expect("capture maps");
+    let every = CaptureSpec {
+        vip: None,
+        count: MAX_COUNT,
+        duration_s: 600,
+        sample: 1,
+    };
+    capture.start(&every).expect("capture on");
+    let stop = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, drained) = (stop.clone(), drained.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = capture.drain(0).len() as u64;
+                drained.fetch_add(n, Ordering::Relaxed);
+                if n == 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+            capture.off().expect("capture off");
+        })
+    };
+    let lost_before = maps.reason_count(Reason::CaptureLost).unwrap();
+    for (name, frames, want, before) in cases {
+        if !CAPTURED_ROWS.contains(name) {
+            continue;
+        }
+        let (median, p10) = time(xdp(dp, PROG_LB), frames, *want, *before);
+        results.push((format!("{name}, capture on (every packet)"), median, p10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("capture reader");
+    let lost = maps.reason_count(Reason::CaptureLost).unwrap() - lost_before;
+    println!(
+        "capture rows: {} records read, {lost} lost to a full ring buffer",
+        drained.load(Ordering::Relaxed)
+    );
+}
+
+/// The rows timed again with capture on.
+const CAPTURED_ROWS: &[&str] = &["IPv4 TCP established", "non-VIP (XDP_PASS)"];
