@@ -43,6 +43,7 @@ use crate::{
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
     backend_load::BackendLoad,
+    backend_reports::{self, BackendReports, ScrapeKey},
     config::BalancingMode,
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
     conn_list,
@@ -54,6 +55,7 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     layout::PinOwner,
+    load_report::ReportEvent,
     maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
@@ -63,7 +65,7 @@ use crate::{
     speaker::SpeakerWatch,
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
-    weight_controller::{self, Member},
+    weight_controller::{self, Load, Member},
 };
 
 /// Where the kernel keeps no element count, `status` and metrics count
@@ -99,6 +101,8 @@ struct HealthRecord {
     port: u16,
     /// Where the probe through the tunnel goes, if the VIP has one.
     tunnel: Option<TunnelPath>,
+    /// The response header the check reads a load report from, if any.
+    report_header: Option<String>,
     checker: Option<tokio::task::JoinHandle<()>>,
     last_reason: String,
     last_latency: Option<Duration>,
@@ -154,6 +158,8 @@ pub struct Daemon {
     load_fresh: bool,
     /// The weight controller of each `load`-mode VIP.
     balancers: BTreeMap<VipKeyOrd, weight_controller::Controller>,
+    /// Load reported by the backends (`source: prometheus` or `header`).
+    reports: BackendReports,
     pub metrics: Arc<Metrics>,
 }
 
@@ -166,6 +172,7 @@ impl Daemon {
         config_path: PathBuf,
         node: NodeOverrides,
         health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
+        report_tx: mpsc::Sender<ReportEvent<ScrapeKey>>,
     ) -> anyhow::Result<Self> {
         crate::bpffs::prepare(&config.pin_dir).context("pin_dir")?;
         let adopted = Datapath::has_pinned_state(&config.pin_dir);
@@ -332,6 +339,7 @@ impl Daemon {
             load: BackendLoad::default(),
             load_fresh: false,
             balancers: BTreeMap::new(),
+            reports: BackendReports::new(report_tx),
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
@@ -339,6 +347,7 @@ impl Daemon {
         daemon.health = health_records;
         daemon.refresh_ring_digests();
         daemon.refresh_checkers();
+        daemon.reports.refresh(&daemon.config);
         daemon.refresh_drains();
         daemon.refresh_announcements();
         daemon.save_state();
@@ -532,6 +541,7 @@ impl Daemon {
             self.refresh_ring_digests();
         }
         self.refresh_checkers();
+        self.reports.refresh(&self.config);
         self.refresh_drains();
         self.refresh_announcements();
         self.save_state();
@@ -613,6 +623,7 @@ impl Daemon {
         for vip in &self.config.vips {
             let vkey = image::vip_key(vip.address, vip.port, vip.protocol);
             let port = vip.health_check.port.unwrap_or(vip.port);
+            let report_header = vip.balancing.report_header();
             for b in &vip.backends {
                 let tunnel = TunnelPath::of(&self.config.tunnel_source, vip, b.address);
                 wanted.insert(
@@ -620,15 +631,24 @@ impl Daemon {
                         vip: vkey,
                         addr: b.address,
                     },
-                    (vip.health_check.clone(), port, tunnel),
+                    (
+                        vip.health_check.clone(),
+                        port,
+                        tunnel,
+                        report_header.clone(),
+                    ),
                 );
             }
         }
         self.health.retain(|k, _| wanted.contains_key(k));
-        for (key, (check, port, tunnel)) in wanted {
+        for (key, (check, port, tunnel, report_header)) in wanted {
             let current = self.health.get(&key);
             if current.is_some_and(|h| {
-                h.check == check && h.port == port && h.tunnel == tunnel && h.checker.is_some()
+                h.check == check
+                    && h.port == port
+                    && h.tunnel == tunnel
+                    && h.report_header == report_header
+                    && h.checker.is_some()
             }) {
                 continue;
             }
@@ -649,6 +669,7 @@ impl Daemon {
                 check.clone(),
                 target,
                 tunnel,
+                report_header.clone(),
                 check_key,
                 up,
                 self.health_tx.clone(),
@@ -661,6 +682,7 @@ impl Daemon {
                     check,
                     port,
                     tunnel,
+                    report_header,
                     checker: Some(checker),
                     last_reason: String::new(),
                     last_latency: None,
@@ -700,8 +722,9 @@ impl Daemon {
             debug!(backend = %key.addr, "result of a replaced health checker ignored");
             return;
         }
-        if let Some(vip) = self.vip_config(&key.vip) {
+        if let Some(vip) = vip_of(&self.config, &key.vip) {
             self.metrics.observe_check(vip, key.addr, ev.result.latency);
+            self.reports.on_probe(key, vip, &ev.result);
         }
         let Some(rec) = self.health.get_mut(&key) else {
             return;
@@ -714,6 +737,11 @@ impl Daemon {
             info!(backend = %key.addr, up = ev.up, reason = %ev.result.reason, "backend health changed");
             self.reapply();
         }
+    }
+
+    /// A scraper's load report (`source: prometheus`).
+    pub fn on_report(&mut self, ev: ReportEvent<ScrapeKey>) {
+        self.reports.on_scrape(ev);
     }
 
     /// Once a second: cut off drains that ran out of time.
@@ -785,6 +813,7 @@ impl Daemon {
             BalancingMode::Static => in_ring.then(|| weight_controller::Weight {
                 effective: backend.weight * weight_controller::SCALE,
                 why: "configured (balancing static)".into(),
+                over_limit: false,
             }),
             BalancingMode::Load => self.balancers.get(&key.vip)?.weight(&key.addr),
         }
@@ -834,22 +863,43 @@ impl Daemon {
                 .iter()
                 .filter_map(|m| {
                     let configured = config.backends.iter().find(|b| b.address == m.addr)?.weight;
-                    let active_flows = self
-                        .load_fresh
-                        .then(|| self.load.get(m.id).map(|l| l.active_flows))
-                        .flatten();
+                    let (load, limit) = match backend_reports::reported_source(config) {
+                        None => {
+                            let flows = self
+                                .load_fresh
+                                .then(|| self.load.get(m.id).map(|l| l.active_flows))
+                                .flatten();
+                            (flows.map(Load::Flows), None)
+                        }
+                        Some(_) => {
+                            let bkey = BackendKey {
+                                vip: *key,
+                                addr: m.addr,
+                            };
+                            let reading = self.reports.fresh(&bkey, config, now);
+                            (
+                                reading.map(|r| Load::Utilization(r.utilization)),
+                                reading.and_then(|r| r.limit),
+                            )
+                        }
+                    };
                     Some(Member {
                         addr: m.addr,
                         id: m.id,
                         configured,
-                        active_flows,
+                        load,
+                        limit,
                     })
                 })
                 .collect();
             let ring_moved = |old: &[(u32, u32)], new: &[(u32, u32)]| {
                 weight_controller::moved_share(&members, old, new, ring_size)
             };
-            if let Some(change) = controller.step(params, &members, now, ring_moved) {
+            let change = controller.step(params, &members, now, ring_moved);
+            for event in controller.take_limit_events() {
+                warn!(vip = %key, "hard limit: {event}");
+            }
+            if let Some(change) = change {
                 info!(
                     vip = %key,
                     ring_moved = format!("{:.1}%", change.ring_moved * 100.0),
@@ -1544,6 +1594,7 @@ fn initial_health(
                     check: vip.health_check.clone(),
                     port: vip.health_check.port.unwrap_or(vip.port),
                     tunnel: None,
+                    report_header: None,
                     checker: None,
                     last_reason: String::new(),
                     last_latency: None,
