@@ -769,6 +769,7 @@ impl Daemon {
             self.weight_shown(k)
                 .map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE))
         });
+        self.show_load_reports();
         // The kernel's element counts cost a syscall each; a key walk (on
         // kernels without them) costs one per entry, so it is done rarely.
         self.ticks = self.ticks.wrapping_add(1);
@@ -780,6 +781,31 @@ impl Daemon {
         // Puts back what someone removed, retries what failed.
         self.refresh_announcements();
         self.metrics.set_speaker(&self.speaker.state());
+    }
+
+    /// The backends' load reports and hard-limit states into the metrics.
+    fn show_load_reports(&self) {
+        let now = Instant::now();
+        let limited =
+            |v: &Vip| v.balancing.hard_limit.is_some() && v.balancing.mode == BalancingMode::Load;
+        self.metrics.set_load_reports(
+            &self.config,
+            |k, v| {
+                let r = self.reports.shown(k, v, now)?;
+                Some(crate::metrics::ReportGauges {
+                    utilization: r.reading.map(|x| x.utilization),
+                    load: r.reading.map(|x| x.load),
+                    age_s: r.age.map(|a| a.as_secs_f64()),
+                    stale: r.stale,
+                    over_limit: limited(v)
+                        .then(|| self.weight_shown(k).is_some_and(|w| w.over_limit)),
+                })
+            },
+            |key| {
+                let v = vip_of(&self.config, key)?;
+                limited(v).then(|| self.balancers.get(key).is_some_and(|c| c.limit_waived()))
+            },
+        );
     }
 
     /// Read the backends' live load (`backend_load`) into the metrics.
@@ -1056,6 +1082,7 @@ impl Daemon {
                 Ok(())
             }),
             Request::BackendList { vip } => self.backend_list(vip.as_ref()),
+            Request::VipShow { vip } => self.vip_show(&vip),
             Request::BackendAdd { vip, backend } => self.edit(|c| {
                 let i = find_vip(c, &vip)?;
                 c.vips[i].backends.push(backend);
@@ -1222,6 +1249,64 @@ impl Daemon {
             })
             .collect();
         Value::Array(rows)
+    }
+
+    /// `lbctl vip show`: how `vref`'s new flows are shared, and why.
+    fn vip_show(&self, vref: &VipRef) -> Result<Value, String> {
+        let v = &self.config.vips[find_vip(&self.config, vref)?];
+        let key = image::vip_key(v.address, v.port, v.protocol);
+        let now = Instant::now();
+        let controller = self.balancers.get(&key);
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| {
+                let bkey = BackendKey {
+                    vip: key,
+                    addr: b.address,
+                };
+                let weight = self.weight_shown(&bkey);
+                let shown = self.reports.shown(&bkey, v, now);
+                let health = match self.health.get(&bkey) {
+                    _ if v.health_check.kind == CheckKind::None => "unchecked",
+                    Some(h) if h.up => "up",
+                    _ => "down",
+                };
+                control::BackendShow {
+                    address: b.address,
+                    weight: b.weight,
+                    state: b.state,
+                    health: health.into(),
+                    effective_weight: weight
+                        .as_ref()
+                        .map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE)),
+                    why: weight.as_ref().map(|w| w.why.clone()),
+                    active_flows: self
+                        .ids
+                        .backend(&bkey)
+                        .and_then(|id| self.load.get(id))
+                        .map(|l| l.active_flows),
+                    report: shown.map(|r| control::ReportShow {
+                        utilization: r.reading.map(|x| x.utilization),
+                        load: r.reading.map(|x| x.load),
+                        limit_value: r.reading.and_then(|x| x.limit),
+                        age_s: r.age.map(|a| a.as_secs_f64()),
+                        stale: r.stale,
+                        error: r.error,
+                    }),
+                    over_hard_limit: weight.is_some_and(|w| w.over_limit),
+                }
+            })
+            .collect();
+        let show = control::VipShow {
+            vip: *vref,
+            mode: v.balancing.mode,
+            source: v.balancing.source,
+            hard_limit: v.balancing.hard_limit.clone(),
+            hard_limit_waived: controller.is_some_and(|c| c.limit_waived()),
+            backends,
+        };
+        serde_json::to_value(show).map_err(|e| e.to_string())
     }
 
     fn backend_list(&self, only: Option<&VipRef>) -> Result<Value, String> {

@@ -8,11 +8,14 @@
 
 use std::fmt;
 
+/// A series' labels, `(name, value)` in the order written.
+pub type Labels = Vec<(String, String)>;
+
 /// One sample line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -55,7 +58,7 @@ fn split_name(s: &str) -> Option<(&str, &str)> {
 
 /// `label="value",...}` (after the opening brace): the pairs and what
 /// follows the closing brace. Values may hold `\\`, `\"` and `\n`.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();
@@ -108,7 +111,7 @@ fn parse_value(s: &str) -> Option<f64> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Selector {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
 }
 
 impl Selector {
