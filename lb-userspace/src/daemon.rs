@@ -293,6 +293,7 @@ impl Daemon {
         let attachments = Attachments::attach_all(&mut dp, &config)?;
         let metrics = Arc::new(Metrics::default());
         metrics.table_rebuilds.inc_by(report.rings_rebuilt as u64);
+        metrics.add_slots_moved(&report.slots_moved);
         let announcer = Announcer::new(config.announce, &resumed.node);
         let speaker = SpeakerWatch::start(watched_speaker(&config));
         for a in attachments.iter() {
@@ -532,6 +533,7 @@ impl Daemon {
         self.metrics
             .table_rebuilds
             .inc_by(report.rings_rebuilt as u64);
+        self.metrics.add_slots_moved(&report.slots_moved);
         self.speaker.set_socket(watched_speaker(&config));
         self.config = config;
         self.ids = ids;

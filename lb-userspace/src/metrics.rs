@@ -7,7 +7,7 @@
 //! loses its series at the next update.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -117,6 +117,7 @@ pub struct ReportGauges {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub table_rebuilds: Counter,
+    ring_slots_moved: Family<VipLabels, Counter>,
     vip_packets: Family<VipLabels, Counter>,
     vip_bytes: Family<VipLabels, Counter>,
     vip_new_flows: Family<VipLabels, Counter>,
@@ -167,6 +168,7 @@ impl Default for Metrics {
         let m = Self {
             registry: Mutex::new(Registry::with_prefix("lb")),
             table_rebuilds: Counter::default(),
+            ring_slots_moved: Family::default(),
             vip_packets: Family::default(),
             vip_bytes: Family::default(),
             vip_new_flows: Family::default(),
@@ -210,6 +212,11 @@ impl Default for Metrics {
                 "table_rebuilds",
                 "Maglev tables built and published",
                 m.table_rebuilds.clone(),
+            );
+            r.register(
+                "ring_slots_moved",
+                "Slots of the VIP's Maglev ring that changed backend when it was rebuilt (backends added or removed, weights changed by hand or by balancing load)",
+                m.ring_slots_moved.clone(),
             );
             r.register(
                 "vip_packets",
@@ -381,6 +388,7 @@ impl Default for Metrics {
 /// `_total` / `_bucket` suffixes of the text format), with its type.
 pub const EXPORTED: &[(&str, &str)] = &[
     ("table_rebuilds", "counter"),
+    ("ring_slots_moved", "counter"),
     ("vip_packets", "counter"),
     ("vip_bytes", "counter"),
     ("vip_new_flows", "counter"),
@@ -451,6 +459,17 @@ impl Metrics {
 
     fn series_lock(&self) -> std::sync::MutexGuard<'_, Series> {
         self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count the slots each VIP's rebuilt ring handed to other backends.
+    pub fn add_slots_moved(&self, moved: &BTreeMap<VipKeyOrd, u64>) {
+        for (key, n) in moved {
+            self.ring_slots_moved
+                .get_or_create(&VipLabels {
+                    vip: key.to_string(),
+                })
+                .inc_by(*n);
+        }
     }
 
     /// Show each VIP's live ring digest, and only those of VIPs that exist.
@@ -726,6 +745,7 @@ impl Metrics {
             }
         }
         for l in series.vips.difference(&vips) {
+            self.ring_slots_moved.remove(l);
             self.vip_packets.remove(l);
             self.vip_bytes.remove(l);
             self.vip_new_flows.remove(l);

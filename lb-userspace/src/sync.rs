@@ -19,11 +19,15 @@
 //!    program is told that port-less VIPs exist (`CFG_F_PORTLESS_VIPS`)
 //!    before the first one is written, or it would not look it up.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use lb_common::maps::{BACKEND_F_ACTIVE, Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
 
 use crate::{
+    ids::VipKeyOrd,
     image::{self, Image},
     maglev,
     maps::{Maps, MapsError},
@@ -38,6 +42,9 @@ pub struct SyncReport {
     pub vips_written: usize,
     pub vips_removed: usize,
     pub rings_rebuilt: usize,
+    /// Slots that changed backend, by VIP, over the rebuilds of live rings
+    /// (a new VIP's first ring moves none).
+    pub slots_moved: BTreeMap<VipKeyOrd, u64>,
     /// VIPs whose rebuild moved slots, their previous owners recorded.
     pub previous_owners_recorded: usize,
     pub too_big_limit_written: bool,
@@ -107,6 +114,8 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
                     }
                     maps.publish_ring(&(*key).into(), &ring, vip.flags)?;
                     report.rings_rebuilt += 1;
+                    let moved = live.iter().zip(&ring).filter(|(a, b)| a != b).count();
+                    report.slots_moved.insert(*key, moved as u64);
                     report.vips_written += usize::from(meta.flags != vip.flags);
                     continue;
                 }

@@ -12,6 +12,7 @@ pub mod flood;
 pub mod fuzz;
 pub mod harness;
 pub mod http_client;
+pub mod inference_sim;
 pub mod lbd;
 pub mod netns;
 pub mod packets;
