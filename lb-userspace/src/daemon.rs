@@ -925,7 +925,11 @@ impl Daemon {
             };
             let change = controller.step(params, &members, now, ring_moved);
             for event in controller.take_limit_events() {
-                warn!(vip = %key, "hard limit: {event}");
+                if event.entered {
+                    warn!(vip = %key, "hard limit: {}", event.text);
+                } else {
+                    info!(vip = %key, "hard limit: {}", event.text);
+                }
             }
             if let Some(change) = change {
                 info!(

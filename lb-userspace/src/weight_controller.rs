@@ -119,7 +119,15 @@ pub struct Controller {
     /// Every backend in service is over the hard limit: it is waived.
     waived: bool,
     /// Hard-limit entries and exits since the last `take_limit_events`.
-    limit_events: Vec<String>,
+    limit_events: Vec<LimitEvent>,
+}
+
+/// A change of a backend's (or the VIP's) hard-limit state, for the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitEvent {
+    /// Into the limit (or a waiver): fewer backends take new flows.
+    pub entered: bool,
+    pub text: String,
 }
 
 /// What one interval changed.
@@ -157,8 +165,8 @@ impl Controller {
     }
 
     /// The hard-limit entries and exits (and waivers) since the last
-    /// call, one sentence each, for the log.
-    pub fn take_limit_events(&mut self) -> Vec<String> {
+    /// call, for the log.
+    pub fn take_limit_events(&mut self) -> Vec<LimitEvent> {
         std::mem::take(&mut self.limit_events)
     }
 
@@ -274,10 +282,14 @@ impl Controller {
             .collect();
         let waived = !members.is_empty() && over.len() == members.len();
         if waived != self.waived {
-            self.limit_events.push(if waived {
-                "every backend is over the hard limit: limit waived, new flows go by load".into()
-            } else {
-                "not every backend is over the hard limit any more: limit applies again".into()
+            self.limit_events.push(LimitEvent {
+                entered: waived,
+                text: if waived {
+                    "every backend is over the hard limit: limit waived, new flows go by load"
+                        .into()
+                } else {
+                    "not every backend is over the hard limit any more: limit applies again".into()
+                },
             });
         }
         self.waived = waived;
@@ -307,7 +319,7 @@ impl Controller {
             Some(v) => v >= limit.resume_level(),
             None => was && track.stale_for < p.stale_after,
         };
-        let event = match (was, track.over_limit, m.limit) {
+        let text = match (was, track.over_limit, m.limit) {
             (false, true, Some(v)) => format!(
                 "{}: {} {v} above the hard limit {}: no new flows",
                 m.addr, limit.metric, limit.above
@@ -324,7 +336,10 @@ impl Controller {
             ),
             _ => return,
         };
-        self.limit_events.push(event);
+        self.limit_events.push(LimitEvent {
+            entered: track.over_limit,
+            text,
+        });
     }
 
     /// The weight `m` would take this interval, before the budget, and why;
@@ -800,11 +815,10 @@ mod tests {
         );
         let events = c.take_limit_events();
         assert_eq!(events.len(), 2, "{events:?}");
-        assert!(
-            events[0].contains("11 above the hard limit 10"),
-            "{events:?}"
-        );
-        assert!(events[1].contains("7.9 under 8"), "{events:?}");
+        assert!(events[0].entered, "{events:?}");
+        assert!(events[0].text.contains("11 above the hard limit 10"));
+        assert!(!events[1].entered, "{events:?}");
+        assert!(events[1].text.contains("7.9 under 8"), "{events:?}");
         assert!(c.take_limit_events().is_empty());
     }
 
@@ -848,7 +862,9 @@ mod tests {
         );
         let events = c.take_limit_events();
         assert!(
-            events.iter().any(|e| e.contains("limit waived")),
+            events
+                .iter()
+                .any(|e| e.entered && e.text.contains("limit waived")),
             "{events:?}"
         );
         // One comes under again: the limit applies to the other.
@@ -883,7 +899,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|e| e.contains("no report for 2 intervals")),
+                .any(|e| !e.entered && e.text.contains("no report for 2 intervals")),
             "{events:?}"
         );
     }

@@ -6,7 +6,8 @@
 //! flows off a backend over its hard limit while its streams finish.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -34,11 +35,31 @@ fn sims(topo: &Topology, config: impl Fn(&str) -> SimConfig) -> Vec<InferenceSim
         .collect()
 }
 
+/// Where the lbds of these tests serve metrics, in the LB's namespace.
+const METRICS: &str = "127.0.0.1:9464";
+
 /// An lbd balancing the VIP by `balancing`, with health check `check`.
 fn lbd(topo: &Topology, tag: &str, check: Value, balancing: Value) -> Lbd {
     let mut config = topo.lbd_config(PORT, "tcp", check);
     config["vips"][0]["balancing"] = balancing;
-    Lbd::start(&topo.lb, Paths::new(tag), config)
+    Lbd::start_with(&topo.lb, Paths::new(tag), config, &["--metrics", METRICS])
+}
+
+/// The value of lbd's series `name` for backend `backend`, if it has one.
+fn metric(topo: &Topology, name: &str, backend: &str) -> Option<f64> {
+    let page = topo.lb.enter(|| {
+        let mut s = TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_secs(2))
+            .expect("lbd's metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        let _ = s.read_to_string(&mut page);
+        page
+    });
+    let series = format!("{name}{{vip=\"{VIP_ARG}\",backend=\"{backend}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
 }
 
 /// `lbctl vip show --json`'s row of backend `i` of `topo`.
@@ -119,17 +140,21 @@ fn vllm_balancing(capacity: f64) -> Value {
 #[test]
 fn e2e_prometheus_load_moves_new_streams_off_the_busy_backend() {
     let topo = Topology::new(3);
-    // b3 makes each token three times as slowly: it holds more streams
+    // b3 makes each token six times as slowly: it holds more streams
     // open, which its /metrics reports.
     let sims = sims(&topo, |name| SimConfig {
-        slowness: if name == "b3" { 3.0 } else { 1.0 },
+        slowness: if name == "b3" { 6.0 } else { 1.0 },
         ..SimConfig::new(name)
     });
+    // Capacity 12 requests: by configured weights (a third of the 24
+    // streams each) b3 would hold 18 of them open (utilization 1.5), b1
+    // and b2 three each (0.25); held near the target (about 10 open),
+    // its share of new streams is near 0.1.
     let lbd = lbd(
         &topo,
         "lrprom",
         json!({"type": "none"}),
-        vllm_balancing(8.0),
+        vllm_balancing(12.0),
     );
     let warm_up = Duration::from_secs(7);
     let results = StreamLoad::run(
@@ -155,12 +180,17 @@ fn e2e_prometheus_load_moves_new_streams_off_the_busy_backend() {
         share(2),
         lbd.log()
     );
-    // What lbd read: every backend reported, b3 by the prometheus source.
+    // What lbd read: every backend reported, fresh.
     for i in 0..3 {
         let r = shown(&lbd, &topo, i);
         assert_eq!(r["report"]["stale"], false, "{r}");
         assert!(r["report"]["utilization"].is_f64(), "{r}");
+        let b = topo.backends[i].addr.to_string();
+        assert_eq!(metric(&topo, "lb_backend_report_stale", &b), Some(0.0));
+        assert!(metric(&topo, "lb_backend_reported_utilization", &b).is_some());
     }
+    let out = lbd.ctl(&["vip", "show", VIP_ARG]);
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     let log = lbd.log();
     assert!(log.contains("effective weights changed"), "{log}");
     assert!(
@@ -284,6 +314,7 @@ fn e2e_backend_over_hard_limit_gets_no_new_flows_and_its_streams_finish() {
             .is_some_and(|w| w.starts_with("hard limit: vllm:num_requests_waiting")),
         "{show}"
     );
+    assert_eq!(metric(&topo, "lb_backend_over_hard_limit", &b2), Some(1.0));
     let b2_started = sims[1].counters().started;
     // New streams while b2 is over the limit: all to b1.
     let second = StreamLoad::run(
@@ -327,6 +358,7 @@ fn e2e_backend_over_hard_limit_gets_no_new_flows_and_its_streams_finish() {
                     .is_some_and(|w| w > 0.0)
         },
     );
+    assert_eq!(metric(&topo, "lb_backend_over_hard_limit", &b2), Some(0.0));
     let log = lbd.log();
     assert!(
         log.contains("above the hard limit 1: no new flows"),
