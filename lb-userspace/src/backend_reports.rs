@@ -7,7 +7,7 @@
 //! every reading and error.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     time::{Duration, Instant},
 };
@@ -101,7 +101,7 @@ impl BackendReports {
     /// the reports of backends no longer reporting.
     pub fn refresh(&mut self, config: &Config) {
         let mut wanted = BTreeMap::new();
-        let mut reporting = Vec::new();
+        let mut reporting = BTreeSet::new();
         for vip in &config.vips {
             let Some(source) = reported_source(vip) else {
                 continue;
@@ -112,7 +112,7 @@ impl BackendReports {
                     vip: vkey,
                     addr: b.address,
                 };
-                reporting.push(key);
+                reporting.insert(key);
                 if let (LoadSource::Prometheus, Some(p)) = (source, &vip.balancing.prometheus) {
                     let port = p.port.or(vip.health_check.port).unwrap_or(vip.port);
                     wanted.insert(

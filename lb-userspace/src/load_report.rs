@@ -180,15 +180,7 @@ async fn fetch(target: Target, path: &str) -> Result<String, String> {
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("send: {e}"))?;
-    let mut response = Vec::new();
-    let mut limited = (&mut stream).take(MAX_PAGE as u64 + 1);
-    limited
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    if response.len() > MAX_PAGE {
-        return Err(format!("response over {MAX_PAGE} bytes"));
-    }
+    let response = read_response(&mut stream).await?;
     let end = http_response::head_end(&response).ok_or("response without a whole head")?;
     let head = http_response::parse_head(&response[..end])?;
     if head.status != 200 {
@@ -196,6 +188,35 @@ async fn fetch(target: Target, path: &str) -> Result<String, String> {
     }
     let body = http_response::body(&head, &response[end..])?;
     String::from_utf8(body.into_owned()).map_err(|_| "the page is not UTF-8".into())
+}
+
+/// Read a response to its end: the connection's close, or the end of a
+/// body of known length (a server may keep the connection open despite
+/// `Connection: close`). At most [`MAX_PAGE`] bytes.
+async fn read_response(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let mut response = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Ok(response);
+        }
+        response.extend_from_slice(&chunk[..n]);
+        if response.len() > MAX_PAGE {
+            return Err(format!("response over {MAX_PAGE} bytes"));
+        }
+        let length = http_response::head_end(&response).and_then(|end| {
+            let head = http_response::parse_head(&response[..end]).ok()?;
+            let length: usize = head.field("content-length")?.parse().ok()?;
+            Some(end + length)
+        });
+        if length.is_some_and(|whole| response.len() >= whole) {
+            return Ok(response);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +333,24 @@ mod tests {
         let target = serve_once(response.into_bytes()).await;
         let r = scrape(&vllm(16.0), None, target).await.unwrap();
         assert_eq!(r.utilization, 0.5);
+    }
+
+    #[tokio::test]
+    async fn a_scrape_ends_with_the_body_on_a_connection_kept_open() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::from(listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", PAGE.len());
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(PAGE.as_bytes()).await;
+            // Held open past the scrape's timeout.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let r = scrape(&vllm(16.0), None, target).await.unwrap();
+        assert_eq!(r.load, 8.0);
     }
 
     #[tokio::test]
