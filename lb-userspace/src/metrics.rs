@@ -948,6 +948,7 @@ mod tests {
         m.vip_bytes.get_or_create(&v).inc();
         m.vip_new_flows.get_or_create(&v).inc();
         m.vip_dropped.get_or_create(&v).inc();
+        m.ring_slots_moved.get_or_create(&v).inc();
         m.backend_packets.get_or_create(&b).inc();
         m.backend_bytes.get_or_create(&b).inc();
         m.backend_new_flows.get_or_create(&b).inc();
@@ -988,6 +989,19 @@ mod tests {
         m.set_ring_digests([("v".to_string(), 7)]);
         m.set_backend_load(&two_vips(), |_| Some(Load::default()));
         m.set_effective_weights(&two_vips(), |_| Some(1.0));
+        m.set_load_reports(
+            &two_vips(),
+            |_, _| {
+                Some(ReportGauges {
+                    utilization: Some(0.5),
+                    load: Some(8.0),
+                    age_s: Some(0.3),
+                    stale: false,
+                    over_limit: Some(false),
+                })
+            },
+            |_| Some(false),
+        );
         let mut announcing = two_vips();
         announcing.announce = Some(crate::config::Announce::default());
         m.set_announced(&announcing, |_| true, false);
