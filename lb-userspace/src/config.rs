@@ -507,7 +507,9 @@ pub struct Balancing {
     #[serde(default)]
     pub mode: BalancingMode,
     /// Where a backend's load comes from in `load` mode: `flows` (default),
-    /// its active flows in this node's connection table.
+    /// its active flows in this node's connection table; `prometheus`,
+    /// gauges scraped from the backend (`prometheus`); `header`, a header
+    /// of the HTTP health check's response (`header`).
     #[serde(default)]
     pub source: LoadSource,
     /// The utilization the controller keeps backends under, 0.1 to 0.95.
@@ -547,6 +549,104 @@ pub struct Balancing {
     /// to its configured weight, 1 to 100. Default 3.
     #[serde(default = "default_stale_after")]
     pub stale_after: u32,
+    /// `source: prometheus`: what to scrape and how to turn it into load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusLoad>,
+    /// `source: header`: which header of the HTTP health check's response
+    /// carries the report. Unset: the defaults of [`HeaderLoad`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderLoad>,
+    /// A reported value over which a backend takes no new flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_limit: Option<HardLimit>,
+}
+
+/// Load scraped from each backend's Prometheus endpoint
+/// (`vips[].balancing.prometheus`), once per interval. A backend's load is
+/// the sum of each selected gauge times its coefficient; its utilization
+/// is that load over `capacity`, the load at which a backend is full
+/// whatever its weight (the weight sets its share, the report how busy it
+/// is).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusLoad {
+    /// Port to scrape. Default the health check's port, else the VIP's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Path to scrape. Default `/metrics`.
+    #[serde(default = "default_metrics_path")]
+    pub path: String,
+    /// Gauge selector (`name`, or `name{label="value",...}`, summed over
+    /// the series that match) to its coefficient in the load.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The load at which a backend is fully used; 1 for a gauge that is a
+    /// utilization already (0 to 1). Default 1.
+    #[serde(default = "default_capacity")]
+    pub capacity: f64,
+    /// Milliseconds a scrape may take, at least 10 and under the interval.
+    /// Default 500.
+    #[serde(default = "default_scrape_timeout")]
+    pub timeout_ms: u64,
+}
+
+/// Load read from a header of the HTTP health check's response
+/// (`vips[].balancing.header`), ORCA's text form:
+/// `TEXT utilization=0.5, rps_fractional=10, named_metrics.waiting=3`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderLoad {
+    /// The header. Default `endpoint-load-metrics`.
+    #[serde(default = "default_report_header")]
+    pub name: String,
+    /// The key whose value is the load. Default `utilization`.
+    #[serde(default = "default_report_key")]
+    pub key: String,
+    /// The load at which a backend is fully used. Default 1.
+    #[serde(default = "default_capacity")]
+    pub capacity: f64,
+}
+
+impl Default for HeaderLoad {
+    fn default() -> Self {
+        Self {
+            name: default_report_header(),
+            key: default_report_key(),
+            capacity: default_capacity(),
+        }
+    }
+}
+
+/// A reported value over which a backend takes no new flows
+/// (`vips[].balancing.hard_limit`): out of the ring, its established flows
+/// going on, until the value falls under `resume_below`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardLimit {
+    /// A gauge selector (source `prometheus`) or a key of the report
+    /// (source `header`).
+    pub metric: String,
+    /// The backend is over the limit while the value is above this.
+    pub above: f64,
+    /// Over the limit, it takes new flows again once the value is under
+    /// this, at most `above`. Unset: 80% of `above`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_below: Option<f64>,
+}
+
+impl HardLimit {
+    /// The value under which a backend over the limit comes back.
+    pub fn resume_level(&self) -> f64 {
+        self.resume_below.unwrap_or(self.above * 0.8)
+    }
+}
+
+impl Balancing {
+    /// The header of the HTTP check's response to read reports from, for
+    /// a `load`-mode VIP with `source: header`.
+    pub fn report_header(&self) -> Option<String> {
+        (self.mode == BalancingMode::Load && self.source == LoadSource::Header)
+            .then(|| self.header.clone().unwrap_or_default().name)
+    }
 }
 
 impl Default for Balancing {
@@ -563,6 +663,9 @@ impl Default for Balancing {
             ring_budget: default_ring_budget(),
             slow_start_s: default_slow_start(),
             stale_after: default_stale_after(),
+            prometheus: None,
+            header: None,
+            hard_limit: None,
         }
     }
 }
@@ -578,8 +681,23 @@ pub enum BalancingMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadSource {
+    /// Active flows in this node's connection table.
     #[default]
     Flows,
+    /// Gauges scraped from each backend (`prometheus`).
+    Prometheus,
+    /// A header of the HTTP health check's response (`header`).
+    Header,
+}
+
+impl LoadSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadSource::Flows => "flows",
+            LoadSource::Prometheus => "prometheus",
+            LoadSource::Header => "header",
+        }
+    }
 }
 
 fn default_target_utilization() -> f64 {
@@ -606,9 +724,220 @@ fn default_slow_start() -> u64 {
 fn default_stale_after() -> u32 {
     3
 }
+fn default_metrics_path() -> String {
+    "/metrics".into()
+}
+fn default_capacity() -> f64 {
+    1.0
+}
+fn default_scrape_timeout() -> u64 {
+    500
+}
+fn default_report_header() -> String {
+    "endpoint-load-metrics".into()
+}
+fn default_report_key() -> String {
+    "utilization".into()
+}
 
-/// The problems of `vips[].balancing`, reported at `at`.
-fn check_balancing(b: &Balancing, at: &str, bad: &mut impl FnMut(String, String)) {
+/// The problems of `vips[].balancing` of `vip`, reported at `at`.
+fn check_balancing(vip: &Vip, at: &str, bad: &mut impl FnMut(String, String)) {
+    let b = &vip.balancing;
+    check_balancing_ranges(b, at, bad);
+    check_load_source(vip, at, bad);
+    if let Some(p) = &b.prometheus {
+        check_prometheus(p, vip, &format!("{at}.prometheus"), bad);
+    }
+    if let Some(h) = &b.header {
+        check_header(h, &format!("{at}.header"), bad);
+    }
+    if let Some(limit) = &b.hard_limit {
+        check_hard_limit(limit, b, &format!("{at}.hard_limit"), bad);
+    }
+}
+
+/// Which load source `vip` uses, and that the blocks it sets fit it.
+fn check_load_source(vip: &Vip, at: &str, bad: &mut impl FnMut(String, String)) {
+    let b = &vip.balancing;
+    let source = b.source.name();
+    if b.mode == BalancingMode::Static {
+        if b.source != LoadSource::Flows {
+            bad(
+                format!("{at}.source"),
+                format!(
+                    "{source} applies to mode load only: mode static balances by the configured weights"
+                ),
+            );
+        }
+        if b.hard_limit.is_some() {
+            bad(
+                format!("{at}.hard_limit"),
+                "applies to mode load only: mode static balances by the configured weights".into(),
+            );
+        }
+    }
+    let misplaced = [
+        (
+            "prometheus",
+            b.prometheus.is_some() && b.source != LoadSource::Prometheus,
+        ),
+        (
+            "header",
+            b.header.is_some() && b.source != LoadSource::Header,
+        ),
+        (
+            "flows_per_weight",
+            b.flows_per_weight.is_some() && b.source != LoadSource::Flows,
+        ),
+    ];
+    for (field, _) in misplaced.into_iter().filter(|(_, wrong)| *wrong) {
+        bad(
+            format!("{at}.{field}"),
+            format!("does not apply to source {source}"),
+        );
+    }
+    match b.source {
+        LoadSource::Prometheus if b.prometheus.is_none() => bad(
+            format!("{at}.prometheus"),
+            "source prometheus needs the gauges to scrape: give prometheus.metrics".into(),
+        ),
+        LoadSource::Header if vip.health_check.kind != CheckKind::Http => bad(
+            format!("{at}.source"),
+            format!(
+                "header is read from the HTTP health check's response: needs health_check.type http, not {}",
+                format!("{:?}", vip.health_check.kind).to_lowercase()
+            ),
+        ),
+        LoadSource::Flows if b.hard_limit.is_some() => bad(
+            format!("{at}.hard_limit"),
+            "needs a value the backends report: source prometheus or header".into(),
+        ),
+        _ => {}
+    }
+}
+
+/// `vips[].balancing.prometheus` of `vip`.
+fn check_prometheus(p: &PrometheusLoad, vip: &Vip, at: &str, bad: &mut impl FnMut(String, String)) {
+    if p.metrics.is_empty() {
+        bad(
+            format!("{at}.metrics"),
+            "give at least one gauge to scrape".into(),
+        );
+    }
+    for (selector, coefficient) in &p.metrics {
+        let field = format!("{at}.metrics[{selector:?}]");
+        if let Err(e) = crate::prometheus_text::Selector::parse(selector) {
+            bad(field.clone(), e);
+        }
+        if !coefficient.is_finite() {
+            bad(field, format!("{coefficient} is not a finite number"));
+        }
+    }
+    check_capacity(p.capacity, at, bad);
+    let most = vip.balancing.interval_s.saturating_mul(1000);
+    if p.timeout_ms < 10 || p.timeout_ms > most {
+        bad(
+            format!("{at}.timeout_ms"),
+            format!(
+                "{} must be at least 10 and at most the interval ({most})",
+                p.timeout_ms
+            ),
+        );
+    }
+    if !p.path.starts_with('/') || !is_request_token(&p.path) {
+        bad(
+            format!("{at}.path"),
+            format!(
+                "{:?} must start with / and contain no whitespace or control character",
+                p.path
+            ),
+        );
+    }
+    match p.port {
+        Some(0) => bad(
+            format!("{at}.port"),
+            "0 cannot be scraped: give the port the backends serve metrics on".into(),
+        ),
+        None if vip.health_check.port.is_none() && vip.port == 0 => bad(
+            format!("{at}.port"),
+            "required for a port-less VIP (port 0) without a health_check.port".into(),
+        ),
+        _ => {}
+    }
+}
+
+/// `vips[].balancing.header`.
+fn check_header(h: &HeaderLoad, at: &str, bad: &mut impl FnMut(String, String)) {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    };
+    if !token(&h.name) {
+        bad(
+            format!("{at}.name"),
+            format!("{:?} is not an HTTP header name", h.name),
+        );
+    }
+    if !crate::load_header::is_key(&h.key) {
+        bad(
+            format!("{at}.key"),
+            format!(
+                "{:?} is not a report key (like utilization or named_metrics.waiting)",
+                h.key
+            ),
+        );
+    }
+    check_capacity(h.capacity, at, bad);
+}
+
+fn check_capacity(capacity: f64, at: &str, bad: &mut impl FnMut(String, String)) {
+    if !(capacity.is_finite() && capacity > 0.0) {
+        bad(
+            format!("{at}.capacity"),
+            format!("{capacity} must be a number above 0"),
+        );
+    }
+}
+
+/// `vips[].balancing.hard_limit` of a VIP balanced by `b`.
+fn check_hard_limit(
+    limit: &HardLimit,
+    b: &Balancing,
+    at: &str,
+    bad: &mut impl FnMut(String, String),
+) {
+    let metric = match b.source {
+        LoadSource::Prometheus => crate::prometheus_text::Selector::parse(&limit.metric).err(),
+        LoadSource::Header => (!crate::load_header::is_key(&limit.metric)).then(|| {
+            format!(
+                "{:?} is not a report key (like named_metrics.waiting)",
+                limit.metric
+            )
+        }),
+        LoadSource::Flows => None,
+    };
+    if let Some(why) = metric {
+        bad(format!("{at}.metric"), why);
+    }
+    if !limit.above.is_finite() {
+        bad(
+            format!("{at}.above"),
+            format!("{} is not a finite number", limit.above),
+        );
+    }
+    if let Some(r) = limit.resume_below
+        && !(r.is_finite() && r <= limit.above)
+    {
+        bad(
+            format!("{at}.resume_below"),
+            format!("{r} must be a number at most above ({})", limit.above),
+        );
+    }
+}
+
+/// The ranges of `vips[].balancing`'s numbers.
+fn check_balancing_ranges(b: &Balancing, at: &str, bad: &mut impl FnMut(String, String)) {
     let share = |name: &str, x: f64, low: f64, low_open: bool, high: f64| {
         let below = if low_open { x <= low } else { x < low };
         (below || x > high || x.is_nan()).then(|| {
@@ -1161,7 +1490,7 @@ impl Config {
                 ),
                 _ => {}
             }
-            check_balancing(&vip.balancing, &format!("{at}.balancing"), &mut bad);
+            check_balancing(vip, &format!("{at}.balancing"), &mut bad);
             check_health(
                 &vip.health_check,
                 vip.port,
@@ -1918,6 +2247,162 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "tables.ring_size: 65536 is not a prime of at least 7"
+        );
+    }
+}
+
+#[cfg(test)]
+mod load_report_tests {
+    //! `vips[].balancing` with a reported load (`prometheus`, `header`)
+    //! and hard limits.
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A VIP on port 80 with an HTTP check and `balancing`.
+    fn with_balancing(balancing: Value) -> Vec<String> {
+        let v = json!({
+            "interfaces": [{"name": "eth0"}],
+            "tunnel_source": {"ipv4": "198.51.100.2"},
+            "vips": [{
+                "address": "198.51.100.10", "port": 80, "protocol": "tcp",
+                "health_check": {"type": "http", "path": "/health"},
+                "balancing": balancing,
+                "backends": [{"address": "198.51.100.101"}]
+            }]
+        });
+        match Config::from_json(&v.to_string()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(Problem::to_string).collect(),
+        }
+    }
+
+    fn vllm() -> Value {
+        json!({
+            "mode": "load", "source": "prometheus",
+            "prometheus": {
+                "metrics": {"vllm:num_requests_running": 1, "vllm:num_requests_waiting": 1},
+                "capacity": 32
+            },
+            "hard_limit": {"metric": "vllm:num_requests_waiting", "above": 16}
+        })
+    }
+
+    #[test]
+    fn a_vllm_prometheus_source_with_a_hard_limit_is_accepted_with_defaults() {
+        assert_eq!(with_balancing(vllm()), [""; 0]);
+        let mut b: Balancing = serde_json::from_value(vllm()).unwrap();
+        let p = b.prometheus.take().unwrap();
+        assert_eq!(
+            (p.path.as_str(), p.timeout_ms, p.port),
+            ("/metrics", 500, None)
+        );
+        assert_eq!(b.hard_limit.unwrap().resume_level(), 16.0 * 0.8);
+        let header = json!({"mode": "load", "source": "header"});
+        assert_eq!(with_balancing(header.clone()), [""; 0]);
+        let b: Balancing = serde_json::from_value(header).unwrap();
+        assert_eq!(b.report_header().as_deref(), Some("endpoint-load-metrics"));
+    }
+
+    #[test]
+    fn source_blocks_must_fit_the_source_and_mode() {
+        let mut b = vllm();
+        b["source"] = "flows".into();
+        assert_eq!(
+            with_balancing(b),
+            [
+                "vips[0].balancing.prometheus: does not apply to source flows",
+                "vips[0].balancing.hard_limit: needs a value the backends report: source prometheus or header",
+            ]
+        );
+        let mut b = vllm();
+        b["mode"] = "static".into();
+        assert_eq!(
+            with_balancing(b),
+            [
+                "vips[0].balancing.source: prometheus applies to mode load only: mode static balances by the configured weights",
+                "vips[0].balancing.hard_limit: applies to mode load only: mode static balances by the configured weights",
+            ]
+        );
+        assert_eq!(
+            with_balancing(json!({"mode": "load", "source": "prometheus"})),
+            [
+                "vips[0].balancing.prometheus: source prometheus needs the gauges to scrape: give prometheus.metrics"
+            ]
+        );
+        assert_eq!(
+            with_balancing(json!({"mode": "load", "source": "header", "flows_per_weight": 10})),
+            ["vips[0].balancing.flows_per_weight: does not apply to source header"]
+        );
+    }
+
+    #[test]
+    fn the_header_source_needs_an_http_check() {
+        let v = json!({
+            "interfaces": [{"name": "eth0"}],
+            "tunnel_source": {"ipv4": "198.51.100.2"},
+            "vips": [{
+                "address": "198.51.100.10", "port": 80, "protocol": "tcp",
+                "health_check": {"type": "tcp"},
+                "balancing": {"mode": "load", "source": "header"},
+                "backends": [{"address": "198.51.100.101"}]
+            }]
+        });
+        let e = Config::from_json(&v.to_string()).unwrap_err();
+        assert_eq!(
+            e.problems[0].to_string(),
+            "vips[0].balancing.source: header is read from the HTTP health check's response: needs health_check.type http, not tcp"
+        );
+    }
+
+    #[test]
+    fn bad_prometheus_header_and_limit_fields_name_their_path() {
+        let mut b = vllm();
+        b["prometheus"]["metrics"] = json!({"vllm:x{a=b}": 1});
+        b["prometheus"]["capacity"] = 0.into();
+        b["prometheus"]["timeout_ms"] = 5000.into();
+        b["prometheus"]["path"] = "metrics".into();
+        b["prometheus"]["port"] = 0.into();
+        b["hard_limit"]["resume_below"] = 20.into();
+        assert_eq!(
+            with_balancing(b),
+            [
+                r#"vips[0].balancing.prometheus.metrics["vllm:x{a=b}"]: "vllm:x{a=b}" is not a metric selector (like name or name{label="value"}): " was expected"#,
+                "vips[0].balancing.prometheus.capacity: 0 must be a number above 0",
+                "vips[0].balancing.prometheus.timeout_ms: 5000 must be at least 10 and at most the interval (2000)",
+                r#"vips[0].balancing.prometheus.path: "metrics" must start with / and contain no whitespace or control character"#,
+                "vips[0].balancing.prometheus.port: 0 cannot be scraped: give the port the backends serve metrics on",
+                "vips[0].balancing.hard_limit.resume_below: 20 must be a number at most above (16)",
+            ]
+        );
+        let b = json!({
+            "mode": "load", "source": "header",
+            "header": {"name": "bad header", "key": "a=b"},
+            "hard_limit": {"metric": "", "above": 1}
+        });
+        assert_eq!(
+            with_balancing(b),
+            [
+                r#"vips[0].balancing.header.name: "bad header" is not an HTTP header name"#,
+                r#"vips[0].balancing.header.key: "a=b" is not a report key (like utilization or named_metrics.waiting)"#,
+                r#"vips[0].balancing.hard_limit.metric: "" is not a report key (like named_metrics.waiting)"#,
+            ]
+        );
+        let e = Config::from_json(
+            &json!({
+                "interfaces": [{"name": "eth0"}],
+                "vips": [{"address": "198.51.100.10", "port": 80, "protocol": "tcp",
+                  "balancing": {"mode": "load", "source": "prometheus",
+                     "prometheus": {"metrics": {"m": 1}, "scrape": true}}}]
+            })
+            .to_string(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("vips[0].balancing.prometheus.scrape: unknown field `scrape`"),
+            "{e}"
         );
     }
 }

@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     capture::{CaptureEvent, CaptureSpec},
-    config::{BackendConfig, Protocol, Vip},
+    config::{AdminState, BackendConfig, BalancingMode, HardLimit, LoadSource, Protocol, Vip},
     config_format::ConfigFormat,
 };
 
@@ -49,6 +49,10 @@ pub enum Request {
     /// Daemon, attachment and table state.
     Status,
     VipList,
+    /// One VIP's balancing: weights, why, load reports, hard limits.
+    VipShow {
+        vip: VipRef,
+    },
     VipAdd {
         /// Boxed: a VIP is far larger than any other request.
         vip: Box<Vip>,
@@ -117,6 +121,56 @@ pub enum Request {
     Capture {
         spec: CaptureSpec,
     },
+}
+
+/// The reply to [`Request::VipShow`] (`lbctl vip show`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipShow {
+    pub vip: VipRef,
+    pub mode: BalancingMode,
+    pub source: LoadSource,
+    pub hard_limit: Option<HardLimit>,
+    /// Every backend in service is over the hard limit, so it is waived.
+    pub hard_limit_waived: bool,
+    pub backends: Vec<BackendShow>,
+}
+
+/// One backend of a [`VipShow`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendShow {
+    pub address: IpAddr,
+    /// `vips[].backends[].weight`.
+    pub weight: u32,
+    pub state: AdminState,
+    /// `up`, `down` or `unchecked`.
+    pub health: String,
+    /// The weight its share of new flows follows, in units of the
+    /// configured weight; `None` while it takes no new flows.
+    pub effective_weight: Option<f64>,
+    /// Why the effective weight is what it is.
+    pub why: Option<String>,
+    /// Its active flows on this node.
+    pub active_flows: Option<u64>,
+    /// Its last load report (`source` `prometheus` or `header`).
+    pub report: Option<ReportShow>,
+    /// Over its hard limit: no new flows (unless the limit is waived).
+    pub over_hard_limit: bool,
+}
+
+/// A backend's last load report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportShow {
+    /// The load over the capacity.
+    pub utilization: Option<f64>,
+    pub load: Option<f64>,
+    /// The value the hard limit applies to.
+    pub limit_value: Option<f64>,
+    /// Seconds since the last good report.
+    pub age_s: Option<f64>,
+    /// Too old to count: the controller treats the backend as unreported.
+    pub stale: bool,
+    /// Why the latest report was unusable, if it was.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ use crate::{
     announce::{self, Announcer},
     attachments::{self, Attachments, Change},
     backend_load::BackendLoad,
+    backend_reports::{self, BackendReports, ScrapeKey},
     capture::{CaptureEvent, CaptureMaps, CaptureSpec, Capturer},
     config::BalancingMode,
     config::{AdminState, CheckKind, Config, HealthCheck, NodeOverrides, Protocol, Tables, Vip},
@@ -56,6 +57,7 @@ use crate::{
     ids::{BackendKey, Ids, VipKeyOrd},
     image::{self, BackendStatus, Image},
     layout::PinOwner,
+    load_report::ReportEvent,
     maps::{FillMethod, Maps, MapsError, TableFill},
     metrics::{InterfaceLabels, InterfaceName, Metrics},
     netdev, onlink,
@@ -65,7 +67,7 @@ use crate::{
     speaker::SpeakerWatch,
     sync::{self, SyncReport},
     tunnel_probe::TunnelPath,
-    weight_controller::{self, Member},
+    weight_controller::{self, Load, Member},
 };
 
 /// Where the kernel keeps no element count, `status` and metrics count
@@ -101,6 +103,8 @@ struct HealthRecord {
     port: u16,
     /// Where the probe through the tunnel goes, if the VIP has one.
     tunnel: Option<TunnelPath>,
+    /// The response header the check reads a load report from, if any.
+    report_header: Option<String>,
     checker: Option<tokio::task::JoinHandle<()>>,
     last_reason: String,
     last_latency: Option<Duration>,
@@ -156,6 +160,8 @@ pub struct Daemon {
     load_fresh: bool,
     /// The weight controller of each `load`-mode VIP.
     balancers: BTreeMap<VipKeyOrd, weight_controller::Controller>,
+    /// Load reported by the backends (`source: prometheus` or `header`).
+    reports: BackendReports,
     pub metrics: Arc<Metrics>,
 }
 
@@ -168,6 +174,7 @@ impl Daemon {
         config_path: PathBuf,
         node: NodeOverrides,
         health_tx: mpsc::Sender<HealthEvent<CheckKey>>,
+        report_tx: mpsc::Sender<ReportEvent<ScrapeKey>>,
     ) -> anyhow::Result<Self> {
         crate::bpffs::prepare(&config.pin_dir).context("pin_dir")?;
         let adopted = Datapath::has_pinned_state(&config.pin_dir);
@@ -335,6 +342,7 @@ impl Daemon {
             load: BackendLoad::default(),
             load_fresh: false,
             balancers: BTreeMap::new(),
+            reports: BackendReports::new(report_tx),
             metrics,
             file_text,
             state: StateWriter::new(state_file, data_plane, node),
@@ -342,6 +350,7 @@ impl Daemon {
         daemon.health = health_records;
         daemon.refresh_ring_digests();
         daemon.refresh_checkers();
+        daemon.reports.refresh(&daemon.config);
         daemon.refresh_drains();
         daemon.refresh_announcements();
         daemon.save_state();
@@ -536,6 +545,7 @@ impl Daemon {
             self.refresh_ring_digests();
         }
         self.refresh_checkers();
+        self.reports.refresh(&self.config);
         self.refresh_drains();
         self.refresh_announcements();
         self.save_state();
@@ -617,6 +627,7 @@ impl Daemon {
         for vip in &self.config.vips {
             let vkey = image::vip_key(vip.address, vip.port, vip.protocol);
             let port = vip.health_check.port.unwrap_or(vip.port);
+            let report_header = vip.balancing.report_header();
             for b in &vip.backends {
                 let tunnel = TunnelPath::of(&self.config.tunnel_source, vip, b.address);
                 wanted.insert(
@@ -624,15 +635,24 @@ impl Daemon {
                         vip: vkey,
                         addr: b.address,
                     },
-                    (vip.health_check.clone(), port, tunnel),
+                    (
+                        vip.health_check.clone(),
+                        port,
+                        tunnel,
+                        report_header.clone(),
+                    ),
                 );
             }
         }
         self.health.retain(|k, _| wanted.contains_key(k));
-        for (key, (check, port, tunnel)) in wanted {
+        for (key, (check, port, tunnel, report_header)) in wanted {
             let current = self.health.get(&key);
             if current.is_some_and(|h| {
-                h.check == check && h.port == port && h.tunnel == tunnel && h.checker.is_some()
+                h.check == check
+                    && h.port == port
+                    && h.tunnel == tunnel
+                    && h.report_header == report_header
+                    && h.checker.is_some()
             }) {
                 continue;
             }
@@ -653,6 +673,7 @@ impl Daemon {
                 check.clone(),
                 target,
                 tunnel,
+                report_header.clone(),
                 check_key,
                 up,
                 self.health_tx.clone(),
@@ -665,6 +686,7 @@ impl Daemon {
                     check,
                     port,
                     tunnel,
+                    report_header,
                     checker: Some(checker),
                     last_reason: String::new(),
                     last_latency: None,
@@ -704,8 +726,9 @@ impl Daemon {
             debug!(backend = %key.addr, "result of a replaced health checker ignored");
             return;
         }
-        if let Some(vip) = self.vip_config(&key.vip) {
+        if let Some(vip) = vip_of(&self.config, &key.vip) {
             self.metrics.observe_check(vip, key.addr, ev.result.latency);
+            self.reports.on_probe(key, vip, &ev.result);
         }
         let Some(rec) = self.health.get_mut(&key) else {
             return;
@@ -718,6 +741,11 @@ impl Daemon {
             info!(backend = %key.addr, up = ev.up, reason = %ev.result.reason, "backend health changed");
             self.reapply();
         }
+    }
+
+    /// A scraper's load report (`source: prometheus`).
+    pub fn on_report(&mut self, ev: ReportEvent<ScrapeKey>) {
+        self.reports.on_scrape(ev);
     }
 
     /// Once a second: cut off drains that ran out of time.
@@ -745,6 +773,7 @@ impl Daemon {
             self.weight_shown(k)
                 .map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE))
         });
+        self.show_load_reports();
         // The kernel's element counts cost a syscall each; a key walk (on
         // kernels without them) costs one per entry, so it is done rarely.
         self.ticks = self.ticks.wrapping_add(1);
@@ -756,6 +785,31 @@ impl Daemon {
         // Puts back what someone removed, retries what failed.
         self.refresh_announcements();
         self.metrics.set_speaker(&self.speaker.state());
+    }
+
+    /// The backends' load reports and hard-limit states into the metrics.
+    fn show_load_reports(&self) {
+        let now = Instant::now();
+        let limited =
+            |v: &Vip| v.balancing.hard_limit.is_some() && v.balancing.mode == BalancingMode::Load;
+        self.metrics.set_load_reports(
+            &self.config,
+            |k, v| {
+                let r = self.reports.shown(k, v, now)?;
+                Some(crate::metrics::ReportGauges {
+                    utilization: r.reading.map(|x| x.utilization),
+                    load: r.reading.map(|x| x.load),
+                    age_s: r.age.map(|a| a.as_secs_f64()),
+                    stale: r.stale,
+                    over_limit: limited(v)
+                        .then(|| self.weight_shown(k).is_some_and(|w| w.over_limit)),
+                })
+            },
+            |key| {
+                let v = vip_of(&self.config, key)?;
+                limited(v).then(|| self.balancers.get(key).is_some_and(|c| c.limit_waived()))
+            },
+        );
     }
 
     /// Read the backends' live load (`backend_load`) into the metrics.
@@ -789,6 +843,7 @@ impl Daemon {
             BalancingMode::Static => in_ring.then(|| weight_controller::Weight {
                 effective: backend.weight * weight_controller::SCALE,
                 why: "configured (balancing static)".into(),
+                over_limit: false,
             }),
             BalancingMode::Load => self.balancers.get(&key.vip)?.weight(&key.addr),
         }
@@ -838,22 +893,47 @@ impl Daemon {
                 .iter()
                 .filter_map(|m| {
                     let configured = config.backends.iter().find(|b| b.address == m.addr)?.weight;
-                    let active_flows = self
-                        .load_fresh
-                        .then(|| self.load.get(m.id).map(|l| l.active_flows))
-                        .flatten();
+                    let (load, limit) = match backend_reports::reported_source(config) {
+                        None => {
+                            let flows = self
+                                .load_fresh
+                                .then(|| self.load.get(m.id).map(|l| l.active_flows))
+                                .flatten();
+                            (flows.map(Load::Flows), None)
+                        }
+                        Some(_) => {
+                            let bkey = BackendKey {
+                                vip: *key,
+                                addr: m.addr,
+                            };
+                            let reading = self.reports.fresh(&bkey, config, now);
+                            (
+                                reading.map(|r| Load::Utilization(r.utilization)),
+                                reading.and_then(|r| r.limit),
+                            )
+                        }
+                    };
                     Some(Member {
                         addr: m.addr,
                         id: m.id,
                         configured,
-                        active_flows,
+                        load,
+                        limit,
                     })
                 })
                 .collect();
             let ring_moved = |old: &[(u32, u32)], new: &[(u32, u32)]| {
                 weight_controller::moved_share(&members, old, new, ring_size)
             };
-            if let Some(change) = controller.step(params, &members, now, ring_moved) {
+            let change = controller.step(params, &members, now, ring_moved);
+            for event in controller.take_limit_events() {
+                if event.entered {
+                    warn!(vip = %key, "hard limit: {}", event.text);
+                } else {
+                    info!(vip = %key, "hard limit: {}", event.text);
+                }
+            }
+            if let Some(change) = change {
                 info!(
                     vip = %key,
                     ring_moved = format!("{:.1}%", change.ring_moved * 100.0),
@@ -1013,6 +1093,7 @@ impl Daemon {
                 Ok(())
             }),
             Request::BackendList { vip } => self.backend_list(vip.as_ref()),
+            Request::VipShow { vip } => self.vip_show(&vip),
             Request::BackendAdd { vip, backend } => self.edit(|c| {
                 let i = find_vip(c, &vip)?;
                 c.vips[i].backends.push(backend);
@@ -1181,6 +1262,64 @@ impl Daemon {
             })
             .collect();
         Value::Array(rows)
+    }
+
+    /// `lbctl vip show`: how `vref`'s new flows are shared, and why.
+    fn vip_show(&self, vref: &VipRef) -> Result<Value, String> {
+        let v = &self.config.vips[find_vip(&self.config, vref)?];
+        let key = image::vip_key(v.address, v.port, v.protocol);
+        let now = Instant::now();
+        let controller = self.balancers.get(&key);
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| {
+                let bkey = BackendKey {
+                    vip: key,
+                    addr: b.address,
+                };
+                let weight = self.weight_shown(&bkey);
+                let shown = self.reports.shown(&bkey, v, now);
+                let health = match self.health.get(&bkey) {
+                    _ if v.health_check.kind == CheckKind::None => "unchecked",
+                    Some(h) if h.up => "up",
+                    _ => "down",
+                };
+                control::BackendShow {
+                    address: b.address,
+                    weight: b.weight,
+                    state: b.state,
+                    health: health.into(),
+                    effective_weight: weight
+                        .as_ref()
+                        .map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE)),
+                    why: weight.as_ref().map(|w| w.why.clone()),
+                    active_flows: self
+                        .ids
+                        .backend(&bkey)
+                        .and_then(|id| self.load.get(id))
+                        .map(|l| l.active_flows),
+                    report: shown.map(|r| control::ReportShow {
+                        utilization: r.reading.map(|x| x.utilization),
+                        load: r.reading.map(|x| x.load),
+                        limit_value: r.reading.and_then(|x| x.limit),
+                        age_s: r.age.map(|a| a.as_secs_f64()),
+                        stale: r.stale,
+                        error: r.error,
+                    }),
+                    over_hard_limit: weight.is_some_and(|w| w.over_limit),
+                }
+            })
+            .collect();
+        let show = control::VipShow {
+            vip: *vref,
+            mode: v.balancing.mode,
+            source: v.balancing.source,
+            hard_limit: v.balancing.hard_limit.clone(),
+            hard_limit_waived: controller.is_some_and(|c| c.limit_waived()),
+            backends,
+        };
+        serde_json::to_value(show).map_err(|e| e.to_string())
     }
 
     fn backend_list(&self, only: Option<&VipRef>) -> Result<Value, String> {
@@ -1560,6 +1699,7 @@ fn initial_health(
                     check: vip.health_check.clone(),
                     port: vip.health_check.port.unwrap_or(vip.port),
                     tunnel: None,
+                    report_header: None,
                     checker: None,
                     last_reason: String::new(),
                     last_latency: None,

@@ -45,6 +45,10 @@ use crate::{
 /// server that sends more without a line end is not speaking HTTP.
 const MAX_STATUS_LINE: usize = 1024;
 
+/// Longest response head (status line and header fields) read when a
+/// load report is wanted from it (`vips[].balancing.source: header`).
+const MAX_HEAD: usize = 8192;
+
 /// UDP receive buffer. Only a prefix of the reply is compared, so a longer
 /// datagram being truncated does not matter; the buffer only has to hold
 /// `expect`.
@@ -101,6 +105,9 @@ pub struct ProbeResult {
     /// Why the probe through the tunnel failed, when there was one and it
     /// failed (the same text is in `reason`).
     pub tunnel_failure: Option<String>,
+    /// The value of the load-report header of a successful HTTP probe,
+    /// when one was asked for and the response had it.
+    pub report: Option<String>,
 }
 
 impl ProbeResult {
@@ -112,6 +119,7 @@ impl ProbeResult {
             reason: "not checked".into(),
             latency: Duration::ZERO,
             tunnel_failure: None,
+            report: None,
         }
     }
 }
@@ -215,11 +223,21 @@ type Verdict = Result<String, String>;
 /// than that however the backend misbehaves. Never panics and never returns
 /// an error: every problem is a failed probe with a reason.
 pub async fn probe(check: &HealthCheck, target: Target) -> ProbeResult {
+    probe_reporting(check, target, None).await
+}
+
+/// [`probe`], also reading the value of header `report_header` from an
+/// HTTP check's response (bounded by [`MAX_HEAD`]).
+pub async fn probe_reporting(
+    check: &HealthCheck,
+    target: Target,
+    report_header: Option<&str>,
+) -> ProbeResult {
     if check.kind == CheckKind::None {
         return ProbeResult::unchecked();
     }
     let started = Instant::now();
-    let verdict = bounded(check, target).await;
+    let (verdict, report) = bounded(check, target, report_header).await;
     let latency = started.elapsed();
     let success = verdict.is_ok();
     ProbeResult {
@@ -227,6 +245,7 @@ pub async fn probe(check: &HealthCheck, target: Target) -> ProbeResult {
         reason: verdict.unwrap_or_else(|e| e),
         latency,
         tunnel_failure: None,
+        report,
     }
 }
 
@@ -239,13 +258,20 @@ pub async fn probe_through_tunnel(
     check: &HealthCheck,
     target: Target,
     tunnel: &mut TunnelProber,
+    report_header: Option<&str>,
 ) -> ProbeResult {
     if check.kind == CheckKind::None {
         return ProbeResult::unchecked();
     }
     let started = Instant::now();
-    let (direct, through) = tokio::join!(bounded(check, target), bounded_tunnel(check, tunnel));
-    combine(direct, through, started.elapsed())
+    let ((direct, report), through) = tokio::join!(
+        bounded(check, target, report_header),
+        bounded_tunnel(check, tunnel)
+    );
+    ProbeResult {
+        report,
+        ..combine(direct, through, started.elapsed())
+    }
 }
 
 /// One result of the two parts of a probe: see [`probe_through_tunnel`].
@@ -262,6 +288,7 @@ fn combine(direct: Verdict, through: Verdict, latency: Duration) -> ProbeResult 
         reason,
         latency,
         tunnel_failure: through.err(),
+        report: None,
     }
 }
 
@@ -277,25 +304,32 @@ async fn bounded_tunnel(check: &HealthCheck, tunnel: &mut TunnelProber) -> Verdi
     }
 }
 
-/// Run the probe of `check.kind` under the check's timeout.
-async fn bounded(check: &HealthCheck, target: Target) -> Verdict {
+/// Run the probe of `check.kind` under the check's timeout; with it, the
+/// value of header `report_header` of an HTTP response, if asked for.
+async fn bounded(
+    check: &HealthCheck,
+    target: Target,
+    report_header: Option<&str>,
+) -> (Verdict, Option<String>) {
     let limit = Duration::from_millis(check.timeout_ms);
     let exchange = async {
         match check.kind {
-            CheckKind::None => Ok(ProbeResult::unchecked().reason),
-            CheckKind::Tcp => probe_tcp(target).await,
-            CheckKind::Http => probe_http(check, target).await,
-            CheckKind::Udp => probe_udp(check, target).await,
+            CheckKind::None => Ok((ProbeResult::unchecked().reason, None)),
+            CheckKind::Tcp => probe_tcp(target).await.map(|r| (r, None)),
+            CheckKind::Http => probe_http(check, target, report_header).await,
+            CheckKind::Udp => probe_udp(check, target).await.map(|r| (r, None)),
         }
     };
     match tokio::time::timeout(limit, exchange).await {
-        Ok(verdict) => verdict,
+        Ok(Ok((reason, report))) => (Ok(reason), report),
+        Ok(Err(reason)) => (Err(reason), None),
         // UDP has no connection: the only thing that can take time is the
         // wait for the reply, so say so.
-        Err(_) if check.kind == CheckKind::Udp => {
-            Err(format!("no UDP reply after {} ms", check.timeout_ms))
-        }
-        Err(_) => Err(format!("timeout after {} ms", check.timeout_ms)),
+        Err(_) if check.kind == CheckKind::Udp => (
+            Err(format!("no UDP reply after {} ms", check.timeout_ms)),
+            None,
+        ),
+        Err(_) => (Err(format!("timeout after {} ms", check.timeout_ms)), None),
     }
 }
 
@@ -329,22 +363,65 @@ fn io_reason(what: &str, e: &io::Error) -> String {
 }
 
 /// HTTP: a plain HTTP/1.1 GET; a 2xx or 3xx status is up. Only the status
-/// line is read: headers and body say nothing more about health, and not
-/// reading them keeps the probe cheap for both sides.
-async fn probe_http(check: &HealthCheck, target: Target) -> Verdict {
+/// line is read, unless a load report is wanted from header
+/// `report_header`: then the head too, up to [`MAX_HEAD`] bytes. The body
+/// says nothing more about health, and not reading it keeps the probe
+/// cheap for both sides.
+async fn probe_http(
+    check: &HealthCheck,
+    target: Target,
+    report_header: Option<&str>,
+) -> Result<(String, Option<String>), String> {
     let request = http_request(check, target.addr)?;
     let mut stream = connect(target).await?;
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|e| io_reason("send failed", &e))?;
-    let line = read_status_line(&mut stream).await?;
+    let (line, report) = match report_header {
+        None => (read_status_line(&mut stream).await?, None),
+        Some(name) => read_head_field(&mut stream, name).await?,
+    };
     let code = parse_status_line(&line)?;
     if (200..400).contains(&code) {
-        Ok(format!("HTTP {code}"))
+        Ok((format!("HTTP {code}"), report))
     } else {
         Err(format!("HTTP {code}"))
     }
+}
+
+/// Read the response head, up to [`MAX_HEAD`] bytes: its status line and
+/// the value of field `name`, if the head came whole and has it.
+async fn read_head_field(
+    stream: &mut (impl AsyncRead + Unpin),
+    name: &str,
+) -> Result<(String, Option<String>), String> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while crate::http_response::head_end(&head).is_none() && head.len() < MAX_HEAD {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| io_reason("read failed", &e))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let Some(line_end) = head.iter().position(|&b| b == b'\n') else {
+        return Err(if head.len() >= MAX_STATUS_LINE {
+            format!("bad HTTP status line {}", quote(&head))
+        } else {
+            closed_early(&head)
+        });
+    };
+    let line = String::from_utf8_lossy(&head[..line_end])
+        .trim_end_matches('\r')
+        .to_string();
+    let field = crate::http_response::head_end(&head)
+        .and_then(|end| crate::http_response::parse_head(&head[..end]).ok())
+        .and_then(|h| h.field(name).map(str::to_string));
+    Ok((line, field))
 }
 
 /// The request bytes. `Connection: close` tells the server not to keep the
@@ -411,7 +488,7 @@ fn closed_early(partial: &[u8]) -> String {
 
 /// The status code of `HTTP/1.1 200 OK`: a version starting `HTTP/`, then a
 /// three-digit code, then an optional reason phrase.
-fn parse_status_line(line: &str) -> Result<u16, String> {
+pub(crate) fn parse_status_line(line: &str) -> Result<u16, String> {
     let mut parts = line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let code = parts.next().unwrap_or_default();
@@ -509,6 +586,7 @@ pub fn spawn_checker<K>(
     check: HealthCheck,
     target: Target,
     tunnel: Option<TunnelPath>,
+    report_header: Option<String>,
     key: K,
     initially_up: bool,
     tx: mpsc::Sender<HealthEvent<K>>,
@@ -521,7 +599,12 @@ where
             report_unchecked(key, initially_up, &tx).await;
         } else {
             let prober = tunnel.map(TunnelProber::new);
-            run_checker(check, target, prober, key, initially_up, tx).await;
+            let checker = Checker {
+                check,
+                target,
+                report_header,
+            };
+            run_checker(checker, prober, key, initially_up, tx).await;
         }
     })
 }
@@ -537,14 +620,27 @@ async fn report_unchecked<K>(key: K, initially_up: bool, tx: &mpsc::Sender<Healt
     let _ = tx.send(event).await;
 }
 
-async fn run_checker<K: Clone + fmt::Display>(
+/// What a checker task probes.
+struct Checker {
     check: HealthCheck,
     target: Target,
+    /// The header of an HTTP response that carries a load report.
+    report_header: Option<String>,
+}
+
+async fn run_checker<K: Clone + fmt::Display>(
+    checker: Checker,
     mut tunnel: Option<TunnelProber>,
     key: K,
     initially_up: bool,
     tx: mpsc::Sender<HealthEvent<K>>,
 ) {
+    let Checker {
+        check,
+        target,
+        report_header,
+    } = checker;
+    let report_header = report_header.as_deref();
     let mut state = HealthState::new(check.rise, check.fall, initially_up);
     // A zero period would panic; validation rejects it, this keeps it so.
     let period = Duration::from_millis(check.interval_ms.max(1));
@@ -555,8 +651,8 @@ async fn run_checker<K: Clone + fmt::Display>(
         let next = async {
             ticker.tick().await;
             match tunnel.as_mut() {
-                Some(prober) => probe_through_tunnel(&check, target, prober).await,
-                None => probe(&check, target).await,
+                Some(prober) => probe_through_tunnel(&check, target, prober, report_header).await,
+                None => probe_reporting(&check, target, report_header).await,
             }
         };
         // Stop as soon as the receiver goes, not only at the next send.
@@ -960,6 +1056,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http_reads_the_report_header_only_when_asked() {
+        let response: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nEndpoint-Load-Metrics: TEXT utilization=0.5\r\n\r\n";
+        let (port, _server) = http_server(LOOP4, response).await;
+        let c = check(CheckKind::Http);
+        let r = probe_reporting(&c, at(LOOP4, port), Some("endpoint-load-metrics")).await;
+        assert!(r.success, "{}", r.reason);
+        assert_eq!(r.report.as_deref(), Some("TEXT utilization=0.5"));
+        let (port, _server) = http_server(LOOP4, response).await;
+        assert_eq!(probe(&c, at(LOOP4, port)).await.report, None);
+        // A head that never ends within the bound: up, without a report.
+        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b"X-Pad: 0123456789\r\n", 600).flatten());
+        let long: &'static [u8] = long.leak();
+        let (port, _server) = http_server(LOOP4, long).await;
+        let r = probe_reporting(&c, at(LOOP4, port), Some("endpoint-load-metrics")).await;
+        assert!(r.success, "{}", r.reason);
+        assert_eq!(r.report, None);
+        // A failing status carries no report.
+        let (port, _server) = http_server(
+            LOOP4,
+            b"HTTP/1.1 503 Busy\r\nendpoint-load-metrics: utilization=1\r\n\r\n",
+        )
+        .await;
+        let r = probe_reporting(&c, at(LOOP4, port), Some("endpoint-load-metrics")).await;
+        assert_eq!((r.success, r.report), (false, None));
+    }
+
+    #[tokio::test]
     async fn http_garbage_is_down() {
         let cases: [(&[u8], &str); 4] = [
             (
@@ -1157,7 +1281,7 @@ mod tests {
         let listener = TcpListener::bind((LOOP4, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, mut rx) = mpsc::channel(16);
-        let task = spawn_checker(c, at(LOOP4, port), None, "web-1", true, tx);
+        let task = spawn_checker(c, at(LOOP4, port), None, None, "web-1", true, tx);
 
         let first = next_event(&mut rx).await;
         assert_eq!(first.key, "web-1");
@@ -1195,6 +1319,7 @@ mod tests {
             check(CheckKind::Tcp),
             at(LOOP4, port),
             None,
+            None,
             7u32,
             false,
             tx,
@@ -1209,7 +1334,7 @@ mod tests {
     async fn unchecked_backend_gets_one_event_and_the_task_ends() {
         let (tx, mut rx) = mpsc::channel(4);
         let nowhere = at(IpAddr::from([192, 0, 2, 1]), 0);
-        let task = spawn_checker(check(CheckKind::None), nowhere, None, "b", false, tx);
+        let task = spawn_checker(check(CheckKind::None), nowhere, None, None, "b", false, tx);
         let ev = next_event(&mut rx).await;
         assert_eq!((ev.transition, ev.up), (Some(Transition::Up), true));
         assert!(ev.result.success);
@@ -1226,7 +1351,7 @@ mod tests {
             ..check(CheckKind::Tcp)
         };
         let (tx, mut rx) = mpsc::channel(4);
-        let task = spawn_checker(c, at(LOOP4, port), None, "b", true, tx);
+        let task = spawn_checker(c, at(LOOP4, port), None, None, "b", true, tx);
         next_event(&mut rx).await;
         // The next probe is a minute away: the task must not wait for it.
         drop(rx);

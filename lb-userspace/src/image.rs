@@ -207,6 +207,18 @@ pub fn build(
             }
         }
         members.sort_by_key(|m| (m.addr, m.id));
+        // Effective weights of 0 (hard limits) never leave a VIP with
+        // backends in service but an empty ring: then all take their
+        // configured weights.
+        if members.iter().all(|m| m.weight == 0) {
+            for m in &mut members {
+                m.weight = vip
+                    .backends
+                    .iter()
+                    .find(|b| b.address == m.addr)
+                    .map_or(1, |b| b.weight);
+            }
+        }
         let second_chance_window = if config.second_chance.enabled {
             vip.second_chance_window()
         } else {
@@ -310,6 +322,41 @@ mod tests {
         assert_eq!(image.config.outer_src_v4, [198, 51, 100, 2]);
         // The one VIP is port-less, so the program must look port 0 up.
         assert_eq!(image.config.flags, CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS);
+    }
+
+    /// Weight 0 (a hard limit) takes a backend out of the ring but not
+    /// out of service; all at 0, the configured weights hold the ring.
+    #[test]
+    fn zero_weights_leave_the_ring_unless_all_are_zero() {
+        let config = Config::from_json(CONFIG).unwrap();
+        let mut ids = Ids::new(4, 16);
+        let first: IpAddr = "198.51.100.101".parse().unwrap();
+        let members = |ids: &mut Ids, zero: &dyn Fn(IpAddr) -> bool| {
+            let image = build(
+                &config,
+                ids,
+                |k| BackendStatus {
+                    weight: Some(if zero(k.addr) { 0 } else { 500 }),
+                    ..BackendStatus::default()
+                },
+                Egress::default(),
+            )
+            .unwrap();
+            let vip = image.vips.values().next().unwrap().clone();
+            let ring = crate::maglev::build(&vip.members, 13);
+            let weights: Vec<String> = vip
+                .members
+                .iter()
+                .map(|m| format!("{}x{}", m.addr, m.weight))
+                .collect();
+            (weights, ring.iter().any(|id| *id == vip.members[0].id))
+        };
+        let (weights, first_in_ring) = members(&mut ids, &|a| a == first);
+        assert_eq!(weights, ["198.51.100.101x0", "198.51.100.104x500"]);
+        assert!(!first_in_ring);
+        let (weights, first_in_ring) = members(&mut ids, &|_| true);
+        assert_eq!(weights, ["198.51.100.101x3", "198.51.100.104x1"]);
+        assert!(first_in_ring);
     }
 
     #[test]

@@ -103,6 +103,17 @@ pub struct InterfaceName {
     pub interface: String,
 }
 
+/// A backend's load report as the metrics show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReportGauges {
+    pub utilization: Option<f64>,
+    pub load: Option<f64>,
+    pub age_s: Option<f64>,
+    pub stale: bool,
+    /// `None` without a hard limit.
+    pub over_limit: Option<bool>,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub table_rebuilds: Counter,
@@ -118,6 +129,12 @@ pub struct Metrics {
     backend_active_flows: Family<BackendLabels, Gauge>,
     backend_inactive_flows: Family<BackendLabels, Gauge>,
     backend_effective_weight: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    backend_reported_utilization: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    backend_reported_load: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    backend_report_age: Family<BackendLabels, Gauge<f64, AtomicU64>>,
+    backend_report_stale: Family<BackendLabels, Gauge>,
+    backend_over_hard_limit: Family<BackendLabels, Gauge>,
+    vip_hard_limit_waived: Family<VipLabels, Gauge>,
     check_latency: Family<BackendLabels, Histogram>,
     packets: Family<ReasonLabels, Counter>,
     events: Family<EventLabels, Counter>,
@@ -163,6 +180,12 @@ impl Default for Metrics {
             backend_active_flows: Family::default(),
             backend_inactive_flows: Family::default(),
             backend_effective_weight: Family::default(),
+            backend_reported_utilization: Family::default(),
+            backend_reported_load: Family::default(),
+            backend_report_age: Family::default(),
+            backend_report_stale: Family::default(),
+            backend_over_hard_limit: Family::default(),
+            vip_hard_limit_waived: Family::default(),
             check_latency: Family::new_with_constructor(|| {
                 Histogram::new([
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -249,6 +272,36 @@ impl Default for Metrics {
                 "backend_effective_weight",
                 "The weight the backend's share of new flows follows, in units of its configured weight: the configured weight with balancing static, the weight controller's with balancing load; absent while the backend takes no new flows",
                 m.backend_effective_weight.clone(),
+            );
+            r.register(
+                "backend_reported_utilization",
+                "The backend's last reported load over its capacity (balancing source prometheus or header); absent until a report came",
+                m.backend_reported_utilization.clone(),
+            );
+            r.register(
+                "backend_reported_load",
+                "The backend's last reported load, before the capacity (balancing source prometheus or header)",
+                m.backend_reported_load.clone(),
+            );
+            r.register(
+                "backend_report_age_seconds",
+                "Seconds since the backend's last good load report",
+                m.backend_report_age.clone(),
+            );
+            r.register(
+                "backend_report_stale",
+                "1 while the backend's last load report is too old to count (none, failed or late): the controller treats it as unreported",
+                m.backend_report_stale.clone(),
+            );
+            r.register(
+                "backend_over_hard_limit",
+                "1 while the backend is over its VIP's hard limit and takes no new flows (unless the limit is waived), 0 under it; only for VIPs with a hard limit",
+                m.backend_over_hard_limit.clone(),
+            );
+            r.register(
+                "vip_hard_limit_waived",
+                "1 while every backend in service of the VIP is over its hard limit, so the limit is waived; only for VIPs with a hard limit",
+                m.vip_hard_limit_waived.clone(),
             );
             r.register(
                 "health_check_seconds",
@@ -347,6 +400,12 @@ pub const EXPORTED: &[(&str, &str)] = &[
     ("backend_active_flows", "gauge"),
     ("backend_inactive_flows", "gauge"),
     ("backend_effective_weight", "gauge"),
+    ("backend_reported_utilization", "gauge"),
+    ("backend_reported_load", "gauge"),
+    ("backend_report_age_seconds", "gauge"),
+    ("backend_report_stale", "gauge"),
+    ("backend_over_hard_limit", "gauge"),
+    ("vip_hard_limit_waived", "gauge"),
     ("health_check_seconds", "histogram"),
     ("packets", "counter"),
     ("events", "counter"),
@@ -562,6 +621,75 @@ impl Metrics {
         }
     }
 
+    /// Show each backend's load report and hard-limit state, for the VIPs
+    /// that take reports (`report` gives `None` for the others) and have
+    /// a hard limit (`waived` gives `None` for the others).
+    pub fn set_load_reports(
+        &self,
+        config: &Config,
+        report: impl Fn(&BackendKey, &crate::config::Vip) -> Option<ReportGauges>,
+        waived: impl Fn(&crate::ids::VipKeyOrd) -> Option<bool>,
+    ) {
+        for v in &config.vips {
+            let key = image::vip_key(v.address, v.port, v.protocol);
+            let name = vip_name(v.address, v.port, v.protocol);
+            let vl = VipLabels { vip: name.clone() };
+            match waived(&key) {
+                Some(w) => {
+                    self.vip_hard_limit_waived.get_or_create(&vl).set(w as i64);
+                }
+                None => {
+                    self.vip_hard_limit_waived.remove(&vl);
+                }
+            }
+            for b in &v.backends {
+                let bkey = BackendKey {
+                    vip: key,
+                    addr: b.address,
+                };
+                let l = BackendLabels {
+                    vip: name.clone(),
+                    backend: b.address.to_string(),
+                };
+                let Some(r) = report(&bkey, v) else {
+                    self.forget_report(&l);
+                    continue;
+                };
+                let gauge = |family: &Family<BackendLabels, Gauge<f64, AtomicU64>>,
+                             x: Option<f64>| match x {
+                    Some(x) => {
+                        family.get_or_create(&l).set(x);
+                    }
+                    None => {
+                        family.remove(&l);
+                    }
+                };
+                gauge(&self.backend_reported_utilization, r.utilization);
+                gauge(&self.backend_reported_load, r.load);
+                gauge(&self.backend_report_age, r.age_s);
+                self.backend_report_stale
+                    .get_or_create(&l)
+                    .set(r.stale as i64);
+                match r.over_limit {
+                    Some(o) => {
+                        self.backend_over_hard_limit.get_or_create(&l).set(o as i64);
+                    }
+                    None => {
+                        self.backend_over_hard_limit.remove(&l);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_report(&self, l: &BackendLabels) {
+        self.backend_reported_utilization.remove(l);
+        self.backend_reported_load.remove(l);
+        self.backend_report_age.remove(l);
+        self.backend_report_stale.remove(l);
+        self.backend_over_hard_limit.remove(l);
+    }
+
     /// `update_from`, with the counters read through the given functions.
     fn update(
         &self,
@@ -631,6 +759,7 @@ impl Metrics {
             self.backend_active_flows.remove(l);
             self.backend_inactive_flows.remove(l);
             self.backend_effective_weight.remove(l);
+            self.forget_report(l);
             self.check_latency.remove(l);
         }
         series.vips = vips;
@@ -819,6 +948,7 @@ mod tests {
         m.vip_bytes.get_or_create(&v).inc();
         m.vip_new_flows.get_or_create(&v).inc();
         m.vip_dropped.get_or_create(&v).inc();
+        m.ring_slots_moved.get_or_create(&v).inc();
         m.backend_packets.get_or_create(&b).inc();
         m.backend_bytes.get_or_create(&b).inc();
         m.backend_new_flows.get_or_create(&b).inc();
@@ -867,6 +997,19 @@ mod tests {
         )]));
         m.set_backend_load(&two_vips(), |_| Some(Load::default()));
         m.set_effective_weights(&two_vips(), |_| Some(1.0));
+        m.set_load_reports(
+            &two_vips(),
+            |_, _| {
+                Some(ReportGauges {
+                    utilization: Some(0.5),
+                    load: Some(8.0),
+                    age_s: Some(0.3),
+                    stale: false,
+                    over_limit: Some(false),
+                })
+            },
+            |_| Some(false),
+        );
         let mut announcing = two_vips();
         announcing.announce = Some(crate::config::Announce::default());
         m.set_announced(&announcing, |_| true, false);

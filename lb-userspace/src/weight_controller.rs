@@ -5,10 +5,12 @@
 //!
 //! For each backend in service, in this order:
 //!
-//! 1. **Utilization** `u`: its active flows over its capacity
-//!    (`flows_per_weight` × configured weight), or, without a capacity,
-//!    relative: `target_utilization` × its flows per weight over the
-//!    VIP's mean (a backend at the mean is at the target).
+//! 1. **Utilization** `u`: with `source: flows`, its active flows over
+//!    its capacity (`flows_per_weight` × configured weight), or, without
+//!    a capacity, relative: `target_utilization` × its flows per weight
+//!    over the VIP's mean (a backend at the mean is at the target). With
+//!    a reported load (`source: prometheus` or `header`), the load over
+//!    the capacity (`load_report`).
 //! 2. **Headroom factor** `(1 - u) / (1 - target)`, in `min_weight..=1`:
 //!    1 at or under the target, falling to `min_weight` as `u` nears 1.
 //! 3. **Smoothing**: a moving average (EWMA, `smoothing` the weight of
@@ -27,6 +29,14 @@
 //! they fit, and held back if they never do. Every moved slot is a slot
 //! whose new flows change backend, and a previous owner that second
 //! chance must remember; the budget bounds both.
+//!
+//! Last, the **hard limit** (`hard_limit`): a backend whose reported
+//! value goes above `above` gets weight 0 at once (out of the ring, its
+//! established flows going on, like a drain), whatever the budget, until
+//! the value falls under `resume_below` or its reports go stale; then it
+//! climbs back by the step bound. If every backend in service is over
+//! it, the limit is waived for the VIP (they keep their weights by load)
+//! rather than leave new flows nowhere to go.
 //!
 //! Effective weights are in hundredths of a configured weight (`SCALE`);
 //! Maglev's shares depend only on the ratios of the weights, so a VIP
@@ -60,8 +70,19 @@ pub struct Member {
     pub id: u32,
     /// `vips[].backends[].weight`.
     pub configured: u32,
-    /// Its active flows, if a fresh report has them.
-    pub active_flows: Option<u64>,
+    /// Its load, if a fresh report has it.
+    pub load: Option<Load>,
+    /// The value its hard limit applies to, from the same report.
+    pub limit: Option<f64>,
+}
+
+/// A backend's load as its source gives it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Load {
+    /// Its active flows in this node's connection table.
+    Flows(u64),
+    /// Its reported load over its capacity (`load_report::Reading`).
+    Utilization(f64),
 }
 
 /// What the controller keeps of one backend between intervals.
@@ -75,6 +96,8 @@ struct Track {
     since: Instant,
     /// Intervals in a row without a report.
     stale_for: u32,
+    /// Over its hard limit: no new flows (unless waived).
+    over_limit: bool,
     why: String,
 }
 
@@ -84,6 +107,8 @@ pub struct Weight {
     /// In `SCALE` units.
     pub effective: u32,
     pub why: String,
+    /// Over its hard limit (its weight 0 unless the limit is waived).
+    pub over_limit: bool,
 }
 
 /// The controller of one VIP.
@@ -91,6 +116,18 @@ pub struct Weight {
 pub struct Controller {
     tracks: BTreeMap<IpAddr, Track>,
     last_step: Option<Instant>,
+    /// Every backend in service is over the hard limit: it is waived.
+    waived: bool,
+    /// Hard-limit entries and exits since the last `take_limit_events`.
+    limit_events: Vec<LimitEvent>,
+}
+
+/// A change of a backend's (or the VIP's) hard-limit state, for the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitEvent {
+    /// Into the limit (or a waiver): fewer backends take new flows.
+    pub entered: bool,
+    pub text: String,
 }
 
 /// What one interval changed.
@@ -118,7 +155,19 @@ impl Controller {
         self.tracks.get(addr).map(|t| Weight {
             effective: t.effective,
             why: t.why.clone(),
+            over_limit: t.over_limit,
         })
+    }
+
+    /// Whether the hard limit is waived: every backend is over it.
+    pub fn limit_waived(&self) -> bool {
+        self.waived
+    }
+
+    /// The hard-limit entries and exits (and waivers) since the last
+    /// call, for the log.
+    pub fn take_limit_events(&mut self) -> Vec<LimitEvent> {
+        std::mem::take(&mut self.limit_events)
     }
 
     /// One interval over `members`, the backends in service now.
@@ -151,6 +200,7 @@ impl Controller {
         let mut proposed = Vec::with_capacity(members.len());
         for (m, u) in members.iter().zip(&utilization) {
             let (effective, why) = self.propose(p, m, *u, now);
+            self.track_limit(p, m);
             proposed.push((m.id, effective, why));
         }
         // The budget: scale the changes down until they fit.
@@ -171,8 +221,9 @@ impl Controller {
         let held = moved > p.ring_budget;
         if held {
             weights = current.iter().map(|(id, w)| (*id, (*w).max(1))).collect();
-            moved = ring_moved(&current, &weights);
         }
+        let limited = self.apply_limits(p, members, &mut weights);
+        moved = ring_moved(&current, &weights);
         let mut change = Change {
             moved: Vec::new(),
             ring_moved: moved,
@@ -182,6 +233,11 @@ impl Controller {
         for ((m, (_, new)), (_, _, why)) in members.iter().zip(&weights).zip(proposed) {
             let track = self.tracks.get_mut(&m.addr).expect("tracked by propose");
             let mut why = why;
+            if limited.contains(&m.addr) {
+                why = limit_why(p, m.limit);
+            } else if self.waived && track.over_limit {
+                why = format!("{why}; over the hard limit like every backend: limit waived");
+            }
             if held {
                 why = format!(
                     "{why}; held back: the change would move more than {:.1}% of the ring",
@@ -208,6 +264,84 @@ impl Controller {
         Some(change)
     }
 
+    /// Set the weight of each backend over the hard limit to 0, unless
+    /// all are (then the limit is waived); the backends set to 0.
+    fn apply_limits(
+        &mut self,
+        p: &Balancing,
+        members: &[Member],
+        weights: &mut [(u32, u32)],
+    ) -> Vec<IpAddr> {
+        if p.hard_limit.is_none() {
+            return Vec::new();
+        }
+        let over: Vec<IpAddr> = members
+            .iter()
+            .map(|m| m.addr)
+            .filter(|a| self.tracks.get(a).is_some_and(|t| t.over_limit))
+            .collect();
+        let waived = !members.is_empty() && over.len() == members.len();
+        if waived != self.waived {
+            self.limit_events.push(LimitEvent {
+                entered: waived,
+                text: if waived {
+                    "every backend is over the hard limit: limit waived, new flows go by load"
+                        .into()
+                } else {
+                    "not every backend is over the hard limit any more: limit applies again".into()
+                },
+            });
+        }
+        self.waived = waived;
+        if waived {
+            return Vec::new();
+        }
+        for (m, (_, w)) in members.iter().zip(weights.iter_mut()) {
+            if over.contains(&m.addr) {
+                *w = 0;
+            }
+        }
+        over
+    }
+
+    /// Move `m`'s hard-limit state by its report: in above `above`, out
+    /// under `resume_below`, or once its reports are stale.
+    fn track_limit(&mut self, p: &Balancing, m: &Member) {
+        let Some(limit) = &p.hard_limit else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&m.addr) else {
+            return;
+        };
+        let was = track.over_limit;
+        track.over_limit = match m.limit {
+            Some(v) if !was => v > limit.above,
+            Some(v) => v >= limit.resume_level(),
+            None => was && track.stale_for < p.stale_after,
+        };
+        let text = match (was, track.over_limit, m.limit) {
+            (false, true, Some(v)) => format!(
+                "{}: {} {v} above the hard limit {}: no new flows",
+                m.addr, limit.metric, limit.above
+            ),
+            (true, false, Some(v)) => format!(
+                "{}: {} {v} under {}: takes new flows again",
+                m.addr,
+                limit.metric,
+                limit.resume_level()
+            ),
+            (true, false, None) => format!(
+                "{}: no report for {} intervals: hard limit lifted",
+                m.addr, track.stale_for
+            ),
+            _ => return,
+        };
+        self.limit_events.push(LimitEvent {
+            entered: track.over_limit,
+            text,
+        });
+    }
+
     /// The weight `m` would take this interval, before the budget, and why;
     /// updates its track (smoothing, staleness) but not its effective weight.
     fn propose(
@@ -224,6 +358,7 @@ impl Controller {
             effective: 0,
             since: now,
             stale_for: 0,
+            over_limit: false,
             why: String::new(),
         });
         let mut why = match u {
@@ -299,16 +434,37 @@ pub fn headroom(p: &Balancing, u: f64) -> f64 {
     ((1.0 - u) / (1.0 - p.target_utilization)).clamp(p.min_weight, 1.0)
 }
 
+/// Why a backend has weight 0: its hard limit (`value` its last one).
+fn limit_why(p: &Balancing, value: Option<f64>) -> String {
+    let Some(limit) = &p.hard_limit else {
+        return String::new();
+    };
+    let value = value.map_or("held (no fresh report)".into(), |v| v.to_string());
+    format!(
+        "hard limit: {} {value} (above {}): no new flows until under {}",
+        limit.metric,
+        limit.above,
+        limit.resume_level()
+    )
+}
+
 /// Each member's utilization, `None` for those without a report.
 pub fn utilizations(p: &Balancing, members: &[Member]) -> Vec<Option<f64>> {
+    let flows_of = |m: &Member| match m.load {
+        Some(Load::Flows(a)) => Some(a),
+        _ => None,
+    };
     let reporting = members
         .iter()
-        .filter_map(|m| m.active_flows.map(|a| (a, m.configured)));
+        .filter_map(|m| flows_of(m).map(|a| (a, m.configured)));
     let (flows, weight) = reporting.fold((0u64, 0u64), |(f, w), (a, c)| (f + a, w + u64::from(c)));
     members
         .iter()
         .map(|m| {
-            let active = m.active_flows? as f64;
+            if let Some(Load::Utilization(u)) = m.load {
+                return Some(u);
+            }
+            let active = flows_of(m)? as f64;
             let configured = f64::from(m.configured.max(1));
             Some(match p.flows_per_weight {
                 Some(capacity) => active / (configured * capacity as f64),
@@ -377,7 +533,8 @@ mod tests {
             addr: IpAddr::from([198, 51, 100, last]),
             id: u32::from(last),
             configured: 1,
-            active_flows: active,
+            load: active.map(Load::Flows),
+            limit: None,
         }
     }
 
@@ -592,6 +749,159 @@ mod tests {
             no_ring,
         );
         assert_eq!(change.map(|c| c.moved.len()), Some(1));
+    }
+
+    fn reporting(last: u8, u: Option<f64>, limit: Option<f64>) -> Member {
+        Member {
+            load: u.map(Load::Utilization),
+            limit,
+            ..member(last, None)
+        }
+    }
+
+    fn limited(above: f64) -> Balancing {
+        Balancing {
+            hard_limit: Some(crate::config::HardLimit {
+                metric: "vllm:num_requests_waiting".into(),
+                above,
+                resume_below: None,
+            }),
+            ..params()
+        }
+    }
+
+    #[test]
+    fn a_reported_utilization_is_taken_as_it_is() {
+        let p = params();
+        let members = [
+            reporting(1, Some(0.9), None),
+            reporting(2, Some(0.3), None),
+            reporting(3, None, None),
+        ];
+        assert_eq!(utilizations(&p, &members), vec![Some(0.9), Some(0.3), None]);
+        let mut c = Controller::default();
+        c.step(&p, &members[..2], Instant::now(), no_ring);
+        // (1 - 0.9) / (1 - 0.8) = 0.5 of the weight; 0.3 is under the target.
+        assert_eq!(effective(&c, &members[0]), 50);
+        assert_eq!(effective(&c, &members[1]), 100);
+    }
+
+    #[test]
+    fn over_the_hard_limit_a_backend_leaves_the_ring_until_under_the_resume_level() {
+        let p = limited(10.0);
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let b = reporting(2, Some(0.5), Some(0.0));
+        let mut seen = Vec::new();
+        // At the limit is not over it; 8 is not under the resume level
+        // (80% of 10); 7.9 is.
+        for (i, waiting) in [10.0, 11.0, 9.0, 8.0, 7.9].into_iter().enumerate() {
+            let a = reporting(1, Some(0.5), Some(waiting));
+            c.step(&p, &[a, b], t + Duration::from_secs(2 * i as u64), no_ring);
+            let w = c.weight(&a.addr).unwrap();
+            seen.push((w.effective, w.over_limit));
+            if w.over_limit {
+                assert!(
+                    w.why.starts_with("hard limit: vllm:num_requests_waiting"),
+                    "{}",
+                    w.why
+                );
+            }
+        }
+        // Back from 0 by the step bound (max_step 1 here: all at once).
+        assert_eq!(
+            seen,
+            [(100, false), (0, true), (0, true), (0, true), (100, false)]
+        );
+        let events = c.take_limit_events();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[0].entered, "{events:?}");
+        assert!(events[0].text.contains("11 above the hard limit 10"));
+        assert!(!events[1].entered, "{events:?}");
+        assert!(events[1].text.contains("7.9 under 8"), "{events:?}");
+        assert!(c.take_limit_events().is_empty());
+    }
+
+    #[test]
+    fn a_change_into_the_hard_limit_is_not_held_back_by_the_budget() {
+        let p = Balancing {
+            ring_budget: 0.0001,
+            ..limited(10.0)
+        };
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let b = reporting(2, Some(0.5), Some(0.0));
+        c.step(&p, &[reporting(1, Some(0.5), Some(0.0)), b], t, no_ring);
+        let a = reporting(1, Some(0.5), Some(50.0));
+        let ring = |old: &[(u32, u32)], new: &[(u32, u32)]| if old == new { 0.0 } else { 0.5 };
+        let change = c.step(&p, &[a, b], t + Duration::from_secs(2), ring);
+        assert_eq!(change.map(|c| c.moved), Some(vec![(a.addr, 100, 0)]));
+    }
+
+    #[test]
+    fn with_every_backend_over_the_hard_limit_the_limit_is_waived() {
+        let p = limited(10.0);
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let (a, b) = (
+            reporting(1, Some(0.5), Some(20.0)),
+            reporting(2, Some(0.5), Some(0.0)),
+        );
+        c.step(&p, &[a, b], t, no_ring);
+        assert_eq!((effective(&c, &a), effective(&c, &b)), (0, 100));
+        assert!(!c.limit_waived());
+        let b = reporting(2, Some(0.5), Some(30.0));
+        c.step(&p, &[a, b], t + Duration::from_secs(2), no_ring);
+        assert!(c.limit_waived());
+        assert!(c.weight(&a.addr).unwrap().over_limit);
+        assert!(effective(&c, &a) > 0 && effective(&c, &b) > 0);
+        assert!(
+            c.weight(&b.addr).unwrap().why.contains("limit waived"),
+            "{}",
+            c.weight(&b.addr).unwrap().why
+        );
+        let events = c.take_limit_events();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.entered && e.text.contains("limit waived")),
+            "{events:?}"
+        );
+        // One comes under again: the limit applies to the other.
+        let b = reporting(2, Some(0.5), Some(1.0));
+        c.step(&p, &[a, b], t + Duration::from_secs(4), no_ring);
+        assert!(!c.limit_waived());
+        assert_eq!((effective(&c, &a), effective(&c, &b)), (0, 100));
+    }
+
+    #[test]
+    fn reports_stopping_lift_the_hard_limit_and_restore_the_configured_weight() {
+        let p = Balancing {
+            stale_after: 2,
+            ..limited(10.0)
+        };
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let b = reporting(2, Some(0.2), Some(0.0));
+        let a = reporting(1, Some(0.99), Some(20.0));
+        c.step(&p, &[a, b], t, no_ring);
+        assert_eq!(effective(&c, &a), 0);
+        let silent = reporting(1, None, None);
+        let mut seen = Vec::new();
+        for i in 1..=2 {
+            c.step(&p, &[silent, b], t + Duration::from_secs(2 * i), no_ring);
+            let w = c.weight(&a.addr).unwrap();
+            seen.push((w.effective, w.over_limit));
+        }
+        // Held over the limit for one interval, then stale: configured.
+        assert_eq!(seen, [(0, true), (100, false)]);
+        let events = c.take_limit_events();
+        assert!(
+            events
+                .iter()
+                .any(|e| !e.entered && e.text.contains("no report for 2 intervals")),
+            "{events:?}"
+        );
     }
 
     #[test]

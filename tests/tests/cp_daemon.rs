@@ -97,8 +97,14 @@ fn cp_health_results_queued_by_a_replaced_checker_are_ignored() {
         runtime.block_on(async {
             let (tx, mut rx) = mpsc::channel(64);
             let path = paths.config.clone();
-            let mut daemon =
-                Daemon::start(first, path, NodeOverrides::default(), tx).expect("daemon starts");
+            let mut daemon = Daemon::start(
+                first,
+                path,
+                NodeOverrides::default(),
+                tx,
+                mpsc::channel(64).0,
+            )
+            .expect("daemon starts");
             assert_eq!(health(&mut daemon).0, "down", "checked backends start down");
             let old = next_of(&mut rx, 1).await;
             assert!(old.up, "{old:?}");

@@ -393,6 +393,79 @@ fn cp_through_tunnel_on_an_l2_dsr_vip_is_rejected_naming_the_field() {
     );
 }
 
+/// Bad load-report settings (`vips[].balancing`) are rejected by `lbctl
+/// apply` with the field's path, one line, and the running configuration
+/// stays; a good one is applied and `lbctl vip show` reports its source.
+#[test]
+fn cp_bad_load_report_settings_are_rejected_naming_the_field() {
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("lrbad"),
+        site.config(&[B1, B2], json!({"type": "tcp"})),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    let file = lbd.paths.dir.join("balancing.json");
+    let path = file.to_str().unwrap();
+    let cases: [(Value, &str); 4] = [
+        (
+            json!({"mode": "load", "source": "header"}),
+            "vips[0].balancing.source: header is read from the HTTP health check's response: needs health_check.type http, not tcp",
+        ),
+        (
+            json!({"mode": "load", "source": "prometheus"}),
+            "vips[0].balancing.prometheus: source prometheus needs the gauges to scrape: give prometheus.metrics",
+        ),
+        (
+            json!({"mode": "load", "hard_limit": {"metric": "m", "above": 1}}),
+            "vips[0].balancing.hard_limit: needs a value the backends report: source prometheus or header",
+        ),
+        (
+            json!({"mode": "load", "source": "prometheus",
+                   "prometheus": {"metrics": {"vllm:num_requests_waiting": 1}, "scrape_every": 2}}),
+            "vips[0].balancing.prometheus.scrape_every: unknown field `scrape_every`",
+        ),
+    ];
+    for (balancing, message) in cases {
+        let mut bad = before.clone();
+        bad["vips"][0]["balancing"] = balancing;
+        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let out = lbd.ctl(&["apply", "-f", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {bad}");
+        assert!(err.contains(message), "expected {message:?} in {err:?}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(
+            lbd.json(&["config", "dump"]),
+            before,
+            "state changed after {message}"
+        );
+    }
+    let mut good = before.clone();
+    good["vips"][0]["balancing"] = json!({"mode": "load", "source": "prometheus",
+        "prometheus": {"metrics": {"vllm:num_requests_waiting": 1}, "capacity": 8}});
+    std::fs::write(&file, serde_json::to_vec(&good).unwrap()).unwrap();
+    let out = lbd.ctl(&["apply", "-f", path]);
+    assert!(out.status.success(), "{out:?}");
+    let show = lbd.json(&["vip", "show", VIP_REF]);
+    assert_eq!(
+        (&show["mode"], &show["source"]),
+        (&json!("load"), &json!("prometheus"))
+    );
+    // Nothing serves /metrics here: every backend's report is missing.
+    assert!(
+        show["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["report"]["stale"] == true),
+        "{show}"
+    );
+    let out = lbd.ctl(&["vip", "show", "198.51.100.99:53/udp"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VIP 198.51.100.99:53/udp"));
+}
+
 /// Run `lbd` with `args` (no namespace: these fail before attaching).
 fn lbd_output(args: &[&str]) -> std::process::Output {
     Command::new(lb_tests::lbd::binary("lbd"))

@@ -256,9 +256,14 @@ const REQUIRED_ONLY: &str = r#"{
               "backends": [{"address": "198.51.100.101"}]}]
 }"#;
 
+/// Fields whose value is a map of names the user picks (gauge selectors),
+/// not of fields: their keys are not field paths.
+const MAP_FIELDS: &[&str] = &["vips[].balancing.prometheus.metrics"];
+
 /// Key paths of a JSON value: `vips`, `vips[].backends[].weight`, ...
 fn key_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
     match v {
+        Value::Object(_) if MAP_FIELDS.contains(&prefix) => {}
         Value::Object(map) => {
             for (key, value) in map {
                 let path = if prefix.is_empty() {
@@ -489,8 +494,18 @@ fn configuration_doc_defaults_are_the_code_defaults() {
     // Optional objects given empty, so that their fields have values.
     let mut required: Value = serde_json::from_str(REQUIRED_ONLY).unwrap();
     required["announce"] = json!({});
-    let defaults =
-        serde_json::to_value(parse_config(&required.to_string(), "REQUIRED_ONLY")).unwrap();
+    // A VIP's balancing can have one load source's object at a time: one
+    // variant each.
+    let mut by_prometheus = required.clone();
+    by_prometheus["vips"][0]["balancing"] = json!({"mode": "load", "source": "prometheus",
+        "prometheus": {"metrics": {"m": 1}}});
+    let mut by_header = required.clone();
+    by_header["vips"][0]["health_check"] = json!({"type": "http"});
+    by_header["vips"][0]["balancing"] = json!({"mode": "load", "source": "header", "header": {}});
+    let defaults: Vec<Value> = [required, by_prometheus, by_header]
+        .iter()
+        .map(|v| serde_json::to_value(parse_config(&v.to_string(), "REQUIRED_ONLY")).unwrap())
+        .collect();
     let paths = config_paths();
     let mut checked = 0;
     for path in &paths {
@@ -509,8 +524,10 @@ fn configuration_doc_defaults_are_the_code_defaults() {
         let documented: Value = serde_json::from_str(json).unwrap_or_else(|e| {
             panic!("docs/configuration.md: default of `{path}` is not JSON ({e}): {cell}")
         });
-        let actual =
-            value_at(&defaults, path).unwrap_or_else(|| panic!("no value at {path} in {defaults}"));
+        let actual = defaults
+            .iter()
+            .find_map(|d| value_at(d, path))
+            .unwrap_or_else(|| panic!("no value at {path} in {defaults:?}"));
         assert_eq!(
             &documented, actual,
             "docs/configuration.md: wrong default for `{path}`"
@@ -593,6 +610,25 @@ fn configuration_doc_error_messages_are_the_real_ones() {
         |v| v["vips"][0]["balancing"] = json!({"mode": "load", "target_utilization": 1.5}),
         |v| v["vips"][0]["balancing"] = json!({"ring_budget": 0}),
         |v| v["vips"][0]["balancing"] = json!({"interval_s": 0}),
+        |v| v["vips"][0]["balancing"] = json!({"mode": "load", "source": "prometheus"}),
+        |v| {
+            v["vips"][0]["health_check"] = json!({"type": "tcp"});
+            v["vips"][0]["balancing"] = json!({"mode": "load", "source": "header"});
+        },
+        |v| {
+            v["vips"][0]["balancing"] = json!({"source": "prometheus",
+                "prometheus": {"metrics": {"m": 1}}})
+        },
+        |v| v["vips"][0]["balancing"] = json!({"mode": "load", "header": {}}),
+        |v| {
+            v["vips"][0]["balancing"] =
+                json!({"mode": "load", "hard_limit": {"metric": "m", "above": 1}})
+        },
+        |v| {
+            v["vips"][0]["balancing"] = json!({"mode": "load", "source": "prometheus",
+                "prometheus": {"metrics": {"vllm:x{a=b}": 1}, "capacity": 0, "timeout_ms": 5000},
+                "hard_limit": {"metric": "m", "above": 16, "resume_below": 20}})
+        },
         |v| v["second_chance"] = json!({"enabled": true, "gue_port": 0}),
         |v| {
             v["mtu"] = 1320.into();

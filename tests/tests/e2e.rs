@@ -12,6 +12,8 @@ mod e2e_capture;
 mod e2e_inference;
 #[path = "e2e_load_balancing.rs"]
 mod e2e_load_balancing;
+#[path = "e2e_load_reports.rs"]
+mod e2e_load_reports;
 #[path = "e2e_resilience.rs"]
 mod e2e_resilience;
 #[path = "e2e_second_chance.rs"]

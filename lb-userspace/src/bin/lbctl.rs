@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand};
 use lb_userspace::{
     capture::{CaptureEvent, CaptureSpec, CapturedPacket, PcapngFile, summary},
     config::{
-        AdminState, BackendConfig, CheckKind, Config, Forwarding, HealthCheck, Mac, Protocol, Vip,
+        AdminState, BackendConfig, BalancingMode, CheckKind, Config, Forwarding, HealthCheck, Mac,
+        Protocol, Vip,
     },
     config_format::ConfigFormat,
     control::{self, Request, VipRef},
@@ -177,6 +178,11 @@ enum ConfigCmd {
 #[derive(Subcommand)]
 enum VipCmd {
     List,
+    /// One VIP's balancing: each backend's configured and effective
+    /// weight and why, its last load report, its hard-limit state.
+    Show {
+        vip: VipArg,
+    },
     /// Add a VIP, e.g. `lbctl vip add 198.51.100.10:80/tcp --check http`.
     Add {
         vip: VipArg,
@@ -403,6 +409,9 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
         Cmd::Vip {
             command: VipCmd::List,
         } => (Request::VipList, print_vips),
+        Cmd::Vip {
+            command: VipCmd::Show { vip },
+        } => (Request::VipShow { vip: vip.0 }, print_vip_show),
         Cmd::Vip {
             command:
                 VipCmd::Add {
@@ -1302,6 +1311,88 @@ fn print_vips(v: &Value) {
                     Some(false) => "no".into(),
                     None => "-".into(),
                 },
+            ]
+        }),
+    );
+}
+
+/// `lbctl vip show`: a line on the VIP's balancing, a row per backend.
+fn print_vip_show(v: &Value) {
+    let show: control::VipShow = match serde_json::from_value(v.clone()) {
+        Ok(show) => show,
+        Err(e) => {
+            eprintln!("lbctl: unexpected reply from lbd: {e}");
+            return;
+        }
+    };
+    let mode = match show.mode {
+        BalancingMode::Static => "static (configured weights)".to_string(),
+        BalancingMode::Load => format!("load, source {}", show.source.name()),
+    };
+    println!("{}  balancing {mode}", show.vip);
+    if let Some(l) = &show.hard_limit {
+        let waived = if show.hard_limit_waived {
+            ": WAIVED, every backend is over it"
+        } else {
+            ""
+        };
+        println!(
+            "hard limit: {} above {}, resumes under {}{waived}",
+            l.metric,
+            l.above,
+            l.resume_level()
+        );
+    }
+    let opt = |x: Option<f64>, digits: usize| x.map_or("-".into(), |x| format!("{x:.digits$}"));
+    table(
+        &[
+            "BACKEND",
+            "WEIGHT",
+            "EFFECTIVE",
+            "HEALTH",
+            "ACTIVE",
+            "UTILIZATION",
+            "LOAD",
+            "LIMIT VALUE",
+            "REPORT AGE",
+            "HARD LIMIT",
+            "WHY",
+        ],
+        show.backends.iter().map(|b| {
+            let r = b.report.as_ref();
+            let age = match r {
+                None => "-".to_string(),
+                Some(r) => {
+                    let age = r.age_s.map_or("never".into(), |a| format!("{a:.1} s"));
+                    let mut cell = if r.stale {
+                        format!("{age} (stale)")
+                    } else {
+                        age
+                    };
+                    if let Some(e) = &r.error {
+                        cell = format!("{cell}; last: {e}");
+                    }
+                    cell
+                }
+            };
+            let limit = match (&show.hard_limit, b.over_hard_limit) {
+                (None, _) => "-",
+                (Some(_), true) if show.hard_limit_waived => "over (waived)",
+                (Some(_), true) => "OVER",
+                (Some(_), false) => "under",
+            };
+            vec![
+                b.address.to_string(),
+                b.weight.to_string(),
+                opt(b.effective_weight, 2),
+                b.health.clone(),
+                b.active_flows.map_or("-".into(), |a| a.to_string()),
+                opt(r.and_then(|r| r.utilization), 2),
+                opt(r.and_then(|r| r.load), 2),
+                opt(r.and_then(|r| r.limit_value), 1),
+                age,
+                limit.into(),
+                b.why.clone().unwrap_or_else(|| "-".into()),
             ]
         }),
     );

@@ -120,8 +120,15 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     let (health_tx, mut health_rx) = mpsc::channel(1024);
-    let mut daemon =
-        Daemon::start(config, args.config.clone(), args.node(), health_tx).context("starting")?;
+    let (report_tx, mut report_rx) = mpsc::channel(1024);
+    let mut daemon = Daemon::start(
+        config,
+        args.config.clone(),
+        args.node(),
+        health_tx,
+        report_tx,
+    )
+    .context("starting")?;
     // Interfaces deleted and created again: watched from here on, and
     // compared once now for any change since the attach above.
     let links_changed = Arc::new(Notify::new());
@@ -156,6 +163,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(daemon.handle(req));
             }
             Some(ev) = health_rx.recv() => daemon.on_health(ev),
+            Some(ev) = report_rx.recv() => daemon.on_report(ev),
             _ = links_changed.notified() => daemon.reconcile_interfaces(),
             _ = hup.recv() => {
                 service_manager::reloading();
