@@ -45,7 +45,7 @@ pub mod second_chance;
 pub mod service_manager;
 pub mod speaker;
 pub mod sync;
-pub mod top;
+
 pub mod tunnel_probe;
 pub mod weight_controller;
 pub mod xdp_link;

@@ -14,7 +14,7 @@ use ratatui::{
 };
 use serde_json::Value;
 
-use crate::control::{self, Request};
+use lb_userspace::control::{self, Request};
 
 /// One line of the view: a VIP (no backend) or one of its backends.
 #[derive(Clone, Debug, PartialEq)]
