@@ -240,8 +240,16 @@ impl CaptureMaps {
 
     /// Every record waiting in the ring buffer, as packets.
     pub fn drain(&mut self, clock_offset_ns: u64) -> Vec<CapturedPacket> {
+        self.drain_at_most(clock_offset_ns, usize::MAX)
+    }
+
+    /// At most `n` of the records waiting, as packets: under a fast
+    /// stream of packets the ring may never be empty, and one read must
+    /// not hold a worker or memory without bound.
+    pub fn drain_at_most(&mut self, clock_offset_ns: u64, n: usize) -> Vec<CapturedPacket> {
         let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
+        while out.len() < n {
+            let Some(item) = self.ring.next() else { break };
             out.extend(CapturedPacket::from_record(&item, clock_offset_ns));
         }
         out
@@ -421,6 +429,9 @@ impl Capturer {
         })
     }
 
+    /// Records taken from the ring per wakeup at most.
+    const BATCH: u64 = 1024;
+
     /// Run the capture `spec` asks for, sending each packet to `events`
     /// until the count or the duration is reached, or `gone` completes
     /// (the client went away: no end is sent then). Errors are a reason
@@ -447,17 +458,28 @@ impl Capturer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.duration_s);
         let mut packets = 0u64;
         tokio::pin!(gone);
-        let ended_by = loop {
+        let ended_by = 'capture: loop {
             tokio::select! {
                 ready = session.0.readable_mut() => {
                     let mut ready = ready.map_err(|e| format!("waiting for capture records: {e}"))?;
-                    let batch = ready.get_inner_mut().drain(offset);
-                    ready.clear_ready();
-                    for p in batch.into_iter().take((spec.count - packets) as usize) {
-                        packets += 1;
-                        if send(CaptureEvent::Packet(p)).await.is_err() {
-                            return Ok(None);
+                    let want = (spec.count - packets).min(Self::BATCH) as usize;
+                    let batch = ready.get_inner_mut().drain_at_most(offset, want);
+                    // Records left behind keep the ring readable: only an
+                    // emptied ring waits for the kernel's next wakeup.
+                    if batch.len() < want {
+                        ready.clear_ready();
+                    }
+                    for p in batch {
+                        // A client that stops reading holds neither the
+                        // capture (one at a time) nor lbd past the deadline.
+                        tokio::select! {
+                            sent = send(CaptureEvent::Packet(p)) => if sent.is_err() {
+                                return Ok(None);
+                            },
+                            _ = &mut gone => return Ok(None),
+                            _ = tokio::time::sleep_until(deadline) => break 'capture "duration",
                         }
+                        packets += 1;
                     }
                     if packets >= spec.count {
                         break "count";

@@ -1,7 +1,8 @@
 //! The two ways lbd's configuration file may be written: JSON, and TOML
-//! for a file that wants comments. The file's extension says which
-//! (`.json`, `.toml`); any other name is refused rather than guessed, so a
-//! file is never read in the format it was not written in.
+//! for a file that wants comments. A name ending in `.toml` is read as
+//! TOML; any other as JSON, as every file was before TOML was accepted, so
+//! a deployment whose file is called `lbd.conf` (or `/dev/stdin`) keeps
+//! working.
 //!
 //! Both are read into the same `Config` types through
 //! `serde_path_to_error`, so a problem is named by the same field path
@@ -32,17 +33,14 @@ pub enum ConfigFormat {
     Toml,
 }
 
-/// The reason given for a file whose name ends in neither extension.
-pub const UNKNOWN_EXTENSION: &str =
-    "the file name must end in .json or .toml, which says how the file is written";
-
 impl ConfigFormat {
-    /// The format of the file at `path`, by its extension (lower case).
+    /// The format of the file at `path`: TOML if its name ends in
+    /// `.toml`, else JSON. (A `Result` so that callers need not change
+    /// should a name ever be refused.)
     pub fn of_path(path: &Path) -> Result<Self, ConfigError> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => Ok(Self::Json),
             Some("toml") => Ok(Self::Toml),
-            _ => Err(ConfigError::one("", UNKNOWN_EXTENSION)),
+            _ => Ok(Self::Json),
         }
     }
 
@@ -165,25 +163,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_extension_chooses_the_format_and_any_other_is_refused() {
+    fn a_toml_name_is_read_as_toml_and_any_other_as_json() {
         let of = |p: &str| ConfigFormat::of_path(Path::new(p));
-        assert_eq!(of("/etc/lbd/lbd.json"), Ok(ConfigFormat::Json));
         assert_eq!(of("/etc/lbd/lbd.toml"), Ok(ConfigFormat::Toml));
         assert_eq!(of("lbd.d/x.y.toml"), Ok(ConfigFormat::Toml));
         for other in [
+            "/etc/lbd/lbd.json",
             "/etc/lbd/lbd",
             "lbd.conf",
-            "lbd.yaml",
             "lbd.JSON",
             "lbd.toml.bak",
             ".toml",
             "/dev/stdin",
         ] {
-            assert_eq!(
-                of(other).unwrap_err().to_string(),
-                UNKNOWN_EXTENSION,
-                "{other}"
-            );
+            assert_eq!(of(other), Ok(ConfigFormat::Json), "{other}");
         }
     }
 

@@ -80,7 +80,9 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if rest.len() < size + 2 {
+        // A size near usize::MAX would wrap `size + 2`: a hostile or
+        // broken server must get an error, never a panic.
+        if size.checked_add(2).is_none_or(|whole| rest.len() < whole) {
             return Err("chunked body cut short".into());
         }
         out.extend_from_slice(&rest[..size]);
@@ -98,6 +100,23 @@ mod tests {
             parse_head(&response[..end]).expect("a head"),
             &response[end..],
         )
+    }
+
+    #[test]
+    fn a_chunk_size_that_would_overflow_is_an_error_not_a_panic() {
+        for body in [
+            &b"fffffffffffffffe\r\nabc\r\n0\r\n\r\n"[..],
+            b"ffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+            b"10\r\nabc\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(
+                dechunk(body),
+                Err("chunked body cut short".to_string()),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(dechunk(b"3\r\nabc\r\n0\r\n\r\n"), Ok(b"abc".to_vec()));
     }
 
     #[test]

@@ -73,9 +73,10 @@ pub fn from_prometheus(
     for (selector, coefficient) in &p.metrics {
         load += coefficient * value(selector)?;
     }
+    let load = usable("the load", load)?;
     Ok(Reading {
         load,
-        utilization: (load / p.capacity).max(0.0),
+        utilization: load / p.capacity,
         limit: limit.map(|l| value(&l.metric)).transpose()?,
     })
 }
@@ -95,12 +96,24 @@ pub fn from_header(
             .copied()
             .ok_or_else(|| format!("no {k} in the {} header", h.name))
     };
-    let load = key(&h.key)?;
+    let load = usable(&h.key, key(&h.key)?)?;
     Ok(Reading {
         load,
-        utilization: (load / h.capacity).max(0.0),
+        utilization: load / h.capacity,
         limit: limit.map(|l| key(&l.metric)).transpose()?,
     })
+}
+
+/// A load the controller can use: finite and not negative. A sum of
+/// huge gauges can overflow to infinity (or NaN with a negative
+/// coefficient), and a negative load would pass for an idle backend and
+/// draw the most new flows: either is a report that cannot be used.
+fn usable(what: &str, load: f64) -> Result<f64, String> {
+    if load.is_finite() && load >= 0.0 {
+        Ok(load)
+    } else {
+        Err(format!("{what} is {load}: not a load (finite, 0 or more)"))
+    }
 }
 
 /// A scrape's outcome, sent to the daemon after every scrape.
@@ -283,6 +296,21 @@ mod tests {
             ..waiting_limit()
         };
         assert!(from_prometheus(&vllm(16.0), Some(&limit), PAGE).is_err());
+    }
+
+    #[test]
+    fn a_load_that_overflows_or_is_negative_is_no_report() {
+        let opposed = PrometheusLoad {
+            metrics: BTreeMap::from([("a".into(), 2.0), ("b".into(), -2.0)]),
+            ..vllm(16.0)
+        };
+        let e = from_prometheus(&opposed, None, "a 1e308\nb 1e308\n").unwrap_err();
+        assert_eq!(e, "the load is NaN: not a load (finite, 0 or more)");
+        let e = from_prometheus(&opposed, None, "a 0\nb 1\n").unwrap_err();
+        assert_eq!(e, "the load is -2: not a load (finite, 0 or more)");
+        let h = HeaderLoad::default();
+        let e = from_header(&h, None, Some("utilization=-1")).unwrap_err();
+        assert_eq!(e, "utilization is -1: not a load (finite, 0 or more)");
     }
 
     #[test]

@@ -746,6 +746,7 @@ impl Metrics {
         }
         for l in series.vips.difference(&vips) {
             self.ring_slots_moved.remove(l);
+            self.vip_hard_limit_waived.remove(l);
             self.vip_packets.remove(l);
             self.vip_bytes.remove(l);
             self.vip_new_flows.remove(l);
@@ -862,6 +863,24 @@ mod tests {
             .filter(|l| !l.starts_with('#') && l.contains(what))
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn a_removed_vip_loses_its_hard_limit_waiver_series() {
+        let m = Metrics::default();
+        let all = two_vips();
+        update(&m, &all, 5);
+        m.set_load_reports(&all, |_, _| None, |_| Some(true));
+        let udp = "lb_vip_hard_limit_waived{vip=\"198.51.100.11:53/udp\"} 1";
+        assert!(m.render().contains(udp), "{}", m.render());
+        let mut fewer = all.clone();
+        fewer.vips.truncate(1);
+        update(&m, &fewer, 6);
+        assert!(
+            !m.render().contains("198.51.100.11:53/udp"),
+            "{}",
+            m.render()
+        );
     }
 
     #[test]

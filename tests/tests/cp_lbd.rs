@@ -1637,20 +1637,22 @@ fn cp_a_bad_toml_config_is_refused_with_its_path_and_line_and_changes_nothing() 
     // A good file again, for the teardown at the end.
     std::fs::write(&lbd.paths.config, &dump).unwrap();
 
-    // Neither .json nor .toml: refused by name, before lbd is asked.
-    let yaml = lbd.paths.dir.join("lbd.yaml");
-    std::fs::write(&yaml, before.to_string()).unwrap();
-    let yaml = yaml.to_str().unwrap();
-    let reason = "the file name must end in .json or .toml, which says how the file is written";
-    let out = lbd.ctl(&["apply", "-f", yaml]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!("lbctl: {yaml}: {reason}\n")
+    // Any name but *.toml is read as JSON, as before TOML was accepted:
+    // a deployment whose file is called lbd.conf keeps working.
+    let conf = lbd.paths.dir.join("lbd.conf");
+    std::fs::write(&conf, before.to_string()).unwrap();
+    let conf = conf.to_str().unwrap();
+    let out = lbd.ctl(&["apply", "-f", conf]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let out = lbd_output(&["--config", yaml, "--check"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!("lbd: {yaml}: {reason}\n")
+    let out = lbd_output(&["--config", conf, "--check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(lbd.json(&["config", "dump"]), before);
 }

@@ -396,14 +396,6 @@ weight = "heavy"
             "docs/configuration.md does not show the message\n  {message}\nof\n{text}"
         );
     }
-    let unknown =
-        lb_userspace::config_format::ConfigFormat::of_path(Path::new("/etc/lbd/lbd.conf"))
-            .expect_err("an unknown extension")
-            .to_string();
-    assert!(
-        CONFIGURATION.contains(&format!("lbd: /etc/lbd/lbd.conf: {unknown}")),
-        "docs/configuration.md does not show {unknown:?}"
-    );
 }
 
 #[test]

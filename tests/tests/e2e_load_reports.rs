@@ -39,10 +39,18 @@ fn sims(topo: &Topology, config: impl Fn(&str) -> SimConfig) -> Vec<InferenceSim
 const METRICS: &str = "127.0.0.1:9464";
 
 /// An lbd balancing the VIP by `balancing`, with health check `check`.
+/// lbd with every backend in service: the tests' streams start at once,
+/// and a stream sent while no backend is up yet is not the test's subject.
 fn lbd(topo: &Topology, tag: &str, check: Value, balancing: Value) -> Lbd {
     let mut config = topo.lbd_config(PORT, "tcp", check);
     config["vips"][0]["balancing"] = balancing;
-    Lbd::start_with(&topo.lb, Paths::new(tag), config, &["--metrics", METRICS])
+    let lbd = Lbd::start_with(&topo.lb, Paths::new(tag), config, &["--metrics", METRICS]);
+    wait_for_show(&lbd, "every backend up", Duration::from_secs(10), |s| {
+        s["backends"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().all(|r| r["health"] == "up"))
+    });
+    lbd
 }
 
 /// The value of lbd's series `name` for backend `backend`, if it has one.

@@ -18,8 +18,8 @@ use tracing::{error, info};
 #[derive(Parser)]
 #[command(version, about = "XDP Maglev load balancer daemon")]
 struct Args {
-    /// Configuration file: JSON (.json) or TOML (.toml), by its extension;
-    /// see docs for every field.
+    /// Configuration file: TOML if named *.toml, else JSON; see docs for
+    /// every field.
     #[arg(long, short)]
     config: PathBuf,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).

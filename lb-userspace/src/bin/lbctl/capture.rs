@@ -10,6 +10,8 @@ use lb_userspace::{
 
 use crate::Cli;
 
+type PcapFile = PcapngFile<std::io::BufWriter<std::fs::File>>;
+
 /// `lbctl capture`: stream the packets lbd captures to stdout or a pcapng
 /// file until lbd ends the capture or Ctrl-C.
 pub async fn capture(
@@ -18,30 +20,31 @@ pub async fn capture(
     file: Option<&std::path::Path>,
 ) -> Result<ExitCode, String> {
     spec.check().map_err(|e| e.to_string())?;
-    let mut pcap = match file {
-        Some(path) => {
-            let out =
-                std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let w = PcapngFile::new(std::io::BufWriter::new(out))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Some((path, w))
-        }
-        None => None,
+    // The file is created when lbd has accepted the capture (its first
+    // event), so a refused capture leaves an existing file as it was.
+    let create = |path: &std::path::Path| -> Result<PcapFile, String> {
+        let out = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        PcapngFile::new(std::io::BufWriter::new(out))
+            .map_err(|e| format!("{}: {e}", path.display()))
     };
+    let mut pcap: Option<PcapFile> = None;
     let mut packets = 0u64;
     let mut end = None;
     let on_event = |event: CaptureEvent| -> Result<(), String> {
+        if let (Some(path), None) = (file, &pcap) {
+            pcap = Some(create(path)?);
+        }
         match event {
             CaptureEvent::Packet(p) => {
                 packets += 1;
-                match &mut pcap {
-                    Some((path, w)) => w
+                match (file, &mut pcap) {
+                    (Some(path), Some(w)) => w
                         .write(&p)
                         .map_err(|e| format!("{}: {e}", path.display()))?,
-                    None if cli.json => {
+                    _ if cli.json => {
                         println!("{}", serde_json::to_string(&p).unwrap_or_default())
                     }
-                    None => println!("{}", capture_line(&p)),
+                    _ => println!("{}", capture_line(&p)),
                 }
             }
             CaptureEvent::End(e) => end = Some(e),
@@ -52,7 +55,7 @@ pub async fn capture(
         r = control::capture(&cli.socket, spec, on_event) => r.map_err(|e| e.to_string())?,
         _ = tokio::signal::ctrl_c() => {}
     }
-    if let Some((path, w)) = pcap {
+    if let (Some(path), Some(w)) = (file, pcap) {
         use std::io::Write;
         w.into_inner()
             .flush()

@@ -78,7 +78,7 @@ enum Cmd {
     },
     /// Replace the running configuration with a file (validated first).
     Apply {
-        /// A JSON (.json) or TOML (.toml) file, by its extension.
+        /// A configuration file: TOML if named *.toml, else JSON.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
