@@ -101,6 +101,30 @@ fn the_header_source_needs_an_http_check() {
     );
 }
 
+/// A limit a backend could never come back under (a gauge does not go
+/// below 0) is refused, not left to hold the backend out for good.
+#[test]
+fn a_hard_limit_of_zero_or_less_is_refused() {
+    for (limit, problem) in [
+        (
+            json!({"metric": "vllm:num_requests_waiting", "above": 0}),
+            "vips[0].balancing.hard_limit.above: 0 must be a number above 0 (a backend over the limit comes back under 0.8 of it)",
+        ),
+        (
+            json!({"metric": "vllm:num_requests_waiting", "above": -3}),
+            "vips[0].balancing.hard_limit.above: -3 must be a number above 0 (a backend over the limit comes back under 0.8 of it)",
+        ),
+        (
+            json!({"metric": "vllm:num_requests_waiting", "above": 4, "resume_below": 0}),
+            "vips[0].balancing.hard_limit.resume_below: 0 must be a number above 0 and at most above (4)",
+        ),
+    ] {
+        let mut b = vllm();
+        b["hard_limit"] = limit;
+        assert_eq!(with_balancing(b), [problem]);
+    }
+}
+
 #[test]
 fn bad_prometheus_header_and_limit_fields_name_their_path() {
     let mut b = vllm();
@@ -118,7 +142,7 @@ fn bad_prometheus_header_and_limit_fields_name_their_path() {
             "vips[0].balancing.prometheus.timeout_ms: 5000 must be at least 10 and at most the interval (2000)",
             r#"vips[0].balancing.prometheus.path: "metrics" must start with / and contain no whitespace or control character"#,
             "vips[0].balancing.prometheus.port: 0 cannot be scraped: give the port the backends serve metrics on",
-            "vips[0].balancing.hard_limit.resume_below: 20 must be a number at most above (16)",
+            "vips[0].balancing.hard_limit.resume_below: 20 must be a number above 0 and at most above (16)",
         ]
     );
     let b = json!({

@@ -567,18 +567,26 @@ fn check_hard_limit(
     if let Some(why) = metric {
         bad(format!("{at}.metric"), why);
     }
-    if !limit.above.is_finite() {
+    // A backend comes back under `resume_below`: a level of 0 or less is
+    // one a gauge never goes under, which would hold it out for good.
+    if !(limit.above.is_finite() && limit.above > 0.0) {
         bad(
             format!("{at}.above"),
-            format!("{} is not a finite number", limit.above),
+            format!(
+                "{} must be a number above 0 (a backend over the limit comes back under 0.8 of it)",
+                limit.above
+            ),
         );
     }
     if let Some(r) = limit.resume_below
-        && !(r.is_finite() && r <= limit.above)
+        && !(r.is_finite() && r > 0.0 && r <= limit.above)
     {
         bad(
             format!("{at}.resume_below"),
-            format!("{r} must be a number at most above ({})", limit.above),
+            format!(
+                "{r} must be a number above 0 and at most above ({})",
+                limit.above
+            ),
         );
     }
 }
