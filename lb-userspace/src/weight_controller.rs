@@ -714,9 +714,14 @@ mod tests {
         let t = Instant::now();
         let mut c = Controller::default();
         let mut history = Vec::new();
+        let mut seed = 11;
         for i in 0..60 {
+            // Counted give or take 10%, as a connection table sees them.
             let members: Vec<Member> = (0..3)
-                .map(|k| member(k as u8 + 1, Some(flows[k].round() as u64)))
+                .map(|k| {
+                    let counted = flows[k] * (0.9 + 0.2 * noise(&mut seed));
+                    member(k as u8 + 1, Some(counted.round() as u64))
+                })
                 .collect();
             c.step(&p, &members, t + Duration::from_secs(i), no_ring);
             let weights: Vec<u32> = members.iter().map(|m| effective(&c, m)).collect();
@@ -726,7 +731,7 @@ mod tests {
         let last = &history[40..];
         let slow: Vec<u32> = last.iter().map(|(w, _)| w[2]).collect();
         let (lo, hi) = (slow.iter().min().unwrap(), slow.iter().max().unwrap());
-        assert!(hi - lo <= 5, "b3's weight still swings: {history:?}");
+        assert!(hi - lo <= 10, "b3's weight still swings: {history:?}");
         assert!(last.iter().all(|(w, _)| w[0] == 100 && w[1] == 100));
         // Settled where b3's flows per weight are within the band: at
         // most the mean over the target (u 1).
