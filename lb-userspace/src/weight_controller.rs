@@ -11,8 +11,18 @@
 //!    over the VIP's mean (a backend at the mean is at the target). With
 //!    a reported load (`source: prometheus` or `header`), the load over
 //!    the capacity (`load_report`).
-//! 2. **Headroom factor** `(1 - u) / (1 - target)`, in `min_weight..=1`:
-//!    1 at or under the target, falling to `min_weight` as `u` nears 1.
+//! 2. **Factor**, in `min_weight..=1`. With an absolute utilization (a
+//!    capacity or a report), the headroom `(1 - u) / (1 - target)`: 1 at
+//!    or under the target, falling to `min_weight` as `u` nears 1. With a
+//!    relative one, least-connections in spirit: a backend over `u` 1
+//!    (its flows per weight over the mean / `target`) has its factor
+//!    multiplied by `1 / u` each interval, one under the target (under
+//!    the mean) by `target / u` (at most doubled), and one in between
+//!    keeps it. So the factor goes on falling until the backend's flows
+//!    per weight are back within the band, in proportion to its excess,
+//!    and equal backends whose counts wobble within the band keep equal
+//!    weights. (A factor set from the utilization alone leaves the
+//!    loaded backend loaded and swings it between full and floor.)
 //! 3. **Smoothing**: a moving average (EWMA, `smoothing` the weight of
 //!    the newest factor).
 //! 4. **Slow start**: a new or returning backend's share rises from
@@ -61,6 +71,9 @@ pub const SCALE: u32 = 100;
 const DEAD_BAND: f64 = 0.02;
 /// Times the budget halves a change before it holds it back.
 const BUDGET_TRIES: u32 = 3;
+/// Most a relative factor grows per interval: a backend that emptied
+/// climbs back in a few intervals rather than at once.
+const MAX_RISE: f64 = 2.0;
 
 /// A backend in service (up, active) this interval.
 #[derive(Clone, Copy, Debug)]
@@ -364,7 +377,11 @@ impl Controller {
         let mut why = match u {
             Some(u) => {
                 track.stale_for = 0;
-                let f = headroom(p, u);
+                let f = if is_relative(p, m) {
+                    relative_factor(p, u, track.smoothed)
+                } else {
+                    headroom(p, u)
+                };
                 track.smoothed = p.smoothing * f + (1.0 - p.smoothing) * track.smoothed;
                 format!(
                     "load: utilization {u:.2} (target {:.2}), weight {:.0}%",
@@ -432,6 +449,29 @@ fn slow_start_ramp(p: &Balancing, elapsed: Duration) -> f64 {
 /// `min_weight` at full use or over.
 pub fn headroom(p: &Balancing, u: f64) -> f64 {
     ((1.0 - u) / (1.0 - p.target_utilization)).clamp(p.min_weight, 1.0)
+}
+
+/// Whether `m`'s utilization is relative to the VIP's mean: active flows
+/// without a capacity (`flows_per_weight`).
+fn is_relative(p: &Balancing, m: &Member) -> bool {
+    p.flows_per_weight.is_none() && matches!(m.load, Some(Load::Flows(_)))
+}
+
+/// The next factor of a backend at relative utilization `u` whose factor
+/// is `factor`: down by `1 / u` over 1, up by `target / u` (at most
+/// `MAX_RISE`) under the target, held in between, in `min_weight..=1`.
+/// The factor integrates, as least-connections does: it moves until the
+/// backend's flows per weight are within the band, wherever that leaves
+/// its weight.
+pub fn relative_factor(p: &Balancing, u: f64, factor: f64) -> f64 {
+    let by = if u > 1.0 {
+        1.0 / u
+    } else if u < p.target_utilization {
+        (p.target_utilization / u).min(MAX_RISE)
+    } else {
+        1.0
+    };
+    (factor * by).clamp(p.min_weight, 1.0)
 }
 
 /// Why a backend has weight 0: its hard limit (`value` its last one).
@@ -528,6 +568,14 @@ mod tests {
         }
     }
 
+    /// `params` with a capacity: 20 flows per weight is full use.
+    fn absolute() -> Balancing {
+        Balancing {
+            flows_per_weight: Some(20),
+            ..params()
+        }
+    }
+
     fn member(last: u8, active: Option<u64>) -> Member {
         Member {
             addr: IpAddr::from([198, 51, 100, last]),
@@ -565,14 +613,135 @@ mod tests {
         let mut c = Controller::default();
         let t = Instant::now();
         c.step(&p, &[a, b], t, no_ring);
-        // a: 1.5 x the mean, u = 1.2: the floor; b: u = 0.4, full.
-        assert_eq!(effective(&c, &a), (p.min_weight * 100.0) as u32);
+        // a: 1.5 x the mean, u = 1.2: 1 / 1.2 of its weight; b: u = 0.4,
+        // full.
+        assert_eq!(effective(&c, &a), 83);
         assert_eq!(effective(&c, &b), 100);
+        // Still over: down again, by the same ratio, to the floor.
+        let mut seen = Vec::new();
+        for i in 1..=12 {
+            c.step(&p, &[a, b], t + Duration::from_secs(2 * i), no_ring);
+            seen.push(effective(&c, &a));
+        }
+        assert_eq!(seen[..3], [69, 58, 48]);
+        // The floor (10), give or take the dead band.
+        assert_eq!(seen[11], 11);
         // Equal load: both at the target, full weight.
         let (a, b) = (member(1, Some(10)), member(2, Some(10)));
         let mut c = Controller::default();
         c.step(&p, &[a, b], t, no_ring);
         assert_eq!((effective(&c, &a), effective(&c, &b)), (100, 100));
+    }
+
+    /// A fixed pseudo-random sequence in `0..1` (an LCG), so that noisy
+    /// tests are repeatable.
+    fn noise(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn equal_backends_with_noisy_flow_counts_keep_equal_weights() {
+        // The defaults (smoothing, step, target), no slow start.
+        let p = Balancing {
+            mode: crate::config::BalancingMode::Load,
+            slow_start_s: 0,
+            ring_budget: 1.0,
+            ..Balancing::default()
+        };
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let mut seed = 7;
+        for i in 0..200 {
+            // 100 flows each, give or take up to 20%.
+            let members: Vec<Member> = (1..=3)
+                .map(|last| {
+                    let flows = 100.0 * (0.8 + 0.4 * noise(&mut seed));
+                    member(last, Some(flows.round() as u64))
+                })
+                .collect();
+            c.step(&p, &members, t + Duration::from_secs(2 * i), no_ring);
+            let weights: Vec<u32> = members.iter().map(|m| effective(&c, m)).collect();
+            assert_eq!(weights, [100, 100, 100], "interval {i}: {members:?}");
+        }
+    }
+
+    #[test]
+    fn the_factor_falls_in_proportion_to_the_excess_over_the_mean() {
+        let p = params();
+        let t = Instant::now();
+        // Twice the mean: u = 0.8 x 2 = 1.6; three times: 2.4.
+        let twice = [member(1, Some(20)), member(2, Some(0))];
+        let thrice = [member(1, Some(30)), member(2, Some(0)), member(3, Some(0))];
+        let mut factors = Vec::new();
+        for members in [&twice[..], &thrice[..]] {
+            let mut c = Controller::default();
+            c.step(&p, members, t, no_ring);
+            factors.push(effective(&c, &members[0]));
+            assert!(members[1..].iter().all(|m| effective(&c, m) == 100));
+        }
+        // 1 / 1.6 and 1 / 2.4 of the weight: in the ratio 3 : 2.
+        assert_eq!(factors, [63, 42]);
+    }
+
+    /// A toy plant: each interval a backend's active flows decay by
+    /// `1 / lifetime` (its flows' mean lifetime, in intervals) and it gets
+    /// its weight's share of `arrivals` new ones.
+    fn plant(flows: &mut [f64], weights: &[u32], lifetimes: &[f64], arrivals: f64) {
+        let total: u32 = weights.iter().sum();
+        for ((f, w), life) in flows.iter_mut().zip(weights).zip(lifetimes) {
+            *f += arrivals * f64::from(*w) / f64::from(total.max(1)) - *f / life;
+        }
+    }
+
+    #[test]
+    fn a_slow_backend_settles_without_oscillating() {
+        // b3's flows last three times as long: at equal weights it holds
+        // three times the flows of each other backend.
+        let p = Balancing {
+            mode: crate::config::BalancingMode::Load,
+            slow_start_s: 0,
+            interval_s: 1,
+            smoothing: 0.5,
+            max_step: 0.3,
+            ring_budget: 1.0,
+            ..Balancing::default()
+        };
+        let lifetimes = [2.0, 2.0, 6.0];
+        let mut flows: [f64; 3] = [20.0, 20.0, 60.0];
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let mut history = Vec::new();
+        let mut seed = 11;
+        for i in 0..60 {
+            // Counted give or take 10%, as a connection table sees them.
+            let members: Vec<Member> = (0..3)
+                .map(|k| {
+                    let counted = flows[k] * (0.9 + 0.2 * noise(&mut seed));
+                    member(k as u8 + 1, Some(counted.round() as u64))
+                })
+                .collect();
+            c.step(&p, &members, t + Duration::from_secs(i), no_ring);
+            let weights: Vec<u32> = members.iter().map(|m| effective(&c, m)).collect();
+            plant(&mut flows, &weights, &lifetimes, 20.0);
+            history.push((weights, flows));
+        }
+        let last = &history[40..];
+        let slow: Vec<u32> = last.iter().map(|(w, _)| w[2]).collect();
+        let (lo, hi) = (slow.iter().min().unwrap(), slow.iter().max().unwrap());
+        assert!(hi - lo <= 10, "b3's weight still swings: {history:?}");
+        assert!(last.iter().all(|(w, _)| w[0] == 100 && w[1] == 100));
+        // Settled where b3's flows per weight are within the band: at
+        // most the mean over the target (u 1).
+        let (_, flows) = history[59];
+        let mean = flows.iter().sum::<f64>() / 3.0;
+        assert!(
+            flows[2] / mean <= 1.0 / p.target_utilization + 0.05,
+            "{history:?}"
+        );
+        assert!(*hi < 60, "b3 kept most of its weight: {history:?}");
     }
 
     #[test]
@@ -591,14 +760,14 @@ mod tests {
     fn the_weight_moves_at_most_one_step_per_interval() {
         let p = Balancing {
             max_step: 0.2,
-            ..params()
+            ..absolute()
         };
         let mut c = Controller::default();
         let t = Instant::now();
         let (a, b) = (member(1, Some(10)), member(2, Some(10)));
         c.step(&p, &[a, b], t, no_ring);
         assert_eq!(effective(&c, &a), 100);
-        // a now far over the mean: its target is the floor, 10.
+        // a now far over its capacity: its target is the floor, 10.
         let a = member(1, Some(100));
         let mut seen = Vec::new();
         for i in 1..=5 {
@@ -614,7 +783,7 @@ mod tests {
     fn smoothing_averages_the_factor_over_intervals() {
         let p = Balancing {
             smoothing: 0.5,
-            ..params()
+            ..absolute()
         };
         let mut c = Controller::default();
         let t = Instant::now();
@@ -631,7 +800,7 @@ mod tests {
     fn the_ring_budget_scales_a_change_down_or_holds_it_back() {
         let p = Balancing {
             ring_budget: 0.1,
-            ..params()
+            ..absolute()
         };
         let t = Instant::now();
         let (a, b) = (member(1, Some(10)), member(2, Some(10)));
@@ -699,7 +868,7 @@ mod tests {
     fn stale_reports_hold_the_weight_then_fall_back_to_the_configured_one() {
         let p = Balancing {
             stale_after: 3,
-            ..params()
+            ..absolute()
         };
         let t = Instant::now();
         let (a, b) = (member(1, Some(100)), member(2, Some(0)));

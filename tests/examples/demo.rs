@@ -228,7 +228,7 @@ fn weights_follow_load(topo: &Topology) -> anyhow::Result<()> {
     let mut config = topo.lbd_config(PORT, "tcp", json!({"type": "none"}));
     config["vips"][0]["balancing"] = json!({
         "mode": "load", "source": "flows", "interval_s": 1, "smoothing": 0.5,
-        "max_step": 0.3, "ring_budget": 0.2, "slow_start_s": 0, "target_utilization": 0.5,
+        "max_step": 0.3, "ring_budget": 0.2, "slow_start_s": 0,
     });
     let lbd = Lbd::start(&topo.lb, Paths::new("demo-load"), config);
     let vip_ref = format!("{VIP}:{PORT}/tcp");
