@@ -38,17 +38,19 @@ fn sims(topo: &Topology, config: impl Fn(&str) -> SimConfig) -> Vec<InferenceSim
 /// Where the lbds of these tests serve metrics, in the LB's namespace.
 const METRICS: &str = "127.0.0.1:9464";
 
-/// An lbd balancing the VIP by `balancing`, with health check `check`.
-/// lbd with every backend in service: the tests' streams start at once,
-/// and a stream sent while no backend is up yet is not the test's subject.
+/// An lbd balancing the VIP by `balancing`, with health check `check`,
+/// returned once every backend is in service (up, or unchecked): the
+/// tests' streams start at once, and a stream sent before the first checks
+/// passed is not what they test.
 fn lbd(topo: &Topology, tag: &str, check: Value, balancing: Value) -> Lbd {
     let mut config = topo.lbd_config(PORT, "tcp", check);
     config["vips"][0]["balancing"] = balancing;
     let lbd = Lbd::start_with(&topo.lb, Paths::new(tag), config, &["--metrics", METRICS]);
     wait_for_show(&lbd, "every backend up", Duration::from_secs(10), |s| {
-        s["backends"]
-            .as_array()
-            .is_some_and(|rows| rows.iter().all(|r| r["health"] == "up"))
+        s["backends"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .all(|r| r["health"] == "up" || r["health"] == "unchecked")
+        })
     });
     lbd
 }

@@ -463,13 +463,17 @@ pub struct Balancing {
     #[serde(default)]
     pub source: LoadSource,
     /// The utilization the controller keeps backends under, 0.1 to 0.95.
-    /// Default 0.8.
+    /// Default 0.8. With relative utilization (`flows` without
+    /// `flows_per_weight`) it sets a band instead: a backend keeps its
+    /// weight while its flows per weight lie between the VIP's mean and
+    /// the mean / target.
     #[serde(default = "default_target_utilization")]
     pub target_utilization: f64,
     /// Active flows per unit of configured weight at which a backend is
     /// fully used. Unset: utilization is relative, a backend's active
     /// flows per weight against the VIP's mean (at the mean it is at
-    /// `target_utilization`).
+    /// `target_utilization`), and its weight follows the band rule
+    /// (`weight_controller`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_per_weight: Option<u64>,
     /// Seconds between two adjustments, 1 to 60. Default 2.
