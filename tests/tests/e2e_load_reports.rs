@@ -48,8 +48,10 @@ fn lbd(topo: &Topology, tag: &str, check: Value, balancing: Value) -> Lbd {
     let lbd = Lbd::start_with(&topo.lb, Paths::new(tag), config, &["--metrics", METRICS]);
     wait_for_show(&lbd, "every backend up", Duration::from_secs(10), |s| {
         s["backends"].as_array().is_some_and(|rows| {
-            rows.iter()
-                .all(|r| r["health"] == "up" || r["health"] == "unchecked")
+            rows.len() == topo.backends.len()
+                && rows
+                    .iter()
+                    .all(|r| r["health"] == "up" || r["health"] == "unchecked")
         })
     });
     lbd
