@@ -442,7 +442,6 @@ impl Capturer {
         gone: impl std::future::Future<Output = ()>,
         events: tokio::sync::mpsc::Sender<CaptureEvent>,
     ) -> Result<Option<CaptureEnd>, String> {
-        let send = |event| events.send(event);
         spec.check().map_err(|e| e.to_string())?;
         let mut maps = self.maps.try_lock().map_err(|_| {
             "another capture is running (one at a time): wait for it to end".to_string()
@@ -458,6 +457,9 @@ impl Capturer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.duration_s);
         let mut packets = 0u64;
         tokio::pin!(gone);
+        // Records taken from the ring but not yet sent when the deadline
+        // came: sent after the loop, ahead of those still in the ring.
+        let mut pending = Vec::new();
         let ended_by = 'capture: loop {
             tokio::select! {
                 ready = session.0.readable_mut() => {
@@ -469,17 +471,19 @@ impl Capturer {
                     if batch.len() < want {
                         ready.clear_ready();
                     }
-                    for p in batch {
+                    let mut batch = batch.into_iter();
+                    while let Some(p) = batch.next() {
                         // A client that stops reading holds neither the
                         // capture (one at a time) nor lbd past the deadline.
-                        tokio::select! {
-                            sent = send(CaptureEvent::Packet(p)) => if sent.is_err() {
-                                return Ok(None);
-                            },
-                            _ = &mut gone => return Ok(None),
-                            _ = tokio::time::sleep_until(deadline) => break 'capture "duration",
+                        match send_before(&events, CaptureEvent::Packet(p), &mut gone, deadline).await {
+                            Offer::Taken => packets += 1,
+                            Offer::Late(CaptureEvent::Packet(p)) => {
+                                pending.push(p);
+                                pending.extend(batch);
+                                break 'capture "duration";
+                            }
+                            Offer::Late(_) | Offer::Gone => return Ok(None),
                         }
-                        packets += 1;
                     }
                     if packets >= spec.count {
                         break "count";
@@ -491,12 +495,16 @@ impl Capturer {
         };
         // Records made before the end, still waiting.
         session.0.get_mut().off().map_err(|e| e.to_string())?;
-        let rest = session.0.get_mut().drain(offset);
+        pending.extend(session.0.get_mut().drain(offset));
         drop(session);
-        for p in rest.into_iter().take((spec.count - packets) as usize) {
-            packets += 1;
-            if send(CaptureEvent::Packet(p)).await.is_err() {
-                return Ok(None);
+        // The client has this long to take the last records and the end;
+        // one that does not read lets the capture go all the same.
+        let grace = tokio::time::Instant::now() + END_GRACE;
+        let left = (spec.count - packets) as usize;
+        for p in pending.into_iter().take(left) {
+            match send_before(&events, CaptureEvent::Packet(p), &mut gone, grace).await {
+                Offer::Taken => packets += 1,
+                Offer::Late(_) | Offer::Gone => return Ok(None),
             }
         }
         let end = CaptureEnd {
@@ -504,10 +512,10 @@ impl Capturer {
             ended_by: ended_by.into(),
             lost: self.lost().saturating_sub(lost_before),
         };
-        if send(CaptureEvent::End(end.clone())).await.is_err() {
-            return Ok(None);
+        match send_before(&events, CaptureEvent::End(end.clone()), &mut gone, grace).await {
+            Offer::Taken => Ok(Some(end)),
+            Offer::Late(_) | Offer::Gone => Ok(None),
         }
-        Ok(Some(end))
     }
 
     /// `capture_lost` now, summed over CPUs (0 if it cannot be read).
@@ -525,9 +533,85 @@ impl Capturer {
     }
 }
 
+/// How long after a capture's end its client may take to read the last
+/// records and the end before lbd lets the capture go without them.
+const END_GRACE: Duration = Duration::from_secs(2);
+
+/// What became of an event offered to the client.
+enum Offer {
+    Taken,
+    /// Not taken by the time given: the event, unsent.
+    Late(CaptureEvent),
+    /// The client went away (or its channel closed).
+    Gone,
+}
+
+/// Send `event` once the client's channel has room, unless `gone`
+/// completes or `until` passes first.
+async fn send_before(
+    events: &tokio::sync::mpsc::Sender<CaptureEvent>,
+    event: CaptureEvent,
+    gone: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    until: tokio::time::Instant,
+) -> Offer {
+    tokio::select! {
+        permit = events.reserve() => match permit {
+            Ok(permit) => {
+                permit.send(event);
+                Offer::Taken
+            }
+            Err(_) => Offer::Gone,
+        },
+        _ = gone.as_mut() => Offer::Gone,
+        _ = tokio::time::sleep_until(until) => Offer::Late(event),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn end(packets: u64) -> CaptureEvent {
+        CaptureEvent::End(CaptureEnd {
+            packets,
+            ended_by: "count".into(),
+            lost: 0,
+        })
+    }
+
+    /// A client that stops reading cannot hold the capture: the event it
+    /// did not take comes back at the time given; a closed channel or a
+    /// client gone ends the sending at once.
+    #[tokio::test]
+    async fn a_client_that_does_not_read_lets_the_capture_go() {
+        let (events, mut client) = tokio::sync::mpsc::channel(1);
+        let never = std::future::pending::<()>();
+        tokio::pin!(never);
+        let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        assert!(matches!(
+            send_before(&events, end(1), &mut never, until).await,
+            Offer::Taken
+        ));
+        // The channel is full and nobody reads it.
+        match send_before(&events, end(2), &mut never, until).await {
+            Offer::Late(CaptureEvent::End(e)) => assert_eq!(e.packets, 2),
+            _ => panic!("a full channel must give the event back at the deadline"),
+        }
+        assert!(matches!(client.recv().await, Some(CaptureEvent::End(e)) if e.packets == 1));
+        let gone = std::future::ready(());
+        tokio::pin!(gone);
+        let later = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert!(matches!(
+            send_before(&events, end(3), &mut gone, later).await,
+            Offer::Taken | Offer::Gone
+        ));
+        drop(client);
+        let mut never = std::pin::pin!(std::future::pending::<()>());
+        assert!(matches!(
+            send_before(&events, end(4), &mut never, later).await,
+            Offer::Gone
+        ));
+    }
 
     fn record(action: u32, reason: Reason, frame: &[u8]) -> Vec<u8> {
         let mut r = CaptureRecord {

@@ -22,7 +22,11 @@
 //!    per weight are back within the band, in proportion to its excess,
 //!    and equal backends whose counts wobble within the band keep equal
 //!    weights. (A factor set from the utilization alone leaves the
-//!    loaded backend loaded and swings it between full and floor.)
+//!    loaded backend loaded and swings it between full and floor.) A
+//!    backend in slow start counts at its ramped share in the mean, so
+//!    its few flows do not make the others look loaded; and the factors
+//!    are scaled so the largest is 1 (only their ratios shape the ring),
+//!    so none is left low with nothing to pull it up.
 //! 3. **Smoothing**: a moving average (EWMA, `smoothing` the weight of
 //!    the newest factor).
 //! 4. **Slow start**: a new or returning backend's share rises from
@@ -209,13 +213,25 @@ impl Controller {
                 None => (m.id, 0),
             })
             .collect();
-        let utilization = utilizations(p, members);
+        // Each member's intended share of the load: its configured weight,
+        // times its slow-start ramp while it ramps. A newcomer counted at its
+        // full weight would pull the mean down and cut everyone else.
+        let intended: Vec<f64> = members
+            .iter()
+            .map(|m| {
+                // A member new this interval starts its slow start now.
+                let since = self.tracks.get(&m.addr).map_or(now, |t| t.since);
+                f64::from(m.configured.max(1)) * self.ramp(p, since, now)
+            })
+            .collect();
+        let utilization = utilizations(p, members, &intended);
         let mut proposed = Vec::with_capacity(members.len());
         for (m, u) in members.iter().zip(&utilization) {
             let (effective, why) = self.propose(p, m, *u, now);
             self.track_limit(p, m);
             proposed.push((m.id, effective, why));
         }
+        self.normalize_relative(p, members);
         // The budget: scale the changes down until they fit.
         let mut fraction = 1.0;
         let mut weights: Vec<(u32, u32)> = proposed.iter().map(|(id, w, _)| (*id, *w)).collect();
@@ -355,6 +371,42 @@ impl Controller {
         });
     }
 
+    /// The slow-start ramp of a member in service since `since`: 1 past
+    /// its slow start (or without one).
+    fn ramp(&self, p: &Balancing, since: Instant, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(since);
+        if p.slow_start_s > 0 && elapsed < Duration::from_secs(p.slow_start_s) {
+            slow_start_ramp(p, elapsed)
+        } else {
+            1.0
+        }
+    }
+
+    /// Scale the relative factors so that the largest is 1: only their
+    /// ratios shape the ring, and a factor left low with nothing pulling
+    /// it up (a lone backend, equal backends after a cut) would make a
+    /// returning peer's share out of all proportion.
+    fn normalize_relative(&mut self, p: &Balancing, members: &[Member]) {
+        let relative: Vec<IpAddr> = members
+            .iter()
+            .filter(|m| is_relative(p, m))
+            .map(|m| m.addr)
+            .collect();
+        let top = relative
+            .iter()
+            .filter_map(|a| self.tracks.get(a))
+            .map(|t| t.smoothed)
+            .fold(0.0, f64::max);
+        if top <= 0.0 || top >= 1.0 {
+            return;
+        }
+        for a in &relative {
+            if let Some(t) = self.tracks.get_mut(a) {
+                t.smoothed = (t.smoothed / top).clamp(p.min_weight, 1.0);
+            }
+        }
+    }
+
     /// The weight `m` would take this interval, before the budget, and why;
     /// updates its track (smoothing, staleness) but not its effective weight.
     fn propose(
@@ -489,18 +541,23 @@ fn limit_why(p: &Balancing, value: Option<f64>) -> String {
 }
 
 /// Each member's utilization, `None` for those without a report.
-pub fn utilizations(p: &Balancing, members: &[Member]) -> Vec<Option<f64>> {
+/// `intended`: each member's intended share in configured-weight units
+/// (its configured weight, scaled down while it ramps up in slow start),
+/// against which relative utilization measures its flows.
+pub fn utilizations(p: &Balancing, members: &[Member], intended: &[f64]) -> Vec<Option<f64>> {
     let flows_of = |m: &Member| match m.load {
         Some(Load::Flows(a)) => Some(a),
         _ => None,
     };
-    let reporting = members
+    let (flows, weight) = members
         .iter()
-        .filter_map(|m| flows_of(m).map(|a| (a, m.configured)));
-    let (flows, weight) = reporting.fold((0u64, 0u64), |(f, w), (a, c)| (f + a, w + u64::from(c)));
+        .zip(intended)
+        .filter_map(|(m, w)| flows_of(m).map(|a| (a, *w)))
+        .fold((0u64, 0.0), |(f, w), (a, i)| (f + a, w + i));
     members
         .iter()
-        .map(|m| {
+        .zip(intended)
+        .map(|(m, share)| {
             if let Some(Load::Utilization(u)) = m.load {
                 return Some(u);
             }
@@ -510,8 +567,8 @@ pub fn utilizations(p: &Balancing, members: &[Member]) -> Vec<Option<f64>> {
                 Some(capacity) => active / (configured * capacity as f64),
                 None if flows == 0 => 0.0,
                 None => {
-                    let mean = flows as f64 / weight.max(1) as f64;
-                    p.target_utilization * (active / configured) / mean
+                    let mean = flows as f64 / weight.max(f64::MIN_POSITIVE);
+                    p.target_utilization * (active / share.max(f64::MIN_POSITIVE)) / mean
                 }
             })
         })
@@ -750,7 +807,7 @@ mod tests {
             flows_per_weight: Some(100),
             ..params()
         };
-        let u = utilizations(&p, &[member(1, Some(90)), member(2, Some(50))]);
+        let u = utilizations(&p, &[member(1, Some(90)), member(2, Some(50))], &[1.0, 1.0]);
         assert_eq!(u, vec![Some(0.9), Some(0.5)]);
         // (1 - 0.9) / (1 - 0.8) = 0.5.
         assert!((headroom(&p, 0.9) - 0.5).abs() < 1e-9);
@@ -864,6 +921,62 @@ mod tests {
         assert!(c.weight(&b.addr).unwrap().why.starts_with("slow start"));
     }
 
+    /// A newcomer in slow start is measured against its ramped share: its
+    /// few flows do not make the others look loaded and cut them while it
+    /// ramps (relative mode).
+    #[test]
+    fn a_backend_in_slow_start_does_not_cut_the_others() {
+        let p = Balancing {
+            slow_start_s: 30,
+            interval_s: 2,
+            ..params()
+        };
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let a = member(1, Some(100));
+        c.step(&p, &[a], t, no_ring);
+        c.step(&p, &[a], t + Duration::from_secs(40), no_ring);
+        assert_eq!(effective(&c, &a), 100);
+        // b joins and takes about its ramped share of the flows.
+        for s in (42u32..=72).step_by(2) {
+            let ramp = (f64::from(s - 40) / 30.0).min(1.0);
+            let b = member(2, Some((100.0 * ramp).round() as u64));
+            c.step(&p, &[a, b], t + Duration::from_secs(u64::from(s)), no_ring);
+            assert!(
+                effective(&c, &a) >= 90,
+                "at {s} s: a at {}",
+                effective(&c, &a)
+            );
+        }
+    }
+
+    /// Relative factors are scaled so the largest is 1: a backend cut while
+    /// it was busy, left alone (its peer gone), is back at its full weight.
+    #[test]
+    fn a_lone_backend_is_not_left_at_a_low_factor() {
+        let p = params();
+        let t = Instant::now();
+        let mut c = Controller::default();
+        let (a, b) = (member(1, Some(90)), member(2, Some(10)));
+        for i in 0..5 {
+            c.step(&p, &[a, b], t + Duration::from_secs(2 * i), no_ring);
+        }
+        assert!(
+            effective(&c, &a) < 50,
+            "a cut while busy: {}",
+            effective(&c, &a)
+        );
+        for i in 5..15 {
+            c.step(
+                &p,
+                &[member(1, Some(40))],
+                t + Duration::from_secs(2 * i),
+                no_ring,
+            );
+        }
+        assert_eq!(effective(&c, &a), 100);
+    }
+
     #[test]
     fn stale_reports_hold_the_weight_then_fall_back_to_the_configured_one() {
         let p = Balancing {
@@ -947,7 +1060,10 @@ mod tests {
             reporting(2, Some(0.3), None),
             reporting(3, None, None),
         ];
-        assert_eq!(utilizations(&p, &members), vec![Some(0.9), Some(0.3), None]);
+        assert_eq!(
+            utilizations(&p, &members, &[1.0, 1.0, 1.0]),
+            vec![Some(0.9), Some(0.3), None]
+        );
         let mut c = Controller::default();
         c.step(&p, &members[..2], Instant::now(), no_ring);
         // (1 - 0.9) / (1 - 0.8) = 0.5 of the weight; 0.3 is under the target.

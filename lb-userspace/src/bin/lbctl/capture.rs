@@ -55,6 +55,11 @@ pub async fn capture(
         r = control::capture(&cli.socket, spec, on_event) => r.map_err(|e| e.to_string())?,
         _ = tokio::signal::ctrl_c() => {}
     }
+    // Stopped before any packet: the file says so (empty), rather than
+    // leave an older capture there to be taken for this one's.
+    if let (Some(path), None) = (file, &pcap) {
+        pcap = Some(create(path)?);
+    }
     if let (Some(path), Some(w)) = (file, pcap) {
         use std::io::Write;
         w.into_inner()
