@@ -73,28 +73,20 @@ impl EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, name) = (stop.clone(), ns.name.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            crate::netns::enter_named(&name, || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime");
-                rt.block_on(async {
-                    let listener = TcpListener::bind(("0.0.0.0", port))
-                        .await
-                        .expect("bind the echo server");
-                    let _ = ready_tx.send(());
-                    while !flag.load(Ordering::Relaxed) {
-                        let Ok(Ok((stream, _))) =
-                            timeout(Duration::from_millis(50), listener.accept()).await
-                        else {
-                            continue;
-                        };
-                        tokio::spawn(echo(stream, id));
-                    }
-                });
-                // Dropping the runtime closes the connections still open.
-            })
+        // The runtime's end closes the connections still open.
+        let thread = crate::netns::spawn_runtime(name, move || async move {
+            let listener = TcpListener::bind(("0.0.0.0", port))
+                .await
+                .expect("bind the echo server");
+            let _ = ready_tx.send(());
+            while !flag.load(Ordering::Relaxed) {
+                let Ok(Ok((stream, _))) =
+                    timeout(Duration::from_millis(50), listener.accept()).await
+                else {
+                    continue;
+                };
+                tokio::spawn(echo(stream, id));
+            }
         });
         ready_rx
             .recv_timeout(Duration::from_secs(10))
@@ -231,15 +223,7 @@ impl Traffic {
         let live = Arc::new(Live::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s, ns) = (live.clone(), stop.clone(), client.name.clone());
-        let thread = std::thread::spawn(move || {
-            crate::netns::enter_named(&ns, || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime")
-                    .block_on(run(plan, l, s))
-            })
-        });
+        let thread = crate::netns::spawn_runtime(ns, move || run(plan, l, s));
         Self {
             live,
             stop,

@@ -372,32 +372,24 @@ impl InferenceSim {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, name, state) = (stop.clone(), ns.name.clone(), shared.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            crate::netns::enter_named(&name, || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime");
-                rt.block_on(async {
-                    let listener = match TcpListener::bind(listen).await {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("bind {listen}: {e}")));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    while !flag.load(Ordering::Relaxed) {
-                        let Ok(Ok((stream, _))) =
-                            timeout(Duration::from_millis(50), listener.accept()).await
-                        else {
-                            continue;
-                        };
-                        tokio::spawn(serve(stream, state.clone(), flag.clone()));
-                    }
-                });
-                // Dropping the runtime closes the connections still open.
-            })
+        // The runtime's end closes the connections still open.
+        let thread = crate::netns::spawn_runtime(name, move || async move {
+            let listener = match TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("bind {listen}: {e}")));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            while !flag.load(Ordering::Relaxed) {
+                let Ok(Ok((stream, _))) =
+                    timeout(Duration::from_millis(50), listener.accept()).await
+                else {
+                    continue;
+                };
+                tokio::spawn(serve(stream, state.clone(), flag.clone()));
+            }
         });
         ready_rx
             .recv_timeout(Duration::from_secs(10))
@@ -713,15 +705,7 @@ impl StreamLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
         let (s, d, ns) = (stop.clone(), done.clone(), client.name.clone());
-        let thread = std::thread::spawn(move || {
-            crate::netns::enter_named(&ns, || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime")
-                    .block_on(run_streams(plan, s, d))
-            })
-        });
+        let thread = crate::netns::spawn_runtime(ns, move || run_streams(plan, s, d));
         Self {
             done,
             stop,

@@ -178,6 +178,29 @@ impl Netns {
     }
 }
 
+/// Run the future `make` builds on a thread of its own inside the
+/// namespace called `name`, on a single-threaded tokio runtime; when the
+/// future ends the runtime is dropped, closing every task and connection
+/// still open. The thread's handle gives the future's output.
+pub fn spawn_runtime<T, F>(
+    name: String,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        enter_named(&name, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(async move { make().await })
+        })
+    })
+}
+
 /// Run `f` with the calling thread inside the namespace called `name`
 /// (for threads that only know the name), then switch back.
 pub fn enter_named<T>(name: &str, f: impl FnOnce() -> T) -> T {
