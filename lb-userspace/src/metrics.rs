@@ -566,27 +566,15 @@ impl Metrics {
     /// Set each configured backend's flow counts (`backend_load`). After
     /// `update_from`, which removes the series of backends gone.
     pub fn set_backend_load(&self, config: &Config, load: impl Fn(&BackendKey) -> Option<Load>) {
-        for v in &config.vips {
-            let key = image::vip_key(v.address, v.port, v.protocol);
-            let name = vip_name(v.address, v.port, v.protocol);
-            for b in &v.backends {
-                let bkey = BackendKey {
-                    vip: key,
-                    addr: b.address,
-                };
-                let Some(load) = load(&bkey) else { continue };
-                let l = BackendLabels {
-                    vip: name.clone(),
-                    backend: b.address.to_string(),
-                };
-                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                self.backend_active_flows
-                    .get_or_create(&l)
-                    .set(gauge(load.active_flows));
-                self.backend_inactive_flows
-                    .get_or_create(&l)
-                    .set(gauge(load.inactive_flows));
-            }
+        for (_, bkey, l) in configured_backends(config) {
+            let Some(load) = load(&bkey) else { continue };
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.backend_active_flows
+                .get_or_create(&l)
+                .set(gauge(load.active_flows));
+            self.backend_inactive_flows
+                .get_or_create(&l)
+                .set(gauge(load.inactive_flows));
         }
     }
 
@@ -597,25 +585,13 @@ impl Metrics {
         config: &Config,
         weight: impl Fn(&BackendKey) -> Option<f64>,
     ) {
-        for v in &config.vips {
-            let key = image::vip_key(v.address, v.port, v.protocol);
-            let name = vip_name(v.address, v.port, v.protocol);
-            for b in &v.backends {
-                let bkey = BackendKey {
-                    vip: key,
-                    addr: b.address,
-                };
-                let l = BackendLabels {
-                    vip: name.clone(),
-                    backend: b.address.to_string(),
-                };
-                match weight(&bkey) {
-                    Some(w) => {
-                        self.backend_effective_weight.get_or_create(&l).set(w);
-                    }
-                    None => {
-                        self.backend_effective_weight.remove(&l);
-                    }
+        for (_, bkey, l) in configured_backends(config) {
+            match weight(&bkey) {
+                Some(w) => {
+                    self.backend_effective_weight.get_or_create(&l).set(w);
+                }
+                None => {
+                    self.backend_effective_weight.remove(&l);
                 }
             }
         }
@@ -632,8 +608,9 @@ impl Metrics {
     ) {
         for v in &config.vips {
             let key = image::vip_key(v.address, v.port, v.protocol);
-            let name = vip_name(v.address, v.port, v.protocol);
-            let vl = VipLabels { vip: name.clone() };
+            let vl = VipLabels {
+                vip: vip_name(v.address, v.port, v.protocol),
+            };
             match waived(&key) {
                 Some(w) => {
                     self.vip_hard_limit_waived.get_or_create(&vl).set(w as i64);
@@ -642,21 +619,14 @@ impl Metrics {
                     self.vip_hard_limit_waived.remove(&vl);
                 }
             }
-            for b in &v.backends {
-                let bkey = BackendKey {
-                    vip: key,
-                    addr: b.address,
-                };
-                let l = BackendLabels {
-                    vip: name.clone(),
-                    backend: b.address.to_string(),
-                };
-                let Some(r) = report(&bkey, v) else {
-                    self.forget_report(&l);
-                    continue;
-                };
-                let gauge = |family: &Family<BackendLabels, Gauge<f64, AtomicU64>>,
-                             x: Option<f64>| match x {
+        }
+        for (v, bkey, l) in configured_backends(config) {
+            let Some(r) = report(&bkey, v) else {
+                self.forget_report(&l);
+                continue;
+            };
+            let gauge =
+                |family: &Family<BackendLabels, Gauge<f64, AtomicU64>>, x: Option<f64>| match x {
                     Some(x) => {
                         family.get_or_create(&l).set(x);
                     }
@@ -664,19 +634,18 @@ impl Metrics {
                         family.remove(&l);
                     }
                 };
-                gauge(&self.backend_reported_utilization, r.utilization);
-                gauge(&self.backend_reported_load, r.load);
-                gauge(&self.backend_report_age, r.age_s);
-                self.backend_report_stale
-                    .get_or_create(&l)
-                    .set(r.stale as i64);
-                match r.over_limit {
-                    Some(o) => {
-                        self.backend_over_hard_limit.get_or_create(&l).set(o as i64);
-                    }
-                    None => {
-                        self.backend_over_hard_limit.remove(&l);
-                    }
+            gauge(&self.backend_reported_utilization, r.utilization);
+            gauge(&self.backend_reported_load, r.load);
+            gauge(&self.backend_report_age, r.age_s);
+            self.backend_report_stale
+                .get_or_create(&l)
+                .set(r.stale as i64);
+            match r.over_limit {
+                Some(o) => {
+                    self.backend_over_hard_limit.get_or_create(&l).set(o as i64);
+                }
+                None => {
+                    self.backend_over_hard_limit.remove(&l);
                 }
             }
         }
@@ -776,6 +745,29 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Every configured backend with its VIP, its key and its series labels.
+fn configured_backends(
+    config: &Config,
+) -> impl Iterator<Item = (&crate::config::Vip, BackendKey, BackendLabels)> {
+    config.vips.iter().flat_map(|v| {
+        let key = image::vip_key(v.address, v.port, v.protocol);
+        let name = vip_name(v.address, v.port, v.protocol);
+        v.backends.iter().map(move |b| {
+            (
+                v,
+                BackendKey {
+                    vip: key,
+                    addr: b.address,
+                },
+                BackendLabels {
+                    vip: name.clone(),
+                    backend: b.address.to_string(),
+                },
+            )
+        })
+    })
 }
 
 /// Serve `GET /metrics` (and `GET /healthz`) on `addr`: a deliberately tiny
