@@ -17,8 +17,10 @@
 //!   time to first token, completion time, broken streams, ring moved
 //!   (`BENCH_INFERENCE_ROUNDS`, default 3).
 //!
-//! Writes target/bench/bench.md and target/bench/bench.json.
-//! `BENCH_ONLY=forwarding,maglev` runs only the sections named.
+//! Writes target/bench/bench.md and target/bench/bench.json (or into
+//! `BENCH_OUT_DIR`: `cargo xtask bench --against` keeps the last full
+//! run's files that way). `BENCH_ONLY=forwarding,maglev` runs only the
+//! sections named.
 
 mod cluster;
 mod control;
@@ -242,7 +244,10 @@ fn main() -> anyhow::Result<()> {
         ),
     );
     println!("{md}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = std::env::var_os("BENCH_OUT_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        std::path::PathBuf::from,
+    );
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.md"), &md)?;
     std::fs::write(
