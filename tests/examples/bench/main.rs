@@ -2,7 +2,8 @@
 //! measured in the same run (these machines are noisy; only ratios and
 //! differences against a same-run baseline mean something).
 //!
-//! - `per_packet`: cost per packet through BPF_PROG_TEST_RUN above a floor.
+//! - `per_packet`: cost per packet through BPF_PROG_TEST_RUN above a floor,
+//!   also with 1 or 64 VIPs of 3 or 100 backends (`table_size`).
 //! - `maglev`: table build time, balance and disruption.
 //! - `forwarding`: rate through the balancer on veth, fed by live frames,
 //!   against a plain devmap redirect on the same path.
@@ -30,6 +31,7 @@ mod maglev;
 mod memory;
 mod nftables;
 mod per_packet;
+mod table_size;
 
 use serde_json::{Map, Value, json};
 
