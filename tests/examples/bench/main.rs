@@ -11,6 +11,8 @@
 //!   balancer, both fed by trafgen.
 //! - `control`: failover and restart times, lbd's memory at 100 x 100.
 //! - `memory`: kernel memory of the maps at the default sizes.
+//! - `programs`: the programs' instructions after verification, JIT size,
+//!   and the instructions the verifier processed.
 //! - `cluster`: connections broken when an LB node is cut off after a
 //!   backend was added, with second chance off and on.
 //! - `inference`: token streams over simulated inference servers, one
@@ -31,6 +33,7 @@ mod maglev;
 mod memory;
 mod nftables;
 mod per_packet;
+mod programs;
 mod table_size;
 
 use serde_json::{Map, Value, json};
@@ -237,6 +240,24 @@ fn main() -> anyhow::Result<()> {
             total as f64 / (1 << 20) as f64
         ));
         out.insert("map_memory_bytes".into(), json!(memory));
+    }
+    if wanted("programs") {
+        let programs = programs::run();
+        md.push_str(
+            "\n## Programs as loaded\n\n\
+             | Program | instructions (xlated) | JIT bytes | instructions the verifier processed |\n\
+             |---|---:|---:|---:|\n",
+        );
+        for p in programs.as_array().unwrap() {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                p["program"].as_str().unwrap(),
+                p["xlated_insns"],
+                p["jited_bytes"],
+                p["verified_insns"],
+            ));
+        }
+        out.insert("programs".into(), programs);
     }
     md.insert_str(
         0,
