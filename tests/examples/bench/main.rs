@@ -10,7 +10,8 @@
 //! - `nftables`: CPU per forwarded packet against an nftables DNAT load
 //!   balancer, both fed by trafgen.
 //! - `control`: failover and restart times, lbd's memory at 100 x 100.
-//! - `memory`: kernel memory of the maps at the default sizes.
+//! - `memory`: kernel memory of the maps at the default sizes, and per
+//!   connection-table entry, probation entry and VIP.
 //! - `programs`: the programs' instructions after verification, JIT size,
 //!   and the instructions the verifier processed.
 //! - `cluster`: connections broken when an LB node is cut off after a
@@ -225,21 +226,57 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("memory") {
         let memory = memory::map_memory();
-        let total: u64 = memory.values().sum();
+        let total: u64 = memory.values().map(|m| m.bytes).sum();
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
         md.push_str(
             "\n## Map memory at default sizes (kernel memlock)\n\n| Map | MiB |\n|---|---:|\n",
         );
-        for (name, bytes) in &memory {
-            md.push_str(&format!(
-                "| {name} | {:.2} |\n",
-                *bytes as f64 / (1 << 20) as f64
-            ));
+        for (name, m) in &memory {
+            md.push_str(&format!("| {name} | {:.2} |\n", mib(m.bytes as f64)));
         }
+        md.push_str(&format!("| total | {:.1} |\n", mib(total as f64)));
+        let per = memory::per_entry(&memory);
+        let entry = |key: &str, label: &str, map: &str| {
+            let e = &per[key];
+            format!(
+                "| {label} | {:.0} | {map}: {:.1} MiB / {} entries |\n",
+                e["bytes"].as_f64().unwrap(),
+                mib(e["map_bytes"].as_f64().unwrap()),
+                e["entries"]
+            )
+        };
+        let vip = &per["vip"];
         md.push_str(&format!(
-            "| total | {:.1} |\n",
-            total as f64 / (1 << 20) as f64
+            "\nPer entry, from the same accounting:\n\n| Per | bytes | from |\n|---|---:|---|\n{}{}\
+             | VIP | {:.0} | {}, each over {} VIPs |\n",
+            entry(
+                "connection_entry",
+                "connection-table entry",
+                lb_common::maps::MAP_CONNS
+            ),
+            entry(
+                "probation_entry",
+                "probation entry",
+                lb_common::maps::MAP_PROBATION
+            ),
+            vip["bytes"].as_f64().unwrap(),
+            vip["parts"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(name, b)| format!("{name} {:.0}", b.as_f64().unwrap()))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            vip["vips"],
         ));
-        out.insert("map_memory_bytes".into(), json!(memory));
+        out.insert(
+            "map_memory_bytes".into(),
+            memory
+                .iter()
+                .map(|(name, m)| (name.clone(), json!(m.bytes)))
+                .collect(),
+        );
+        out.insert("map_memory_per_entry".into(), per);
     }
     if wanted("programs") {
         let programs = programs::run();
