@@ -5,6 +5,7 @@
 //! program needs, idempotently, and says what it does. xtask itself depends
 //! on nothing of ours, so it builds on a machine that has nothing yet.
 
+mod bench_against;
 mod package;
 mod setup;
 mod upgrade;
@@ -43,7 +44,16 @@ enum Cmd {
         which: Option<DemoKind>,
     },
     /// Run the benchmarks; results in target/bench/ (needs root).
-    Bench,
+    Bench {
+        /// Instead, compare the per-packet figures with those of another
+        /// revision (a commit, branch or tag), both built and run in turns;
+        /// results in target/bench/against.md and .json.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
+        /// Rounds of each side with --against.
+        #[arg(long, default_value_t = 5, requires = "against")]
+        rounds: usize,
+    },
     /// Build the Debian package (binaries, systemd units, man pages,
     /// completions, examples, docs) into target/dist/.
     Package {
@@ -97,7 +107,15 @@ fn main() -> Result<()> {
             require_root("the test loads XDP programs and creates network namespaces")?;
             upgrade::run(&workspace_root())
         }
-        Cmd::Bench => {
+        Cmd::Bench {
+            against: Some(rev),
+            rounds,
+        } => {
+            setup::run()?;
+            require_root("the benchmarks load XDP programs")?;
+            bench_against::run(&workspace_root(), &rev, rounds)
+        }
+        Cmd::Bench { against: None, .. } => {
             setup::run()?;
             require_root("the benchmarks load XDP programs")?;
             setup::bench_tools()?;

@@ -119,7 +119,7 @@ fn resolve(root: &Path, release: &Release) -> Result<String> {
 }
 
 /// Export `commit`'s tree to `dir`, unless it is there already.
-fn export(root: &Path, commit: &str, dir: &Path) -> Result<()> {
+pub(crate) fn export(root: &Path, commit: &str, dir: &Path) -> Result<()> {
     let stamp = dir.join(".exported-commit");
     if std::fs::read_to_string(&stamp).is_ok_and(|c| c == commit) {
         return Ok(());
@@ -147,7 +147,7 @@ fn export(root: &Path, commit: &str, dir: &Path) -> Result<()> {
     std::fs::write(&stamp, commit).with_context(|| format!("writing {}", stamp.display()))
 }
 
-fn git(root: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn git(root: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
         .args(args)
         .current_dir(root)

@@ -10,6 +10,10 @@
 //!
 //! Both veths have one queue per CPU, so each CPU generates, balances and
 //! sinks its own frames in one pass (softirq on the generating CPU).
+//!
+//! A second measurement (`large`) cycles through as many flows as the
+//! generator can tell apart (16,515,072), with tables sized to hold them
+//! all, warmed until the flows are in the connection table.
 
 use std::{
     thread,
@@ -20,7 +24,7 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use lb_common::{bench::*, flow::PROTO_UDP, maps::*};
+use lb_common::{Reason, bench::*, flow::PROTO_UDP, maps::*};
 use lb_tests::{
     harness::vip_key,
     netns::{Netns, enter_named, ip},
@@ -37,9 +41,23 @@ use serde_json::{Value, json};
 /// The UDP port of the benchmark VIP.
 pub const VIP_PORT: u16 = 8080;
 /// Distinct flows each generating CPU cycles through (256 sources x 512
-/// ports): the first pass creates connection entries, the rest are
-/// established.
+/// ports). A flow's first frame puts it on probation, its second (a
+/// cycle later) promotes it into the connection table if it is still on
+/// probation then (see `conn_hit_share` in the figures).
 pub const FLOWS_PER_CPU: u32 = 256 * 512;
+/// Source ports the generator gives flows (1024-65535), shared out between
+/// the CPUs; with 256 source addresses, what bounds its distinct flows
+/// (`lb_common::bench::BenchGen`).
+const GEN_PORTS: u32 = 64_512;
+/// The large measurement's tables: room for every flow, on probation (a
+/// flow's second frame comes a whole cycle after its first) and then in
+/// the connection table. Each table of 2^24 entries takes about 2 GiB.
+const LARGE_TABLE_ENTRIES: u32 = 1 << 24;
+/// Free memory the large measurement needs before it loads its tables.
+const LARGE_MIN_AVAILABLE_GIB: f64 = 8.0;
+/// At most this long to bring the large measurement's flows into the
+/// connection table.
+const LARGE_WARM_UP: Duration = Duration::from_secs(240);
 const RUN: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
 
@@ -102,17 +120,27 @@ impl Lab {
     /// The data plane with `bench_programs` loaded too, its maps set up by
     /// `configure_lb`, and the sink counting on be0.
     pub fn load(&self, bench_programs: &[&str]) -> (Datapath, Maps) {
-        let sizes = MapSizes::default();
+        let (dp, maps, _) = self.load_sized(MapSizes::default(), bench_programs);
+        (dp, maps)
+    }
+
+    /// As `load`, with the maps sized `sizes`; also the kernel memory of
+    /// the connection and probation tables.
+    pub fn load_sized(&self, sizes: MapSizes, bench_programs: &[&str]) -> (Datapath, Maps, u64) {
         let mut dp = Datapath::load(sizes).expect("load");
         for name in bench_programs {
             xdp(&mut dp, name).load().expect("load bench program");
         }
+        let tables_bytes = [MAP_CONNS, MAP_PROBATION]
+            .iter()
+            .map(|name| crate::memory::memlock(dp.ebpf.map(name).expect("table")).unwrap_or(0))
+            .sum();
         let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
         configure_lb(&mut maps, self, sizes.ring_size);
         self.sink
             .enter(|| xdp(&mut dp, PROG_BENCH_SINK).attach("be0", XdpMode::Driver))
             .expect("attach sink");
-        (dp, maps)
+        (dp, maps, tables_bytes)
     }
 
     /// Run `f` with `program` attached to lb0 (native mode), then detach it.
@@ -250,8 +278,8 @@ pub fn sink_count(dp: &Datapath, slot: u32) -> u64 {
     map.get(&slot, 0).expect("sink slot").iter().sum()
 }
 
-/// Generate live frames on every CPU for `RUN`; returns frames sent.
-fn generate(dp: &Datapath, generator_ns: &str) -> u64 {
+/// Generate live frames on every CPU for `run`; returns frames sent.
+fn generate(dp: &Datapath, generator_ns: &str, run: Duration) -> u64 {
     let prog: &Xdp = dp
         .ebpf
         .program(PROG_BENCH_GEN)
@@ -259,7 +287,7 @@ fn generate(dp: &Datapath, generator_ns: &str) -> u64 {
         .try_into()
         .expect("XDP program");
     let frame = to_lb(&udp4(CLIENT_V4, 1024, VIP_V4, VIP_PORT, &[0u8; 18]));
-    let deadline = Instant::now() + RUN;
+    let deadline = Instant::now() + run;
     thread::scope(|s| {
         let handles: Vec<_> = (0..cpus())
             .map(|cpu| {
@@ -322,7 +350,7 @@ fn measure_attached(dp: &Datapath, lab: &Lab, program: &str) -> Run {
     let (frames0, tunnelled0) = (sink_count(dp, SINK_FRAMES), sink_count(dp, SINK_TUNNELLED));
     let (run_ns0, runs0) = prog_stats(dp, program);
     let start = Instant::now();
-    let sent = generate(dp, &lab.generator.name);
+    let sent = generate(dp, &lab.generator.name, RUN);
     let secs = start.elapsed().as_secs_f64();
     thread::sleep(Duration::from_millis(50));
     let frames = sink_count(dp, SINK_FRAMES) - frames0;
@@ -342,6 +370,44 @@ fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
     v[v.len() / 2]
 }
 
+/// Frames the balancer found in the connection table, as a share of those
+/// it looked up there, from its event counters: before and after.
+struct HitCounter(u64, u64);
+
+impl HitCounter {
+    fn read(maps: &Maps) -> Self {
+        Self(
+            maps.reason_count(Reason::ConnHit).expect("counter"),
+            maps.reason_count(Reason::ConnMiss).expect("counter"),
+        )
+    }
+
+    fn share_since(&self, maps: &Maps) -> f64 {
+        let now = Self::read(maps);
+        let (hits, misses) = (now.0 - self.0, now.1 - self.1);
+        hits as f64 / (hits + misses).max(1) as f64
+    }
+}
+
+/// Write the generator's settings: `flows` per CPU.
+fn set_flows(dp: &mut Datapath, lab: &Lab, flows: u32) {
+    let mut gen_cfg: Array<_, BenchGen> =
+        Array::try_from(dp.ebpf.map_mut(MAP_BENCH_GEN).unwrap()).expect("gen map");
+    gen_cfg
+        .set(
+            0,
+            BenchGen {
+                ifindex: lab.generator.ifindex("gen0"),
+                flows,
+                cpus: cpus() as u32,
+                dst_mac: lab.lb0_mac,
+                src_mac: lab.gen0_mac,
+            },
+            0,
+        )
+        .expect("gen config");
+}
+
 pub fn run() -> Value {
     let lab = Lab::new();
     let (mut dp, maps) = lab.load(&[PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK]);
@@ -350,32 +416,18 @@ pub fn run() -> Value {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(FLOWS_PER_CPU);
-    {
-        let mut gen_cfg: Array<_, BenchGen> =
-            Array::try_from(dp.ebpf.map_mut(MAP_BENCH_GEN).unwrap()).expect("gen map");
-        gen_cfg
-            .set(
-                0,
-                BenchGen {
-                    ifindex: lab.generator.ifindex("gen0"),
-                    flows,
-                    cpus: cpus() as u32,
-                    dst_mac: lab.lb0_mac,
-                    src_mac: lab.gen0_mac,
-                },
-                0,
-            )
-            .expect("gen config");
-    }
+    set_flows(&mut dp, &lab, flows);
 
     let mut generator_only = Vec::new();
     let mut redirect = Vec::new();
     let mut lb = Vec::new();
+    let hits = HitCounter::read(&maps);
     for _ in 0..ROUNDS {
         generator_only.push(measure(&mut dp, &lab, PROG_BENCH_SINK));
         redirect.push(measure(&mut dp, &lab, PROG_BENCH_REDIRECT));
         lb.push(measure(&mut dp, &lab, PROG_LB));
     }
+    let conn_hit_share = hits.share_since(&maps);
     for (r, l) in redirect.iter().zip(&lb) {
         assert!(r.mpps > 0.0 && l.mpps > 0.0, "frames reached the sink");
         assert!(
@@ -395,10 +447,15 @@ pub fn run() -> Value {
         median(&redirect, |x| x.mpps),
         median(&lb, |x| x.mpps),
     );
+    let fill = maps.fill(1 << 22).expect("table fill");
+    // The large measurement's tables need this one's memory back.
+    drop((dp, maps));
     json!({
         "cpus": cpus(),
         "flows": flows as usize * cpus(),
-        "flows_in_connection_table": maps.conn_count(usize::MAX),
+        "flows_in_connection_table": fill.conns.entries,
+        "flows_on_probation": fill.probation.entries,
+        "conn_hit_share": conn_hit_share,
         "generator_into_drop_mpps": g,
         "plain_redirect_mpps": r,
         "lb_mpps": l,
@@ -407,5 +464,94 @@ pub fn run() -> Value {
         "lb_program_ns": lb_ns,
         "delivered_share_redirect": median(&redirect, |x| x.delivered),
         "delivered_share_lb": median(&lb, |x| x.delivered),
+        "large": large(&lab),
+    })
+}
+
+/// Kernel's MemAvailable, GiB.
+fn available_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1 << 20) as f64)
+}
+
+/// The balancer against the plain redirect with every flow the generator
+/// can make, all of them in the connection table: what a table far bigger
+/// than the CPU's caches costs per frame.
+fn large(lab: &Lab) -> Value {
+    let available = available_gib();
+    if available < LARGE_MIN_AVAILABLE_GIB {
+        println!("forwarding: large tables skipped, {available:.1} GiB available");
+        return json!({"skipped": format!(
+            "{available:.1} GiB of memory available, {LARGE_MIN_AVAILABLE_GIB} needed"
+        )});
+    }
+    let started = Instant::now();
+    let sizes = MapSizes {
+        conn_entries: LARGE_TABLE_ENTRIES,
+        probation_entries: LARGE_TABLE_ENTRIES,
+        ..MapSizes::default()
+    };
+    let (mut dp, maps, tables_bytes) = lab.load_sized(
+        sizes,
+        &[PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK],
+    );
+    let flows_per_cpu = 256 * (GEN_PORTS / cpus() as u32);
+    let flows = u64::from(flows_per_cpu) * cpus() as u64;
+    assert!(flows <= u64::from(LARGE_TABLE_ENTRIES));
+    set_flows(&mut dp, lab, flows_per_cpu);
+    // Each flow's first frame puts it on probation, its second promotes
+    // it; frames lost on the way only delay that by a cycle.
+    let promoted = || maps.reason_count(Reason::ConnPromoted).expect("counter");
+    let warm_up = lab.with_on_lb0(&mut dp, PROG_LB, |dp| {
+        let start = Instant::now();
+        while promoted() < flows * 99 / 100 && start.elapsed() < LARGE_WARM_UP {
+            generate(dp, &lab.generator.name, RUN);
+        }
+        start.elapsed()
+    });
+    let promoted = promoted();
+    println!(
+        "forwarding: {flows} flows, {promoted} promoted in {warm_up:.0?}, tables {:.2} GiB",
+        tables_bytes as f64 / (1u64 << 30) as f64
+    );
+    let mut redirect = Vec::new();
+    let mut lb = Vec::new();
+    let hits = HitCounter::read(&maps);
+    for _ in 0..ROUNDS {
+        redirect.push(measure(&mut dp, lab, PROG_BENCH_REDIRECT));
+        lb.push(measure(&mut dp, lab, PROG_LB));
+    }
+    let conn_hit_share = hits.share_since(&maps);
+    let (redirect_ns, lb_ns) = {
+        let _stats = BpfStats::enable();
+        (
+            measure(&mut dp, lab, PROG_BENCH_REDIRECT).program_ns,
+            measure(&mut dp, lab, PROG_LB).program_ns,
+        )
+    };
+    let fill = maps.fill(1 << 22).expect("table fill");
+    let (r, l) = (median(&redirect, |x| x.mpps), median(&lb, |x| x.mpps));
+    json!({
+        "flows": flows,
+        "connection_table_entries": LARGE_TABLE_ENTRIES,
+        "tables_kernel_bytes": tables_bytes,
+        "flows_promoted_in_warm_up": promoted,
+        "warm_up_s": warm_up.as_secs_f64(),
+        "flows_in_connection_table": fill.conns.entries,
+        "flows_in_connection_table_exact": fill.exact,
+        "conn_hit_share": conn_hit_share,
+        "plain_redirect_mpps": r,
+        "lb_mpps": l,
+        "lb_over_redirect": l / r,
+        "plain_redirect_program_ns": redirect_ns,
+        "lb_program_ns": lb_ns,
+        "delivered_share_lb": median(&lb, |x| x.delivered),
+        "seconds": started.elapsed().as_secs_f64(),
     })
 }

@@ -2,14 +2,19 @@
 //! measured in the same run (these machines are noisy; only ratios and
 //! differences against a same-run baseline mean something).
 //!
-//! - `per_packet`: cost per packet through BPF_PROG_TEST_RUN above a floor.
+//! - `per_packet`: cost per packet through BPF_PROG_TEST_RUN above a floor,
+//!   also with 1 or 64 VIPs of 3 or 100 backends (`table_size`).
 //! - `maglev`: table build time, balance and disruption.
 //! - `forwarding`: rate through the balancer on veth, fed by live frames,
-//!   against a plain devmap redirect on the same path.
+//!   against a plain devmap redirect on the same path; again with 16.5 M
+//!   flows in the connection table.
 //! - `nftables`: CPU per forwarded packet against an nftables DNAT load
 //!   balancer, both fed by trafgen.
 //! - `control`: failover and restart times, lbd's memory at 100 x 100.
-//! - `memory`: kernel memory of the maps at the default sizes.
+//! - `memory`: kernel memory of the maps at the default sizes, and per
+//!   connection-table entry, probation entry and VIP.
+//! - `programs`: the programs' instructions after verification, JIT size,
+//!   and the instructions the verifier processed.
 //! - `cluster`: connections broken when an LB node is cut off after a
 //!   backend was added, with second chance off and on.
 //! - `inference`: token streams over simulated inference servers, one
@@ -17,8 +22,10 @@
 //!   time to first token, completion time, broken streams, ring moved
 //!   (`BENCH_INFERENCE_ROUNDS`, default 3).
 //!
-//! Writes target/bench/bench.md and target/bench/bench.json.
-//! `BENCH_ONLY=forwarding,maglev` runs only the sections named.
+//! Writes target/bench/bench.md and target/bench/bench.json (or into
+//! `BENCH_OUT_DIR`: `cargo xtask bench --against` keeps the last full
+//! run's files that way). `BENCH_ONLY=forwarding,maglev` runs only the
+//! sections named.
 
 mod cluster;
 mod control;
@@ -28,6 +35,8 @@ mod maglev;
 mod memory;
 mod nftables;
 mod per_packet;
+mod programs;
+mod table_size;
 
 use serde_json::{Map, Value, json};
 
@@ -67,22 +76,55 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("forwarding") {
         let f = forwarding::run();
+        let n = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
         md.push_str(&format!(
             "\n## Forwarding on veth, live frames, {} flows, {} CPUs (median of 3 runs)\n\n\
              | Path | Mpps at the sink | ratio |\n|---|---:|---:|\n\
              | generator into XDP_DROP on lb0 | {:.2} | |\n\
              | plain devmap redirect lb0 -> lb1 | {:.2} | 1.00 |\n\
              | load balancer (IP-in-IP) lb0 -> lb1 | {:.2} | {:.2} |\n\n\
-             Program run time per frame (kernel BPF stats): plain redirect {:.0} ns, load balancer {:.0} ns.\n",
+             Program run time per frame (kernel BPF stats): plain redirect {:.0} ns, load balancer {:.0} ns.\n\
+             Connection-table hits: {:.1}% of the balancer's lookups ({} flows in the table, {} on probation at the end).\n",
             f["flows"],
             f["cpus"],
-            f["generator_into_drop_mpps"].as_f64().unwrap(),
-            f["plain_redirect_mpps"].as_f64().unwrap(),
-            f["lb_mpps"].as_f64().unwrap(),
-            f["lb_over_redirect"].as_f64().unwrap(),
-            f["plain_redirect_program_ns"].as_f64().unwrap(),
-            f["lb_program_ns"].as_f64().unwrap(),
+            n(&f["generator_into_drop_mpps"]),
+            n(&f["plain_redirect_mpps"]),
+            n(&f["lb_mpps"]),
+            n(&f["lb_over_redirect"]),
+            n(&f["plain_redirect_program_ns"]),
+            n(&f["lb_program_ns"]),
+            n(&f["conn_hit_share"]) * 100.0,
+            f["flows_in_connection_table"],
+            f["flows_on_probation"],
         ));
+        let large = &f["large"];
+        if let Some(why) = large["skipped"].as_str() {
+            md.push_str(&format!("\nLarge tables skipped: {why}.\n"));
+        } else {
+            md.push_str(&format!(
+                "\n### The same with {} flows in a {}-entry connection table (median of 3 runs)\n\n\
+                 Every flow the generator can tell apart (256 source addresses x 64,512 source ports); \
+                 the tables take {:.2} GiB of kernel memory; {} flows promoted in a {:.0}-s warm-up, \
+                 {} in the table.\n\n\
+                 | Path | Mpps at the sink | ratio |\n|---|---:|---:|\n\
+                 | plain devmap redirect lb0 -> lb1 | {:.2} | 1.00 |\n\
+                 | load balancer (IP-in-IP) lb0 -> lb1 | {:.2} | {:.2} |\n\n\
+                 Program run time per frame (kernel BPF stats): plain redirect {:.0} ns, load balancer {:.0} ns.\n\
+                 Connection-table hits: {:.1}% of the balancer's lookups.\n",
+                large["flows"],
+                large["connection_table_entries"],
+                n(&large["tables_kernel_bytes"]) / (1u64 << 30) as f64,
+                large["flows_promoted_in_warm_up"],
+                n(&large["warm_up_s"]),
+                large["flows_in_connection_table"],
+                n(&large["plain_redirect_mpps"]),
+                n(&large["lb_mpps"]),
+                n(&large["lb_over_redirect"]),
+                n(&large["plain_redirect_program_ns"]),
+                n(&large["lb_program_ns"]),
+                n(&large["conn_hit_share"]) * 100.0,
+            ));
+        }
         out.insert("forwarding".into(), f);
     }
     if wanted("nftables") {
@@ -218,21 +260,75 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("memory") {
         let memory = memory::map_memory();
-        let total: u64 = memory.values().sum();
+        let total: u64 = memory.values().map(|m| m.bytes).sum();
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
         md.push_str(
             "\n## Map memory at default sizes (kernel memlock)\n\n| Map | MiB |\n|---|---:|\n",
         );
-        for (name, bytes) in &memory {
+        for (name, m) in &memory {
+            md.push_str(&format!("| {name} | {:.2} |\n", mib(m.bytes as f64)));
+        }
+        md.push_str(&format!("| total | {:.1} |\n", mib(total as f64)));
+        let per = memory::per_entry(&memory);
+        let entry = |key: &str, label: &str, map: &str| {
+            let e = &per[key];
+            format!(
+                "| {label} | {:.0} | {map}: {:.1} MiB / {} entries |\n",
+                e["bytes"].as_f64().unwrap(),
+                mib(e["map_bytes"].as_f64().unwrap()),
+                e["entries"]
+            )
+        };
+        let vip = &per["vip"];
+        md.push_str(&format!(
+            "\nPer entry, from the same accounting:\n\n| Per | bytes | from |\n|---|---:|---|\n{}{}\
+             | VIP | {:.0} | {}, each over {} VIPs |\n",
+            entry(
+                "connection_entry",
+                "connection-table entry",
+                lb_common::maps::MAP_CONNS
+            ),
+            entry(
+                "probation_entry",
+                "probation entry",
+                lb_common::maps::MAP_PROBATION
+            ),
+            vip["bytes"].as_f64().unwrap(),
+            vip["parts"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(name, b)| format!("{name} {:.0}", b.as_f64().unwrap()))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            vip["vips"],
+        ));
+        out.insert(
+            "map_memory_bytes".into(),
+            memory
+                .iter()
+                .map(|(name, m)| (name.clone(), json!(m.bytes)))
+                .collect(),
+        );
+        out.insert("map_memory_per_entry".into(), per);
+    }
+    if wanted("programs") {
+        let programs = programs::run();
+        md.push_str(
+            "\n## Programs as loaded\n\n\
+             | Program | instructions (xlated) | JIT bytes | instructions the verifier processed |\n\
+             |---|---:|---:|---:|\n",
+        );
+        for p in programs.as_array().unwrap() {
             md.push_str(&format!(
-                "| {name} | {:.2} |\n",
-                *bytes as f64 / (1 << 20) as f64
+                "| {} | {} | {} | {} |\n",
+                p["program"].as_str().unwrap(),
+                p["xlated_insns"],
+                p["jited_bytes"],
+                p["verified_insns"],
             ));
         }
-        md.push_str(&format!(
-            "| total | {:.1} |\n",
-            total as f64 / (1 << 20) as f64
-        ));
-        out.insert("map_memory_bytes".into(), json!(memory));
+        out.insert("programs".into(), programs);
     }
     md.insert_str(
         0,
@@ -242,7 +338,10 @@ fn main() -> anyhow::Result<()> {
         ),
     );
     println!("{md}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = std::env::var_os("BENCH_OUT_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        std::path::PathBuf::from,
+    );
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.md"), &md)?;
     std::fs::write(

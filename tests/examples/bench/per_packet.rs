@@ -2,7 +2,8 @@
 //! run sees the original frame (with `repeat > 1` the kernel reruns the
 //! program on its own output), median over many calls, against a floor
 //! program (MAC swap + XDP_TX) timed the same way. The output of each timed
-//! path is checked.
+//! path is checked. The same paths with bigger tables (more VIPs, more
+//! backends) are in `table_size`.
 
 use std::{
     net::IpAddr,
@@ -31,11 +32,11 @@ use lb_userspace::{
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-const CALLS: usize = 20_000;
+pub const CALLS: usize = 20_000;
 
 /// What comes before each timed run of a frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Before {
+pub enum Before {
     Nothing,
     /// The same frame once, untimed: the timed run is its flow's second
     /// packet.
@@ -45,7 +46,7 @@ enum Before {
 /// Median and 10th percentile of the kernel-measured run time (ns) of
 /// `frames`, cycled, one run per call; the verdict of every run must be
 /// `want`.
-fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32, before: Before) -> (f64, f64) {
+pub fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32, before: Before) -> (f64, f64) {
     let mut samples = Vec::with_capacity(CALLS);
     let mut out = vec![0u8; 2048];
     for i in 0..CALLS {
@@ -70,7 +71,7 @@ fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32, before: Before) -> (f64, f64)
     (samples[samples.len() / 2], samples[samples.len() / 10])
 }
 
-fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
+pub fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
     let ip: IpAddr = addr.parse().unwrap();
     let (a, family) = to_map(ip);
     (
@@ -90,11 +91,8 @@ fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
     )
 }
 
-pub fn run(results: &mut Vec<(String, f64, f64)>) {
-    let sizes = MapSizes::default();
-    let mut dp = Datapath::load(sizes).expect("load");
-    xdp(&mut dp, PROG_BENCH_FLOOR).load().expect("load floor");
-    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
+/// The configuration, with no rate limit in the way of the timing.
+pub fn configure(maps: &mut Maps, sizes: MapSizes) {
     let (outer_v6, _) = to_map(OUTER_SRC_V6.parse().unwrap());
     maps.set_config(&LbConfig {
         ring_size: sizes.ring_size,
@@ -121,6 +119,14 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         burst_ns: 1_000_000,
     })
     .unwrap();
+}
+
+pub fn run(results: &mut Vec<(String, f64, f64)>) {
+    let sizes = MapSizes::default();
+    let mut dp = Datapath::load(sizes).expect("load");
+    xdp(&mut dp, PROG_BENCH_FLOOR).load().expect("load floor");
+    let mut maps = Maps::take(&mut dp.ebpf, sizes.ring_size).expect("maps");
+    configure(&mut maps, sizes);
     let vips = [
         (vip_key(VIP_V4, 80, PROTO_TCP), 0, &BACKEND_V4[..]),
         (vip_key(VIP_V4, 53, PROTO_UDP), 0, &BACKEND_V4[..]),
@@ -294,6 +300,9 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         results.push((name.to_string(), median, p10));
     }
     capture_rows(&mut dp, &maps, &cases, results);
+    // Their memory back before the table-size rows load theirs.
+    drop((dp, maps));
+    crate::table_size::run(results);
 }
 
 /// `lbctl capture` recording every packet, its records drained by a
