@@ -27,6 +27,8 @@ pub const MAP_PREV_OWNERS: &str = "PREV_OWNERS";
 pub const MAP_SECOND_CHANCE: &str = "SECOND_CHANCE";
 pub const MAP_DECAP_PEERS: &str = "DECAP_PEERS";
 pub const MAP_BACKEND_FLOWS: &str = "BACKEND_FLOWS";
+pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
+pub const MAP_PORT_MAC_CACHE: &str = "PORT_MAC_CACHE";
 /// Pinned beside the others, created by the control plane (the programs
 /// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
 /// last adopted the maps. Its own layout never changes.
@@ -179,6 +181,45 @@ pub const CFG_F_NEXTHOP_FIB: u32 = 1;
 /// looked up once more with port 0. Without it, non-VIP traffic (most of a
 /// host's) costs one hash lookup instead of two.
 pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
+/// `VIP_FILTER` holds the bit of every address in `VIPS`: a packet whose
+/// destination's bit is clear is no VIP's, without a hash lookup. Set by
+/// the control plane only once it has filled the filter (`vip_filter_bit`).
+pub const CFG_F_VIP_FILTER: u32 = 1 << 2;
+
+/// `u64` words of `VIP_FILTER`: 65,536 bits, 8 KiB. With 100 VIP addresses
+/// about one non-VIP address in 650 shares a bit with one and pays the
+/// hash lookup it would have paid anyway.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// The bit of `VIP_FILTER` for a destination address (IPv4 in its first
+/// four bytes): the address folded to 32 bits, then a multiplicative hash,
+/// whose top 16 bits index the filter.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16], family: u8) -> u32 {
+    let word = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = if family == crate::flow::FAMILY_V4 {
+        word(0)
+    } else {
+        word(0) ^ word(4) ^ word(8) ^ word(12) ^ 0x6a09_e667
+    };
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// Slots of `PORT_MAC_CACHE`, indexed by ifindex modulo this.
+pub const PORT_MAC_CACHE_SLOTS: u32 = 64;
+
+/// A slot of `PORT_MAC_CACHE`: `TX_PORT_MACS`'s entry for `ifindex`, in an
+/// array the program reads without a hash lookup. `ifindex` 0: empty (the
+/// program then asks `TX_PORT_MACS`). The control plane writes a slot's MAC
+/// before its ifindex, so a reader never pairs an ifindex with another
+/// port's MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedPortMac {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
 
 /// How often the load balancer may answer a packet too big for the tunnel
 /// with an ICMP too-big, the single entry of `TOO_BIG_LIMIT`: a token bucket
@@ -462,6 +503,7 @@ const _: () = {
     assert!(size_of::<SecondChance>() == 4);
     assert!(size_of::<PrevOwner>() == 8);
     assert!(size_of::<FlowEvents>() == 16);
+    assert!(size_of::<CachedPortMac>() == 12);
     assert!(size_of::<crate::FlowKey>() == 40);
 };
 
@@ -490,6 +532,7 @@ mod pod {
         FlowStats,
         DecapAddr,
         PortMac,
+        CachedPortMac,
         DecapSource,
         DecapConfig,
         TooBigLimit,

@@ -18,6 +18,9 @@ macro_rules! reasons {
             pub const fn name(self) -> &'static str {
                 match self { $($enum::$variant => $name,)* }
             }
+            /// Inlined: the packet path asks it for every verdict, and a
+            /// BPF-to-BPF call costs more than the match.
+            #[inline(always)]
             pub const fn kind(self) -> ReasonKind {
                 match self { $($enum::$variant => ReasonKind::$kind,)* }
             }

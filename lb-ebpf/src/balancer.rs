@@ -6,14 +6,14 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Reason,
     flow::{PROTO_ICMP, PROTO_ICMPV6},
-    maps::{LbConfig, NO_BACKEND, VipMeta},
+    maps::{LbConfig, NO_BACKEND, PORT_MAC_CACHE_SLOTS, VipMeta},
     stats::ReasonKind,
 };
 
 use crate::{
     conntrack, forward, fragment, icmp,
     maglev::{self, Chosen},
-    maps::{CONNS, PROBATION, SCRATCH, TX_PORT_MACS, live_config},
+    maps::{CONNS, PORT_MAC_CACHE, PROBATION, SCRATCH, TX_PORT_MACS, live_config},
     parse::{self, Fragment, L2, Parsed},
     stats, vip,
 };
@@ -125,10 +125,16 @@ fn find_target(
 /// they were sent to balances them, and a second copy from here would
 /// reach the backend too. A group address is no host's: a reply sent back
 /// would carry it as its source. Checked only once the packet is known to
-/// be for a VIP, so other traffic pays nothing.
+/// be for a VIP, so other traffic pays nothing. `PORT_MAC_CACHE` answers
+/// without a hash lookup for the ports lbd cached there.
 #[inline(always)]
 fn addressed_here(ctx: &XdpContext, l2: &L2) -> bool {
     let ifindex = ctx.ingress_ifindex() as u32;
+    if let Some(slot) = PORT_MAC_CACHE.get(ifindex % PORT_MAC_CACHE_SLOTS)
+        && slot.ifindex == ifindex
+    {
+        return slot.mac == l2.dst_mac;
+    }
     // SAFETY: copied out at once.
     match unsafe { TX_PORT_MACS.get(&ifindex) } {
         Some(port) => port.mac == l2.dst_mac,

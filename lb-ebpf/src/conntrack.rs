@@ -19,7 +19,6 @@
 //! the LRU evicts it, so a closing flow's last packets still reach its
 //! backend.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
@@ -27,6 +26,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock,
     maglev::{self, Chosen},
     maps::{BACKENDS, CONNS},
     parse::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
@@ -93,8 +93,7 @@ pub fn select(
         flow,
         vip,
         ring_size,
-        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-        now: unsafe { bpf_ktime_get_coarse_ns() },
+        now: clock::coarse_ns(),
         syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
         is_tcp,
         whole,

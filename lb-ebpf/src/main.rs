@@ -17,6 +17,7 @@
 mod balancer;
 mod bench;
 mod capture;
+mod clock;
 mod conntrack;
 mod csum;
 mod decap;

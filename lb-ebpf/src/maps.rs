@@ -33,6 +33,11 @@ pub fn live_config() -> Option<&'static LbConfig> {
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
+/// A bit per VIP address (`lb_common::maps::vip_filter_bit`), read
+/// before `VIPS` when `CFG_F_VIP_FILTER` is set (`vip.rs`).
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
@@ -79,6 +84,11 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 /// The MAC of each `TX_PORTS` interface, written with it by lbd.
 #[map(name = "TX_PORT_MACS")]
 pub static TX_PORT_MACS: HashMap<u32, PortMac> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
+/// `TX_PORT_MACS` in an array, for the check every VIP packet makes
+/// (`balancer::addressed_here`).
+#[map(name = "PORT_MAC_CACHE")]
+pub static PORT_MAC_CACHE: Array<CachedPortMac> = Array::with_max_entries(PORT_MAC_CACHE_SLOTS, 0);
 
 #[map(name = "DECAP_ADDRS")]
 pub static DECAP_ADDRS: HashMap<DecapAddr, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
@@ -140,6 +150,9 @@ pub struct Scratch {
     /// Packets `lbctl capture --sample N` passed over since its last record
     /// on this CPU (`capture.rs`).
     pub capture_seen: u32,
+    /// This CPU's reading of the coarse clock and the tick it was taken in
+    /// (`clock.rs`).
+    pub clock: crate::clock::TickReading,
 }
 
 #[map(name = "SCRATCH")]

@@ -291,6 +291,8 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_SECOND_CHANCE,
     MAP_DECAP_PEERS,
     MAP_BACKEND_FLOWS,
+    MAP_VIP_FILTER,
+    MAP_PORT_MAC_CACHE,
 ];
 
 /// Where the XDP link of `iface` is pinned.

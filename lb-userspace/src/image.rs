@@ -106,7 +106,7 @@ pub fn lb_config(config: &Config, egress: Egress) -> LbConfig {
             CFG_F_PORTLESS_VIPS
         } else {
             0
-        },
+        } | CFG_F_VIP_FILTER,
         outer_src_v6: config
             .tunnel_source
             .ipv6
@@ -321,7 +321,10 @@ mod tests {
         );
         assert_eq!(image.config.outer_src_v4, [198, 51, 100, 2]);
         // The one VIP is port-less, so the program must look port 0 up.
-        assert_eq!(image.config.flags, CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS);
+        assert_eq!(
+            image.config.flags,
+            CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS | CFG_F_VIP_FILTER
+        );
     }
 
     /// Weight 0 (a hard limit) takes a backend out of the ring but not

@@ -8,6 +8,7 @@ use crate::{
     errors::chain,
     occupancy::{ElemCountError, ElemCounter},
     ring_memory::RingMemory,
+    vip_filter,
 };
 use aya::{
     Ebpf,
@@ -73,6 +74,10 @@ pub struct Maps {
     config: Array<MapData, LbConfig>,
     config_active: Array<MapData, u32>,
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_filter: Array<MapData, u64>,
+    /// `vip_filter` was rebuilt from `vips` by this handle: it may be
+    /// switched on (`CFG_F_VIP_FILTER`).
+    vip_filter_synced: bool,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
     ring_memory: RingMemory,
@@ -90,6 +95,7 @@ pub struct Maps {
     backend_flows: PerCpuArray<MapData, FlowEvents>,
     tx_ports: DevMapHash<MapData>,
     tx_port_macs: HashMap<MapData, u32, PortMac>,
+    port_mac_cache: Array<MapData, CachedPortMac>,
     decap_addrs: HashMap<MapData, DecapAddr, u32>,
     decap_stats: PerCpuArray<MapData, u64>,
     decap_sources: LpmTrie<MapData, DecapSource, u32>,
@@ -118,6 +124,8 @@ impl Maps {
             config: take(ebpf, MAP_CONFIG)?,
             config_active: take(ebpf, MAP_CONFIG_ACTIVE)?,
             vips: take(ebpf, MAP_VIPS)?,
+            vip_filter: take(ebpf, MAP_VIP_FILTER)?,
+            vip_filter_synced: false,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
             ring_memory,
@@ -131,6 +139,7 @@ impl Maps {
             backend_flows: take(ebpf, MAP_BACKEND_FLOWS)?,
             tx_ports: take(ebpf, MAP_TX_PORTS)?,
             tx_port_macs: take(ebpf, MAP_TX_PORT_MACS)?,
+            port_mac_cache: take(ebpf, MAP_PORT_MAC_CACHE)?,
             decap_addrs: take(ebpf, MAP_DECAP_ADDRS)?,
             decap_stats: take(ebpf, MAP_DECAP_STATS)?,
             decap_sources: take(ebpf, MAP_DECAP_SOURCES)?,
@@ -167,7 +176,13 @@ impl Maps {
     /// forwarding on. The slot no packet reads is written whole, then made
     /// the live one (`CONFIG_SLOTS`): a packet sees the old configuration
     /// or the new one, never a mixture.
+    /// A configuration with `CFG_F_VIP_FILTER` first rebuilds the filter
+    /// (once per handle), so the program never trusts a filter that misses
+    /// a VIP.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
+        if config.flags & CFG_F_VIP_FILTER != 0 && !self.vip_filter_synced {
+            self.sync_vip_filter()?;
+        }
         let next = self.config_slot()? ^ 1;
         self.config.set(next, config, 0).map_err(err(MAP_CONFIG))?;
         self.config_active
@@ -232,8 +247,87 @@ impl Maps {
         Ok(online as u32)
     }
 
+    /// Write a VIP, its filter bit first (`crate::vip_filter`).
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        let (word, mask) = vip_filter::position(key);
+        let had = self.vip_filter.get(&word, 0).map_err(err(MAP_VIP_FILTER))?;
+        if had & mask == 0 {
+            self.vip_filter
+                .set(word, had | mask, 0)
+                .map_err(err(MAP_VIP_FILTER))?;
+        }
         self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))
+    }
+
+    /// Rebuild what the program reads in place of a hash lookup from the
+    /// maps they stand for: `VIP_FILTER` from `VIPS`, `PORT_MAC_CACHE`
+    /// from `TX_PORT_MACS`.
+    pub fn sync_lookup_caches(&mut self) -> Result<(), MapsError> {
+        self.sync_vip_filter()?;
+        for slot in 0..PORT_MAC_CACHE_SLOTS {
+            let held = self
+                .port_mac_cache
+                .get(&slot, 0)
+                .map_err(err(MAP_PORT_MAC_CACHE))?;
+            let current = match self.tx_port_macs.get(&held.ifindex, 0) {
+                Ok(port) => port.mac == held.mac,
+                Err(MapError::KeyNotFound) => false,
+                Err(error) => {
+                    return Err(MapsError::Map {
+                        name: MAP_TX_PORT_MACS,
+                        error,
+                    });
+                }
+            };
+            if held.ifindex != 0 && !current {
+                self.port_mac_cache
+                    .set(slot, CachedPortMac::default(), 0)
+                    .map_err(err(MAP_PORT_MAC_CACHE))?;
+            }
+        }
+        for (ifindex, mac) in self.tx_ports()? {
+            if mac != [0; 6] {
+                self.cache_port_mac(ifindex, mac)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's id of lookup-cache map `name` (`MAP_VIP_FILTER` or
+    /// `MAP_PORT_MAC_CACHE`), for tools and tests that open it as it is.
+    pub fn lookup_cache_id(&self, name: &'static str) -> Result<u32, MapsError> {
+        let data = match name {
+            MAP_VIP_FILTER => self.vip_filter.map(),
+            MAP_PORT_MAC_CACHE => self.port_mac_cache.map(),
+            _ => return Err(MapsError::Missing(name)),
+        };
+        data.info().map(|i| i.id()).map_err(err(name))
+    }
+
+    /// Make `VIP_FILTER` hold exactly the addresses in `VIPS`, writing only
+    /// the words that differ. lbd calls it before it attaches a program: a
+    /// filter left by an older lbd (or none) may lack bits.
+    pub fn sync_vip_filter(&mut self) -> Result<(), MapsError> {
+        let keys = self
+            .vips
+            .keys()
+            .collect::<Result<Vec<VipKey>, _>>()
+            .map_err(err(MAP_VIPS))?;
+        for (index, want) in vip_filter::exact(&keys).into_iter().enumerate() {
+            let index = index as u32;
+            if self
+                .vip_filter
+                .get(&index, 0)
+                .map_err(err(MAP_VIP_FILTER))?
+                != want
+            {
+                self.vip_filter
+                    .set(index, want, 0)
+                    .map_err(err(MAP_VIP_FILTER))?;
+            }
+        }
+        self.vip_filter_synced = true;
+        Ok(())
     }
 
     pub fn vip(&self, key: &VipKey) -> Result<Option<VipMeta>, MapsError> {
@@ -247,14 +341,33 @@ impl Maps {
         }
     }
 
+    /// Remove a VIP, then its filter bit unless another VIP needs it.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         match self.vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(error) => Err(MapsError::Map {
-                name: MAP_VIPS,
-                error,
-            }),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => {
+                return Err(MapsError::Map {
+                    name: MAP_VIPS,
+                    error,
+                });
+            }
         }
+        let rest = self
+            .vips
+            .keys()
+            .collect::<Result<Vec<VipKey>, _>>()
+            .map_err(err(MAP_VIPS))?;
+        if vip_filter::still_needed(key, &rest) {
+            return Ok(());
+        }
+        let (word, mask) = vip_filter::position(key);
+        let had = self.vip_filter.get(&word, 0).map_err(err(MAP_VIP_FILTER))?;
+        if had & mask != 0 {
+            self.vip_filter
+                .set(word, had & !mask, 0)
+                .map_err(err(MAP_VIP_FILTER))?;
+        }
+        Ok(())
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
@@ -509,6 +622,7 @@ impl Maps {
         self.tx_port_macs
             .insert(ifindex, value, 0)
             .map_err(err(MAP_TX_PORT_MACS))?;
+        self.cache_port_mac(ifindex, mac)?;
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| match e {
@@ -518,6 +632,52 @@ impl Maps {
                 },
                 XdpMapError::ChainedProgramNotSupported => MapsError::Unsupported(MAP_TX_PORTS),
             })
+    }
+
+    /// Put `ifindex`'s MAC in its `PORT_MAC_CACHE` slot, unless another
+    /// port holds the slot (that one's packets keep it; this one's fall
+    /// back to `TX_PORT_MACS`). The MAC is written with the slot still
+    /// empty, then the ifindex, so no reader pairs one port's ifindex
+    /// with another's MAC.
+    fn cache_port_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), MapsError> {
+        let slot = ifindex % PORT_MAC_CACHE_SLOTS;
+        let held = self
+            .port_mac_cache
+            .get(&slot, 0)
+            .map_err(err(MAP_PORT_MAC_CACHE))?;
+        if held.ifindex != 0 && held.ifindex != ifindex {
+            return Ok(());
+        }
+        let mut value = CachedPortMac {
+            ifindex: 0,
+            mac,
+            _pad: [0; 2],
+        };
+        if held.ifindex == ifindex && held.mac == mac {
+            return Ok(());
+        }
+        self.port_mac_cache
+            .set(slot, value, 0)
+            .map_err(err(MAP_PORT_MAC_CACHE))?;
+        value.ifindex = ifindex;
+        self.port_mac_cache
+            .set(slot, value, 0)
+            .map_err(err(MAP_PORT_MAC_CACHE))
+    }
+
+    /// Empty `ifindex`'s `PORT_MAC_CACHE` slot if it holds it.
+    fn uncache_port_mac(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        let slot = ifindex % PORT_MAC_CACHE_SLOTS;
+        let held = self
+            .port_mac_cache
+            .get(&slot, 0)
+            .map_err(err(MAP_PORT_MAC_CACHE))?;
+        if held.ifindex != ifindex {
+            return Ok(());
+        }
+        self.port_mac_cache
+            .set(slot, CachedPortMac::default(), 0)
+            .map_err(err(MAP_PORT_MAC_CACHE))
     }
 
     /// The interfaces redirects may go to, with their MACs (zero for a port
@@ -553,6 +713,7 @@ impl Maps {
                 });
             }
         }
+        self.uncache_port_mac(ifindex)?;
         match self.tx_port_macs.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(error) => Err(MapsError::Map {

@@ -16,6 +16,8 @@ mod golden_forwarding;
 mod golden_fragments_icmp;
 #[path = "golden_hash_agreement.rs"]
 mod golden_hash_agreement;
+#[path = "golden_lookup_caches.rs"]
+mod golden_lookup_caches;
 #[path = "golden_malformed.rs"]
 mod golden_malformed;
 #[path = "golden_native_attach.rs"]

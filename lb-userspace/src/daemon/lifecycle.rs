@@ -126,6 +126,9 @@ impl Daemon {
             .map_err(anyhow::Error::msg)
             .context("identifying the data plane for the state file")?;
         let mut maps = Maps::take(&mut dp.ebpf, t.ring_size)?;
+        // Before anything is written or attached: what an older lbd left
+        // (or did not have) in the program's lookup caches.
+        maps.sync_lookup_caches()?;
         let mut ids = Ids::new(t.max_vips, t.max_backends);
         let mut up_before = BTreeMap::new();
         if adopted {

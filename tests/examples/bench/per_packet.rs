@@ -96,7 +96,7 @@ pub fn configure(maps: &mut Maps, sizes: MapSizes) {
     let (outer_v6, _) = to_map(OUTER_SRC_V6.parse().unwrap());
     maps.set_config(&LbConfig {
         ring_size: sizes.ring_size,
-        flags: 0,
+        flags: CFG_F_VIP_FILTER,
         outer_src_v6: outer_v6,
         outer_src_v4: v4(OUTER_SRC_V4),
         gateway_mac: GATEWAY_MAC,
@@ -106,6 +106,9 @@ pub fn configure(maps: &mut Maps, sizes: MapSizes) {
         _pad: [0; 2],
     })
     .unwrap();
+    // The interface the frames arrive on (loopback, in a test run), with
+    // the MAC they are sent to, as lbd writes every attached interface.
+    maps.add_tx_port(1, LB_MAC).unwrap();
     // Every too-big packet answered: no rate limit in the way of the timing.
     maps.set_too_big_limit(&TooBigLimit {
         interval_ns: 1,

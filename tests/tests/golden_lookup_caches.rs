@@ -1,0 +1,145 @@
+//! The arrays the program reads in place of a hash lookup: `VIP_FILTER`
+//! (is the destination any VIP's address?) and `PORT_MAC_CACHE` (the
+//! ingress interface's MAC). A clear bit or a cached MAC is trusted, so
+//! these tests show that the program reads them, and that `Maps` keeps
+//! them true through VIP and port changes and rebuilds them on adoption.
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::{
+    Reason,
+    flow::*,
+    maps::{
+        CFG_F_VIP_FILTER, CachedPortMac, MAP_PORT_MAC_CACHE, MAP_VIP_FILTER, PORT_MAC_CACHE_SLOTS,
+        VIP_FILTER_WORDS,
+    },
+};
+use lb_tests::{harness::*, packets::*};
+use lb_userspace::vip_filter;
+
+fn vip_filter_of(lb: &Lb) -> Array<MapData, u64> {
+    let id = lb.maps.lookup_cache_id(MAP_VIP_FILTER).unwrap();
+    Array::try_from(Map::Array(MapData::from_id(id).unwrap())).unwrap()
+}
+
+fn port_mac_cache_of(lb: &Lb) -> Array<MapData, CachedPortMac> {
+    let id = lb.maps.lookup_cache_id(MAP_PORT_MAC_CACHE).unwrap();
+    Array::try_from(Map::Array(MapData::from_id(id).unwrap())).unwrap()
+}
+
+fn set_bits(filter: &Array<MapData, u64>) -> u32 {
+    (0..VIP_FILTER_WORDS)
+        .map(|i| filter.get(&i, 0).unwrap().count_ones())
+        .sum()
+}
+
+#[test]
+fn golden_vip_filter_is_read_and_rebuilt_from_the_vips() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    lb.add_vip(key, 0, &[BackendSpec::new(1, BACKEND_V4[0])]);
+    let (word, mask) = vip_filter::position(&key);
+    let mut filter = vip_filter_of(&lb);
+    assert_eq!(filter.get(&word, 0).unwrap(), mask, "the VIP's bit, set");
+    assert_eq!(set_bits(&filter), 1);
+
+    let syn = to_lb(&tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(lb.run(&syn).action, XDP_TX);
+    let other = to_lb(&tcp4(CLIENT_V4, 40000, "198.51.100.99", 80, Tcp::Syn, b""));
+    assert_eq!(lb.run(&other).action, XDP_PASS);
+    assert_eq!(lb.count(Reason::PassNonVip), 1);
+
+    // A filter without the VIP's bit hides the VIP: the program trusts a
+    // clear bit (which is why `Maps` sets it before the VIP is written).
+    filter.set(word, 0, 0).unwrap();
+    assert_eq!(lb.run(&syn).action, XDP_PASS);
+    assert_eq!(lb.count(Reason::PassNonVip), 2);
+    // Off (an older lbd's configuration) the filter is not read.
+    let config = lb.maps.config().unwrap();
+    lb.maps
+        .set_config(&lb_common::maps::LbConfig {
+            flags: config.flags & !CFG_F_VIP_FILTER,
+            ..config
+        })
+        .unwrap();
+    assert_eq!(lb.run(&syn).action, XDP_TX);
+    // What lbd does before it attaches: the filter rebuilt from VIPS.
+    lb.maps.sync_vip_filter().unwrap();
+    assert_eq!(filter.get(&word, 0).unwrap(), mask);
+    lb.maps.set_config(&config).unwrap();
+    assert_eq!(lb.run(&syn).action, XDP_TX);
+    assert_eq!(lb.count(Reason::PassNonVip), 2);
+}
+
+#[test]
+fn golden_removing_a_vip_keeps_the_bit_another_vip_on_its_address_needs() {
+    let mut lb = Lb::new();
+    let web = vip_key(VIP_V4, 80, PROTO_TCP);
+    let dns = vip_key(VIP_V4, 53, PROTO_UDP);
+    lb.add_vip(web, 0, &[BackendSpec::new(1, BACKEND_V4[0])]);
+    lb.add_vip(dns, 0, &[BackendSpec::new(2, BACKEND_V4[1])]);
+    let filter = vip_filter_of(&lb);
+    let (word, mask) = vip_filter::position(&web);
+
+    lb.maps.remove_vip(&web).unwrap();
+    assert_eq!(
+        filter.get(&word, 0).unwrap() & mask,
+        mask,
+        "DNS still needs it"
+    );
+    let query = to_lb(&udp4(CLIENT_V4, 5000, VIP_V4, 53, b"q"));
+    assert_eq!(lb.run(&query).action, XDP_TX);
+
+    lb.maps.remove_vip(&dns).unwrap();
+    assert_eq!(set_bits(&filter), 0, "no VIP left, no bit left");
+    assert_eq!(lb.run(&query).action, XDP_PASS);
+    assert_eq!(lb.count(Reason::PassNonVip), 1);
+}
+
+/// The MAC check of every VIP frame (`pass_other_host`) reads the cached
+/// MAC of the ingress interface; a cache that disagrees with
+/// `TX_PORT_MACS` is repaired by `sync_lookup_caches`, and a removed port
+/// leaves no slot behind.
+#[test]
+fn golden_port_mac_cache_answers_the_mac_check_and_follows_the_ports() {
+    use lb_tests::netns::{Netns, veth};
+    let ns = Netns::new("maccache");
+    let peer = Netns::new("maccpeer");
+    veth(&ns, "lb0", &peer, "p0");
+    let ifindex = ns.ifindex("lb0");
+    let slot = ifindex % PORT_MAC_CACHE_SLOTS;
+    let mut lb = Lb::new();
+    lb.add_vip(
+        vip_key(VIP_V4, 80, PROTO_TCP),
+        0,
+        &[BackendSpec::new(1, BACKEND_V4[0])],
+    );
+    ns.enter(|| lb.maps.add_tx_port(ifindex, LB_MAC)).unwrap();
+    let mut cache = port_mac_cache_of(&lb);
+    let cached = CachedPortMac {
+        ifindex,
+        mac: LB_MAC,
+        _pad: [0; 2],
+    };
+    assert_eq!(cache.get(&slot, 0).unwrap(), cached);
+    let syn = to_lb(&tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Syn, b""));
+    assert_eq!(ns.enter(|| lb.run_on(ifindex, &syn)).action, XDP_TX);
+
+    // The cache is what the check reads: a wrong MAC there passes the
+    // frame as another host's, though TX_PORT_MACS has the right one.
+    let wrong = CachedPortMac {
+        mac: [0x02, 0, 0, 0, 0, 0x77],
+        ..cached
+    };
+    cache.set(slot, wrong, 0).unwrap();
+    assert_eq!(ns.enter(|| lb.run_on(ifindex, &syn)).action, XDP_PASS);
+    assert_eq!(lb.count(Reason::PassOtherHost), 1);
+    ns.enter(|| lb.maps.sync_lookup_caches()).unwrap();
+    assert_eq!(cache.get(&slot, 0).unwrap(), cached);
+    assert_eq!(ns.enter(|| lb.run_on(ifindex, &syn)).action, XDP_TX);
+
+    ns.enter(|| lb.maps.remove_tx_port(ifindex)).unwrap();
+    assert_eq!(cache.get(&slot, 0).unwrap(), CachedPortMac::default());
+    // Not a port lbd wrote: any unicast frame is ours, as before the cache.
+    assert_eq!(ns.enter(|| lb.run_on(ifindex, &syn)).action, XDP_TX);
+    assert_eq!(lb.count(Reason::PassOtherHost), 1);
+}
