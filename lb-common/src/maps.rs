@@ -181,10 +181,14 @@ pub const CFG_F_NEXTHOP_FIB: u32 = 1;
 /// looked up once more with port 0. Without it, non-VIP traffic (most of a
 /// host's) costs one hash lookup instead of two.
 pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
-/// `VIP_FILTER` holds the bit of every address in `VIPS`: a packet whose
-/// destination's bit is clear is no VIP's, without a hash lookup. Set by
-/// the control plane only once it has filled the filter (`vip_filter_bit`).
-pub const CFG_F_VIP_FILTER: u32 = 1 << 2;
+/// The program may read `VIP_FILTER` and `PORT_MAC_CACHE` in place of the
+/// hash maps they stand for: `VIP_FILTER` holds the bit of every address in
+/// `VIPS` (`vip_filter_bit`), so a packet whose destination's bit is clear
+/// is no VIP's; `PORT_MAC_CACHE` holds ports' MACs from `TX_PORT_MACS`.
+/// Set by lbd only once it has rebuilt both, and cleared when it exits, so
+/// that an older lbd started next (which knows neither) is never trusted
+/// to have kept them true.
+pub const CFG_F_LOOKUP_CACHES: u32 = 1 << 2;
 
 /// `u64` words of `VIP_FILTER`: 65,536 bits, 8 KiB. With 100 VIP addresses
 /// about one non-VIP address in 650 shares a bit with one and pays the
@@ -209,10 +213,12 @@ pub fn vip_filter_bit(addr: &[u8; 16], family: u8) -> u32 {
 pub const PORT_MAC_CACHE_SLOTS: u32 = 64;
 
 /// A slot of `PORT_MAC_CACHE`: `TX_PORT_MACS`'s entry for `ifindex`, in an
-/// array the program reads without a hash lookup. `ifindex` 0: empty (the
-/// program then asks `TX_PORT_MACS`). The control plane writes a slot's MAC
-/// before its ifindex, so a reader never pairs an ifindex with another
-/// port's MAC.
+/// array the program reads without a hash lookup (with
+/// `CFG_F_LOOKUP_CACHES`). `ifindex` 0: empty (the program then asks
+/// `TX_PORT_MACS`). The control plane writes a slot's MAC before its
+/// ifindex, which keeps a reader from pairing one port's ifindex with
+/// another's MAC in all but a torn read of the 12-byte slot while it
+/// changes (a port added or its MAC changed: one frame's MAC check).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CachedPortMac {

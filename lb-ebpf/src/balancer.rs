@@ -6,7 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Reason,
     flow::{PROTO_ICMP, PROTO_ICMPV6},
-    maps::{LbConfig, NO_BACKEND, PORT_MAC_CACHE_SLOTS, VipMeta},
+    maps::{CFG_F_LOOKUP_CACHES, LbConfig, NO_BACKEND, PORT_MAC_CACHE_SLOTS, VipMeta},
     stats::ReasonKind,
 };
 
@@ -104,7 +104,7 @@ fn find_target(
         return too_big_target(ctx, p, cfg);
     }
     let vip = vip::lookup(&p.flow, cfg).ok_or((Reason::PassNonVip, None))?;
-    if !addressed_here(ctx, &p.l2) {
+    if !addressed_here(ctx, cfg, &p.l2) {
         return Err((Reason::PassOtherHost, None));
     }
     let whole = p.fragment == Fragment::None;
@@ -126,11 +126,13 @@ fn find_target(
 /// reach the backend too. A group address is no host's: a reply sent back
 /// would carry it as its source. Checked only once the packet is known to
 /// be for a VIP, so other traffic pays nothing. `PORT_MAC_CACHE` answers
-/// without a hash lookup for the ports lbd cached there.
+/// without a hash lookup for the ports lbd cached there, while lbd says the
+/// caches hold (`CFG_F_LOOKUP_CACHES`).
 #[inline(always)]
-fn addressed_here(ctx: &XdpContext, l2: &L2) -> bool {
+fn addressed_here(ctx: &XdpContext, cfg: &LbConfig, l2: &L2) -> bool {
     let ifindex = ctx.ingress_ifindex() as u32;
-    if let Some(slot) = PORT_MAC_CACHE.get(ifindex % PORT_MAC_CACHE_SLOTS)
+    if cfg.flags & CFG_F_LOOKUP_CACHES != 0
+        && let Some(slot) = PORT_MAC_CACHE.get(ifindex % PORT_MAC_CACHE_SLOTS)
         && slot.ifindex == ifindex
     {
         return slot.mac == l2.dst_mac;
@@ -157,7 +159,7 @@ fn too_big_target(
         None => return Err((Reason::PassNonVip, None)),
     };
     let vip = vip::lookup(&flow, cfg).ok_or((Reason::PassNonVip, None))?;
-    if !addressed_here(ctx, &p.l2) {
+    if !addressed_here(ctx, cfg, &p.l2) {
         return Err((Reason::PassOtherHost, None));
     }
     stats::event(Reason::IcmpTooBig);

@@ -6,9 +6,13 @@
 //! `jiffies`, which the verifier turns into a plain load (no helper call,
 //! where `bpf_ktime_get_coarse_ns` is a call and a return on every
 //! packet). So each CPU keeps the last reading with the tick it was taken
-//! in, and asks the kernel again only once `jiffies` has moved. A reading
-//! can lag the kernel's by at most one tick, which the coarse clock already
-//! does by design.
+//! in, and asks the kernel again only once `jiffies` has moved. The kernel
+//! moves `jiffies` a moment before the clock: a reading in between that
+//! finds the clock where it was is not kept for the new tick, so the next
+//! packet asks again. Readings on different CPUs can still differ by about
+//! a tick (a few ms), as the coarse clock's own readings do across a tick;
+//! whatever compares them allows for it (wrapping or saturating
+//! differences, windows of seconds).
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
@@ -34,9 +38,12 @@ pub fn coarse_ns() -> u64 {
     // SAFETY: a per-CPU map value, ours for this program run.
     let reading = unsafe { &mut (*scratch).clock };
     if reading.jiffies != jiffies || reading.ns == 0 {
-        reading.jiffies = jiffies;
         // SAFETY: no preconditions.
-        reading.ns = unsafe { bpf_ktime_get_coarse_ns() };
+        let ns = unsafe { bpf_ktime_get_coarse_ns() };
+        if ns != reading.ns {
+            reading.jiffies = jiffies;
+        }
+        reading.ns = ns;
     }
     reading.ns
 }

@@ -155,7 +155,10 @@ fn touch(entry: &mut ConnEntry, pkt: &Packet, tcp_flags: u8) {
             return;
         }
     }
-    if pkt.now.wrapping_sub(last & !CONN_CLOSED) > REFRESH_NS {
+    // Signed: another CPU's clock reading, a tick ahead of this one's, is
+    // no reason to write an older time over it.
+    let since = (pkt.now as i64).wrapping_sub((last & !CONN_CLOSED) as i64);
+    if since > REFRESH_NS as i64 {
         entry.last_seen_ns = pkt.now | (last & CONN_CLOSED);
     }
 }

@@ -34,7 +34,7 @@ pub fn live_config() -> Option<&'static LbConfig> {
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// A bit per VIP address (`lb_common::maps::vip_filter_bit`), read
-/// before `VIPS` when `CFG_F_VIP_FILTER` is set (`vip.rs`).
+/// before `VIPS` when `CFG_F_LOOKUP_CACHES` is set (`vip.rs`).
 #[map(name = "VIP_FILTER")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 

@@ -7,7 +7,7 @@
 use lb_common::{
     FlowKey,
     maps::{
-        CFG_F_PORTLESS_VIPS, CFG_F_VIP_FILTER, LbConfig, VIP_F_PORTLESS, VipKey, VipMeta,
+        CFG_F_LOOKUP_CACHES, CFG_F_PORTLESS_VIPS, LbConfig, VIP_F_PORTLESS, VipKey, VipMeta,
         vip_filter_bit,
     },
 };
@@ -16,7 +16,7 @@ use crate::maps::{VIP_FILTER, VIPS};
 
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, cfg: &LbConfig) -> Option<VipMeta> {
-    if cfg.flags & CFG_F_VIP_FILTER != 0 && !may_be_vip(flow) {
+    if cfg.flags & CFG_F_LOOKUP_CACHES != 0 && !may_be_vip(flow) {
         return None;
     }
     let mut key = VipKey {

@@ -75,9 +75,9 @@ pub struct Maps {
     config_active: Array<MapData, u32>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_filter: Array<MapData, u64>,
-    /// `vip_filter` was rebuilt from `vips` by this handle: it may be
-    /// switched on (`CFG_F_VIP_FILTER`).
-    vip_filter_synced: bool,
+    /// The lookup caches were rebuilt by this handle: they may be
+    /// switched on (`CFG_F_LOOKUP_CACHES`).
+    lookup_caches_synced: bool,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
     ring_memory: RingMemory,
@@ -125,7 +125,7 @@ impl Maps {
             config_active: take(ebpf, MAP_CONFIG_ACTIVE)?,
             vips: take(ebpf, MAP_VIPS)?,
             vip_filter: take(ebpf, MAP_VIP_FILTER)?,
-            vip_filter_synced: false,
+            lookup_caches_synced: false,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
             ring_memory,
@@ -176,12 +176,12 @@ impl Maps {
     /// forwarding on. The slot no packet reads is written whole, then made
     /// the live one (`CONFIG_SLOTS`): a packet sees the old configuration
     /// or the new one, never a mixture.
-    /// A configuration with `CFG_F_VIP_FILTER` first rebuilds the filter
-    /// (once per handle), so the program never trusts a filter that misses
-    /// a VIP.
+    /// A configuration with `CFG_F_LOOKUP_CACHES` first rebuilds the
+    /// caches (once per handle), so the program never trusts a filter that
+    /// misses a VIP or a stale MAC.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
-        if config.flags & CFG_F_VIP_FILTER != 0 && !self.vip_filter_synced {
-            self.sync_vip_filter()?;
+        if config.flags & CFG_F_LOOKUP_CACHES != 0 && !self.lookup_caches_synced {
+            self.sync_lookup_caches()?;
         }
         let next = self.config_slot()? ^ 1;
         self.config.set(next, config, 0).map_err(err(MAP_CONFIG))?;
@@ -290,7 +290,24 @@ impl Maps {
                 self.cache_port_mac(ifindex, mac)?;
             }
         }
+        self.lookup_caches_synced = true;
         Ok(())
+    }
+
+    /// Stop the program reading the lookup caches (the live configuration
+    /// without `CFG_F_LOOKUP_CACHES`): lbd's last write before it exits,
+    /// since the lbd started next may be an older one that would not keep
+    /// them true. Until a new lbd sets it again, the program pays the hash
+    /// lookups the caches save.
+    pub fn release_lookup_caches(&mut self) -> Result<(), MapsError> {
+        let live = self.config()?;
+        if live.flags & CFG_F_LOOKUP_CACHES == 0 {
+            return Ok(());
+        }
+        self.set_config(&LbConfig {
+            flags: live.flags & !CFG_F_LOOKUP_CACHES,
+            ..live
+        })
     }
 
     /// The kernel's id of lookup-cache map `name` (`MAP_VIP_FILTER` or
@@ -326,7 +343,6 @@ impl Maps {
                     .map_err(err(MAP_VIP_FILTER))?;
             }
         }
-        self.vip_filter_synced = true;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //! The program trusts a clear bit, so a VIP's bit is set before the VIP is
 //! written and cleared only after the last VIP on an address sharing it is
 //! gone. `Maps` does both, and lbd, the only writer, rebuilds the filter
-//! from the VIP map before it sets `CFG_F_VIP_FILTER`.
+//! from the VIP map before it sets `CFG_F_LOOKUP_CACHES`.
 
 use lb_common::maps::{VIP_FILTER_WORDS, VipKey, vip_filter_bit};
 
@@ -53,6 +53,27 @@ mod tests {
         let dns = key(&[198, 51, 100, 10], FAMILY_V4, 53, PROTO_UDP);
         assert_eq!(position(&web), position(&dns));
         assert!(still_needed(&web, [&dns]));
+    }
+
+    #[test]
+    fn two_addresses_can_share_a_bit_and_removing_one_keeps_it() {
+        // The IPv6 fold XORs the address's words: these two fold alike.
+        let one = key(
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            FAMILY_V6,
+            443,
+            PROTO_TCP,
+        );
+        let other = key(
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
+            FAMILY_V6,
+            443,
+            PROTO_TCP,
+        );
+        assert_ne!(one.addr, other.addr);
+        assert_eq!(position(&one), position(&other));
+        assert!(still_needed(&one, [&other]));
+        assert!(!still_needed(&one, std::iter::empty::<&VipKey>()));
     }
 
     #[test]

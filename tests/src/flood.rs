@@ -146,9 +146,18 @@ pub fn flood(shape: FloodShape) -> (Lb, FloodOutcome) {
     let mut rng = SmallRng::seed_from_u64(shape.seed);
     let mut sent = 0u32;
     let mut next_active = 0usize;
+    // Every spoofed flow is a new one: a (source, port) drawn twice would
+    // find its first drawing's probation entry and be deferred twice.
+    let mut drawn = std::collections::HashSet::new();
     while sent < shape.packets {
-        let src = format!("192.0.2.{}", rng.random::<u8>());
-        let p = to_lb(&spoofed_packet(proto, &src, rng.random_range(1024..=65535)));
+        let (host, port) = loop {
+            let pick = (rng.random::<u8>(), rng.random_range(1024..=65535u16));
+            if drawn.insert(pick) {
+                break pick;
+            }
+        };
+        let src = format!("192.0.2.{host}");
+        let p = to_lb(&spoofed_packet(proto, &src, port));
         for _ in 0..shape.per_flow.min(shape.packets - sent) {
             assert_eq!(lb.run(&p).action, XDP_TX);
             sent += 1;

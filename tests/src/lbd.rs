@@ -259,6 +259,16 @@ impl Lbd {
         }
     }
 
+    /// SIGTERM, and wait for lbd to exit: a clean stop (systemd's).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// Start lbd again with the same configuration file.
     pub fn restart(&mut self) {
         self.kill();

@@ -3028,3 +3028,42 @@ fn cp_backend_drain_wait_counts_pinned_flows_until_none_or_the_deadline() {
     );
     assert_eq!(lbd.json(&["conn", "list", "--backend", B1])["pinned"], 0);
 }
+
+/// The live configuration in pin directory `pin_dir`.
+fn live_config(pin_dir: &std::path::Path) -> lb_common::maps::LbConfig {
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::maps::{LbConfig, MAP_CONFIG, MAP_CONFIG_ACTIVE};
+    let active = MapData::from_pin(pin_dir.join(MAP_CONFIG_ACTIVE)).expect("CONFIG_ACTIVE");
+    let active: Array<MapData, u32> = Array::try_from(Map::Array(active)).unwrap();
+    let slot = active.get(&0, 0).unwrap() & 1;
+    let config = MapData::from_pin(pin_dir.join(MAP_CONFIG)).expect("LB_CONFIG");
+    let config: Array<MapData, LbConfig> = Array::try_from(Map::Array(config)).unwrap();
+    config.get(&slot, 0).unwrap()
+}
+
+/// The program reads the lookup caches only while an lbd that keeps them
+/// true runs: lbd switches them on when it has rebuilt them, off as it
+/// exits cleanly (the lbd started next may be an older one, which would
+/// not keep them), and on again when it starts over the same pins.
+#[test]
+fn cp_lbd_switches_the_lookup_caches_off_as_it_exits_and_on_as_it_starts() {
+    use lb_common::maps::CFG_F_LOOKUP_CACHES;
+    let site = Site::new();
+    let mut lbd = Lbd::start(
+        &site.lb,
+        Paths::new("caches"),
+        site.config(&[B1, B2], json!({"type": "none"})),
+    );
+    let pin_dir = lbd.paths.pin_dir.clone();
+    assert_ne!(live_config(&pin_dir).flags & CFG_F_LOOKUP_CACHES, 0);
+    lbd.terminate();
+    let after_exit = live_config(&pin_dir);
+    assert_eq!(after_exit.flags & CFG_F_LOOKUP_CACHES, 0, "off after exit");
+    assert_ne!(after_exit.ring_size, 0, "the program keeps forwarding");
+    lbd.restart();
+    assert_ne!(
+        live_config(&pin_dir).flags & CFG_F_LOOKUP_CACHES,
+        0,
+        "on again"
+    );
+}

@@ -202,16 +202,25 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
         );
     }
     assert_kept(&table, pin_dir, "after the upgrade");
-    // A configuration change through lbd makes the second configuration
-    // slot the live one: the downgrade below then meets a live slot 1 and a
-    // stale slot 0, which the old release, knowing only slot 0, rewrites.
-    let mut changed = config.clone();
-    changed["mtu"] = json!(1480);
-    let file = paths.dir.join("changed.json");
-    std::fs::write(&file, changed.to_string()).expect("write the changed config");
-    lbd.json(&["apply", "-f", file.to_str().unwrap()]);
+    // Configuration changes through lbd until the second configuration
+    // slot is the live one: the downgrade below then meets a live slot 1
+    // and a stale slot 0, which the old release, knowing only slot 0,
+    // rewrites. (The upgrade itself may have flipped the slots already:
+    // this release's configuration has flags the old one lacks.)
+    let mut mtu = 1500;
+    for attempt in 0..2 {
+        mtu = 1480 - 10 * attempt;
+        let mut changed = config.clone();
+        changed["mtu"] = json!(mtu);
+        let file = paths.dir.join(format!("changed{attempt}.json"));
+        std::fs::write(&file, changed.to_string()).expect("write the changed config");
+        lbd.json(&["apply", "-f", file.to_str().unwrap()]);
+        if live_config_slot(pin_dir) == 1 {
+            break;
+        }
+    }
     assert_eq!(live_config_slot(pin_dir), 1, "slot 1 is live");
-    assert_eq!(config_slot(pin_dir, 1).mtu, 1480);
+    assert_eq!(config_slot(pin_dir, 1).mtu, mtu);
     thread::sleep(Duration::from_millis(500));
 
     // Downgrade: this lbd killed, the old one started over the same pins.

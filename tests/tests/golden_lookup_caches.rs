@@ -9,8 +9,8 @@ use lb_common::{
     Reason,
     flow::*,
     maps::{
-        CFG_F_VIP_FILTER, CachedPortMac, MAP_PORT_MAC_CACHE, MAP_VIP_FILTER, PORT_MAC_CACHE_SLOTS,
-        VIP_FILTER_WORDS,
+        CFG_F_LOOKUP_CACHES, CachedPortMac, MAP_PORT_MAC_CACHE, MAP_VIP_FILTER,
+        PORT_MAC_CACHE_SLOTS, VIP_FILTER_WORDS,
     },
 };
 use lb_tests::{harness::*, packets::*};
@@ -57,7 +57,7 @@ fn golden_vip_filter_is_read_and_rebuilt_from_the_vips() {
     let config = lb.maps.config().unwrap();
     lb.maps
         .set_config(&lb_common::maps::LbConfig {
-            flags: config.flags & !CFG_F_VIP_FILTER,
+            flags: config.flags & !CFG_F_LOOKUP_CACHES,
             ..config
         })
         .unwrap();
@@ -92,6 +92,33 @@ fn golden_removing_a_vip_keeps_the_bit_another_vip_on_its_address_needs() {
     lb.maps.remove_vip(&dns).unwrap();
     assert_eq!(set_bits(&filter), 0, "no VIP left, no bit left");
     assert_eq!(lb.run(&query).action, XDP_PASS);
+    assert_eq!(lb.count(Reason::PassNonVip), 1);
+}
+
+/// Two VIP addresses can share a bit (a filter is not a set): removing one
+/// must keep the bit the other needs.
+#[test]
+fn golden_removing_a_vip_keeps_the_bit_of_another_address_that_shares_it() {
+    let mut lb = Lb::new();
+    // The IPv6 fold XORs the address's words: these two fold alike.
+    let one = vip_key("2001:db8::1", 443, PROTO_TCP);
+    let other = vip_key("2001:db8::1:0:0", 443, PROTO_TCP);
+    assert_eq!(vip_filter::position(&one), vip_filter::position(&other));
+    lb.add_vip(one, 0, &[BackendSpec::new(1, BACKEND_V6[0])]);
+    lb.add_vip(other, 0, &[BackendSpec::new(2, BACKEND_V6[1])]);
+    lb.maps.remove_vip(&one).unwrap();
+    let syn = to_lb(&tcp6(
+        CLIENT_V6,
+        40000,
+        "2001:db8::1:0:0",
+        443,
+        Tcp::Syn,
+        b"",
+    ));
+    assert_eq!(lb.run(&syn).action, XDP_TX);
+    lb.maps.remove_vip(&other).unwrap();
+    assert_eq!(set_bits(&vip_filter_of(&lb)), 0);
+    assert_eq!(lb.run(&syn).action, XDP_PASS);
     assert_eq!(lb.count(Reason::PassNonVip), 1);
 }
 

@@ -177,6 +177,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         }
     }
     service_manager::stopping();
+    daemon.on_exit();
     let _ = std::fs::remove_file(&socket);
     info!("lbd exiting; the program stays attached and keeps forwarding");
     Ok(())

@@ -243,6 +243,15 @@ impl Daemon {
         daemon.save_state();
         Ok(daemon)
     }
+
+    /// lbd is exiting and the program stays attached: it stops reading
+    /// the lookup caches, which the next lbd (maybe an older one) might not
+    /// keep true (`Maps::release_lookup_caches`).
+    pub fn on_exit(&mut self) {
+        if let Err(e) = self.maps.release_lookup_caches() {
+            warn!(error = %e, "could not switch the lookup caches off before exiting");
+        }
+    }
 }
 
 /// Pinned maps keep the sizes they were created with: running on would
