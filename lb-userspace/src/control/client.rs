@@ -138,6 +138,7 @@ fn at(within: &str, e: serde_path_to_error::Error<serde_json::Error>) -> String 
     let path = match (within, e.path().to_string()) {
         (within, path) if path == "." => within.to_string(),
         ("", path) => path,
+        (within, path) if path.starts_with('[') => format!("{within}{path}"),
         (within, path) => format!("{within}.{path}"),
     };
     match path.as_str() {
@@ -201,6 +202,13 @@ mod tests {
             "lbd's reply to `stats` cannot be read (lbd speaks control protocol 1, this lbctl \
              speaks 1): data.vips[0].packets: invalid type: string \"many\", expected u64; use \
              the lbctl shipped with the running lbd (lbd --version)"
+        );
+        let rows = read_reply::<Vec<Stats>>(&Request::Stats, r#"{"v":1,"ok":true,"data":[7]}"#);
+        assert!(
+            rows.unwrap_err()
+                .to_string()
+                .contains("): data[0]: invalid type"),
+            "a list's element is named by its index"
         );
         let missing = stats_line(r#""v":1,"#, r#"{"time_s":1.5,"vips":[],"counters":{}}"#);
         assert!(
