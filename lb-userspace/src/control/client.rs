@@ -30,6 +30,11 @@ pub enum ClientError {
     Encode(serde_json::Error),
     #[error("lbd sent a reply that is not JSON: {0}")]
     NotJson(serde_json::Error),
+    #[error(
+        "lbd sent a reply whose version is not a number (v: {v}); {advice}",
+        advice = version::advice()
+    )]
+    BadVersion { v: Value },
     #[error("{0}")]
     Version(VersionError),
     /// The reply, or its body, is not what this lbctl expects of `cmd`:
@@ -104,7 +109,7 @@ async fn send(socket: &Path, request: &Request) -> Result<BufReader<OwnedReadHal
 pub fn read_reply<T: DeserializeOwned>(request: &Request, line: &str) -> Result<T, ClientError> {
     let value: Value = serde_json::from_str(line).map_err(ClientError::NotJson)?;
     let unreadable = |lbd: u32, what: String| ClientError::Unreadable {
-        cmd: request.cmd().to_string(),
+        cmd: request.cmd(),
         lbd,
         what,
     };
@@ -113,7 +118,7 @@ pub fn read_reply<T: DeserializeOwned>(request: &Request, line: &str) -> Result<
         Some(v) => v
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| unreadable(UNVERSIONED, format!("v: {v} is not a version number")))?,
+            .ok_or_else(|| ClientError::BadVersion { v: v.clone() })?,
     };
     version::check_reply(lbd).map_err(ClientError::Version)?;
     let reply: Reply<Value> =
@@ -223,10 +228,10 @@ mod tests {
             e(no_ok)
         );
         let bad_version = r#"{"v":"one","ok":true}"#;
-        assert!(
-            e(bad_version).contains(r#"v: "one" is not a version number"#),
-            "{}",
-            e(bad_version)
+        assert_eq!(
+            e(bad_version),
+            "lbd sent a reply whose version is not a number (v: \"one\"); use the lbctl \
+             shipped with the running lbd (lbd --version)"
         );
         assert!(
             e("{\"v\":1,\"ok\":tr").starts_with("lbd sent a reply that is not JSON: "),
