@@ -8,7 +8,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixStream, unix::OwnedReadHalf},
+    net::{
+        UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 
 use super::{
@@ -59,7 +62,7 @@ impl From<std::io::Error> for ClientError {
 
 /// Send one request and read its reply's body as `T` (the `lbctl` side).
 pub async fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T, ClientError> {
-    let mut reader = send(socket, request).await?;
+    let (mut reader, _write) = send(socket, request).await?;
     let mut line = String::new();
     if reader.read_line(&mut line).await? == 0 {
         return Err(ClientError::NoReply);
@@ -75,7 +78,9 @@ pub async fn capture(
     mut on_event: impl FnMut(CaptureEvent) -> Result<(), String>,
 ) -> Result<(), ClientError> {
     let request = Request::Capture { spec };
-    let mut lines = send(socket, &request).await?.lines();
+    // Held open until the end: lbd takes the connection's end for lbctl's.
+    let (reader, _write) = send(socket, &request).await?;
+    let mut lines = reader.lines();
     while let Some(line) = lines.next_line().await? {
         let event: CaptureEvent = read_reply(&request, &line)?;
         let end = matches!(event, CaptureEvent::End(_));
@@ -88,8 +93,12 @@ pub async fn capture(
 }
 
 /// Connect and write `request` with this lbctl's version; the reading half
-/// is left for the replies.
-async fn send(socket: &Path, request: &Request) -> Result<BufReader<OwnedReadHalf>, ClientError> {
+/// is left for the replies, and the writing half to the caller to close
+/// (dropping it shuts the connection's writing side down).
+async fn send(
+    socket: &Path,
+    request: &Request,
+) -> Result<(BufReader<OwnedReadHalf>, OwnedWriteHalf), ClientError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|error| ClientError::Connect {
@@ -100,7 +109,7 @@ async fn send(socket: &Path, request: &Request) -> Result<BufReader<OwnedReadHal
     let mut line = super::request::encode(request).map_err(ClientError::Encode)?;
     line.push(b'\n');
     write.write_all(&line).await?;
-    Ok(BufReader::new(read))
+    Ok((BufReader::new(read), write))
 }
 
 /// One reply line to `request`, in this order: JSON at all; a version this
