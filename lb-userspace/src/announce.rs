@@ -22,11 +22,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::{
     config::{Announce, Config},
+    control::{AnnounceStatus, AnnouncedAddress},
     image::{self, Image},
     route_table::{self, SyncReport},
 };
@@ -241,25 +241,25 @@ impl Announcer {
         }
     }
 
-    /// The `announce` part of `lbctl status`: `null` when not configured.
-    pub fn status(&self) -> Value {
-        let leftover: Vec<String> = self.leftover.iter().map(|t| t.to_string()).collect();
+    /// The `announce` part of `lbctl status`: `None` when not configured.
+    pub fn status(&self) -> Option<AnnounceStatus> {
+        let leftover_tables: Vec<String> = self.leftover.iter().map(|t| t.to_string()).collect();
         let Some(current) = self.current else {
             // Routes of an earlier `announce` not yet removed are still
             // exported: worth showing with `announce` gone.
-            if leftover.is_empty() && self.error.is_none() {
-                return Value::Null;
+            if leftover_tables.is_empty() && self.error.is_none() {
+                return None;
             }
-            return json!({
-                "table": null,
-                "protocol": null,
-                "drained": self.drained,
-                "addresses": [],
-                "leftover_tables": leftover,
-                "error": self.error,
+            return Some(AnnounceStatus {
+                table: None,
+                protocol: None,
+                drained: self.drained,
+                addresses: Vec::new(),
+                leftover_tables,
+                error: self.error.clone(),
             });
         };
-        let addresses: Vec<Value> = self
+        let addresses = self
             .plan
             .iter()
             .map(|(address, withheld)| {
@@ -272,16 +272,20 @@ impl Announcer {
                     }
                     (Some(w), false) => w.reason(),
                 };
-                json!({ "address": address, "announced": announced, "state": state })
+                AnnouncedAddress {
+                    address: *address,
+                    announced,
+                    state: state.into(),
+                }
             })
             .collect();
-        json!({
-            "table": current.table,
-            "protocol": current.protocol,
-            "drained": self.drained,
-            "addresses": addresses,
-            "leftover_tables": leftover,
-            "error": self.error,
+        Some(AnnounceStatus {
+            table: Some(current.table),
+            protocol: Some(current.protocol),
+            drained: self.drained,
+            addresses,
+            leftover_tables,
+            error: self.error.clone(),
         })
     }
 }

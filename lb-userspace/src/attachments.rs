@@ -18,10 +18,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::{Value, json};
 
 use crate::{
     config::{AttachMode, Config},
+    control::{InterfaceState, InterfaceStatus, UnconfiguredLink},
     datapath::{Attached, Datapath, DatapathError, link_pin_path},
     netdev,
     pinned_links::{self, OtherLink},
@@ -47,11 +47,11 @@ pub struct Attachment {
 impl Attachment {
     /// `attached`; `gone` while the interface does not exist; `detached`
     /// when it exists but attaching to it failed (see `error`).
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> InterfaceState {
         match (self.ifindex, &self.error) {
-            (Some(_), _) => "attached",
-            (None, Some(_)) => "detached",
-            (None, None) => "gone",
+            (Some(_), _) => InterfaceState::Attached,
+            (None, Some(_)) => InterfaceState::Detached,
+            (None, None) => InterfaceState::Gone,
         }
     }
 }
@@ -122,7 +122,7 @@ impl Attachments {
 
     /// The `unconfigured_links` rows of `lbctl status`: each link's state
     /// now, and how to detach it.
-    pub fn unconfigured_status(&self) -> Vec<Value> {
+    pub fn unconfigured_status(&self) -> Vec<UnconfiguredLink> {
         self.unconfigured
             .iter()
             .map(|o| {
@@ -134,18 +134,18 @@ impl Attachments {
                     Err(_) => "unreadable",
                 };
                 let link = now.as_ref().ok().and_then(Option::as_ref);
-                json!({
-                    "name": name,
-                    "state": state,
-                    "ifindex": link.and_then(|s| s.ifindex),
-                    "program_id": link.map(|s| s.program_id),
-                    "updated_at_start": matches!(o, OtherLink::Updated { .. }),
-                    "error": match o {
+                UnconfiguredLink {
+                    name: name.to_string(),
+                    state: state.into(),
+                    ifindex: link.and_then(|s| s.ifindex),
+                    program_id: link.map(|s| s.program_id),
+                    updated_at_start: matches!(o, OtherLink::Updated { .. }),
+                    error: match o {
                         OtherLink::Failed { error, .. } => Some(crate::errors::chain(error)),
                         _ => None,
                     },
-                    "warning": unconfigured_warning(&self.pin_dir, o),
-                })
+                    warning: unconfigured_warning(&self.pin_dir, o),
+                }
             })
             .collect()
     }
@@ -206,19 +206,17 @@ impl Attachments {
     }
 
     /// The `interfaces` rows of `lbctl status`.
-    pub fn status(&self) -> Vec<Value> {
+    pub fn status(&self) -> Vec<InterfaceStatus> {
         self.list
             .iter()
-            .map(|a| {
-                json!({
-                    "name": a.name,
-                    "state": a.state(),
-                    "ifindex": a.ifindex,
-                    "error": a.error,
-                    "mode": mode_name(&a.attached),
-                    "replaced_existing_program": a.attached.replaced,
-                    "reattached": a.reattached,
-                })
+            .map(|a| InterfaceStatus {
+                name: a.name.clone(),
+                state: a.state(),
+                ifindex: a.ifindex,
+                error: a.error.clone(),
+                mode: mode_name(&a.attached).into(),
+                replaced_existing_program: a.attached.replaced,
+                reattached: a.reattached,
             })
             .collect()
     }

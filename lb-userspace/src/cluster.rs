@@ -10,41 +10,27 @@
 
 use std::{collections::BTreeMap, os::unix::fs::FileTypeExt, path::Path};
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::control::{self, Request};
+use crate::control::{self, Request, VipRef, VipRow};
 
 /// One source's rings: VIP (`198.51.100.10:80/tcp`) → digest, `None` for a
 /// VIP whose ring the node could not read.
 pub type Digests = BTreeMap<String, Option<String>>;
 
-/// An address as it goes before `:port`: IPv6 in brackets, as
-/// `SocketAddr` writes it (for addresses read back as text from JSON).
-pub fn bracketed(address: &str) -> std::borrow::Cow<'_, str> {
-    if address.contains(':') {
-        format!("[{address}]").into()
-    } else {
-        address.into()
-    }
-}
-
 /// The digests in a `vip list` reply.
-pub fn digests_of(vip_list: &Value) -> Result<Digests, String> {
-    let rows = vip_list
-        .as_array()
-        .ok_or("not a VIP list (a JSON array, as `lbctl --json vip list` prints)")?;
-    let mut out = Digests::new();
-    for row in rows {
-        let address = row["address"].as_str().ok_or("a VIP without an address")?;
-        let vip = format!(
-            "{}:{}/{}",
-            bracketed(address),
-            row["port"],
-            row["protocol"].as_str().unwrap_or("?")
-        );
-        out.insert(vip, row["ring_digest"].as_str().map(str::to_string));
-    }
-    Ok(out)
+pub fn digests_of(vip_list: &[VipRow]) -> Digests {
+    vip_list
+        .iter()
+        .map(|row| {
+            let vip = VipRef {
+                address: row.address,
+                port: row.port,
+                protocol: row.protocol,
+            };
+            (vip.to_string(), row.ring_digest.clone())
+        })
+        .collect()
 }
 
 /// Read a source: a control socket is asked, a file is parsed.
@@ -54,15 +40,18 @@ pub async fn read(source: &Path) -> Result<Digests, String> {
         .map_err(|e| format!("{name}: {e}"))?
         .file_type()
         .is_socket();
-    let list = if is_socket {
+    let list: Vec<VipRow> = if is_socket {
         control::call(source, &Request::VipList)
             .await
             .map_err(|e| format!("{name}: {e}"))?
     } else {
         let text = std::fs::read_to_string(source).map_err(|e| format!("{name}: {e}"))?;
-        serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?
+        let mut de = serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            format!("{name}: not a VIP list (what `lbctl --json vip list` prints): {e}")
+        })?
     };
-    digests_of(&list).map_err(|e| format!("{name}: {e}"))
+    Ok(digests_of(&list))
 }
 
 /// How the sources compare, VIP by VIP: a VIP agrees when every source has
@@ -102,17 +91,39 @@ impl Comparison {
             .collect()
     }
 
-    pub fn to_json(&self) -> Value {
-        json!({
-            "sources": self.sources,
-            "agree": self.differing().is_empty(),
-            "vips": self.vips.iter().map(|(vip, row)| json!({
-                "vip": vip,
-                "digests": row,
-                "same": agree(row),
-            })).collect::<Vec<_>>(),
-        })
+    /// `lbctl --json cluster check`.
+    pub fn report(&self) -> CheckReport<'_> {
+        CheckReport {
+            sources: &self.sources,
+            agree: self.differing().is_empty(),
+            vips: self
+                .vips
+                .iter()
+                .map(|(vip, digests)| VipAgreement {
+                    vip,
+                    digests,
+                    same: agree(digests),
+                })
+                .collect(),
+        }
     }
+}
+
+/// What `lbctl --json cluster check` prints.
+#[derive(Debug, Serialize)]
+pub struct CheckReport<'a> {
+    pub sources: &'a [String],
+    /// Every VIP has one and the same digest on every source.
+    pub agree: bool,
+    pub vips: Vec<VipAgreement<'a>>,
+}
+
+/// One VIP's digests, a source each.
+#[derive(Debug, Serialize)]
+pub struct VipAgreement<'a> {
+    pub vip: &'a str,
+    pub digests: &'a [Option<String>],
+    pub same: bool,
 }
 
 fn agree(row: &[Option<String>]) -> bool {
@@ -123,12 +134,23 @@ fn agree(row: &[Option<String>]) -> bool {
 mod tests {
     use super::*;
 
-    fn list(rows: &[(&str, Option<&str>)]) -> Value {
-        Value::Array(
-            rows.iter()
-                .map(|(addr, d)| json!({"address": addr, "port": 80, "protocol": "tcp", "ring_digest": d}))
-                .collect(),
-        )
+    fn list(rows: &[(&str, Option<&str>)]) -> Vec<VipRow> {
+        rows.iter()
+            .map(|(addr, d)| VipRow {
+                name: None,
+                address: addr.parse().unwrap(),
+                port: 80,
+                protocol: crate::config::Protocol::Tcp,
+                forwarding: Default::default(),
+                affinity: false,
+                id: Some(1),
+                backends: 1,
+                healthy: 1,
+                in_table: 1,
+                ring_digest: d.map(str::to_string),
+                announced: None,
+            })
+            .collect()
     }
 
     #[test]
@@ -136,24 +158,22 @@ mod tests {
         let a = digests_of(&list(&[
             ("198.51.100.10", Some("aa")),
             ("2001:db8::10", Some("bb")),
-        ]))
-        .unwrap();
+        ]));
         let b = digests_of(&list(&[
             ("198.51.100.10", Some("aa")),
             ("2001:db8::10", Some("cc")),
-        ]))
-        .unwrap();
-        let c = digests_of(&list(&[("198.51.100.10", Some("aa"))])).unwrap();
+        ]));
+        let c = digests_of(&list(&[("198.51.100.10", Some("aa"))]));
         let same = Comparison::new(vec![("a".into(), a.clone()), ("a2".into(), a.clone())]);
         assert!(same.differing().is_empty());
         let cmp = Comparison::new(vec![("a".into(), a), ("b".into(), b), ("c".into(), c)]);
         assert_eq!(cmp.differing(), ["[2001:db8::10]:80/tcp"]);
-        assert_eq!(cmp.to_json()["agree"], false);
+        assert!(!cmp.report().agree);
     }
 
     #[test]
     fn a_vip_without_a_digest_never_agrees() {
-        let a = digests_of(&list(&[("198.51.100.10", None)])).unwrap();
+        let a = digests_of(&list(&[("198.51.100.10", None)]));
         let cmp = Comparison::new(vec![("a".into(), a.clone()), ("b".into(), a)]);
         assert_eq!(cmp.differing().len(), 1);
     }

@@ -8,20 +8,18 @@
 
 use std::net::IpAddr;
 
+use crate::{
+    addr::from_map,
+    config::Protocol,
+    control::{ConnList, ConnRow, ConnTable, VipRef},
+    ids::Ids,
+    image,
+    maps::{Maps, MapsError},
+};
 use ipnet::IpNet;
 use lb_common::{
     FlowKey,
     maps::{ConnEntry, entry_pins},
-};
-use serde::Serialize;
-
-use crate::{
-    addr::from_map,
-    config::Protocol,
-    control::VipRef,
-    ids::Ids,
-    image,
-    maps::{Maps, MapsError},
 };
 
 /// Which flows to show.
@@ -36,43 +34,6 @@ pub struct ConnFilter {
     pub limit: usize,
     /// Entries to read at most, per table.
     pub scan: usize,
-}
-
-/// One flow.
-#[derive(Clone, Debug, Serialize)]
-pub struct ConnRow {
-    pub protocol: &'static str,
-    pub client: String,
-    pub vip: String,
-    pub backend: String,
-    /// `connection` or `probation`.
-    pub table: &'static str,
-    /// Seconds since the flow's last packet (refreshed at most once a
-    /// second by the data plane).
-    pub idle_s: u64,
-    /// The flow was seen closing (a FIN or RST); its entry stays for its
-    /// last packets.
-    pub closed: bool,
-    /// `None` while the entry pins the flow; else why the data plane would
-    /// send the flow's next packet elsewhere.
-    pub stale: Option<&'static str>,
-}
-
-/// The answer: rows, and how much was read.
-#[derive(Clone, Debug, Serialize)]
-pub struct ConnList {
-    pub rows: Vec<ConnRow>,
-    /// Entries read.
-    pub scanned: usize,
-    /// A table had more entries than `scan`: flows may be missing.
-    pub truncated: bool,
-    /// More rows matched than `limit`.
-    pub more: bool,
-    /// Flows that matched, shown or not.
-    pub matched: usize,
-    /// Of those, the ones whose entry still pins them and that the client
-    /// has not closed (a drained backend's flows still running).
-    pub pinned: usize,
 }
 
 pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, MapsError> {
@@ -105,16 +66,15 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
         matched: 0,
         pinned: 0,
     };
-    let tables: &[&'static str] = if filter.probation {
-        &["connection", "probation"]
+    let tables: &[ConnTable] = if filter.probation {
+        &[ConnTable::Connection, ConnTable::Probation]
     } else {
-        &["connection"]
+        &[ConnTable::Connection]
     };
     for &table in tables {
-        let entries = if table == "connection" {
-            maps.conns(filter.scan + 1)?
-        } else {
-            maps.probation_entries(filter.scan + 1)?
+        let entries = match table {
+            ConnTable::Connection => maps.conns(filter.scan + 1)?,
+            ConnTable::Probation => maps.probation_entries(filter.scan + 1)?,
         };
         if entries.len() > filter.scan {
             out.truncated = true;
@@ -154,7 +114,7 @@ pub fn list(maps: &Maps, ids: &Ids, filter: &ConnFilter) -> Result<ConnList, Map
 fn row(
     flow: &FlowKey,
     entry: &ConnEntry,
-    table: &'static str,
+    table: ConnTable,
     client: IpAddr,
     backend: Option<IpAddr>,
     vip_names: &std::collections::BTreeMap<u32, String>,
@@ -164,12 +124,12 @@ fn row(
     let stale = match maps.backend(entry.backend_id) {
         Ok(b) => entry_pins(entry, entry.vip_id, &b)
             .err()
-            .map(|why| why.help()),
-        Err(_) => Some("its backend id is not in the backend table"),
+            .map(|why| why.help().to_string()),
+        Err(_) => Some("its backend id is not in the backend table".to_string()),
     };
     let client = std::net::SocketAddr::new(client, flow.sport).to_string();
     ConnRow {
-        protocol: Protocol::from_number(flow.proto).map_or("?", Protocol::name),
+        protocol: Protocol::from_number(flow.proto),
         client,
         vip: vip_names
             .get(&entry.vip_id)

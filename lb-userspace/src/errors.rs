@@ -103,7 +103,7 @@ mod tests {
                 error: io(),
             }),
             Box::new(crate::control::ClientError::from(io())),
-            Box::new(crate::control::ClientError::from(json)),
+            Box::new(crate::control::ClientError::NotJson(json)),
         ]
     }
 

@@ -21,8 +21,9 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
 use tracing::{info, warn};
+
+use crate::control::{SpeakerSession, SpeakerStatus};
 
 /// How long one question to BIRD may take, connecting included.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -100,21 +101,25 @@ impl SpeakerState {
         }
     }
 
-    /// `lbctl --json status`'s `speaker`.
-    pub fn to_json(&self) -> Value {
+    /// `lbctl status`'s `speaker`.
+    pub fn status(&self) -> SpeakerStatus {
         let sessions = match self {
             SpeakerState::Answered { sessions, .. } => sessions
                 .iter()
-                .map(|s| json!({ "name": s.name, "established": s.established, "info": s.info }))
+                .map(|s| SpeakerSession {
+                    name: s.name.clone(),
+                    established: s.established,
+                    info: s.info.clone(),
+                })
                 .collect(),
             _ => Vec::new(),
         };
-        json!({
-            "reachable": matches!(self, SpeakerState::Answered { .. }),
-            "established": self.established(),
-            "sessions": sessions,
-            "summary": self.summary(),
-        })
+        SpeakerStatus {
+            reachable: matches!(self, SpeakerState::Answered { .. }),
+            established: self.established(),
+            sessions,
+            summary: self.summary(),
+        }
     }
 }
 

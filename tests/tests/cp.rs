@@ -12,5 +12,7 @@ mod cp_daemon;
 mod cp_decap;
 #[path = "cp_lbd.rs"]
 mod cp_lbd;
+#[path = "cp_protocol.rs"]
+mod cp_protocol;
 #[path = "cp_sync.rs"]
 mod cp_sync;

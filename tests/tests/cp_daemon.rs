@@ -11,7 +11,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     config::{Config, NodeOverrides},
-    control::Request,
+    control::{ReplyData, Request},
     daemon::{self, CheckKey, Daemon},
     health::{HealthEvent, Transition},
 };
@@ -52,11 +52,10 @@ fn config(paths: &Paths, interval_ms: u64) -> Config {
 /// is in the VIP's table.
 fn health(daemon: &mut Daemon) -> (String, bool) {
     let reply = daemon.handle(Request::BackendList { vip: None });
-    let row = &reply.data.expect("backend list")[0];
-    (
-        row["health"].as_str().unwrap().to_string(),
-        row["in_table"].as_bool().unwrap(),
-    )
+    let Some(ReplyData::BackendList(rows)) = reply.data else {
+        panic!("not a backend list: {reply:?}");
+    };
+    (rows[0].health.name().to_string(), rows[0].in_table)
 }
 
 /// The next result of the checker of generation `generation`, skipping

@@ -26,7 +26,7 @@ use lb_common::{
 };
 use lb_tests::{
     http_client::{Load, Stream},
-    lbd::Paths,
+    lbd::{Paths, run_lbctl},
     pins,
     release::{Binaries, ReleaseLbd},
     topology::{Topology, VIP},
@@ -202,6 +202,20 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
         );
     }
     assert_kept(&table, pin_dir, "after the upgrade");
+    // The previous release's lbctl, which sends no protocol version, is
+    // answered by this lbd.
+    let old_ctl = run_lbctl(
+        &old.dir.join("lbctl"),
+        &paths.socket,
+        &["--json", "backend", "list"],
+    );
+    assert!(
+        old_ctl.status.success(),
+        "the old lbctl against this lbd: {}",
+        String::from_utf8_lossy(&old_ctl.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&old_ctl.stdout).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
     // Configuration changes through lbd until the second configuration
     // slot is the live one: the downgrade below then meets a live slot 1
     // and a stale slot 0, which the old release, knowing only slot 0,
@@ -234,6 +248,20 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
         "the old release wrote its configuration to the slot it reads"
     );
     assert_kept(&table, pin_dir, "after the downgrade");
+    // This lbctl against the previous release's lbd, which refuses the
+    // protocol version of its requests: it says which lbctl to use.
+    let new_ctl = run_lbctl(&new.dir.join("lbctl"), &paths.socket, &["backend", "list"]);
+    assert_eq!(
+        (
+            new_ctl.status.code(),
+            String::from_utf8_lossy(&new_ctl.stderr).as_ref()
+        ),
+        (
+            Some(1),
+            "lbctl: lbd speaks control protocol 0 (an lbd from before protocol versions), this \
+             lbctl speaks 1: use the lbctl shipped with the running lbd (lbd --version)\n"
+        )
+    );
     thread::sleep(Duration::from_millis(500));
 
     let (ok, errors) = load.finish();

@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(version, about = "XDP Maglev load balancer daemon")]
+#[command(version = lb_userspace::control::VERSION_TEXT, about = "XDP Maglev load balancer daemon")]
 struct Args {
     /// Configuration file: TOML if named *.toml, else JSON; see docs for
     /// every field.

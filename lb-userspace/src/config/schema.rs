@@ -702,6 +702,16 @@ pub enum Forwarding {
     L2Dsr,
 }
 
+impl Forwarding {
+    /// As in configs and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Ipip => "ipip",
+            Forwarding::L2Dsr => "l2_dsr",
+        }
+    }
+}
+
 /// A backend of a VIP.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -728,6 +738,17 @@ pub enum AdminState {
     Active,
     Drain,
     Disabled,
+}
+
+impl AdminState {
+    /// As in configs and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
 }
 
 /// Health checking of a VIP's backends. `rise` and `fall` have HAProxy's

@@ -4,10 +4,9 @@
 
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::{announce, config::Config};
+use crate::{announce, config::Config, control::NodeDrainState};
 
 use super::Daemon;
 
@@ -41,7 +40,7 @@ impl Daemon {
     /// `lbctl node drain` (`drained`) and `node resume`: withdraw every VIP
     /// or announce again. The node goes on forwarding what arrives. The
     /// reply comes once the routes are written, and says if that failed.
-    pub(super) fn set_drained(&mut self, drained: bool) -> Result<Value, String> {
+    pub(super) fn set_drained(&mut self, drained: bool) -> Result<NodeDrainState, String> {
         if drained && self.config.announce.is_none() {
             return Err("announce is not configured: this node announces no VIP, so draining would withdraw nothing (see docs/cluster.md)".into());
         }
@@ -58,13 +57,13 @@ impl Daemon {
                 info!("node resumed: VIPs announced again");
             }
         }
-        Ok(json!({
-            "drained": drained,
-            "was_drained": was,
-            "announced": self.announcer.announced().collect::<Vec<_>>(),
-            "error": self.announcer.error(),
-            "unsaved": unsaved,
-        }))
+        Ok(NodeDrainState {
+            drained,
+            was_drained: was,
+            announced: self.announcer.announced().copied().collect(),
+            error: self.announcer.error().map(str::to_string),
+            unsaved,
+        })
     }
 }
 

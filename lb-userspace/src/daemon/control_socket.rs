@@ -64,13 +64,23 @@ pub async fn serve_control(
             let (read, mut write) = stream.into_split();
             let mut reader = BufReader::new(read);
             loop {
-                let reply = match control::read_request(&mut reader).await {
+                let received = match control::read_request(&mut reader).await {
                     Ok(None) => return,
-                    // Streams its replies, then the connection ends.
-                    Ok(Some(Request::Capture { spec })) => {
-                        return serve_capture(capturer.as_deref(), &spec, reader, write).await;
+                    Ok(Some(received)) => received,
+                    Err(reply) => {
+                        let _ = write_reply(&mut write, &reply).await;
+                        return;
                     }
-                    Ok(Some(req)) => {
+                };
+                // Answered in the request's version.
+                let answer = move |reply: Reply| reply.in_version(received.version);
+                let reply = match received.request {
+                    // Streams its replies, then the connection ends.
+                    Request::Capture { spec } => {
+                        return serve_capture(capturer.as_deref(), &spec, answer, reader, write)
+                            .await;
+                    }
+                    req => {
                         let (reply_tx, reply_rx) = oneshot::channel();
                         if tx.send((req, reply_tx)).await.is_err() {
                             return;
@@ -80,12 +90,8 @@ pub async fn serve_control(
                             Err(_) => Reply::error("lbd is shutting down"),
                         }
                     }
-                    Err(reply) => {
-                        let _ = write_reply(&mut write, &reply).await;
-                        return;
-                    }
                 };
-                if write_reply(&mut write, &reply).await.is_err() {
+                if write_reply(&mut write, &answer(reply)).await.is_err() {
                     return;
                 }
             }
@@ -97,11 +103,13 @@ pub async fn serve_control(
 async fn serve_capture(
     capturer: Option<&Capturer>,
     spec: &CaptureSpec,
+    answer: impl Fn(Reply) -> Reply,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
 ) {
     let Some(capturer) = capturer else {
-        let _ = write_reply(&mut write, &Reply::error("this lbd cannot capture")).await;
+        let refused = answer(Reply::error("this lbd cannot capture"));
+        let _ = write_reply(&mut write, &refused).await;
         return;
     };
     // lbctl sends nothing more: anything readable is its end.
@@ -112,11 +120,10 @@ async fn serve_capture(
     let run = capturer.run(spec, gone, events_tx);
     let forward = async {
         while let Some(event) = events.recv().await {
-            let reply = match serde_json::to_value(&event) {
-                Ok(data) => Reply::data(data),
-                Err(e) => Reply::error(format!("encoding a capture record: {e}")),
-            };
-            if write_reply(&mut write, &reply).await.is_err() {
+            if write_reply(&mut write, &answer(Reply::data(event)))
+                .await
+                .is_err()
+            {
                 // Dropping the receiver ends the capture.
                 return;
             }
@@ -129,7 +136,7 @@ async fn serve_capture(
         }
         Ok(None) => info!("capture ended: lbctl went away"),
         Err(why) => {
-            let _ = write_reply(&mut write, &Reply::error(why)).await;
+            let _ = write_reply(&mut write, &answer(Reply::error(why))).await;
         }
     }
 }
@@ -138,8 +145,15 @@ async fn write_reply(
     w: &mut tokio::net::unix::OwnedWriteHalf,
     reply: &Reply,
 ) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply)
-        .unwrap_or_else(|_| br#"{"ok":false,"error":"reply encoding failed"}"#.to_vec());
+    let mut line = serde_json::to_vec(reply).unwrap_or_else(|e| {
+        serde_json::to_vec(&Reply::<control::ReplyData> {
+            error: Some(format!("encoding the reply: {e}")),
+            data: None,
+            ok: false,
+            v: reply.v,
+        })
+        .unwrap_or_default()
+    });
     line.push(b'\n');
     w.write_all(&line).await
 }

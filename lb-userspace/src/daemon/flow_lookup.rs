@@ -3,14 +3,12 @@
 
 use std::net::IpAddr;
 
+use crate::{addr::to_map, config::Protocol, control::FlowDecision, image};
 use lb_common::{
     FlowKey,
     flow::{PROTO_TCP, flow_hash, maglev_slot},
     maps::{VIP_F_AFFINITY, VIP_F_PORTLESS, backend_serves, entry_pins},
 };
-use serde_json::{Value, json};
-
-use crate::{addr::to_map, config::Protocol, image};
 
 use super::Daemon;
 
@@ -26,7 +24,7 @@ impl Daemon {
         dst: IpAddr,
         dport: u16,
         protocol: Protocol,
-    ) -> Result<Value, String> {
+    ) -> Result<FlowDecision, String> {
         if src.is_ipv4() != dst.is_ipv4() {
             return Err("source and destination must be of the same address family".into());
         }
@@ -78,11 +76,15 @@ impl Daemon {
         if let Some(entry) = entry {
             match entry_pins(&entry, vip.id, &backend(entry.backend_id)?) {
                 Ok(()) => {
-                    return Ok(json!({
-                        "backend": describe(entry.backend_id),
-                        "backend_id": entry.backend_id,
-                        "reason": holds,
-                    }));
+                    return Ok(FlowDecision {
+                        backend: Some(describe(entry.backend_id)),
+                        backend_id: Some(entry.backend_id),
+                        hash: None,
+                        slot: None,
+                        second_hop: None,
+                        stale_entry: None,
+                        reason: holds.into(),
+                    });
                 }
                 Err(_) if entry.vip_id != vip.id => {
                     stale = Some(format!("its {table} entry was made for another VIP"));
@@ -112,19 +114,28 @@ impl Daemon {
             .maps
             .ring_slot(&meta, slot)
             .map_err(|e| e.to_string())?;
+        // Dropped: the table names no backend that can take the flow.
+        let dropped = |reason: String| FlowDecision {
+            backend: None,
+            backend_id: None,
+            hash: Some(hash),
+            slot: Some(slot),
+            second_hop: None,
+            stale_entry: stale.clone(),
+            reason,
+        };
         if id == lb_common::maps::NO_BACKEND {
-            return Ok(json!({
-                "backend": null,
-                "stale_entry": stale,
-                "reason": format!("table slot {slot} is empty: the VIP has no backend in service (drop_no_backend){rescheduled}"),
-            }));
+            return Ok(dropped(format!(
+                "table slot {slot} is empty: the VIP has no backend in service (drop_no_backend){rescheduled}"
+            )));
         }
         if let Err(why) = backend_serves(&backend(id)?, vip.id) {
-            return Ok(json!({
-                "backend": null,
-                "stale_entry": stale,
-                "reason": format!("table slot {slot} names backend {}, which cannot take it: dropped as {} ({}){rescheduled}", describe(id), why.name(), why.help()),
-            }));
+            return Ok(dropped(format!(
+                "table slot {slot} names backend {}, which cannot take it: dropped as {} ({}){rescheduled}",
+                describe(id),
+                why.name(),
+                why.help()
+            )));
         }
         let second_hop = if proto == PROTO_TCP {
             self.second_hop(meta.vip_id, slot, id)?
@@ -140,15 +151,18 @@ impl Daemon {
             None if proto == PROTO_TCP => " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)".to_string(),
             None => String::new(),
         };
-        Ok(json!({
-            "backend": describe(id),
-            "backend_id": id,
-            "hash": hash,
-            "slot": slot,
-            "second_hop": second_hop.map(describe),
-            "stale_entry": stale,
-            "reason": format!("table slot {slot} of {}{note}{rescheduled}", self.config.tables.ring_size),
-        }))
+        Ok(FlowDecision {
+            backend: Some(describe(id)),
+            backend_id: Some(id),
+            hash: Some(hash),
+            slot: Some(slot),
+            second_hop: second_hop.map(describe),
+            reason: format!(
+                "table slot {slot} of {}{note}{rescheduled}",
+                self.config.tables.ring_size
+            ),
+            stale_entry: stale,
+        })
     }
 
     /// The previous owner a packet on `slot` of VIP `vip_id` (owned by

@@ -3,12 +3,11 @@
 
 use std::net::IpAddr;
 
-use serde_json::{Value, json};
-
 use crate::{
     config::{AdminState, Config},
     conn_list,
-    control::{Reply, Request, VipRef},
+    control::{Applied, Reply, ReplyData, Request, VipRef},
+    sync::SyncReport,
 };
 
 use super::Daemon;
@@ -24,19 +23,16 @@ impl Daemon {
     fn edit(
         &mut self,
         change: impl FnOnce(&mut Config) -> Result<(), String>,
-    ) -> Result<Value, String> {
+    ) -> Result<ReplyData, String> {
         let mut config = self.config.clone();
         change(&mut config)?;
-        let report = self.apply(config)?;
-        Ok(
-            json!({ "applied": true, "rings_rebuilt": report.rings_rebuilt, "elapsed_ms": report.elapsed.as_secs_f64() * 1e3 }),
-        )
+        Ok(applied(&self.apply(config)?))
     }
 
-    fn dispatch(&mut self, req: Request) -> Result<Value, String> {
+    fn dispatch(&mut self, req: Request) -> Result<ReplyData, String> {
         match req {
-            Request::Status => Ok(self.status()),
-            Request::VipList => Ok(self.vip_list()),
+            Request::Status => Ok(self.status().into()),
+            Request::VipList => Ok(self.vip_list().into()),
             Request::VipAdd { vip } => self.edit(|c| {
                 c.vips.push(*vip);
                 Ok(())
@@ -46,8 +42,8 @@ impl Daemon {
                 c.vips.remove(i);
                 Ok(())
             }),
-            Request::BackendList { vip } => self.backend_list(vip.as_ref()),
-            Request::VipShow { vip } => self.vip_show(&vip),
+            Request::BackendList { vip } => self.backend_list(vip.as_ref()).map(Into::into),
+            Request::VipShow { vip } => self.vip_show(&vip).map(Into::into),
             Request::BackendAdd { vip, backend } => self.edit(|c| {
                 let i = find_vip(c, &vip)?;
                 c.vips[i].backends.push(backend);
@@ -73,14 +69,14 @@ impl Daemon {
                 c.vips[i].backends[j].weight = weight;
                 Ok(())
             }),
-            Request::Stats => self.stats(),
+            Request::Stats => self.stats().map(Into::into),
             Request::Flow {
                 src,
                 sport,
                 dst,
                 dport,
                 protocol,
-            } => self.flow(src, sport, dst, dport, protocol),
+            } => self.flow(src, sport, dst, dport, protocol).map(Into::into),
             Request::ConnList {
                 vip,
                 backend,
@@ -99,22 +95,29 @@ impl Daemon {
                 };
                 let list =
                     conn_list::list(&self.maps, &self.ids, &filter).map_err(|e| e.to_string())?;
-                serde_json::to_value(list).map_err(|e| e.to_string())
+                Ok(list.into())
             }
             Request::Apply { text, format } => {
                 let config =
                     Config::from_text_for(&text, format, &self.node).map_err(|e| e.to_string())?;
-                let report = self.apply(config)?;
-                Ok(
-                    json!({ "applied": true, "rings_rebuilt": report.rings_rebuilt, "elapsed_ms": report.elapsed.as_secs_f64() * 1e3 }),
-                )
+                Ok(applied(&self.apply(config)?))
             }
-            Request::ConfigDump => serde_json::to_value(&self.config).map_err(|e| e.to_string()),
-            Request::NodeDrain => self.set_drained(true),
-            Request::NodeResume => self.set_drained(false),
+            Request::ConfigDump => Ok(self.config.clone().into()),
+            Request::NodeDrain => self.set_drained(true).map(Into::into),
+            Request::NodeResume => self.set_drained(false).map(Into::into),
             Request::Capture { .. } => Err("capture is served on its own connection".into()),
         }
     }
+}
+
+/// The reply to an edit that went through.
+fn applied(report: &SyncReport) -> ReplyData {
+    Applied {
+        applied: true,
+        rings_rebuilt: report.rings_rebuilt,
+        elapsed_ms: report.elapsed.as_secs_f64() * 1e3,
+    }
+    .into()
 }
 
 pub(super) fn find_vip(c: &Config, v: &VipRef) -> Result<usize, String> {

@@ -9,19 +9,53 @@ use std::{
 
 use std::net::IpAddr;
 
-use lb_userspace::control::{Request, VipRef};
-use serde_json::Value;
+use lb_userspace::control::{
+    Applied, BackendRow, ConnList, NodeDrainState, Request, Stats, VipRef,
+};
+use serde::Serialize;
 
 use crate::{Cli, call, print::*};
 
+/// A line of `backend drain --wait --json`, once a second.
+#[derive(Serialize)]
+struct PinnedProgress {
+    elapsed_s: u64,
+    pinned_flows: usize,
+}
+
+/// A line of `node drain --wait --json`: a sample once a second, then
+/// one that says whether traffic stopped.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TrafficProgress {
+    /// `packets_per_s` is `null` when counters went down between samples.
+    Sample {
+        elapsed_s: u64,
+        packets_per_s: Option<f64>,
+    },
+    /// `stopped` true: below the threshold long enough.
+    Stopped { stopped: bool, elapsed_s: u64 },
+    /// `stopped` false: the deadline passed first.
+    StillArriving {
+        stopped: bool,
+        elapsed_s: u64,
+        packets_per_s: Option<f64>,
+    },
+}
+
+/// One JSON document on one line.
+fn line<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
 pub async fn node_resume(cli: &Cli) -> Result<ExitCode, String> {
-    let reply = call(cli, Request::NodeResume).await?;
+    let reply: NodeDrainState = call(cli, Request::NodeResume).await?;
     if cli.json {
         print_json(&reply)
     } else {
         print_resumed(&reply)
     }
-    if let Some(error) = reply["error"].as_str() {
+    if let Some(error) = &reply.error {
         return Err(format!(
             "the node is resumed, but its routes are not all written: {error}; lbd retries every second (see lbctl status)"
         ));
@@ -38,21 +72,19 @@ pub async fn backend_drain_wait(
     address: IpAddr,
     deadline: Option<u64>,
 ) -> Result<ExitCode, String> {
-    let reply = call(cli, Request::BackendDrain { vip, address }).await?;
+    let reply: Applied = call(cli, Request::BackendDrain { vip, address }).await?;
     if cli.json {
-        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+        line(&reply);
     } else {
         println!("{address} of {vip} drained: no new flows");
     }
     let deadline = match deadline {
         Some(s) => s,
         None => {
-            let rows = call(cli, Request::BackendList { vip: Some(vip) }).await?;
-            rows.as_array()
-                .into_iter()
-                .flatten()
-                .find(|r| r["address"] == address.to_string())
-                .and_then(|r| r["drain_remaining_s"].as_u64())
+            let rows: Vec<BackendRow> = call(cli, Request::BackendList { vip: Some(vip) }).await?;
+            rows.iter()
+                .find(|r| r.address == address)
+                .and_then(|r| r.drain_remaining_s)
                 .map_or(60, |s| s + 2)
         }
     };
@@ -71,21 +103,21 @@ pub async fn backend_drain_wait(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let list = call(cli, count.clone()).await?;
-        let pinned = list["pinned"].as_u64().unwrap_or(0);
+        let list: ConnList = call(cli, count.clone()).await?;
+        let pinned = list.pinned;
         let elapsed = started.elapsed().as_secs();
         if cli.json {
-            println!(
-                "{}",
-                serde_json::json!({ "elapsed_s": elapsed, "pinned_flows": pinned })
-            );
+            line(&PinnedProgress {
+                elapsed_s: elapsed,
+                pinned_flows: pinned,
+            });
         } else {
             println!("  {elapsed:>5} s  {pinned:>8} flows pinned");
         }
         if pinned == 0 {
             // Entries left behind no longer pin their flows: the drain
             // timeout cut them.
-            let cut = list["matched"].as_u64().unwrap_or(0);
+            let cut = list.matched;
             if !cli.json && cut > 0 {
                 println!("no flow left on {address}: the drain timeout cut the last {cut}");
             } else if !cli.json {
@@ -141,8 +173,7 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
             ));
         }
     }
-    let reply = call(cli, Request::NodeDrain).await?;
-    let line = |v: &Value| println!("{}", serde_json::to_string(v).unwrap_or_default());
+    let reply: NodeDrainState = call(cli, Request::NodeDrain).await?;
     if cli.json {
         // One JSON document per line when samples follow.
         if wait.is_some() {
@@ -153,12 +184,12 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
     } else {
         print_drained(&reply);
     }
-    if let Some(error) = reply["unsaved"].as_str() {
+    if let Some(error) = &reply.unsaved {
         eprintln!(
             "warning: lbd could not save the drain in its state_file ({error}): a restart of lbd would announce the VIPs again"
         );
     }
-    if let Some(error) = reply["error"].as_str() {
+    if let Some(error) = &reply.error {
         return Err(format!(
             "the node is drained, but its routes are not all withdrawn: {error}; lbd retries every second (see lbctl status)"
         ));
@@ -178,7 +209,7 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
     // lbd was slow to answer.
     let started = Instant::now();
     let mut last = (
-        vip_packets(&call(cli, Request::Stats).await?),
+        vip_packets(&call::<Stats>(cli, Request::Stats).await?),
         Instant::now(),
     );
     let mut quiet = Duration::ZERO;
@@ -190,7 +221,7 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
     loop {
         tick.tick().await;
         let now = (
-            vip_packets(&call(cli, Request::Stats).await?),
+            vip_packets(&call::<Stats>(cli, Request::Stats).await?),
             Instant::now(),
         );
         let elapsed = started.elapsed().as_secs();
@@ -202,9 +233,12 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
             .checked_sub(last.0)
             .map(|n| n as f64 / dt.as_secs_f64().max(1e-3));
         last = now;
-        let shown = pps.map_or("-".to_string(), |p| num(&p.into()));
+        let shown = pps.map_or("-".to_string(), num);
         if cli.json {
-            line(&serde_json::json!({ "elapsed_s": elapsed, "packets_per_s": pps }));
+            line(&TrafficProgress::Sample {
+                elapsed_s: elapsed,
+                packets_per_s: pps,
+            });
         } else {
             println!("  {elapsed:>5} s  {shown:>8} packets/s");
         }
@@ -215,7 +249,10 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
         }
         if quiet >= idle_for {
             if cli.json {
-                line(&serde_json::json!({ "stopped": true, "elapsed_s": elapsed }));
+                line(&TrafficProgress::Stopped {
+                    stopped: true,
+                    elapsed_s: elapsed,
+                });
             } else {
                 println!(
                     "traffic stopped: below {} packets/s for {} s, after {elapsed} s",
@@ -226,9 +263,11 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
         }
         if started.elapsed() >= deadline {
             if cli.json {
-                line(
-                    &serde_json::json!({ "stopped": false, "elapsed_s": elapsed, "packets_per_s": pps }),
-                );
+                line(&TrafficProgress::StillArriving {
+                    stopped: false,
+                    elapsed_s: elapsed,
+                    packets_per_s: pps,
+                });
             } else {
                 println!(
                     "deadline passed after {elapsed} s: traffic still arrives ({shown} packets/s)"
@@ -240,17 +279,12 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
 }
 
 /// All packets that reached a VIP (forwarded or dropped).
-pub fn vip_packets(stats: &Value) -> u64 {
-    stats["vips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| v["packets"].as_u64().unwrap_or(0) + v["dropped"].as_u64().unwrap_or(0))
-        .sum()
+pub fn vip_packets(stats: &Stats) -> u64 {
+    stats.vips.iter().map(|v| v.packets + v.dropped).sum()
 }
 
-pub fn print_drained(v: &Value) {
-    let state = if v["was_drained"] == true {
+pub fn print_drained(v: &NodeDrainState) {
+    let state = if v.was_drained {
         "node already drained"
     } else {
         "node drained"
@@ -260,13 +294,8 @@ pub fn print_drained(v: &Value) {
     );
 }
 
-pub fn print_resumed(v: &Value) {
-    let announced: Vec<String> = v["announced"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(s)
-        .collect();
+pub fn print_resumed(v: &NodeDrainState) {
+    let announced: Vec<String> = v.announced.iter().map(IpAddr::to_string).collect();
     let list = if announced.is_empty() {
         "none yet (no VIP address has a backend in service)".to_string()
     } else {

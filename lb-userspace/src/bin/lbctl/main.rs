@@ -13,7 +13,7 @@ use lb_userspace::{
     config_format::ConfigFormat,
     control::{self, Request},
 };
-use serde_json::Value;
+use serde::{Serialize, de::DeserializeOwned};
 
 mod args;
 mod capture;
@@ -26,7 +26,7 @@ use args::{CheckArg, ForwardingArg, ProtoArg, VipArg};
 use print::*;
 
 #[derive(Parser)]
-#[command(version, about = "Control the lbd load balancer daemon")]
+#[command(version = lb_userspace::control::VERSION_TEXT, about = "Control the lbd load balancer daemon")]
 struct Cli {
     /// lbd's control socket.
     #[arg(long, global = true, default_value = "/run/lbd/lbd.sock")]
@@ -329,21 +329,36 @@ fn main() -> ExitCode {
     }
 }
 
-async fn call(cli: &Cli, request: Request) -> Result<Value, String> {
+async fn call<T: DeserializeOwned>(cli: &Cli, request: Request) -> Result<T, String> {
     control::call(&cli.socket, &request)
         .await
         .map_err(|e| e.to_string())
 }
 
+/// Ask lbd, then print its reply: as JSON with `--json`, else `render`ed.
+async fn show<T: DeserializeOwned + Serialize>(
+    cli: &Cli,
+    request: Request,
+    render: fn(&T),
+) -> Result<ExitCode, String> {
+    let reply: T = call(cli, request).await?;
+    if cli.json {
+        print_json(&reply)
+    } else {
+        render(&reply)
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: &Cli) -> Result<ExitCode, String> {
-    let (request, render): (Request, fn(&Value)) = match &cli.command {
-        Cmd::Status => (Request::Status, print_status),
+    match &cli.command {
+        Cmd::Status => show(cli, Request::Status, print_status).await,
         Cmd::Vip {
             command: VipCmd::List,
-        } => (Request::VipList, print_vips),
+        } => show(cli, Request::VipList, |rows: &Vec<_>| print_vips(rows)).await,
         Cmd::Vip {
             command: VipCmd::Show { vip },
-        } => (Request::VipShow { vip: vip.0 }, print_vip_show),
+        } => show(cli, Request::VipShow { vip: vip.0 }, print_vip_show).await,
         Cmd::Vip {
             command:
                 VipCmd::Add {
@@ -386,19 +401,23 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 balancing: Default::default(),
                 backends: Vec::new(),
             };
-            (Request::VipAdd { vip: Box::new(v) }, print_done)
+            show(cli, Request::VipAdd { vip: Box::new(v) }, print_done).await
         }
         Cmd::Vip {
             command: VipCmd::Del { vip },
-        } => (Request::VipDel { vip: vip.0 }, print_done),
+        } => show(cli, Request::VipDel { vip: vip.0 }, print_done).await,
         Cmd::Backend {
             command: BackendCmd::List { vip },
-        } => (
-            Request::BackendList {
-                vip: vip.map(|v| v.0),
-            },
-            print_backends,
-        ),
+        } => {
+            show(
+                cli,
+                Request::BackendList {
+                    vip: vip.map(|v| v.0),
+                },
+                |rows: &Vec<_>| print_backends(rows),
+            )
+            .await
+        }
         Cmd::Backend {
             command:
                 BackendCmd::Add {
@@ -419,23 +438,29 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 },
                 mac: *mac,
             };
-            (
+            show(
+                cli,
                 Request::BackendAdd {
                     vip: vip.0,
                     backend,
                 },
                 print_done,
             )
+            .await
         }
         Cmd::Backend {
             command: BackendCmd::Del { vip, address },
-        } => (
-            Request::BackendDel {
-                vip: vip.0,
-                address: *address,
-            },
-            print_done,
-        ),
+        } => {
+            show(
+                cli,
+                Request::BackendDel {
+                    vip: vip.0,
+                    address: *address,
+                },
+                print_done,
+            )
+            .await
+        }
         Cmd::Backend {
             command:
                 BackendCmd::Drain {
@@ -447,22 +472,30 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
         } => return drain::backend_drain_wait(cli, vip.0, *address, *deadline).await,
         Cmd::Backend {
             command: BackendCmd::Drain { vip, address, .. },
-        } => (
-            Request::BackendDrain {
-                vip: vip.0,
-                address: *address,
-            },
-            print_done,
-        ),
+        } => {
+            show(
+                cli,
+                Request::BackendDrain {
+                    vip: vip.0,
+                    address: *address,
+                },
+                print_done,
+            )
+            .await
+        }
         Cmd::Backend {
             command: BackendCmd::Undrain { vip, address },
-        } => (
-            Request::BackendUndrain {
-                vip: vip.0,
-                address: *address,
-            },
-            print_done,
-        ),
+        } => {
+            show(
+                cli,
+                Request::BackendUndrain {
+                    vip: vip.0,
+                    address: *address,
+                },
+                print_done,
+            )
+            .await
+        }
         Cmd::Backend {
             command:
                 BackendCmd::Weight {
@@ -470,14 +503,18 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                     address,
                     weight,
                 },
-        } => (
-            Request::BackendWeight {
-                vip: vip.0,
-                address: *address,
-                weight: *weight,
-            },
-            print_done,
-        ),
+        } => {
+            show(
+                cli,
+                Request::BackendWeight {
+                    vip: vip.0,
+                    address: *address,
+                    weight: *weight,
+                },
+                print_done,
+            )
+            .await
+        }
         Cmd::Stats { interval } => {
             return stats::stats(cli, *interval)
                 .await
@@ -539,54 +576,55 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                     limit,
                     scan,
                 },
-        } => (
-            Request::ConnList {
-                vip: vip.map(|v| v.0),
-                backend: *backend,
-                client: *client,
-                probation: *probation,
-                limit: *limit,
-                scan: *scan,
-            },
-            print_conns,
-        ),
+        } => {
+            show(
+                cli,
+                Request::ConnList {
+                    vip: vip.map(|v| v.0),
+                    backend: *backend,
+                    client: *client,
+                    probation: *probation,
+                    limit: *limit,
+                    scan: *scan,
+                },
+                print_conns,
+            )
+            .await
+        }
         Cmd::Flow {
             src,
             sport,
             dst,
             dport,
             protocol,
-        } => (
-            Request::Flow {
-                src: *src,
-                sport: *sport,
-                dst: *dst,
-                dport: *dport,
-                protocol: protocol.0,
-            },
-            print_flow,
-        ),
+        } => {
+            show(
+                cli,
+                Request::Flow {
+                    src: *src,
+                    sport: *sport,
+                    dst: *dst,
+                    dport: *dport,
+                    protocol: protocol.0,
+                },
+                print_flow,
+            )
+            .await
+        }
         Cmd::Apply { file } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("reading {}: {e}", file.display()))?;
             let format =
                 ConfigFormat::of_path(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            (Request::Apply { text, format }, print_done)
+            show(cli, Request::Apply { text, format }, print_done).await
         }
         Cmd::Config {
             command: ConfigCmd::Dump { format },
         } => match format {
-            ConfigFormat::Json => (Request::ConfigDump, print_json),
+            ConfigFormat::Json => show(cli, Request::ConfigDump, print_json::<Config>).await,
             ConfigFormat::Toml => return config_dump_toml(cli).await,
         },
-    };
-    let reply = call(cli, request).await?;
-    if cli.json {
-        print_json(&reply)
-    } else {
-        render(&reply)
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `config dump --format toml`: lbd's JSON read back into the
@@ -595,9 +633,7 @@ async fn config_dump_toml(cli: &Cli) -> Result<ExitCode, String> {
     if cli.json {
         return Err("--json and --format toml ask for two different outputs".into());
     }
-    let reply = call(cli, Request::ConfigDump).await?;
-    let config: Config = serde_json::from_value(reply)
-        .map_err(|e| format!("lbd's configuration is not one this lbctl knows: {e}"))?;
+    let config: Config = call(cli, Request::ConfigDump).await?;
     let text = config
         .to_toml()
         .map_err(|e| format!("the running configuration {e}; use --format json"))?;
@@ -613,7 +649,7 @@ async fn cluster_check(cli: &Cli, sources: &[PathBuf]) -> Result<(), String> {
     }
     let cmp = Comparison::new(read);
     if cli.json {
-        print_json(&cmp.to_json());
+        print_json(&cmp.report());
     } else {
         let mut header = vec!["VIP".to_string()];
         header.extend(cmp.sources.iter().cloned());

@@ -1,19 +1,22 @@
 //! How lbctl shows lbd's replies to people: tables and summaries (the
 //! `--json` output is lbd's reply as it is).
 
-use lb_userspace::{config::BalancingMode, control};
-use serde_json::Value;
+use lb_userspace::{
+    config::BalancingMode,
+    control::{
+        AnnounceStatus, Applied, BackendRow, ConnList, FlowDecision, InterfaceState, SpeakerStatus,
+        Status, TableOccupancy, VipRef, VipRow, VipShow,
+    },
+};
+use serde::Serialize;
 
-pub fn s(v: &Value) -> String {
-    match v {
-        Value::String(x) => x.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// An optional cell: `-` when there is nothing to show.
+pub fn opt<T: ToString>(x: Option<T>) -> String {
+    x.map_or_else(|| "-".into(), |x| x.to_string())
 }
 
-pub fn num(v: &Value) -> String {
-    let x = v.as_f64().unwrap_or(0.0);
+/// A rate or count with an SI suffix: `2.0k`, `8.0M`.
+pub fn num(x: f64) -> String {
     match x {
         x if x >= 1e9 => format!("{:.1}G", x / 1e9),
         x if x >= 1e6 => format!("{:.1}M", x / 1e6),
@@ -45,118 +48,107 @@ pub fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     }
 }
 
-pub fn print_json(v: &Value) {
+pub fn print_json<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-pub fn print_done(v: &Value) {
-    let ms = v["elapsed_ms"].as_f64().unwrap_or(0.0);
+pub fn print_done(v: &Applied) {
     println!(
-        "applied ({} table(s) rebuilt, {ms:.1} ms)",
-        v["rings_rebuilt"]
+        "applied ({} table(s) rebuilt, {:.1} ms)",
+        v.rings_rebuilt, v.elapsed_ms
     );
 }
 
-pub fn print_status(v: &Value) {
+pub fn print_status(v: &Status) {
     println!(
         "lbd {}  up {} s  config {}",
-        s(&v["version"]),
-        v["uptime_s"],
-        s(&v["config"])
+        v.version, v.uptime_s, v.config
     );
-    for i in v["interfaces"].as_array().into_iter().flatten() {
-        let name = s(&i["name"]);
-        let reattached = match i["reattached"].as_u64() {
-            None | Some(0) => String::new(),
-            Some(n) => format!(", re-attached {n} time(s) after the interface was re-created"),
+    for i in &v.interfaces {
+        let name = &i.name;
+        let reattached = match i.reattached {
+            0 => String::new(),
+            n => format!(", re-attached {n} time(s) after the interface was re-created"),
         };
-        match i["state"].as_str() {
-            Some("gone") => println!(
+        match i.state {
+            InterfaceState::Gone => println!(
                 "interface {name}: GONE (deleted; forwarding on it stopped, lbd attaches again when it returns){reattached}"
             ),
-            Some("detached") => println!(
+            InterfaceState::Detached => println!(
                 "interface {name}: NOT ATTACHED ({}){reattached}",
-                s(&i["error"])
+                opt(i.error.as_ref())
             ),
-            _ => println!("interface {name}: XDP {} mode{reattached}", s(&i["mode"])),
+            InterfaceState::Attached => {
+                println!("interface {name}: XDP {} mode{reattached}", i.mode)
+            }
         }
     }
-    for l in v["unconfigured_links"].as_array().into_iter().flatten() {
-        println!("warning: {}", s(&l["warning"]));
+    for l in &v.unconfigured_links {
+        println!("warning: {}", l.warning);
     }
     println!(
         "vips {}  backends {} ({} healthy)  maglev table {} slots  table rebuilds {}",
-        v["vips"], v["backends"], v["backends_up"], v["ring_size"], v["table_rebuilds"]
+        v.vips, v.backends, v.backends_up, v.ring_size, v.table_rebuilds
     );
-    for (vip, digest) in v["ring_digests"].as_object().into_iter().flatten() {
-        println!("ring {vip}: digest {}", s(digest));
+    for (vip, digest) in &v.ring_digests {
+        println!("ring {vip}: digest {}", opt(digest.as_ref()));
     }
-    print_announce(&v["announce"]);
-    print_speaker(&v["speaker"]);
-    let o = &v["occupancy"];
-    let fill = |t: &Value| {
-        format!(
-            "{}/{} ({:.1}%)",
-            t["entries"],
-            t["capacity"],
-            t["fill"].as_f64().unwrap_or(0.0) * 100.0
-        )
+    if let Some(a) = &v.announce {
+        print_announce(a);
+    }
+    if let Some(speaker) = &v.speaker {
+        print_speaker(speaker);
+    }
+    let o = &v.occupancy;
+    let fill = |t: &Option<TableOccupancy>| match t {
+        Some(t) => format!("{}/{} ({:.1}%)", t.entries, t.capacity, t.fill * 100.0),
+        None => "-".into(),
     };
     println!(
         "connections {}  probation {}{}",
-        fill(&o["connections"]),
-        fill(&o["probation"]),
-        if o["exact"] == false {
+        fill(&o.connections),
+        fill(&o.probation),
+        if o.exact == Some(false) {
             "  (counted up to a limit)"
         } else {
             ""
         }
     );
-    if let Some(c) = v["counters"].as_object() {
+    if !v.counters.is_empty() {
         println!("counters:");
-        for (k, n) in c {
+        for (k, n) in &v.counters {
             println!("  {k:<22} {n}");
         }
     }
 }
 
-pub fn print_announce(a: &Value) {
-    if a.is_null() {
-        return;
+pub fn print_announce(a: &AnnounceStatus) {
+    match (a.table, a.protocol) {
+        (Some(table), Some(protocol)) => {
+            println!("announce: routes in table {table} with protocol {protocol}")
+        }
+        _ => println!("announce: not configured"),
     }
-    if a["table"].is_null() {
-        println!("announce: not configured");
-    } else {
-        println!(
-            "announce: routes in table {} with protocol {}",
-            a["table"], a["protocol"]
-        );
+    for table in &a.leftover_tables {
+        println!("  routes still to remove from an earlier announce: {table}");
     }
-    for table in a["leftover_tables"].as_array().into_iter().flatten() {
-        println!(
-            "  routes still to remove from an earlier announce: {}",
-            s(table)
-        );
+    for row in &a.addresses {
+        println!("  {}: {}", row.address, row.state);
     }
-    for row in a["addresses"].as_array().into_iter().flatten() {
-        println!("  {}: {}", s(&row["address"]), s(&row["state"]));
-    }
-    if a["drained"] == true {
+    if a.drained {
         println!("node: DRAINED (every VIP withdrawn; `lbctl node resume` announces again)");
     }
-    if let Some(e) = a["error"].as_str() {
+    if let Some(e) = &a.error {
         println!("announce error: {e}");
     }
 }
 
 /// Whether BIRD is there to tell the router (only while announcing).
-pub fn print_speaker(speaker: &Value) {
-    if let Some(summary) = speaker["summary"].as_str() {
-        println!("speaker: {summary}");
-    }
+pub fn print_speaker(speaker: &SpeakerStatus) {
+    println!("speaker: {}", speaker.summary);
 }
 
-pub fn print_vips(v: &Value) {
+pub fn print_vips(rows: &[VipRow]) {
     table(
         &[
             "VIP",
@@ -169,24 +161,22 @@ pub fn print_vips(v: &Value) {
             "RING",
             "ANNOUNCED",
         ],
-        v.as_array().into_iter().flatten().map(|r| {
-            let addr = s(&r["address"]);
-            let vip = format!(
-                "{}:{}/{}",
-                lb_userspace::cluster::bracketed(&addr),
-                r["port"],
-                s(&r["protocol"])
-            );
+        rows.iter().map(|r| {
+            let vip = VipRef {
+                address: r.address,
+                port: r.port,
+                protocol: r.protocol,
+            };
             vec![
-                vip,
-                s(&r["name"]),
-                s(&r["forwarding"]),
-                s(&r["affinity"]),
-                s(&r["backends"]),
-                s(&r["healthy"]),
-                s(&r["in_table"]),
-                s(&r["ring_digest"]),
-                match r["announced"].as_bool() {
+                vip.to_string(),
+                opt(r.name.as_ref()),
+                r.forwarding.name().into(),
+                r.affinity.to_string(),
+                r.backends.to_string(),
+                r.healthy.to_string(),
+                r.in_table.to_string(),
+                opt(r.ring_digest.as_ref()),
+                match r.announced {
                     Some(true) => "yes".into(),
                     Some(false) => "no".into(),
                     None => "-".into(),
@@ -197,14 +187,7 @@ pub fn print_vips(v: &Value) {
 }
 
 /// `lbctl vip show`: a line on the VIP's balancing, a row per backend.
-pub fn print_vip_show(v: &Value) {
-    let show: control::VipShow = match serde_json::from_value(v.clone()) {
-        Ok(show) => show,
-        Err(e) => {
-            eprintln!("lbctl: unexpected reply from lbd: {e}");
-            return;
-        }
-    };
+pub fn print_vip_show(show: &VipShow) {
     let mode = match show.mode {
         BalancingMode::Static => "static (configured weights)".to_string(),
         BalancingMode::Load => format!("load, source {}", show.source.name()),
@@ -265,7 +248,7 @@ pub fn print_vip_show(v: &Value) {
                 b.address.to_string(),
                 b.weight.to_string(),
                 opt(b.effective_weight, 2),
-                b.health.clone(),
+                b.health.name().into(),
                 b.active_flows.map_or("-".into(), |a| a.to_string()),
                 opt(r.and_then(|r| r.utilization), 2),
                 opt(r.and_then(|r| r.load), 2),
@@ -278,7 +261,7 @@ pub fn print_vip_show(v: &Value) {
     );
 }
 
-pub fn print_backends(v: &Value) {
+pub fn print_backends(rows: &[BackendRow]) {
     table(
         &[
             "VIP",
@@ -294,66 +277,57 @@ pub fn print_backends(v: &Value) {
             "LAST CHECK",
             "DRAIN LEFT",
         ],
-        v.as_array().into_iter().flatten().map(|r| {
-            let drain = r["drain_remaining_s"]
-                .as_u64()
-                .map(|x| format!("{x} s"))
-                .unwrap_or_else(|| "-".into());
+        rows.iter().map(|r| {
             vec![
-                s(&r["vip"]),
-                s(&r["address"]),
-                s(&r["weight"]),
-                r["effective_weight"]
-                    .as_f64()
-                    .map_or_else(|| "-".into(), |x| format!("{x:.2}")),
-                s(&r["state"]),
-                s(&r["health"]),
-                s(&r["in_table"]),
-                s(&r["active_flows"]),
-                s(&r["inactive_flows"]),
-                r["new_flows_per_s"]
-                    .as_f64()
-                    .map_or_else(|| "-".into(), |x| format!("{x:.1}")),
-                s(&r["last_check"]),
-                drain,
+                r.vip.clone(),
+                r.address.to_string(),
+                r.weight.to_string(),
+                opt(r.effective_weight.map(|x| format!("{x:.2}"))),
+                r.state.name().into(),
+                r.health.name().into(),
+                r.in_table.to_string(),
+                opt(r.active_flows),
+                opt(r.inactive_flows),
+                opt(r.new_flows_per_s.map(|x| format!("{x:.1}"))),
+                opt(r.last_check.as_ref()),
+                opt(r.drain_remaining_s.map(|x| format!("{x} s"))),
             ]
         }),
     );
 }
 
-pub fn print_conns(v: &Value) {
+pub fn print_conns(v: &ConnList) {
     table(
         &[
             "PROTO", "CLIENT", "VIP", "BACKEND", "TABLE", "IDLE", "PINNED",
         ],
-        v["rows"].as_array().into_iter().flatten().map(|r| {
+        v.rows.iter().map(|r| {
             vec![
-                s(&r["protocol"]),
-                s(&r["client"]),
-                s(&r["vip"]),
-                s(&r["backend"]),
-                if r["closed"] == true {
-                    format!("{}, closed", s(&r["table"]))
+                opt(r.protocol.map(|p| p.name())),
+                r.client.clone(),
+                r.vip.clone(),
+                r.backend.clone(),
+                if r.closed {
+                    format!("{}, closed", r.table.name())
                 } else {
-                    s(&r["table"])
+                    r.table.name().into()
                 },
-                format!("{} s", s(&r["idle_s"])),
-                r["stale"]
-                    .as_str()
+                format!("{} s", r.idle_s),
+                r.stale
+                    .as_ref()
                     .map_or("yes".to_string(), |why| format!("no: {why}")),
             ]
         }),
     );
-    let shown = v["rows"].as_array().map_or(0, Vec::len);
-    println!("{shown} flows shown, {} entries read", s(&v["scanned"]));
-    if v["more"] == true {
+    println!("{} flows shown, {} entries read", v.rows.len(), v.scanned);
+    if v.more {
         println!("more flows match: raise --limit");
     }
-    if v["truncated"] == true {
+    if v.truncated {
         println!("the table holds more entries than --scan: flows may be missing");
     }
 }
 
-pub fn print_flow(v: &Value) {
-    println!("backend {}: {}", s(&v["backend"]), s(&v["reason"]));
+pub fn print_flow(v: &FlowDecision) {
+    println!("backend {}: {}", opt(v.backend.as_ref()), v.reason);
 }

@@ -4,6 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
+use lb_userspace::control::{self, BackendRow, Request, Stats};
 use ratatui::{
     Frame, Terminal,
     backend::TestBackend,
@@ -12,9 +13,6 @@ use ratatui::{
     style::{Color, Modifier, Style},
     widgets::{Block, Cell, Row, Table},
 };
-use serde_json::Value;
-
-use lb_userspace::control::{self, Request};
 
 /// One line of the view: a VIP (no backend) or one of its backends.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,8 +30,8 @@ pub struct Line {
 /// Counters sampled at one moment.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    pub stats: Value,
-    pub backends: Value,
+    pub stats: Stats,
+    pub backends: Vec<BackendRow>,
 }
 
 pub async fn sample(socket: &Path) -> Result<Sample, control::ClientError> {
@@ -43,65 +41,48 @@ pub async fn sample(socket: &Path) -> Result<Sample, control::ClientError> {
     })
 }
 
-fn rate(a: &Value, b: &Value, field: &str, dt: f64) -> f64 {
-    b[field]
-        .as_u64()
-        .unwrap_or(0)
-        .saturating_sub(a[field].as_u64().unwrap_or(0)) as f64
-        / dt
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// Per second from `before` (zero when absent: a VIP or backend just
+/// added) to `now`.
+fn rate(before: Option<u64>, now: u64, dt: f64) -> f64 {
+    now.saturating_sub(before.unwrap_or(0)) as f64 / dt
 }
 
 /// Rates between two samples, a VIP line followed by its backends' lines.
 pub fn lines(prev: &Sample, cur: &Sample) -> Vec<Line> {
-    let dt = (cur.stats["time_s"].as_f64().unwrap_or(0.0)
-        - prev.stats["time_s"].as_f64().unwrap_or(0.0))
-    .max(1e-3);
-    let find = |list: &Value, vip: &Value, addr: Option<&Value>| -> Value {
-        list.as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["vip"] == *vip && addr.is_none_or(|a| e["address"] == *a))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let dt = (cur.stats.time_s - prev.stats.time_s).max(1e-3);
     let mut out = Vec::new();
-    for v in cur.stats["vips"].as_array().into_iter().flatten() {
-        let before = find(&prev.stats["vips"], &v["vip"], None);
+    for v in &cur.stats.vips {
+        let before = prev.stats.vips.iter().find(|p| p.vip == v.vip);
         out.push(Line {
-            vip: text(&v["vip"]),
+            vip: v.vip.clone(),
             backend: None,
-            packets_per_s: rate(&before, v, "packets", dt),
-            bits_per_s: 8.0 * rate(&before, v, "bytes", dt),
-            new_flows_per_s: rate(&before, v, "new_flows", dt),
+            packets_per_s: rate(before.map(|b| b.packets), v.packets, dt),
+            bits_per_s: 8.0 * rate(before.map(|b| b.bytes), v.bytes, dt),
+            new_flows_per_s: rate(before.map(|b| b.new_flows), v.new_flows, dt),
             health: String::new(),
             weight: String::new(),
             state: String::new(),
         });
-        for b in cur.stats["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|b| b["vip"] == v["vip"])
-        {
-            let before = find(&prev.stats["backends"], &v["vip"], Some(&b["address"]));
-            let info = find(&cur.backends, &v["vip"], Some(&b["address"]));
+        for b in cur.stats.backends.iter().filter(|b| b.vip == v.vip) {
+            let before = prev
+                .stats
+                .backends
+                .iter()
+                .find(|p| p.vip == v.vip && p.address == b.address);
+            let info = cur
+                .backends
+                .iter()
+                .find(|r| r.vip == v.vip && r.address == b.address);
+            let cell = |f: fn(&BackendRow) -> String| info.map_or_else(|| "-".into(), f);
             out.push(Line {
-                vip: text(&v["vip"]),
-                backend: Some(text(&b["address"])),
-                packets_per_s: rate(&before, b, "packets", dt),
-                bits_per_s: 8.0 * rate(&before, b, "bytes", dt),
-                new_flows_per_s: rate(&before, b, "new_flows", dt),
-                health: text(&info["health"]),
-                weight: text(&info["weight"]),
-                state: text(&info["state"]),
+                vip: v.vip.clone(),
+                backend: Some(b.address.to_string()),
+                packets_per_s: rate(before.map(|b| b.packets), b.packets, dt),
+                bits_per_s: 8.0 * rate(before.map(|b| b.bytes), b.bytes, dt),
+                new_flows_per_s: rate(before.map(|b| b.new_flows), b.new_flows, dt),
+                health: cell(|r| r.health.name().into()),
+                weight: cell(|r| r.weight.to_string()),
+                state: cell(|r| r.state.name().into()),
             });
         }
     }
@@ -235,22 +216,65 @@ pub async fn run(socket: &Path, once: bool) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use lb_userspace::{
+        config::AdminState,
+        control::{BackendCounters, BackendHealth, VipCounters},
+    };
 
     use super::*;
+
+    fn stats(time_s: f64, vip: &str, packets: u64, bytes: u64, new_flows: u64) -> Stats {
+        Stats {
+            time_s,
+            vips: vec![VipCounters {
+                vip: vip.into(),
+                packets,
+                bytes,
+                new_flows,
+                dropped: 0,
+            }],
+            backends: vec![BackendCounters {
+                vip: vip.into(),
+                address: "198.51.100.101".parse().unwrap(),
+                packets,
+                bytes,
+                new_flows,
+            }],
+            counters: Default::default(),
+        }
+    }
+
+    fn row(vip: &str) -> BackendRow {
+        BackendRow {
+            vip: vip.into(),
+            address: "198.51.100.101".parse().unwrap(),
+            id: Some(0),
+            weight: 3,
+            state: AdminState::Drain,
+            health: BackendHealth::Down,
+            in_table: false,
+            last_check: None,
+            check_latency_ms: None,
+            drain_remaining_s: Some(300),
+            effective_weight: None,
+            weight_reason: None,
+            active_flows: None,
+            inactive_flows: None,
+            new_flows_per_s: None,
+            bytes_per_s: None,
+        }
+    }
 
     #[test]
     fn rates_and_states_are_shown_per_vip_and_backend() {
         let vip = "198.51.100.10:80/tcp";
         let prev = Sample {
-            stats: json!({"time_s": 100.0, "vips": [{"vip": vip, "packets": 1000, "bytes": 100000, "new_flows": 10}],
-                "backends": [{"vip": vip, "address": "198.51.100.101", "packets": 1000, "bytes": 100000, "new_flows": 10}]}),
-            backends: json!([]),
+            stats: stats(100.0, vip, 1000, 100_000, 10),
+            backends: Vec::new(),
         };
         let cur = Sample {
-            stats: json!({"time_s": 102.0, "vips": [{"vip": vip, "packets": 5000, "bytes": 2100000, "new_flows": 30}],
-                "backends": [{"vip": vip, "address": "198.51.100.101", "packets": 5000, "bytes": 2100000, "new_flows": 30}]}),
-            backends: json!([{"vip": vip, "address": "198.51.100.101", "health": "down", "weight": 3, "state": "drain"}]),
+            stats: stats(102.0, vip, 5000, 2_100_000, 30),
+            backends: vec![row(vip)],
         };
         let l = lines(&prev, &cur);
         assert_eq!(l.len(), 2);

@@ -1,22 +1,22 @@
-//! The control protocol between `lbctl` and `lbd`: one JSON request per
-//! line on a Unix socket, one JSON reply per line.
-//!
-//! Replies are `{"ok": true, "data": ...}` or `{"ok": false, "error":
-//! "..."}`; an error is one line a person can act on. A request larger than
-//! `MAX_REQUEST_BYTES`, or not valid JSON, gets an error reply and the
-//! connection is closed; the daemon carries on.
+//! The requests lbctl sends, and lbd's reading of them: one JSON line,
+//! `{"v": 1, "cmd": "...", ...}`. A request larger than
+//! `MAX_REQUEST_BYTES`, not valid JSON, or of a version lbd does not
+//! answer gets an error reply and the connection is closed; the daemon
+//! carries on.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::UnixStream,
-};
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
 
+use super::{
+    Reply,
+    version::{self, PROTOCOL_VERSION, UNVERSIONED, VersionError},
+};
 use crate::{
-    capture::{CaptureEvent, CaptureSpec},
-    config::{AdminState, BackendConfig, BalancingMode, HardLimit, LoadSource, Protocol, Vip},
+    capture::CaptureSpec,
+    config::{BackendConfig, Protocol, Vip},
     config_format::ConfigFormat,
 };
 
@@ -43,6 +43,8 @@ impl std::fmt::Display for VipRef {
     }
 }
 
+/// What lbctl asks. Requests deny unknown fields: a request lbd does not
+/// fully understand is refused rather than half done.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -123,182 +125,69 @@ pub enum Request {
     },
 }
 
-/// The reply to [`Request::VipShow`] (`lbctl vip show`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VipShow {
-    pub vip: VipRef,
-    pub mode: BalancingMode,
-    pub source: LoadSource,
-    pub hard_limit: Option<HardLimit>,
-    /// Every backend in service is over the hard limit, so it is waived.
-    pub hard_limit_waived: bool,
-    pub backends: Vec<BackendShow>,
-}
-
-/// One backend of a [`VipShow`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BackendShow {
-    pub address: IpAddr,
-    /// `vips[].backends[].weight`.
-    pub weight: u32,
-    pub state: AdminState,
-    /// `up`, `down` or `unchecked`.
-    pub health: String,
-    /// The weight its share of new flows follows, in units of the
-    /// configured weight; `None` while it takes no new flows.
-    pub effective_weight: Option<f64>,
-    /// Why the effective weight is what it is.
-    pub why: Option<String>,
-    /// Its active flows on this node.
-    pub active_flows: Option<u64>,
-    /// Its last load report (`source` `prometheus` or `header`).
-    pub report: Option<ReportShow>,
-    /// Over its hard limit: no new flows (unless the limit is waived).
-    pub over_hard_limit: bool,
-}
-
-/// A backend's last load report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReportShow {
-    /// The load over the capacity.
-    pub utilization: Option<f64>,
-    pub load: Option<f64>,
-    /// The value the hard limit applies to.
-    pub limit_value: Option<f64>,
-    /// Seconds since the last good report.
-    pub age_s: Option<f64>,
-    /// Too old to count: the controller treats the backend as unreported.
-    pub stale: bool,
-    /// Why the latest report was unusable, if it was.
-    pub error: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Reply {
-    pub fn data(data: serde_json::Value) -> Self {
-        Self {
-            ok: true,
-            data: Some(data),
-            error: None,
-        }
-    }
-
-    pub fn error(message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            data: None,
-            error: Some(message.into()),
-        }
+impl Request {
+    /// The request's `cmd`, as it is sent (`vip_show`).
+    pub fn cmd(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("cmd")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into())
     }
 }
 
-/// Why a request to lbd failed. A cause is part of the message and is not
-/// also returned from `source()` (see `crate::errors`).
+/// The request as lbctl sends it: its fields and `cmd`, with this build's
+/// version as `v`.
+pub fn encode(request: &Request) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(request)?;
+    if let Value::Object(fields) = &mut value {
+        fields.insert("v".into(), PROTOCOL_VERSION.into());
+    }
+    serde_json::to_vec(&value)
+}
+
+/// A request as lbd read it, with the version to answer it in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    /// The request's version (`UNVERSIONED` when it had none).
+    pub version: u32,
+    pub request: Request,
+}
+
+/// Why lbd refuses a request line.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach lbd at {path}: {error} (is lbd running? are you root?)")]
-    Connect { path: String, error: std::io::Error },
-    #[error("talking to lbd: {0}")]
-    Io(std::io::Error),
-    #[error("lbd sent a reply that is not valid: {0}")]
-    BadReply(serde_json::Error),
-    #[error("lbd closed the connection without replying")]
-    NoReply,
+enum Refused {
+    #[error("malformed request: {0}")]
+    Malformed(String),
     #[error("{0}")]
-    Refused(String),
+    Version(#[from] VersionError),
 }
 
-impl From<std::io::Error> for ClientError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<serde_json::Error> for ClientError {
-    fn from(e: serde_json::Error) -> Self {
-        Self::BadReply(e)
-    }
-}
-
-/// Send one request and wait for its reply (the `lbctl` side).
-pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|error| ClientError::Connect {
-            path: socket.display().to_string(),
-            error,
-        })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    let mut reader = BufReader::new(read);
-    let mut reply = String::new();
-    if reader.read_line(&mut reply).await? == 0 {
-        return Err(ClientError::NoReply);
-    }
-    let reply: Reply = serde_json::from_str(&reply)?;
-    if reply.ok {
-        Ok(reply.data.unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(ClientError::Refused(
-            reply
-                .error
-                .unwrap_or_else(|| "lbd refused the request".into()),
-        ))
-    }
-}
-
-/// Send a capture request and hand each event lbd streams back to
-/// `on_event`, up to and including the end (the `lbctl capture` side).
-pub async fn capture(
-    socket: &Path,
-    spec: CaptureSpec,
-    mut on_event: impl FnMut(CaptureEvent) -> Result<(), String>,
-) -> Result<(), ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|error| ClientError::Connect {
-            path: socket.display().to_string(),
-            error,
-        })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(&Request::Capture { spec })?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    let mut lines = BufReader::new(read).lines();
-    while let Some(text) = lines.next_line().await? {
-        let reply: Reply = serde_json::from_str(&text)?;
-        if !reply.ok {
-            return Err(ClientError::Refused(
-                reply
-                    .error
-                    .unwrap_or_else(|| "lbd refused the capture".into()),
-            ));
-        }
-        let event: CaptureEvent = serde_json::from_value(reply.data.unwrap_or_default())?;
-        let end = matches!(event, CaptureEvent::End(_));
-        on_event(event).map_err(ClientError::Refused)?;
-        if end {
-            return Ok(());
-        }
-    }
-    Err(ClientError::NoReply)
+/// A request line as lbd reads it: its version (`UNVERSIONED` when it has
+/// none), checked to be one lbd answers, then the request.
+fn decode(line: &[u8]) -> Result<Received, Refused> {
+    let malformed = |e: &dyn std::fmt::Display| Refused::Malformed(e.to_string());
+    let mut value: Value = serde_json::from_slice(line).map_err(|e| malformed(&e))?;
+    let v = match value.as_object_mut().and_then(|fields| fields.remove("v")) {
+        None => UNVERSIONED,
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| malformed(&format!("v: {v} is not a version number")))?,
+    };
+    version::check_request(v)?;
+    // Versions 0 and 1 ask the same: nothing to translate yet.
+    let request = serde_json::from_value(value).map_err(|e| malformed(&e))?;
+    Ok(Received {
+        version: v,
+        request,
+    })
 }
 
 /// Read one request line of at most `MAX_REQUEST_BYTES` (the daemon side).
 /// `Err` carries the reply to send before closing.
 pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
-) -> Result<Option<Request>, Reply> {
+) -> Result<Option<Received>, Reply> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, read_line_limited(reader, &mut buf)).await;
     match read {
@@ -311,9 +200,9 @@ pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
         Ok(Ok(_)) if buf.len() > MAX_REQUEST_BYTES => Err(Reply::error(format!(
             "request larger than {MAX_REQUEST_BYTES} bytes"
         ))),
-        Ok(Ok(_)) => serde_json::from_slice(&buf)
+        Ok(Ok(_)) => decode(&buf)
             .map(Some)
-            .map_err(|e| Reply::error(format!("malformed request: {e}"))),
+            .map_err(|e| Reply::error(e.to_string())),
     }
 }
 
@@ -349,6 +238,8 @@ async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::BufReader;
+
     use super::*;
 
     #[test]
@@ -382,9 +273,70 @@ mod tests {
         assert!(e.error.unwrap().starts_with("request larger than"));
 
         let mut r = BufReader::new(&b"{\"cmd\":\"status\"}\n"[..]);
-        assert_eq!(read_request(&mut r).await.unwrap(), Some(Request::Status));
+        let read = read_request(&mut r).await.unwrap().unwrap();
+        assert_eq!(read.request, Request::Status);
         let mut r = BufReader::new(&b""[..]);
         assert_eq!(read_request(&mut r).await.unwrap(), None);
+    }
+
+    async fn read(line: &str) -> Result<Received, Reply> {
+        let line = format!("{line}\n");
+        read_request(&mut BufReader::new(line.as_bytes()))
+            .await
+            .map(|r| r.expect("a request"))
+    }
+
+    /// lbctl's requests carry its version; lbd reads them, and those of an
+    /// lbctl from before versions, which carry none.
+    #[tokio::test]
+    async fn versioned_and_unversioned_requests_are_answered() {
+        let request = Request::VipShow {
+            vip: VipRef {
+                address: "2001:db8::10".parse().unwrap(),
+                port: 443,
+                protocol: Protocol::Tcp,
+            },
+        };
+        let sent = String::from_utf8(encode(&request).unwrap()).unwrap();
+        let fields: Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(fields["v"], PROTOCOL_VERSION);
+        assert_eq!(fields["cmd"], "vip_show");
+        let received = read(&sent).await.unwrap();
+        assert_eq!(
+            (received.version, &received.request),
+            (PROTOCOL_VERSION, &request)
+        );
+        let unversioned = serde_json::to_string(&request).unwrap();
+        assert!(!unversioned.contains("\"v\""), "{unversioned}");
+        let received = read(&unversioned).await.unwrap();
+        assert_eq!(
+            (received.version, &received.request),
+            (UNVERSIONED, &request)
+        );
+        // Answered in the request's version, which an lbctl from before
+        // versions ignores.
+        assert_eq!(
+            Reply::error("x").in_version(received.version).v,
+            UNVERSIONED
+        );
+        assert_eq!(request.cmd(), "vip_show");
+    }
+
+    #[tokio::test]
+    async fn a_newer_or_unreadable_version_is_refused_by_name() {
+        let newer = read(r#"{"v":2,"cmd":"status"}"#).await.unwrap_err();
+        assert!(!newer.ok);
+        assert_eq!(
+            newer.error.unwrap(),
+            "this lbctl speaks control protocol 2, this lbd speaks 1: use the lbctl shipped \
+             with the running lbd (lbd --version)"
+        );
+        assert_eq!(newer.v, PROTOCOL_VERSION);
+        let garbled = read(r#"{"v":-1,"cmd":"status"}"#).await.unwrap_err();
+        assert_eq!(
+            garbled.error.unwrap(),
+            "malformed request: v: -1 is not a version number"
+        );
     }
 
     /// An apply of a JSON file is the request lbds before TOML took; a
