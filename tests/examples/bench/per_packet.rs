@@ -71,6 +71,20 @@ pub fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32, before: Before) -> (f64, 
     (samples[samples.len() / 2], samples[samples.len() / 10])
 }
 
+/// One untimed run of `frame`: its verdict and the frame that came out.
+pub fn run_once(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; 2048];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("test run");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
 pub fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
     let ip: IpAddr = addr.parse().unwrap();
     let (a, family) = to_map(ip);

@@ -5,7 +5,7 @@
 //! `per_packet`, which has 4 VIPs of 3 backends. Each configuration gets a
 //! data plane of its own, all with the same map sizes.
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use lb_common::{flow::PROTO_TCP, maps::*};
 use lb_tests::{harness::vip_key, packets::*};
 use lb_userspace::{
@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::{
     forwarding::xdp,
-    per_packet::{Before, CALLS, backend, configure, time},
+    per_packet::{Before, CALLS, backend, configure, run_once, time},
 };
 
 /// (VIPs, backends per VIP).
@@ -106,15 +106,7 @@ fn rows(vips: u32, backends: u32, results: &mut Vec<(String, f64, f64)>) {
     // Each established flow's first packet puts it on probation, its
     // second promotes it: all of them in the connection table.
     for frame in established.iter().chain(&established) {
-        let mut out = vec![0u8; 2048];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("test run");
-        assert_eq!(r.return_value, 3, "warm-up verdict");
+        assert_eq!(run_once(prog, frame).0, 3, "warm-up verdict");
     }
     let fill = maps.fill(ESTABLISHED_FLOWS * 2).expect("table fill");
     assert_eq!(
@@ -149,15 +141,7 @@ fn rows(vips: u32, backends: u32, results: &mut Vec<(String, f64, f64)>) {
 
 /// The frame goes out in a tunnel to one of the VIP's backends, intact.
 fn check_tunnelled(prog: &Xdp, frame: &[u8], backends: u32) {
-    let mut out = vec![0u8; 2048];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("test run");
-    out.truncate(r.data_size_out as usize);
+    let (_, out) = run_once(prog, frame);
     assert_eq!(out.len(), frame.len() + 20, "encapsulated");
     assert_eq!(&out[14 + 20..], &frame[14..], "inner packet intact");
     assert!(
