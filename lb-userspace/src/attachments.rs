@@ -211,7 +211,7 @@ impl Attachments {
             .iter()
             .map(|a| InterfaceStatus {
                 name: a.name.clone(),
-                state: a.state(),
+                state: a.state().into(),
                 ifindex: a.ifindex,
                 error: a.error.clone(),
                 mode: mode_name(&a.attached).into(),

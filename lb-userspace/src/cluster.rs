@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, os::unix::fs::FileTypeExt, path::Path};
 
 use serde::Serialize;
 
-use crate::control::{self, Request, VipRef, VipRow};
+use crate::control::{self, Request, VipRow};
 
 /// One source's rings: VIP (`198.51.100.10:80/tcp`) → digest, `None` for a
 /// VIP whose ring the node could not read.
@@ -22,14 +22,7 @@ pub type Digests = BTreeMap<String, Option<String>>;
 pub fn digests_of(vip_list: &[VipRow]) -> Digests {
     vip_list
         .iter()
-        .map(|row| {
-            let vip = VipRef {
-                address: row.address,
-                port: row.port,
-                protocol: row.protocol,
-            };
-            (vip.to_string(), row.ring_digest.clone())
-        })
+        .map(|row| (row.vip(), row.ring_digest.clone()))
         .collect()
 }
 
@@ -140,8 +133,8 @@ mod tests {
                 name: None,
                 address: addr.parse().unwrap(),
                 port: 80,
-                protocol: crate::config::Protocol::Tcp,
-                forwarding: Default::default(),
+                protocol: crate::config::Protocol::Tcp.into(),
+                forwarding: crate::config::Forwarding::Ipip.into(),
                 affinity: false,
                 id: Some(1),
                 backends: 1,

@@ -136,25 +136,55 @@ fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `config` as a TOML file, every field it holds written out. Refused if
-/// the text would not read back as `config`: TOML's integers end at
-/// 2^63 - 1, where JSON's do not.
+/// `config` as a TOML file, every field it holds written out (through its
+/// JSON, as `json_to_toml`), refused if it would not read back as `config`.
 pub fn to_toml(config: &Config) -> Result<String, String> {
     let cannot = |e: &dyn std::fmt::Display| format!("cannot be written as TOML: {e}");
-    let mut table = toml::Table::try_from(config).map_err(|e| cannot(&e))?;
-    if config.speaker.bird_socket.is_none() {
-        let speaker = table
-            .entry("speaker")
-            .or_insert_with(|| toml::Table::new().into());
-        if let Some(speaker) = speaker.as_table_mut() {
-            speaker.insert("bird_socket".into(), "".into());
-        }
-    }
-    let text = toml::to_string_pretty(&table).map_err(|e| cannot(&e))?;
+    let text = json_to_toml(&serde_json::to_value(config).map_err(|e| cannot(&e))?)?;
     match parse_toml(&text) {
         Ok(back) if back == *config => Ok(text),
         Ok(_) => Err(cannot(&"it would read back differently")),
         Err(e) => Err(cannot(&e)),
+    }
+}
+
+/// A configuration as JSON (`config_dump`'s reply) as a TOML file, with
+/// every option it holds, known to this build or not: lbctl writes a newer
+/// lbd's configuration too. TOML has no null: an option that is null is
+/// left out (unset), but for `speaker.bird_socket`, whose null (not
+/// watched) is written `""`, as its default is a path. Refused if the text
+/// would not read back as the same values: TOML's integers end at
+/// 2^63 - 1, where JSON's do not.
+pub fn json_to_toml(config: &serde_json::Value) -> Result<String, String> {
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot be written as TOML: {e}");
+    let mut config = config.clone();
+    if let Some(speaker) = config
+        .get_mut("speaker")
+        .and_then(serde_json::Value::as_object_mut)
+        && speaker.get("bird_socket") == Some(&serde_json::Value::Null)
+    {
+        speaker.insert("bird_socket".into(), "".into());
+    }
+    drop_nulls(&mut config);
+    let table = toml::Table::try_from(&config).map_err(|e| cannot(&e))?;
+    let text = toml::to_string_pretty(&table).map_err(|e| cannot(&e))?;
+    let back: toml::Table = toml::from_str(&text).map_err(|e| cannot(&e))?;
+    match serde_json::to_value(back) {
+        Ok(back) if back == config => Ok(text),
+        Ok(_) => Err(cannot(&"it would read back differently")),
+        Err(e) => Err(cannot(&e)),
+    }
+}
+
+/// Every object member that is null, removed, at any depth.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.retain(|_, v| !v.is_null());
+            members.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 
@@ -281,6 +311,40 @@ mod tests {
         // JSON takes "" too, for one spelling in both.
         v["speaker"]["bird_socket"] = "".into();
         assert_eq!(Config::from_json(&v.to_string()), Ok(config));
+    }
+
+    /// lbctl writes a newer lbd's configuration as TOML with the options
+    /// this build does not know, where `Config` would refuse them.
+    #[test]
+    fn options_this_build_does_not_know_are_written_as_toml() {
+        let mut v = documented_complete_example();
+        v["tables"]["added_later"] = 7.into();
+        v["added_later"] = serde_json::json!({"mode": "new", "unset": null});
+        assert!(Config::from_json(&v.to_string()).is_err());
+        let toml = json_to_toml(&v).unwrap();
+        let back: toml::Table = toml::from_str(&toml).unwrap();
+        assert_eq!(
+            back["tables"]["added_later"].as_integer(),
+            Some(7),
+            "{toml}"
+        );
+        assert_eq!(
+            back["added_later"]
+                .as_table()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["mode"],
+            "{toml}"
+        );
+        // What the build knows of it reads back as the configuration.
+        v["tables"].as_object_mut().unwrap().remove("added_later");
+        v.as_object_mut().unwrap().remove("added_later");
+        let config = Config::from_json(&v.to_string()).unwrap();
+        assert_eq!(
+            json_to_toml(&v).map(|t| Config::from_toml(&t)),
+            Ok(Ok(config))
+        );
     }
 
     #[test]

@@ -129,7 +129,7 @@ fn row(
     };
     let client = std::net::SocketAddr::new(client, flow.sport).to_string();
     ConnRow {
-        protocol: Protocol::from_number(flow.proto),
+        protocol: Protocol::from_number(flow.proto).map(Into::into),
         client,
         vip: vip_names
             .get(&entry.vip_id)
@@ -139,7 +139,7 @@ fn row(
             || format!("backend id {}", entry.backend_id),
             |a| a.to_string(),
         ),
-        table,
+        table: table.into(),
         idle_s: now_ns.saturating_sub(entry.last_seen()) / 1_000_000_000,
         closed: entry.closed(),
         stale,

@@ -158,19 +158,111 @@ fn cp_protocol_lbctl_names_the_field_of_a_reply_it_cannot_read() {
 }
 
 /// What an lbd from before versions (v0.1.0) answers to a request with a
-/// `v`: its requests deny unknown fields.
+/// `v`: a refusal, as its requests deny unknown fields, but for the
+/// requests without arguments, which it answers as if `v` were not there
+/// (serde-rs/serde#2123), with a success reply of its own version. lbctl
+/// names that lbd either way, and prints nothing of its reply.
 #[test]
 fn cp_protocol_lbctl_names_an_lbd_from_before_versions() {
-    let lbd = FakeLbd::answering(
+    let protocol_0 = "lbd speaks control protocol 0 (an lbd from before protocol versions), \
+                      this lbctl speaks 1: use the lbctl shipped with the running lbd (lbd \
+                      --version)";
+    let refusing = FakeLbd::answering(
         r#"{"ok":false,"error":"malformed request: unknown field `v`, expected `cmd` at line 1 column 20"}"#,
     );
-    let args = ["status"];
-    assert_fails_with(
-        &args,
-        &lbd.lbctl(&args),
-        "lbd speaks control protocol 0 (an lbd from before protocol versions), this lbctl \
-         speaks 1: use the lbctl shipped with the running lbd (lbd --version)",
+    let args = ["backend", "list"];
+    assert_fails_with(&args, &refusing.lbctl(&args), protocol_0);
+    let config = json!({
+        "interfaces": [{"name": "eth0"}],
+        "vips": [{"address": VIP, "port": 53, "protocol": "udp", "backends": []}],
+    });
+    let answers: [(&[&str], Value); 5] = [
+        (
+            &["status"],
+            json!({"version": "0.1.0", "uptime_s": 3, "interfaces": [], "vips": 1}),
+        ),
+        (
+            &["vip", "list"],
+            json!([{"address": VIP, "port": 53, "protocol": "udp", "backends": 0}]),
+        ),
+        (&["config", "dump"], config.clone()),
+        (&["--json", "config", "dump"], config.clone()),
+        (&["config", "dump", "--format", "toml"], config),
+    ];
+    for (args, data) in answers {
+        let old = FakeLbd::answering(&json!({"ok": true, "data": data}).to_string());
+        let out = old.lbctl(args);
+        assert_fails_with(args, &out, protocol_0);
+        assert!(out.stdout.is_empty(), "lbctl {}: {:?}", args.join(" "), out);
+    }
+}
+
+/// A reply of a newer lbd of this version, with fields and values this
+/// lbctl does not know: read, and printed by `--json` exactly as sent.
+#[test]
+fn cp_protocol_lbctl_reads_and_prints_what_a_newer_lbd_of_this_version_added() {
+    let row = json!({
+        "name": null, "address": VIP, "port": 53, "protocol": "sctp", "forwarding": "gre",
+        "affinity": false, "id": 1, "backends": 1, "healthy": 1, "in_table": 1,
+        "ring_digest": "abcd", "added_later": {"any": "thing"},
+    });
+    let lbd = FakeLbd::answering(&json!({"v": 1, "ok": true, "data": [row]}).to_string());
+    let out = lbd.lbctl(&["--json", "vip", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `announced` was left out by that lbd: not printed as null either.
+    assert_eq!(printed, json!([row]));
+    let out = lbd.lbctl(&["vip", "list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        table.contains("198.51.100.10:53/sctp") && table.contains("gre"),
+        "{table}"
     );
+
+    // A configuration option and a hard limit field this lbctl lacks.
+    let config = json!({
+        "interfaces": [{"name": "eth0", "added_later": true}],
+        "vips": [],
+        "added_later": {"mode": "new"},
+    });
+    let lbd = FakeLbd::answering(&json!({"v": 1, "ok": true, "data": config}).to_string());
+    let out = lbd.lbctl(&["config", "dump"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        config
+    );
+    let out = lbd.lbctl(&["config", "dump", "--format", "toml"]);
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        toml.contains("[added_later]\nmode = \"new\"") && toml.contains("added_later = true"),
+        "{toml}"
+    );
+    let show = json!({
+        "vip": {"address": VIP, "port": 53, "protocol": "udp"},
+        "mode": "predictive", "source": "flows",
+        "hard_limit": {"metric": "queue", "above": 10.0, "window_s": 5},
+        "hard_limit_waived": false,
+        "backends": [{
+            "address": BACKEND, "weight": 1, "state": "paused", "health": "degraded",
+            "effective_weight": null, "why": null, "active_flows": null, "report": null,
+            "over_hard_limit": false,
+        }],
+    });
+    let lbd = FakeLbd::answering(&json!({"v": 1, "ok": true, "data": show}).to_string());
+    let out = lbd.lbctl(&["vip", "show", "198.51.100.10:53/udp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("balancing predictive")
+            && text.contains("hard limit: queue above 10")
+            && text.contains("degraded"),
+        "{text}"
+    );
+    let out = lbd.lbctl(&["--json", "vip", "show", "198.51.100.10:53/udp"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), show);
 }
 
 /// An lbd in a namespace of its own with one VIP and one backend, no
@@ -263,6 +355,17 @@ fn cp_protocol_lbd_answers_every_lbctl_command_and_older_requests() {
             "ok": false,
             "error": "this lbctl speaks control protocol 2, this lbd speaks 1: use the lbctl \
                       shipped with the running lbd (lbd --version)",
+        })
+    );
+    // A field a request does not take is refused, also of a request
+    // without any (which serde would let through).
+    let extra = ask(socket, r#"{"v":1,"cmd":"stats","anything":1}"#);
+    assert_eq!(
+        extra,
+        json!({
+            "v": 1,
+            "ok": false,
+            "error": "malformed request: unknown field `anything`: `stats` takes no fields",
         })
     );
     assert!(lbd.ctl(&["status"]).status.success());

@@ -248,20 +248,38 @@ fn e2e_upgrade_from_the_previous_release_and_back_under_load_loses_nothing() {
         "the old release wrote its configuration to the slot it reads"
     );
     assert_kept(&table, pin_dir, "after the downgrade");
-    // This lbctl against the previous release's lbd, which refuses the
-    // protocol version of its requests: it says which lbctl to use.
-    let new_ctl = run_lbctl(&new.dir.join("lbctl"), &paths.socket, &["backend", "list"]);
-    assert_eq!(
-        (
-            new_ctl.status.code(),
-            String::from_utf8_lossy(&new_ctl.stderr).as_ref()
-        ),
-        (
-            Some(1),
-            "lbctl: lbd speaks control protocol 0 (an lbd from before protocol versions), this \
-             lbctl speaks 1: use the lbctl shipped with the running lbd (lbd --version)\n"
-        )
-    );
+    // This lbctl against the previous release's lbd: it says which lbctl
+    // to use, whether that lbd refuses the protocol version of a request
+    // (`backend list`) or answers it unversioned, as it does the requests
+    // without arguments (serde-rs/serde#2123), rather than print that
+    // lbd's reply as if it were this version's.
+    for args in [
+        &["backend", "list"][..],
+        &["status"],
+        &["vip", "list"],
+        &["config", "dump"],
+        &["--json", "config", "dump"],
+        &["config", "dump", "--format", "toml"],
+        &["stats", "--interval", "0.1"],
+    ] {
+        let new_ctl = run_lbctl(&new.dir.join("lbctl"), &paths.socket, args);
+        assert_eq!(
+            (
+                new_ctl.status.code(),
+                String::from_utf8_lossy(&new_ctl.stderr).as_ref(),
+                String::from_utf8_lossy(&new_ctl.stdout).as_ref(),
+            ),
+            (
+                Some(1),
+                "lbctl: lbd speaks control protocol 0 (an lbd from before protocol versions), \
+                 this lbctl speaks 1: use the lbctl shipped with the running lbd (lbd \
+                 --version)\n",
+                ""
+            ),
+            "lbctl {}",
+            args.join(" ")
+        );
+    }
     thread::sleep(Duration::from_millis(500));
 
     let (ok, errors) = load.finish();

@@ -16,7 +16,7 @@ use tokio::{
 
 use super::{
     Reply, Request,
-    version::{self, PROTOCOL_VERSION, UNVERSIONED, VersionError},
+    version::{self, PROTOCOL_VERSION, VersionError},
 };
 use crate::capture::{CaptureEvent, CaptureSpec};
 
@@ -60,8 +60,24 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
+/// A reply's body, read as `T` and as lbd sent it: `--json` prints the
+/// latter, with any field this lbctl does not know and none it made up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Body<T> {
+    pub read: T,
+    pub sent: Value,
+}
+
 /// Send one request and read its reply's body as `T` (the `lbctl` side).
 pub async fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T, ClientError> {
+    call_for_body(socket, request).await.map(|body| body.read)
+}
+
+/// `call`, keeping the body as lbd sent it too.
+pub async fn call_for_body<T: DeserializeOwned>(
+    socket: &Path,
+    request: &Request,
+) -> Result<Body<T>, ClientError> {
     let (mut reader, _write) = send(socket, request).await?;
     let mut line = String::new();
     if reader.read_line(&mut line).await? == 0 {
@@ -71,19 +87,32 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> Resu
 }
 
 /// Send a capture request and hand each event lbd streams back to
-/// `on_event`, up to and including the end (the `lbctl capture` side).
+/// `on_event` (read, and as sent), up to and including the end (the
+/// `lbctl capture` side). An event of a kind this lbctl does not know
+/// (`{"kind": {...}}` from a newer lbd) is skipped.
 pub async fn capture(
     socket: &Path,
     spec: CaptureSpec,
-    mut on_event: impl FnMut(CaptureEvent) -> Result<(), String>,
+    mut on_event: impl FnMut(Body<CaptureEvent>) -> Result<(), String>,
 ) -> Result<(), ClientError> {
     let request = Request::Capture { spec };
     // Held open until the end: lbd takes the connection's end for lbctl's.
     let (reader, _write) = send(socket, &request).await?;
     let mut lines = reader.lines();
     while let Some(line) = lines.next_line().await? {
-        let event: CaptureEvent = read_reply(&request, &line)?;
-        let end = matches!(event, CaptureEvent::End(_));
+        let (lbd, sent) = read_envelope(&request, &line)?;
+        let known = ["packet", "end"];
+        if sent
+            .as_object()
+            .is_some_and(|kinds| kinds.len() == 1 && kinds.keys().all(|k| !known.contains(&&**k)))
+        {
+            continue;
+        }
+        let event = Body {
+            read: read_body(&request, lbd, &sent)?,
+            sent,
+        };
+        let end = matches!(event.read, CaptureEvent::End(_));
         on_event(event).map_err(ClientError::Refused)?;
         if end {
             return Ok(());
@@ -115,7 +144,19 @@ async fn send(
 /// One reply line to `request`, in this order: JSON at all; a version this
 /// lbctl reads; an envelope; a refusal; a body of type `T`. So a newer lbd
 /// is named as such whatever else changed in its reply.
-pub fn read_reply<T: DeserializeOwned>(request: &Request, line: &str) -> Result<T, ClientError> {
+pub fn read_reply<T: DeserializeOwned>(
+    request: &Request,
+    line: &str,
+) -> Result<Body<T>, ClientError> {
+    let (lbd, sent) = read_envelope(request, line)?;
+    Ok(Body {
+        read: read_body(request, lbd, &sent)?,
+        sent,
+    })
+}
+
+/// `read_reply` up to the body: lbd's version and the body as sent.
+fn read_envelope(request: &Request, line: &str) -> Result<(u32, Value), ClientError> {
     let value: Value = serde_json::from_str(line).map_err(ClientError::NotJson)?;
     let unreadable = |lbd: u32, what: String| ClientError::Unreadable {
         cmd: request.cmd(),
@@ -123,7 +164,13 @@ pub fn read_reply<T: DeserializeOwned>(request: &Request, line: &str) -> Result<
         what,
     };
     let lbd = match value.get("v") {
-        None => UNVERSIONED,
+        // Every lbd since versions puts `v` in every reply. An lbd from
+        // before them refuses the `v` of most requests, but answers those
+        // without arguments (`status`, `vip_list`, `stats`, `config_dump`)
+        // as if it were not there (serde ignores `deny_unknown_fields` on
+        // such variants, serde-rs/serde#2123): its success is not to be
+        // read as this version's either.
+        None => return Err(ClientError::Version(VersionError::UnversionedLbd)),
         Some(v) => v
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
@@ -136,14 +183,22 @@ pub fn read_reply<T: DeserializeOwned>(request: &Request, line: &str) -> Result<
         let error = reply
             .error
             .unwrap_or_else(|| "lbd refused the request".into());
-        // An lbd from before versions refuses any field it does not know.
-        if lbd == UNVERSIONED && error.contains("unknown field `v`") {
-            return Err(ClientError::Version(VersionError::UnversionedLbd));
-        }
         return Err(ClientError::Refused(error));
     }
-    let data = reply.data.unwrap_or(Value::Null);
-    serde_path_to_error::deserialize(&data).map_err(|e| unreadable(lbd, at("data", e)))
+    Ok((lbd, reply.data.unwrap_or(Value::Null)))
+}
+
+/// A reply's body as `T`, or what could not be read in it.
+fn read_body<T: DeserializeOwned>(
+    request: &Request,
+    lbd: u32,
+    data: &Value,
+) -> Result<T, ClientError> {
+    serde_path_to_error::deserialize(data).map_err(|e| ClientError::Unreadable {
+        cmd: request.cmd(),
+        lbd,
+        what: at("data", e),
+    })
 }
 
 /// `within.path.to.field: what is wrong`, the path as serde_path_to_error
@@ -173,11 +228,25 @@ mod tests {
     const STATS: &str = r#"{"time_s":1.5,"vips":[],"backends":[],"counters":{"pass_non_vip":3}}"#;
 
     #[test]
-    fn a_reply_of_this_version_or_unversioned_is_read() {
-        for v in [r#""v":1,"#, ""] {
-            let stats: Stats = read_reply(&Request::Stats, &stats_line(v, STATS)).unwrap();
-            assert_eq!(stats.counters["pass_non_vip"], 3);
-        }
+    fn a_reply_of_this_version_is_read_and_kept_as_sent() {
+        let body: Body<Stats> =
+            read_reply(&Request::Stats, &stats_line(r#""v":1,"#, STATS)).unwrap();
+        assert_eq!(body.read.counters["pass_non_vip"], 3);
+        assert_eq!(body.sent, serde_json::from_str::<Value>(STATS).unwrap());
+    }
+
+    /// `--json` prints what lbd sent: a field this lbctl does not know
+    /// stays, and one it would fill in (an absent `Option`) is not added.
+    #[test]
+    fn the_body_as_sent_keeps_unknown_fields_and_adds_none() {
+        let sent = r#"{"drained":true,"was_drained":false,"announced":[],"added_later":{"x":1}}"#;
+        let line = stats_line(r#""v":1,"#, sent);
+        let body: Body<crate::control::NodeDrainState> =
+            read_reply(&Request::NodeDrain, &line).unwrap();
+        assert_eq!(body.read.error, None);
+        assert_eq!(body.sent, serde_json::from_str::<Value>(sent).unwrap());
+        assert_eq!(body.sent["added_later"]["x"], 1);
+        assert!(body.sent.get("error").is_none());
     }
 
     /// A newer lbd is named before anything else of its reply is read,
@@ -254,13 +323,31 @@ mod tests {
         let refused = r#"{"v":1,"ok":false,"error":"no VIP 198.51.100.99:53/udp"}"#;
         let e = read_reply::<Applied>(&Request::Status, refused).unwrap_err();
         assert_eq!(e.to_string(), "no VIP 198.51.100.99:53/udp");
-        // What an lbd from before versions answers to a versioned request.
-        let old = r#"{"ok":false,"error":"malformed request: unknown field `v`, expected `cmd` at line 1 column 12"}"#;
-        let e = read_reply::<Applied>(&Request::Status, old).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "lbd speaks control protocol 0 (an lbd from before protocol versions), this lbctl \
-             speaks 1: use the lbctl shipped with the running lbd (lbd --version)"
-        );
+        // What an lbd from before versions answers to a versioned request:
+        // a refusal of its `v`, or, to a request without arguments, its
+        // own success reply (serde-rs/serde#2123).
+        for (request, old) in [
+            (
+                Request::VipDel {
+                    vip: crate::control::VipRef {
+                        address: "198.51.100.10".parse().unwrap(),
+                        port: 53,
+                        protocol: crate::config::Protocol::Udp,
+                    },
+                },
+                r#"{"ok":false,"error":"malformed request: unknown field `v`, expected `cmd` at line 1 column 12"}"#.to_string(),
+            ),
+            (Request::Stats, stats_line("", STATS)),
+            (Request::ConfigDump, r#"{"ok":true,"data":{"vips":[]}}"#.into()),
+            (Request::Status, r#"{"ok":false,"error":"anything"}"#.into()),
+        ] {
+            let e = read_reply::<Value>(&request, &old).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "lbd speaks control protocol 0 (an lbd from before protocol versions), this \
+                 lbctl speaks 1: use the lbctl shipped with the running lbd (lbd --version)",
+                "{old}"
+            );
+        }
     }
 }

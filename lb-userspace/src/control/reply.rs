@@ -7,13 +7,21 @@
 //!
 //! Replies do not deny unknown fields, so that a field added within a
 //! version (as an `Option`, or with `#[serde(default)]`, so that replies of
-//! an lbd without it still read) needs no new version.
+//! an lbd without it still read) needs no new version. For the same
+//! reason no reply type is one of the configuration's (which deny unknown
+//! fields): `config_dump` is read by lbctl as plain JSON, a hard limit as
+//! [`HardLimitShow`], and every enum value as an [`Open`] one, which keeps
+//! the name of a value a newer lbd added.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{VipRef, version::PROTOCOL_VERSION};
+use super::{
+    VipRef,
+    open::{Named, Open},
+    version::PROTOCOL_VERSION,
+};
 use crate::{
     capture::CaptureEvent,
     config::{AdminState, BalancingMode, Config, Forwarding, HardLimit, LoadSource, Protocol},
@@ -84,6 +92,8 @@ pub enum ReplyData {
     /// `conn_list`.
     ConnList(ConnList),
     /// `config_dump`: the running configuration, every default filled in.
+    /// lbctl reads it as plain JSON (`serde_json::Value`): it only prints
+    /// it, and a newer lbd's configuration may have options it lacks.
     Config(Box<Config>),
     /// `node_drain` and `node_resume`.
     NodeDrain(NodeDrainState),
@@ -155,7 +165,7 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub name: String,
-    pub state: InterfaceState,
+    pub state: Open<InterfaceState>,
     /// `None` while the interface is gone.
     pub ifindex: Option<u32>,
     /// Why attaching again failed, while it stays failed.
@@ -177,6 +187,16 @@ pub enum InterfaceState {
     Detached,
     /// The interface does not exist (deleted).
     Gone,
+}
+
+impl Named for InterfaceState {
+    fn name(self) -> &'static str {
+        match self {
+            InterfaceState::Attached => "attached",
+            InterfaceState::Detached => "detached",
+            InterfaceState::Gone => "gone",
+        }
+    }
 }
 
 /// A link pinned for an interface not in `interfaces[]`.
@@ -265,8 +285,8 @@ pub struct VipRow {
     pub name: Option<String>,
     pub address: IpAddr,
     pub port: u16,
-    pub protocol: Protocol,
-    pub forwarding: Forwarding,
+    pub protocol: Open<Protocol>,
+    pub forwarding: Open<Forwarding>,
     pub affinity: bool,
     /// The data plane's id; `None` before it has one.
     pub id: Option<u32>,
@@ -281,6 +301,15 @@ pub struct VipRow {
     pub announced: Option<bool>,
 }
 
+impl VipRow {
+    /// `198.51.100.10:80/tcp`, as `VipRef` spells a VIP (with the name a
+    /// newer lbd gave a protocol this build does not know).
+    pub fn vip(&self) -> String {
+        let socket = std::net::SocketAddr::new(self.address, self.port);
+        format!("{socket}/{}", self.protocol)
+    }
+}
+
 /// A backend's health as lbctl shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -291,8 +320,8 @@ pub enum BackendHealth {
     Unchecked,
 }
 
-impl BackendHealth {
-    pub fn name(self) -> &'static str {
+impl Named for BackendHealth {
+    fn name(self) -> &'static str {
         match self {
             BackendHealth::Up => "up",
             BackendHealth::Down => "down",
@@ -305,12 +334,45 @@ impl BackendHealth {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipShow {
     pub vip: VipRef,
-    pub mode: BalancingMode,
-    pub source: LoadSource,
-    pub hard_limit: Option<HardLimit>,
+    pub mode: Open<BalancingMode>,
+    pub source: Open<LoadSource>,
+    pub hard_limit: Option<HardLimitShow>,
     /// Every backend in service is over the hard limit, so it is waived.
     pub hard_limit_waived: bool,
     pub backends: Vec<BackendShow>,
+}
+
+/// `vips[].balancing.hard_limit` in a reply: [`HardLimit`]'s fields,
+/// without denying the ones a newer lbd may add.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HardLimitShow {
+    pub metric: String,
+    pub above: f64,
+    /// Unset: 80% of `above`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_below: Option<f64>,
+}
+
+impl HardLimitShow {
+    /// As [`HardLimit::resume_level`].
+    pub fn resume_level(&self) -> f64 {
+        HardLimit {
+            metric: String::new(),
+            above: self.above,
+            resume_below: self.resume_below,
+        }
+        .resume_level()
+    }
+}
+
+impl From<&HardLimit> for HardLimitShow {
+    fn from(l: &HardLimit) -> Self {
+        Self {
+            metric: l.metric.clone(),
+            above: l.above,
+            resume_below: l.resume_below,
+        }
+    }
 }
 
 /// One backend of a [`VipShow`].
@@ -319,8 +381,8 @@ pub struct BackendShow {
     pub address: IpAddr,
     /// `vips[].backends[].weight`.
     pub weight: u32,
-    pub state: AdminState,
-    pub health: BackendHealth,
+    pub state: Open<AdminState>,
+    pub health: Open<BackendHealth>,
     /// The weight its share of new flows follows, in units of the
     /// configured weight; `None` while it takes no new flows.
     pub effective_weight: Option<f64>,
@@ -359,8 +421,8 @@ pub struct BackendRow {
     /// The data plane's id; `None` before it has one.
     pub id: Option<u32>,
     pub weight: u32,
-    pub state: AdminState,
-    pub health: BackendHealth,
+    pub state: Open<AdminState>,
+    pub health: Open<BackendHealth>,
     /// In the VIP's Maglev table (takes new flows).
     pub in_table: bool,
     /// The last health check's result.
@@ -455,13 +517,13 @@ pub struct ConnList {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnRow {
     /// `None` for a protocol number lbd does not balance.
-    pub protocol: Option<Protocol>,
+    pub protocol: Option<Open<Protocol>>,
     /// `203.0.113.7:40000`.
     pub client: String,
     pub vip: String,
     /// The backend's address, or `backend id N` for an unknown one.
     pub backend: String,
-    pub table: ConnTable,
+    pub table: Open<ConnTable>,
     /// Seconds since the flow's last packet (refreshed at most once a
     /// second by the data plane).
     pub idle_s: u64,
@@ -482,8 +544,8 @@ pub enum ConnTable {
     Probation,
 }
 
-impl ConnTable {
-    pub fn name(self) -> &'static str {
+impl Named for ConnTable {
+    fn name(self) -> &'static str {
         match self {
             ConnTable::Connection => "connection",
             ConnTable::Probation => "probation",
@@ -530,7 +592,7 @@ mod tests {
     {
         let line = serde_json::to_string(&Reply::data(body.clone())).unwrap();
         assert!(line.starts_with(r#"{"v":1,"ok":true,"data":"#), "{line}");
-        let read: T = read_reply(&request, &line).unwrap();
+        let read: T = read_reply(&request, &line).unwrap().read;
         assert_eq!(read, body);
     }
 
@@ -543,7 +605,7 @@ mod tests {
             adopted_running_data_plane: true,
             interfaces: vec![InterfaceStatus {
                 name: "eth0".into(),
-                state: InterfaceState::Gone,
+                state: InterfaceState::Gone.into(),
                 ifindex: None,
                 error: None,
                 mode: "native".into(),
@@ -610,8 +672,8 @@ mod tests {
             address: ip("198.51.100.101"),
             id: Some(0),
             weight: 2,
-            state: AdminState::Drain,
-            health: BackendHealth::Up,
+            state: AdminState::Drain.into(),
+            health: BackendHealth::Up.into(),
             in_table: false,
             last_check: Some("connected".into()),
             check_latency_ms: Some(0.25),
@@ -625,6 +687,30 @@ mod tests {
         }
     }
 
+    fn conn_list_request() -> Request {
+        Request::ConnList {
+            vip: None,
+            backend: None,
+            client: None,
+            probation: true,
+            limit: 10,
+            scan: 100,
+        }
+    }
+
+    fn conn_row() -> ConnRow {
+        ConnRow {
+            protocol: Some(Protocol::Udp.into()),
+            client: "203.0.113.7:5353".into(),
+            vip: "198.51.100.10:53/udp".into(),
+            backend: "198.51.100.101".into(),
+            table: ConnTable::Probation.into(),
+            idle_s: 3,
+            closed: false,
+            stale: None,
+        }
+    }
+
     #[test]
     fn every_reply_round_trips_through_json() {
         round_trip(Request::Status, status());
@@ -634,8 +720,8 @@ mod tests {
                 name: Some("web".into()),
                 address: ip("2001:db8::10"),
                 port: 443,
-                protocol: Protocol::Tcp,
-                forwarding: Forwarding::L2Dsr,
+                protocol: Protocol::Tcp.into(),
+                forwarding: Forwarding::L2Dsr.into(),
                 affinity: true,
                 id: Some(1),
                 backends: 2,
@@ -654,9 +740,9 @@ mod tests {
             Request::VipShow { vip },
             VipShow {
                 vip,
-                mode: BalancingMode::Load,
-                source: LoadSource::Header,
-                hard_limit: Some(HardLimit {
+                mode: BalancingMode::Load.into(),
+                source: LoadSource::Header.into(),
+                hard_limit: Some(HardLimitShow {
                     metric: "queue".into(),
                     above: 10.0,
                     resume_below: Some(5.0),
@@ -665,8 +751,8 @@ mod tests {
                 backends: vec![BackendShow {
                     address: ip("198.51.100.101"),
                     weight: 1,
-                    state: AdminState::Active,
-                    health: BackendHealth::Unchecked,
+                    state: AdminState::Active.into(),
+                    health: BackendHealth::Unchecked.into(),
                     effective_weight: None,
                     why: Some("over its hard limit".into()),
                     active_flows: Some(3),
@@ -731,25 +817,9 @@ mod tests {
             },
         );
         round_trip(
-            Request::ConnList {
-                vip: None,
-                backend: None,
-                client: None,
-                probation: true,
-                limit: 10,
-                scan: 100,
-            },
+            conn_list_request(),
             ConnList {
-                rows: vec![ConnRow {
-                    protocol: Some(Protocol::Udp),
-                    client: "203.0.113.7:5353".into(),
-                    vip: "198.51.100.10:53/udp".into(),
-                    backend: "198.51.100.101".into(),
-                    table: ConnTable::Probation,
-                    idle_s: 3,
-                    closed: false,
-                    stale: None,
-                }],
+                rows: vec![conn_row()],
                 scanned: 20,
                 truncated: false,
                 more: true,
@@ -822,13 +892,77 @@ mod tests {
         let mut row = serde_json::to_value(backend_row()).unwrap();
         row["added_later"] = serde_json::json!({"any": "thing"});
         let line = format!(r#"{{"v":1,"ok":true,"data":[{row}]}}"#);
-        let read: Vec<BackendRow> = read_reply(&Request::BackendList { vip: None }, &line).unwrap();
+        let read: Vec<BackendRow> = read_reply(&Request::BackendList { vip: None }, &line)
+            .unwrap()
+            .read;
         assert_eq!(read, vec![backend_row()]);
 
         let mut older = serde_json::to_value(backend_row()).unwrap();
         older.as_object_mut().unwrap().remove("bytes_per_s");
         let line = format!(r#"{{"v":1,"ok":true,"data":[{older}]}}"#);
-        let read: Vec<BackendRow> = read_reply(&Request::BackendList { vip: None }, &line).unwrap();
+        let read: Vec<BackendRow> = read_reply(&Request::BackendList { vip: None }, &line)
+            .unwrap()
+            .read;
         assert_eq!(read[0].bytes_per_s, None);
+    }
+
+    /// What a newer lbd may add within a version is read, not refused: a
+    /// field of the configuration or of a hard limit (types that deny
+    /// unknown fields where lbd reads them), a value of an enum.
+    #[test]
+    fn an_added_option_or_enum_value_needs_no_new_version() {
+        let mut config = serde_json::to_value(
+            Config::from_json(include_str!("../../../examples/lbd.json")).unwrap(),
+        )
+        .unwrap();
+        config["tables"]["added_later"] = 1.into();
+        config["added_later"] = serde_json::json!({"x": 1});
+        let line = format!(r#"{{"v":1,"ok":true,"data":{config}}}"#);
+        let dump = read_reply::<serde_json::Value>(&Request::ConfigDump, &line).unwrap();
+        assert_eq!(dump.read, config);
+
+        let vip = VipRef {
+            address: ip("198.51.100.10"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let show = serde_json::json!({
+            "vip": vip, "mode": "predictive", "source": "flows", "hard_limit_waived": false,
+            "hard_limit": {"metric": "queue", "above": 10.0, "window_s": 5},
+            "backends": [{
+                "address": "198.51.100.101", "weight": 1, "state": "paused",
+                "health": "degraded", "over_hard_limit": false,
+            }],
+        });
+        let line = format!(r#"{{"v":1,"ok":true,"data":{show}}}"#);
+        let read = read_reply::<VipShow>(&Request::VipShow { vip }, &line)
+            .unwrap()
+            .read;
+        assert_eq!(read.mode, Open::Unknown("predictive".into()));
+        assert_eq!(read.source, Open::Known(LoadSource::Flows));
+        assert_eq!(read.hard_limit.map(|l| l.resume_level()), Some(8.0));
+        let b = &read.backends[0];
+        assert_eq!((b.state.name(), b.health.name()), ("paused", "degraded"));
+
+        let mut row = serde_json::to_value(conn_row()).unwrap();
+        row["protocol"] = "sctp".into();
+        row["table"] = "overflow".into();
+        let line = format!(
+            r#"{{"v":1,"ok":true,"data":{{"rows":[{row}],"scanned":1,"truncated":false,"more":false,"matched":1,"pinned":1}}}}"#
+        );
+        let list = read_reply::<ConnList>(&conn_list_request(), &line)
+            .unwrap()
+            .read;
+        let row = &list.rows[0];
+        assert_eq!(
+            (row.protocol.as_ref().map(Open::name), row.table.name()),
+            (Some("sctp"), "overflow")
+        );
+        let status = serde_json::to_value(status()).unwrap();
+        let mut status = status;
+        status["interfaces"][0]["state"] = "suspended".into();
+        let line = format!(r#"{{"v":1,"ok":true,"data":{status}}}"#);
+        let read = read_reply::<Status>(&Request::Status, &line).unwrap().read;
+        assert_eq!(read.interfaces[0].state.to_string(), "suspended");
     }
 }

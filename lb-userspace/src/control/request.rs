@@ -106,8 +106,7 @@ pub enum Request {
         scan: usize,
     },
     /// Replace the whole configuration with `text`, a file written in
-    /// `format`. Left out for JSON, so that an lbd from before TOML takes
-    /// the request as it always did (and refuses a TOML one by name).
+    /// `format` (left out for JSON, the format before TOML).
     Apply {
         text: String,
         #[serde(default, skip_serializing_if = "ConfigFormat::is_json")]
@@ -176,11 +175,32 @@ fn decode(line: &[u8]) -> Result<Received, Refused> {
     };
     version::check_request(v)?;
     // Versions 0 and 1 ask the same: nothing to translate yet.
-    let request = serde_json::from_value(value).map_err(|e| malformed(&e))?;
+    let request = serde_json::from_value::<Request>(value.clone()).map_err(|e| malformed(&e))?;
+    refuse_fields_of_a_request_without_any(&request, &value).map_err(|e| malformed(&e))?;
     Ok(Received {
         version: v,
         request,
     })
+}
+
+/// serde ignores `deny_unknown_fields` for the requests without fields
+/// (`status`, `stats`, ...: serde-rs/serde#2123): lbd refuses a field of
+/// those itself, as it does of the others.
+fn refuse_fields_of_a_request_without_any(request: &Request, sent: &Value) -> Result<(), String> {
+    let takes_fields = match serde_json::to_value(request) {
+        Ok(Value::Object(fields)) => fields.len() > 1,
+        _ => true,
+    };
+    let extra = sent
+        .as_object()
+        .and_then(|fields| fields.keys().find(|k| *k != "cmd"));
+    match extra {
+        Some(field) if !takes_fields => Err(format!(
+            "unknown field `{field}`: `{}` takes no fields",
+            request.cmd()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Read one request line of at most `MAX_REQUEST_BYTES` (the daemon side).
@@ -320,6 +340,41 @@ mod tests {
             UNVERSIONED
         );
         assert_eq!(request.cmd(), "vip_show");
+    }
+
+    /// A request without fields with one is refused, as one with fields
+    /// and an unknown one is: lbd never half-does a request.
+    #[tokio::test]
+    async fn an_unknown_field_is_refused_of_every_request() {
+        for line in [
+            r#"{"v":1,"cmd":"stats","anything":1}"#,
+            r#"{"cmd":"stats","anything":1}"#,
+        ] {
+            let refused = read(line).await.unwrap_err();
+            assert_eq!(
+                refused.error.unwrap(),
+                "malformed request: unknown field `anything`: `stats` takes no fields"
+            );
+        }
+        let refused = read(r#"{"v":1,"cmd":"vip_list","anything":1}"#)
+            .await
+            .unwrap_err();
+        assert!(refused.error.unwrap().contains("unknown field `anything`"));
+        let refused = read(r#"{"v":1,"cmd":"backend_list","vip":null,"anything":1}"#)
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .error
+                .unwrap()
+                .starts_with("malformed request: unknown field `anything`")
+        );
+        assert!(read(r#"{"v":1,"cmd":"stats"}"#).await.is_ok());
+        assert!(
+            read(r#"{"v":1,"cmd":"backend_list","vip":null}"#)
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]

@@ -28,8 +28,8 @@ pub enum VersionError {
     /// lbctl's view: lbd replied in a version newer than lbctl's.
     #[error("lbd speaks control protocol {lbd}, this lbctl speaks {PROTOCOL_VERSION}: {ADVICE}")]
     NewerLbd { lbd: u32 },
-    /// lbctl's view: an lbd from before versions refused the `v` of the
-    /// request.
+    /// lbctl's view: an lbd from before versions answered (its replies
+    /// have no `v`: it refused the request's, or ignored it).
     #[error(
         "lbd speaks control protocol {UNVERSIONED} (an lbd from before protocol versions), \
          this lbctl speaks {PROTOCOL_VERSION}: {ADVICE}"

@@ -119,8 +119,8 @@ impl Daemon {
                     name: v.name.clone(),
                     address: v.address,
                     port: v.port,
-                    protocol: v.protocol,
-                    forwarding: v.forwarding,
+                    protocol: v.protocol.into(),
+                    forwarding: v.forwarding.into(),
                     affinity: v.affinity,
                     id: self.ids.vip(&key),
                     backends: v.backends.len(),
@@ -155,8 +155,8 @@ impl Daemon {
                 BackendShow {
                     address: b.address,
                     weight: b.weight,
-                    state: b.state,
-                    health: health_shown(v, self.health.get(&bkey)),
+                    state: b.state.into(),
+                    health: health_shown(v, self.health.get(&bkey)).into(),
                     effective_weight: weight
                         .as_ref()
                         .map(|w| f64::from(w.effective) / f64::from(weight_controller::SCALE)),
@@ -180,9 +180,9 @@ impl Daemon {
             .collect();
         Ok(VipShow {
             vip: *vref,
-            mode: v.balancing.mode,
-            source: v.balancing.source,
-            hard_limit: v.balancing.hard_limit.clone(),
+            mode: v.balancing.mode.into(),
+            source: v.balancing.source.into(),
+            hard_limit: v.balancing.hard_limit.as_ref().map(Into::into),
             hard_limit_waived: controller.is_some_and(|c| c.limit_waived()),
             backends,
         })
@@ -224,8 +224,8 @@ impl Daemon {
                     address: b.address,
                     id,
                     weight: b.weight,
-                    state: b.state,
-                    health: health_shown(v, h),
+                    state: b.state.into(),
+                    health: health_shown(v, h).into(),
                     in_table: id.is_some_and(|id| members.iter().any(|m| m.id == id)),
                     last_check: h.map(|h| h.last_reason.clone()),
                     check_latency_ms: h

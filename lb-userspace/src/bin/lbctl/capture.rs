@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use lb_userspace::{
     capture::{CaptureEvent, CaptureSpec, CapturedPacket, PcapngFile, summary},
-    control,
+    control::{self, Body},
 };
 
 use crate::Cli;
@@ -30,20 +30,19 @@ pub async fn capture(
     let mut pcap: Option<PcapFile> = None;
     let mut packets = 0u64;
     let mut end = None;
-    let on_event = |event: CaptureEvent| -> Result<(), String> {
+    let on_event = |event: Body<CaptureEvent>| -> Result<(), String> {
         if let (Some(path), None) = (file, &pcap) {
             pcap = Some(create(path)?);
         }
-        match event {
+        match event.read {
             CaptureEvent::Packet(p) => {
                 packets += 1;
                 match (file, &mut pcap) {
                     (Some(path), Some(w)) => w
                         .write(&p)
                         .map_err(|e| format!("{}: {e}", path.display()))?,
-                    _ if cli.json => {
-                        println!("{}", serde_json::to_string(&p).unwrap_or_default())
-                    }
+                    // The packet as lbd sent it.
+                    _ if cli.json => println!("{}", event.sent["packet"]),
                     _ => println!("{}", capture_line(&p)),
                 }
             }

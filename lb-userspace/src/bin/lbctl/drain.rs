@@ -10,11 +10,11 @@ use std::{
 use std::net::IpAddr;
 
 use lb_userspace::control::{
-    Applied, BackendRow, ConnList, NodeDrainState, Request, Stats, VipRef,
+    Applied, BackendRow, Body, ConnList, NodeDrainState, Request, Stats, VipRef,
 };
 use serde::Serialize;
 
-use crate::{Cli, call, print::*};
+use crate::{Cli, call, call_for_body, print::*};
 
 /// A line of `backend drain --wait --json`, once a second.
 #[derive(Serialize)]
@@ -49,9 +49,10 @@ fn line<T: Serialize>(v: &T) {
 }
 
 pub async fn node_resume(cli: &Cli) -> Result<ExitCode, String> {
-    let reply: NodeDrainState = call(cli, Request::NodeResume).await?;
+    let Body { read: reply, sent } =
+        call_for_body::<NodeDrainState>(cli, Request::NodeResume).await?;
     if cli.json {
-        print_json(&reply)
+        print_json(&sent)
     } else {
         print_resumed(&reply)
     }
@@ -72,9 +73,9 @@ pub async fn backend_drain_wait(
     address: IpAddr,
     deadline: Option<u64>,
 ) -> Result<ExitCode, String> {
-    let reply: Applied = call(cli, Request::BackendDrain { vip, address }).await?;
+    let reply = call_for_body::<Applied>(cli, Request::BackendDrain { vip, address }).await?;
     if cli.json {
-        line(&reply);
+        line(&reply.sent);
     } else {
         println!("{address} of {vip} drained: no new flows");
     }
@@ -173,13 +174,14 @@ pub async fn node_drain(cli: &Cli, wait: Option<Idle>) -> Result<ExitCode, Strin
             ));
         }
     }
-    let reply: NodeDrainState = call(cli, Request::NodeDrain).await?;
+    let Body { read: reply, sent } =
+        call_for_body::<NodeDrainState>(cli, Request::NodeDrain).await?;
     if cli.json {
         // One JSON document per line when samples follow.
         if wait.is_some() {
-            line(&reply)
+            line(&sent)
         } else {
-            print_json(&reply)
+            print_json(&sent)
         }
     } else {
         print_drained(&reply);

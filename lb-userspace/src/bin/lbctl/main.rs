@@ -9,11 +9,12 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
     capture::CaptureSpec,
-    config::{AdminState, BackendConfig, Config, HealthCheck, Mac, Vip},
+    config::{AdminState, BackendConfig, HealthCheck, Mac, Vip},
     config_format::ConfigFormat,
     control::{self, Request},
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 mod args;
 mod capture;
@@ -335,17 +336,31 @@ async fn call<T: DeserializeOwned>(cli: &Cli, request: Request) -> Result<T, Str
         .map_err(|e| e.to_string())
 }
 
-/// Ask lbd, then print its reply: as JSON with `--json`, else `render`ed.
-async fn show<T: DeserializeOwned + Serialize>(
+/// `call`, with the body as lbd sent it (what `--json` prints).
+async fn call_for_body<T: DeserializeOwned>(
+    cli: &Cli,
+    request: Request,
+) -> Result<control::Body<T>, String> {
+    control::call_for_body(&cli.socket, &request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Ask lbd, then print its reply: with `--json` as lbd sent it (read as
+/// `T` first, so that a reply this lbctl cannot read fails alike), else
+/// `render`ed.
+async fn show<T: DeserializeOwned>(
     cli: &Cli,
     request: Request,
     render: fn(&T),
 ) -> Result<ExitCode, String> {
-    let reply: T = call(cli, request).await?;
+    let control::Body { read, sent } = call_for_body::<T>(cli, request).await?;
     if cli.json {
-        print_json(&reply)
+        drop(read);
+        print_json(&sent)
     } else {
-        render(&reply)
+        drop(sent);
+        render(&read)
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -621,21 +636,20 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
         Cmd::Config {
             command: ConfigCmd::Dump { format },
         } => match format {
-            ConfigFormat::Json => show(cli, Request::ConfigDump, print_json::<Config>).await,
+            ConfigFormat::Json => show(cli, Request::ConfigDump, print_json::<Value>).await,
             ConfigFormat::Toml => return config_dump_toml(cli).await,
         },
     }
 }
 
-/// `config dump --format toml`: lbd's JSON read back into the
-/// configuration's own types, so that TOML is written as lbd reads it.
+/// `config dump --format toml`: lbd's JSON as it sent it, written as TOML
+/// (read as plain JSON, so that a newer lbd's options are kept).
 async fn config_dump_toml(cli: &Cli) -> Result<ExitCode, String> {
     if cli.json {
         return Err("--json and --format toml ask for two different outputs".into());
     }
-    let config: Config = call(cli, Request::ConfigDump).await?;
-    let text = config
-        .to_toml()
+    let config: Value = call(cli, Request::ConfigDump).await?;
+    let text = lb_userspace::config_format::json_to_toml(&config)
         .map_err(|e| format!("the running configuration {e}; use --format json"))?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@ use lb_userspace::{
     config::BalancingMode,
     control::{
         AnnounceStatus, Applied, BackendRow, ConnList, FlowDecision, InterfaceState, SpeakerStatus,
-        Status, TableOccupancy, VipRef, VipRow, VipShow,
+        Status, TableOccupancy, VipRow, VipShow,
     },
 };
 use serde::Serialize;
@@ -70,17 +70,18 @@ pub fn print_status(v: &Status) {
             0 => String::new(),
             n => format!(", re-attached {n} time(s) after the interface was re-created"),
         };
-        match i.state {
-            InterfaceState::Gone => println!(
+        match i.state.known() {
+            Some(InterfaceState::Gone) => println!(
                 "interface {name}: GONE (deleted; forwarding on it stopped, lbd attaches again when it returns){reattached}"
             ),
-            InterfaceState::Detached => println!(
+            Some(InterfaceState::Detached) => println!(
                 "interface {name}: NOT ATTACHED ({}){reattached}",
                 opt(i.error.as_ref())
             ),
-            InterfaceState::Attached => {
+            Some(InterfaceState::Attached) => {
                 println!("interface {name}: XDP {} mode{reattached}", i.mode)
             }
+            None => println!("interface {name}: {}{reattached}", i.state),
         }
     }
     for l in &v.unconfigured_links {
@@ -162,13 +163,8 @@ pub fn print_vips(rows: &[VipRow]) {
             "ANNOUNCED",
         ],
         rows.iter().map(|r| {
-            let vip = VipRef {
-                address: r.address,
-                port: r.port,
-                protocol: r.protocol,
-            };
             vec![
-                vip.to_string(),
+                r.vip(),
                 opt(r.name.as_ref()),
                 r.forwarding.name().into(),
                 r.affinity.to_string(),
@@ -188,9 +184,10 @@ pub fn print_vips(rows: &[VipRow]) {
 
 /// `lbctl vip show`: a line on the VIP's balancing, a row per backend.
 pub fn print_vip_show(show: &VipShow) {
-    let mode = match show.mode {
-        BalancingMode::Static => "static (configured weights)".to_string(),
-        BalancingMode::Load => format!("load, source {}", show.source.name()),
+    let mode = match show.mode.known() {
+        Some(BalancingMode::Static) => "static (configured weights)".to_string(),
+        Some(BalancingMode::Load) => format!("load, source {}", show.source),
+        None => show.mode.to_string(),
     };
     println!("{}  balancing {mode}", show.vip);
     if let Some(l) = &show.hard_limit {
@@ -303,7 +300,7 @@ pub fn print_conns(v: &ConnList) {
         ],
         v.rows.iter().map(|r| {
             vec![
-                opt(r.protocol.map(|p| p.name())),
+                opt(r.protocol.as_ref().map(|p| p.name())),
                 r.client.clone(),
                 r.vip.clone(),
                 r.backend.clone(),
