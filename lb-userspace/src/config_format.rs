@@ -192,6 +192,24 @@ fn drop_nulls(value: &mut serde_json::Value) {
 mod tests {
     use super::*;
 
+    /// A dump keeps lbd's order of the settings (people edit it), not an
+    /// alphabetical one.
+    #[test]
+    fn a_dump_keeps_the_order_of_the_settings() {
+        let sent: serde_json::Value = serde_json::from_str(
+            r#"{"interfaces": [{"name": "eth0"}], "control": {"group": "lb"}}"#,
+        )
+        .unwrap();
+        let toml = json_to_toml(&sent).unwrap();
+        let interfaces = toml.find("[[interfaces]]").expect("interfaces");
+        let control = toml.find("[control]").expect("control");
+        assert!(interfaces < control, "{toml}");
+        assert_eq!(
+            serde_json::to_string(&sent).unwrap(),
+            r#"{"interfaces":[{"name":"eth0"}],"control":{"group":"lb"}}"#
+        );
+    }
+
     #[test]
     fn a_toml_name_is_read_as_toml_and_any_other_as_json() {
         let of = |p: &str| ConfigFormat::of_path(Path::new(p));

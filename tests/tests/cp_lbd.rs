@@ -2892,7 +2892,14 @@ fn cp_lbd_tells_systemd_when_it_is_ready_and_pets_the_watchdog() {
     );
     let next = || {
         let mut buf = [0u8; 4096];
-        let n = notify.recv(&mut buf).expect("a notification within 10 s");
+        // A signal to the test process (a child of another test exiting)
+        // may interrupt the wait: wait again.
+        let n = loop {
+            match notify.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.expect("a notification within 10 s"),
+            }
+        };
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     // Lbd::start returned once lbd answered; READY=1 was the first message.

@@ -48,6 +48,8 @@ pub enum ClientError {
         version::advice()
     )]
     Unreadable { cmd: String, lbd: u32, what: String },
+    #[error("the control socket answered with JSON that is not an lbd reply (no `ok`)")]
+    NotAReply,
     #[error("lbd closed the connection without replying")]
     NoReply,
     #[error("{0}")]
@@ -168,9 +170,14 @@ fn read_envelope(request: &Request, line: &str) -> Result<(u32, Value), ClientEr
         // before them refuses the `v` of most requests, but answers those
         // without arguments (`status`, `vip_list`, `stats`, `config_dump`)
         // as if it were not there (serde ignores `deny_unknown_fields` on
-        // such variants, serde-rs/serde#2123): its success is not to be
-        // read as this version's either.
-        None => return Err(ClientError::Version(VersionError::UnversionedLbd)),
+        // such variants, serde-rs/serde#2123; builds between the two may
+        // also have carried out `node_drain` or `node_resume`): its success
+        // is not to be read as this version's either. Something that is
+        // not an lbd reply at all (no boolean `ok`) is not called one.
+        None if value.get("ok").is_some_and(Value::is_boolean) => {
+            return Err(ClientError::Version(VersionError::UnversionedLbd));
+        }
+        None => return Err(ClientError::NotAReply),
         Some(v) => v
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())

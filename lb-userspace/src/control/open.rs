@@ -94,4 +94,34 @@ mod tests {
             assert_eq!(json, mode.name(), "BalancingMode's name is its JSON");
         }
     }
+
+    /// What lbctl prints for a value is what lbd sends for it.
+    #[test]
+    fn every_named_value_is_named_as_it_is_sent() {
+        use crate::control::{BackendHealth, ConnTable, InterfaceState};
+        fn check<E: Named + serde::Serialize + Copy>(values: &[E]) {
+            for v in values {
+                assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+            }
+        }
+        check(&[AdminState::Active, AdminState::Drain, AdminState::Disabled]);
+        check(&[Forwarding::Ipip, Forwarding::L2Dsr]);
+        check(&[
+            LoadSource::Flows,
+            LoadSource::Prometheus,
+            LoadSource::Header,
+        ]);
+        check(&[Protocol::Tcp, Protocol::Udp]);
+        check(&[
+            InterfaceState::Attached,
+            InterfaceState::Detached,
+            InterfaceState::Gone,
+        ]);
+        check(&[
+            BackendHealth::Up,
+            BackendHealth::Down,
+            BackendHealth::Unchecked,
+        ]);
+        check(&[ConnTable::Connection, ConnTable::Probation]);
+    }
 }

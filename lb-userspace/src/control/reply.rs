@@ -367,10 +367,16 @@ impl HardLimitShow {
 
 impl From<&HardLimit> for HardLimitShow {
     fn from(l: &HardLimit) -> Self {
+        // Every field by name: one added to `HardLimit` must be added here.
+        let HardLimit {
+            metric,
+            above,
+            resume_below,
+        } = l;
         Self {
-            metric: l.metric.clone(),
-            above: l.above,
-            resume_below: l.resume_below,
+            metric: metric.clone(),
+            above: *above,
+            resume_below: *resume_below,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use lb_userspace::control::{Request, Stats};
+use lb_userspace::control::{BackendCounters, Request, Stats, VipCounters};
 use serde::Serialize;
 
 use crate::{Cli, call, print::*};
@@ -81,15 +81,33 @@ pub async fn stats(cli: &Cli, interval: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Rates from `a` to `b`, row by row in lbd's order (a counter that went
-/// down, reset between the samples, counts as no traffic).
+/// Rates from `a` to `b`, each row of `b` against the same VIP's (or
+/// backend's) row of `a`: a VIP added or removed between the samples moves
+/// the others' places in the lists. A row new in `b`, or a counter that
+/// went down (reset between the samples), counts as no traffic.
 fn rates(a: &Stats, b: Stats) -> Rates {
     let dt = (b.time_s - a.time_s).max(1e-3);
     let rate = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
-    let vips = a
-        .vips
+    let vips_before: BTreeMap<&str, &VipCounters> =
+        a.vips.iter().map(|v| (v.vip.as_str(), v)).collect();
+    let backends_before: BTreeMap<(&str, IpAddr), &BackendCounters> = a
+        .backends
         .iter()
-        .zip(b.vips)
+        .map(|v| ((v.vip.as_str(), v.address), v))
+        .collect();
+    let vips = b
+        .vips
+        .into_iter()
+        .map(|y| {
+            (
+                vips_before
+                    .get(y.vip.as_str())
+                    .copied()
+                    .unwrap_or(&y)
+                    .clone(),
+                y,
+            )
+        })
         .map(|(x, y)| VipRates {
             packets_per_s: rate(x.packets, y.packets),
             bits_per_s: 8.0 * rate(x.bytes, y.bytes),
@@ -99,10 +117,13 @@ fn rates(a: &Stats, b: Stats) -> Rates {
             vip: y.vip,
         })
         .collect();
-    let backends = a
+    let backends = b
         .backends
-        .iter()
-        .zip(b.backends)
+        .into_iter()
+        .map(|y| {
+            let key = (y.vip.as_str(), y.address);
+            (backends_before.get(&key).copied().unwrap_or(&y).clone(), y)
+        })
         .map(|(x, y)| BackendRates {
             packets_per_s: rate(x.packets, y.packets),
             bits_per_s: 8.0 * rate(x.bytes, y.bytes),
@@ -117,5 +138,69 @@ fn rates(a: &Stats, b: Stats) -> Rates {
         vips,
         backends,
         counters: b.counters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(name: &str, packets: u64) -> VipCounters {
+        VipCounters {
+            vip: name.to_string(),
+            packets,
+            bytes: packets * 100,
+            new_flows: 0,
+            dropped: 0,
+        }
+    }
+
+    fn backend(vip: &str, address: &str, packets: u64) -> BackendCounters {
+        BackendCounters {
+            vip: vip.to_string(),
+            address: address.parse().unwrap(),
+            packets,
+            bytes: packets * 100,
+            new_flows: 0,
+        }
+    }
+
+    fn sample(time_s: f64, vips: Vec<VipCounters>, backends: Vec<BackendCounters>) -> Stats {
+        Stats {
+            time_s,
+            vips,
+            backends,
+            counters: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn rates_follow_each_vip_and_backend_when_another_appears_between_samples() {
+        let web = "198.51.100.10:80/tcp";
+        let dns = "198.51.100.10:53/udp";
+        let a = sample(
+            10.0,
+            vec![vip(web, 1000)],
+            vec![backend(web, "198.51.100.101", 1000)],
+        );
+        // The new VIP comes first in lbd's order.
+        let b = sample(
+            12.0,
+            vec![vip(dns, 50_000), vip(web, 1200)],
+            vec![
+                backend(dns, "198.51.100.102", 50_000),
+                backend(web, "198.51.100.101", 1200),
+            ],
+        );
+        let r = rates(&a, b);
+        let by_vip: BTreeMap<&str, f64> = r
+            .vips
+            .iter()
+            .map(|v| (v.vip.as_str(), v.packets_per_s))
+            .collect();
+        assert_eq!(by_vip[web], 100.0);
+        assert_eq!(by_vip[dns], 0.0, "new since the first sample: no rate yet");
+        let web_backend = r.backends.iter().find(|b| b.vip == web).unwrap();
+        assert_eq!(web_backend.packets_per_s, 100.0);
     }
 }
