@@ -20,7 +20,10 @@ use lb_common::{
     flow::{PROTO_TCP, PROTO_UDP},
     maps::*,
 };
-use lb_tests::{harness::vip_key, packets::*};
+use lb_tests::{
+    harness::{run_frame, vip_key},
+    packets::*,
+};
 
 use crate::forwarding::xdp;
 use lb_userspace::{
@@ -71,18 +74,16 @@ pub fn time(prog: &Xdp, frames: &[Vec<u8>], want: u32, before: Before) -> (f64, 
     (samples[samples.len() / 2], samples[samples.len() / 10])
 }
 
-/// One untimed run of `frame`: its verdict and the frame that came out.
-pub fn run_once(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; 2048];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })
-        .expect("test run");
-    out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
+/// The timed path's output, checked once: `frame` goes out in an IPv4
+/// tunnel to one of `backends`, the inner packet intact.
+pub fn assert_tunnelled(prog: &mut Xdp, frame: &[u8], backends: &[[u8; 4]]) {
+    let out = run_frame(prog, frame).data;
+    assert_eq!(out.len(), frame.len() + 20, "encapsulated");
+    assert_eq!(&out[14 + 20..], &frame[14..], "inner packet intact");
+    assert!(
+        backends.iter().any(|b| b[..] == out[30..34]),
+        "outer destination is a backend"
+    );
 }
 
 pub fn backend(id: u32, addr: &str) -> (u32, Backend, MaglevBackend) {
@@ -272,39 +273,11 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         ),
     ];
     // Check the timed path's output once: a tunnel to a backend.
-    {
-        let prog = xdp(&mut dp, PROG_LB);
-        let mut out = vec![0u8; 2048];
-        let frame = &cases[2].1[0];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        assert_eq!(out.len(), frame.len() + 20, "encapsulated");
-        assert_eq!(&out[14 + 20..], &frame[14..], "inner packet intact");
-        assert!(
-            BACKEND_V4.iter().any(|b| v4(b) == out[30..34]),
-            "outer destination is a backend"
-        );
-    }
+    let backends = BACKEND_V4.map(v4);
+    assert_tunnelled(xdp(&mut dp, PROG_LB), &cases[2].1[0], &backends);
     // And the too-big path's: the whole answer, checked in the golden tests.
-    {
-        let prog = xdp(&mut dp, PROG_LB);
-        let mut out = vec![0u8; 2048];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&too_big),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        assert_eq!(out, too_big_answer(&too_big, None, 1480), "ICMP answer");
-    }
+    let answer = run_frame(xdp(&mut dp, PROG_LB), &too_big).data;
+    assert_eq!(answer, too_big_answer(&too_big, None, 1480), "ICMP answer");
     let floor = time(
         xdp(&mut dp, PROG_BENCH_FLOOR),
         &cases[2].1,

@@ -5,9 +5,11 @@
 //! `per_packet`, which has 4 VIPs of 3 backends. Each configuration gets a
 //! data plane of its own, all with the same map sizes.
 
-use aya::programs::Xdp;
 use lb_common::{flow::PROTO_TCP, maps::*};
-use lb_tests::{harness::vip_key, packets::*};
+use lb_tests::{
+    harness::{run_frame, vip_key},
+    packets::*,
+};
 use lb_userspace::{
     datapath::{Datapath, MapSizes},
     maglev,
@@ -17,7 +19,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::{
     forwarding::xdp,
-    per_packet::{Before, CALLS, backend, configure, run_once, time},
+    per_packet::{Before, CALLS, assert_tunnelled, backend, configure, time},
 };
 
 /// (VIPs, backends per VIP).
@@ -106,15 +108,16 @@ fn rows(vips: u32, backends: u32, results: &mut Vec<(String, f64, f64)>) {
     // Each established flow's first packet puts it on probation, its
     // second promotes it: all of them in the connection table.
     for frame in established.iter().chain(&established) {
-        assert_eq!(run_once(prog, frame).0, 3, "warm-up verdict");
+        assert_eq!(run_frame(prog, frame).action, 3, "warm-up verdict");
     }
     let fill = maps.fill(ESTABLISHED_FLOWS * 2).expect("table fill");
     assert_eq!(
         fill.conns.entries, ESTABLISHED_FLOWS as u64,
         "every established flow is in the connection table"
     );
-    check_tunnelled(prog, &syns[syns.len() - 1], backends);
-    check_tunnelled(prog, &established[established.len() - 1], backends);
+    let addrs: Vec<[u8; 4]> = (0..backends).map(|b| v4(&backend_addr(b))).collect();
+    assert_tunnelled(prog, &syns[syns.len() - 1], &addrs);
+    assert_tunnelled(prog, &established[established.len() - 1], &addrs);
 
     let label = format!(
         "{vips} VIP{} x {backends} backends",
@@ -137,15 +140,4 @@ fn rows(vips: u32, backends: u32, results: &mut Vec<(String, f64, f64)>) {
         let (median, p10) = time(prog, frames, 3, Before::Nothing);
         results.push((format!("{label}: {path}"), median, p10));
     }
-}
-
-/// The frame goes out in a tunnel to one of the VIP's backends, intact.
-fn check_tunnelled(prog: &Xdp, frame: &[u8], backends: u32) {
-    let (_, out) = run_once(prog, frame);
-    assert_eq!(out.len(), frame.len() + 20, "encapsulated");
-    assert_eq!(&out[14 + 20..], &frame[14..], "inner packet intact");
-    assert!(
-        (0..backends).any(|b| v4(&backend_addr(b)) == out[30..34]),
-        "outer destination is a backend"
-    );
 }
