@@ -341,8 +341,9 @@ mod tests {
         assert!(from_header(&h, None, Some("rps_fractional=3")).is_err());
     }
 
-    /// A one-connection HTTP server on loopback answering `response`.
-    async fn serve_once(response: Vec<u8>) -> Target {
+    /// A one-connection HTTP server on loopback answering `response`,
+    /// then holding the connection open for `hold_open`.
+    async fn serve_once(response: Vec<u8>, hold_open: Duration) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = Target::from(listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -350,6 +351,7 @@ mod tests {
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf).await;
             let _ = conn.write_all(&response).await;
+            tokio::time::sleep(hold_open).await;
         });
         target
     }
@@ -358,39 +360,37 @@ mod tests {
     async fn a_scrape_reads_a_chunked_page() {
         let chunk = format!("{:x}\r\n{PAGE}\r\n0\r\n\r\n", PAGE.len());
         let response = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}");
-        let target = serve_once(response.into_bytes()).await;
+        let target = serve_once(response.into_bytes(), Duration::ZERO).await;
         let r = scrape(&vllm(16.0), None, target).await.unwrap();
         assert_eq!(r.utilization, 0.5);
     }
 
     #[tokio::test]
     async fn a_scrape_ends_with_the_body_on_a_connection_kept_open() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = Target::from(listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf).await;
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", PAGE.len());
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(PAGE.as_bytes()).await;
-            // Held open past the scrape's timeout.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PAGE}",
+            PAGE.len()
+        );
+        // Held open past the scrape's timeout.
+        let target = serve_once(response.into_bytes(), Duration::from_secs(5)).await;
         let r = scrape(&vllm(16.0), None, target).await.unwrap();
         assert_eq!(r.load, 8.0);
     }
 
     #[tokio::test]
     async fn a_scrape_refuses_errors_oversized_pages_and_silence() {
-        let target = serve_once(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_vec()).await;
+        let target = serve_once(
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(
             scrape(&vllm(16.0), None, target).await.unwrap_err(),
             "HTTP 503"
         );
         let mut big = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         big.resize(MAX_PAGE + 100, b'#');
-        let target = serve_once(big).await;
+        let target = serve_once(big, Duration::ZERO).await;
         assert_eq!(
             scrape(&vllm(16.0), None, target).await.unwrap_err(),
             format!("response over {MAX_PAGE} bytes")
