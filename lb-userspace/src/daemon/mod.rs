@@ -110,6 +110,9 @@ impl Drop for HealthRecord {
     }
 }
 
+/// The running lbd: the configuration it applies, the data plane it
+/// writes, and the health checks, drains, announcements and attachments it
+/// keeps; `lbd`'s loop hands it requests, health results and ticks.
 pub struct Daemon {
     config: Config,
     config_path: PathBuf,

@@ -83,10 +83,10 @@ impl Daemon {
         self.ring_digests = digests;
     }
 
-    /// Write the runtime state (lbctl's edits, drain start times) so a
-    /// restart resumes it. A failure is logged: forwarding does not depend
-    /// on it, only what a restart remembers.
-    /// Save what a restart must not lose; the error, if it could not be.
+    /// Write the runtime state (lbctl's edits, drain start times, a node
+    /// drain) so a restart resumes it; the error, if it could not be. A
+    /// failure is logged: forwarding does not depend on it, only what a
+    /// restart remembers.
     pub(super) fn save_state(&mut self) -> Option<String> {
         let node = self.announcer.node_state();
         let saved = self
