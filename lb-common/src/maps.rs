@@ -300,6 +300,10 @@ pub const VIP_F_AFFINITY: u32 = 1;
 pub const VIP_F_PORTLESS: u32 = 1 << 1;
 /// L2 direct server return: rewrite the destination MAC only, no tunnel.
 pub const VIP_F_L2_DSR: u32 = 1 << 2;
+/// Stateless on the LB: every packet is placed by the ring alone, with the
+/// slot's previous owner as a second hop while the slot's window lasts; no
+/// connection or probation entry is looked up or made (`stateless.rs`).
+pub const VIP_F_STATELESS: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

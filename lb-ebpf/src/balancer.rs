@@ -1,12 +1,15 @@
 //! The load balancer's packet path, start to verdict:
 //! parse -> (fragment | ICMP too-big | vip -> conntrack -> maglev) -> forward
-//! (with a second hop when `second_chance` says so).
+//! (with a second hop when `second_chance` says so); a stateless VIP skips
+//! conntrack (`stateless`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Reason,
     flow::{PROTO_ICMP, PROTO_ICMPV6},
-    maps::{CFG_F_LOOKUP_CACHES, LbConfig, NO_BACKEND, PORT_MAC_CACHE_SLOTS, VipMeta},
+    maps::{
+        CFG_F_LOOKUP_CACHES, LbConfig, NO_BACKEND, PORT_MAC_CACHE_SLOTS, VIP_F_STATELESS, VipMeta,
+    },
     stats::ReasonKind,
 };
 
@@ -15,7 +18,7 @@ use crate::{
     maglev::{self, Chosen},
     maps::{CONNS, PORT_MAC_CACHE, PROBATION, SCRATCH, TX_PORT_MACS, live_config},
     parse::{self, Fragment, L2, Parsed},
-    stats, vip,
+    stateless, stats, vip,
 };
 
 /// Where a VIP packet goes.
@@ -108,8 +111,12 @@ fn find_target(
         return Err((Reason::PassOtherHost, None));
     }
     let whole = p.fragment == Fragment::None;
-    let selected = conntrack::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
-        .map_err(|r| (r, Some(vip.vip_id)))?;
+    let selected = if vip.flags & VIP_F_STATELESS != 0 {
+        stateless::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
+    } else {
+        conntrack::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
+    }
+    .map_err(|r| (r, Some(vip.vip_id)))?;
     Ok(Target {
         vip,
         chosen: selected.chosen,
@@ -146,8 +153,8 @@ fn addressed_here(ctx: &XdpContext, cfg: &LbConfig, l2: &L2) -> bool {
 }
 
 /// An ICMP too-big goes where its flow goes: the connection entry's
-/// backend, else the probation entry's, else the ring's. It never creates
-/// an entry.
+/// backend, else the probation entry's, else the ring's (a stateless VIP's
+/// flows have no entry). It never creates an entry.
 #[inline(always)]
 fn too_big_target(
     ctx: &XdpContext,
@@ -163,8 +170,12 @@ fn too_big_target(
         return Err((Reason::PassOtherHost, None));
     }
     stats::event(Reason::IcmpTooBig);
-    // SAFETY: copied out at once.
-    let entry = unsafe { CONNS.get(&flow).or_else(|| PROBATION.get(&flow)) };
+    let entry = if vip.flags & VIP_F_STATELESS != 0 {
+        None
+    } else {
+        // SAFETY: copied out at once.
+        unsafe { CONNS.get(&flow).or_else(|| PROBATION.get(&flow)) }
+    };
     let pinned = entry.map(|e| conntrack::pinned_backend(e, vip.vip_id));
     let chosen = match pinned {
         Some(Ok(chosen)) => chosen,

@@ -37,6 +37,7 @@ mod probation;
 mod rate;
 mod second_chance;
 mod second_hop;
+mod stateless;
 mod stats;
 mod vip;
 

@@ -169,6 +169,9 @@ pub fn build(
         if vip.forwarding == Forwarding::L2Dsr {
             flags |= VIP_F_L2_DSR;
         }
+        if vip.stateless {
+            flags |= VIP_F_STATELESS;
+        }
         let mut members = Vec::new();
         for b in &vip.backends {
             let bkey = BackendKey {

@@ -22,7 +22,7 @@ use lb_common::{
     FlowKey, Reason,
     flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, flow_hash},
     gue::{DEFAULT_GUE_PORT, HOPS_TYPE, source_port},
-    maps::{NO_BACKEND, PrevOwner, SecondChance, VipKey},
+    maps::{NO_BACKEND, PrevOwner, SecondChance, VIP_F_STATELESS, VipKey},
     stats::DecapReason,
 };
 use lb_tests::{harness::*, netns::Netns, packets::*};
@@ -125,13 +125,18 @@ fn ether_type(ip: &[u8]) -> u16 {
 /// A VIP over two backends whose every ring slot changed hands within an
 /// open window: each slot's previous owner is the other backend.
 fn moved_vip(vip: &str, backends: [&str; 2]) -> (Lb, VipKey, Vec<u32>) {
+    moved_vip_with(vip, backends, 0)
+}
+
+/// `moved_vip` with VIP flags `flags`.
+fn moved_vip_with(vip: &str, backends: [&str; 2], flags: u32) -> (Lb, VipKey, Vec<u32>) {
     let mut lb = Lb::new();
     let key = vip_key(vip, 80, PROTO_TCP);
     let specs = [
         BackendSpec::new(0, backends[0]),
         BackendSpec::new(1, backends[1]),
     ];
-    let meta = lb.add_vip(key, 0, &specs);
+    let meta = lb.add_vip(key, flags, &specs);
     let ring = lb.maps.live_ring(&meta).expect("ring");
     let prev: Vec<u32> = ring
         .iter()
@@ -172,7 +177,8 @@ fn lb_label(flow: &FlowKey) -> u32 {
 }
 
 /// The ACK goes to the ring's backend with the other one as the hop, and
-/// enters no table: its second packet travels the same way.
+/// enters no table: its second packet travels the same way. A stateless
+/// VIP looks in no table either (no `conn_miss`).
 fn expect_second_hop(
     lb: &mut Lb,
     key: &VipKey,
@@ -194,19 +200,23 @@ fn expect_second_hop(
         action: XDP_TX,
         data: frame(GATEWAY_MAC, LB_MAC, None, ether_type(&ip), &ip),
     };
+    let stateless = lb.maps.vip(key).unwrap().unwrap().flags & VIP_F_STATELESS != 0;
+    let counted = if stateless {
+        vec![(Reason::Tx, 1), (Reason::SecondChance, 1)]
+    } else {
+        vec![
+            (Reason::Tx, 1),
+            (Reason::ConnMiss, 1),
+            (Reason::SecondChance, 1),
+        ]
+    };
     for packet in ["first", "second"] {
         let (out, moved) = lb.run_counted(&to_lb(inner));
         assert_eq!(out, expected, "{packet} ACK");
-        assert_eq!(
-            moved,
-            vec![
-                (Reason::Tx, 1),
-                (Reason::ConnMiss, 1),
-                (Reason::SecondChance, 1)
-            ],
-            "{packet} ACK"
-        );
+        assert_eq!(moved, counted, "{packet} ACK");
     }
+    assert_eq!(lb.maps.conn_count(16), 0, "connection table");
+    assert_eq!(lb.maps.probation_count(16), 0, "probation table");
 }
 
 #[test]
@@ -329,6 +339,103 @@ fn golden_first_fragment_on_a_moved_slot_is_not_entered_and_the_next_segment_tak
         "first fragment: not on probation"
     );
     expect_second_hop(&mut lb, &key, &whole, backends, OUTER_SRC_V4);
+}
+
+// ---------------------------------------------------------------------------
+// Stateless VIPs: the ring and the second hop alone.
+
+/// Every non-SYN packet of a stateless VIP on a moved slot takes the
+/// previous owner along, as a packet of a stateful VIP that misses both
+/// tables does, but without looking in them; a SYN goes plain.
+#[test]
+fn golden_stateless_vip_on_a_moved_slot_sends_every_packet_with_the_previous_owner_as_hop() {
+    for (vip, backends, outer, client) in [
+        (
+            VIP_V4,
+            [BACKEND_V4[0], BACKEND_V4[1]],
+            OUTER_SRC_V4,
+            CLIENT_V4,
+        ),
+        (
+            VIP_V6,
+            [BACKEND_V6[0], BACKEND_V6[1]],
+            OUTER_SRC_V6,
+            CLIENT_V6,
+        ),
+    ] {
+        let (mut lb, key, _) = moved_vip_with(vip, backends, VIP_F_STATELESS);
+        let tcp = if client.contains(':') { tcp6 } else { tcp4 };
+        let ack = tcp(client, 41000, vip, 80, Tcp::Ack, b"GET / HTTP/1.1\r\n\r\n");
+        expect_second_hop(&mut lb, &key, &ack, backends, outer);
+        let syn = tcp(client, 41001, vip, 80, Tcp::Syn, b"");
+        let owner = backends[lb.ring_backend(&key, &flow_of(&syn)) as usize];
+        let (out, moved) = lb.run_counted(&to_lb(&syn));
+        assert_eq!(out.data, tunnelled(&syn, owner), "{vip}: SYN");
+        assert_eq!(
+            moved,
+            vec![(Reason::Tx, 1), (Reason::NewFlow, 1)],
+            "{vip}: SYN"
+        );
+        assert_eq!(
+            lb.maps.probation_count(16),
+            0,
+            "{vip}: the SYN entered nothing"
+        );
+    }
+}
+
+/// A stateless VIP ignores the connection table: a flow entered there
+/// while the VIP kept state, pinned to a backend the ring no longer gives
+/// it, follows the ring once the VIP is stateless, and its entry (neither
+/// read nor refreshed) pins it again when the VIP keeps state again. New
+/// flows enter no table.
+#[test]
+fn golden_stateless_vip_places_packets_by_the_ring_alone_and_the_switch_is_per_packet() {
+    let mut lb = Lb::new();
+    let key = vip_key(VIP_V4, 80, PROTO_TCP);
+    let both = [
+        BackendSpec::new(0, BACKEND_V4[0]),
+        BackendSpec::new(1, BACKEND_V4[1]),
+    ];
+    lb.add_vip(key, 0, &both);
+    let ack = tcp4(CLIENT_V4, 42000, VIP_V4, 80, Tcp::Ack, b"x");
+    let pinned = lb.ring_backend(&key, &flow_of(&ack));
+    for _ in 0..2 {
+        lb.run(&to_lb(&ack));
+    }
+    assert_eq!(lb.maps.conn_count(16), 1, "entered while stateful");
+    let entry_before = lb.maps.conn(&flow_of(&ack)).unwrap().unwrap();
+    // Only the other backend on the ring now; the pinned one stays a
+    // backend of the VIP, so its entry still holds.
+    let other_addr = BACKEND_V4[1 - pinned as usize];
+    let other = BackendSpec::new(1 - pinned, other_addr);
+    lb.set_backends(&key, &[other]);
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    let ring = lb.maps.live_ring(&meta).unwrap();
+    let publish = |lb: &mut Lb, flags: u32| lb.maps.publish_ring(&key, &ring, flags).unwrap();
+    publish(&mut lb, VIP_F_STATELESS);
+
+    let (out, moved) = lb.run_counted(&to_lb(&ack));
+    assert_eq!(out.data, tunnelled(&ack, other_addr), "the ring's");
+    assert_eq!(moved, vec![(Reason::Tx, 1)], "no table looked at");
+    for port in 42001..42011 {
+        for flags in [Tcp::Syn, Tcp::Ack, Tcp::Ack] {
+            let p = tcp4(CLIENT_V4, port, VIP_V4, 80, flags, b"");
+            assert_eq!(lb.run(&to_lb(&p)).data, tunnelled(&p, other_addr));
+        }
+    }
+    assert_eq!(lb.maps.conn_count(16), 1, "no new connection entries");
+    assert_eq!(lb.maps.probation_count(16), 0, "no probation entries");
+    assert_eq!(lb.maps.conn(&flow_of(&ack)).unwrap().unwrap(), entry_before);
+
+    publish(&mut lb, 0);
+    let (out, moved) = lb.run_counted(&to_lb(&ack));
+    assert_eq!(
+        out.data,
+        tunnelled(&ack, BACKEND_V4[pinned as usize]),
+        "pinned again"
+    );
+    assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::ConnHit, 1)]);
 }
 
 // ---------------------------------------------------------------------------

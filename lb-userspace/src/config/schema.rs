@@ -339,6 +339,12 @@ impl Speaker {
     }
 }
 
+/// Lets a switch that is off stay out of dumps and requests, so an older
+/// lbd, which refuses fields it does not know, still takes them.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// A path that may be unset: `null`, or `""`, which TOML must use.
 fn empty_path_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     let path = Option::<PathBuf>::deserialize(d)?;
@@ -383,6 +389,12 @@ pub struct Vip {
     /// Unset: `drain_timeout_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_chance_s: Option<u64>,
+    /// Keep no per-flow state on the LB: the ring alone places every
+    /// packet, and a flow whose slot moved reaches its backend through the
+    /// second hop for the slot's window. Needs `second_chance.enabled`,
+    /// `ipip` forwarding and TCP. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stateless: bool,
     /// How new flows are shared among the backends: by configured weight
     /// (`static`, default) or by weights a controller adjusts to their load.
     #[serde(default)]

@@ -6,7 +6,7 @@ use std::{collections::HashSet, fmt, net::IpAddr};
 
 use super::schema::{
     Balancing, BalancingMode, CheckKind, Config, Forwarding, HardLimit, HeaderLoad, HealthCheck,
-    LoadSource, PrometheusLoad, TunnelSource, Vip,
+    LoadSource, PrometheusLoad, Protocol, TunnelSource, Vip,
 };
 
 /// The IPv6 minimum link MTU (RFC 8200 section 5).
@@ -265,6 +265,9 @@ impl Config {
                 ),
                 _ => {}
             }
+            if vip.stateless {
+                check_stateless(vip, self.second_chance.enabled, &at, &mut bad);
+            }
             check_balancing(vip, &format!("{at}.balancing"), &mut bad);
             check_health(
                 &vip.health_check,
@@ -388,6 +391,49 @@ impl Config {
 }
 
 /// The problems of `vips[].balancing` of `vip`, reported at `at`.
+/// A stateless VIP keeps a flow whose slot moved only through the second
+/// hop, and only for the slot's window: everything that hop needs must be
+/// there, and nothing may move slots faster or cut flows sooner than the
+/// window allows.
+fn check_stateless(vip: &Vip, second_chance: bool, at: &str, bad: &mut impl FnMut(String, String)) {
+    let field = format!("{at}.stateless");
+    if !second_chance {
+        bad(
+            field.clone(),
+            "needs second_chance.enabled: without the second hop a stateless VIP's flows break whenever their ring slot moves".into(),
+        );
+    }
+    if vip.forwarding == Forwarding::L2Dsr {
+        bad(
+            field.clone(),
+            "needs ipip forwarding: l2_dsr has no tunnel to carry a second hop".into(),
+        );
+    }
+    if vip.protocol != Protocol::Tcp {
+        bad(
+            field.clone(),
+            "needs protocol tcp: the second hop asks the backend for a TCP socket, so UDP flows would move with their ring slot".into(),
+        );
+    }
+    if vip.balancing.mode == BalancingMode::Load {
+        bad(
+            field.clone(),
+            "cannot be combined with balancing.mode load: the controller moves ring slots every few seconds, and a stateless VIP keeps a flow through one move only".into(),
+        );
+    }
+    if let Some(window) = vip.second_chance_s
+        && window < vip.drain_timeout_s
+    {
+        bad(
+            format!("{at}.second_chance_s"),
+            format!(
+                "{window} is shorter than drain_timeout_s ({}): a stateless VIP keeps a draining backend's flows only through the second hop",
+                vip.drain_timeout_s
+            ),
+        );
+    }
+}
+
 fn check_balancing(vip: &Vip, at: &str, bad: &mut impl FnMut(String, String)) {
     let b = &vip.balancing;
     check_balancing_ranges(b, at, bad);

@@ -288,6 +288,10 @@ pub struct VipRow {
     pub protocol: Open<Protocol>,
     pub forwarding: Open<Forwarding>,
     pub affinity: bool,
+    /// No per-flow state on the LB (`vips[].stateless`); absent from an
+    /// lbd that had no such mode.
+    #[serde(default)]
+    pub stateless: bool,
     /// The data plane's id; `None` before it has one.
     pub id: Option<u32>,
     /// Backends configured.
@@ -729,6 +733,7 @@ mod tests {
                 protocol: Protocol::Tcp.into(),
                 forwarding: Forwarding::L2Dsr.into(),
                 affinity: true,
+                stateless: false,
                 id: Some(1),
                 backends: 2,
                 healthy: 1,

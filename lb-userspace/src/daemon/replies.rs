@@ -122,6 +122,7 @@ impl Daemon {
                     protocol: v.protocol.into(),
                     forwarding: v.forwarding.into(),
                     affinity: v.affinity,
+                    stateless: v.stateless,
                     id: self.ids.vip(&key),
                     backends: v.backends.len(),
                     healthy: up,

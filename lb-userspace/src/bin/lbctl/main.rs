@@ -196,6 +196,9 @@ enum VipCmd {
         /// All connections of a client go to one backend.
         #[arg(long)]
         affinity: bool,
+        /// Keep no per-flow state on the LB (tcp, ipip, second chance on).
+        #[arg(long)]
+        stateless: bool,
         /// none, tcp, http or udp.
         #[arg(long, default_value = "none")]
         check: CheckArg,
@@ -381,6 +384,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                     name,
                     forwarding,
                     affinity,
+                    stateless,
                     check,
                     check_port,
                     check_path,
@@ -413,6 +417,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, String> {
                 },
                 drain_timeout_s: *drain_timeout_s,
                 second_chance_s: *second_chance_s,
+                stateless: *stateless,
                 balancing: Default::default(),
                 backends: Vec::new(),
             };

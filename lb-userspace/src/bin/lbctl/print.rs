@@ -156,6 +156,7 @@ pub fn print_vips(rows: &[VipRow]) {
             "NAME",
             "FORWARDING",
             "AFFINITY",
+            "STATE",
             "BACKENDS",
             "HEALTHY",
             "IN TABLE",
@@ -168,6 +169,12 @@ pub fn print_vips(rows: &[VipRow]) {
                 opt(r.name.as_ref()),
                 r.forwarding.name().into(),
                 r.affinity.to_string(),
+                if r.stateless {
+                    "stateless"
+                } else {
+                    "conntrack"
+                }
+                .into(),
                 r.backends.to_string(),
                 r.healthy.to_string(),
                 r.in_table.to_string(),

@@ -1,0 +1,60 @@
+//! Stateless VIPs (`VIP_F_STATELESS`): the ring alone places every packet,
+//! and this node keeps nothing per flow. A flow whose ring slot moved
+//! within the slot's window takes the slot's previous owner along as a
+//! second hop (`second_chance.rs`), so the owner now keeps the packet if it
+//! has the connection and sends it on otherwise: every node that applied
+//! the same ring changes sends a flow the same way, with no table to warm,
+//! flush or lose. The price: a flow survives one move of its slot, for the
+//! slot's window, instead of for as long as it has an entry.
+
+use lb_common::{
+    FlowKey, Reason,
+    flow::PROTO_TCP,
+    maps::{NO_BACKEND, VipMeta},
+};
+
+use crate::{
+    clock,
+    conntrack::{Packet, Selected},
+    maglev,
+    parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
+    second_chance, stats,
+};
+
+/// The backend (and second hop) for a packet of a stateless VIP. A SYN
+/// starts a flow on the owner now; any other packet on a moved slot takes
+/// the previous owner along, a first fragment excepted (`Placement`).
+#[inline(always)]
+pub fn select(
+    flow: &FlowKey,
+    tcp_flags: u8,
+    whole: bool,
+    vip: &VipMeta,
+    ring_size: u32,
+) -> Result<Selected, Reason> {
+    let is_tcp = flow.proto == PROTO_TCP;
+    let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let chosen = maglev::pick(flow, vip, ring_size)?;
+    if syn_only {
+        stats::event(Reason::NewFlow);
+        return Ok(Selected {
+            chosen,
+            new_flow: true,
+            second_hop: NO_BACKEND,
+        });
+    }
+    let pkt = Packet {
+        flow,
+        vip,
+        ring_size,
+        now: clock::coarse_ns(),
+        syn_only,
+        is_tcp,
+        whole,
+    };
+    Ok(Selected {
+        chosen,
+        new_flow: false,
+        second_hop: second_chance::placement(&pkt, &chosen).hop(),
+    })
+}
