@@ -136,6 +136,7 @@ mod tests {
                 protocol: crate::config::Protocol::Tcp.into(),
                 forwarding: crate::config::Forwarding::Ipip.into(),
                 affinity: false,
+                stateless: false,
                 id: Some(1),
                 backends: 1,
                 healthy: 1,
