@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut cluster = Cluster::start(Options {
         second_chance: true,
+        ..Default::default()
     });
     println!(
         "    ready after {:.1} s: lbd and BIRD on every node, BGP + BFD sessions to the router",

@@ -70,10 +70,12 @@ pub fn backend_addr(i: usize) -> Ipv4Addr {
 }
 
 /// Whether the nodes and backends use second chance
-/// (`second_chance.enabled`, GUE on the backends).
-#[derive(Clone, Copy, Debug)]
+/// (`second_chance.enabled`, GUE on the backends), and whether the VIP is
+/// stateless on the nodes (`vips[].stateless`; needs second chance).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
     pub second_chance: bool,
+    pub stateless: bool,
 }
 
 /// An LB node. Fields drop in order: lbd (its teardown runs in the
@@ -520,6 +522,9 @@ fn lbd_config(options: Options) -> Value {
     });
     if options.second_chance {
         config["second_chance"] = json!({"enabled": true});
+    }
+    if options.stateless {
+        config["vips"][0]["stateless"] = true.into();
     }
     config
 }

@@ -55,6 +55,9 @@ pub struct Outcome {
     pub second_chance_forwarded: u64,
     pub second_chance_local: u64,
     pub second_chance_received: u64,
+    /// `conn_hit` summed over the nodes not cut off: packets placed by a
+    /// connection entry (none for a stateless VIP).
+    pub conn_hits: u64,
 }
 
 impl Outcome {
@@ -213,10 +216,9 @@ impl<'a> Story<'a> {
         let cluster = self.cluster;
         let rings_at_end = cluster.ring_check(&alive);
         let spare_id = cluster.backends[BACKENDS].id;
-        let sent = alive
-            .iter()
-            .map(|&n| cluster.node_counter(n, "second_chance"))
-            .sum();
+        let sum = |name: &str| alive.iter().map(|&n| cluster.node_counter(n, name)).sum();
+        let sent = sum("second_chance");
+        let conn_hits = sum("conn_hit");
         let decap = cluster.backend_counters();
         let decap = |name: &str| decap.get(name).copied().unwrap_or(0);
         Outcome {
@@ -229,6 +231,7 @@ impl<'a> Story<'a> {
             second_chance_forwarded: decap("second_chance_forwarded"),
             second_chance_local: decap("second_chance_local"),
             second_chance_received: decap("second_chance_received"),
+            conn_hits,
             traffic: report,
         }
     }

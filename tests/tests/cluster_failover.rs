@@ -2,7 +2,8 @@
 //! announcing lbd's VIPs to a router that spreads connections over three
 //! nodes by ECMP, under hundreds of long-lived connections and a stream of
 //! new ones. A backend is added (every node rebuilds its ring), then a
-//! node leaves: cut off, or drained. No connection may notice.
+//! node leaves: cut off, or drained. No connection may notice, also when
+//! the VIP is stateless on the nodes.
 //!
 //! The two tests run one after the other (a lock): each times stalls, and
 //! two clusters at once on a small machine would time each other.
@@ -20,11 +21,19 @@ use lb_tests::{
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(ending: Ending) -> Outcome {
+    run_with(
+        ending,
+        Options {
+            second_chance: true,
+            stateless: false,
+        },
+    )
+}
+
+fn run_with(ending: Ending, options: Options) -> Outcome {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let mut cluster = Cluster::start(Options {
-        second_chance: true,
-    });
+    let mut cluster = Cluster::start(options);
     eprintln!("cluster up after {:?}", started.elapsed());
     let outcome = cluster_story::run(&mut cluster, ending, &mut |line| {
         eprintln!("{:>5.1} s  {line}", started.elapsed().as_secs_f64())
@@ -128,5 +137,36 @@ fn cluster_a_node_drained_after_a_backend_was_added_breaks_no_connection() {
         o.traffic.max_stall() <= Duration::from_millis(200),
         "a connection waited {:?} for an echo",
         o.traffic.max_stall()
+    );
+}
+
+/// The cut again with the VIP stateless on every node: no node looks a
+/// flow up or enters one, so every flow on a slot the add moved takes the
+/// second hop on whichever node it reaches, and the cut moves flows
+/// between nodes with nothing to lose. No connection breaks or waits more
+/// than 1 s.
+#[test]
+fn cluster_a_stateless_vip_loses_no_connection_when_a_node_is_cut_off_after_a_backend_was_added() {
+    let o = run_with(
+        Ending::Cut,
+        Options {
+            second_chance: true,
+            stateless: true,
+        },
+    );
+    assert!(
+        o.convergence().is_some(),
+        "the router never dropped the node"
+    );
+    assert_common(&o);
+    assert!(
+        o.traffic.max_stall() <= Duration::from_secs(1),
+        "a connection waited {:?} for an echo",
+        o.traffic.max_stall()
+    );
+    assert_eq!(o.conn_hits, 0, "a stateless node used its connection table");
+    assert!(
+        o.second_chance_sent > 0 && o.second_chance_forwarded > 0 && o.second_chance_received > 0,
+        "the second hop was not used: {o:?}"
     );
 }

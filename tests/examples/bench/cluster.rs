@@ -16,7 +16,10 @@ fn one(second_chance: bool) -> Value {
         "cluster: node cut off after a backend was added, second chance {}",
         if second_chance { "on" } else { "off" }
     );
-    let mut cluster = Cluster::start(Options { second_chance });
+    let mut cluster = Cluster::start(Options {
+        second_chance,
+        ..Default::default()
+    });
     let o = cluster_story::run(&mut cluster, Ending::Cut, &mut |line| println!("  {line}"));
     let t = &o.traffic;
     json!({
