@@ -113,6 +113,28 @@ impl Site {
         self.send_datagrams(ports, 2);
     }
 
+    /// Send `count` TCP ACKs to the VIP's port 80 from the client's
+    /// `port`, as from a connection in progress (no backend answers here,
+    /// so there is no real one): enough of them make a connection entry.
+    fn send_tcp_acks(&self, port: u16, count: usize) {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let packet =
+            lb_tests::packets::tcp4(CLIENT, port, VIP, 80, lb_tests::packets::Tcp::Ack, b"");
+        self.client.enter(|| {
+            // IPPROTO_RAW: the packet goes with the header built here.
+            let raw = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(libc::IPPROTO_RAW)),
+            )
+            .expect("raw socket");
+            let to = std::net::SocketAddr::new(VIP.parse().unwrap(), 0);
+            for _ in 0..count {
+                raw.send_to(&packet, &to.into()).expect("send an ACK");
+            }
+        });
+    }
+
     fn send_datagrams(&self, ports: std::ops::Range<u16>, each: usize) {
         self.client.enter(|| {
             for port in ports {
@@ -3198,7 +3220,9 @@ fn cp_a_stateless_vip_without_what_its_second_hop_needs_is_rejected_naming_the_f
 /// says so (STATE column, `stateless` in --json) and its pinned entry
 /// carries VIP_F_STATELESS; a UDP one is refused naming the field. A reload
 /// that makes an existing VIP stateless sets its flag and leaves its ring
-/// and its slots' previous owners as they were.
+/// and its slots' previous owners as they were. Defect: `lbctl flow` then
+/// still answered with a connection entry made before, which the program
+/// ignores for a stateless VIP; it now answers with the ring's slot.
 #[test]
 fn cp_stateless_vips_from_lbctl_and_a_reload_carry_the_flag_and_keep_their_ring() {
     use lb_common::maps::VIP_F_STATELESS;
@@ -3251,7 +3275,16 @@ fn cp_stateless_vips_from_lbctl_and_a_reload_carry_the_flag_and_keep_their_ring(
     );
     assert_eq!(lbd.json(&["config", "dump"]), before);
 
-    // A ring change first, so that the slots have previous owners to keep.
+    // A flow with a connection entry, made while the VIP keeps them.
+    const PORT: u16 = 41600;
+    let flow = || lbd.json(&["flow", CLIENT, &PORT.to_string(), VIP, "80", "tcp"]);
+    site.send_tcp_acks(PORT, 2);
+    wait_for("a connection entry", Duration::from_secs(5), || {
+        flow()["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("connection entry"))
+    });
+    // A ring change, so that the slots have previous owners to keep.
     lbd.json(&["backend", "add", &format!("{VIP}:80/tcp"), B3]);
     let before = pinned_tcp_vip(&lbd, VIP);
     assert!(
@@ -3274,6 +3307,26 @@ fn cp_stateless_vips_from_lbctl_and_a_reload_carry_the_flag_and_keep_their_ring(
     assert!(
         now.owners == before.owners,
         "the reload changed the previous owners"
+    );
+    // The entry is still there, and ignored: `lbctl flow` says what the
+    // program does, the ring's slot decides.
+    let entries = pins::flows(&lbd.paths.pin_dir);
+    assert!(
+        entries.iter().any(|(_, k, _)| k.sport == PORT),
+        "the connection entry went: {entries:?}"
+    );
+    let reply = flow();
+    let slot = reply["slot"].as_u64().unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(
+        reply["backend_id"].as_u64(),
+        Some(u64::from(now.ring[slot as usize])),
+        "{reply}"
+    );
+    assert!(
+        reply["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stateless VIP")),
+        "{reply}"
     );
     assert_eq!(lbd.json(&["config", "dump"]), config);
 }

@@ -7,7 +7,7 @@ use crate::{addr::to_map, config::Protocol, control::FlowDecision, image};
 use lb_common::{
     FlowKey,
     flow::{PROTO_TCP, flow_hash, maglev_slot},
-    maps::{VIP_F_AFFINITY, VIP_F_PORTLESS, backend_serves, entry_pins},
+    maps::{VIP_F_AFFINITY, VIP_F_PORTLESS, VIP_F_STATELESS, backend_serves, entry_pins},
 };
 
 use super::Daemon;
@@ -56,14 +56,22 @@ impl Daemon {
         };
         let backend = |id: u32| self.maps.backend(id).map_err(|e| e.to_string());
         // The program looks in the connection table, and only when the
-        // flow has no entry there, in the probation table.
-        let conn = self.maps.conn(&flow).map_err(|e| e.to_string())?;
+        // flow has no entry there, in the probation table; for a stateless
+        // VIP in neither (an entry left from before it was made stateless
+        // is ignored).
+        let stateless = vip.flags & VIP_F_STATELESS != 0;
+        let conn = if stateless {
+            None
+        } else {
+            self.maps.conn(&flow).map_err(|e| e.to_string())?
+        };
         let (entry, table, holds) = match conn {
             Some(e) => (
                 Some(e),
                 "connection",
                 "connection entry (established flow keeps its backend)",
             ),
+            None if stateless => (None, "", ""),
             None => (
                 self.maps
                     .probation_entry(&flow)
@@ -144,10 +152,16 @@ impl Daemon {
         };
         let note = match second_hop {
             Some(prev) => format!(
-                " (the slot moved from {} within the VIP's second-chance window: a packet in neither table but a SYN goes there with {} as its second hop, which keeps it if it has the connection)",
+                " (the slot moved from {} within the VIP's second-chance window: {} goes there with {} as its second hop, which keeps it if it has the connection)",
                 describe(prev),
+                if stateless {
+                    "every packet but a SYN (stateless VIP)"
+                } else {
+                    "a packet in neither table but a SYN"
+                },
                 describe(prev)
             ),
+            None if stateless => " (stateless VIP: every packet goes by the ring, and no entry is made)".to_string(),
             None if proto == PROTO_TCP => " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)".to_string(),
             None => String::new(),
         };
