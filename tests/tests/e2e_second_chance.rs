@@ -340,7 +340,9 @@ fn decap_counts(topo: &Topology, reason: DecapReason) -> Vec<u64> {
 /// streams.
 #[test]
 fn e2e_stateless_vip_streams_survive_a_backend_added_and_a_drain_byte_intact() {
-    const TOKENS: usize = 100;
+    // 20 s of tokens: every stream still runs after the drain's checks,
+    // with room for a loaded machine.
+    const TOKENS: usize = 200;
     let (topo, _servers, lbd) = setup_with("sc-stateless", |vip| {
         vip["stateless"] = json!(true);
         // The slots' window (the drain timeout, second_chance_s being
