@@ -104,21 +104,44 @@ pub fn objects(dir: &Path) -> BTreeMap<String, (u32, u32)> {
     out
 }
 
+/// The pinned connection table or probation table `name` under `pin_dir`.
+fn flow_table(
+    pin_dir: &Path,
+    name: &str,
+) -> aya::maps::HashMap<MapData, lb_common::FlowKey, lb_common::maps::ConnEntry> {
+    let map = MapData::from_pin(pin_dir.join(name)).expect("pinned table");
+    aya::maps::HashMap::try_from(Map::LruHashMap(map)).expect("an LRU hash of flows")
+}
+
+/// Every entry of the pinned connection and probation tables under
+/// `pin_dir`, with the name of the table that holds it.
+pub fn flows(
+    pin_dir: &Path,
+) -> Vec<(&'static str, lb_common::FlowKey, lb_common::maps::ConnEntry)> {
+    use lb_common::maps::{MAP_CONNS, MAP_PROBATION};
+    [MAP_CONNS, MAP_PROBATION]
+        .into_iter()
+        .flat_map(|name| {
+            flow_table(pin_dir, name)
+                .iter()
+                .map(|e| {
+                    let (k, v) = e.expect("entry");
+                    (name, k, v)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Delete every entry of the pinned connection and probation tables under
 /// `pin_dir`: as if the flows had come to an LB node that never saw them.
 /// How many entries went.
 pub fn forget_flows(pin_dir: &Path) -> usize {
-    use aya::maps::HashMap;
-    use lb_common::{
-        FlowKey,
-        maps::{ConnEntry, MAP_CONNS, MAP_PROBATION},
-    };
+    use lb_common::maps::{MAP_CONNS, MAP_PROBATION};
     let mut gone = 0;
     for name in [MAP_CONNS, MAP_PROBATION] {
-        let map = MapData::from_pin(pin_dir.join(name)).expect("pinned table");
-        let mut table: HashMap<MapData, FlowKey, ConnEntry> =
-            HashMap::try_from(Map::LruHashMap(map)).expect("an LRU hash of flows");
-        let keys: Vec<FlowKey> = table.keys().map(|k| k.expect("key")).collect();
+        let mut table = flow_table(pin_dir, name);
+        let keys: Vec<lb_common::FlowKey> = table.keys().map(|k| k.expect("key")).collect();
         for k in keys {
             if table.remove(&k).is_ok() {
                 gone += 1;

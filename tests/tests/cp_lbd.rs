@@ -113,6 +113,28 @@ impl Site {
         self.send_datagrams(ports, 2);
     }
 
+    /// Send `count` TCP ACKs to the VIP's port 80 from the client's
+    /// `port`, as from a connection in progress (no backend answers here,
+    /// so there is no real one): enough of them make a connection entry.
+    fn send_tcp_acks(&self, port: u16, count: usize) {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let packet =
+            lb_tests::packets::tcp4(CLIENT, port, VIP, 80, lb_tests::packets::Tcp::Ack, b"");
+        self.client.enter(|| {
+            // IPPROTO_RAW: the packet goes with the header built here.
+            let raw = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(libc::IPPROTO_RAW)),
+            )
+            .expect("raw socket");
+            let to = std::net::SocketAddr::new(VIP.parse().unwrap(), 0);
+            for _ in 0..count {
+                raw.send_to(&packet, &to.into()).expect("send an ACK");
+            }
+        });
+    }
+
     fn send_datagrams(&self, ports: std::ops::Range<u16>, each: usize) {
         self.client.enter(|| {
             for port in ports {
@@ -3073,4 +3095,238 @@ fn cp_lbd_switches_the_lookup_caches_off_as_it_exits_and_on_as_it_starts() {
         0,
         "on again"
     );
+}
+
+/// `Site::config`, with a TCP VIP on port 80 and second chance on: all a
+/// stateless VIP needs; stateless if `stateless`.
+fn tcp_second_chance_config(site: &Site, stateless: bool) -> Value {
+    let mut c = site.config(&[B1, B2], json!({"type": "none"}));
+    c["second_chance"] = json!({"enabled": true});
+    let vip = &mut c["vips"][0];
+    vip["port"] = json!(80);
+    vip["protocol"] = json!("tcp");
+    vip["stateless"] = json!(stateless);
+    c
+}
+
+/// A VIP as the data plane holds it: its entry, its live ring and its
+/// slots' previous owners.
+#[derive(Debug, PartialEq)]
+struct PinnedVip {
+    meta: lb_common::maps::VipMeta,
+    ring: Vec<u32>,
+    owners: Vec<lb_common::maps::PrevOwner>,
+}
+
+/// TCP VIP `addr:80` as the data plane holds it.
+fn pinned_tcp_vip(lbd: &Lbd, addr: &str) -> PinnedVip {
+    let maps = pinned_maps(lbd);
+    let key: lb_common::maps::VipKey = lb_userspace::image::vip_key(
+        addr.parse().unwrap(),
+        80,
+        lb_userspace::config::Protocol::Tcp,
+    )
+    .into();
+    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    PinnedVip {
+        ring: maps.live_ring(&meta).unwrap(),
+        owners: maps.prev_owners(meta.vip_id).unwrap(),
+        meta,
+    }
+}
+
+/// A stateless VIP needs all its second hop needs: second chance on, a
+/// tunnel (ipip), TCP, a ring only the operator moves (static balancing),
+/// and a window no shorter than the drain. `lbd --check` and `lbctl
+/// apply` refuse each lack in one line naming the field, and the running
+/// stateless VIP stays as it was, its pinned flag included.
+#[test]
+fn cp_a_stateless_vip_without_what_its_second_hop_needs_is_rejected_naming_the_field() {
+    use lb_common::maps::VIP_F_STATELESS;
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("slbad"),
+        tcp_second_chance_config(&site, true),
+    );
+    let before = lbd.json(&["config", "dump"]);
+    let pinned = pinned_tcp_vip(&lbd, VIP);
+    assert_ne!(pinned.meta.flags & VIP_F_STATELESS, 0, "{:?}", pinned.meta);
+    let file = lbd.paths.dir.join("stateless.json");
+    let path = file.to_str().unwrap();
+    type Edit = fn(&mut Value);
+    let cases: [(Edit, &str); 5] = [
+        (
+            |c| c["second_chance"]["enabled"] = json!(false),
+            "vips[0].stateless: needs second_chance.enabled",
+        ),
+        (
+            |c| c["vips"][0]["protocol"] = json!("udp"),
+            "vips[0].stateless: needs protocol tcp",
+        ),
+        (
+            |c| {
+                c["vips"][0]["forwarding"] = json!("l2_dsr");
+                for (i, b) in c["vips"][0]["backends"]
+                    .as_array_mut()
+                    .unwrap()
+                    .iter_mut()
+                    .enumerate()
+                {
+                    b["mac"] = format!("02:00:5e:00:53:0{i}").into();
+                }
+            },
+            "vips[0].stateless: needs ipip forwarding",
+        ),
+        (
+            |c| {
+                c["vips"][0]["balancing"] = json!({"mode": "load", "source": "prometheus",
+                    "prometheus": {"metrics": {"vllm:num_requests_waiting": 1}, "capacity": 8}})
+            },
+            "vips[0].stateless: cannot be combined with balancing.mode load",
+        ),
+        (
+            |c| {
+                c["vips"][0]["drain_timeout_s"] = json!(10);
+                c["vips"][0]["second_chance_s"] = json!(5);
+            },
+            "vips[0].second_chance_s: 5 is shorter than drain_timeout_s (10)",
+        ),
+    ];
+    for (patch, message) in cases {
+        let mut bad = before.clone();
+        patch(&mut bad);
+        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let out = lbd_output(&["--check", "--config", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lbd --check accepted {bad}");
+        assert!(err.contains(message), "expected {message:?} in {err:?}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        let out = lbd.ctl(&["apply", "-f", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lbctl apply accepted {bad}");
+        assert!(err.contains(message), "expected {message:?} in {err:?}");
+        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+        assert_eq!(
+            lbd.json(&["config", "dump"]),
+            before,
+            "state changed after {message}"
+        );
+        assert_eq!(pinned_tcp_vip(&lbd, VIP), pinned, "after {message}");
+    }
+}
+
+/// `lbctl vip add --stateless` adds a stateless VIP: `lbctl vip list`
+/// says so (STATE column, `stateless` in --json) and its pinned entry
+/// carries VIP_F_STATELESS; a UDP one is refused naming the field. A reload
+/// that makes an existing VIP stateless sets its flag and leaves its ring
+/// and its slots' previous owners as they were. Defect: `lbctl flow` then
+/// still answered with a connection entry made before, which the program
+/// ignores for a stateless VIP; it now answers with the ring's slot.
+#[test]
+fn cp_stateless_vips_from_lbctl_and_a_reload_carry_the_flag_and_keep_their_ring() {
+    use lb_common::maps::VIP_F_STATELESS;
+    const ADDED: &str = "198.51.100.11";
+    let site = Site::new();
+    let lbd = Lbd::start(
+        &site.lb,
+        Paths::new("slvip"),
+        tcp_second_chance_config(&site, false),
+    );
+    lbd.json(&["vip", "add", &format!("{ADDED}:80/tcp"), "--stateless"]);
+    let rows = lbd.json(&["vip", "list"]);
+    let stateless_of = |addr: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == addr)
+            .unwrap_or_else(|| panic!("no VIP {addr} in {rows}"))["stateless"]
+            .clone()
+    };
+    assert_eq!(
+        (stateless_of(VIP), stateless_of(ADDED)),
+        (json!(false), json!(true)),
+        "{rows}"
+    );
+    let out = lbd.ctl(&["vip", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap_or_default();
+    let column = header
+        .split_whitespace()
+        .position(|h| h == "STATE")
+        .unwrap_or_else(|| panic!("no STATE column in {text}"));
+    for (addr, state) in [(VIP, "conntrack"), (ADDED, "stateless")] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(addr))
+            .unwrap_or_else(|| panic!("no {addr} in {text}"));
+        assert_eq!(line.split_whitespace().nth(column), Some(state), "{text}");
+    }
+    assert_ne!(pinned_tcp_vip(&lbd, ADDED).meta.flags & VIP_F_STATELESS, 0);
+    assert_eq!(pinned_tcp_vip(&lbd, VIP).meta.flags & VIP_F_STATELESS, 0);
+
+    let before = lbd.json(&["config", "dump"]);
+    let out = lbd.ctl(&["vip", "add", "198.51.100.12:53/udp", "--stateless"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stateless UDP VIP was added");
+    assert!(
+        err.contains("vips[2].stateless: needs protocol tcp"),
+        "{err}"
+    );
+    assert_eq!(lbd.json(&["config", "dump"]), before);
+
+    // A flow with a connection entry, made while the VIP keeps them.
+    const PORT: u16 = 41600;
+    let flow = || lbd.json(&["flow", CLIENT, &PORT.to_string(), VIP, "80", "tcp"]);
+    site.send_tcp_acks(PORT, 2);
+    wait_for("a connection entry", Duration::from_secs(5), || {
+        flow()["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("connection entry"))
+    });
+    // A ring change, so that the slots have previous owners to keep.
+    lbd.json(&["backend", "add", &format!("{VIP}:80/tcp"), B3]);
+    let before = pinned_tcp_vip(&lbd, VIP);
+    assert!(
+        before
+            .owners
+            .iter()
+            .any(|o| o.owner != lb_common::maps::NO_BACKEND),
+        "adding a backend left no previous owner"
+    );
+    let mut config = lbd.json(&["config", "dump"]);
+    config["vips"][0]["stateless"] = json!(true);
+    write_and_sighup(&lbd, &config);
+    wait_for("the reload", Duration::from_secs(10), || {
+        pinned_tcp_vip(&lbd, VIP).meta.flags & VIP_F_STATELESS != 0
+    });
+    let now = pinned_tcp_vip(&lbd, VIP);
+    assert_eq!(now.meta.vip_id, before.meta.vip_id);
+    assert_eq!(now.meta.flags, before.meta.flags | VIP_F_STATELESS);
+    assert!(now.ring == before.ring, "the reload changed the ring");
+    assert!(
+        now.owners == before.owners,
+        "the reload changed the previous owners"
+    );
+    // The entry is still there, and ignored: `lbctl flow` says what the
+    // program does, the ring's slot decides.
+    let entries = pins::flows(&lbd.paths.pin_dir);
+    assert!(
+        entries.iter().any(|(_, k, _)| k.sport == PORT),
+        "the connection entry went: {entries:?}"
+    );
+    let reply = flow();
+    let slot = reply["slot"].as_u64().unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(
+        reply["backend_id"].as_u64(),
+        Some(u64::from(now.ring[slot as usize])),
+        "{reply}"
+    );
+    assert!(
+        reply["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stateless VIP")),
+        "{reply}"
+    );
+    assert_eq!(lbd.json(&["config", "dump"]), config);
 }

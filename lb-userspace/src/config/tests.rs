@@ -471,3 +471,76 @@ fn ring_size_must_be_prime() {
         "tables.ring_size: 65536 is not a prime of at least 7"
     );
 }
+
+/// A stateless VIP (second chance on, ipip, TCP, static balancing) with
+/// `edit` applied; its problems.
+fn stateless_problems(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&with_check(80, serde_json::json!({"type": "none"}))).unwrap();
+    v["second_chance"] = serde_json::json!({"enabled": true});
+    v["next_hop"] = serde_json::json!({"fib": true});
+    v["vips"][0]["stateless"] = true.into();
+    edit(&mut v);
+    problems(&v.to_string())
+}
+
+#[test]
+fn stateless_needs_everything_the_second_hop_needs_and_says_which() {
+    use serde_json::json;
+    assert_eq!(stateless_problems(|_| {}), [""; 0]);
+    assert_eq!(
+        stateless_problems(|v| v["second_chance"]["enabled"] = false.into()),
+        [
+            "vips[0].stateless: needs second_chance.enabled: without the second hop a stateless VIP's flows break whenever their ring slot moves"
+        ]
+    );
+    assert_eq!(
+        stateless_problems(|v| v["vips"][0]["forwarding"] = "l2_dsr".into()),
+        ["vips[0].stateless: needs ipip forwarding: l2_dsr has no tunnel to carry a second hop"]
+    );
+    assert_eq!(
+        stateless_problems(|v| v["vips"][0]["protocol"] = "udp".into()),
+        [
+            "vips[0].stateless: needs protocol tcp: the second hop asks the backend for a TCP socket, so UDP flows would move with their ring slot"
+        ]
+    );
+    assert_eq!(
+        stateless_problems(|v| v["vips"][0]["balancing"] = json!({
+            "mode": "load", "source": "prometheus",
+            "prometheus": {"metrics": {"queue": 1}, "capacity": 8}
+        })),
+        [
+            "vips[0].stateless: cannot be combined with balancing.mode load: the controller moves ring slots every few seconds, and a stateless VIP keeps a flow through one move only"
+        ]
+    );
+    assert_eq!(
+        stateless_problems(|v| {
+            v["vips"][0]["drain_timeout_s"] = 30.into();
+            v["vips"][0]["second_chance_s"] = 29.into();
+        }),
+        [
+            "vips[0].second_chance_s: 29 is shorter than drain_timeout_s (30): a stateless VIP keeps a draining backend's flows only through the second hop"
+        ]
+    );
+    // A window as long as the drain, or longer, is fine; so is the
+    // default (the drain timeout).
+    for window in [30, 31] {
+        assert_eq!(
+            stateless_problems(|v| {
+                v["vips"][0]["drain_timeout_s"] = 30.into();
+                v["vips"][0]["second_chance_s"] = window.into();
+            }),
+            [""; 0],
+            "{window}"
+        );
+    }
+    // A VIP that is not stateless is held to none of it.
+    assert_eq!(
+        stateless_problems(|v| {
+            v["vips"][0]["stateless"] = false.into();
+            v["second_chance"]["enabled"] = false.into();
+            v["vips"][0]["protocol"] = "udp".into();
+        }),
+        [""; 0]
+    );
+}

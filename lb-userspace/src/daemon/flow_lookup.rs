@@ -55,10 +55,11 @@ impl Daemon {
                 .unwrap_or_else(|| format!("id {id}"))
         };
         let backend = |id: u32| self.maps.backend(id).map_err(|e| e.to_string());
-        let stateless = vip.flags & VIP_F_STATELESS != 0;
         // The program looks in the connection table, and only when the
         // flow has no entry there, in the probation table; for a stateless
-        // VIP in neither.
+        // VIP in neither (an entry left from before it was made stateless
+        // is ignored).
+        let stateless = vip.flags & VIP_F_STATELESS != 0;
         let conn = if stateless {
             None
         } else {
@@ -150,17 +151,17 @@ impl Daemon {
             None
         };
         let note = match second_hop {
-            Some(prev) if stateless => format!(
-                " (stateless VIP; the slot moved from {} within the VIP's second-chance window: every packet but a SYN goes there with {} as its second hop, which keeps it if it has the connection)",
-                describe(prev),
-                describe(prev)
-            ),
-            None if stateless => " (stateless VIP: every packet goes by the table, no entry is made)".to_string(),
             Some(prev) => format!(
-                " (the slot moved from {} within the VIP's second-chance window: a packet in neither table but a SYN goes there with {} as its second hop, which keeps it if it has the connection)",
+                " (the slot moved from {} within the VIP's second-chance window: {} goes there with {} as its second hop, which keeps it if it has the connection)",
                 describe(prev),
+                if stateless {
+                    "every packet but a SYN (stateless VIP)"
+                } else {
+                    "a packet in neither table but a SYN"
+                },
                 describe(prev)
             ),
+            None if stateless => " (stateless VIP: every packet goes by the ring, and no entry is made)".to_string(),
             None if proto == PROTO_TCP => " (a SYN is not entered in the connection table; the handshake's ACK goes on probation, the next packet enters it)".to_string(),
             None => String::new(),
         };
