@@ -3058,6 +3058,47 @@ fn cp_backend_drain_wait_counts_pinned_flows_until_none_or_the_deadline() {
     assert_eq!(lbd.json(&["conn", "list", "--backend", B1])["pinned"], 0);
 }
 
+/// `lbctl backend drain --wait` on a stateless VIP: the LB has no flows
+/// to count (counting them would say 0 at once while the backend's
+/// streams go on as second hops), so it says so and follows the drain's
+/// time left: exit status 2 at an earlier deadline, 0 once the drain
+/// timeout is over.
+#[test]
+fn cp_backend_drain_wait_on_a_stateless_vip_follows_the_drain_time() {
+    let site = Site::new();
+    let mut config = tcp_second_chance_config(&site, true);
+    config["vips"][0]["drain_timeout_s"] = json!(3);
+    let lbd = Lbd::start(&site.lb, Paths::new("cpdrainsl"), config);
+    let vip_ref = format!("{VIP}:80/tcp");
+
+    let out = lbd.ctl(&[
+        "backend",
+        "drain",
+        &vip_ref,
+        B1,
+        "--wait",
+        "--deadline",
+        "1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("is stateless: the LB keeps no flows to count"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{B1} is still draining")), "{text}");
+    assert!(!text.contains("flows pinned"), "{text}");
+
+    let out = lbd.ctl(&["--json", "backend", "drain", &vip_ref, B1, "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(
+        last["drain_remaining_s"].is_null() || last["drain_remaining_s"] == 0,
+        "{text}"
+    );
+}
+
 /// The live configuration in pin directory `pin_dir`.
 fn live_config(pin_dir: &std::path::Path) -> lb_common::maps::LbConfig {
     use aya::maps::{Array, Map, MapData};

@@ -10,7 +10,7 @@ use std::{
 use std::net::IpAddr;
 
 use lb_userspace::control::{
-    Applied, BackendRow, Body, ConnList, NodeDrainState, Request, Stats, VipRef,
+    Applied, BackendRow, Body, ConnList, NodeDrainState, Request, Stats, VipRef, VipRow,
 };
 use serde::Serialize;
 
@@ -21,6 +21,15 @@ use crate::{Cli, call, call_for_body, print::*};
 struct PinnedProgress {
     elapsed_s: u64,
     pinned_flows: usize,
+}
+
+/// A line of `backend drain --wait --json` for a stateless VIP, once a
+/// second: the LB keeps no flows to count, only the drain's time left
+/// (0 or `null` once it is over).
+#[derive(Serialize)]
+struct DrainTimeProgress {
+    elapsed_s: u64,
+    drain_remaining_s: Option<u64>,
 }
 
 /// A line of `node drain --wait --json`: a sample once a second, then
@@ -81,14 +90,14 @@ pub async fn backend_drain_wait(
     }
     let deadline = match deadline {
         Some(s) => s,
-        None => {
-            let rows: Vec<BackendRow> = call(cli, Request::BackendList { vip: Some(vip) }).await?;
-            rows.iter()
-                .find(|r| r.address == address)
-                .and_then(|r| r.drain_remaining_s)
-                .map_or(60, |s| s + 2)
-        }
+        None => drain_remaining(cli, vip, address)
+            .await?
+            .map_or(60, |s| s + 2),
     };
+    let vips: Vec<VipRow> = call(cli, Request::VipList).await?;
+    if vips.iter().any(|v| v.stateless && vip_is(v, &vip)) {
+        return wait_for_drain_time(cli, vip, address, deadline).await;
+    }
     // Counted by lbd over the connection and probation tables, by the
     // data plane's own rule: a flow the drain timeout cut is not pinned.
     let count = Request::ConnList {
@@ -131,6 +140,69 @@ pub async fn backend_drain_wait(
                 println!(
                     "deadline passed after {elapsed} s: {pinned} flows still pinned to {address}"
                 );
+            }
+            return Ok(ExitCode::from(EXIT_DEADLINE));
+        }
+    }
+}
+
+/// The drain time `address` of `vip` has left, per lbd (0 once it is
+/// over; `None` when it is not draining).
+async fn drain_remaining(cli: &Cli, vip: VipRef, address: IpAddr) -> Result<Option<u64>, String> {
+    let rows: Vec<BackendRow> = call(cli, Request::BackendList { vip: Some(vip) }).await?;
+    Ok(rows
+        .iter()
+        .find(|r| r.address == address)
+        .and_then(|r| r.drain_remaining_s))
+}
+
+fn vip_is(row: &VipRow, vip: &VipRef) -> bool {
+    row.address == vip.address && row.port == vip.port && row.protocol.known() == Some(vip.protocol)
+}
+
+/// `backend drain --wait` for a stateless VIP: no table on the LB holds
+/// its flows, which reach the drained backend as second hops until the
+/// drain timeout marks it down. So the wait follows the drain's time
+/// left: exit status 0 once the timeout cut what was left, 2 if the
+/// deadline passes first. The backend's own connection count is the
+/// only count of what is left.
+async fn wait_for_drain_time(
+    cli: &Cli,
+    vip: VipRef,
+    address: IpAddr,
+    deadline: u64,
+) -> Result<ExitCode, String> {
+    if !cli.json {
+        println!(
+            "{vip} is stateless: the LB keeps no flows to count, and {address}'s reach it as second hops until the drain timeout; waiting for it (the backend's own connections tell what is left)"
+        );
+    }
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let left = drain_remaining(cli, vip, address).await?;
+        let elapsed = started.elapsed().as_secs();
+        if cli.json {
+            line(&DrainTimeProgress {
+                elapsed_s: elapsed,
+                drain_remaining_s: left,
+            });
+        } else if let Some(left) = left {
+            println!("  {elapsed:>5} s  {left:>8} s of drain left");
+        }
+        if left.is_none_or(|s| s == 0) {
+            if !cli.json {
+                println!(
+                    "the drain time is over: lbd marks {address} down, which cuts what was left; it can be removed"
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if elapsed >= deadline {
+            if !cli.json {
+                println!("deadline passed after {elapsed} s: {address} is still draining");
             }
             return Ok(ExitCode::from(EXIT_DEADLINE));
         }
