@@ -39,7 +39,12 @@ pub fn slot_of(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> u32 {
 /// VIP) must not send this VIP's flow to another VIP's backend.
 #[inline(always)]
 pub fn pick(flow: &FlowKey, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Reason> {
-    let slot = slot_of(flow, vip, ring_size);
+    pick_at(slot_of(flow, vip, ring_size), vip, ring_size)
+}
+
+/// `pick` for a flow whose slot (`slot_of`) is known already.
+#[inline(always)]
+pub fn pick_at(slot: u32, vip: &VipMeta, ring_size: u32) -> Result<Chosen, Reason> {
     let index = ring_index(vip.vip_id, vip.active_ring, slot, ring_size);
     let id = match RINGS.get(index) {
         Some(id) => *id,

@@ -34,7 +34,10 @@ pub fn select(
 ) -> Result<Selected, Reason> {
     let is_tcp = flow.proto == PROTO_TCP;
     let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    let chosen = maglev::pick(flow, vip, ring_size)?;
+    // Hashed once: the ring's owner and the slot's previous owner are both
+    // read at this slot.
+    let slot = maglev::slot_of(flow, vip, ring_size);
+    let chosen = maglev::pick_at(slot, vip, ring_size)?;
     if syn_only {
         stats::event(Reason::NewFlow);
         return Ok(Selected {
@@ -55,6 +58,6 @@ pub fn select(
     Ok(Selected {
         chosen,
         new_flow: false,
-        second_hop: second_chance::placement(&pkt, &chosen).hop(),
+        second_hop: second_chance::placement_at(&pkt, &chosen, || slot).hop(),
     })
 }

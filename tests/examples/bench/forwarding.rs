@@ -13,7 +13,9 @@
 //!
 //! A second measurement (`large`) cycles through as many flows as the
 //! generator can tell apart (16,515,072), with tables sized to hold them
-//! all, warmed until the flows are in the connection table.
+//! all, warmed until the flows are in the connection table. A third
+//! (`stateless`) sends TCP ACKs to a stateless VIP with as many flows as
+//! the first and as the second: no table holds them.
 
 use std::{
     thread,
@@ -24,7 +26,12 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use lb_common::{Reason, bench::*, flow::PROTO_UDP, maps::*};
+use lb_common::{
+    Reason,
+    bench::*,
+    flow::{PROTO_TCP, PROTO_UDP},
+    maps::*,
+};
 use lb_tests::{
     harness::vip_key,
     netns::{Netns, enter_named, ip},
@@ -278,20 +285,25 @@ pub fn sink_count(dp: &Datapath, slot: u32) -> u64 {
     map.get(&slot, 0).expect("sink slot").iter().sum()
 }
 
-/// Generate live frames on every CPU for `run`; returns frames sent.
-fn generate(dp: &Datapath, generator_ns: &str, run: Duration) -> u64 {
+/// The generator's frame for the stateful rows: UDP to the VIP (the
+/// generator rewrites its source address and port per flow).
+fn udp_frame() -> Vec<u8> {
+    to_lb(&udp4(CLIENT_V4, 1024, VIP_V4, VIP_PORT, &[0u8; 18]))
+}
+
+/// Generate live frames (`frame`, one flow after another) on every CPU
+/// for `run`; returns frames sent.
+fn generate(dp: &Datapath, generator_ns: &str, frame: &[u8], run: Duration) -> u64 {
     let prog: &Xdp = dp
         .ebpf
         .program(PROG_BENCH_GEN)
         .expect("generator")
         .try_into()
         .expect("XDP program");
-    let frame = to_lb(&udp4(CLIENT_V4, 1024, VIP_V4, VIP_PORT, &[0u8; 18]));
     let deadline = Instant::now() + run;
     thread::scope(|s| {
         let handles: Vec<_> = (0..cpus())
             .map(|cpu| {
-                let frame = &frame;
                 s.spawn(move || {
                     pin_to_cpu(cpu);
                     enter_named(generator_ns, || {
@@ -340,17 +352,17 @@ struct Run {
     program_ns: f64,
 }
 
-/// One timed run with `program` on lb0 (with `bench_sink` there, the
-/// sink on lb0 counts: the generator-only figure).
-fn measure(dp: &mut Datapath, lab: &Lab, program: &str) -> Run {
-    lab.with_on_lb0(dp, program, |dp| measure_attached(dp, lab, program))
+/// One timed run of `frame`'s flows with `program` on lb0 (with
+/// `bench_sink` there, the sink on lb0 counts: the generator-only figure).
+fn measure(dp: &mut Datapath, lab: &Lab, frame: &[u8], program: &str) -> Run {
+    lab.with_on_lb0(dp, program, |dp| measure_attached(dp, lab, frame, program))
 }
 
-fn measure_attached(dp: &Datapath, lab: &Lab, program: &str) -> Run {
+fn measure_attached(dp: &Datapath, lab: &Lab, frame: &[u8], program: &str) -> Run {
     let (frames0, tunnelled0) = (sink_count(dp, SINK_FRAMES), sink_count(dp, SINK_TUNNELLED));
     let (run_ns0, runs0) = prog_stats(dp, program);
     let start = Instant::now();
-    let sent = generate(dp, &lab.generator.name, RUN);
+    let sent = generate(dp, &lab.generator.name, frame, RUN);
     let secs = start.elapsed().as_secs_f64();
     thread::sleep(Duration::from_millis(50));
     let frames = sink_count(dp, SINK_FRAMES) - frames0;
@@ -380,6 +392,12 @@ impl HitCounter {
             maps.reason_count(Reason::ConnHit).expect("counter"),
             maps.reason_count(Reason::ConnMiss).expect("counter"),
         )
+    }
+
+    /// Connection-table lookups since.
+    fn lookups_since(&self, maps: &Maps) -> u64 {
+        let now = Self::read(maps);
+        now.0 - self.0 + now.1 - self.1
     }
 
     fn share_since(&self, maps: &Maps) -> f64 {
@@ -428,6 +446,7 @@ pub fn run() -> Value {
         .and_then(|v| v.parse().ok())
         .unwrap_or(FLOWS_PER_CPU);
     set_flows(&mut dp, &lab, flows);
+    let udp = udp_frame();
     let (promoted, warm_up_took) = warm_up(&mut dp, &maps, &lab, flows as u64 * cpus() as u64);
 
     let mut generator_only = Vec::new();
@@ -435,9 +454,9 @@ pub fn run() -> Value {
     let mut lb = Vec::new();
     let hits = HitCounter::read(&maps);
     for _ in 0..ROUNDS {
-        generator_only.push(measure(&mut dp, &lab, PROG_BENCH_SINK));
-        redirect.push(measure(&mut dp, &lab, PROG_BENCH_REDIRECT));
-        lb.push(measure(&mut dp, &lab, PROG_LB));
+        generator_only.push(measure(&mut dp, &lab, &udp, PROG_BENCH_SINK));
+        redirect.push(measure(&mut dp, &lab, &udp, PROG_BENCH_REDIRECT));
+        lb.push(measure(&mut dp, &lab, &udp, PROG_LB));
     }
     let conn_hit_share = hits.share_since(&maps);
     for (r, l) in redirect.iter().zip(&lb) {
@@ -450,8 +469,8 @@ pub fn run() -> Value {
     let (redirect_ns, lb_ns) = {
         let _stats = BpfStats::enable();
         (
-            measure(&mut dp, &lab, PROG_BENCH_REDIRECT).program_ns,
-            measure(&mut dp, &lab, PROG_LB).program_ns,
+            measure(&mut dp, &lab, &udp, PROG_BENCH_REDIRECT).program_ns,
+            measure(&mut dp, &lab, &udp, PROG_LB).program_ns,
         )
     };
     let (g, r, l) = (
@@ -479,6 +498,7 @@ pub fn run() -> Value {
         "delivered_share_redirect": median(&redirect, |x| x.delivered),
         "delivered_share_lb": median(&lb, |x| x.delivered),
         "large": large(&lab),
+        "stateless": stateless(&lab, flows),
     })
 }
 
@@ -507,7 +527,7 @@ fn warm_up(dp: &mut Datapath, maps: &Maps, lab: &Lab, flows: u64) -> (u64, Durat
     let took = lab.with_on_lb0(dp, PROG_LB, |dp| {
         let start = Instant::now();
         while promoted() < flows * 99 / 100 && start.elapsed() < LARGE_WARM_UP {
-            generate(dp, &lab.generator.name, RUN);
+            generate(dp, &lab.generator.name, &udp_frame(), RUN);
         }
         start.elapsed()
     });
@@ -536,6 +556,7 @@ fn large(lab: &Lab) -> Value {
     let flows = u64::from(flows_per_cpu) * cpus() as u64;
     assert!(flows <= u64::from(LARGE_TABLE_ENTRIES));
     set_flows(&mut dp, lab, flows_per_cpu);
+    let udp = udp_frame();
     let (promoted, warm_up) = warm_up(&mut dp, &maps, lab, flows);
     println!(
         "forwarding: {flows} flows, {promoted} promoted in {warm_up:.0?}, tables {:.2} GiB",
@@ -545,15 +566,15 @@ fn large(lab: &Lab) -> Value {
     let mut lb = Vec::new();
     let hits = HitCounter::read(&maps);
     for _ in 0..ROUNDS {
-        redirect.push(measure(&mut dp, lab, PROG_BENCH_REDIRECT));
-        lb.push(measure(&mut dp, lab, PROG_LB));
+        redirect.push(measure(&mut dp, lab, &udp, PROG_BENCH_REDIRECT));
+        lb.push(measure(&mut dp, lab, &udp, PROG_LB));
     }
     let conn_hit_share = hits.share_since(&maps);
     let (redirect_ns, lb_ns) = {
         let _stats = BpfStats::enable();
         (
-            measure(&mut dp, lab, PROG_BENCH_REDIRECT).program_ns,
-            measure(&mut dp, lab, PROG_LB).program_ns,
+            measure(&mut dp, lab, &udp, PROG_BENCH_REDIRECT).program_ns,
+            measure(&mut dp, lab, &udp, PROG_LB).program_ns,
         )
     };
     let fill = maps.fill(1 << 22).expect("table fill");
@@ -573,6 +594,100 @@ fn large(lab: &Lab) -> Value {
         "plain_redirect_program_ns": redirect_ns,
         "lb_program_ns": lb_ns,
         "delivered_share_lb": median(&lb, |x| x.delivered),
+        "seconds": started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The generator's frame for the stateless rows: a TCP ACK (not a SYN, so
+/// each packet also reads its slot's previous owner) to the stateless VIP,
+/// as long as `udp_frame`.
+fn tcp_ack_frame() -> Vec<u8> {
+    to_lb(&tcp4(
+        CLIENT_V4,
+        1024,
+        VIP_V4,
+        VIP_PORT,
+        Tcp::Ack,
+        &[0u8; 6],
+    ))
+}
+
+/// A stateless TCP VIP at `VIP_V4:VIP_PORT` (vip 1, beside `configure_lb`'s
+/// UDP one) over the same backend addresses, second chance on, every slot
+/// settled.
+fn add_stateless_vip(maps: &mut Maps, ring_size: u32) {
+    let key = vip_key(VIP_V4, VIP_PORT, PROTO_TCP);
+    let mut last_id = BACKEND_V4.len() as u32;
+    let sizes = MapSizes {
+        ring_size,
+        ..MapSizes::default()
+    };
+    crate::per_packet::add_vip(
+        maps,
+        sizes,
+        1,
+        &key,
+        VIP_F_STATELESS,
+        &BACKEND_V4,
+        &mut last_id,
+    );
+    crate::stateless::second_chance_on(maps);
+}
+
+/// The balancer with a stateless VIP against the plain redirect, with
+/// `flows_per_cpu` flows per CPU and with every flow the generator can
+/// tell apart: the ring alone places each packet, so there is no table to
+/// size for the flows or to warm, and the maps keep their default sizes.
+fn stateless(lab: &Lab, flows_per_cpu: u32) -> Value {
+    let started = Instant::now();
+    let (mut dp, mut maps) = lab.load(&[PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK]);
+    add_stateless_vip(&mut maps, MapSizes::default().ring_size);
+    let tcp = tcp_ack_frame();
+    assert_eq!(tcp.len(), udp_frame().len(), "frames of one size");
+    let mut rows = Vec::new();
+    for flows_per_cpu in [flows_per_cpu, 256 * (GEN_PORTS / cpus() as u32)] {
+        set_flows(&mut dp, lab, flows_per_cpu);
+        let lookups = HitCounter::read(&maps);
+        let mut redirect = Vec::new();
+        let mut lb = Vec::new();
+        for _ in 0..ROUNDS {
+            redirect.push(measure(&mut dp, lab, &tcp, PROG_BENCH_REDIRECT));
+            lb.push(measure(&mut dp, lab, &tcp, PROG_LB));
+        }
+        for l in &lb {
+            assert!(l.mpps > 0.0, "frames reached the sink");
+            assert!(
+                l.tunnelled > 0.999,
+                "the balancer tunnelled what it forwarded: {l:?}"
+            );
+        }
+        let (redirect_ns, lb_ns) = {
+            let _stats = BpfStats::enable();
+            (
+                measure(&mut dp, lab, &tcp, PROG_BENCH_REDIRECT).program_ns,
+                measure(&mut dp, lab, &tcp, PROG_LB).program_ns,
+            )
+        };
+        assert_eq!(
+            lookups.lookups_since(&maps),
+            0,
+            "a stateless VIP looks in no connection table"
+        );
+        let (r, l) = (median(&redirect, |x| x.mpps), median(&lb, |x| x.mpps));
+        rows.push(json!({
+            "flows": u64::from(flows_per_cpu) * cpus() as u64,
+            "plain_redirect_mpps": r,
+            "lb_mpps": l,
+            "lb_over_redirect": l / r,
+            "plain_redirect_program_ns": redirect_ns,
+            "lb_program_ns": lb_ns,
+            "delivered_share_lb": median(&lb, |x| x.delivered),
+        }));
+    }
+    let fill = maps.fill(1 << 22).expect("table fill");
+    json!({
+        "rows": rows,
+        "table_entries": fill.conns.entries + fill.probation.entries,
         "seconds": started.elapsed().as_secs_f64(),
     })
 }

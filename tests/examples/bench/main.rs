@@ -3,16 +3,19 @@
 //! differences against a same-run baseline mean something).
 //!
 //! - `per_packet`: cost per packet through BPF_PROG_TEST_RUN above a floor,
-//!   also with 1 or 64 VIPs of 3 or 100 backends (`table_size`).
+//!   also for stateless VIPs (`stateless`) and with 1 or 64 VIPs of 3 or
+//!   100 backends (`table_size`).
 //! - `maglev`: table build time, balance and disruption.
 //! - `forwarding`: rate through the balancer on veth, fed by live frames,
 //!   against a plain devmap redirect on the same path; again with 16.5 M
-//!   flows in the connection table.
+//!   flows in the connection table; and for a stateless VIP with as many
+//!   flows and with 16.5 M (no table).
 //! - `nftables`: CPU per forwarded packet against an nftables DNAT load
 //!   balancer, both fed by trafgen.
 //! - `control`: failover and restart times, lbd's memory at 100 x 100.
 //! - `memory`: kernel memory of the maps at the default sizes, and per
-//!   connection-table entry, probation entry and VIP.
+//!   connection-table entry, probation entry and VIP (a stateless VIP's
+//!   flows have no entry).
 //! - `programs`: the programs' instructions after verification, JIT size,
 //!   and the instructions the verifier processed.
 //! - `cluster`: connections broken when an LB node is cut off after a
@@ -36,6 +39,7 @@ mod memory;
 mod nftables;
 mod per_packet;
 mod programs;
+mod stateless;
 mod table_size;
 
 use serde_json::{Map, Value, json};
@@ -125,6 +129,28 @@ fn main() -> anyhow::Result<()> {
                 n(&large["conn_hit_share"]) * 100.0,
             ));
         }
+        let stateless = &f["stateless"];
+        md.push_str(
+            "\n### A stateless VIP: TCP ACKs placed by the ring alone (median of 3 runs)\n\n\
+             | Flows | plain redirect Mpps | load balancer Mpps | ratio | program ns: redirect / balancer |\n\
+             |---:|---:|---:|---:|---:|\n",
+        );
+        for row in stateless["rows"].as_array().into_iter().flatten() {
+            md.push_str(&format!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} |\n",
+                row["flows"],
+                n(&row["plain_redirect_mpps"]),
+                n(&row["lb_mpps"]),
+                n(&row["lb_over_redirect"]),
+                n(&row["plain_redirect_program_ns"]),
+                n(&row["lb_program_ns"]),
+            ));
+        }
+        md.push_str(&format!(
+            "\nNo connection-table lookup in these runs; {} table entries at the end, \
+             default map sizes, no warm-up.\n",
+            stateless["table_entries"]
+        ));
         out.insert("forwarding".into(), f);
     }
     if wanted("nftables") {
@@ -282,6 +308,7 @@ fn main() -> anyhow::Result<()> {
         let vip = &per["vip"];
         md.push_str(&format!(
             "\nPer entry, from the same accounting:\n\n| Per | bytes | from |\n|---|---:|---|\n{}{}\
+             | flow of a stateless VIP | {} | no entry in either table |\n\
              | VIP | {:.0} | {}, each over {} VIPs |\n",
             entry(
                 "connection_entry",
@@ -293,6 +320,7 @@ fn main() -> anyhow::Result<()> {
                 "probation entry",
                 lb_common::maps::MAP_PROBATION
             ),
+            per["stateless_flow"]["bytes"],
             vip["bytes"].as_f64().unwrap(),
             vip["parts"]
                 .as_object()

@@ -1,5 +1,6 @@
 //! Kernel memory of the maps at the default sizes, and what that makes per
-//! connection-table entry, per probation entry and per VIP. The figures
+//! connection-table entry, per probation entry and per VIP (a flow of a
+//! stateless VIP has no entry). The figures
 //! are the kernel's own accounting of each map (`memlock` in its fdinfo),
 //! which counts preallocated elements, hash buckets and per-CPU copies.
 
@@ -76,6 +77,8 @@ pub fn per_entry(memory: &BTreeMap<String, MapMemory>) -> Value {
     json!({
         "connection_entry": per_entry(MAP_CONNS),
         "probation_entry": per_entry(MAP_PROBATION),
+        // The ring alone places its packets: nothing per flow.
+        "stateless_flow": {"bytes": 0},
         "vip": {
             "bytes": parts.values().sum::<f64>(),
             "vips": vips,

@@ -3,7 +3,7 @@
 //! program on its own output), median over many calls, against a floor
 //! program (MAC swap + XDP_TX) timed the same way. The output of each timed
 //! path is checked. The same paths with bigger tables (more VIPs, more
-//! backends) are in `table_size`.
+//! backends) are in `table_size`, those of stateless VIPs in `stateless`.
 
 use std::{
     net::IpAddr,
@@ -139,6 +139,40 @@ pub fn configure(maps: &mut Maps, sizes: MapSizes) {
     .unwrap();
 }
 
+/// VIP `vip_id` at `key` with `flags`, over backends at `addrs` (given
+/// ids after `*last_id`, which moves on past them), its ring published;
+/// the backend ids in the order of `addrs`.
+pub fn add_vip(
+    maps: &mut Maps,
+    sizes: MapSizes,
+    vip_id: u32,
+    key: &VipKey,
+    flags: u32,
+    addrs: &[&str],
+    last_id: &mut u32,
+) -> Vec<u32> {
+    let mut members = Vec::new();
+    for a in addrs {
+        *last_id += 1;
+        let (id, entry, m) = backend(*last_id, a);
+        maps.set_backend(id, &Backend { vip_id, ..entry }).unwrap();
+        members.push(m);
+    }
+    maps.set_vip(
+        key,
+        &VipMeta {
+            vip_id,
+            flags,
+            active_ring: 0,
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    maps.publish_ring(key, &maglev::build(&members, sizes.ring_size), flags)
+        .unwrap();
+    members.iter().map(|m| m.id).collect()
+}
+
 pub fn run(results: &mut Vec<(String, f64, f64)>) {
     let sizes = MapSizes::default();
     let mut dp = Datapath::load(sizes).expect("load");
@@ -157,32 +191,7 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
     ];
     let mut id = 0;
     for (vip_id, (key, flags, addrs)) in vips.iter().enumerate() {
-        let mut members = Vec::new();
-        for a in addrs.iter() {
-            id += 1;
-            let (id, entry, m) = backend(id, a);
-            maps.set_backend(
-                id,
-                &Backend {
-                    vip_id: vip_id as u32,
-                    ..entry
-                },
-            )
-            .unwrap();
-            members.push(m);
-        }
-        maps.set_vip(
-            key,
-            &VipMeta {
-                vip_id: vip_id as u32,
-                flags: *flags,
-                active_ring: 0,
-                _pad: 0,
-            },
-        )
-        .unwrap();
-        maps.publish_ring(key, &maglev::build(&members, sizes.ring_size), *flags)
-            .unwrap();
+        add_vip(&mut maps, sizes, vip_id as u32, key, *flags, addrs, &mut id);
     }
     // Distinct flows from random clients: the first ACK of a flow is put on
     // probation (an insert), its second moves it into the connection table
@@ -290,6 +299,15 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
         results.push((name.to_string(), median, p10));
     }
     capture_rows(&mut dp, &maps, &cases, results);
+    // Last, so the rows above run as they did before stateless VIPs.
+    crate::stateless::per_packet_rows(
+        &mut dp,
+        &mut maps,
+        sizes,
+        vips.len() as u32,
+        &mut id,
+        results,
+    );
     // Their memory back before the table-size rows load theirs.
     drop((dp, maps));
     crate::table_size::run(results);

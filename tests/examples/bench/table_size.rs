@@ -2,8 +2,9 @@
 //! (first ACK, SYN) with 1 or 64 VIPs of 3 or 100 backends each, frames
 //! spread over the VIPs, so that what more VIPs (a bigger VIP hash, a ring
 //! of 65,537 slots each) and more backends cost shows beside the rows of
-//! `per_packet`, which has 4 VIPs of 3 backends. Each configuration gets a
-//! data plane of its own, all with the same map sizes.
+//! `per_packet`, which has 4 VIPs of 3 backends; then the same VIPs made
+//! stateless (`stateless`). Each configuration gets a data plane of its
+//! own, all with the same map sizes.
 
 use lb_common::{flow::PROTO_TCP, maps::*};
 use lb_tests::{
@@ -135,6 +136,32 @@ fn rows(vips: u32, backends: u32, results: &mut Vec<(String, f64, f64)>) {
         (
             "IPv4 TCP SYN, new flow (ring pick, no insert)".to_string(),
             &syns,
+        ),
+    ] {
+        let (median, p10) = time(prog, frames, 3, Before::Nothing);
+        results.push((format!("{label}: {path}"), median, p10));
+    }
+
+    // The same VIPs made stateless (second chance on, every slot settled):
+    // the established flows' entries are no longer read, a first ACK
+    // enters nothing.
+    crate::stateless::second_chance_on(&mut maps);
+    for vip_id in 0..vips {
+        let key = vip_key(&vip_addr(vip_id), 80, PROTO_TCP);
+        let meta = maps.vip(&key).unwrap().expect("VIP");
+        let ring = maps.live_ring(&meta).expect("ring");
+        maps.publish_ring(&key, &ring, VIP_F_STATELESS).unwrap();
+    }
+    assert_tunnelled(prog, &established[0], &addrs);
+    assert_tunnelled(prog, &first_acks[0], &addrs);
+    for (path, frames) in [
+        (
+            format!("IPv4 TCP stateless VIP, any packet, {ESTABLISHED_FLOWS} flows"),
+            &established,
+        ),
+        (
+            "IPv4 TCP stateless VIP, new flow, first ACK (no insert)".to_string(),
+            &first_acks,
         ),
     ] {
         let (median, p10) = time(prog, frames, 3, Before::Nothing);
