@@ -19,6 +19,8 @@
 //! the LRU evicts it, so a closing flow's last packets still reach its
 //! backend.
 
+use core::cell::Cell;
+
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
@@ -55,6 +57,27 @@ pub struct Packet<'a> {
     pub is_tcp: bool,
     /// Not a fragment: it has its ports, and no later fragment follows it.
     pub whole: bool,
+    /// The flow's ring slot once hashed (`SLOT_UNKNOWN` before): `slot`.
+    pub slot: Cell<u32>,
+}
+
+/// `Packet::slot` not hashed yet; no ring has this many slots.
+pub const SLOT_UNKNOWN: u32 = u32::MAX;
+
+impl Packet<'_> {
+    /// The flow's slot on the VIP's rings, hashed at most once per packet:
+    /// the ring's owner and the slot's previous owner are both read there,
+    /// and the hash costs as much as either read. A table hit never needs it.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        let known = self.slot.get();
+        if known != SLOT_UNKNOWN {
+            return known;
+        }
+        let slot = maglev::slot_of(self.flow, self.vip, self.ring_size);
+        self.slot.set(slot);
+        slot
+    }
 }
 
 /// The backend `entry` pins its flow to, if the entry still holds for VIP
@@ -97,6 +120,7 @@ pub fn select(
         syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
         is_tcp,
         whole,
+        slot: Cell::new(SLOT_UNKNOWN),
     };
     let Some(entry) = CONNS.get_ptr_mut(flow) else {
         return probation::select(&pkt);
@@ -166,7 +190,7 @@ fn touch(entry: &mut ConnEntry, pkt: &Packet, tcp_flags: u8) {
 /// The ring's backend for the packet, counting a SYN left out of the tables.
 #[inline(always)]
 pub fn from_ring(pkt: &Packet) -> Result<Chosen, Reason> {
-    let chosen = maglev::pick(pkt.flow, pkt.vip, pkt.ring_size)?;
+    let chosen = maglev::pick_at(pkt.slot(), pkt.vip, pkt.ring_size)?;
     if pkt.syn_only {
         stats::event(Reason::SynNotTracked);
     }

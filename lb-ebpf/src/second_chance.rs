@@ -58,20 +58,10 @@ impl Placement {
 /// header's family).
 #[inline(always)]
 pub fn placement(pkt: &Packet, chosen: &Chosen) -> Placement {
-    placement_at(pkt, chosen, || {
-        maglev::slot_of(pkt.flow, pkt.vip, pkt.ring_size)
-    })
-}
-
-/// `placement` with the packet's ring slot from `slot`, called only when
-/// the slot is needed: a caller that hashed the flow already passes it on
-/// instead of hashing it again.
-#[inline(always)]
-pub fn placement_at(pkt: &Packet, chosen: &Chosen, slot: impl FnOnce() -> u32) -> Placement {
     if pkt.syn_only {
         return Placement::Settled;
     }
-    let Some(prev) = previous_owner_at(pkt, chosen, slot) else {
+    let Some(prev) = previous_owner(pkt, chosen) else {
         return Placement::Settled;
     };
     if !pkt.whole {
@@ -85,19 +75,11 @@ pub fn placement_at(pkt: &Packet, chosen: &Chosen, slot: impl FnOnce() -> u32) -
 /// family of `chosen` (the owner now) and not `chosen` itself.
 #[inline(always)]
 pub fn previous_owner(pkt: &Packet, chosen: &Chosen) -> Option<u32> {
-    previous_owner_at(pkt, chosen, || {
-        maglev::slot_of(pkt.flow, pkt.vip, pkt.ring_size)
-    })
-}
-
-/// `previous_owner` with the slot from `slot` (`placement_at`).
-#[inline(always)]
-fn previous_owner_at(pkt: &Packet, chosen: &Chosen, slot: impl FnOnce() -> u32) -> Option<u32> {
     if !pkt.is_tcp || pkt.vip.flags & VIP_F_L2_DSR != 0 || gue_port() == 0 {
         return None;
     }
-    let slot = slot();
-    let entry = PREV_OWNERS.get_ptr(prev_owner_index(pkt.vip.vip_id, slot, pkt.ring_size))?;
+    let index = prev_owner_index(pkt.vip.vip_id, pkt.slot(), pkt.ring_size);
+    let entry = PREV_OWNERS.get_ptr(index)?;
     // SAFETY: a map value, 8-byte aligned; one load, so owner and expiry
     // come from the same write (lbd stores a slot as one `u64` too).
     let prev = PrevOwner::from_bits(unsafe { (entry as *const u64).read_volatile() });

@@ -7,6 +7,8 @@
 //! flush or lose. The price: a flow survives one move of its slot, for the
 //! slot's window, instead of for as long as it has an entry.
 
+use core::cell::Cell;
+
 use lb_common::{
     FlowKey, Reason,
     flow::PROTO_TCP,
@@ -15,7 +17,7 @@ use lb_common::{
 
 use crate::{
     clock,
-    conntrack::{Packet, Selected},
+    conntrack::{Packet, SLOT_UNKNOWN, Selected},
     maglev,
     parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
     second_chance, stats,
@@ -33,12 +35,18 @@ pub fn select(
     ring_size: u32,
 ) -> Result<Selected, Reason> {
     let is_tcp = flow.proto == PROTO_TCP;
-    let syn_only = is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    // Hashed once: the ring's owner and the slot's previous owner are both
-    // read at this slot.
-    let slot = maglev::slot_of(flow, vip, ring_size);
-    let chosen = maglev::pick_at(slot, vip, ring_size)?;
-    if syn_only {
+    let pkt = Packet {
+        flow,
+        vip,
+        ring_size,
+        now: clock::coarse_ns(),
+        syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+        is_tcp,
+        whole,
+        slot: Cell::new(SLOT_UNKNOWN),
+    };
+    let chosen = maglev::pick_at(pkt.slot(), vip, ring_size)?;
+    if pkt.syn_only {
         stats::event(Reason::NewFlow);
         return Ok(Selected {
             chosen,
@@ -46,18 +54,9 @@ pub fn select(
             second_hop: NO_BACKEND,
         });
     }
-    let pkt = Packet {
-        flow,
-        vip,
-        ring_size,
-        now: clock::coarse_ns(),
-        syn_only,
-        is_tcp,
-        whole,
-    };
     Ok(Selected {
         chosen,
         new_flow: false,
-        second_hop: second_chance::placement_at(&pkt, &chosen, || slot).hop(),
+        second_hop: second_chance::placement(&pkt, &chosen).hop(),
     })
 }
