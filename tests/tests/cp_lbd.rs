@@ -3089,12 +3089,33 @@ fn cp_backend_drain_wait_on_a_stateless_vip_follows_the_drain_time() {
     assert!(text.contains(&format!("{B1} is still draining")), "{text}");
     assert!(!text.contains("flows pinned"), "{text}");
 
+    // What an lbctl from before stateless VIPs counts for --wait (its
+    // flows in the tables, always 0 here) is refused, saying why.
+    let out = lbd.ctl(&["conn", "list", "--vip", &vip_ref, "--backend", B1]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is stateless: the LB keeps no flows for it to count per backend"),
+        "{out:?}"
+    );
+
     let out = lbd.ctl(&["--json", "backend", "drain", &vip_ref, B1, "--wait"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "{text}");
     let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["drain_remaining_s"], 0, "{text}");
+
+    // Undrained while waiting: not a success.
+    let out = std::thread::scope(|s| {
+        let waiting = s.spawn(|| lbd.ctl(&["backend", "drain", &vip_ref, B2, "--wait"]));
+        std::thread::sleep(Duration::from_millis(1500));
+        lbd.json(&["backend", "undrain", &vip_ref, B2]);
+        waiting.join().unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        last["drain_remaining_s"].is_null() || last["drain_remaining_s"] == 0,
+        text.contains(&format!("{B2} is no longer draining")),
         "{text}"
     );
 }

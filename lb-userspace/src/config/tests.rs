@@ -480,6 +480,11 @@ fn stateless_problems(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<String> 
     v["second_chance"] = serde_json::json!({"enabled": true});
     v["next_hop"] = serde_json::json!({"fib": true});
     v["vips"][0]["stateless"] = true.into();
+    // Of one family (GOOD mixes them).
+    v["vips"][0]["backends"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|b| !b["address"].as_str().unwrap().contains(':'));
     edit(&mut v);
     problems(&v.to_string())
 }
@@ -520,6 +525,31 @@ fn stateless_needs_everything_the_second_hop_needs_and_says_which() {
         }),
         [
             "vips[0].second_chance_s: 29 is shorter than drain_timeout_s (30): a stateless VIP keeps a draining backend's flows only through the second hop"
+        ]
+    );
+    // No window at all, set or inherited from a drain timeout of 0.
+    assert_eq!(
+        stateless_problems(|v| v["vips"][0]["second_chance_s"] = 0.into()),
+        [
+            "vips[0].second_chance_s: 0 turns the second hop off: a stateless VIP needs it, or its flows break whenever their ring slot moves"
+        ]
+    );
+    assert_eq!(
+        stateless_problems(|v| v["vips"][0]["drain_timeout_s"] = 0.into()),
+        [
+            "vips[0].drain_timeout_s: 0 makes the second-chance window (second_chance_s, unset) 0 too, which turns the second hop off: a stateless VIP needs it, or its flows break whenever their ring slot moves"
+        ]
+    );
+    // Backends of both families: the hop cannot cross.
+    assert_eq!(
+        stateless_problems(|v| {
+            v["vips"][0]["backends"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"address": "2001:db8::101"}));
+        }),
+        [
+            "vips[0].stateless: needs backends of one address family: the second hop is carried in the outer header's family, so a flow whose slot moves to a backend of the other family would break"
         ]
     );
     // A window as long as the drain, or longer, is fine; so is the

@@ -390,7 +390,6 @@ impl Config {
     }
 }
 
-/// The problems of `vips[].balancing` of `vip`, reported at `at`.
 /// A stateless VIP keeps a flow whose slot moved only through the second
 /// hop, and only for the slot's window: everything that hop needs must be
 /// there, and nothing may move slots faster or cut flows sooner than the
@@ -421,7 +420,31 @@ fn check_stateless(vip: &Vip, second_chance: bool, at: &str, bad: &mut impl FnMu
             "cannot be combined with balancing.mode load: the controller moves ring slots every few seconds, and a stateless VIP keeps a flow through one move only".into(),
         );
     }
+    // (l2_dsr has no window at all: said above.)
+    if vip.forwarding == Forwarding::Ipip && vip.second_chance_window().is_zero() {
+        let (field, why) = match vip.second_chance_s {
+            Some(_) => ("second_chance_s", "0 turns the second hop off"),
+            None => (
+                "drain_timeout_s",
+                "0 makes the second-chance window (second_chance_s, unset) 0 too, which turns the second hop off",
+            ),
+        };
+        bad(
+            format!("{at}.{field}"),
+            format!(
+                "{why}: a stateless VIP needs it, or its flows break whenever their ring slot moves"
+            ),
+        );
+    }
+    let families: HashSet<bool> = vip.backends.iter().map(|b| b.address.is_ipv4()).collect();
+    if families.len() > 1 {
+        bad(
+            field.clone(),
+            "needs backends of one address family: the second hop is carried in the outer header's family, so a flow whose slot moves to a backend of the other family would break".into(),
+        );
+    }
     if let Some(window) = vip.second_chance_s
+        && window != 0
         && window < vip.drain_timeout_s
     {
         bad(
@@ -434,6 +457,7 @@ fn check_stateless(vip: &Vip, second_chance: bool, at: &str, bad: &mut impl FnMu
     }
 }
 
+/// The problems of `vips[].balancing` of `vip`, reported at `at`.
 fn check_balancing(vip: &Vip, at: &str, bad: &mut impl FnMut(String, String)) {
     let b = &vip.balancing;
     check_balancing_ranges(b, at, bad);

@@ -180,8 +180,10 @@ impl Daemon {
     }
 
     /// The previous owner a packet on `slot` of VIP `vip_id` (owned by
-    /// `owner` now) takes along as a second hop, while the slot's window is
-    /// open and second chance is on.
+    /// `owner` now) takes along as a second hop, by the program's rule
+    /// (`second_chance::previous_owner`): second chance on, the slot's
+    /// window open, and the previous owner still serving the VIP (not
+    /// down), in the owner's address family.
     fn second_hop(&self, vip_id: u32, slot: u32, owner: u32) -> Result<Option<u32>, String> {
         let e = |e: crate::maps::MapsError| e.to_string();
         if self.maps.second_chance().map_err(e)?.gue_port == 0 {
@@ -189,6 +191,12 @@ impl Daemon {
         }
         let now_s = lb_common::maps::coarse_seconds(crate::second_chance::monotonic_ns());
         let prev = self.maps.prev_owners(vip_id).map_err(e)?[slot as usize];
-        Ok((prev.live_at(now_s) && prev.owner != owner).then_some(prev.owner))
+        if !prev.live_at(now_s) || prev.owner == owner {
+            return Ok(None);
+        }
+        let hop = self.maps.backend(prev.owner).map_err(e)?;
+        let now = self.maps.backend(owner).map_err(e)?;
+        let usable = backend_serves(&hop, vip_id).is_ok() && hop.family == now.family;
+        Ok(usable.then_some(prev.owner))
     }
 }

@@ -85,6 +85,9 @@ impl Daemon {
                 limit,
                 scan,
             } => {
+                if let (Some(vip), Some(_)) = (vip, backend) {
+                    self.refuse_stateless_flow_count(vip)?;
+                }
                 let filter = conn_list::ConnFilter {
                     vip,
                     backend,
@@ -107,6 +110,28 @@ impl Daemon {
             Request::NodeResume => self.set_drained(false).map(Into::into),
             Request::Capture { .. } => Err("capture is served on its own connection".into()),
         }
+    }
+}
+
+impl Daemon {
+    /// A stateless VIP has no flows in the tables, so a count of a
+    /// backend's flows there says 0 while its streams go on as second
+    /// hops: an lbctl from before stateless VIPs would then call a
+    /// drained backend free to remove (`backend drain --wait`). Refused,
+    /// saying what to watch instead.
+    fn refuse_stateless_flow_count(&self, vip: VipRef) -> Result<(), String> {
+        let stateless = self.config.vips.iter().any(|v| {
+            v.stateless
+                && v.address == vip.address
+                && v.port == vip.port
+                && v.protocol == vip.protocol
+        });
+        if stateless {
+            return Err(format!(
+                "{vip} is stateless: the LB keeps no flows for it to count per backend; a drained backend's flows reach it as second hops until its drain time is over (lbctl backend list shows the time left, ss on the backend its connections)"
+            ));
+        }
+        Ok(())
     }
 }
 

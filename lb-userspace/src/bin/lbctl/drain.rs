@@ -164,7 +164,8 @@ fn vip_is(row: &VipRow, vip: &VipRef) -> bool {
 /// its flows, which reach the drained backend as second hops until the
 /// drain timeout marks it down. So the wait follows the drain's time
 /// left: exit status 0 once the timeout cut what was left, 2 if the
-/// deadline passes first. The backend's own connection count is the
+/// deadline passes first, 1 if the backend stops draining (undrained or
+/// removed). The backend's own connection count is the
 /// only count of what is left.
 async fn wait_for_drain_time(
     cli: &Cli,
@@ -192,7 +193,13 @@ async fn wait_for_drain_time(
         } else if let Some(left) = left {
             println!("  {elapsed:>5} s  {left:>8} s of drain left");
         }
-        if left.is_none_or(|s| s == 0) {
+        let Some(left) = left else {
+            if !cli.json {
+                println!("{address} is no longer draining (undrained or removed meanwhile)");
+            }
+            return Ok(ExitCode::FAILURE);
+        };
+        if left == 0 {
             if !cli.json {
                 println!(
                     "the drain time is over: lbd marks {address} down, which cuts what was left; it can be removed"
