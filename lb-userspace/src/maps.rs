@@ -539,6 +539,31 @@ impl Maps {
             .collect())
     }
 
+    /// Delete every entry of VIP `vip_id` from the connection and
+    /// probation tables: a walk of both (a syscall pair per entry, then
+    /// one per deletion), for the rare switch of a VIP from stateless back
+    /// to keeping state. Entries that vanish meanwhile are skipped. The
+    /// number deleted.
+    pub fn forget_flows_of_vip(&mut self, vip_id: u32) -> Result<usize, MapsError> {
+        let of_vip = |entries: Vec<(FlowKey, ConnEntry)>| -> Vec<FlowKey> {
+            entries
+                .into_iter()
+                .filter(|(_, e)| e.vip_id == vip_id)
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let conns = of_vip(self.conns(usize::MAX)?);
+        let waiting = of_vip(self.probation_entries(usize::MAX)?);
+        let mut forgotten = 0;
+        for key in &conns {
+            forgotten += usize::from(self.conns.remove(key).is_ok());
+        }
+        for key in &waiting {
+            forgotten += usize::from(self.probation.remove(key).is_ok());
+        }
+        Ok(forgotten)
+    }
+
     /// Up to `limit` entries of the probation table, as `conns`.
     pub fn probation_entries(&self, limit: usize) -> Result<Vec<(FlowKey, ConnEntry)>, MapsError> {
         Ok(self

@@ -24,7 +24,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::maps::{BACKEND_F_ACTIVE, Backend, CFG_F_PORTLESS_VIPS, LbConfig, VipMeta};
+use lb_common::maps::{
+    BACKEND_F_ACTIVE, Backend, CFG_F_PORTLESS_VIPS, LbConfig, VIP_F_STATELESS, VipMeta,
+};
 
 use crate::{
     ids::VipKeyOrd,
@@ -47,6 +49,9 @@ pub struct SyncReport {
     pub slots_moved: BTreeMap<VipKeyOrd, u64>,
     /// VIPs whose rebuild moved slots, their previous owners recorded.
     pub previous_owners_recorded: usize,
+    /// Table entries of VIPs that kept state again after being stateless
+    /// (`forget_flows_of_vip`).
+    pub entries_forgotten: usize,
     pub too_big_limit_written: bool,
     pub promotion_limit_written: bool,
     pub config_written: bool,
@@ -91,6 +96,18 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         let window_changed =
             before.is_none_or(|b| b.second_chance_window != vip.second_chance_window);
         let live = maps.vip(&(*key).into())?;
+        // Keeping state again: the entries made before the VIP went
+        // stateless were neither followed nor refreshed since, and a
+        // 5-tuple reused meanwhile (a client's port behind a NAT) would
+        // follow its old entry to another backend. Forgotten while the
+        // program still ignores them, before the flag changes.
+        if let Some(meta) = live
+            && meta.vip_id == vip.id
+            && meta.flags & VIP_F_STATELESS != 0
+            && vip.flags & VIP_F_STATELESS == 0
+        {
+            report.entries_forgotten += maps.forget_flows_of_vip(vip.id)?;
+        }
         match live {
             // Already serving (from before, or adopted): flip rings. The
             // flip and new flags are one write, so no packet sees the new

@@ -3391,4 +3391,25 @@ fn cp_stateless_vips_from_lbctl_and_a_reload_carry_the_flag_and_keep_their_ring(
         "{reply}"
     );
     assert_eq!(lbd.json(&["config", "dump"]), config);
+
+    // Keeping state again: the entry made before, neither followed nor
+    // refreshed since, is forgotten (its 5-tuple may be another flow's by
+    // now).
+    config["vips"][0]["stateless"] = json!(false);
+    write_and_sighup(&lbd, &config);
+    wait_for("the reload", Duration::from_secs(10), || {
+        pinned_tcp_vip(&lbd, VIP).meta.flags & VIP_F_STATELESS == 0
+    });
+    let entries = pins::flows(&lbd.paths.pin_dir);
+    assert!(
+        !entries.iter().any(|(_, k, _)| k.sport == PORT),
+        "the old entry stayed: {entries:?}"
+    );
+    assert!(
+        flow()["reason"]
+            .as_str()
+            .is_some_and(|r| !r.starts_with("connection entry")),
+        "{}",
+        flow()
+    );
 }
