@@ -18,11 +18,20 @@ use crate::control::{self, Request, VipRow};
 /// VIP whose ring the node could not read.
 pub type Digests = BTreeMap<String, Option<String>>;
 
-/// The digests in a `vip list` reply.
+/// The digests in a `vip list` reply. A stateless VIP's digest is marked
+/// so: whether a node keeps state for it decides where its flows go as
+/// much as its ring does (a node that keeps none follows the ring where
+/// another follows its entries).
 pub fn digests_of(vip_list: &[VipRow]) -> Digests {
     vip_list
         .iter()
-        .map(|row| (row.vip(), row.ring_digest.clone()))
+        .map(|row| {
+            let digest = match &row.ring_digest {
+                Some(d) if row.stateless => Some(format!("{d} stateless")),
+                d => d.clone(),
+            };
+            (row.vip(), digest)
+        })
         .collect()
 }
 
@@ -163,6 +172,19 @@ mod tests {
         let cmp = Comparison::new(vec![("a".into(), a), ("b".into(), b), ("c".into(), c)]);
         assert_eq!(cmp.differing(), ["[2001:db8::10]:80/tcp"]);
         assert!(!cmp.report().agree);
+    }
+
+    #[test]
+    fn a_vip_stateless_on_one_node_only_does_not_agree() {
+        let conntrack = list(&[("198.51.100.10", Some("aa"))]);
+        let mut stateless = conntrack.clone();
+        stateless[0].stateless = true;
+        let (a, b) = (digests_of(&conntrack), digests_of(&stateless));
+        assert_eq!(b["198.51.100.10:80/tcp"].as_deref(), Some("aa stateless"));
+        let cmp = Comparison::new(vec![("a".into(), a), ("b".into(), b.clone())]);
+        assert_eq!(cmp.differing(), ["198.51.100.10:80/tcp"]);
+        let both = Comparison::new(vec![("b".into(), b.clone()), ("b2".into(), b)]);
+        assert!(both.differing().is_empty());
     }
 
     #[test]
