@@ -64,7 +64,29 @@ pub struct Packet<'a> {
 /// `Packet::slot` not hashed yet; no ring has this many slots.
 pub const SLOT_UNKNOWN: u32 = u32::MAX;
 
-impl Packet<'_> {
+impl<'a> Packet<'a> {
+    /// What the tables and the ring need to know of a parsed packet.
+    #[inline(always)]
+    pub fn new(
+        flow: &'a FlowKey,
+        tcp_flags: u8,
+        whole: bool,
+        vip: &'a VipMeta,
+        ring_size: u32,
+    ) -> Self {
+        let is_tcp = flow.proto == PROTO_TCP;
+        Self {
+            flow,
+            vip,
+            ring_size,
+            now: clock::coarse_ns(),
+            syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+            is_tcp,
+            whole,
+            slot: Cell::new(SLOT_UNKNOWN),
+        }
+    }
+
     /// The flow's slot on the VIP's rings, hashed at most once per packet:
     /// the ring's owner and the slot's previous owner are both read there,
     /// and the hash costs as much as either read. A table hit never needs it.
@@ -111,17 +133,7 @@ pub fn select(
     vip: &VipMeta,
     ring_size: u32,
 ) -> Result<Selected, Reason> {
-    let is_tcp = flow.proto == PROTO_TCP;
-    let pkt = Packet {
-        flow,
-        vip,
-        ring_size,
-        now: clock::coarse_ns(),
-        syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
-        is_tcp,
-        whole,
-        slot: Cell::new(SLOT_UNKNOWN),
-    };
+    let pkt = Packet::new(flow, tcp_flags, whole, vip, ring_size);
     let Some(entry) = CONNS.get_ptr_mut(flow) else {
         return probation::select(&pkt);
     };

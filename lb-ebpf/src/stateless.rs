@@ -7,20 +7,14 @@
 //! flush or lose. The price: a flow survives one move of its slot, for the
 //! slot's window, instead of for as long as it has an entry.
 
-use core::cell::Cell;
-
 use lb_common::{
     FlowKey, Reason,
-    flow::PROTO_TCP,
     maps::{NO_BACKEND, VipMeta},
 };
 
 use crate::{
-    clock,
-    conntrack::{Packet, SLOT_UNKNOWN, Selected},
-    maglev,
-    parse::{TCP_FLAG_ACK, TCP_FLAG_SYN},
-    second_chance, stats,
+    conntrack::{Packet, Selected},
+    maglev, second_chance, stats,
 };
 
 /// The backend (and second hop) for a packet of a stateless VIP. A SYN
@@ -34,17 +28,7 @@ pub fn select(
     vip: &VipMeta,
     ring_size: u32,
 ) -> Result<Selected, Reason> {
-    let is_tcp = flow.proto == PROTO_TCP;
-    let pkt = Packet {
-        flow,
-        vip,
-        ring_size,
-        now: clock::coarse_ns(),
-        syn_only: is_tcp && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
-        is_tcp,
-        whole,
-        slot: Cell::new(SLOT_UNKNOWN),
-    };
+    let pkt = Packet::new(flow, tcp_flags, whole, vip, ring_size);
     let chosen = maglev::pick_at(pkt.slot(), vip, ring_size)?;
     if pkt.syn_only {
         stats::event(Reason::NewFlow);

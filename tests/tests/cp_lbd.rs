@@ -322,17 +322,7 @@ fn cp_bad_configs_and_calls_are_rejected_and_change_nothing() {
         for (k, v) in patch.as_object().unwrap() {
             bad["vips"][0]["backends"][0][k] = v.clone();
         }
-        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
-        let out = lbd.ctl(&["apply", "-f", file.to_str().unwrap()]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted: {bad}");
-        assert!(err.contains(message), "expected {message:?} in {err:?}");
-        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
-        assert_eq!(
-            lbd.json(&["config", "dump"]),
-            before,
-            "state changed after {message}"
-        );
+        assert_apply_refused(&lbd, &file, &bad, message, &before);
     }
     // Bad CLI calls: unknown VIP, unknown backend, bad weight.
     for (args, message) in [
@@ -451,17 +441,7 @@ fn cp_bad_load_report_settings_are_rejected_naming_the_field() {
     for (balancing, message) in cases {
         let mut bad = before.clone();
         bad["vips"][0]["balancing"] = balancing;
-        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
-        let out = lbd.ctl(&["apply", "-f", path]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted: {bad}");
-        assert!(err.contains(message), "expected {message:?} in {err:?}");
-        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
-        assert_eq!(
-            lbd.json(&["config", "dump"]),
-            before,
-            "state changed after {message}"
-        );
+        assert_apply_refused(&lbd, &file, &bad, message, &before);
     }
     let mut good = before.clone();
     good["vips"][0]["balancing"] = json!({"mode": "load", "source": "prometheus",
@@ -3159,6 +3139,28 @@ fn cp_lbd_switches_the_lookup_caches_off_as_it_exits_and_on_as_it_starts() {
     );
 }
 
+/// `lbctl apply` of `bad` (written to `file`) is refused with one line
+/// that contains `message`, and the running configuration stays `before`.
+fn assert_apply_refused(
+    lbd: &Lbd,
+    file: &std::path::Path,
+    bad: &Value,
+    message: &str,
+    before: &Value,
+) {
+    std::fs::write(file, serde_json::to_vec(bad).unwrap()).unwrap();
+    let out = lbd.ctl(&["apply", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {bad}");
+    assert!(err.contains(message), "expected {message:?} in {err:?}");
+    assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+    assert_eq!(
+        &lbd.json(&["config", "dump"]),
+        before,
+        "state changed after {message}"
+    );
+}
+
 /// `Site::config`, with a TCP VIP on port 80 and second chance on: all a
 /// stateless VIP needs; stateless if `stateless`.
 fn tcp_second_chance_config(site: &Site, stateless: bool) -> Value {
@@ -3258,22 +3260,12 @@ fn cp_a_stateless_vip_without_what_its_second_hop_needs_is_rejected_naming_the_f
     for (patch, message) in cases {
         let mut bad = before.clone();
         patch(&mut bad);
-        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert_apply_refused(&lbd, &file, &bad, message, &before);
         let out = lbd_output(&["--check", "--config", path]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "lbd --check accepted {bad}");
         assert!(err.contains(message), "expected {message:?} in {err:?}");
         assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
-        let out = lbd.ctl(&["apply", "-f", path]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "lbctl apply accepted {bad}");
-        assert!(err.contains(message), "expected {message:?} in {err:?}");
-        assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
-        assert_eq!(
-            lbd.json(&["config", "dump"]),
-            before,
-            "state changed after {message}"
-        );
         assert_eq!(pinned_tcp_vip(&lbd, VIP), pinned, "after {message}");
     }
 }

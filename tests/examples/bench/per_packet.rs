@@ -197,22 +197,7 @@ pub fn run(results: &mut Vec<(String, f64, f64)>) {
     // probation (an insert), its second moves it into the connection table
     // (an insert and a delete); a SYN only picks from the ring (it is never
     // entered), so it is the new-flow path without any insert.
-    let fresh = |seed: u64, flags: Tcp| -> Vec<Vec<u8>> {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        (0..CALLS)
-            .map(|i| {
-                let client = format!("203.0.113.{}", rng.random_range(1..255));
-                to_lb(&tcp4(
-                    &client,
-                    1024 + (i % 60000) as u16,
-                    VIP_V4,
-                    80,
-                    flags,
-                    b"",
-                ))
-            })
-            .collect()
-    };
+    let fresh = |seed: u64, flags: Tcp| fresh_flows(seed, 80, flags);
     let new_flows = fresh(1, Tcp::Ack);
     // 1481 bytes + the 20-byte tunnel header exceed the MTU of 1500.
     let too_big = to_lb(&tcp4(CLIENT_V4, 40002, VIP_V4, 80, Tcp::Ack, &[0x55; 1441]));
@@ -364,3 +349,22 @@ fn capture_rows(
 
 /// The rows timed again with capture on.
 const CAPTURED_ROWS: &[&str] = &["IPv4 TCP established", "non-VIP (XDP_PASS)"];
+
+/// `CALLS` frames of distinct TCP flows from random clients (seeded) to
+/// `VIP_V4`:`port`, with `flags`: each call's packet is its flow's first.
+pub fn fresh_flows(seed: u64, port: u16, flags: Tcp) -> Vec<Vec<u8>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..CALLS)
+        .map(|i| {
+            let client = format!("203.0.113.{}", rng.random_range(1..255));
+            to_lb(&tcp4(
+                &client,
+                1024 + (i % 60000) as u16,
+                VIP_V4,
+                port,
+                flags,
+                b"",
+            ))
+        })
+        .collect()
+}

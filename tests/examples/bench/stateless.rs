@@ -18,11 +18,10 @@ use lb_tests::{
     packets::*,
 };
 use lb_userspace::{datapath::MapSizes, maps::Maps};
-use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use crate::{
     forwarding::xdp,
-    per_packet::{Before, CALLS, add_vip, assert_tunnelled, time},
+    per_packet::{Before, add_vip, assert_tunnelled, fresh_flows, time},
 };
 
 /// Second chance on, as lbd has it for a stateless VIP.
@@ -137,22 +136,7 @@ pub fn per_packet_rows(
     second_chance_on(maps);
 
     // Distinct flows from random clients, as `per_packet`'s new flows.
-    let fresh = |seed: u64, flags: Tcp| -> Vec<Vec<u8>> {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        (0..CALLS)
-            .map(|i| {
-                let client = format!("203.0.113.{}", rng.random_range(1..255));
-                to_lb(&tcp4(
-                    &client,
-                    1024 + (i % 60000) as u16,
-                    VIP_V4,
-                    81,
-                    flags,
-                    b"",
-                ))
-            })
-            .collect()
-    };
+    let fresh = |seed: u64, flags: Tcp| fresh_flows(seed, 81, flags);
     let one_v4 = vec![to_lb(&tcp4(CLIENT_V4, 40000, VIP_V4, 81, Tcp::Ack, b""))];
     let one_v6 = vec![to_lb(&tcp6(CLIENT_V6, 40000, VIP_V6, 444, Tcp::Ack, b""))];
     let first_acks = fresh(11, Tcp::Ack);
