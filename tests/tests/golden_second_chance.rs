@@ -1298,3 +1298,46 @@ fn golden_decap_too_big_about_a_time_wait_connection_stays_here() {
     );
     assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
 }
+
+/// What is no too-big about a TCP segment, or whose quote cannot be read,
+/// stays as it would without a hop: other ICMP, a quote cut before the
+/// ports, a quote of UDP, a quoted IPv6 header followed by extension
+/// headers.
+#[test]
+fn golden_decap_other_icmp_and_unreadable_quotes_with_a_hop_stay() {
+    let mut host = BackendHost::new();
+    let reply4 = tcp4(VIP_V4, 8085, CLIENT_V4, 40600, Tcp::Ack, &[0x55; 100]);
+    let mut unreachable = frag_needed(&reply4[..28]);
+    // Port unreachable (code 3) instead of fragmentation needed; the
+    // checksum is not what lb_decap reads.
+    unreachable[20 + 1] = 3;
+    let reply6 = tcp6(VIP_V6, 8085, CLIENT_V6, 40600, Tcp::Ack, &[0x66; 100]);
+    let (dest_opts_type, dest_opts_body) = dest_opts();
+    let with_opts = with_ext_headers(&reply6, &[(dest_opts_type, dest_opts_body)]);
+    let cases = [
+        ("ICMP port unreachable", unreachable),
+        ("quote cut before the ports", frag_needed(&reply4[..22])),
+        (
+            "quote of UDP",
+            frag_needed(&udp4(VIP_V4, 53, CLIENT_V4, 40600, b"answer")[..28]),
+        ),
+        ("quoted IPv6 extension headers", packet_too_big(&with_opts)),
+    ];
+    for (what, icmp) in cases {
+        let (lb_src, ours, hop) = if icmp[0] >> 4 == 4 {
+            (OUTER_SRC_V4, BACKEND_V4[0], BACKEND_V4[1])
+        } else {
+            (OUTER_SRC_V6, BACKEND_V6[0], BACKEND_V6[1])
+        };
+        let (out, moved) = host.run(&gue_frame(lb_src, ours, &icmp, hop));
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_PASS,
+                data: stripped(&icmp),
+            },
+            "{what}"
+        );
+        assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{what}");
+    }
+}
