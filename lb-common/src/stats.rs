@@ -78,7 +78,7 @@ reasons!(Reason, REASON_COUNT {
     ConnPromoted = "conn_promoted", Event, "second packet of a flow in probation: flow moved into the connection table";
     AnswerTooBig = "answer_too_big", Answered, "encapsulated packet would exceed the MTU: answered with ICMP too-big";
     ConnPromotionDeferred = "conn_promotion_deferred", Event, "second or later packet of a flow in probation, promotion rate limit reached: flow left in the probation table";
-    SecondChance = "second_chance", Event, "TCP packet of a flow in neither table, on a ring slot whose owner changed within the VIP's second-chance window: sent to the slot's owner in GUE with the previous owner as a second hop";
+    SecondChance = "second_chance", Event, "TCP packet (or ICMP too-big about a TCP flow) of a flow in neither table, on a ring slot whose owner changed within the VIP's second-chance window: sent to the slot's owner in GUE with the previous owner as a second hop";
     PassOtherHost = "pass_other_host", Passed, "VIP packet in a frame addressed to another host's MAC (a switch flooding unknown unicast, a promiscuous NIC) or to a group address: not balanced here, the host it was sent to balances it";
     CaptureLost = "capture_lost", Event, "packet chosen for `lbctl capture` whose record found the capture ring buffer full: not in the capture (its verdict is unchanged)";
 });
@@ -92,7 +92,7 @@ reasons!(DecapReason, DECAP_REASON_COUNT {
     DropBadOuterChecksum = "drop_bad_outer_checksum", Dropped, "tunnel whose outer IPv4 header checksum is wrong";
     DropCeNotEct = "drop_ce_not_ect", Dropped, "outer ECN CE over an inner packet that is not ECN-capable (RFC 6040)";
     SecondChanceReceived = "second_chance_received", Passed, "GUE packet with no hop left (sent on by the flow's new ring owner to this backend, its previous one): stripped, passed up";
-    SecondChanceLocal = "second_chance_local", Passed, "GUE packet with a second hop that stays here: this backend has a socket for the flow (established, request or time-wait), the ACK carries a valid SYN cookie, or it is no TCP segment of a connection (a SYN, not TCP): stripped, passed up";
+    SecondChanceLocal = "second_chance_local", Passed, "GUE packet with a second hop that stays here: this backend has a socket for the flow (established, request or time-wait; for an ICMP too-big, for the connection it quotes), the ACK carries a valid SYN cookie, or it is neither a TCP segment of a connection nor a too-big about one (a SYN, other ICMP, not TCP): stripped, passed up";
     SecondChanceForwarded = "second_chance_forwarded", Forwarded, "GUE packet with a second hop and no socket here: sent on to the hop with the hop list shortened, from this backend's address (XDP_TX)";
     DropSecondHopNotPeer = "drop_second_hop_not_peer", Dropped, "GUE packet with a second hop not in DECAP_PEERS (lb-decap --peer): dropped before any socket lookup, never sent on outside the configured backends";
     DropSecondHopNoRoute = "drop_second_hop_no_route", Dropped, "GUE packet to send on, but the kernel has no route to the second hop out of the interface it came in on";

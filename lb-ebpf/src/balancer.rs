@@ -153,8 +153,13 @@ fn addressed_here(ctx: &XdpContext, cfg: &LbConfig, l2: &L2) -> bool {
 }
 
 /// An ICMP too-big goes where its flow goes: the connection entry's
-/// backend, else the probation entry's, else the ring's (a stateless VIP's
-/// flows have no entry). It never creates an entry.
+/// backend, else the probation entry's, else the ring's. A flow in no
+/// table (a stateless VIP's flows have none) is placed as a stateless
+/// VIP's packet is: on a slot that moved within its window it takes the
+/// previous owner along as a second hop, since the flow may be that
+/// backend's (a drained backend's long stream), and only the backend that
+/// sent the too-big reply can use the path MTU it reports. It never
+/// creates an entry.
 #[inline(always)]
 fn too_big_target(
     ctx: &XdpContext,
@@ -176,10 +181,23 @@ fn too_big_target(
         // SAFETY: copied out at once.
         unsafe { CONNS.get(&flow).or_else(|| PROBATION.get(&flow)) }
     };
-    let pinned = entry.map(|e| conntrack::pinned_backend(e, vip.vip_id));
-    let chosen = match pinned {
-        Some(Ok(chosen)) => chosen,
-        _ => maglev::pick(&flow, &vip, cfg.ring_size).map_err(|r| (r, Some(vip.vip_id)))?,
+    let Some(entry) = entry else {
+        // Not a SYN (no flags to pass); a first fragment takes no hop.
+        let whole = p.fragment == Fragment::None;
+        let placed = stateless::select(&flow, 0, whole, &vip, cfg.ring_size)
+            .map_err(|r| (r, Some(vip.vip_id)))?;
+        return Ok(Target {
+            vip,
+            chosen: placed.chosen,
+            new_flow: false,
+            second_hop: placed.second_hop,
+        });
+    };
+    // A stale entry is rescheduled by the ring, with no hop, as
+    // `conntrack::select` reschedules its flow's packets.
+    let chosen = match conntrack::pinned_backend(entry, vip.vip_id) {
+        Ok(chosen) => chosen,
+        Err(_) => maglev::pick(&flow, &vip, cfg.ring_size).map_err(|r| (r, Some(vip.vip_id)))?,
     };
     Ok(Target {
         vip,

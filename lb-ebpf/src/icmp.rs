@@ -21,10 +21,10 @@ use crate::{
     parse::{Fragment, Parsed, ipv6_chain},
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMP_HDR_LEN: usize = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMP_HDR_LEN: usize = 8;
 /// The fragment-offset bits of the IPv4 flags/offset field.
 const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
 

@@ -4,7 +4,8 @@
 //! the slot's previous owner) or after it (to the owner now), so it sends
 //! the packet to the owner now with the previous owner attached as a second
 //! hop (`gue`); the backend keeps it if it has a socket for the flow and
-//! sends it on otherwise (`lb_decap`, `second_hop.rs`).
+//! sends it on otherwise (`lb_decap`, `second_hop.rs`). An ICMP too-big
+//! about such a flow takes the same hop (`balancer::too_big_target`).
 //!
 //! lbd keeps each slot's previous owner, with the slot's own expiry, in
 //! `PREV_OWNERS` (lb-userspace `second_chance`). The miss path of a TCP

@@ -9,8 +9,10 @@
 //! progress, a time-wait socket, or, for a handshake's ACK when the
 //! listener answered with a SYN cookie, a valid cookie. A listener alone
 //! does not count: the kernel would answer a stray segment with a reset.
-//! Anything that is no TCP segment of a connection (a SYN, which the load
-//! balancer never sends with a hop, or another protocol) stays.
+//! An ICMP too-big about a segment this host sent (the load balancer sends
+//! one with a hop like its flow's packets) stays if the connection it
+//! quotes is here. Anything else (a SYN, which the load balancer never
+//! sends with a hop, other ICMP, another protocol) stays.
 //!
 //! A hop is only ever sent to an address in `DECAP_PEERS` (the other
 //! backends, `lb-decap attach --peer`, one address each), from this
@@ -33,17 +35,21 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    flow::{FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP},
+    flow::{FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP},
     maps::{DECAP_SOURCE_FAMILY_BITS, DecapSource},
     stats::{DecapReason, Reason},
 };
+
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
     csum, fib,
     forward::write_l2,
     gue::{self, ip_hdr_len},
+    icmp::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HDR_LEN, ICMPV6_PACKET_TOO_BIG},
+    ipv4,
     maps::{DECAP_PEERS, gue_port},
-    packet::{self, read},
+    packet::{self, header, read},
     parse::{self, ETH_P_IPV4, ETH_P_IPV6, Fragment, L2, TCP_FLAG_SYN},
 };
 
@@ -51,14 +57,27 @@ const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 const TCP_HDR_LEN: usize = 20;
 const OUTER_TTL: u8 = 64;
+/// The fragment-offset bits of the IPv4 flags/offset field.
+const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
 
 /// Whether the inner packet at `inner` (an `inner_type` packet that ends
 /// by `end`) stays on this backend.
 #[inline(always)]
 pub fn stays_here(ctx: &XdpContext, inner: usize, inner_type: u16, end: usize) -> bool {
-    let Some(l4) = tcp_offset(ctx, inner, inner_type, end) else {
+    match transport(ctx, inner, inner_type, end) {
+        Some((PROTO_TCP, l4)) => segment_stays(ctx, inner, inner_type, l4, end),
+        Some((PROTO_ICMP | PROTO_ICMPV6, l4)) => too_big_stays(ctx, inner_type, l4, end),
+        _ => true,
+    }
+}
+
+/// Whether the TCP segment whose IP header is at `inner` and TCP header at
+/// `l4` stays: a SYN does, any other segment if a socket has it.
+#[inline(always)]
+fn segment_stays(ctx: &XdpContext, inner: usize, inner_type: u16, l4: usize, end: usize) -> bool {
+    if l4 + TCP_HDR_LEN > end {
         return true;
-    };
+    }
     let Some(tcp) = packet::ptr_at::<[u8; TCP_HDR_LEN]>(ctx, l4) else {
         return true;
     };
@@ -109,6 +128,89 @@ pub fn stays_here(ctx: &XdpContext, inner: usize, inner_type: u16, end: usize) -
     }
 }
 
+/// Whether the ICMP message at `l4` stays: an ICMP "fragmentation
+/// needed" or ICMPv6 "packet too big" about a TCP segment this host sent
+/// stays if the connection is here (the load balancer sends one with a hop
+/// when the flow's slot moved, `balancer::too_big_target`); any other
+/// message, or one whose quote cannot be read, stays too, as it would
+/// without a hop. The quoted segment is this host's reply (VIP to client),
+/// so the connection is looked up reversed: the client as the source.
+#[inline(always)]
+fn too_big_stays(ctx: &XdpContext, inner_type: u16, l4: usize, end: usize) -> bool {
+    let v4 = inner_type == ETH_P_IPV4;
+    let Some((addrs, p)) = quoted_reply(ctx, v4, l4, end) else {
+        return true;
+    };
+    let (sport, dport) = ([p[2], p[3]], [p[0], p[1]]);
+    let sk = if v4 {
+        let Some(a) = read::<[u8; 8]>(ctx, addrs) else {
+            return true;
+        };
+        let mut tuple = bpf_sock_tuple {
+            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                    saddr: u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                    daddr: u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+                    sport: u16::from_ne_bytes(sport),
+                    dport: u16::from_ne_bytes(dport),
+                },
+            },
+        };
+        // SAFETY: a valid tuple of the size given; the reference the
+        // helper returns is released by `has_connection`.
+        unsafe { bpf_skc_lookup_tcp(ctx.ctx as *mut c_void, &mut tuple, 12, NETNS, 0) }
+    } else {
+        let (Some(src), Some(dst)) = (
+            read::<[u32; 4]>(ctx, addrs),
+            read::<[u32; 4]>(ctx, addrs + 16),
+        ) else {
+            return true;
+        };
+        let mut tuple = bpf_sock_tuple {
+            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+                ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                    saddr: dst,
+                    daddr: src,
+                    sport: u16::from_ne_bytes(sport),
+                    dport: u16::from_ne_bytes(dport),
+                },
+            },
+        };
+        // SAFETY: as above.
+        unsafe { bpf_skc_lookup_tcp(ctx.ctx as *mut c_void, &mut tuple, 36, NETNS, 0) }
+    };
+    has_connection(sk)
+}
+
+/// Where the addresses of the TCP segment an ICMP too-big at `l4` quotes
+/// start (source, then destination), and its ports; `None` for any other
+/// message, or a quote that cannot be read by `end`. IPv6: a quote with
+/// extension headers is not read.
+#[inline(always)]
+fn quoted_reply(ctx: &XdpContext, v4: bool, l4: usize, end: usize) -> Option<(usize, [u8; 4])> {
+    let kind: [u8; 2] = read(ctx, l4)?;
+    let quote = l4 + ICMP_HDR_LEN;
+    let (addrs, ports) = if v4 {
+        let ip = header::<Ipv4Hdr>(ctx, quote)?;
+        let ihl = ipv4::header_len(ip)?;
+        let later = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET != 0;
+        if kind != [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED] || ip.proto != PROTO_TCP || later {
+            return None;
+        }
+        (quote + 12, quote + ihl)
+    } else {
+        let h: [u8; 8] = read(ctx, quote)?;
+        if kind[0] != ICMPV6_PACKET_TOO_BIG || h[0] >> 4 != 6 || h[6] != PROTO_TCP {
+            return None;
+        }
+        (quote + 8, quote + IPV6_HDR_LEN)
+    };
+    if ports + 4 > end {
+        return None;
+    }
+    Some((addrs, read(ctx, ports)?))
+}
+
 /// The caller's network namespace, for `bpf_skc_lookup_tcp`.
 const NETNS: u64 = BPF_F_CURRENT_NETNS as u64;
 
@@ -142,17 +244,33 @@ fn has_socket(sk: *mut bpf_sock, iph: *mut c_void, iph_len: u32, th: *mut [u8; 2
     ours
 }
 
-/// The offset of the TCP header of the whole (unfragmented) TCP segment
-/// at `inner`, if that is what it is.
+/// Whether `sk` (from `bpf_skc_lookup_tcp`, null for nothing) is a
+/// connection's socket, not a listener's; releases `sk`. No SYN cookie can
+/// stand for the connection here: an ICMP error quotes no cookie.
 #[inline(always)]
-fn tcp_offset(ctx: &XdpContext, inner: usize, inner_type: u16, end: usize) -> Option<usize> {
-    let l4 = if inner_type == ETH_P_IPV4 {
+fn has_connection(sk: *mut bpf_sock) -> bool {
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: as in `has_socket`.
+    let state = unsafe { core::ptr::addr_of!((*sk).state).read_volatile() };
+    // SAFETY: the reference the lookup took, released once.
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    state != BPF_TCP_LISTEN
+}
+
+/// The transport protocol and its header's offset of the whole
+/// (unfragmented) packet at `inner`: TCP, or the ICMP of the packet's
+/// family.
+#[inline(always)]
+fn transport(ctx: &XdpContext, inner: usize, inner_type: u16, end: usize) -> Option<(u8, usize)> {
+    let (proto, l4, icmp) = if inner_type == ETH_P_IPV4 {
         let h: [u8; IPV4_HDR_LEN] = read(ctx, inner)?;
         let frags = u16::from_be_bytes([h[6], h[7]]);
-        if h[9] != PROTO_TCP || frags & 0x3fff != 0 {
+        if frags & 0x3fff != 0 {
             return None;
         }
-        inner + ((h[0] & 0x0f) as usize) * 4
+        (h[9], inner + ((h[0] & 0x0f) as usize) * 4, PROTO_ICMP)
     } else {
         let h: [u8; 8] = read(ctx, inner)?;
         let chain = parse::ipv6_chain(
@@ -163,15 +281,12 @@ fn tcp_offset(ctx: &XdpContext, inner: usize, inner_type: u16, end: usize) -> Op
             Reason::PassIpv6ExtHeaders,
         )
         .ok()?;
-        if chain.proto != PROTO_TCP || chain.fragment != Fragment::None {
+        if chain.fragment != Fragment::None {
             return None;
         }
-        chain.l4_off
+        (chain.proto, chain.l4_off, PROTO_ICMPV6)
     };
-    if l4 + TCP_HDR_LEN > end {
-        return None;
-    }
-    Some(l4)
+    (proto == PROTO_TCP || proto == icmp).then_some((proto, l4))
 }
 
 /// Where the frame sent on goes: its link-layer addresses.

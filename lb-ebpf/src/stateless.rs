@@ -19,7 +19,9 @@ use crate::{
 
 /// The backend (and second hop) for a packet of a stateless VIP. A SYN
 /// starts a flow on the owner now; any other packet on a moved slot takes
-/// the previous owner along, a first fragment excepted (`Placement`).
+/// the previous owner along, a first fragment excepted (`Placement`). An
+/// ICMP too-big about a flow in no table is placed here too (`tcp_flags`
+/// 0), whatever the VIP (`balancer::too_big_target`).
 #[inline(always)]
 pub fn select(
     flow: &FlowKey,

@@ -8,7 +8,7 @@ use etherparse::{
 };
 use lb_common::{
     FlowKey,
-    flow::{PROTO_IPIP, PROTO_IPV6},
+    flow::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6},
 };
 
 pub const CLIENT_V4: &str = "203.0.113.7";
@@ -19,6 +19,9 @@ pub const OUTER_SRC_V4: &str = "198.51.100.2";
 pub const OUTER_SRC_V6: &str = "2001:db8:100::2";
 pub const BACKEND_V4: [&str; 3] = ["198.51.100.101", "198.51.100.102", "198.51.100.103"];
 pub const BACKEND_V6: [&str; 3] = ["2001:db8:200::1", "2001:db8:200::2", "2001:db8:200::3"];
+/// A router on the path between a backend and its client.
+pub const ROUTER_V4: &str = "192.0.2.1";
+pub const ROUTER_V6: &str = "2001:db8:ffff::1";
 
 /// The upstream router that hands client packets to the LB.
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
@@ -326,6 +329,43 @@ pub fn flow_of(ip_packet: &[u8]) -> FlowKey {
     k.proto = proto;
     k.sport = u16::from_be_bytes([ip_packet[l4], ip_packet[l4 + 1]]);
     k.dport = u16::from_be_bytes([ip_packet[l4 + 2], ip_packet[l4 + 3]]);
+    k
+}
+
+/// ICMPv4 "fragmentation needed" (MTU 1400) from a router to the VIP,
+/// quoting `quoted` (the start of the backend's too-big reply).
+pub fn frag_needed(quoted: &[u8]) -> Vec<u8> {
+    let mtu = 1400u16.to_be_bytes();
+    let b =
+        PacketBuilder::ipv4(v4(ROUTER_V4), v4(VIP_V4), 64).icmpv4_raw(3, 4, [0, 0, mtu[0], mtu[1]]);
+    let mut out = Vec::new();
+    b.write(&mut out, quoted).unwrap();
+    out
+}
+
+/// ICMPv6 "packet too big" (MTU 1280) from a router to the VIP.
+pub fn packet_too_big(quoted: &[u8]) -> Vec<u8> {
+    let b =
+        PacketBuilder::ipv6(v6(ROUTER_V6), v6(VIP_V6), 64).icmpv6_raw(2, 0, 1280u32.to_be_bytes());
+    let mut out = Vec::new();
+    b.write(&mut out, quoted).unwrap();
+    out
+}
+
+/// The flow of an ICMP message as the data plane reads it (no ports).
+pub fn icmp_flow(icmp: &[u8]) -> FlowKey {
+    let mut k = FlowKey::default();
+    if icmp[0] >> 4 == 4 {
+        k.family = FAMILY_V4;
+        k.proto = PROTO_ICMP;
+        k.src[..4].copy_from_slice(&icmp[12..16]);
+        k.dst[..4].copy_from_slice(&icmp[16..20]);
+    } else {
+        k.family = FAMILY_V6;
+        k.proto = PROTO_ICMPV6;
+        k.src.copy_from_slice(&icmp[8..24]);
+        k.dst.copy_from_slice(&icmp[24..40]);
+    }
     k
 }
 

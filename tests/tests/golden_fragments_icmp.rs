@@ -13,9 +13,6 @@ use lb_tests::{harness::*, packets::*};
 
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-/// A router on the path between a backend and its client.
-const ROUTER_V4: &str = "192.0.2.1";
-const ROUTER_V6: &str = "2001:db8:ffff::1";
 
 /// Run `frame` and check the verdict, the whole output and exactly which
 /// counters moved.
@@ -378,43 +375,6 @@ fn golden_first_fragment_to_non_vip_is_passed_and_not_remembered() {
 
 // ---------------------------------------------------------------------------
 // ICMP too-big
-
-/// ICMPv4 "fragmentation needed" from a router to the VIP, quoting `quoted`
-/// (the start of the backend's too-big reply).
-fn frag_needed(quoted: &[u8]) -> Vec<u8> {
-    let mtu = 1400u16.to_be_bytes();
-    let b =
-        PacketBuilder::ipv4(v4(ROUTER_V4), v4(VIP_V4), 64).icmpv4_raw(3, 4, [0, 0, mtu[0], mtu[1]]);
-    let mut out = Vec::new();
-    b.write(&mut out, quoted).unwrap();
-    out
-}
-
-/// ICMPv6 "packet too big" from a router to the VIP.
-fn packet_too_big(quoted: &[u8]) -> Vec<u8> {
-    let b =
-        PacketBuilder::ipv6(v6(ROUTER_V6), v6(VIP_V6), 64).icmpv6_raw(2, 0, 1280u32.to_be_bytes());
-    let mut out = Vec::new();
-    b.write(&mut out, quoted).unwrap();
-    out
-}
-
-/// The flow of an ICMP message as the data plane reads it (no ports).
-fn icmp_flow(icmp: &[u8]) -> FlowKey {
-    let mut k = FlowKey::default();
-    if icmp[0] >> 4 == 4 {
-        k.family = FAMILY_V4;
-        k.proto = PROTO_ICMP;
-        k.src[..4].copy_from_slice(&icmp[12..16]);
-        k.dst[..4].copy_from_slice(&icmp[16..20]);
-    } else {
-        k.family = FAMILY_V6;
-        k.proto = PROTO_ICMPV6;
-        k.src.copy_from_slice(&icmp[8..24]);
-        k.dst.copy_from_slice(&icmp[24..40]);
-    }
-    k
-}
 
 /// Establish the client's TCP flow to the VIP with two ACKs (the first puts
 /// it on probation, the second enters it in the connection table), then

@@ -7,7 +7,9 @@
 //! strip GUE with no hop left, drop GUE from a source it does not trust
 //! and GUE with a hop from a peer. Steady-state packets (a SYN, a slot
 //! whose window closed) stay plain IP-in-IP, and a first fragment on a
-//! moved slot goes plain without taking the flow's second chance away.
+//! moved slot goes plain without taking the flow's second chance away. An
+//! ICMP too-big about a flow in no table takes the hop like the flow's
+//! packets, and the backend keeps it only if it has the connection quoted.
 //!
 //! The decap tests run in a namespace of their own: `lb_decap` asks its
 //! namespace's sockets and FIB (of the loopback device, under
@@ -436,6 +438,139 @@ fn golden_stateless_vip_places_packets_by_the_ring_alone_and_the_switch_is_per_p
         "pinned again"
     );
     assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::ConnHit, 1)]);
+}
+
+// ---------------------------------------------------------------------------
+// ICMP too-big: where the flow it is about goes.
+
+/// The ICMP too-big a router sends the VIP about the backend's reply from
+/// `vip:vport` to `client:cport` (`vip` is `VIP_V4` or `VIP_V6`).
+fn too_big_about(client: &str, cport: u16, vip: &str, vport: u16) -> Vec<u8> {
+    if vip.contains(':') {
+        let reply = tcp6(vip, vport, client, cport, Tcp::Ack, &[0x66; 1300]);
+        packet_too_big(&reply[..40 + 20 + 64])
+    } else {
+        let reply = tcp4(vip, vport, client, cport, Tcp::Ack, &[0x55; 1400]);
+        frag_needed(&reply[..20 + 8])
+    }
+}
+
+/// The frame the LB sends for the ICMP message `icmp` to `to`: plain
+/// IP-in-IP, or GUE with `hop`.
+fn icmp_to_backend(icmp: &[u8], to: &str, hop: &str) -> Vec<u8> {
+    let flow = icmp_flow(icmp);
+    let outer_src = if to.contains(':') {
+        OUTER_SRC_V6
+    } else {
+        OUTER_SRC_V4
+    };
+    let ip = if hop.is_empty() && to.contains(':') {
+        cat(&outer_v6(outer_src, to, icmp, &flow), icmp)
+    } else if hop.is_empty() {
+        cat(&outer_v4(outer_src, to, icmp), icmp)
+    } else {
+        let sport = source_port(flow_hash(&flow, false));
+        gue_packet(outer_src, to, sport, lb_label(&flow), icmp, hop)
+    };
+    frame(GATEWAY_MAC, LB_MAC, None, ether_type(&ip), &ip)
+}
+
+/// A too-big about a stateless VIP's flow on a moved slot goes to the
+/// owner now with the previous owner as hop, as the flow's own packets
+/// do: the flow may be the previous owner's (a drained backend's long
+/// stream), and only the backend that sent the reply can use the MTU.
+/// With the slot's window closed it goes plain to the owner.
+#[test]
+fn golden_stateless_vip_too_big_about_a_flow_on_a_moved_slot_takes_the_previous_owner_as_hop() {
+    for (vip, backends, client) in [
+        (VIP_V4, [BACKEND_V4[0], BACKEND_V4[1]], CLIENT_V4),
+        (VIP_V6, [BACKEND_V6[0], BACKEND_V6[1]], CLIENT_V6),
+    ] {
+        let (mut lb, key, prev) = moved_vip_with(vip, backends, VIP_F_STATELESS);
+        let tcp = if client.contains(':') { tcp6 } else { tcp4 };
+        let flow = flow_of(&tcp(client, 43000, vip, 80, Tcp::Ack, b""));
+        let owner = lb.ring_backend(&key, &flow) as usize;
+        let icmp = too_big_about(client, 43000, vip, 80);
+        let (out, moved) = lb.run_counted(&to_lb(&icmp));
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_TX,
+                data: icmp_to_backend(&icmp, backends[owner], backends[1 - owner]),
+            },
+            "{vip}: moved slot"
+        );
+        assert_eq!(
+            moved,
+            vec![
+                (Reason::Tx, 1),
+                (Reason::IcmpTooBig, 1),
+                (Reason::SecondChance, 1)
+            ],
+            "{vip}: moved slot"
+        );
+        let meta = lb.maps.vip(&key).unwrap().unwrap();
+        set_prev_owners(&mut lb, meta.vip_id, &prev, 1);
+        let (out, moved) = lb.run_counted(&to_lb(&icmp));
+        assert_eq!(
+            out.data,
+            icmp_to_backend(&icmp, backends[owner], ""),
+            "{vip}: window closed"
+        );
+        assert_eq!(
+            moved,
+            vec![(Reason::Tx, 1), (Reason::IcmpTooBig, 1)],
+            "{vip}: window closed"
+        );
+        assert_eq!(lb.maps.probation_count(16), 0, "{vip}: entered nothing");
+    }
+}
+
+/// A stateful VIP's too-big follows its flow's entry, moved slot or not;
+/// about a flow in neither table it takes the hop as the flow's next
+/// packet would, and enters nothing.
+#[test]
+fn golden_stateful_vip_too_big_takes_the_hop_only_for_a_flow_in_no_table() {
+    let backends = [BACKEND_V4[0], BACKEND_V4[1]];
+    let (mut lb, key, prev) = moved_vip(VIP_V4, backends);
+    let unseen = flow_of(&tcp4(CLIENT_V4, 43100, VIP_V4, 80, Tcp::Ack, b""));
+    let owner = lb.ring_backend(&key, &unseen) as usize;
+    let icmp = too_big_about(CLIENT_V4, 43100, VIP_V4, 80);
+    let (out, moved) = lb.run_counted(&to_lb(&icmp));
+    assert_eq!(
+        out.data,
+        icmp_to_backend(&icmp, backends[owner], backends[1 - owner]),
+        "in no table"
+    );
+    assert_eq!(
+        moved,
+        vec![
+            (Reason::Tx, 1),
+            (Reason::IcmpTooBig, 1),
+            (Reason::SecondChance, 1)
+        ]
+    );
+    assert_eq!(lb.maps.conn_count(16), 0);
+    assert_eq!(lb.maps.probation_count(16), 0);
+
+    // A flow entered while the window was closed keeps its entry's plain
+    // tunnel once it opens.
+    let meta = lb.maps.vip(&key).unwrap().unwrap();
+    set_prev_owners(&mut lb, meta.vip_id, &prev, 0);
+    let ack = tcp4(CLIENT_V4, 43101, VIP_V4, 80, Tcp::Ack, b"x");
+    for _ in 0..2 {
+        lb.run(&to_lb(&ack));
+    }
+    let entry = lb.maps.conn(&flow_of(&ack)).unwrap().expect("entered");
+    set_prev_owners(&mut lb, meta.vip_id, &prev, u32::MAX);
+    let icmp = too_big_about(CLIENT_V4, 43101, VIP_V4, 80);
+    let (out, moved) = lb.run_counted(&to_lb(&icmp));
+    assert_eq!(
+        out.data,
+        icmp_to_backend(&icmp, backends[entry.backend_id as usize], ""),
+        "the entry's backend"
+    );
+    assert_eq!(moved, vec![(Reason::Tx, 1), (Reason::IcmpTooBig, 1)]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1062,4 +1197,147 @@ fn golden_decap_no_peer_inside_an_allowed_prefix_and_no_stranger_starts_a_second
     let (out, moved) = host.run(&gue_frame(stranger, BACKEND_V4[0], &inner, ""));
     assert_eq!(out.data, stripped(&inner), "any source, no hop left");
     assert_eq!(moved, vec![(DecapReason::SecondChanceReceived, 1)]);
+}
+
+/// A too-big with a hop is about this host's reply: it stays when the
+/// connection it quotes (reversed: the client is the peer) is here, and
+/// is sent on, its hop list emptied, when only the listener is.
+#[test]
+fn golden_decap_too_big_with_a_hop_stays_with_its_connection_else_is_sent_on() {
+    for (vip, client, lb_src, ours, hop) in [
+        (
+            VIP_V4,
+            CLIENT_V4,
+            OUTER_SRC_V4,
+            BACKEND_V4[0],
+            BACKEND_V4[1],
+        ),
+        (
+            VIP_V6,
+            CLIENT_V6,
+            OUTER_SRC_V6,
+            BACKEND_V6[0],
+            BACKEND_V6[1],
+        ),
+    ] {
+        let mut host = BackendHost::new();
+        on_loopback(&host, &[vip, client]);
+        let _sockets = establish(&host, client, 40400, vip, 8083);
+        let icmp = too_big_about(client, 40400, vip, 8083);
+        let (out, moved) = host.run(&gue_frame(lb_src, ours, &icmp, hop));
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_PASS,
+                data: stripped(&icmp),
+            },
+            "{vip}: the connection is here"
+        );
+        assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{vip}");
+
+        let theirs = too_big_about(client, 40401, vip, 8083);
+        let (out, moved) = host.run(&gue_frame(lb_src, ours, &theirs, hop));
+        let ip = gue_packet(ours, hop, 0xc123, 0x12345, &theirs, "");
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_TX,
+                data: frame(HOP_MAC, HOST_MAC, None, ether_type(&ip), &ip),
+            },
+            "{vip}: only the listener"
+        );
+        assert_eq!(
+            moved,
+            vec![(DecapReason::SecondChanceForwarded, 1)],
+            "{vip}"
+        );
+    }
+}
+
+/// The lookup is of the connection seen from this host: a too-big about
+/// a connection of which only the server's end is left (time-wait, the
+/// client's end gone) stays. Looked up the way the quote reads (VIP as
+/// the peer), it would find nothing and be sent on.
+#[test]
+fn golden_decap_too_big_about_a_time_wait_connection_stays_here() {
+    let mut host = BackendHost::new();
+    on_loopback(&host, &[VIP_V4, CLIENT_V4]);
+    let (listener, client, server) = establish(&host, CLIENT_V4, 40500, VIP_V4, 8084);
+    drop(listener);
+    drop(server);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = host.ns.exec(&["ss", "-Htan"]);
+        let ends: Vec<&str> = left.lines().filter(|l| l.contains(":40500")).collect();
+        if let [end] = ends[..]
+            && end.starts_with("TIME-WAIT")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lone time-wait socket: {left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let icmp = too_big_about(CLIENT_V4, 40500, VIP_V4, 8084);
+    let (out, moved) = host.run(&gue_frame(
+        OUTER_SRC_V4,
+        BACKEND_V4[0],
+        &icmp,
+        BACKEND_V4[1],
+    ));
+    assert_eq!(
+        out,
+        Outcome {
+            action: XDP_PASS,
+            data: stripped(&icmp),
+        }
+    );
+    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+}
+
+/// What is no too-big about a TCP segment, or whose quote cannot be read,
+/// stays as it would without a hop: other ICMP, a quote cut before the
+/// ports, a quote of UDP, a quoted IPv6 header followed by extension
+/// headers.
+#[test]
+fn golden_decap_other_icmp_and_unreadable_quotes_with_a_hop_stay() {
+    let mut host = BackendHost::new();
+    let reply4 = tcp4(VIP_V4, 8085, CLIENT_V4, 40600, Tcp::Ack, &[0x55; 100]);
+    let mut unreachable = frag_needed(&reply4[..28]);
+    // Port unreachable (code 3) instead of fragmentation needed; the
+    // checksum is not what lb_decap reads.
+    unreachable[20 + 1] = 3;
+    let reply6 = tcp6(VIP_V6, 8085, CLIENT_V6, 40600, Tcp::Ack, &[0x66; 100]);
+    let (dest_opts_type, dest_opts_body) = dest_opts();
+    let with_opts = with_ext_headers(&reply6, &[(dest_opts_type, dest_opts_body)]);
+    let cases = [
+        ("ICMP port unreachable", unreachable),
+        ("quote cut before the ports", frag_needed(&reply4[..22])),
+        (
+            "quote of UDP",
+            frag_needed(&udp4(VIP_V4, 53, CLIENT_V4, 40600, b"answer")[..28]),
+        ),
+        ("quoted IPv6 extension headers", packet_too_big(&with_opts)),
+    ];
+    for (what, icmp) in cases {
+        let (lb_src, ours, hop) = if icmp[0] >> 4 == 4 {
+            (OUTER_SRC_V4, BACKEND_V4[0], BACKEND_V4[1])
+        } else {
+            (OUTER_SRC_V6, BACKEND_V6[0], BACKEND_V6[1])
+        };
+        let (out, moved) = host.run(&gue_frame(lb_src, ours, &icmp, hop));
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_PASS,
+                data: stripped(&icmp),
+            },
+            "{what}"
+        );
+        assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{what}");
+    }
 }
