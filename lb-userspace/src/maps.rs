@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
-use std::sync::OnceLock;
+use std::{collections::BTreeSet, sync::OnceLock};
 
 /// A failed map operation. A cause is part of the message and is not also
 /// returned from `source()` (see `crate::errors`).
@@ -539,27 +539,29 @@ impl Maps {
             .collect())
     }
 
-    /// Delete every entry of VIP `vip_id` from the connection and
-    /// probation tables: a walk of both (a syscall pair per entry, then
-    /// one per deletion), for the rare switch of a VIP from stateless back
-    /// to keeping state. Entries that vanish meanwhile are skipped. The
-    /// number deleted.
-    pub fn forget_flows_of_vip(&mut self, vip_id: u32) -> Result<usize, MapsError> {
-        let of_vip = |entries: Vec<(FlowKey, ConnEntry)>| -> Vec<FlowKey> {
-            entries
-                .into_iter()
-                .filter(|(_, e)| e.vip_id == vip_id)
-                .map(|(k, _)| k)
-                .collect()
-        };
-        let conns = of_vip(self.conns(usize::MAX)?);
-        let waiting = of_vip(self.probation_entries(usize::MAX)?);
+    /// Delete every entry of the VIPs `vip_ids` from the connection and
+    /// probation tables: one walk of each (a syscall pair per entry, about
+    /// a microsecond: a second or two for lbd at the default sizes), then a
+    /// deletion per entry found, for the rare switch of a VIP's
+    /// `stateless`. Entries that vanish while read are skipped; a walk that
+    /// fails is an error, not a partial success. The number deleted.
+    pub fn forget_flows_of_vips(&mut self, vip_ids: &BTreeSet<u32>) -> Result<usize, MapsError> {
         let mut forgotten = 0;
-        for key in &conns {
-            forgotten += usize::from(self.conns.remove(key).is_ok());
-        }
-        for key in &waiting {
-            forgotten += usize::from(self.probation.remove(key).is_ok());
+        for (table, name) in [
+            (&mut self.conns, MAP_CONNS),
+            (&mut self.probation, MAP_PROBATION),
+        ] {
+            let mut doomed = Vec::new();
+            for item in table.iter() {
+                match item {
+                    Ok((key, entry)) if vip_ids.contains(&entry.vip_id) => doomed.push(key),
+                    Ok(_) | Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(MapsError::Map { name, error }),
+                }
+            }
+            for key in &doomed {
+                forgotten += usize::from(table.remove(key).is_ok());
+            }
         }
         Ok(forgotten)
     }

@@ -20,7 +20,7 @@
 //!    before the first one is written, or it would not look it up.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -49,8 +49,8 @@ pub struct SyncReport {
     pub slots_moved: BTreeMap<VipKeyOrd, u64>,
     /// VIPs whose rebuild moved slots, their previous owners recorded.
     pub previous_owners_recorded: usize,
-    /// Table entries of VIPs that kept state again after being stateless
-    /// (`forget_flows_of_vip`).
+    /// Table entries of VIPs whose `stateless` switch changed
+    /// (`Maps::forget_flows_of_vips`).
     pub entries_forgotten: usize,
     pub too_big_limit_written: bool,
     pub promotion_limit_written: bool,
@@ -89,6 +89,16 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
     }
     let now = second_chance::monotonic_ns();
 
+    // A VIP's table entries are forgotten whenever its `stateless` switch
+    // changes, while the program ignores them: before the flag goes off
+    // (they were neither followed nor refreshed while it was on, and a
+    // 5-tuple reused meanwhile, a client port behind a NAT, would follow
+    // its old entry), after it goes on (so no count shows them as flows).
+    let (keeping_state, going_stateless) = stateless_switches(maps, new)?;
+    if !keeping_state.is_empty() {
+        report.entries_forgotten += maps.forget_flows_of_vips(&keeping_state)?;
+    }
+
     for (key, vip) in &new.vips {
         let before = old.and_then(|o| o.vips.get(key));
         let members_changed = before.is_none_or(|b| b.members != vip.members);
@@ -96,18 +106,6 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
         let window_changed =
             before.is_none_or(|b| b.second_chance_window != vip.second_chance_window);
         let live = maps.vip(&(*key).into())?;
-        // Keeping state again: the entries made before the VIP went
-        // stateless were neither followed nor refreshed since, and a
-        // 5-tuple reused meanwhile (a client's port behind a NAT) would
-        // follow its old entry to another backend. Forgotten while the
-        // program still ignores them, before the flag changes.
-        if let Some(meta) = live
-            && meta.vip_id == vip.id
-            && meta.flags & VIP_F_STATELESS != 0
-            && vip.flags & VIP_F_STATELESS == 0
-        {
-            report.entries_forgotten += maps.forget_flows_of_vip(vip.id)?;
-        }
         match live {
             // Already serving (from before, or adopted): flip rings. The
             // flip and new flags are one write, so no packet sees the new
@@ -166,6 +164,10 @@ pub fn apply(maps: &mut Maps, old: Option<&Image>, new: &Image) -> Result<SyncRe
                 report.vips_written += 1;
             }
         }
+    }
+
+    if !going_stateless.is_empty() {
+        report.entries_forgotten += maps.forget_flows_of_vips(&going_stateless)?;
     }
 
     for (key, _) in maps.vips()? {
@@ -238,4 +240,28 @@ fn write_backend(maps: &mut Maps, id: u32, backend: &Backend) -> Result<(), Maps
         )?;
     }
     maps.set_backend(id, backend)
+}
+
+/// The ids of the live VIPs whose `stateless` switch `new` turns off, and
+/// of those it turns on (a VIP new or with a new id has no entries).
+fn stateless_switches(
+    maps: &Maps,
+    new: &Image,
+) -> Result<(BTreeSet<u32>, BTreeSet<u32>), MapsError> {
+    let (mut off, mut on) = (BTreeSet::new(), BTreeSet::new());
+    for (key, vip) in &new.vips {
+        let Some(meta) = maps.vip(&(*key).into())? else {
+            continue;
+        };
+        let was = meta.flags & VIP_F_STATELESS != 0;
+        let will = vip.flags & VIP_F_STATELESS != 0;
+        if meta.vip_id == vip.id && was != will {
+            if was {
+                off.insert(vip.id)
+            } else {
+                on.insert(vip.id)
+            };
+        }
+    }
+    Ok((off, on))
 }

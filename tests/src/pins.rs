@@ -133,6 +133,15 @@ pub fn flows(
         .collect()
 }
 
+/// Write `entry` for `key` into the pinned connection table under
+/// `pin_dir`: an entry the data plane did not make (one a failed walk or an
+/// older lbd left behind).
+pub fn put_conn(pin_dir: &Path, key: &lb_common::FlowKey, entry: &lb_common::maps::ConnEntry) {
+    flow_table(pin_dir, lb_common::maps::MAP_CONNS)
+        .insert(key, entry, 0)
+        .expect("insert a connection entry");
+}
+
 /// Delete every entry of the pinned connection and probation tables under
 /// `pin_dir`: as if the flows had come to an LB node that never saw them.
 /// How many entries went.

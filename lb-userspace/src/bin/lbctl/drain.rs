@@ -24,8 +24,9 @@ struct PinnedProgress {
 }
 
 /// A line of `backend drain --wait --json` for a stateless VIP, once a
-/// second: the LB keeps no flows to count, only the drain's time left
-/// (0 or `null` once it is over).
+/// second: the LB keeps no flows to count, only the drain's time left (0
+/// once it is over; `null` when the backend stopped draining, the last
+/// line then).
 #[derive(Serialize)]
 struct DrainTimeProgress {
     elapsed_s: u64,

@@ -288,7 +288,8 @@ enum BackendCmd {
         address: IpAddr,
         /// Then print the backend's flows still pinned to it every second
         /// until none is left (exit status 0) or the deadline passes (exit
-        /// status 2).
+        /// status 2); for a stateless VIP, the drain time left until it is
+        /// over (0), the deadline passes (2) or the backend stops draining (1).
         #[arg(long)]
         wait: bool,
         /// With --wait: seconds to wait at most (default: the drain time
