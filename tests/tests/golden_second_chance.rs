@@ -629,6 +629,29 @@ impl BackendHost {
     }
 }
 
+impl BackendHost {
+    /// GUE from the LB to this host's address of `inner`'s family, with
+    /// the other backend as hop, stays here: stripped, passed up, counted
+    /// `second_chance_local` (`what` names the case).
+    fn expect_kept(&mut self, inner: &[u8], what: &str) {
+        let (lb_src, ours, hop) = if inner[0] >> 4 == 4 {
+            (OUTER_SRC_V4, BACKEND_V4[0], BACKEND_V4[1])
+        } else {
+            (OUTER_SRC_V6, BACKEND_V6[0], BACKEND_V6[1])
+        };
+        let (out, moved) = self.run(&gue_frame(lb_src, ours, inner, hop));
+        assert_eq!(
+            out,
+            Outcome {
+                action: XDP_PASS,
+                data: stripped(inner),
+            },
+            "{what}"
+        );
+        assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{what}");
+    }
+}
+
 /// The frame the LB (or a peer) sends the backend: GUE from `src` to the
 /// backend's address with `hop`.
 fn gue_frame(src: &str, dst: &str, inner: &[u8], hop: &str) -> Vec<u8> {
@@ -852,20 +875,7 @@ fn golden_decap_second_hop_with_a_local_socket_stays_here() {
     on_loopback(&host, &[VIP_V4, CLIENT_V4]);
     let _sockets = establish(&host, CLIENT_V4, 40100, VIP_V4, 8080);
     let ours = tcp4(CLIENT_V4, 40100, VIP_V4, 8080, Tcp::Ack, b"data");
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V4,
-        BACKEND_V4[0],
-        &ours,
-        BACKEND_V4[1],
-    ));
-    assert_eq!(
-        out,
-        Outcome {
-            action: XDP_PASS,
-            data: stripped(&ours),
-        }
-    );
-    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    host.expect_kept(&ours, "kept");
     // Another port of the same client: only the listener, which would
     // answer with a reset. Sent on.
     let theirs = tcp4(CLIENT_V4, 40101, VIP_V4, 8080, Tcp::Ack, b"data");
@@ -899,20 +909,7 @@ fn golden_decap_ipv6_second_hop_with_a_local_socket_stays_here() {
     on_loopback(&host, &[VIP_V6, CLIENT_V6]);
     let _sockets = establish(&host, CLIENT_V6, 40100, VIP_V6, 8080);
     let ours = tcp6(CLIENT_V6, 40100, VIP_V6, 8080, Tcp::Ack, b"data");
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V6,
-        BACKEND_V6[0],
-        &ours,
-        BACKEND_V6[1],
-    ));
-    assert_eq!(
-        out,
-        Outcome {
-            action: XDP_PASS,
-            data: stripped(&ours),
-        }
-    );
-    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    host.expect_kept(&ours, "kept");
     let theirs = tcp6(CLIENT_V6, 40101, VIP_V6, 8080, Tcp::Ack, b"data");
     let (out, moved) = host.run(&gue_frame(
         OUTER_SRC_V6,
@@ -994,15 +991,7 @@ fn golden_decap_second_hop_with_a_valid_syn_cookie_stays_here() {
         }
     });
     let ack = segment(CLIENT_V4, cport, VIP_V4, port, isn + 1, Some(cookie + 1));
-    let (out, moved) = host.run(&gue_frame(OUTER_SRC_V4, BACKEND_V4[0], &ack, BACKEND_V4[1]));
-    assert_eq!(
-        out,
-        Outcome {
-            action: XDP_PASS,
-            data: stripped(&ack),
-        }
-    );
-    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    host.expect_kept(&ack, "kept");
     // A cookie from another time (its top byte counts minutes): the same
     // hash bits, too old to be valid.
     let stale = (cookie ^ 0x8000_0000).wrapping_add(1);
@@ -1043,20 +1032,7 @@ fn golden_decap_second_hop_of_a_time_wait_connection_stays_here() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let late = tcp4(CLIENT_V4, 40300, VIP_V4, 8082, Tcp::Ack, b"late");
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V4,
-        BACKEND_V4[0],
-        &late,
-        BACKEND_V4[1],
-    ));
-    assert_eq!(
-        out,
-        Outcome {
-            action: XDP_PASS,
-            data: stripped(&late),
-        }
-    );
-    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    host.expect_kept(&late, "kept");
 }
 
 /// GUE with a hop left comes only from a load balancer: a peer (or any
@@ -1224,16 +1200,7 @@ fn golden_decap_too_big_with_a_hop_stays_with_its_connection_else_is_sent_on() {
         on_loopback(&host, &[vip, client]);
         let _sockets = establish(&host, client, 40400, vip, 8083);
         let icmp = too_big_about(client, 40400, vip, 8083);
-        let (out, moved) = host.run(&gue_frame(lb_src, ours, &icmp, hop));
-        assert_eq!(
-            out,
-            Outcome {
-                action: XDP_PASS,
-                data: stripped(&icmp),
-            },
-            "{vip}: the connection is here"
-        );
-        assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{vip}");
+        host.expect_kept(&icmp, &format!("{vip}: the connection is here"));
 
         let theirs = too_big_about(client, 40401, vip, 8083);
         let (out, moved) = host.run(&gue_frame(lb_src, ours, &theirs, hop));
@@ -1283,20 +1250,7 @@ fn golden_decap_too_big_about_a_time_wait_connection_stays_here() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let icmp = too_big_about(CLIENT_V4, 40500, VIP_V4, 8084);
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V4,
-        BACKEND_V4[0],
-        &icmp,
-        BACKEND_V4[1],
-    ));
-    assert_eq!(
-        out,
-        Outcome {
-            action: XDP_PASS,
-            data: stripped(&icmp),
-        }
-    );
-    assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)]);
+    host.expect_kept(&icmp, "kept");
 }
 
 /// What is no too-big about a TCP segment, or whose quote cannot be read,
@@ -1324,20 +1278,6 @@ fn golden_decap_other_icmp_and_unreadable_quotes_with_a_hop_stay() {
         ("quoted IPv6 extension headers", packet_too_big(&with_opts)),
     ];
     for (what, icmp) in cases {
-        let (lb_src, ours, hop) = if icmp[0] >> 4 == 4 {
-            (OUTER_SRC_V4, BACKEND_V4[0], BACKEND_V4[1])
-        } else {
-            (OUTER_SRC_V6, BACKEND_V6[0], BACKEND_V6[1])
-        };
-        let (out, moved) = host.run(&gue_frame(lb_src, ours, &icmp, hop));
-        assert_eq!(
-            out,
-            Outcome {
-                action: XDP_PASS,
-                data: stripped(&icmp),
-            },
-            "{what}"
-        );
-        assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{what}");
+        host.expect_kept(&icmp, what);
     }
 }
