@@ -88,6 +88,18 @@ fn shown(lbd: &Lbd, topo: &Topology, i: usize) -> Value {
 /// Poll `lbctl vip show` until `done` holds of it, or fail after `within`
 /// with the last answer and lbd's log.
 fn wait_for_show(lbd: &Lbd, what: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    wait_for_show_or_say(lbd, what, within, done, String::new)
+}
+
+/// `wait_for_show`, failing with `context()` too (what the test's own
+/// traffic did meanwhile, say).
+fn wait_for_show_or_say(
+    lbd: &Lbd,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+    context: impl Fn() -> String,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let show = lbd.json(&["vip", "show", VIP_ARG]);
@@ -96,7 +108,8 @@ fn wait_for_show(lbd: &Lbd, what: &str, within: Duration, done: impl Fn(&Value) 
         }
         assert!(
             Instant::now() < deadline,
-            "{what} not within {within:?}; last vip show: {show:#}\nlbd log:\n{}",
+            "{what} not within {within:?}; {}\nlast vip show: {show:#}\nlbd log:\n{}",
+            context(),
             lbd.log()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -313,11 +326,18 @@ fn e2e_backend_over_hard_limit_gets_no_new_flows_and_its_streams_finish() {
         },
     );
     let b2 = topo.backends[1].addr.to_string();
-    let show = wait_for_show(
+    let show = wait_for_show_or_say(
         &lbd,
         "b2 over its hard limit",
         Duration::from_secs(10),
         |s| row(s, &b2)["over_hard_limit"] == true,
+        || {
+            format!(
+                "streams ended at the client: {}; at the servers: {:?}",
+                first.done.load(std::sync::atomic::Ordering::Relaxed),
+                sims.iter().map(|s| s.counters()).collect::<Vec<_>>()
+            )
+        },
     );
     assert_eq!(show["hard_limit_waived"], false, "{show}");
     assert!(
