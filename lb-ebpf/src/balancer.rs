@@ -14,7 +14,8 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, forward, fragment, icmp,
+    conntrack::{self, Packet},
+    forward, fragment, icmp,
     maglev::{self, Chosen},
     maps::{CONNS, PORT_MAC_CACHE, PROBATION, SCRATCH, TX_PORT_MACS, live_config},
     parse::{self, Fragment, L2, Parsed},
@@ -111,10 +112,11 @@ fn find_target(
         return Err((Reason::PassOtherHost, None));
     }
     let whole = p.fragment == Fragment::None;
+    let pkt = Packet::new(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size);
     let selected = if vip.flags & VIP_F_STATELESS != 0 {
-        stateless::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
+        stateless::select(&pkt)
     } else {
-        conntrack::select(&p.flow, p.tcp_flags, whole, &vip, cfg.ring_size)
+        conntrack::select(&pkt, p.tcp_flags)
     }
     .map_err(|r| (r, Some(vip.vip_id)))?;
     Ok(Target {
@@ -184,7 +186,7 @@ fn too_big_target(
     let Some(entry) = entry else {
         // Not a SYN (no flags to pass); a first fragment takes no hop.
         let whole = p.fragment == Fragment::None;
-        let placed = stateless::select(&flow, 0, whole, &vip, cfg.ring_size)
+        let placed = stateless::select(&Packet::new(&flow, 0, whole, &vip, cfg.ring_size))
             .map_err(|r| (r, Some(vip.vip_id)))?;
         return Ok(Target {
             vip,

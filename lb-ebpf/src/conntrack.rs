@@ -125,28 +125,24 @@ fn syn_leaves(pkt: &Packet, chosen: &Chosen) -> bool {
     pkt.syn_only && chosen.backend.flags & BACKEND_F_DRAINING != 0
 }
 
+/// The backend for a packet of a VIP that keeps state (`tcp_flags` are
+/// the packet's, for the close mark): its connection entry's, else its
+/// probation entry's, else the ring's.
 #[inline(always)]
-pub fn select(
-    flow: &FlowKey,
-    tcp_flags: u8,
-    whole: bool,
-    vip: &VipMeta,
-    ring_size: u32,
-) -> Result<Selected, Reason> {
-    let pkt = Packet::new(flow, tcp_flags, whole, vip, ring_size);
-    let Some(entry) = CONNS.get_ptr_mut(flow) else {
-        return probation::select(&pkt);
+pub fn select(pkt: &Packet, tcp_flags: u8) -> Result<Selected, Reason> {
+    let Some(entry) = CONNS.get_ptr_mut(pkt.flow) else {
+        return probation::select(pkt);
     };
     // SAFETY: a map value pointer, valid for this program run.
     let entry = unsafe { &mut *entry };
-    match pinned_backend(entry, vip.vip_id) {
+    match pinned_backend(entry, pkt.vip.vip_id) {
         // The entry goes, so the handshake's ACK picks from the ring too.
-        Ok(c) if syn_leaves(&pkt, &c) => {
-            let _ = CONNS.remove(flow);
+        Ok(c) if syn_leaves(pkt, &c) => {
+            let _ = CONNS.remove(pkt.flow);
         }
         Ok(chosen) => {
             stats::event(Reason::ConnHit);
-            touch(entry, &pkt, tcp_flags);
+            touch(entry, pkt, tcp_flags);
             return Ok(Selected {
                 chosen,
                 new_flow: false,
@@ -157,15 +153,15 @@ pub fn select(
     }
     stats::event(Reason::ConnRescheduled);
     // The flow had earned its entry: it is moved, not put on probation.
-    let chosen = from_ring(&pkt)?;
+    let chosen = from_ring(pkt)?;
     if !pkt.syn_only {
-        insert(&pkt, chosen.id);
+        insert(pkt, chosen.id);
     } else {
-        probation::enter_syn_on_moved_slot(&pkt, chosen.id, &chosen);
+        probation::enter_syn_on_moved_slot(pkt, chosen.id, &chosen);
     }
     Ok(Selected {
         chosen,
-        new_flow: new_flow(&pkt),
+        new_flow: new_flow(pkt),
         second_hop: NO_BACKEND,
     })
 }

@@ -7,10 +7,7 @@
 //! flush or lose. The price: a flow survives one move of its slot, for the
 //! slot's window, instead of for as long as it has an entry.
 
-use lb_common::{
-    FlowKey, Reason,
-    maps::{NO_BACKEND, VipMeta},
-};
+use lb_common::{Reason, maps::NO_BACKEND};
 
 use crate::{
     conntrack::{Packet, Selected},
@@ -23,15 +20,8 @@ use crate::{
 /// ICMP too-big about a flow in no table is placed here too (`tcp_flags`
 /// 0), whatever the VIP (`balancer::too_big_target`).
 #[inline(always)]
-pub fn select(
-    flow: &FlowKey,
-    tcp_flags: u8,
-    whole: bool,
-    vip: &VipMeta,
-    ring_size: u32,
-) -> Result<Selected, Reason> {
-    let pkt = Packet::new(flow, tcp_flags, whole, vip, ring_size);
-    let chosen = maglev::pick_at(pkt.slot(), vip, ring_size)?;
+pub fn select(pkt: &Packet) -> Result<Selected, Reason> {
+    let chosen = maglev::pick_at(pkt.slot(), pkt.vip, pkt.ring_size)?;
     if pkt.syn_only {
         stats::event(Reason::NewFlow);
         return Ok(Selected {
@@ -43,6 +33,6 @@ pub fn select(
     Ok(Selected {
         chosen,
         new_flow: false,
-        second_hop: second_chance::placement(&pkt, &chosen).hop(),
+        second_hop: second_chance::placement(pkt, &chosen).hop(),
     })
 }
