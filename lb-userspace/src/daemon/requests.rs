@@ -120,13 +120,7 @@ impl Daemon {
     /// drained backend free to remove (`backend drain --wait`). Refused,
     /// saying what to watch instead.
     fn refuse_stateless_flow_count(&self, vip: VipRef) -> Result<(), String> {
-        let stateless = self.config.vips.iter().any(|v| {
-            v.stateless
-                && v.address == vip.address
-                && v.port == vip.port
-                && v.protocol == vip.protocol
-        });
-        if stateless {
+        if find_vip(&self.config, &vip).is_ok_and(|i| self.config.vips[i].stateless) {
             return Err(format!(
                 "{vip} is stateless: the LB keeps no flows for it to count per backend; a drained backend's flows reach it as second hops until its drain time is over (lbctl backend list shows the time left, ss on the backend its connections)"
             ));
