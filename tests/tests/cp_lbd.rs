@@ -1395,14 +1395,7 @@ fn assert_serves(
         .map(|(_, id)| *id)
         .collect();
     assert_eq!(want.len(), members.len(), "ids of {members:?} in {ids:?}");
-    let maps = pinned_maps(lbd);
-    let key: lb_common::maps::VipKey = lb_userspace::image::vip_key(
-        VIP.parse().unwrap(),
-        53,
-        lb_userspace::config::Protocol::Udp,
-    )
-    .into();
-    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    let (maps, meta) = pinned_vip(lbd, VIP, 53, lb_userspace::config::Protocol::Udp);
     assert_eq!(
         meta.flags & lb_common::maps::VIP_F_AFFINITY != 0,
         affinity,
@@ -2771,14 +2764,7 @@ fn cp_a_state_file_written_for_other_pins_is_not_resumed() {
 /// The VIP's live ring on `lbd`'s node, slot by slot, as the backend
 /// addresses the slots name (ids are each node's own).
 fn ring_as_addresses(lbd: &Lbd) -> (Vec<u32>, Vec<Option<std::net::IpAddr>>) {
-    let maps = pinned_maps(lbd);
-    let key: lb_common::maps::VipKey = lb_userspace::image::vip_key(
-        VIP.parse().unwrap(),
-        53,
-        lb_userspace::config::Protocol::Udp,
-    )
-    .into();
-    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    let (maps, meta) = pinned_vip(lbd, VIP, 53, lb_userspace::config::Protocol::Udp);
     let ids = maps.live_ring(&meta).unwrap();
     let addresses = lb_userspace::ring_digest::addresses(&ids, |id| {
         let b = maps.backend(id).ok()?;
@@ -3189,16 +3175,23 @@ struct PinnedVip {
     owners: Vec<lb_common::maps::PrevOwner>,
 }
 
+/// The pinned maps of `lbd` and the entry of VIP `addr:port/protocol` there.
+fn pinned_vip(
+    lbd: &Lbd,
+    addr: &str,
+    port: u16,
+    protocol: lb_userspace::config::Protocol,
+) -> (lb_userspace::maps::Maps, lb_common::maps::VipMeta) {
+    let maps = pinned_maps(lbd);
+    let key: lb_common::maps::VipKey =
+        lb_userspace::image::vip_key(addr.parse().unwrap(), port, protocol).into();
+    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    (maps, meta)
+}
+
 /// TCP VIP `addr:80` as the data plane holds it.
 fn pinned_tcp_vip(lbd: &Lbd, addr: &str) -> PinnedVip {
-    let maps = pinned_maps(lbd);
-    let key: lb_common::maps::VipKey = lb_userspace::image::vip_key(
-        addr.parse().unwrap(),
-        80,
-        lb_userspace::config::Protocol::Tcp,
-    )
-    .into();
-    let meta = maps.vip(&key).unwrap().expect("VIP in the data plane");
+    let (maps, meta) = pinned_vip(lbd, addr, 80, lb_userspace::config::Protocol::Tcp);
     PinnedVip {
         ring: maps.live_ring(&meta).unwrap(),
         owners: maps.prev_owners(meta.vip_id).unwrap(),

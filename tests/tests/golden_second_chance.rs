@@ -629,16 +629,25 @@ impl BackendHost {
     }
 }
 
+/// The LB's tunnel source, this host's address and the hop (the other
+/// backend), all of one family.
+type Route = (&'static str, &'static str, &'static str);
+
+/// The route of GUE from the LB in `inner`'s family.
+fn route_of(inner: &[u8]) -> Route {
+    if inner[0] >> 4 == 4 {
+        (OUTER_SRC_V4, BACKEND_V4[0], BACKEND_V4[1])
+    } else {
+        (OUTER_SRC_V6, BACKEND_V6[0], BACKEND_V6[1])
+    }
+}
+
 impl BackendHost {
     /// GUE from the LB to this host's address of `inner`'s family, with
     /// the other backend as hop, stays here: stripped, passed up, counted
     /// `second_chance_local` (`what` names the case).
     fn expect_kept(&mut self, inner: &[u8], what: &str) {
-        let (lb_src, ours, hop) = if inner[0] >> 4 == 4 {
-            (OUTER_SRC_V4, BACKEND_V4[0], BACKEND_V4[1])
-        } else {
-            (OUTER_SRC_V6, BACKEND_V6[0], BACKEND_V6[1])
-        };
+        let (lb_src, ours, hop) = route_of(inner);
         let (out, moved) = self.run(&gue_frame(lb_src, ours, inner, hop));
         assert_eq!(
             out,
@@ -649,6 +658,30 @@ impl BackendHost {
             "{what}"
         );
         assert_eq!(moved, vec![(DecapReason::SecondChanceLocal, 1)], "{what}");
+    }
+
+    /// `expect_sent_on_via` the route of `inner`'s family.
+    fn expect_sent_on(&mut self, inner: &[u8], what: &str) {
+        self.expect_sent_on_via(route_of(inner), inner, what);
+    }
+
+    /// GUE of `inner` from the LB over `route` is sent on to the hop: from
+    /// this host's address, no hop left, the LB's UDP source port and flow
+    /// label kept; back to the MAC it came from (this host does not
+    /// forward); counted `second_chance_forwarded`.
+    fn expect_sent_on_via(&mut self, (lb_src, ours, hop): Route, inner: &[u8], what: &str) {
+        let (out, moved) = self.run(&gue_frame(lb_src, ours, inner, hop));
+        let ip = gue_packet(ours, hop, 0xc123, 0x12345, inner, "");
+        let expected = Outcome {
+            action: XDP_TX,
+            data: frame(HOP_MAC, HOST_MAC, None, ether_type(&ip), &ip),
+        };
+        assert_eq!(out, expected, "{what}");
+        assert_eq!(
+            moved,
+            vec![(DecapReason::SecondChanceForwarded, 1)],
+            "{what}"
+        );
     }
 }
 
@@ -761,21 +794,7 @@ fn golden_decap_second_hop_without_a_socket_is_sent_on_with_the_hop_list_emptied
             tcp4(CLIENT_V4, 40000, VIP_V4, 80, Tcp::Ack, b"data"),
         ),
     ] {
-        let (out, moved) = host.run(&gue_frame(lb_src, ours, &inner, hop));
-        // From our address to the hop, no hop left, the LB's UDP source
-        // port and flow label kept; back to the MAC it came from (this
-        // host does not forward).
-        let ip = gue_packet(ours, hop, 0xc123, 0x12345, &inner, "");
-        let expected = Outcome {
-            action: XDP_TX,
-            data: frame(HOP_MAC, HOST_MAC, None, ether_type(&ip), &ip),
-        };
-        assert_eq!(out, expected, "to {hop}");
-        assert_eq!(
-            moved,
-            vec![(DecapReason::SecondChanceForwarded, 1)],
-            "to {hop}"
-        );
+        host.expect_sent_on_via((lb_src, ours, hop), &inner, &format!("to {hop}"));
     }
 }
 
@@ -879,14 +898,7 @@ fn golden_decap_second_hop_with_a_local_socket_stays_here() {
     // Another port of the same client: only the listener, which would
     // answer with a reset. Sent on.
     let theirs = tcp4(CLIENT_V4, 40101, VIP_V4, 8080, Tcp::Ack, b"data");
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V4,
-        BACKEND_V4[0],
-        &theirs,
-        BACKEND_V4[1],
-    ));
-    assert_eq!(out.action, XDP_TX);
-    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+    host.expect_sent_on(&theirs, "sent on");
     // A hop that is no peer is dropped before the socket lookup: even
     // the flow whose socket is here.
     let f = gue_frame(OUTER_SRC_V4, BACKEND_V4[0], &ours, BACKEND_V4[2]);
@@ -911,14 +923,7 @@ fn golden_decap_ipv6_second_hop_with_a_local_socket_stays_here() {
     let ours = tcp6(CLIENT_V6, 40100, VIP_V6, 8080, Tcp::Ack, b"data");
     host.expect_kept(&ours, "kept");
     let theirs = tcp6(CLIENT_V6, 40101, VIP_V6, 8080, Tcp::Ack, b"data");
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V6,
-        BACKEND_V6[0],
-        &theirs,
-        BACKEND_V6[1],
-    ));
-    assert_eq!(out.action, XDP_TX);
-    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+    host.expect_sent_on(&theirs, "sent on");
 }
 
 /// An IPv4 TCP segment from `src:sport` to `dst:dport` with sequence and
@@ -996,14 +1001,7 @@ fn golden_decap_second_hop_with_a_valid_syn_cookie_stays_here() {
     // hash bits, too old to be valid.
     let stale = (cookie ^ 0x8000_0000).wrapping_add(1);
     let forged = segment(CLIENT_V4, cport, VIP_V4, port, isn + 1, Some(stale));
-    let (out, moved) = host.run(&gue_frame(
-        OUTER_SRC_V4,
-        BACKEND_V4[0],
-        &forged,
-        BACKEND_V4[1],
-    ));
-    assert_eq!(out.action, XDP_TX, "a wrong cookie");
-    assert_eq!(moved, vec![(DecapReason::SecondChanceForwarded, 1)]);
+    host.expect_sent_on(&forged, "a wrong cookie");
 }
 
 /// A connection this host closed first sits in time-wait: a late segment
@@ -1203,20 +1201,10 @@ fn golden_decap_too_big_with_a_hop_stays_with_its_connection_else_is_sent_on() {
         host.expect_kept(&icmp, &format!("{vip}: the connection is here"));
 
         let theirs = too_big_about(client, 40401, vip, 8083);
-        let (out, moved) = host.run(&gue_frame(lb_src, ours, &theirs, hop));
-        let ip = gue_packet(ours, hop, 0xc123, 0x12345, &theirs, "");
-        assert_eq!(
-            out,
-            Outcome {
-                action: XDP_TX,
-                data: frame(HOP_MAC, HOST_MAC, None, ether_type(&ip), &ip),
-            },
-            "{vip}: only the listener"
-        );
-        assert_eq!(
-            moved,
-            vec![(DecapReason::SecondChanceForwarded, 1)],
-            "{vip}"
+        host.expect_sent_on_via(
+            (lb_src, ours, hop),
+            &theirs,
+            &format!("{vip}: only the listener"),
         );
     }
 }
