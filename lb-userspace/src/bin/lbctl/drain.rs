@@ -96,7 +96,10 @@ pub async fn backend_drain_wait(
             .map_or(60, |s| s + 2),
     };
     let vips: Vec<VipRow> = call(cli, Request::VipList).await?;
-    if vips.iter().any(|v| v.stateless && vip_is(v, &vip)) {
+    if vips
+        .iter()
+        .any(|v| v.stateless && v.vip() == vip.to_string())
+    {
         return wait_for_drain_time(cli, vip, address, deadline).await;
     }
     // Counted by lbd over the connection and probation tables, by the
@@ -155,10 +158,6 @@ async fn drain_remaining(cli: &Cli, vip: VipRef, address: IpAddr) -> Result<Opti
         .iter()
         .find(|r| r.address == address)
         .and_then(|r| r.drain_remaining_s))
-}
-
-fn vip_is(row: &VipRow, vip: &VipRef) -> bool {
-    row.address == vip.address && row.port == vip.port && row.protocol.known() == Some(vip.protocol)
 }
 
 /// `backend drain --wait` for a stateless VIP: no table on the LB holds
