@@ -42,3 +42,14 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
         i += 1;
     }
 }
+
+/// A 4-aligned address (the address fields of `FlowKey`) as four
+/// native-endian words, read a word at a time (`lb_common::maps::addr_words`
+/// builds them from bytes; LLVM would read those a byte at a time).
+#[inline(always)]
+pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    debug_assert!((addr.as_ptr() as usize).is_multiple_of(4));
+    let words = addr.as_ptr() as *const u32;
+    // SAFETY: in bounds, and 4-aligned by this function's contract.
+    unsafe { [*words, *words.add(1), *words.add(2), *words.add(3)] }
+}

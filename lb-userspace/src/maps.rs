@@ -8,7 +8,7 @@ use crate::{
     errors::chain,
     occupancy::{ElemCountError, ElemCounter},
     ring_memory::RingMemory,
-    vip_filter,
+    vip_cache, vip_filter,
 };
 use aya::{
     Ebpf,
@@ -75,6 +75,7 @@ pub struct Maps {
     config_active: Array<MapData, u32>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_filter: Array<MapData, u64>,
+    vip_cache: Array<MapData, CachedVip>,
     /// The lookup caches were rebuilt by this handle: they may be
     /// switched on (`CFG_F_LOOKUP_CACHES`).
     lookup_caches_synced: bool,
@@ -125,6 +126,7 @@ impl Maps {
             config_active: take(ebpf, MAP_CONFIG_ACTIVE)?,
             vips: take(ebpf, MAP_VIPS)?,
             vip_filter: take(ebpf, MAP_VIP_FILTER)?,
+            vip_cache: take(ebpf, MAP_VIP_CACHE)?,
             lookup_caches_synced: false,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
@@ -247,7 +249,8 @@ impl Maps {
         Ok(online as u32)
     }
 
-    /// Write a VIP, its filter bit first (`crate::vip_filter`).
+    /// Write a VIP: its filter bit first (`crate::vip_filter`), then
+    /// `VIPS`, then its cache slot (`crate::vip_cache`).
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
         let (word, mask) = vip_filter::position(key);
         let had = self.vip_filter.get(&word, 0).map_err(err(MAP_VIP_FILTER))?;
@@ -256,14 +259,37 @@ impl Maps {
                 .set(word, had | mask, 0)
                 .map_err(err(MAP_VIP_FILTER))?;
         }
-        self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))
+        self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))?;
+        let slot = vip_cache::slot(key);
+        let held = self.cached_vip(slot)?;
+        self.change_cached_vip(slot, &held, &vip_cache::with_vip(&held, key, meta))
+    }
+
+    fn cached_vip(&self, slot: u32) -> Result<CachedVip, MapsError> {
+        self.vip_cache.get(&slot, 0).map_err(err(MAP_VIP_CACHE))
+    }
+
+    /// Take cache slot `slot` from `held` to `want` (`vip_cache::steps`).
+    fn change_cached_vip(
+        &mut self,
+        slot: u32,
+        held: &CachedVip,
+        want: &CachedVip,
+    ) -> Result<(), MapsError> {
+        for step in vip_cache::steps(held, want) {
+            self.vip_cache
+                .set(slot, step, 0)
+                .map_err(err(MAP_VIP_CACHE))?;
+        }
+        Ok(())
     }
 
     /// Rebuild what the program reads in place of a hash lookup from the
-    /// maps they stand for: `VIP_FILTER` from `VIPS`, `PORT_MAC_CACHE`
-    /// from `TX_PORT_MACS`.
+    /// maps they stand for: `VIP_FILTER` and `VIP_CACHE` from `VIPS`,
+    /// `PORT_MAC_CACHE` from `TX_PORT_MACS`.
     pub fn sync_lookup_caches(&mut self) -> Result<(), MapsError> {
         self.sync_vip_filter()?;
+        self.sync_vip_cache()?;
         for slot in 0..PORT_MAC_CACHE_SLOTS {
             let held = self
                 .port_mac_cache
@@ -310,11 +336,13 @@ impl Maps {
         })
     }
 
-    /// The kernel's id of lookup-cache map `name` (`MAP_VIP_FILTER` or
-    /// `MAP_PORT_MAC_CACHE`), for tools and tests that open it as it is.
+    /// The kernel's id of lookup-cache map `name` (`MAP_VIP_FILTER`,
+    /// `MAP_VIP_CACHE` or `MAP_PORT_MAC_CACHE`), for tools and tests that
+    /// open it as it is.
     pub fn lookup_cache_id(&self, name: &'static str) -> Result<u32, MapsError> {
         let data = match name {
             MAP_VIP_FILTER => self.vip_filter.map(),
+            MAP_VIP_CACHE => self.vip_cache.map(),
             MAP_PORT_MAC_CACHE => self.port_mac_cache.map(),
             _ => return Err(MapsError::Missing(name)),
         };
@@ -346,6 +374,19 @@ impl Maps {
         Ok(())
     }
 
+    /// Make `VIP_CACHE` answer for exactly the VIPs in `VIPS`, changing
+    /// only the slots that differ. lbd calls it before it attaches a
+    /// program, as for the filter.
+    pub fn sync_vip_cache(&mut self) -> Result<(), MapsError> {
+        let vips = self.vips()?;
+        for (slot, want) in vip_cache::exact(&vips).iter().enumerate() {
+            let slot = slot as u32;
+            let held = self.cached_vip(slot)?;
+            self.change_cached_vip(slot, &held, want)?;
+        }
+        Ok(())
+    }
+
     pub fn vip(&self, key: &VipKey) -> Result<Option<VipMeta>, MapsError> {
         match self.vips.get(key, 0) {
             Ok(meta) => Ok(Some(meta)),
@@ -357,8 +398,18 @@ impl Maps {
         }
     }
 
-    /// Remove a VIP, then its filter bit unless another VIP needs it.
+    /// Remove a VIP: from its cache slot first, then from `VIPS`, then
+    /// its filter bit unless another VIP needs it.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        let rest: Vec<(VipKey, VipMeta)> =
+            self.vips()?.into_iter().filter(|(k, _)| k != key).collect();
+        let slot = vip_cache::slot(key);
+        let held = self.cached_vip(slot)?;
+        let here = rest
+            .iter()
+            .filter(|(k, _)| vip_cache::slot(k) == slot)
+            .map(|(k, m)| (k, m));
+        self.change_cached_vip(slot, &held, &vip_cache::content(here))?;
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(error) => {
@@ -368,11 +419,7 @@ impl Maps {
                 });
             }
         }
-        let rest = self
-            .vips
-            .keys()
-            .collect::<Result<Vec<VipKey>, _>>()
-            .map_err(err(MAP_VIPS))?;
+        let rest: Vec<VipKey> = rest.into_iter().map(|(k, _)| k).collect();
         if vip_filter::still_needed(key, &rest) {
             return Ok(());
         }
