@@ -114,18 +114,8 @@ pub fn steps(held: &CachedVip, want: &CachedVip) -> Vec<CachedVip> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vip_filter::tests::key;
     use lb_common::flow::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
-
-    fn key(addr: &[u8], family: u8, port: u16, proto: u8) -> VipKey {
-        let mut a = [0u8; 16];
-        a[..addr.len()].copy_from_slice(addr);
-        VipKey {
-            addr: a,
-            port,
-            proto,
-            family,
-        }
-    }
 
     fn meta(vip_id: u32, active_ring: u32) -> VipMeta {
         VipMeta {

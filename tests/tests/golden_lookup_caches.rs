@@ -46,6 +46,19 @@ fn tunnelled_to(out: &Outcome) -> [u8; 4] {
     out.data[30..34].try_into().unwrap()
 }
 
+/// Write the configuration an older lbd would (no `CFG_F_LOOKUP_CACHES`);
+/// the configuration before, to put back.
+fn without_lookup_caches(lb: &mut Lb) -> lb_common::maps::LbConfig {
+    let config = lb.maps.config().unwrap();
+    lb.maps
+        .set_config(&lb_common::maps::LbConfig {
+            flags: config.flags & !CFG_F_LOOKUP_CACHES,
+            ..config
+        })
+        .unwrap();
+    config
+}
+
 fn set_bits(filter: &Array<MapData, u64>) -> u32 {
     (0..VIP_FILTER_WORDS)
         .map(|i| filter.get(&i, 0).unwrap().count_ones())
@@ -74,13 +87,7 @@ fn golden_vip_filter_is_read_and_rebuilt_from_the_vips() {
     assert_eq!(lb.run(&syn).action, XDP_PASS);
     assert_eq!(lb.count(Reason::PassNonVip), 2);
     // Off (an older lbd's configuration) the filter is not read.
-    let config = lb.maps.config().unwrap();
-    lb.maps
-        .set_config(&lb_common::maps::LbConfig {
-            flags: config.flags & !CFG_F_LOOKUP_CACHES,
-            ..config
-        })
-        .unwrap();
+    let config = without_lookup_caches(&mut lb);
     assert_eq!(lb.run(&syn).action, XDP_TX);
     // What lbd does before it attaches: the filter rebuilt from VIPS.
     lb.maps.sync_vip_filter().unwrap();
@@ -234,13 +241,7 @@ fn golden_vip_cache_is_what_the_program_reads_and_is_rebuilt_from_the_vips() {
     assert_eq!(tunnelled_to(&lb.run(&syn)), web_backend);
     // Off (an older lbd's configuration), the cache is not read.
     cache.set(slot, CachedVip::default(), 0).unwrap();
-    let config = lb.maps.config().unwrap();
-    lb.maps
-        .set_config(&lb_common::maps::LbConfig {
-            flags: config.flags & !CFG_F_LOOKUP_CACHES,
-            ..config
-        })
-        .unwrap();
+    let config = without_lookup_caches(&mut lb);
     assert_eq!(tunnelled_to(&lb.run(&syn)), web_backend);
     // What lbd does before it attaches: the cache rebuilt from VIPS.
     lb.maps.sync_lookup_caches().unwrap();
