@@ -191,6 +191,14 @@ pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
 /// cleared when it exits, so that an older lbd started next (which may
 /// know none of them) is never trusted to have kept them true.
 pub const CFG_F_LOOKUP_CACHES: u32 = 1 << 2;
+/// The program may also read `VIP_CACHE` (with `CFG_F_LOOKUP_CACHES`). A
+/// bit of its own because lbds that predate the cache already set
+/// `CFG_F_LOOKUP_CACHES` without keeping `VIP_CACHE` true: their
+/// configuration writes, built without this bit, switch the cache off.
+pub const CFG_F_VIP_CACHE: u32 = 1 << 3;
+/// Every lookup-cache bit this release keeps true: what lbd sets once it
+/// has rebuilt the caches, and clears as it exits.
+pub const CFG_LOOKUP_CACHES: u32 = CFG_F_LOOKUP_CACHES | CFG_F_VIP_CACHE;
 
 /// `u64` words of `VIP_FILTER`: 65,536 bits, 8 KiB. With 100 VIP addresses
 /// about one non-VIP address in 650 shares a bit with one and pays the
@@ -225,19 +233,18 @@ pub const VIP_CACHE_ONE: u32 = 1;
 pub const VIP_CACHE_SHARED: u32 = 2;
 
 /// A slot of `VIP_CACHE`: what the program reads in place of a `VIPS`
-/// lookup (`CFG_F_LOOKUP_CACHES`). A direct-mapped cache of the whole of
+/// lookup (`CFG_LOOKUP_CACHES`, both bits). A direct-mapped cache of the whole of
 /// `VIPS`, so its answers are exact: a key falls in slot
 /// `vip_cache_slot`, and the slot either holds that key's VIP, or no
 /// VIP's key falls there (the key is no VIP), or it is shared (ask
 /// `VIPS`).
 ///
-/// lbd changes a slot so that a packet reading it while it changes sees
-/// the old content or the new: `state` changes alone (every state is one
-/// byte), and key and VIP are written only while `state` says they are
-/// not read; an existing VIP's entry changes in its flags or active ring
-/// alone (one byte each). So the only mixture a packet can see is an
-/// entry with one of those changed and not the other, each of which was
-/// valid on its own (lb-userspace `vip_cache`).
+/// lbd changes a slot so that a packet reading it while it changes gets
+/// the old answer, the new one, or "shared" (and `VIPS` holds one of the
+/// two): `state` changes alone (every state is one byte), and key and VIP
+/// entry are written only while `state` says they are not read, so a slot
+/// showing a VIP whose entry must change (a new ring, new flags, another
+/// VIP) is marked shared first (lb-userspace `vip_cache`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CachedVip {

@@ -7,6 +7,8 @@
 //! FIB parameter block another 300. Volatile word stores keep LLVM from
 //! folding these back into those calls.
 
+use lb_common::FlowKey;
+
 use core::{
     mem::{align_of, size_of},
     ptr::write_volatile,
@@ -43,13 +45,25 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
     }
 }
 
-/// A 4-aligned address (the address fields of `FlowKey`) as four
-/// native-endian words, read a word at a time (`lb_common::maps::addr_words`
-/// builds them from bytes; LLVM would read those a byte at a time).
+/// A flow key's destination address as four native-endian words, read a
+/// word at a time (`lb_common::maps::addr_words` builds them from bytes;
+/// LLVM would read those a byte at a time).
 #[inline(always)]
-pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
-    debug_assert!((addr.as_ptr() as usize).is_multiple_of(4));
+pub fn dst_words(flow: &FlowKey) -> [u32; 4] {
+    addr_words_of(&flow.dst)
+}
+
+// `FlowKey` is 4-aligned and its addresses start at multiples of 4.
+const _: () = {
+    assert!(core::mem::align_of::<FlowKey>() >= 4);
+    assert!(core::mem::offset_of!(FlowKey, src) % 4 == 0);
+    assert!(core::mem::offset_of!(FlowKey, dst) % 4 == 0);
+};
+
+#[inline(always)]
+fn addr_words_of(addr: &[u8; 16]) -> [u32; 4] {
     let words = addr.as_ptr() as *const u32;
-    // SAFETY: in bounds, and 4-aligned by this function's contract.
+    // SAFETY: in bounds, and 4-aligned: one of `FlowKey`'s addresses
+    // (asserted above), the only callers.
     unsafe { [*words, *words.add(1), *words.add(2), *words.add(3)] }
 }

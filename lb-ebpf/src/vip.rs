@@ -4,8 +4,9 @@
 //!
 //! While lbd says its lookup caches hold (`CFG_F_LOOKUP_CACHES`), a
 //! destination whose bit in `VIP_FILTER` is clear is no VIP's (most of a
-//! host's traffic is decided with one array read), and a key is looked up
-//! in `VIP_CACHE`, a direct-mapped copy of `VIPS`: a cheap hash and one
+//! host's traffic is decided with one array read), and while it also says
+//! so of `VIP_CACHE` (`CFG_F_VIP_CACHE`) a key is looked up there, in a
+//! direct-mapped copy of `VIPS`: a cheap hash and one
 //! array read instead of the hash map's jhash and bucket walk, which cost
 //! about a third of an established packet's time. Only keys whose slot
 //! several VIPs share go on to `VIPS`.
@@ -13,8 +14,9 @@
 use lb_common::{
     FlowKey,
     maps::{
-        CFG_F_LOOKUP_CACHES, CFG_F_PORTLESS_VIPS, CachedVip, LbConfig, VIP_CACHE_EMPTY,
-        VIP_CACHE_ONE, VIP_F_PORTLESS, VipKey, VipMeta, vip_cache_slot, vip_filter_bit,
+        CFG_F_LOOKUP_CACHES, CFG_F_PORTLESS_VIPS, CFG_LOOKUP_CACHES, CachedVip, LbConfig,
+        VIP_CACHE_EMPTY, VIP_CACHE_ONE, VIP_F_PORTLESS, VipKey, VipMeta, vip_cache_slot,
+        vip_filter_bit,
     },
 };
 
@@ -25,17 +27,17 @@ use crate::{
 
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, cfg: &LbConfig) -> Option<VipMeta> {
-    let caches = cfg.flags & CFG_F_LOOKUP_CACHES != 0;
-    if caches && !may_be_vip(flow) {
+    if cfg.flags & CFG_F_LOOKUP_CACHES != 0 && !may_be_vip(flow) {
         return None;
     }
-    if let Some(meta) = find(flow, flow.dport, caches) {
+    let cached = cfg.flags & CFG_LOOKUP_CACHES == CFG_LOOKUP_CACHES;
+    if let Some(meta) = find(flow, flow.dport, cached) {
         return Some(meta);
     }
     if cfg.flags & CFG_F_PORTLESS_VIPS == 0 {
         return None;
     }
-    match find(flow, 0, caches) {
+    match find(flow, 0, cached) {
         Some(meta) if meta.flags & VIP_F_PORTLESS != 0 => Some(meta),
         _ => None,
     }
@@ -45,9 +47,9 @@ pub fn lookup(flow: &FlowKey, cfg: &LbConfig) -> Option<VipMeta> {
 /// answer when the caches may be read and the slot is not shared, else
 /// `VIPS`'s.
 #[inline(always)]
-fn find(flow: &FlowKey, port: u16, caches: bool) -> Option<VipMeta> {
-    let addr = mem::addr_words(&flow.dst);
-    if caches {
+fn find(flow: &FlowKey, port: u16, cached: bool) -> Option<VipMeta> {
+    let addr = mem::dst_words(flow);
+    if cached {
         let slot = vip_cache_slot(&addr, port, flow.proto, flow.family);
         if let Some(cached) = VIP_CACHE.get(slot) {
             match cached.state {

@@ -77,7 +77,7 @@ pub struct Maps {
     vip_filter: Array<MapData, u64>,
     vip_cache: Array<MapData, CachedVip>,
     /// The lookup caches were rebuilt by this handle: they may be
-    /// switched on (`CFG_F_LOOKUP_CACHES`).
+    /// switched on (`CFG_LOOKUP_CACHES`).
     lookup_caches_synced: bool,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
@@ -178,11 +178,11 @@ impl Maps {
     /// forwarding on. The slot no packet reads is written whole, then made
     /// the live one (`CONFIG_SLOTS`): a packet sees the old configuration
     /// or the new one, never a mixture.
-    /// A configuration with `CFG_F_LOOKUP_CACHES` first rebuilds the
+    /// A configuration with a `CFG_LOOKUP_CACHES` bit first rebuilds the
     /// caches (once per handle), so the program never trusts a filter that
     /// misses a VIP or a stale MAC.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
-        if config.flags & CFG_F_LOOKUP_CACHES != 0 && !self.lookup_caches_synced {
+        if config.flags & CFG_LOOKUP_CACHES != 0 && !self.lookup_caches_synced {
             self.sync_lookup_caches()?;
         }
         let next = self.config_slot()? ^ 1;
@@ -270,6 +270,8 @@ impl Maps {
     }
 
     /// Take cache slot `slot` from `held` to `want` (`vip_cache::steps`).
+    /// If a step fails, the slot is marked shared (its packets then ask
+    /// `VIPS`, which is right whatever it holds) before the error returns.
     fn change_cached_vip(
         &mut self,
         slot: u32,
@@ -277,9 +279,17 @@ impl Maps {
         want: &CachedVip,
     ) -> Result<(), MapsError> {
         for step in vip_cache::steps(held, want) {
-            self.vip_cache
-                .set(slot, step, 0)
-                .map_err(err(MAP_VIP_CACHE))?;
+            if let Err(error) = self.vip_cache.set(slot, step, 0) {
+                let shared = CachedVip {
+                    state: VIP_CACHE_SHARED,
+                    ..CachedVip::default()
+                };
+                let _ = self.vip_cache.set(slot, shared, 0);
+                return Err(MapsError::Map {
+                    name: MAP_VIP_CACHE,
+                    error,
+                });
+            }
         }
         Ok(())
     }
@@ -321,17 +331,17 @@ impl Maps {
     }
 
     /// Stop the program reading the lookup caches (the live configuration
-    /// without `CFG_F_LOOKUP_CACHES`): lbd's last write before it exits,
+    /// without `CFG_LOOKUP_CACHES`): lbd's last write before it exits,
     /// since the lbd started next may be an older one that would not keep
     /// them true. Until a new lbd sets it again, the program pays the hash
     /// lookups the caches save.
     pub fn release_lookup_caches(&mut self) -> Result<(), MapsError> {
         let live = self.config()?;
-        if live.flags & CFG_F_LOOKUP_CACHES == 0 {
+        if live.flags & CFG_LOOKUP_CACHES == 0 {
             return Ok(());
         }
         self.set_config(&LbConfig {
-            flags: live.flags & !CFG_F_LOOKUP_CACHES,
+            flags: live.flags & !CFG_LOOKUP_CACHES,
             ..live
         })
     }
@@ -401,15 +411,23 @@ impl Maps {
     /// Remove a VIP: from its cache slot first, then from `VIPS`, then
     /// its filter bit unless another VIP needs it.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
-        let rest: Vec<(VipKey, VipMeta)> =
-            self.vips()?.into_iter().filter(|(k, _)| k != key).collect();
+        let rest: Vec<VipKey> = self
+            .vips
+            .keys()
+            .filter(|k| k.as_ref().map_or(true, |k| k != key))
+            .collect::<Result<_, _>>()
+            .map_err(err(MAP_VIPS))?;
+        // The VIPs left in its cache slot, with their entries.
         let slot = vip_cache::slot(key);
+        let mut here = Vec::new();
+        for k in rest.iter().filter(|k| vip_cache::slot(k) == slot) {
+            if let Some(meta) = self.vip(k)? {
+                here.push((*k, meta));
+            }
+        }
         let held = self.cached_vip(slot)?;
-        let here = rest
-            .iter()
-            .filter(|(k, _)| vip_cache::slot(k) == slot)
-            .map(|(k, m)| (k, m));
-        self.change_cached_vip(slot, &held, &vip_cache::content(here))?;
+        let want = vip_cache::content(here.iter().map(|(k, m)| (k, m)));
+        self.change_cached_vip(slot, &held, &want)?;
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(error) => {
@@ -419,7 +437,6 @@ impl Maps {
                 });
             }
         }
-        let rest: Vec<VipKey> = rest.into_iter().map(|(k, _)| k).collect();
         if vip_filter::still_needed(key, &rest) {
             return Ok(());
         }
