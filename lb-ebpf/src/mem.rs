@@ -53,6 +53,12 @@ pub fn dst_words(flow: &FlowKey) -> [u32; 4] {
     addr_words_of(&flow.dst)
 }
 
+/// The same of the source address.
+#[inline(always)]
+pub fn src_words(flow: &FlowKey) -> [u32; 4] {
+    addr_words_of(&flow.src)
+}
+
 // `FlowKey` is 4-aligned and its addresses start at multiples of 4.
 const _: () = {
     assert!(core::mem::align_of::<FlowKey>() >= 4);
