@@ -182,14 +182,15 @@ pub const CFG_F_NEXTHOP_FIB: u32 = 1;
 /// looked up once more with port 0. Without it, non-VIP traffic (most of a
 /// host's) costs one hash lookup instead of two.
 pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
-/// The program may read `VIP_FILTER`, `VIP_CACHE` and `PORT_MAC_CACHE` in
-/// place of the hash maps they stand for: `VIP_FILTER` holds the bit of
-/// every address in `VIPS` (`vip_filter_bit`), so a packet whose
-/// destination's bit is clear is no VIP's; `VIP_CACHE` answers for `VIPS`
-/// itself (`CachedVip`); `PORT_MAC_CACHE` holds ports' MACs from
-/// `TX_PORT_MACS`. Set by lbd only once it has rebuilt them all, and
-/// cleared when it exits, so that an older lbd started next (which may
-/// know none of them) is never trusted to have kept them true.
+/// The program may read `VIP_FILTER` and `PORT_MAC_CACHE` (and, with
+/// `CFG_F_VIP_CACHE` too, `VIP_CACHE`) in place of the hash maps they
+/// stand for: `VIP_FILTER` holds the bit of every address in `VIPS`
+/// (`vip_filter_bit`), so a packet whose destination's bit is clear is no
+/// VIP's; `VIP_CACHE` answers for `VIPS` itself (`CachedVip`);
+/// `PORT_MAC_CACHE` holds ports' MACs from `TX_PORT_MACS`. Set by lbd only
+/// once it has rebuilt them all, and cleared when it exits, so that an
+/// older lbd started next (which may know none of them) is never trusted
+/// to have kept them true.
 pub const CFG_F_LOOKUP_CACHES: u32 = 1 << 2;
 /// The program may also read `VIP_CACHE` (with `CFG_F_LOOKUP_CACHES`). A
 /// bit of its own because lbds that predate the cache already set

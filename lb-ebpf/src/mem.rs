@@ -50,13 +50,15 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
 /// LLVM would read those a byte at a time).
 #[inline(always)]
 pub fn dst_words(flow: &FlowKey) -> [u32; 4] {
-    addr_words_of(&flow.dst)
+    // SAFETY: one of `FlowKey`'s addresses, 4-aligned (asserted below).
+    unsafe { addr_words_of(&flow.dst) }
 }
 
 /// The same of the source address.
 #[inline(always)]
 pub fn src_words(flow: &FlowKey) -> [u32; 4] {
-    addr_words_of(&flow.src)
+    // SAFETY: as in `dst_words`.
+    unsafe { addr_words_of(&flow.src) }
 }
 
 // `FlowKey` is 4-aligned and its addresses start at multiples of 4.
@@ -66,10 +68,11 @@ const _: () = {
     assert!(core::mem::offset_of!(FlowKey, dst) % 4 == 0);
 };
 
+/// # Safety
+/// `addr` must be 4-aligned.
 #[inline(always)]
-fn addr_words_of(addr: &[u8; 16]) -> [u32; 4] {
+unsafe fn addr_words_of(addr: &[u8; 16]) -> [u32; 4] {
     let words = addr.as_ptr() as *const u32;
-    // SAFETY: in bounds, and 4-aligned: one of `FlowKey`'s addresses
-    // (asserted above), the only callers.
+    // SAFETY: in bounds, and 4-aligned by the caller's promise.
     unsafe { [*words, *words.add(1), *words.add(2), *words.add(3)] }
 }

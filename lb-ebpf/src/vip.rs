@@ -52,7 +52,10 @@ fn find(flow: &FlowKey, port: u16, cached: bool) -> Option<VipMeta> {
     if cached {
         let slot = vip_cache_slot(&addr, port, flow.proto, flow.family);
         if let Some(cached) = VIP_CACHE.get(slot) {
-            match cached.state {
+            // The state first, as lbd writes it last (`CachedVip`).
+            // SAFETY: a field of a map value, aligned.
+            let state = unsafe { core::ptr::read_volatile(&cached.state) };
+            match state {
                 VIP_CACHE_EMPTY => return None,
                 VIP_CACHE_ONE if holds(cached, &addr, port, flow) => return Some(cached.meta),
                 VIP_CACHE_ONE => return None,

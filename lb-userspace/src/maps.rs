@@ -19,7 +19,13 @@ use aya::{
     },
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
-use std::{collections::BTreeSet, sync::OnceLock};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        OnceLock,
+        atomic::{Ordering, fence},
+    },
+};
 
 /// A failed map operation. A cause is part of the message and is not also
 /// returned from `source()` (see `crate::errors`).
@@ -185,6 +191,11 @@ impl Maps {
         if config.flags & CFG_LOOKUP_CACHES != 0 && !self.lookup_caches_synced {
             self.sync_lookup_caches()?;
         }
+        self.write_config(config)
+    }
+
+    /// `set_config` without the cache rebuild.
+    fn write_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
         let next = self.config_slot()? ^ 1;
         self.config.set(next, config, 0).map_err(err(MAP_CONFIG))?;
         self.config_active
@@ -260,38 +271,59 @@ impl Maps {
                 .map_err(err(MAP_VIP_FILTER))?;
         }
         self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))?;
-        let slot = vip_cache::slot(key);
-        let held = self.cached_vip(slot)?;
-        self.change_cached_vip(slot, &held, &vip_cache::with_vip(&held, key, meta))
+        self.update_cached_vip(vip_cache::slot(key), |held| {
+            vip_cache::with_vip(held, key, meta)
+        })
     }
 
-    fn cached_vip(&self, slot: u32) -> Result<CachedVip, MapsError> {
-        self.vip_cache.get(&slot, 0).map_err(err(MAP_VIP_CACHE))
-    }
-
-    /// Take cache slot `slot` from `held` to `want` (`vip_cache::steps`).
-    /// If a step fails, the slot is marked shared (its packets then ask
-    /// `VIPS`, which is right whatever it holds) before the error returns.
-    fn change_cached_vip(
+    /// Take cache slot `slot` to `want` of what it holds, through
+    /// `vip_cache::steps`. On a failure the cache may disagree with
+    /// `VIPS`, so the program stops reading it (`abandon_vip_cache`)
+    /// before the error returns.
+    fn update_cached_vip(
         &mut self,
         slot: u32,
-        held: &CachedVip,
-        want: &CachedVip,
+        want: impl FnOnce(&CachedVip) -> CachedVip,
     ) -> Result<(), MapsError> {
-        for step in vip_cache::steps(held, want) {
-            if let Err(error) = self.vip_cache.set(slot, step, 0) {
-                let shared = CachedVip {
-                    state: VIP_CACHE_SHARED,
-                    ..CachedVip::default()
-                };
-                let _ = self.vip_cache.set(slot, shared, 0);
-                return Err(MapsError::Map {
-                    name: MAP_VIP_CACHE,
-                    error,
-                });
-            }
+        let result = self.try_update_cached_vip(slot, want);
+        if result.is_err() {
+            self.abandon_vip_cache();
+        }
+        result
+    }
+
+    fn try_update_cached_vip(
+        &mut self,
+        slot: u32,
+        want: impl FnOnce(&CachedVip) -> CachedVip,
+    ) -> Result<(), MapsError> {
+        let held = self.vip_cache.get(&slot, 0).map_err(err(MAP_VIP_CACHE))?;
+        for step in vip_cache::steps(&held, &want(&held)) {
+            // Each update lands after the one before (a map update is
+            // a syscall; this keeps the compiler and CPU from caring).
+            fence(Ordering::SeqCst);
+            self.vip_cache
+                .set(slot, step, 0)
+                .map_err(err(MAP_VIP_CACHE))?;
         }
         Ok(())
+    }
+
+    /// Stop the program reading `VIP_CACHE` after a failed write left it
+    /// in doubt: the live configuration without `CFG_F_VIP_CACHE`, written
+    /// as it is (packets then ask `VIPS`); the next `set_config` with the
+    /// bit rebuilds the cache first. Best effort: a failing configuration
+    /// write leaves nothing better to do.
+    fn abandon_vip_cache(&mut self) {
+        self.lookup_caches_synced = false;
+        if let Ok(live) = self.config()
+            && live.flags & CFG_F_VIP_CACHE != 0
+        {
+            let _ = self.write_config(&LbConfig {
+                flags: live.flags & !CFG_F_VIP_CACHE,
+                ..live
+            });
+        }
     }
 
     /// Rebuild what the program reads in place of a hash lookup from the
@@ -389,10 +421,8 @@ impl Maps {
     /// program, as for the filter.
     pub fn sync_vip_cache(&mut self) -> Result<(), MapsError> {
         let vips = self.vips()?;
-        for (slot, want) in vip_cache::exact(&vips).iter().enumerate() {
-            let slot = slot as u32;
-            let held = self.cached_vip(slot)?;
-            self.change_cached_vip(slot, &held, want)?;
+        for (slot, want) in vip_cache::exact(&vips).into_iter().enumerate() {
+            self.update_cached_vip(slot as u32, |_| want)?;
         }
         Ok(())
     }
@@ -425,9 +455,8 @@ impl Maps {
                 here.push((*k, meta));
             }
         }
-        let held = self.cached_vip(slot)?;
         let want = vip_cache::content(here.iter().map(|(k, m)| (k, m)));
-        self.change_cached_vip(slot, &held, &want)?;
+        self.update_cached_vip(slot, |_| want)?;
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(error) => {

@@ -6,7 +6,7 @@
 //! keeps it exact: a VIP is written to `VIPS` before its slot shows it,
 //! and its slot stops showing it before it leaves `VIPS`. lbd, the only
 //! writer, rebuilds the cache from `VIPS` before it sets
-//! `CFG_F_LOOKUP_CACHES`.
+//! `CFG_LOOKUP_CACHES`.
 //!
 //! A slot changes through `steps`, map updates that each alter only what a
 //! packet reading the slot meanwhile cannot see half-done: the state alone
@@ -240,10 +240,13 @@ mod tests {
             for want in &contents {
                 let steps = steps(held, want);
                 let last = steps.last().unwrap_or(held);
-                assert!(
-                    answers_alike(last, want),
-                    "{held:?} -> {want:?} ends at {last:?}"
-                );
+                for k in [&a, &b] {
+                    assert_eq!(
+                        answer(last, k),
+                        answer(want, k),
+                        "{held:?} -> {want:?} ends at {last:?}"
+                    );
+                }
                 let mut before = *held;
                 for step in &steps {
                     for k in [&a, &b] {

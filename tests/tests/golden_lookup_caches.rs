@@ -10,9 +10,9 @@ use lb_common::{
     Reason,
     flow::*,
     maps::{
-        CFG_F_LOOKUP_CACHES, CFG_F_VIP_CACHE, CachedPortMac, CachedVip, MAP_PORT_MAC_CACHE,
-        MAP_VIP_CACHE, MAP_VIP_FILTER, PORT_MAC_CACHE_SLOTS, VIP_CACHE_EMPTY, VIP_CACHE_SHARED,
-        VIP_CACHE_SLOTS, VIP_F_PORTLESS, VIP_FILTER_WORDS, VipKey,
+        CFG_F_LOOKUP_CACHES, CFG_F_VIP_CACHE, CFG_LOOKUP_CACHES, CachedPortMac, CachedVip,
+        MAP_PORT_MAC_CACHE, MAP_VIP_CACHE, MAP_VIP_FILTER, PORT_MAC_CACHE_SLOTS, VIP_CACHE_EMPTY,
+        VIP_CACHE_SHARED, VIP_CACHE_SLOTS, VIP_F_PORTLESS, VIP_FILTER_WORDS, VipKey,
     },
 };
 use lb_tests::{harness::*, packets::*};
@@ -52,7 +52,7 @@ fn without_lookup_caches(lb: &mut Lb) -> lb_common::maps::LbConfig {
     let config = lb.maps.config().unwrap();
     lb.maps
         .set_config(&lb_common::maps::LbConfig {
-            flags: config.flags & !CFG_F_LOOKUP_CACHES,
+            flags: config.flags & !CFG_LOOKUP_CACHES,
             ..config
         })
         .unwrap();
