@@ -74,12 +74,13 @@ pub const fn first_byte(family: u8, hops: usize) -> u8 {
     ((HOPS_HDR_LEN + hops * hop_len(family)) / 4) as u8
 }
 
-/// The UDP source port for a flow of hash `flow_hash`: spread over the
-/// dynamic range 49152-65535, the same for every packet of the flow, so
-/// receivers and routers that hash on ports keep the flow together.
+/// The UDP source port for a flow of `entropy` (`flow::tunnel_entropy`):
+/// spread over the dynamic range 49152-65535, the same for every packet
+/// of the flow, so receivers and routers that hash on ports keep the flow
+/// together.
 #[inline(always)]
-pub const fn source_port(flow_hash: u32) -> u16 {
-    0xc000 | (flow_hash & 0x3fff) as u16
+pub const fn source_port(entropy: u32) -> u16 {
+    0xc000 | (entropy & 0x3fff) as u16
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub const MAP_DECAP_PEERS: &str = "DECAP_PEERS";
 pub const MAP_BACKEND_FLOWS: &str = "BACKEND_FLOWS";
 pub const MAP_VIP_FILTER: &str = "VIP_FILTER";
 pub const MAP_PORT_MAC_CACHE: &str = "PORT_MAC_CACHE";
+pub const MAP_VIP_CACHE: &str = "VIP_CACHE";
 /// Pinned beside the others, created by the control plane (the programs
 /// never read it): one `u32` entry, the `LAYOUT_VERSION` of the binary that
 /// last adopted the maps. Its own layout never changes.
@@ -181,14 +182,24 @@ pub const CFG_F_NEXTHOP_FIB: u32 = 1;
 /// looked up once more with port 0. Without it, non-VIP traffic (most of a
 /// host's) costs one hash lookup instead of two.
 pub const CFG_F_PORTLESS_VIPS: u32 = 1 << 1;
-/// The program may read `VIP_FILTER` and `PORT_MAC_CACHE` in place of the
-/// hash maps they stand for: `VIP_FILTER` holds the bit of every address in
-/// `VIPS` (`vip_filter_bit`), so a packet whose destination's bit is clear
-/// is no VIP's; `PORT_MAC_CACHE` holds ports' MACs from `TX_PORT_MACS`.
-/// Set by lbd only once it has rebuilt both, and cleared when it exits, so
-/// that an older lbd started next (which knows neither) is never trusted
+/// The program may read `VIP_FILTER` and `PORT_MAC_CACHE` (and, with
+/// `CFG_F_VIP_CACHE` too, `VIP_CACHE`) in place of the hash maps they
+/// stand for: `VIP_FILTER` holds the bit of every address in `VIPS`
+/// (`vip_filter_bit`), so a packet whose destination's bit is clear is no
+/// VIP's; `VIP_CACHE` answers for `VIPS` itself (`CachedVip`);
+/// `PORT_MAC_CACHE` holds ports' MACs from `TX_PORT_MACS`. Set by lbd only
+/// once it has rebuilt them all, and cleared when it exits, so that an
+/// older lbd started next (which may know none of them) is never trusted
 /// to have kept them true.
 pub const CFG_F_LOOKUP_CACHES: u32 = 1 << 2;
+/// The program may also read `VIP_CACHE` (with `CFG_F_LOOKUP_CACHES`). A
+/// bit of its own because lbds that predate the cache already set
+/// `CFG_F_LOOKUP_CACHES` without keeping `VIP_CACHE` true: their
+/// configuration writes, built without this bit, switch the cache off.
+pub const CFG_F_VIP_CACHE: u32 = 1 << 3;
+/// Every lookup-cache bit this release keeps true: what lbd sets once it
+/// has rebuilt the caches, and clears as it exits.
+pub const CFG_LOOKUP_CACHES: u32 = CFG_F_LOOKUP_CACHES | CFG_F_VIP_CACHE;
 
 /// `u64` words of `VIP_FILTER`: 65,536 bits, 8 KiB. With 100 VIP addresses
 /// about one non-VIP address in 650 shares a bit with one and pays the
@@ -207,6 +218,103 @@ pub fn vip_filter_bit(addr: &[u8; 16], family: u8) -> u32 {
         word(0) ^ word(4) ^ word(8) ^ word(12) ^ 0x6a09_e667
     };
     folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// Slots of `VIP_CACHE`, a power of two: 4,096 slots of 40 bytes (160 KiB).
+/// A VIP shares its slot with another with odds of about one in 64 per 64
+/// VIPs (one in 4 at 1,000); a shared slot sends its packets to `VIPS`.
+pub const VIP_CACHE_SLOTS: u32 = 4096;
+
+/// `CachedVip::state`: no VIP's key falls in the slot, so a packet whose
+/// key does is for no VIP (with that port).
+pub const VIP_CACHE_EMPTY: u32 = 0;
+/// One VIP's key falls in the slot, and the slot holds it.
+pub const VIP_CACHE_ONE: u32 = 1;
+/// Several VIPs' keys fall in the slot: ask `VIPS`.
+pub const VIP_CACHE_SHARED: u32 = 2;
+
+/// A slot of `VIP_CACHE`: what the program reads in place of a `VIPS`
+/// lookup (`CFG_LOOKUP_CACHES`, both bits). A direct-mapped cache of the whole of
+/// `VIPS`, so its answers are exact: a key falls in slot
+/// `vip_cache_slot`, and the slot either holds that key's VIP, or no
+/// VIP's key falls there (the key is no VIP), or it is shared (ask
+/// `VIPS`).
+///
+/// lbd changes a slot so that a packet reading it while it changes gets
+/// the old answer, the new one, or "shared" (and `VIPS` holds one of the
+/// two): `state` changes alone (every state is one byte), and key and VIP
+/// entry are written only while `state` says they are not read, so a slot
+/// showing a VIP whose entry must change (a new ring, new flags, another
+/// VIP) is marked shared first (lb-userspace `vip_cache`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedVip {
+    /// `VipKey::addr` as four native-endian words (`addr_words`), the
+    /// way the program compares it.
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `VIP_CACHE_EMPTY`, `VIP_CACHE_ONE` or `VIP_CACHE_SHARED`.
+    pub state: u32,
+    pub meta: VipMeta,
+}
+
+impl CachedVip {
+    /// A slot that holds VIP `key` with `meta`.
+    pub fn holding(key: &VipKey, meta: &VipMeta) -> Self {
+        Self {
+            addr: addr_words(&key.addr),
+            port: key.port,
+            proto: key.proto,
+            family: key.family,
+            state: VIP_CACHE_ONE,
+            meta: *meta,
+        }
+    }
+
+    /// Whether the slot's key is `key` (whatever its state).
+    pub fn is_for(&self, key: &VipKey) -> bool {
+        self.addr == addr_words(&key.addr)
+            && self.port == key.port
+            && self.proto == key.proto
+            && self.family == key.family
+    }
+}
+
+/// An address as four native-endian words: how the program reads the
+/// 4-aligned address of a flow key.
+#[inline(always)]
+pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    let word = |i: usize| {
+        u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ])
+    };
+    [word(0), word(1), word(2), word(3)]
+}
+
+/// The slot of `VIP_CACHE` for (address, port, protocol, family): the
+/// address's words folded (each rotated differently, so that words
+/// trading places do not cancel), the port, protocol and family added
+/// through a multiplicative hash, and MurmurHash3's finaliser over the
+/// sum, whose low bits index the cache. A few ALU instructions in the
+/// program, against the `VIPS` lookup's jhash and bucket walk.
+#[inline(always)]
+pub fn vip_cache_slot(addr: &[u32; 4], port: u16, proto: u8, family: u8) -> u32 {
+    let folded =
+        addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    let rest = ((port as u32) << 16) | ((proto as u32) << 8) | family as u32;
+    let mut h = folded.wrapping_add(rest.wrapping_mul(0x9e37_79b1));
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & (VIP_CACHE_SLOTS - 1)
 }
 
 /// Slots of `PORT_MAC_CACHE`, indexed by ifindex modulo this.
@@ -515,6 +623,7 @@ const _: () = {
     assert!(size_of::<FlowEvents>() == 16);
     assert!(size_of::<CachedPortMac>() == 12);
     assert!(size_of::<crate::FlowKey>() == 40);
+    assert!(size_of::<CachedVip>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -543,6 +652,7 @@ mod pod {
         DecapAddr,
         PortMac,
         CachedPortMac,
+        CachedVip,
         DecapSource,
         DecapConfig,
         TooBigLimit,

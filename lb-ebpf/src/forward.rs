@@ -15,14 +15,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     FlowKey, Reason,
-    flow::{FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, flow_hash},
+    flow::{FAMILY_V4, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, tunnel_entropy},
     maps::{Backend, CFG_F_NEXTHOP_FIB, LbConfig, VIP_F_L2_DSR},
 };
 
 use crate::{
     csum, fib, gue,
     maps::{BACKENDS, TX_PORT_MACS, TX_PORTS, gue_port},
-    packet,
+    mem, packet,
     parse::{ETH_P_IPV4, ETH_P_IPV6, L2},
     pmtu,
 };
@@ -179,7 +179,7 @@ fn encapsulate(
             Tunnel::SecondHop { hop, port } => {
                 let header = gue::Header {
                     family: backend.family,
-                    sport: gue::source_port(flow_hash(out.flow, false)),
+                    sport: gue::source_port(entropy(out.flow)),
                     dport: port,
                     inner_proto: if out.flow.family == FAMILY_V4 {
                         PROTO_IPIP
@@ -197,6 +197,13 @@ fn encapsulate(
         return Reason::DropEncapFailed;
     }
     send(egress)
+}
+
+/// The flow's `tunnel_entropy`, its addresses read a word at a time.
+#[inline(always)]
+fn entropy(flow: &FlowKey) -> u32 {
+    let (src, dst) = (mem::src_words(flow), mem::dst_words(flow));
+    tunnel_entropy(&src, &dst, flow.sport, flow.dport, flow.proto)
 }
 
 /// Out of the ingress interface, or redirected to another one.
@@ -376,8 +383,9 @@ fn write_outer_v4(
     true
 }
 
-/// Outer IPv6: traffic class copied, flow label from the flow hash so that
-/// receivers spread tunnels of different flows across queues; next header
+/// Outer IPv6: traffic class copied, flow label from the flow's
+/// `tunnel_entropy` so that receivers spread tunnels of different flows
+/// across queues; next header
 /// `proto` (as for IPv4), `payload` bytes after it.
 #[inline(always)]
 fn write_outer_v6(
@@ -391,7 +399,7 @@ fn write_outer_v6(
     let Some(h) = packet::header::<[u8; IPV6_HDR_LEN]>(ctx, out.l2.len()) else {
         return false;
     };
-    let label = flow_hash(out.flow, false) & 0x000f_ffff;
+    let label = entropy(out.flow) & 0x000f_ffff;
     let len = payload.to_be_bytes();
     let tc = out.tos;
     h[0] = 0x60 | (tc >> 4);

@@ -38,6 +38,11 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 #[map(name = "VIP_FILTER")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
+/// `VIPS` as a direct-mapped array (`lb_common::maps::CachedVip`), read in
+/// its place when both `CFG_LOOKUP_CACHES` bits are set (`vip.rs`).
+#[map(name = "VIP_CACHE")]
+pub static VIP_CACHE: Array<CachedVip> = Array::with_max_entries(VIP_CACHE_SLOTS, 0);
+
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 

@@ -7,6 +7,8 @@
 //! FIB parameter block another 300. Volatile word stores keep LLVM from
 //! folding these back into those calls.
 
+use lb_common::FlowKey;
+
 use core::{
     mem::{align_of, size_of},
     ptr::write_volatile,
@@ -41,4 +43,36 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
         unsafe { write_volatile(words.add(i), w) };
         i += 1;
     }
+}
+
+/// A flow key's destination address as four native-endian words, read a
+/// word at a time (`lb_common::maps::addr_words` builds them from bytes;
+/// LLVM would read those a byte at a time).
+#[inline(always)]
+pub fn dst_words(flow: &FlowKey) -> [u32; 4] {
+    // SAFETY: one of `FlowKey`'s addresses, 4-aligned (asserted below).
+    unsafe { addr_words_of(&flow.dst) }
+}
+
+/// The same of the source address.
+#[inline(always)]
+pub fn src_words(flow: &FlowKey) -> [u32; 4] {
+    // SAFETY: as in `dst_words`.
+    unsafe { addr_words_of(&flow.src) }
+}
+
+// `FlowKey` is 4-aligned and its addresses start at multiples of 4.
+const _: () = {
+    assert!(core::mem::align_of::<FlowKey>() >= 4);
+    assert!(core::mem::offset_of!(FlowKey, src) % 4 == 0);
+    assert!(core::mem::offset_of!(FlowKey, dst) % 4 == 0);
+};
+
+/// # Safety
+/// `addr` must be 4-aligned.
+#[inline(always)]
+unsafe fn addr_words_of(addr: &[u8; 16]) -> [u32; 4] {
+    let words = addr.as_ptr() as *const u32;
+    // SAFETY: in bounds, and 4-aligned by the caller's promise.
+    unsafe { [*words, *words.add(1), *words.add(2), *words.add(3)] }
 }

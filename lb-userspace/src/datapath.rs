@@ -293,6 +293,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_BACKEND_FLOWS,
     MAP_VIP_FILTER,
     MAP_PORT_MAC_CACHE,
+    MAP_VIP_CACHE,
 ];
 
 /// Where the XDP link of `iface` is pinned.

@@ -106,7 +106,7 @@ pub fn lb_config(config: &Config, egress: Egress) -> LbConfig {
             CFG_F_PORTLESS_VIPS
         } else {
             0
-        } | CFG_F_LOOKUP_CACHES,
+        } | CFG_LOOKUP_CACHES,
         outer_src_v6: config
             .tunnel_source
             .ipv6
@@ -326,7 +326,7 @@ mod tests {
         // The one VIP is port-less, so the program must look port 0 up.
         assert_eq!(
             image.config.flags,
-            CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS | CFG_F_LOOKUP_CACHES
+            CFG_F_NEXTHOP_FIB | CFG_F_PORTLESS_VIPS | CFG_LOOKUP_CACHES
         );
     }
 

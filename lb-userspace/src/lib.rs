@@ -47,6 +47,7 @@ pub mod speaker;
 pub mod sync;
 
 pub mod tunnel_probe;
+pub mod vip_cache;
 pub mod vip_filter;
 pub mod weight_controller;
 pub mod xdp_link;

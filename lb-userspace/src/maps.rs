@@ -8,7 +8,7 @@ use crate::{
     errors::chain,
     occupancy::{ElemCountError, ElemCounter},
     ring_memory::RingMemory,
-    vip_filter,
+    vip_cache, vip_filter,
 };
 use aya::{
     Ebpf,
@@ -19,7 +19,13 @@ use aya::{
     },
 };
 use lb_common::{FlowKey, Reason, flow::ring_index, maps::*, stats::DecapReason};
-use std::{collections::BTreeSet, sync::OnceLock};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        OnceLock,
+        atomic::{Ordering, fence},
+    },
+};
 
 /// A failed map operation. A cause is part of the message and is not also
 /// returned from `source()` (see `crate::errors`).
@@ -75,8 +81,9 @@ pub struct Maps {
     config_active: Array<MapData, u32>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_filter: Array<MapData, u64>,
+    vip_cache: Array<MapData, CachedVip>,
     /// The lookup caches were rebuilt by this handle: they may be
-    /// switched on (`CFG_F_LOOKUP_CACHES`).
+    /// switched on (`CFG_LOOKUP_CACHES`).
     lookup_caches_synced: bool,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
@@ -125,6 +132,7 @@ impl Maps {
             config_active: take(ebpf, MAP_CONFIG_ACTIVE)?,
             vips: take(ebpf, MAP_VIPS)?,
             vip_filter: take(ebpf, MAP_VIP_FILTER)?,
+            vip_cache: take(ebpf, MAP_VIP_CACHE)?,
             lookup_caches_synced: false,
             backends: take(ebpf, MAP_BACKENDS)?,
             rings,
@@ -176,13 +184,18 @@ impl Maps {
     /// forwarding on. The slot no packet reads is written whole, then made
     /// the live one (`CONFIG_SLOTS`): a packet sees the old configuration
     /// or the new one, never a mixture.
-    /// A configuration with `CFG_F_LOOKUP_CACHES` first rebuilds the
+    /// A configuration with a `CFG_LOOKUP_CACHES` bit first rebuilds the
     /// caches (once per handle), so the program never trusts a filter that
     /// misses a VIP or a stale MAC.
     pub fn set_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
-        if config.flags & CFG_F_LOOKUP_CACHES != 0 && !self.lookup_caches_synced {
+        if config.flags & CFG_LOOKUP_CACHES != 0 && !self.lookup_caches_synced {
             self.sync_lookup_caches()?;
         }
+        self.write_config(config)
+    }
+
+    /// `set_config` without the cache rebuild.
+    fn write_config(&mut self, config: &LbConfig) -> Result<(), MapsError> {
         let next = self.config_slot()? ^ 1;
         self.config.set(next, config, 0).map_err(err(MAP_CONFIG))?;
         self.config_active
@@ -247,7 +260,8 @@ impl Maps {
         Ok(online as u32)
     }
 
-    /// Write a VIP, its filter bit first (`crate::vip_filter`).
+    /// Write a VIP: its filter bit first (`crate::vip_filter`), then
+    /// `VIPS`, then its cache slot (`crate::vip_cache`).
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
         let (word, mask) = vip_filter::position(key);
         let had = self.vip_filter.get(&word, 0).map_err(err(MAP_VIP_FILTER))?;
@@ -256,14 +270,68 @@ impl Maps {
                 .set(word, had | mask, 0)
                 .map_err(err(MAP_VIP_FILTER))?;
         }
-        self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))
+        self.vips.insert(key, meta, 0).map_err(err(MAP_VIPS))?;
+        self.update_cached_vip(vip_cache::slot(key), |held| {
+            vip_cache::with_vip(held, key, meta)
+        })
+    }
+
+    /// Take cache slot `slot` to `want` of what it holds, through
+    /// `vip_cache::steps`. On a failure the cache may disagree with
+    /// `VIPS`, so the program stops reading it (`abandon_vip_cache`)
+    /// before the error returns.
+    fn update_cached_vip(
+        &mut self,
+        slot: u32,
+        want: impl FnOnce(&CachedVip) -> CachedVip,
+    ) -> Result<(), MapsError> {
+        let result = self.try_update_cached_vip(slot, want);
+        if result.is_err() {
+            self.abandon_vip_cache();
+        }
+        result
+    }
+
+    fn try_update_cached_vip(
+        &mut self,
+        slot: u32,
+        want: impl FnOnce(&CachedVip) -> CachedVip,
+    ) -> Result<(), MapsError> {
+        let held = self.vip_cache.get(&slot, 0).map_err(err(MAP_VIP_CACHE))?;
+        for step in vip_cache::steps(&held, &want(&held)) {
+            // Each update lands after the one before (a map update is
+            // a syscall; this keeps the compiler and CPU from caring).
+            fence(Ordering::SeqCst);
+            self.vip_cache
+                .set(slot, step, 0)
+                .map_err(err(MAP_VIP_CACHE))?;
+        }
+        Ok(())
+    }
+
+    /// Stop the program reading `VIP_CACHE` after a failed write left it
+    /// in doubt: the live configuration without `CFG_F_VIP_CACHE`, written
+    /// as it is (packets then ask `VIPS`); the next `set_config` with the
+    /// bit rebuilds the cache first. Best effort: a failing configuration
+    /// write leaves nothing better to do.
+    fn abandon_vip_cache(&mut self) {
+        self.lookup_caches_synced = false;
+        if let Ok(live) = self.config()
+            && live.flags & CFG_F_VIP_CACHE != 0
+        {
+            let _ = self.write_config(&LbConfig {
+                flags: live.flags & !CFG_F_VIP_CACHE,
+                ..live
+            });
+        }
     }
 
     /// Rebuild what the program reads in place of a hash lookup from the
-    /// maps they stand for: `VIP_FILTER` from `VIPS`, `PORT_MAC_CACHE`
-    /// from `TX_PORT_MACS`.
+    /// maps they stand for: `VIP_FILTER` and `VIP_CACHE` from `VIPS`,
+    /// `PORT_MAC_CACHE` from `TX_PORT_MACS`.
     pub fn sync_lookup_caches(&mut self) -> Result<(), MapsError> {
         self.sync_vip_filter()?;
+        self.sync_vip_cache()?;
         for slot in 0..PORT_MAC_CACHE_SLOTS {
             let held = self
                 .port_mac_cache
@@ -295,26 +363,28 @@ impl Maps {
     }
 
     /// Stop the program reading the lookup caches (the live configuration
-    /// without `CFG_F_LOOKUP_CACHES`): lbd's last write before it exits,
+    /// without `CFG_LOOKUP_CACHES`): lbd's last write before it exits,
     /// since the lbd started next may be an older one that would not keep
     /// them true. Until a new lbd sets it again, the program pays the hash
     /// lookups the caches save.
     pub fn release_lookup_caches(&mut self) -> Result<(), MapsError> {
         let live = self.config()?;
-        if live.flags & CFG_F_LOOKUP_CACHES == 0 {
+        if live.flags & CFG_LOOKUP_CACHES == 0 {
             return Ok(());
         }
         self.set_config(&LbConfig {
-            flags: live.flags & !CFG_F_LOOKUP_CACHES,
+            flags: live.flags & !CFG_LOOKUP_CACHES,
             ..live
         })
     }
 
-    /// The kernel's id of lookup-cache map `name` (`MAP_VIP_FILTER` or
-    /// `MAP_PORT_MAC_CACHE`), for tools and tests that open it as it is.
+    /// The kernel's id of lookup-cache map `name` (`MAP_VIP_FILTER`,
+    /// `MAP_VIP_CACHE` or `MAP_PORT_MAC_CACHE`), for tools and tests that
+    /// open it as it is.
     pub fn lookup_cache_id(&self, name: &'static str) -> Result<u32, MapsError> {
         let data = match name {
             MAP_VIP_FILTER => self.vip_filter.map(),
+            MAP_VIP_CACHE => self.vip_cache.map(),
             MAP_PORT_MAC_CACHE => self.port_mac_cache.map(),
             _ => return Err(MapsError::Missing(name)),
         };
@@ -346,6 +416,17 @@ impl Maps {
         Ok(())
     }
 
+    /// Make `VIP_CACHE` answer for exactly the VIPs in `VIPS`, changing
+    /// only the slots that differ. lbd calls it before it attaches a
+    /// program, as for the filter.
+    pub fn sync_vip_cache(&mut self) -> Result<(), MapsError> {
+        let vips = self.vips()?;
+        for (slot, want) in vip_cache::exact(&vips).into_iter().enumerate() {
+            self.update_cached_vip(slot as u32, |_| want)?;
+        }
+        Ok(())
+    }
+
     pub fn vip(&self, key: &VipKey) -> Result<Option<VipMeta>, MapsError> {
         match self.vips.get(key, 0) {
             Ok(meta) => Ok(Some(meta)),
@@ -357,8 +438,25 @@ impl Maps {
         }
     }
 
-    /// Remove a VIP, then its filter bit unless another VIP needs it.
+    /// Remove a VIP: from its cache slot first, then from `VIPS`, then
+    /// its filter bit unless another VIP needs it.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        let rest: Vec<VipKey> = self
+            .vips
+            .keys()
+            .filter(|k| k.as_ref().map_or(true, |k| k != key))
+            .collect::<Result<_, _>>()
+            .map_err(err(MAP_VIPS))?;
+        // The VIPs left in its cache slot, with their entries.
+        let slot = vip_cache::slot(key);
+        let mut here = Vec::new();
+        for k in rest.iter().filter(|k| vip_cache::slot(k) == slot) {
+            if let Some(meta) = self.vip(k)? {
+                here.push((*k, meta));
+            }
+        }
+        let want = vip_cache::content(here.iter().map(|(k, m)| (k, m)));
+        self.update_cached_vip(slot, |_| want)?;
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(error) => {
@@ -368,11 +466,6 @@ impl Maps {
                 });
             }
         }
-        let rest = self
-            .vips
-            .keys()
-            .collect::<Result<Vec<VipKey>, _>>()
-            .map_err(err(MAP_VIPS))?;
         if vip_filter::still_needed(key, &rest) {
             return Ok(());
         }

@@ -32,11 +32,12 @@ pub fn still_needed<'a>(gone: &VipKey, keys: impl IntoIterator<Item = &'a VipKey
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lb_common::flow::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
-    fn key(addr: &[u8], family: u8, port: u16, proto: u8) -> VipKey {
+    /// A VIP key with `addr` in its first bytes.
+    pub(crate) fn key(addr: &[u8], family: u8, port: u16, proto: u8) -> VipKey {
         let mut a = [0u8; 16];
         a[..addr.len()].copy_from_slice(addr);
         VipKey {

@@ -167,7 +167,7 @@ impl Lb {
         outer_src_v4.copy_from_slice(&to_map(OUTER_SRC_V4.parse().unwrap()).0[..4]);
         LbConfig {
             ring_size: RING,
-            flags: CFG_F_LOOKUP_CACHES,
+            flags: CFG_LOOKUP_CACHES,
             outer_src_v6: to_map(OUTER_SRC_V6.parse().unwrap()).0,
             outer_src_v4,
             gateway_mac: GATEWAY_MAC,

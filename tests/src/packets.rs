@@ -215,7 +215,7 @@ pub fn outer_v6(src: &str, dst: &str, inner: &[u8], flow: &FlowKey) -> Vec<u8> {
     } else {
         (PROTO_IPV6, (inner[0] << 4) | (inner[1] >> 4))
     };
-    let label = lb_common::flow_hash(flow, false) & 0xfffff;
+    let label = lb_common::flow::tunnel_entropy_of(flow) & 0xfffff;
     let h = Ipv6Header {
         traffic_class: tc,
         flow_label: Ipv6FlowLabel::try_new(label).unwrap(),

@@ -3111,7 +3111,7 @@ fn live_config(pin_dir: &std::path::Path) -> lb_common::maps::LbConfig {
 /// not keep them), and on again when it starts over the same pins.
 #[test]
 fn cp_lbd_switches_the_lookup_caches_off_as_it_exits_and_on_as_it_starts() {
-    use lb_common::maps::CFG_F_LOOKUP_CACHES;
+    use lb_common::maps::CFG_LOOKUP_CACHES;
     let site = Site::new();
     let mut lbd = Lbd::start(
         &site.lb,
@@ -3119,15 +3119,18 @@ fn cp_lbd_switches_the_lookup_caches_off_as_it_exits_and_on_as_it_starts() {
         site.config(&[B1, B2], json!({"type": "none"})),
     );
     let pin_dir = lbd.paths.pin_dir.clone();
-    assert_ne!(live_config(&pin_dir).flags & CFG_F_LOOKUP_CACHES, 0);
+    assert_eq!(
+        live_config(&pin_dir).flags & CFG_LOOKUP_CACHES,
+        CFG_LOOKUP_CACHES
+    );
     lbd.terminate();
     let after_exit = live_config(&pin_dir);
-    assert_eq!(after_exit.flags & CFG_F_LOOKUP_CACHES, 0, "off after exit");
+    assert_eq!(after_exit.flags & CFG_LOOKUP_CACHES, 0, "off after exit");
     assert_ne!(after_exit.ring_size, 0, "the program keeps forwarding");
     lbd.restart();
-    assert_ne!(
-        live_config(&pin_dir).flags & CFG_F_LOOKUP_CACHES,
-        0,
+    assert_eq!(
+        live_config(&pin_dir).flags & CFG_LOOKUP_CACHES,
+        CFG_LOOKUP_CACHES,
         "on again"
     );
 }

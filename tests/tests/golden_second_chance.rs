@@ -22,7 +22,7 @@ use etherparse::{
 };
 use lb_common::{
     FlowKey, Reason,
-    flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, flow_hash},
+    flow::{PROTO_IPIP, PROTO_IPV6, PROTO_TCP, tunnel_entropy_of},
     gue::{DEFAULT_GUE_PORT, HOPS_TYPE, source_port},
     maps::{NO_BACKEND, PrevOwner, SecondChance, VIP_F_STATELESS, VipKey},
     stats::DecapReason,
@@ -171,11 +171,11 @@ fn set_prev_owners(lb: &mut Lb, vip_id: u32, prev: &[u32], until_s: u32) {
 }
 
 fn lb_sport(inner: &[u8]) -> u16 {
-    source_port(flow_hash(&flow_of(inner), false))
+    source_port(tunnel_entropy_of(&flow_of(inner)))
 }
 
 fn lb_label(flow: &FlowKey) -> u32 {
-    flow_hash(flow, false) & 0xfffff
+    tunnel_entropy_of(flow) & 0xfffff
 }
 
 /// The ACK goes to the ring's backend with the other one as the hop, and
@@ -469,7 +469,7 @@ fn icmp_to_backend(icmp: &[u8], to: &str, hop: &str) -> Vec<u8> {
     } else if hop.is_empty() {
         cat(&outer_v4(outer_src, to, icmp), icmp)
     } else {
-        let sport = source_port(flow_hash(&flow, false));
+        let sport = source_port(tunnel_entropy_of(&flow));
         gue_packet(outer_src, to, sport, lb_label(&flow), icmp, hop)
     };
     frame(GATEWAY_MAC, LB_MAC, None, ether_type(&ip), &ip)

@@ -335,6 +335,46 @@ impl Side {
     }
 }
 
+/// In the shared target directory: the commit whose bench was built last.
+const BUILT_STAMP: &str = ".built-commit";
+
+/// Cargo tells what to rebuild by file times, and `git archive` gives
+/// every file its commit's time: a revision exported after another was
+/// built in the shared target directory (an older commit, or one exported
+/// earlier) looks older than that build, and cargo would keep the other
+/// revision's eBPF object (the object is built by a build script that
+/// reruns only on newer files). So when the target directory last built
+/// another commit, every file of this one is touched first: its own crates
+/// rebuild, the dependencies stay warm.
+fn freshen_if_another_was_built(source: &Path, target: &Path, commit: &str) -> Result<()> {
+    if std::fs::read_to_string(target.join(BUILT_STAMP)).is_ok_and(|c| c == commit) {
+        return Ok(());
+    }
+    touch_tree(source, std::time::SystemTime::now())
+}
+
+/// Set the modification time of every file under `dir` (its `target`
+/// output directory aside) to `now`.
+fn touch_tree(dir: &Path, now: std::time::SystemTime) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if entry.file_name() != "target" {
+                touch_tree(&path, now)?;
+            }
+        } else if kind.is_file() {
+            File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(now))
+                .with_context(|| format!("touching {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, rev: &str, rounds: usize) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be 1 or more");
@@ -350,6 +390,7 @@ pub fn run(root: &Path, rev: &str, rounds: usize) -> Result<()> {
     let source = base.join(short);
     super::upgrade::export(root, &commit, &source)?;
     let rev_target = base.join("target");
+    freshen_if_another_was_built(&source, &rev_target, &commit)?;
     let bench = ["-p", "lb-tests", "--example", "bench"];
     println!(
         "xtask: building {rev} ({short})'s bench in {}",
@@ -360,6 +401,8 @@ pub fn run(root: &Path, rev: &str, rounds: usize) -> Result<()> {
         &[&["build", "--release", "--locked"], &bench[..]].concat(),
         &[("CARGO_TARGET_DIR", rev_target.as_os_str())],
     )?;
+    let stamp = rev_target.join(BUILT_STAMP);
+    std::fs::write(&stamp, &commit).with_context(|| format!("writing {}", stamp.display()))?;
     super::cargo(&[&["build", "--release"], &bench[..]].concat())?;
     let built = started.elapsed();
     let this_target = std::env::var_os("CARGO_TARGET_DIR")
@@ -418,6 +461,40 @@ pub fn run(root: &Path, rev: &str, rounds: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A revision exported after another was built gets newer file times
+    /// than that build (so cargo rebuilds it), its bench output aside;
+    /// the same revision built last is left as it is.
+    #[test]
+    fn a_revision_after_another_is_touched_and_the_same_one_is_not() {
+        use std::time::{Duration, SystemTime};
+        let dir = std::env::temp_dir().join(format!("lb-touch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (source, target) = (dir.join("src"), dir.join("target"));
+        std::fs::create_dir_all(source.join("lb-ebpf/src")).unwrap();
+        std::fs::create_dir_all(source.join("target/bench")).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let file = source.join("lb-ebpf/src/main.rs");
+        let output = source.join("target/bench/bench.json");
+        for path in [&file, &output] {
+            std::fs::write(path, "x").unwrap();
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        std::fs::write(target.join(BUILT_STAMP), "aaaa").unwrap();
+        freshen_if_another_was_built(&source, &target, "aaaa").unwrap();
+        assert_eq!(mtime(&file), old, "the commit built last: untouched");
+        freshen_if_another_was_built(&source, &target, "bbbb").unwrap();
+        assert!(mtime(&file) > old + Duration::from_secs(3600), "touched");
+        assert_eq!(mtime(&output), old, "its output directory aside");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn run(floor: f64, rows: &[(&str, f64)]) -> PerPacketRun {
         PerPacketRun {

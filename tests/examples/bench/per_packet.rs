@@ -111,7 +111,7 @@ pub fn configure(maps: &mut Maps, sizes: MapSizes) {
     let (outer_v6, _) = to_map(OUTER_SRC_V6.parse().unwrap());
     maps.set_config(&LbConfig {
         ring_size: sizes.ring_size,
-        flags: CFG_F_LOOKUP_CACHES,
+        flags: CFG_LOOKUP_CACHES,
         outer_src_v6: outer_v6,
         outer_src_v4: v4(OUTER_SRC_V4),
         gateway_mac: GATEWAY_MAC,
