@@ -59,8 +59,9 @@ fn round(h: u32, k: u32) -> u32 {
         .wrapping_add(0xe654_6b64)
 }
 
+/// MurmurHash3's finaliser: every input bit reaches every output bit.
 #[inline(always)]
-fn finalize(mut h: u32) -> u32 {
+pub(crate) fn finalize(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -98,11 +99,21 @@ pub fn flow_hash(key: &FlowKey, affinity: bool) -> u32 {
 /// nothing needs it to agree with the ring.
 #[inline(always)]
 pub fn tunnel_entropy(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> u32 {
-    let fold =
-        |a: &[u32; 4]| a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24);
     // The source port low, where the finaliser mixes it most.
     let ports = ((dport as u32) << 16) | sport as u32;
-    finalize(fold(src) ^ fold(dst).rotate_left(4) ^ ports.wrapping_mul(0x9e37_79b1) ^ proto as u32)
+    finalize(
+        fold_words(src)
+            ^ fold_words(dst).rotate_left(4)
+            ^ ports.wrapping_mul(0x9e37_79b1)
+            ^ proto as u32,
+    )
+}
+
+/// An address's native-endian words folded into one, each rotated
+/// differently so that words trading places do not cancel.
+#[inline(always)]
+pub(crate) fn fold_words(a: &[u32; 4]) -> u32 {
+    a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24)
 }
 
 /// `tunnel_entropy` of a flow key.

@@ -298,23 +298,16 @@ pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
 }
 
 /// The slot of `VIP_CACHE` for (address, port, protocol, family): the
-/// address's words folded (each rotated differently, so that words
-/// trading places do not cancel), the port, protocol and family added
-/// through a multiplicative hash, and MurmurHash3's finaliser over the
-/// sum, whose low bits index the cache. A few ALU instructions in the
-/// program, against the `VIPS` lookup's jhash and bucket walk.
+/// address's words folded (`flow::fold_words`), the port, protocol and
+/// family added through a multiplicative hash, and MurmurHash3's
+/// finaliser over the sum, whose low bits index the cache. A few ALU
+/// instructions in the program, against the `VIPS` lookup's jhash and
+/// bucket walk.
 #[inline(always)]
 pub fn vip_cache_slot(addr: &[u32; 4], port: u16, proto: u8, family: u8) -> u32 {
-    let folded =
-        addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    use crate::flow::{finalize, fold_words};
     let rest = ((port as u32) << 16) | ((proto as u32) << 8) | family as u32;
-    let mut h = folded.wrapping_add(rest.wrapping_mul(0x9e37_79b1));
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h & (VIP_CACHE_SLOTS - 1)
+    finalize(fold_words(addr).wrapping_add(rest.wrapping_mul(0x9e37_79b1))) & (VIP_CACHE_SLOTS - 1)
 }
 
 /// Slots of `PORT_MAC_CACHE`, indexed by ifindex modulo this.
