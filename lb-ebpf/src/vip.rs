@@ -30,34 +30,34 @@ pub fn lookup(flow: &FlowKey, cfg: &LbConfig) -> Option<VipMeta> {
     if cfg.flags & CFG_F_LOOKUP_CACHES != 0 && !may_be_vip(flow) {
         return None;
     }
-    let cached = cfg.flags & CFG_LOOKUP_CACHES == CFG_LOOKUP_CACHES;
-    if let Some(meta) = find(flow, flow.dport, cached) {
+    // Read once for both lookups; unused without the cache.
+    let cached = (cfg.flags & CFG_LOOKUP_CACHES == CFG_LOOKUP_CACHES).then(|| mem::dst_words(flow));
+    if let Some(meta) = find(flow, flow.dport, cached.as_ref()) {
         return Some(meta);
     }
     if cfg.flags & CFG_F_PORTLESS_VIPS == 0 {
         return None;
     }
-    match find(flow, 0, cached) {
+    match find(flow, 0, cached.as_ref()) {
         Some(meta) if meta.flags & VIP_F_PORTLESS != 0 => Some(meta),
         _ => None,
     }
 }
 
 /// The VIP at the flow's address and protocol with `port`: `VIP_CACHE`'s
-/// answer when the caches may be read and the slot is not shared, else
-/// `VIPS`'s.
+/// answer when the cache may be read (`addr`: the flow's destination as
+/// words) and the slot is not shared, else `VIPS`'s.
 #[inline(always)]
-fn find(flow: &FlowKey, port: u16, cached: bool) -> Option<VipMeta> {
-    let addr = mem::dst_words(flow);
-    if cached {
-        let slot = vip_cache_slot(&addr, port, flow.proto, flow.family);
+fn find(flow: &FlowKey, port: u16, addr: Option<&[u32; 4]>) -> Option<VipMeta> {
+    if let Some(addr) = addr {
+        let slot = vip_cache_slot(addr, port, flow.proto, flow.family);
         if let Some(cached) = VIP_CACHE.get(slot) {
             // The state first, as lbd writes it last (`CachedVip`).
             // SAFETY: a field of a map value, aligned.
             let state = unsafe { core::ptr::read_volatile(&cached.state) };
             match state {
                 VIP_CACHE_EMPTY => return None,
-                VIP_CACHE_ONE if holds(cached, &addr, port, flow) => return Some(cached.meta),
+                VIP_CACHE_ONE if holds(cached, addr, port, flow) => return Some(cached.meta),
                 VIP_CACHE_ONE => return None,
                 _ => {}
             }
